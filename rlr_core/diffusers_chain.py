@@ -1,0 +1,674 @@
+"""``DiffusersChain``: the Chain protocol for diffusers ``UNet2DConditionModel`` models.
+
+Supports Stable Diffusion 1.x / 2.x style models (AutoencoderKL latents) and pixel-space models
+without a VAE (x is the image in [-1, 1]). Sampling is DDIM with eta (DDPO's
+``ddim_step_with_logprob``): step k (sampling order, k = 0 .. T-1) has
+
+    std  = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)
+    mean = sqrt(a_prev) * x0_pred + sqrt(1 - a_prev - std^2) * eps_pred
+
+with classifier-free guidance inside, and the last step using ``final_eta`` (0 = deterministic,
+SPEC-RLR §3). theta = LoRA weights on the UNet attention projections (peft), kept in float32
+even when the base model is float16 / bfloat16.
+
+``load_model(name_or_path, ...)`` builds one from ``"tiny"`` (the bundled model), a local
+diffusers folder or a Hugging Face Hub id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ContextManager, Iterator, Sequence
+
+import torch
+
+from .chain import perturb_parameters
+from .prompts import phase_texts, resolve_boundaries
+
+LORA_TARGET_MODULES: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+LORA_CONFIG_NAME = "rlr_lora.json"
+STUDIO_CONFIG_NAME = "rlr_studio.json"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL_DIR = REPO_ROOT / "assets" / "tiny-shapes"
+DEFAULT_NUM_STEPS = 20
+DEFAULT_GUIDANCE_SCALE = 7.5
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+
+class ModelUnavailableError(RuntimeError):
+    """A model could not be loaded (e.g. a Hugging Face Hub id while the Hub cannot be reached)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Conditioning
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DiffusersCondition:
+    """Encoded prompts: one text embedding per phase (coarse, mid, fine) and the empty prompt.
+
+    ``phase_embeds[p]`` is [B, L, D] for phase p; ``uncond_embeds`` is [B, L, D] (the empty prompt,
+    for classifier-free guidance); ``boundaries`` are the two step indices that split the phases.
+    """
+
+    phase_embeds: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    uncond_embeds: torch.Tensor
+    prompts: list[str]
+    boundaries: tuple[int, int]
+
+    @property
+    def batch_size(self) -> int:
+        """Number of prompts encoded."""
+        return int(self.uncond_embeds.shape[0])
+
+    def phase(self, k: int) -> int:
+        """Phase (0 coarse, 1 mid, 2 fine) of sampling step k."""
+        b1, b2 = self.boundaries
+        return 0 if k < b1 else (1 if k < b2 else 2)
+
+    def embeds_for_step(self, k: int) -> torch.Tensor:
+        """The conditional text embedding used at sampling step k."""
+        return self.phase_embeds[self.phase(k)]
+
+    def select(self, index: Sequence[int] | slice | torch.Tensor) -> "DiffusersCondition":
+        """The condition of a sub-batch (e.g. one antithetic half)."""
+        idx = list(range(self.batch_size))[index] if isinstance(index, slice) else index
+        idx_t = torch.as_tensor(idx, dtype=torch.long, device=self.uncond_embeds.device)
+        prompts = [self.prompts[int(i)] for i in idx_t.tolist()]
+        embeds = tuple(e.index_select(0, idx_t) for e in self.phase_embeds)
+        return DiffusersCondition(embeds, self.uncond_embeds.index_select(0, idx_t), prompts, self.boundaries)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _check_number(name: str, value: Any, low: float, high: float = math.inf, integer: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+    if integer:
+        ok = ok and isinstance(value, int)
+    if not ok or not (low <= float(value) <= high):
+        kind = "an int" if integer else "a number"
+        upper = "" if high == math.inf else f", {high}"
+        bracket = ")" if high == math.inf else "]"
+        raise ValueError(f"{name} must be {kind} in [{low}{upper or ', inf'}{bracket}, got {value!r}")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> cuda if available, else mps, else cpu; otherwise ``torch.device(device)``."""
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but CUDA is not available; use 'auto' or 'cpu'")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
+    """``"auto"`` -> float16 on cuda, float32 otherwise; also accepts float32/fp32/float16/fp16/bfloat16/bf16."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"dtype must be one of auto, float32, float16, bfloat16, got {dtype}")
+        return dtype
+    if dtype == "auto":
+        return torch.float16 if device is not None and device.type == "cuda" else torch.float32
+    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
+        return _DTYPES[dtype.lower()]
+    raise ValueError(f"dtype must be one of auto, float32 (fp32), float16 (fp16), bfloat16 (bf16), got {dtype!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# The chain
+# --------------------------------------------------------------------------------------------
+
+
+class DiffusersChain:
+    """Chain protocol over a diffusers UNet2DConditionModel with DDIM(eta) steps, CFG and LoRA.
+
+    Args:
+        unet, text_encoder, tokenizer: the model components (frozen; LoRA is added to ``unet``).
+        scheduler: any diffusers scheduler; converted with ``DDIMScheduler.from_config``.
+        vae: an AutoencoderKL, or None for a pixel-space model (x = image in [-1, 1]).
+        num_steps: T, the number of sampling steps.
+        guidance_scale: classifier-free guidance scale (1 = no CFG, a single UNet call per step).
+        eta: DDIM eta of steps 0 .. T-2 (0 deterministic, 1 DDPM-like), in [0, 1].
+        final_eta: eta of the last step k = T-1 (default 0: deterministic, as the FO step wants).
+        lora_rank, lora_alpha: LoRA rank and alpha (alpha defaults to the rank: scale 1).
+        lora_targets: module names LoRA is applied to.
+        device, dtype: where and in which precision the base model runs (LoRA is float32).
+        gradient_checkpointing: checkpoint the UNet call when grad is enabled.
+        prompt_boundaries: the coarse/mid/fine split, two step indices or fractions (default thirds).
+        model_name: a label for ``describe()`` and the saved LoRA metadata.
+    """
+
+    def __init__(
+        self,
+        unet: Any,
+        text_encoder: Any,
+        tokenizer: Any,
+        scheduler: Any,
+        vae: Any | None = None,
+        num_steps: int = DEFAULT_NUM_STEPS,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        eta: float = 1.0,
+        final_eta: float = 0.0,
+        lora_rank: int = 4,
+        lora_alpha: float | None = None,
+        lora_targets: Sequence[str] = LORA_TARGET_MODULES,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = torch.float32,
+        gradient_checkpointing: bool = False,
+        prompt_boundaries: Sequence[int | float] | None = None,
+        model_name: str = "custom",
+    ) -> None:
+        from diffusers import DDIMScheduler
+        from peft import LoraConfig
+
+        _check_number("num_steps", num_steps, 1, 1000, integer=True)
+        _check_number("guidance_scale", guidance_scale, 0.0, 100.0)
+        _check_number("eta", eta, 0.0, 1.0)
+        _check_number("final_eta", final_eta, 0.0, 1.0)
+        _check_number("lora_rank", lora_rank, 1, 1024, integer=True)
+        if lora_alpha is None:
+            lora_alpha = lora_rank
+        _check_number("lora_alpha", lora_alpha, 1e-8, 1e6)
+        targets = list(lora_targets)
+        if not targets or not all(isinstance(t, str) and t for t in targets):
+            raise ValueError(f"lora_targets must be a non-empty list of module names, got {lora_targets!r}")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.num_steps = int(num_steps)
+        self.guidance_scale = float(guidance_scale)
+        self.eta = float(eta)
+        self.final_eta = float(final_eta)
+        self.lora_rank = int(lora_rank)
+        self.lora_alpha = float(lora_alpha) if float(lora_alpha) != int(lora_alpha) else int(lora_alpha)
+        self.lora_targets = targets
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        self.model_name = str(model_name)
+        self.boundaries = resolve_boundaries(self.num_steps, prompt_boundaries)
+        self.prompt_boundaries = prompt_boundaries
+
+        # scheduler: DDIM with the model's noise schedule
+        self.scheduler = DDIMScheduler.from_config(scheduler.config)
+        num_train = int(self.scheduler.config.num_train_timesteps)
+        if self.num_steps > num_train:
+            raise ValueError(f"num_steps must be in [1, {num_train}] for this scheduler, got {self.num_steps}")
+        self.prediction_type = str(self.scheduler.config.prediction_type)
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"scheduler prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        self.scheduler.set_timesteps(self.num_steps)
+        self._timesteps = [int(t) for t in self.scheduler.timesteps]
+        alphas = self.scheduler.alphas_cumprod.to(torch.float64)
+        final_alpha = float(self.scheduler.final_alpha_cumprod)
+        step_gap = num_train // self.num_steps
+        self._alpha_t: list[float] = []
+        self._alpha_prev: list[float] = []
+        self._stds: list[float] = []
+        for k, t in enumerate(self._timesteps):
+            prev_t = t - step_gap
+            a_t = float(alphas[t])
+            a_prev = float(alphas[prev_t]) if prev_t >= 0 else final_alpha
+            step_eta = self.final_eta if k == self.num_steps - 1 else self.eta
+            variance = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)
+            self._alpha_t.append(a_t)
+            self._alpha_prev.append(a_prev)
+            self._stds.append(float(step_eta * math.sqrt(max(variance, 0.0))))
+        cfg = self.scheduler.config
+        self._clip_sample = bool(cfg.get("clip_sample", False))
+        self._clip_range = float(cfg.get("clip_sample_range", 1.0))
+
+        # model components: frozen, in the model dtype, eval mode
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.vae = vae
+        for module in (unet, text_encoder, vae):
+            if module is not None:
+                module.requires_grad_(False)
+                if next(module.parameters()).dtype != self.dtype:
+                    module.to(dtype=self.dtype)
+                module.to(device=self.device)
+                module.eval()
+        self.unet.add_adapter(
+            LoraConfig(r=self.lora_rank, lora_alpha=self.lora_alpha, init_lora_weights="gaussian",
+                       target_modules=targets)
+        )
+        self._lora_named: list[tuple[str, torch.nn.Parameter]] = []
+        for name, param in self.unet.named_parameters():
+            if "lora_" in name:
+                param.data = param.data.to(torch.float32)
+                param.requires_grad_(True)
+                self._lora_named.append((name, param))
+            else:
+                param.requires_grad_(False)
+        if not self._lora_named:
+            raise ValueError(f"lora_targets {targets} matched no module of the UNet")
+
+        ucfg = self.unet.config
+        self.latent_channels = int(ucfg.in_channels)
+        sample_size = ucfg.sample_size
+        self.latent_size = (int(sample_size), int(sample_size)) if isinstance(sample_size, int) else tuple(int(s) for s in sample_size)
+        if vae is not None:
+            self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+            self.scaling_factor = float(getattr(vae.config, "scaling_factor", 0.18215) or 0.18215)
+        else:
+            if self.latent_channels != 3:
+                raise ValueError(f"a model without a VAE must have unet in_channels=3 (pixels), got {self.latent_channels}")
+            self.vae_scale_factor = 1
+            self.scaling_factor = 1.0
+        self.image_size = (self.latent_size[0] * self.vae_scale_factor, self.latent_size[1] * self.vae_scale_factor)
+        self._empty_cache: torch.Tensor | None = None
+
+    # --- Chain protocol ---------------------------------------------------------------------
+    def trainable_parameters(self) -> list[torch.Tensor]:
+        """The LoRA tensors (float32), in the UNet's fixed module order."""
+        return [p for _, p in self._lora_named]
+
+    @torch.no_grad()
+    def _encode(self, texts: list[str]) -> torch.Tensor:
+        max_len = int(getattr(self.tokenizer, "model_max_length", 77) or 77)
+        if max_len > 100000:
+            max_len = 77
+        tokens = self.tokenizer(
+            texts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt"
+        )
+        ids = tokens.input_ids.to(self.device)
+        return self.text_encoder(ids)[0].to(self.dtype)
+
+    def condition(self, prompts: list[str]) -> DiffusersCondition:
+        """Encode prompts (plain str: same text in all phases; ``ScheduledPrompt``: coarse/mid/fine) and ""."""
+        if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
+            raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+        phases = [phase_texts(p) for p in prompts]
+        unique = sorted({text for texts in phases for text in texts} | {""})
+        embeds = self._encode(unique)
+        index = {text: i for i, text in enumerate(unique)}
+        per_phase = tuple(
+            embeds[torch.tensor([index[texts[p]] for texts in phases], device=embeds.device)] for p in range(3)
+        )
+        uncond = embeds[index[""]].unsqueeze(0).expand(len(prompts), -1, -1).contiguous()
+        return DiffusersCondition(per_phase, uncond, [str(p) for p in prompts], self.boundaries)
+
+    def initial(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x[0] ~ N(0, I) of shape [B, C, h, w] (float32), drawn on the generator's device."""
+        _check_number("batch_size", batch_size, 1, 1e9, integer=True)
+        shape = (int(batch_size), self.latent_channels, *self.latent_size)
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        x = torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32)
+        return x.to(self.device)
+
+    def step_std(self, k: int) -> float:
+        """The std s[k] of step k (eta for k < T-1, final_eta for k = T-1)."""
+        return self._stds[self._check_k(k)]
+
+    def timestep(self, k: int) -> int:
+        """The scheduler timestep t of sampling step k."""
+        return self._timesteps[self._check_k(k)]
+
+    def _check_k(self, k: int) -> int:
+        if isinstance(k, bool) or not isinstance(k, int) or not (0 <= k < self.num_steps):
+            try:
+                k = int(k.__index__())  # numpy / torch integer scalars
+            except (AttributeError, TypeError):
+                raise ValueError(f"step k must be an int in [0, {self.num_steps - 1}], got {k!r}") from None
+            if not (0 <= k < self.num_steps):
+                raise ValueError(f"step k must be an int in [0, {self.num_steps - 1}], got {k!r}")
+        return int(k)
+
+    def _unet(self, x_in: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        return self.unet(x_in, t, encoder_hidden_states=embeds, return_dict=False)[0]
+
+    def model_output(self, x: torch.Tensor, k: int, cond: DiffusersCondition) -> torch.Tensor:
+        """The guided UNet output (epsilon / v / sample, per prediction_type) at step k, float32."""
+        k = self._check_k(k)
+        if x.shape[0] != cond.batch_size:
+            raise ValueError(f"x has batch size {x.shape[0]} but cond was encoded for {cond.batch_size} prompts")
+        t = torch.tensor(self._timesteps[k], device=self.device)
+        embeds = cond.embeds_for_step(k)
+        use_cfg = self.guidance_scale != 1.0
+        x_in = x.to(device=self.device, dtype=self.dtype)
+        if use_cfg:
+            x_in = torch.cat([x_in, x_in], dim=0)
+            embeds = torch.cat([cond.uncond_embeds, embeds], dim=0)
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            out = checkpoint(self._unet, x_in, t, embeds, use_reentrant=False)
+        else:
+            out = self._unet(x_in, t, embeds)
+        out = out.float()
+        if use_cfg:
+            out_uncond, out_cond = out.chunk(2, dim=0)
+            out = out_uncond + self.guidance_scale * (out_cond - out_uncond)
+        return out
+
+    def step_mean_std(self, x: torch.Tensor, k: int, cond: DiffusersCondition) -> tuple[torch.Tensor, float]:
+        """One DDIM(eta) step: mean of x[k+1] (float32, differentiable) and its std (python float)."""
+        k = self._check_k(k)
+        out = self.model_output(x, k, cond)
+        x = x.to(device=self.device, dtype=torch.float32)
+        a_t, a_prev, std = self._alpha_t[k], self._alpha_prev[k], self._stds[k]
+        sa, sb = math.sqrt(a_t), math.sqrt(1.0 - a_t)
+        if self.prediction_type == "epsilon":
+            eps = out
+            x0 = (x - sb * eps) / sa
+        elif self.prediction_type == "v_prediction":
+            x0 = sa * x - sb * out
+            eps = sa * out + sb * x
+        else:  # "sample"
+            x0 = out
+            eps = (x - sa * x0) / sb
+        if self._clip_sample:
+            x0 = x0.clamp(-self._clip_range, self._clip_range)
+        direction = math.sqrt(max(1.0 - a_prev - std**2, 0.0))
+        mean = math.sqrt(a_prev) * x0 + direction * eps
+        return mean, std
+
+    def decode(self, x_T: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] in [0, 1], float32, differentiable (VAE decode, or (x + 1) / 2 for pixels)."""
+        if self.vae is None:
+            images = x_T.float()
+        else:
+            latents = (x_T / self.scaling_factor).to(device=self.device, dtype=self.dtype)
+            images = self.vae.decode(latents, return_dict=False)[0].float()
+        return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def perturbed(self, seed: int, scale: float) -> ContextManager:
+        """Temporarily theta += scale * xi(seed) over the LoRA tensors; restored exactly on exit."""
+        return perturb_parameters(self.trainable_parameters(), seed, scale)
+
+    # --- extras -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def adapters_disabled(self) -> Iterator[None]:
+        """Run the base model (LoRA off) inside the block; LoRA is re-enabled on exit, even on error."""
+        self.unet.disable_adapters()
+        try:
+            yield
+        finally:
+            self.unet.enable_adapters()
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """LoRA tensors by parameter name (CPU clones), for checkpoints."""
+        return {name: p.detach().to("cpu").clone() for name, p in self._lora_named}
+
+    def load_lora_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load tensors from ``lora_state_dict()`` (same names and shapes, exactly)."""
+        expected = {name for name, _ in self._lora_named}
+        missing, unexpected = expected - set(state_dict), set(state_dict) - expected
+        if missing or unexpected:
+            raise ValueError(
+                f"LoRA state dict does not match this model (lora_rank={self.lora_rank}): "
+                f"{len(missing)} missing keys (e.g. {sorted(missing)[:2]}), "
+                f"{len(unexpected)} unexpected keys (e.g. {sorted(unexpected)[:2]})"
+            )
+        with torch.no_grad():
+            for name, param in self._lora_named:
+                value = state_dict[name]
+                if tuple(value.shape) != tuple(param.shape):
+                    raise ValueError(
+                        f"LoRA tensor {name} has shape {tuple(value.shape)}, expected {tuple(param.shape)} "
+                        f"(lora_rank={self.lora_rank})"
+                    )
+                param.copy_(value.to(device=param.device, dtype=param.dtype))
+
+    def save_lora(self, directory: str | os.PathLike) -> Path:
+        """Write ``pytorch_lora_weights.safetensors`` (diffusers format) and ``rlr_lora.json`` into ``directory``.
+
+        The weights load in plain diffusers with ``StableDiffusionPipeline.load_lora_weights(directory)``.
+        """
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        peft_sd = get_peft_model_state_dict(self.unet, adapter_name="default")
+        peft_sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in peft_sd.items()}
+        unet_sd = convert_state_dict_to_diffusers(peft_sd)
+        metadata = {
+            "r": self.lora_rank,
+            "lora_alpha": self.lora_alpha,
+            "target_modules": sorted(self.lora_targets),
+            "init_lora_weights": "gaussian",
+        }
+        StableDiffusionPipeline.save_lora_weights(
+            save_directory=str(out), unet_lora_layers=unet_sd, weight_name=LORA_WEIGHT_NAME,
+            safe_serialization=True, unet_lora_adapter_metadata=metadata,
+        )
+        info = {
+            "format": "diffusers-lora",
+            "weight_name": LORA_WEIGHT_NAME,
+            "base_model": self.model_name,
+            "lora_rank": self.lora_rank,
+            "lora_alpha": self.lora_alpha,
+            "target_modules": list(self.lora_targets),
+            "num_parameters": self.num_trainable_parameters(),
+        }
+        (out / LORA_CONFIG_NAME).write_text(json.dumps(info, indent=2), encoding="utf-8")
+        return out
+
+    def load_lora(self, directory: str | os.PathLike) -> None:
+        """Load LoRA weights written by ``save_lora`` (or any diffusers-format UNet LoRA of the same rank)."""
+        from diffusers.utils import convert_unet_state_dict_to_peft
+        from safetensors.torch import load_file
+
+        path = Path(directory)
+        weight_file = path / LORA_WEIGHT_NAME if path.is_dir() else path
+        if not weight_file.is_file():
+            raise FileNotFoundError(f"no LoRA weights at {weight_file} (expected {LORA_WEIGHT_NAME} from save_lora)")
+        raw = load_file(str(weight_file))
+        unet_sd = {k[len("unet."):]: v for k, v in raw.items() if k.startswith("unet.")}
+        if not unet_sd:
+            raise ValueError(f"{weight_file} holds no UNet LoRA weights (keys starting with 'unet.')")
+        peft_sd = convert_unet_state_dict_to_peft(unet_sd)
+        ours: dict[str, torch.Tensor] = {}
+        for key, value in peft_sd.items():
+            if ".lora_A." not in key and ".lora_B." not in key:
+                continue  # e.g. alpha entries
+            ours[re.sub(r"\.(lora_[AB])\.", r".\1.default.", key)] = value
+        config_file = path / LORA_CONFIG_NAME if path.is_dir() else None
+        if config_file is not None and config_file.is_file():
+            saved = json.loads(config_file.read_text(encoding="utf-8"))
+            if int(saved.get("lora_rank", self.lora_rank)) != self.lora_rank:
+                raise ValueError(
+                    f"saved lora_rank={saved.get('lora_rank')} differs from this chain's lora_rank={self.lora_rank}; "
+                    f"load the model with lora_rank={saved.get('lora_rank')}"
+                )
+            if float(saved.get("lora_alpha", self.lora_alpha)) != float(self.lora_alpha):
+                raise ValueError(
+                    f"saved lora_alpha={saved.get('lora_alpha')} differs from this chain's lora_alpha={self.lora_alpha}"
+                )
+        self.load_lora_state_dict(ours)
+
+    def num_trainable_parameters(self) -> int:
+        """Number of scalar LoRA parameters."""
+        return int(sum(p.numel() for p in self.trainable_parameters()))
+
+    def describe(self) -> dict[str, Any]:
+        """A short summary: model, steps, guidance, eta, rank, trainable params, device, dtype."""
+        return {
+            "model": self.model_name,
+            "num_steps": self.num_steps,
+            "guidance_scale": self.guidance_scale,
+            "eta": self.eta,
+            "final_eta": self.final_eta,
+            "lora_rank": self.lora_rank,
+            "lora_alpha": self.lora_alpha,
+            "trainable_parameters": self.num_trainable_parameters(),
+            "image_size": list(self.image_size),
+            "latent": self.vae is not None,
+            "prediction_type": self.prediction_type,
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """True when a TCP connection to huggingface.co:443 opens within ``timeout`` seconds (DNS included)."""
+    import threading
+
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)  # a hanging DNS lookup must not block loading
+    return bool(result and result[0])
+
+
+def _offline_env() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_HUB_PATTERNS = ["model_index.json", "unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*",
+                 STUDIO_CONFIG_NAME]
+_HUB_IGNORE = ["*.bin", "*.ckpt", "*.msgpack", "*.onnx", "*.onnx_data", "*.pb", "*.h5", "*fp16*", "*non_ema*",
+               "*.ema.*", "*openvino*"]
+
+
+def _download_hub_model(repo_id: str) -> Path:
+    """The local snapshot of a Hub diffusers repo (cache first; a clear error when the Hub is unreachable)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, ignore_patterns=_HUB_IGNORE,
+                                      local_files_only=True))
+    except Exception:  # not cached (fully): go online if we can
+        pass
+    if _offline_env() or not _hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if _offline_env() else "huggingface.co:443 could not be reached"
+        raise ModelUnavailableError(
+            f"model '{repo_id}' comes from the Hugging Face Hub, but the Hub could not be reached ({why}) and the "
+            f"model is not in the local cache. Connect to the internet, or pass a local diffusers folder, or use "
+            f"model='tiny' (the bundled model)."
+        )
+    try:
+        local = Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, ignore_patterns=_HUB_IGNORE))
+        if not any((local / "unet").glob("*.safetensors")):  # older repos: .bin only
+            local = Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS,
+                                           ignore_patterns=[p for p in _HUB_IGNORE if p != "*.bin"]))
+        return local
+    except Exception as exc:  # noqa: BLE001 - re-raised with a clear message
+        raise ModelUnavailableError(
+            f"could not download model '{repo_id}' from the Hugging Face Hub: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _resolve_model_dir(name_or_path: str) -> tuple[Path, str]:
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
+        raise ValueError(f"model must be 'tiny', a local diffusers folder or a Hugging Face Hub id, got {name_or_path!r}")
+    name = str(name_or_path).strip()
+    if name == "tiny":
+        if not (TINY_MODEL_DIR / "unet").is_dir():
+            raise ModelUnavailableError(f"the bundled tiny model is missing at {TINY_MODEL_DIR} (expected unet/ etc.)")
+        return TINY_MODEL_DIR, "tiny"
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "unet").is_dir():
+            raise ValueError(
+                f"model folder {path} is not a diffusers model folder: expected subfolders unet/, text_encoder/, "
+                f"tokenizer/, scheduler/ (vae/ optional)"
+            )
+        return path, name
+    if _HUB_ID.match(name) and not name.startswith((".", "/", "~")):
+        return _download_hub_model(name), name
+    raise ValueError(
+        f"model must be 'tiny', an existing local diffusers folder or a Hugging Face Hub id 'owner/name', "
+        f"got {name!r} (no such folder)"
+    )
+
+
+def load_model(
+    name_or_path: str = "tiny",
+    num_steps: int | None = None,
+    lora_rank: int = 4,
+    lora_alpha: float | None = None,
+    guidance_scale: float | None = None,
+    eta: float = 1.0,
+    final_eta: float = 0.0,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    gradient_checkpointing: bool = False,
+    prompt_boundaries: Sequence[int | float] | None = None,
+) -> DiffusersChain:
+    """Load a diffusers text-to-image model as a ``DiffusersChain`` with fresh LoRA adapters.
+
+    ``name_or_path``: ``"tiny"`` (the bundled model in ``assets/tiny-shapes``), a local diffusers folder
+    (subfolders unet/, text_encoder/, tokenizer/, scheduler/, optional vae/) or a Hugging Face Hub id.
+    Arguments left as None take the folder's ``rlr_studio.json`` defaults when present, else
+    num_steps=20 and guidance_scale=7.5. ``device="auto"``: cuda > mps > cpu; ``dtype="auto"``:
+    float16 on cuda, float32 otherwise.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    model_dir, label = _resolve_model_dir(name_or_path)
+    defaults: dict[str, Any] = {}
+    studio = model_dir / STUDIO_CONFIG_NAME
+    if studio.is_file():
+        try:
+            defaults = json.loads(studio.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{studio} is not valid JSON: {exc}") from exc
+    if num_steps is None:
+        num_steps = int(defaults.get("num_steps", DEFAULT_NUM_STEPS))
+    if guidance_scale is None:
+        guidance_scale = float(defaults.get("guidance_scale", DEFAULT_GUIDANCE_SCALE))
+    if lora_alpha is None and defaults.get("lora_alpha") is not None and lora_rank == defaults.get("lora_rank"):
+        lora_alpha = defaults["lora_alpha"]
+    if prompt_boundaries is None and defaults.get("prompt_boundaries") is not None:
+        prompt_boundaries = defaults["prompt_boundaries"]
+
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=torch_dtype)
+    text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", dtype=torch_dtype)
+    tokenizer = CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer")
+    scheduler = DDIMScheduler.from_config(DDIMScheduler.load_config(model_dir, subfolder="scheduler"))
+    vae = None
+    if (model_dir / "vae").is_dir():
+        vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", torch_dtype=torch_dtype)
+    return DiffusersChain(
+        unet, text_encoder, tokenizer, scheduler, vae=vae, num_steps=num_steps, guidance_scale=guidance_scale,
+        eta=eta, final_eta=final_eta, lora_rank=lora_rank, lora_alpha=lora_alpha, device=dev, dtype=torch_dtype,
+        gradient_checkpointing=gradient_checkpointing, prompt_boundaries=prompt_boundaries, model_name=label,
+    )

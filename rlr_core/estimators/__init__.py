@@ -1,0 +1,71 @@
+"""Gradient estimators of d/dtheta E[reward] over a sampling chain (SPEC-RLR.md §2-4).
+
+``get_estimator(name, **options)`` builds one: "rlr", "full-bp", "truncated-bp", "ddpo",
+"zo", "rlr-released". Unknown names or options raise ValueError listing the allowed ones.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from .base import Estimator, GradientEstimate, Rollout
+from .ddpo import DDPOEstimator
+from .full_bp import FullBackpropEstimator
+from .rlr import RLREstimator
+from .rlr_released import RLRReleasedEstimator
+from .truncated_bp import TruncatedBackpropEstimator
+from .zo import ZerothOrderEstimator
+
+ESTIMATORS: dict[str, type[Estimator]] = {
+    "rlr": RLREstimator,
+    "full-bp": FullBackpropEstimator,
+    "truncated-bp": TruncatedBackpropEstimator,
+    "ddpo": DDPOEstimator,
+    "zo": ZerothOrderEstimator,
+    "rlr-released": RLRReleasedEstimator,
+}
+
+
+def list_estimators() -> list[str]:
+    """Names accepted by ``get_estimator``."""
+    return list(ESTIMATORS)
+
+
+def estimator_options(name: str) -> dict[str, Any]:
+    """The options of estimator ``name`` with their defaults (for UIs and config files)."""
+    cls = _lookup(name)
+    return {
+        p.name: p.default
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.name != "self"
+    }
+
+
+def get_estimator(name: str, **options: Any) -> Estimator:
+    """Build estimator ``name`` with ``options``; ValueError naming anything unknown."""
+    cls = _lookup(name)
+    allowed = estimator_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for estimator {name!r}; allowed options: {sorted(allowed)}"
+        )
+    return cls(**options)
+
+
+def _lookup(name: str) -> type[Estimator]:
+    if name not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {list(ESTIMATORS)}, got {name!r}")
+    return ESTIMATORS[name]
+
+
+__all__ = [
+    "Estimator",
+    "GradientEstimate",
+    "Rollout",
+    "get_estimator",
+    "list_estimators",
+    "estimator_options",
+    *[cls.__name__ for cls in ESTIMATORS.values()],
+]

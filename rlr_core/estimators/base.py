@@ -1,0 +1,325 @@
+"""What every gradient estimator shares: the result type, the rollout type, baselines, bookkeeping.
+
+Sign convention: an estimator sets ``p.grad`` to an estimate of the gradient of ``-E[r]``
+(ready for a torch optimizer that minimises), and every entry of ``GradientEstimate.parts``
+uses the same sign. ``sum(parts.values())`` equals the flattened ``p.grad``.
+
+Each estimator works in two phases: ``rollout(chain, prompts, generator, differentiable_reward)``
+samples the batch and keeps only what its gradient needs, ``gradient(rollout, rewards)`` turns
+rewards into ``p.grad``. ``estimate()`` is the two with the reward called in between; a human
+preference round calls them separately with the clicks as rewards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..chain import Chain
+from ..memory import MemoryMeter
+
+BASELINES = ("loo", "none", "prompt")
+
+
+@dataclass
+class GradientEstimate:
+    """One gradient estimate and what it cost."""
+
+    rewards: torch.Tensor  # [B], float32, cpu
+    images: torch.Tensor  # [B, 3, H, W] in [0, 1], detached, cpu
+    prompts: list[str]
+    parts: dict[str, torch.Tensor]  # flat float32 gradient of -E[r] per part
+    grad_norms: dict[str, float]  # per part and "total"
+    steps: dict[str, list[int]]  # the chain steps each part covered
+    seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+    graph_memory_mb: float = 0.0
+    skipped: str | None = None  # why the update must be skipped (p.grad is zero then)
+    rollout: "Rollout | None" = field(default=None, repr=False)
+
+    @property
+    def total(self) -> torch.Tensor:
+        """The flat gradient written into p.grad."""
+        return sum(self.parts.values()) if self.parts else torch.zeros(0)
+
+
+@dataclass
+class Rollout:
+    """A sampled batch and what the estimator keeps to compute its gradient later."""
+
+    chain: Chain
+    prompts: list[str]
+    images: torch.Tensor  # may carry the autograd graph of the first-order step
+    differentiable_reward: bool
+    steps: dict[str, list[int]]
+    data: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def display_images(self) -> torch.Tensor:
+        """Detached float32 cpu copy of the images, for showing or saving."""
+        return self.images.detach().float().cpu()
+
+
+class PromptBaseline:
+    """Per-prompt running mean of the rewards of earlier iterations (the "prompt" baseline)."""
+
+    def __init__(self, history: int = 32) -> None:
+        self.history = history
+        self._rewards: dict[str, deque[float]] = {}
+
+    def value(self, prompt: str) -> float | None:
+        values = self._rewards.get(str(prompt))
+        return sum(values) / len(values) if values else None
+
+    def update(self, prompts: list[str], rewards: torch.Tensor) -> None:
+        for prompt, reward in zip(prompts, rewards.tolist()):
+            self._rewards.setdefault(str(prompt), deque(maxlen=self.history)).append(float(reward))
+
+    def state_dict(self) -> dict[str, list[float]]:
+        return {prompt: list(values) for prompt, values in self._rewards.items()}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        self._rewards = {p: deque(v, maxlen=self.history) for p, v in state.items()}
+
+
+def flatten(tensors: list[torch.Tensor | None], like: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate gradients into one flat float32 vector (None counts as zeros)."""
+    return torch.cat(
+        [
+            (t if t is not None else torch.zeros_like(p)).detach().reshape(-1).float()
+            for t, p in zip(tensors, like)
+        ]
+    )
+
+
+def part_gradient(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    """Flat gradient of ``loss`` in ``params`` (parameters the loss does not touch get zeros)."""
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return flatten(list(grads), params)
+
+
+def write_grads(params: list[torch.Tensor], flat: torch.Tensor) -> None:
+    """Set ``p.grad`` of every parameter from one flat vector."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).to(device=p.device, dtype=p.dtype).clone()
+        offset += n
+
+
+def check_choice(field_name: str, value: Any, allowed: tuple) -> None:
+    """ValueError naming the field and the allowed values unless ``value`` is one of them."""
+    if value not in allowed:
+        raise ValueError(f"{field_name} must be one of {list(allowed)}, got {value!r}")
+
+
+def check_positive(field_name: str, value: float, allow_zero: bool = False) -> None:
+    """ValueError unless ``value`` is a positive (or non-negative) finite number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{field_name} must be a number, got {value!r}") from None
+    ok = number >= 0 if allow_zero else number > 0
+    if not ok or number != number or number in (float("inf"), float("-inf")):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{field_name} must be a finite number {bound}, got {value!r}")
+
+
+def random_int(generator: torch.Generator, high: int) -> int:
+    """A uniform integer in [0, high) drawn from ``generator``."""
+    return int(torch.randint(0, high, (1,), generator=generator, device=generator.device).item())
+
+
+class Estimator:
+    """Base class: option checking, baselines, timing, memory and writing p.grad.
+
+    Subclasses implement ``rollout`` and ``gradient`` and may override ``needs_pairs``.
+    """
+
+    name: str = "base"
+    inner_epochs: int = 1
+    requires_differentiable_reward: bool = False
+
+    def __init__(self, baseline: str = "loo", normalize: bool = False) -> None:
+        check_choice("baseline", baseline, BASELINES)
+        if not isinstance(normalize, bool):
+            raise ValueError(f"normalize must be true or false, got {normalize!r}")
+        self.baseline = baseline
+        self.normalize = normalize
+        self.prompt_baseline = PromptBaseline()
+
+    # --- what the Trainer needs to know -----------------------------------------------------
+    def needs_pairs(self, differentiable_reward: bool) -> bool:
+        """True when the batch is split in +/- halves sharing noise (antithetic ZO terms)."""
+        return False
+
+    def check(self, chain: Chain, reward: Any, batch_size: int) -> None:
+        """Raise ValueError if this estimator cannot run on ``chain`` / ``reward`` / ``batch_size``."""
+        differentiable = bool(getattr(reward, "differentiable", False))
+        self._check_setup(chain, differentiable, batch_size)
+
+    def _check_setup(self, chain: Chain, differentiable_reward: bool, batch_size: int) -> None:
+        if self.requires_differentiable_reward and not differentiable_reward:
+            raise ValueError(
+                f"estimator {self.name!r} needs a differentiable reward (it backpropagates through it); "
+                "use rlr, ddpo or zo with this reward"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        paired = self.needs_pairs(differentiable_reward)
+        if paired and batch_size % 2:
+            raise ValueError(
+                f"batch_size must be even for {self.name!r} here (the batch is split in antithetic "
+                f"+/- halves), got {batch_size}"
+            )
+        minimum = self._min_batch(paired)
+        if batch_size < minimum:
+            raise ValueError(
+                f"batch_size must be >= {minimum} for {self.name!r} with baseline={self.baseline!r}"
+                f"{' and antithetic pairs' if paired else ''} (leave-one-out needs other samples), "
+                f"got {batch_size}"
+            )
+
+    def _min_batch(self, paired: bool) -> int:
+        if self.baseline == "loo" and self._uses_baseline():
+            return 4 if paired else 2
+        return 2 if paired else 1
+
+    def _uses_baseline(self) -> bool:
+        return True
+
+    # --- the two phases ----------------------------------------------------------------------
+    def rollout(
+        self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
+    ) -> Rollout:
+        raise NotImplementedError
+
+    def gradient(self, rollout: Rollout, rewards: torch.Tensor) -> GradientEstimate:
+        raise NotImplementedError
+
+    def estimate(
+        self, chain: Chain, reward: Any, prompts: list[str], generator: torch.Generator
+    ) -> GradientEstimate:
+        """Sample, score with ``reward``, and write the gradient estimate of -E[r] into p.grad."""
+        prompts = list(prompts)
+        self.check(chain, reward, len(prompts))
+        device = chain.trainable_parameters()[0].device
+        start = time.perf_counter()
+        with MemoryMeter(device) as meter:
+            rollout = self.rollout(chain, prompts, generator, bool(getattr(reward, "differentiable", False)))
+            rewards = reward(rollout.images, [str(p) for p in prompts])
+            result = self.gradient(rollout, rewards)
+        result.seconds = time.perf_counter() - start
+        result.peak_memory_mb = meter.peak_memory_mb
+        result.graph_memory_mb = meter.graph_memory_mb
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        """State carried across iterations (baselines), for checkpoints."""
+        return {"prompt_baseline": self.prompt_baseline.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.prompt_baseline.load_state_dict(state.get("prompt_baseline", {}))
+
+    # --- helpers for subclasses ------------------------------------------------------------
+    def advantages(self, rewards: torch.Tensor, prompts: list[str], paired: bool) -> torch.Tensor:
+        """r - b per sample, with b independent of the sample's own noise (keeps the sum unbiased).
+
+        With antithetic pairs, sample i and sample i + B/2 share every noise, so the
+        leave-one-out baseline leaves out both.
+        """
+        r = rewards.detach().double()
+        batch = r.shape[0]
+        if self.baseline == "none":
+            return r
+        if paired:
+            half = batch // 2
+            partner = r.roll(half)
+            others = batch - 2
+            loo = (r.sum() - r - partner) / others if others > 0 else torch.zeros_like(r)
+        else:
+            loo = (r.sum() - r) / (batch - 1) if batch > 1 else torch.zeros_like(r)
+        if self.baseline == "loo":
+            return r - loo
+        # "prompt": running mean from earlier iterations, leave-one-out for unseen prompts
+        previous = [self.prompt_baseline.value(p) for p in prompts]
+        b = torch.tensor([loo[i].item() if v is None else v for i, v in enumerate(previous)], dtype=r.dtype)
+        return r - b.to(r.device)
+
+    def reward_scale(self, rewards: torch.Tensor) -> float:
+        """1 / batch std when ``normalize`` is on (rescales the whole gradient), else 1."""
+        if not self.normalize or rewards.numel() < 2:
+            return 1.0
+        return 1.0 / (float(rewards.detach().double().std()) + 1e-8)
+
+    def skipped_if_not_finite(self, rollout: Rollout, rewards: torch.Tensor) -> GradientEstimate | None:
+        """A zero-gradient, ``skipped`` result when some reward is NaN or infinite, else None."""
+        finite = torch.isfinite(rewards.detach())
+        if bool(finite.all()):
+            return None
+        bad = [i for i, ok in enumerate(finite.tolist()) if not ok]
+        params = rollout.chain.trainable_parameters()
+        write_grads(params, torch.zeros(sum(p.numel() for p in params)))
+        return GradientEstimate(
+            rewards=rewards.detach().float().cpu(),
+            images=rollout.display_images(),
+            prompts=[str(p) for p in rollout.prompts],
+            parts={},
+            grad_norms={"total": 0.0},
+            steps=rollout.steps,
+            skipped=f"non-finite rewards at batch indices {bad}: update skipped, LoRA kept",
+            rollout=rollout,
+        )
+
+    def finish(self, rollout: Rollout, rewards: torch.Tensor, parts: dict[str, torch.Tensor]) -> GradientEstimate:
+        """Write the sum of ``parts`` into p.grad and package the result."""
+        params = rollout.chain.trainable_parameters()
+        total = sum(parts.values()) if parts else torch.zeros(sum(p.numel() for p in params))
+        write_grads(params, total)
+        norms = {name: float(v.norm()) for name, v in parts.items()}
+        norms["total"] = float(total.norm())
+        if self.baseline == "prompt":
+            self.prompt_baseline.update([str(p) for p in rollout.prompts], rewards.detach().cpu())
+        return GradientEstimate(
+            rewards=rewards.detach().float().cpu(),
+            images=rollout.display_images(),
+            prompts=[str(p) for p in rollout.prompts],
+            parts=parts,
+            grad_norms=norms,
+            steps=rollout.steps,
+            seconds=rollout.seconds,
+            rollout=rollout,
+        )
+
+
+def ppo_step_gradient(
+    chain: Chain,
+    cond: Any,
+    step_index: int,
+    recorded: Any,
+    advantages: torch.Tensor,
+    clip_range: float,
+    weight: float,
+) -> torch.Tensor:
+    """Flat gradient of the PPO-clipped likelihood-ratio loss of one recorded step.
+
+    loss = weight * sum_i max(-A_i * ratio_i, -A_i * clip(ratio_i, 1 - c, 1 + c)),
+    ratio_i = p_theta(x_next | x) / p_old(x_next | x). At ratio 1 (theta unchanged since
+    sampling) its gradient is exactly the likelihood-ratio term -weight * sum_i A_i grad log p.
+    """
+    from ..sampling import step_log_prob  # local import: sampling imports nothing from here
+
+    params = chain.trainable_parameters()
+    with torch.enable_grad():
+        log_prob = step_log_prob(chain, recorded.x, recorded.x_next, step_index, cond)
+        log_ratio = (log_prob - recorded.log_prob.to(log_prob)).clamp(-20.0, 20.0)
+        ratio = torch.exp(log_ratio)
+        adv = advantages.to(log_prob)
+        unclipped = -adv * ratio
+        clipped = -adv * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
+        loss = weight * torch.maximum(unclipped, clipped).sum()
+        return part_gradient(loss, params)

@@ -1,0 +1,301 @@
+"""RLR: the Recursive Likelihood Ratio estimator (SPEC-RLR.md §3).
+
+Every step's dependence on theta is estimated exactly once:
+
+- the last step (k = T-1) first order (FO): backprop through the step, decode and reward;
+  with a non-differentiable reward it is covered by the zeroth-order term instead (weighted
+  by ``remaining_weight`` when the ZO direction is shared);
+- one sub-chain of ``h`` steps starting at a random ``j`` half order (HO): from detached x[j]
+  the sub-chain runs with autograd (inner noises fixed), and the likelihood ratio is taken at
+  its exit step, so the score flows through ``h`` model calls;
+- the remaining steps by ``remaining``: "zo" (parameter perturbation with antithetic +/- halves
+  of the batch on common noise; ``zo_directions="shared"`` perturbs all ZO steps along one
+  direction xi, "per-step" draws xi[k] per step as the paper writes it: both unbiased, the
+  shared direction has lower variance because per-step directions add cross terms
+  sum_{k != k'} (g_k' . xi_k') xi_k), "lr" (per-step likelihood ratio
+  on ``lr_samples`` random steps scaled by |remaining| / lr_samples), or "none" (dropped:
+  biased; the paper's ablation and what the released code does).
+
+Because each step is covered once whichever ``j`` is drawn, the sum is unbiased for any
+distribution of ``j``: uniform over a window, or a softmax of earlier HO gradient norms.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from ..chain import Chain, perturbation_direction, step_std_is_zero
+from ..sampling import draw_noise, gaussian_log_prob, run_steps, step_log_prob, take_step
+from .base import (
+    Estimator,
+    GradientEstimate,
+    Rollout,
+    check_choice,
+    check_positive,
+    flatten,
+    part_gradient,
+    random_int,
+)
+
+REMAINING = ("zo", "lr", "none")
+ZO_DIRECTIONS = ("shared", "per-step")
+J_SAMPLING = ("uniform", "grad-norm")
+
+
+class RLREstimator(Estimator):
+    """FO on the last step + HO on a random sub-chain + ZO / LR / nothing on the rest."""
+
+    name = "rlr"
+
+    def __init__(
+        self,
+        h: int = 2,
+        remaining: str = "zo",
+        zo_scale: float = 1e-2,
+        zo_directions: str = "shared",
+        lr_samples: int = 2,
+        window: tuple[int, int] | list[int] | None = None,
+        j_sampling: str = "uniform",
+        grad_norm_temperature: float = 1.0,
+        baseline: str = "loo",
+        normalize: bool = False,
+        fo_weight: float = 1.0,
+        ho_weight: float = 1.0,
+        remaining_weight: float = 1.0,
+    ) -> None:
+        super().__init__(baseline=baseline, normalize=normalize)
+        if not isinstance(h, int) or isinstance(h, bool) or h < 1:
+            raise ValueError(f"h must be an integer >= 1 (and <= num_steps - 1), got {h!r}")
+        check_choice("remaining", remaining, REMAINING)
+        check_choice("j_sampling", j_sampling, J_SAMPLING)
+        check_choice("zo_directions", zo_directions, ZO_DIRECTIONS)
+        check_positive("zo_scale", zo_scale)
+        check_positive("grad_norm_temperature", grad_norm_temperature)
+        if not isinstance(lr_samples, int) or lr_samples < 1:
+            raise ValueError(f"lr_samples must be an integer >= 1, got {lr_samples!r}")
+        for field_name, value in (("fo_weight", fo_weight), ("ho_weight", ho_weight), ("remaining_weight", remaining_weight)):
+            check_positive(field_name, value, allow_zero=True)
+        if window is not None:
+            if len(window) != 2 or not all(isinstance(v, int) for v in window) or window[0] > window[1]:
+                raise ValueError(f"window must be two step indices (a, b) with a <= b, got {window!r}")
+            window = (int(window[0]), int(window[1]))
+        self.h = h
+        self.remaining = remaining
+        self.zo_scale = float(zo_scale)
+        self.zo_directions = zo_directions
+        self.lr_samples = lr_samples
+        self.window = window
+        self.j_sampling = j_sampling
+        self.grad_norm_temperature = float(grad_norm_temperature)
+        self.fo_weight = float(fo_weight)
+        self.ho_weight = float(ho_weight)
+        self.remaining_weight = float(remaining_weight)
+        self.ho_grad_norms: dict[int, float] = {}  # start j -> running HO gradient norm
+
+    # --- setup ---------------------------------------------------------------------------------
+    def needs_pairs(self, differentiable_reward: bool) -> bool:
+        return self.remaining == "zo" or not differentiable_reward
+
+    def start_window(self, num_steps: int) -> tuple[int, int]:
+        """Allowed HO starts (inclusive): the sub-chain must end before the last (FO) step."""
+        last_start = num_steps - 1 - self.h
+        if self.window is None:
+            return 0, last_start
+        return self.window
+
+    def _check_setup(self, chain: Chain, differentiable_reward: bool, batch_size: int) -> None:
+        T = chain.num_steps
+        if self.h > T - 1:
+            raise ValueError(
+                f"h must be between 1 and num_steps - 1 = {T - 1} (the last step is first order), got {self.h}"
+            )
+        last_start = T - 1 - self.h
+        if self.window is not None and not (0 <= self.window[0] <= self.window[1] <= last_start):
+            raise ValueError(
+                f"window must lie within [0, {last_start}] (HO starts j with j + h <= T - 1 for T={T}, "
+                f"h={self.h}), got {list(self.window)}"
+            )
+        super()._check_setup(chain, differentiable_reward, batch_size)
+
+    def _choose_start(self, num_steps: int, generator: torch.Generator) -> int:
+        a, b = self.start_window(num_steps)
+        candidates = list(range(a, b + 1))
+        if self.j_sampling == "uniform" or not self.ho_grad_norms:
+            return candidates[random_int(generator, len(candidates))]
+        # softmax of earlier HO gradient norms; unseen starts get the largest seen norm (explore)
+        largest = max(self.ho_grad_norms.values())
+        logits = torch.tensor([self.ho_grad_norms.get(j, largest) for j in candidates], dtype=torch.float64)
+        scale = logits.abs().max().clamp_min(1e-12)
+        probs = torch.softmax(logits / scale / self.grad_norm_temperature, dim=0).float()
+        index = torch.multinomial(probs.to(generator.device), 1, generator=generator).item()
+        return candidates[int(index)]
+
+    # --- phase 1: sample and keep what the gradient needs -------------------------------------
+    def rollout(
+        self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
+    ) -> Rollout:
+        start_time = time.perf_counter()
+        T = chain.num_steps
+        self._check_setup(chain, differentiable_reward, len(prompts))
+        j = self._choose_start(T, generator)
+        exit_step = j + self.h - 1
+        others = [k for k in range(T - 1) if not j <= k <= exit_step]
+        zo_steps = list(others) if self.remaining == "zo" else []
+        lr_steps: list[int] = []
+        if self.remaining == "lr" and others:
+            order = torch.randperm(len(others), generator=generator, device=generator.device).tolist()
+            lr_steps = sorted(others[i] for i in order[: min(self.lr_samples, len(others))])
+        if not differentiable_reward:
+            zo_steps.append(T - 1)
+        paired = self.needs_pairs(differentiable_reward)
+        batch = len(prompts)
+        n = batch // 2 if paired else batch
+        noise = draw_noise(chain, n, generator)
+        shared_seed = random_int(generator, 2**31 - 1)
+        zo_seeds = {
+            k: shared_seed if self.zo_directions == "shared" else random_int(generator, 2**31 - 1)
+            for k in zo_steps
+        }
+        groups = [(prompts[:n], 1.0), (prompts[n:], -1.0)] if paired else [(prompts, 0.0)]
+
+        conds, images, log_probs, records = [], [], [], []
+        for group_prompts, sign in groups:
+            cond = chain.condition(list(group_prompts))
+            perturb = {k: (seed, sign * self.zo_scale) for k, seed in zo_seeds.items()} if sign else {}
+            record = {k: None for k in lr_steps}
+            with torch.no_grad():
+                x = run_steps(chain, noise.x0, range(0, j), cond, noise, perturb, record)
+            with torch.enable_grad():  # HO: reparameterized inside, likelihood ratio at the exit
+                x_inner = run_steps(chain, x.detach(), range(j, exit_step), cond, noise)
+                exit_mean, exit_std = chain.step_mean_std(x_inner, exit_step, cond)
+                if step_std_is_zero(exit_std):
+                    raise ValueError(
+                        f"eta must be > 0 for rlr: step {exit_step} (the HO exit) is deterministic"
+                    )
+                x_exit = (exit_mean + exit_std * noise.eps[exit_step]).detach()
+                log_probs.append(gaussian_log_prob(x_exit, exit_mean, exit_std))
+            with torch.no_grad():
+                x = run_steps(chain, x_exit, range(exit_step + 1, T - 1), cond, noise, perturb, record)
+            if differentiable_reward:
+                with torch.enable_grad():
+                    x_T, _, _ = take_step(chain, x.detach(), T - 1, cond, noise.eps[T - 1])
+                    images.append(chain.decode(x_T))
+            else:
+                with torch.no_grad():
+                    x_T, _, _ = take_step(chain, x, T - 1, cond, noise.eps[T - 1], perturb.get(T - 1))
+                    images.append(chain.decode(x_T))
+            conds.append(cond)
+            records.append(record)
+
+        steps = {"ho": list(range(j, exit_step + 1))}
+        if differentiable_reward:
+            steps["fo"] = [T - 1]
+        if zo_steps:
+            steps["zo"] = sorted(zo_steps)
+        if lr_steps:
+            steps["lr"] = lr_steps
+        if self.remaining == "none" and others:
+            steps["dropped"] = others
+        return Rollout(
+            chain=chain,
+            prompts=list(prompts),
+            images=torch.cat(images),
+            differentiable_reward=differentiable_reward,
+            steps=steps,
+            data={
+                "j": j,
+                "paired": paired,
+                "log_prob": torch.cat(log_probs),
+                "zo_seeds": zo_seeds,
+                "conds": conds,
+                "records": records,
+                "group_sizes": [len(g[0]) for g in groups],
+                "num_remaining": len(others),
+            },
+            seconds=time.perf_counter() - start_time,
+        )
+
+    # --- phase 2: rewards -> p.grad ------------------------------------------------------------
+    def gradient(self, rollout: Rollout, rewards: torch.Tensor) -> GradientEstimate:
+        start_time = time.perf_counter()
+        skipped = self.skipped_if_not_finite(rollout, rewards)
+        if skipped is not None:
+            return skipped
+        chain, data = rollout.chain, rollout.data
+        params = chain.trainable_parameters()
+        paired = data["paired"]
+        scale = self.reward_scale(rewards)
+        advantages = self.advantages(rewards, rollout.prompts, paired)
+        batch = rewards.shape[0]
+        parts: dict[str, torch.Tensor] = {}
+
+        if rollout.differentiable_reward and rewards.requires_grad:
+            parts["fo"] = part_gradient(-self.fo_weight * scale * rewards.mean(), params)
+
+        log_prob = data["log_prob"]
+        ho_loss = -self.ho_weight * scale * (advantages.to(log_prob) * log_prob).mean()
+        parts["ho"] = part_gradient(ho_loss, params)
+        self._remember_ho_norm(data["j"], float(parts["ho"].norm()))
+
+        lr_steps = rollout.steps.get("lr", [])
+        if lr_steps:
+            weight = self.remaining_weight * scale * data["num_remaining"] / len(lr_steps)
+            parts["lr"] = self._lr_part(rollout, advantages, lr_steps, weight / batch)
+
+        zo_steps = rollout.steps.get("zo", [])
+        if zo_steps:
+            r = rewards.detach().double()
+            half = batch // 2
+            slope = float((r[:half] - r[half:]).mean()) / (2 * self.zo_scale)
+            T = chain.num_steps
+            if self.zo_directions == "shared":  # one direction for every ZO step: one term
+                terms = [(data["zo_seeds"][zo_steps[0]], self.remaining_weight)]
+            else:
+                terms = [
+                    (data["zo_seeds"][k], self.fo_weight if k == T - 1 else self.remaining_weight)
+                    for k in zo_steps
+                ]
+            zo = torch.zeros(sum(p.numel() for p in params))
+            for seed, weight in terms:
+                xi = flatten(perturbation_direction(params, seed), params).cpu()
+                zo = zo - (weight * scale * slope) * xi
+            parts["zo"] = zo.to(parts["ho"].device)
+
+        result = self.finish(rollout, rewards, parts)
+        result.seconds = rollout.seconds + (time.perf_counter() - start_time)
+        return result
+
+    def _lr_part(self, rollout: Rollout, advantages: torch.Tensor, lr_steps: list[int], weight: float) -> torch.Tensor:
+        """Per-step likelihood-ratio terms on the sampled remaining steps, one backward each."""
+        chain, data = rollout.chain, rollout.data
+        params = chain.trainable_parameters()
+        total = None
+        offset = 0
+        for cond, record, size in zip(data["conds"], data["records"], data["group_sizes"]):
+            group_adv = advantages[offset : offset + size]
+            offset += size
+            for k in lr_steps:
+                step = record[k]
+                with torch.enable_grad():
+                    log_prob = step_log_prob(chain, step.x, step.x_next, k, cond)
+                    loss = -weight * (group_adv.to(log_prob) * log_prob).sum()
+                    grad = part_gradient(loss, params)
+                total = grad if total is None else total + grad
+        return total
+
+    def _remember_ho_norm(self, j: int, norm: float) -> None:
+        if math.isfinite(norm):
+            previous = self.ho_grad_norms.get(j)
+            self.ho_grad_norms[j] = norm if previous is None else 0.7 * previous + 0.3 * norm
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["ho_grad_norms"] = dict(self.ho_grad_norms)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.ho_grad_norms = {int(k): float(v) for k, v in state.get("ho_grad_norms", {}).items()}

@@ -1,0 +1,86 @@
+"""rlr-released: what the authors' released code does (SPEC-RLR.md §4), for comparison.
+
+First order on the last step, plus ``chain_len`` single-step PPO-clipped likelihood-ratio
+terms at uniformly random earlier steps, with batch-normalized advantages and no zeroth-order
+part. The remaining steps are dropped and the sampled terms are not rescaled, so the estimate
+is biased. Needs a differentiable reward (its first-order step backpropagates through it).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..chain import Chain
+from ..sampling import draw_noise, run_steps, take_step
+from .base import Estimator, GradientEstimate, Rollout, check_positive, part_gradient, ppo_step_gradient
+
+
+class RLRReleasedEstimator(Estimator):
+    """FO last step + ``chain_len`` random single-step PPO likelihood-ratio terms, no ZO."""
+
+    name = "rlr-released"
+    requires_differentiable_reward = True
+
+    def __init__(self, chain_len: int = 2, clip_range: float = 1e-4, normalize: bool = True, baseline: str = "loo") -> None:
+        super().__init__(baseline=baseline, normalize=normalize)
+        if not isinstance(chain_len, int) or chain_len < 1:
+            raise ValueError(f"chain_len must be an integer >= 1, got {chain_len!r}")
+        check_positive("clip_range", clip_range)
+        self.chain_len = chain_len
+        self.clip_range = float(clip_range)
+
+    def _check_setup(self, chain: Chain, differentiable_reward: bool, batch_size: int) -> None:
+        if self.chain_len > chain.num_steps - 1:
+            raise ValueError(f"chain_len must be <= num_steps - 1 = {chain.num_steps - 1}, got {self.chain_len}")
+        super()._check_setup(chain, differentiable_reward, batch_size)
+
+    def rollout(
+        self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
+    ) -> Rollout:
+        start_time = time.perf_counter()
+        self._check_setup(chain, differentiable_reward, len(prompts))
+        T = chain.num_steps
+        order = torch.randperm(T - 1, generator=generator, device=generator.device).tolist()
+        lr_steps = sorted(order[: self.chain_len])
+        noise = draw_noise(chain, len(prompts), generator)
+        cond = chain.condition(list(prompts))
+        record = {k: None for k in lr_steps}
+        with torch.no_grad():
+            x = run_steps(chain, noise.x0, range(T - 1), cond, noise, record=record)
+        with torch.enable_grad():
+            x_T, _, _ = take_step(chain, x.detach(), T - 1, cond, noise.eps[T - 1])
+            images = chain.decode(x_T)
+        dropped = [k for k in range(T - 1) if k not in lr_steps]
+        return Rollout(
+            chain=chain,
+            prompts=list(prompts),
+            images=images,
+            differentiable_reward=True,
+            steps={"fo": [T - 1], "lr": lr_steps, "dropped": dropped},
+            data={"cond": cond, "record": record},
+            seconds=time.perf_counter() - start_time,
+        )
+
+    def gradient(self, rollout: Rollout, rewards: torch.Tensor) -> GradientEstimate:
+        start_time = time.perf_counter()
+        skipped = self.skipped_if_not_finite(rollout, rewards)
+        if skipped is not None:
+            return skipped
+        chain, data = rollout.chain, rollout.data
+        params = chain.trainable_parameters()
+        scale = self.reward_scale(rewards)
+        advantages = self.advantages(rewards, rollout.prompts, paired=False)
+        batch = rewards.shape[0]
+        parts = {}
+        if rewards.requires_grad:
+            parts["fo"] = part_gradient(-rewards.mean(), params)
+        total = None
+        for k in rollout.steps["lr"]:
+            grad = ppo_step_gradient(chain, data["cond"], k, data["record"][k], advantages, self.clip_range, scale / batch)
+            total = grad if total is None else total + grad
+        parts["lr"] = total
+        result = self.finish(rollout, rewards, parts)
+        result.seconds = rollout.seconds + (time.perf_counter() - start_time)
+        return result

@@ -1,0 +1,81 @@
+"""truncated-bp (AlignProp / DRaFT-K): first order through the last K steps only.
+
+Steps before the last K run without autograd and their dependence on theta is dropped, so the
+estimate is biased; memory is O(K). ``k_range=(lo, hi)`` draws K uniformly per estimate.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..chain import Chain
+from ..sampling import draw_noise, run_steps
+from .base import Estimator, GradientEstimate, Rollout, part_gradient, random_int
+
+
+class TruncatedBackpropEstimator(Estimator):
+    """Backpropagate through the last ``k`` steps; earlier steps are detached."""
+
+    name = "truncated-bp"
+    requires_differentiable_reward = True
+
+    def __init__(self, k: int = 1, k_range: tuple[int, int] | list[int] | None = None, normalize: bool = False) -> None:
+        super().__init__(baseline="none", normalize=normalize)
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        if k_range is not None:
+            if len(k_range) != 2 or not all(isinstance(v, int) for v in k_range) or not 1 <= k_range[0] <= k_range[1]:
+                raise ValueError(f"k_range must be two integers 1 <= lo <= hi, got {k_range!r}")
+            k_range = (int(k_range[0]), int(k_range[1]))
+        self.k = k
+        self.k_range = k_range
+
+    def _uses_baseline(self) -> bool:
+        return False
+
+    def _check_setup(self, chain: Chain, differentiable_reward: bool, batch_size: int) -> None:
+        largest = self.k_range[1] if self.k_range else self.k
+        if largest > chain.num_steps:
+            field_name = "k_range" if self.k_range else "k"
+            raise ValueError(f"{field_name} must be <= num_steps = {chain.num_steps}, got {largest}")
+        super()._check_setup(chain, differentiable_reward, batch_size)
+
+    def rollout(
+        self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
+    ) -> Rollout:
+        start_time = time.perf_counter()
+        self._check_setup(chain, differentiable_reward, len(prompts))
+        T = chain.num_steps
+        k = self.k
+        if self.k_range is not None:
+            k = self.k_range[0] + random_int(generator, self.k_range[1] - self.k_range[0] + 1)
+        noise = draw_noise(chain, len(prompts), generator)
+        cond = chain.condition(list(prompts))
+        with torch.no_grad():
+            x = run_steps(chain, noise.x0, range(0, T - k), cond, noise)
+        with torch.enable_grad():
+            x = run_steps(chain, x.detach(), range(T - k, T), cond, noise)
+            images = chain.decode(x)
+        return Rollout(
+            chain=chain,
+            prompts=list(prompts),
+            images=images,
+            differentiable_reward=True,
+            steps={"fo": list(range(T - k, T)), "dropped": list(range(0, T - k))},
+            seconds=time.perf_counter() - start_time,
+        )
+
+    def gradient(self, rollout: Rollout, rewards: torch.Tensor) -> GradientEstimate:
+        start_time = time.perf_counter()
+        skipped = self.skipped_if_not_finite(rollout, rewards)
+        if skipped is not None:
+            return skipped
+        if not rewards.requires_grad:
+            raise ValueError("truncated-bp needs rewards computed with autograd from rollout.images")
+        params = rollout.chain.trainable_parameters()
+        parts = {"fo": part_gradient(-self.reward_scale(rewards) * rewards.mean(), params)}
+        result = self.finish(rollout, rewards, parts)
+        result.seconds = rollout.seconds + (time.perf_counter() - start_time)
+        return result

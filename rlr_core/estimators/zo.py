@@ -1,0 +1,77 @@
+"""zo: two-point parameter perturbation (SPSA / antithetic ES) over the whole chain.
+
+The batch is split in halves that share every noise (common random numbers): the first half
+samples with theta + scale * xi, the second with theta - scale * xi, and
+
+    grad E[r]  ~=  mean_pairs(r_plus - r_minus) / (2 * scale) * xi.
+
+Unbiased for the Gaussian-smoothed objective (exactly unbiased when r is quadratic in theta);
+inference only, no autograd, works with any reward.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..chain import Chain, perturbation_direction
+from ..sampling import draw_noise, run_steps
+from .base import Estimator, GradientEstimate, Rollout, check_positive, flatten, random_int
+
+
+class ZerothOrderEstimator(Estimator):
+    """Antithetic parameter-perturbation estimate with common random numbers."""
+
+    name = "zo"
+
+    def __init__(self, scale: float = 1e-2, normalize: bool = False) -> None:
+        super().__init__(baseline="none", normalize=normalize)
+        check_positive("scale", scale)
+        self.scale = float(scale)
+
+    def needs_pairs(self, differentiable_reward: bool) -> bool:
+        return True
+
+    def _uses_baseline(self) -> bool:
+        return False
+
+    def rollout(
+        self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
+    ) -> Rollout:
+        start_time = time.perf_counter()
+        self._check_setup(chain, differentiable_reward, len(prompts))
+        n = len(prompts) // 2
+        noise = draw_noise(chain, n, generator)
+        seed = random_int(generator, 2**31 - 1)
+        images = []
+        with torch.no_grad():
+            for group_prompts, sign in ((prompts[:n], 1.0), (prompts[n:], -1.0)):
+                cond = chain.condition(list(group_prompts))
+                perturb = {k: (seed, sign * self.scale) for k in range(chain.num_steps)}
+                x = run_steps(chain, noise.x0, range(chain.num_steps), cond, noise, perturb)
+                images.append(chain.decode(x))
+        return Rollout(
+            chain=chain,
+            prompts=list(prompts),
+            images=torch.cat(images),
+            differentiable_reward=differentiable_reward,
+            steps={"zo": list(range(chain.num_steps))},
+            data={"seed": seed},
+            seconds=time.perf_counter() - start_time,
+        )
+
+    def gradient(self, rollout: Rollout, rewards: torch.Tensor) -> GradientEstimate:
+        start_time = time.perf_counter()
+        skipped = self.skipped_if_not_finite(rollout, rewards)
+        if skipped is not None:
+            return skipped
+        params = rollout.chain.trainable_parameters()
+        r = rewards.detach().double()
+        half = r.shape[0] // 2
+        slope = float((r[:half] - r[half:]).mean()) / (2 * self.scale)
+        xi = flatten(perturbation_direction(params, rollout.data["seed"]), params)
+        parts = {"zo": -(self.reward_scale(rewards) * slope) * xi}
+        result = self.finish(rollout, rewards, parts)
+        result.seconds = rollout.seconds + (time.perf_counter() - start_time)
+        return result

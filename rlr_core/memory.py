@@ -1,0 +1,92 @@
+"""Measuring the memory one gradient estimate needs.
+
+Two numbers are reported:
+
+- ``peak_memory_mb``: on CUDA the peak allocated memory (``torch.cuda.max_memory_allocated``)
+  above what was allocated at the start; on CPU the peak resident set size above the start,
+  sampled every few milliseconds by a background thread (noisy: the allocator reuses memory).
+- ``graph_memory_mb``: the bytes autograd saved for backward during the estimate, each storage
+  counted once. This is the memory the computation graphs hold, device-independent and
+  deterministic, so it is what tests compare across chain lengths.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import torch
+
+try:  # psutil ships with gradio's dependencies; the meter degrades gracefully without it
+    import psutil
+except ImportError:  # pragma: no cover
+    psutil = None
+
+
+class MemoryMeter:
+    """Context manager measuring peak memory and autograd-saved bytes of the code inside it."""
+
+    def __init__(self, device: torch.device | str | None = None, sample_interval_s: float = 0.002) -> None:
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.sample_interval_s = sample_interval_s
+        self.peak_memory_mb = 0.0
+        self.graph_memory_mb = 0.0
+        self._graph_bytes = 0
+        self._seen_storages: list[Any] = []
+        self._seen_ptrs: set[int] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._hooks: Any = None
+
+    # autograd's saved-tensor hooks: count each storage once, keep the tensor unchanged
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        try:
+            storage = tensor.untyped_storage()
+            ptr = storage.data_ptr()
+            if ptr not in self._seen_ptrs and not isinstance(tensor, torch.nn.Parameter):
+                self._seen_ptrs.add(ptr)
+                self._seen_storages.append(storage)  # keeps the pointer valid while we measure
+                self._graph_bytes += storage.nbytes()
+        except (RuntimeError, NotImplementedError):  # tensors without storage (e.g. sparse)
+            pass
+        return tensor
+
+    @staticmethod
+    def _unpack(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def _sample_rss(self, start_rss: int) -> None:
+        process = psutil.Process(os.getpid())
+        peak = start_rss
+        while not self._stop.is_set():
+            peak = max(peak, process.memory_info().rss)
+            time.sleep(self.sample_interval_s)
+        peak = max(peak, process.memory_info().rss)
+        self.peak_memory_mb = (peak - start_rss) / 2**20
+
+    def __enter__(self) -> "MemoryMeter":
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._hooks.__enter__()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self._cuda_start = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif psutil is not None:
+            start_rss = psutil.Process(os.getpid()).memory_info().rss
+            self._thread = threading.Thread(target=self._sample_rss, args=(start_rss,), daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._hooks.__exit__(*exc)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_memory_mb = (torch.cuda.max_memory_allocated(self.device) - self._cuda_start) / 2**20
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        self.graph_memory_mb = self._graph_bytes / 2**20
+        self._seen_storages.clear()
+        self._seen_ptrs.clear()
