@@ -66,17 +66,22 @@ def perturbation_direction(parameters: list[torch.Tensor], seed: int) -> list[to
 
 @contextlib.contextmanager
 def perturb_parameters(parameters: list[torch.Tensor], seed: int, scale: float) -> Iterator[None]:
-    """Context manager: add ``scale * xi(seed)`` to ``parameters`` and restore the exact values on exit."""
-    saved = [p.detach().clone() for p in parameters]
+    """Context manager: theta += ``scale * xi(seed)``, and exactly the original tensors back on exit.
+
+    The perturbed values live in new tensors swapped in through ``.data``; the original
+    storages are never written. This matters: a gradient segment recorded earlier (e.g. RLR's
+    HO sub-chain) saved these parameters for its backward pass, and an in-place change would
+    invalidate that graph. After exit every parameter holds its original storage again.
+    """
+    originals = [p.data for p in parameters]
     try:
         with torch.no_grad():
             for p, xi in zip(parameters, perturbation_direction(parameters, seed)):
-                p.add_(xi, alpha=float(scale))
+                p.data = p.data + float(scale) * xi
         yield
     finally:
-        with torch.no_grad():
-            for p, original in zip(parameters, saved):
-                p.copy_(original)
+        for p, original in zip(parameters, originals):
+            p.data = original
 
 
 def step_std_is_zero(std: torch.Tensor | float) -> bool:

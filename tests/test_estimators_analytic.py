@@ -15,17 +15,17 @@ from rlr_core.diagnostics import collect_estimates, z_scores
 from rlr_core.estimators import get_estimator
 
 REPEATS = 2000
-# batch 16: pairs (i, i + 8) share a prompt. ZO's variance does not shrink with the batch (one
-# direction per estimate) while the likelihood-ratio parts of RLR do; at batch 8 the two are
-# about equal on this chain (see benchmarks/estimators.py).
+# batch 16 = 4 noise sets x 4 groups (ZO +/- times antithetic exit twins); samples sharing noise
+# share a prompt, as the Trainer arranges it. The variance ordering rlr < ddpo, zo depends on the
+# chain (see benchmarks/estimators.py for other settings).
 PROMPTS = ["a", "b", "c", "d"] * 4
 
 
 @pytest.fixture(scope="module")
 def setup():
     torch.set_num_threads(1)
-    chain = LinearGaussianChain(num_steps=8, dim=3, num_params=4)
-    reward = QuadraticReward(dim=3)
+    chain = LinearGaussianChain(num_steps=8, dim=4, num_params=4)
+    reward = QuadraticReward(dim=4)
     exact = chain.exact_gradient(reward, PROMPTS)
     return chain, reward, exact
 
@@ -45,6 +45,7 @@ UNBIASED = [
     ("rlr", {}),
     ("rlr", {"remaining": "lr"}),
     ("rlr", {"zo_directions": "per-step"}),
+    ("rlr", {"zo_directions": "per-batch", "antithetic": False}),
     ("rlr", {"h": 3, "window": (1, 3), "j_sampling": "grad-norm"}),
     ("rlr", {"baseline": "prompt"}),
     ("full-bp", {}),

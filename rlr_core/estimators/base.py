@@ -137,7 +137,7 @@ def random_int(generator: torch.Generator, high: int) -> int:
 class Estimator:
     """Base class: option checking, baselines, timing, memory and writing p.grad.
 
-    Subclasses implement ``rollout`` and ``gradient`` and may override ``needs_pairs``.
+    Subclasses implement ``rollout`` and ``gradient`` and may override ``noise_groups``.
     """
 
     name: str = "base"
@@ -153,9 +153,18 @@ class Estimator:
         self.prompt_baseline = PromptBaseline()
 
     # --- what the Trainer needs to know -----------------------------------------------------
+    def noise_groups(self, differentiable_reward: bool) -> int:
+        """How many groups the batch is split into, samples i, i + n, i + 2n, ... sharing noise.
+
+        1: independent samples. 2: antithetic +/- halves (ZO). 4: +/- ZO halves times
+        +/- antithetic exit noise (RLR). The batch size must be a multiple of it; the Trainer
+        repeats the same n prompts in every group.
+        """
+        return 1
+
     def needs_pairs(self, differentiable_reward: bool) -> bool:
-        """True when the batch is split in +/- halves sharing noise (antithetic ZO terms)."""
-        return False
+        """True when samples of the batch share noise (see ``noise_groups``)."""
+        return self.noise_groups(differentiable_reward) > 1
 
     def check(self, chain: Chain, reward: Any, batch_size: int) -> None:
         """Raise ValueError if this estimator cannot run on ``chain`` / ``reward`` / ``batch_size``."""
@@ -170,24 +179,18 @@ class Estimator:
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        paired = self.needs_pairs(differentiable_reward)
-        if paired and batch_size % 2:
+        groups = self.noise_groups(differentiable_reward)
+        if batch_size % groups:
             raise ValueError(
-                f"batch_size must be even for {self.name!r} here (the batch is split in antithetic "
-                f"+/- halves), got {batch_size}"
+                f"batch_size must be a multiple of {groups} for {self.name!r} here (the batch is split in "
+                f"{groups} groups sharing noise), got {batch_size}"
             )
-        minimum = self._min_batch(paired)
+        minimum = 2 * groups if (self.baseline == "loo" and self._uses_baseline()) else groups
         if batch_size < minimum:
             raise ValueError(
-                f"batch_size must be >= {minimum} for {self.name!r} with baseline={self.baseline!r}"
-                f"{' and antithetic pairs' if paired else ''} (leave-one-out needs other samples), "
-                f"got {batch_size}"
+                f"batch_size must be >= {minimum} for {self.name!r} with baseline={self.baseline!r} "
+                f"(leave-one-out needs samples that share no noise with the one it scores), got {batch_size}"
             )
-
-    def _min_batch(self, paired: bool) -> int:
-        if self.baseline == "loo" and self._uses_baseline():
-            return 4 if paired else 2
-        return 2 if paired else 1
 
     def _uses_baseline(self) -> bool:
         return True
@@ -226,23 +229,20 @@ class Estimator:
         self.prompt_baseline.load_state_dict(state.get("prompt_baseline", {}))
 
     # --- helpers for subclasses ------------------------------------------------------------
-    def advantages(self, rewards: torch.Tensor, prompts: list[str], paired: bool) -> torch.Tensor:
+    def advantages(self, rewards: torch.Tensor, prompts: list[str], noise_groups: int = 1) -> torch.Tensor:
         """r - b per sample, with b independent of the sample's own noise (keeps the sum unbiased).
 
-        With antithetic pairs, sample i and sample i + B/2 share every noise, so the
-        leave-one-out baseline leaves out both.
+        Samples i, i + n, i + 2n, ... (n = B / noise_groups) share noise, so the leave-one-out
+        baseline of sample i leaves all of them out.
         """
         r = rewards.detach().double()
         batch = r.shape[0]
         if self.baseline == "none":
             return r
-        if paired:
-            half = batch // 2
-            partner = r.roll(half)
-            others = batch - 2
-            loo = (r.sum() - r - partner) / others if others > 0 else torch.zeros_like(r)
-        else:
-            loo = (r.sum() - r) / (batch - 1) if batch > 1 else torch.zeros_like(r)
+        n = batch // noise_groups
+        group_sums = r.view(noise_groups, n).sum(0).repeat(noise_groups)  # sum over i's noise set
+        others = batch - noise_groups
+        loo = (r.sum() - group_sums) / others if others > 0 else torch.zeros_like(r)
         if self.baseline == "loo":
             return r - loo
         # "prompt": running mean from earlier iterations, leave-one-out for unseen prompts

@@ -85,7 +85,7 @@ class DDPOEstimator(Estimator):
         chain, data = rollout.chain, rollout.data
         params = chain.trainable_parameters()
         scale = self.reward_scale(rewards)
-        advantages = self.advantages(rewards, rollout.prompts, paired=False)
+        advantages = self.advantages(rewards, rollout.prompts)
         batch = rewards.shape[0]
         parts: dict[str, torch.Tensor] = {}
         if "fo" in rollout.steps and data["epoch"] == 0 and rewards.requires_grad:

@@ -9,15 +9,27 @@ Every step's dependence on theta is estimated exactly once:
   the sub-chain runs with autograd (inner noises fixed), and the likelihood ratio is taken at
   its exit step, so the score flows through ``h`` model calls;
 - the remaining steps by ``remaining``: "zo" (parameter perturbation with antithetic +/- halves
-  of the batch on common noise; ``zo_directions="shared"`` perturbs all ZO steps along one
-  direction xi, "per-step" draws xi[k] per step as the paper writes it: both unbiased, the
-  shared direction has lower variance because per-step directions add cross terms
-  sum_{k != k'} (g_k' . xi_k') xi_k), "lr" (per-step likelihood ratio
+  of the batch on common noise; ``zo_directions``: "per-sample" gives every noise set of the
+  batch its own direction xi_i, used on all its ZO steps; "per-batch" one xi for the whole
+  batch (fewest model calls); "per-step" one xi[k] per step as the paper writes it. All are
+  unbiased; one direction per sample averages B/4 independent directions, and a direction
+  shared across steps avoids the cross terms sum_{k != k'} (g_k' . xi_k') xi_k that per-step
+  directions add), "lr" (per-step likelihood ratio
   on ``lr_samples`` random steps scaled by |remaining| / lr_samples), or "none" (dropped:
   biased; the paper's ablation and what the released code does).
 
 Because each step is covered once whichever ``j`` is drawn, the sum is unbiased for any
 distribution of ``j``: uniform over a window, or a softmax of earlier HO gradient norms.
+
+[decision] ``antithetic=True`` (default) pairs every trajectory with a twin that shares all
+noise but the HO exit noise, which is negated. The twins have the same x[j] and the same score
+direction with opposite sign, S(-eps) = -S(eps), so for any baseline b shared by the twins
+
+    (r(eps) - b) S(eps) + (r(-eps) - b) S(-eps) = (r(eps) - r(-eps)) S(eps):
+
+b cancels, each term is unbiased with b = 0, and the variance that x[0] and the other steps'
+noise put into r cancels too (it is the same in both twins). With ZO halves the batch is then
+split in four groups sharing noise: (+xi, eps), (+xi, -eps), (-xi, eps), (-xi, -eps).
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ import time
 import torch
 
 from ..chain import Chain, perturbation_direction, step_std_is_zero
-from ..sampling import draw_noise, gaussian_log_prob, run_steps, step_log_prob, take_step
+from ..sampling import NoisePlan, RecordedStep, draw_noise, gaussian_log_prob, run_steps, step_log_prob, take_step
 from .base import (
     Estimator,
     GradientEstimate,
@@ -41,7 +53,7 @@ from .base import (
 )
 
 REMAINING = ("zo", "lr", "none")
-ZO_DIRECTIONS = ("shared", "per-step")
+ZO_DIRECTIONS = ("per-sample", "per-batch", "per-step")
 J_SAMPLING = ("uniform", "grad-norm")
 
 
@@ -55,7 +67,7 @@ class RLREstimator(Estimator):
         h: int = 2,
         remaining: str = "zo",
         zo_scale: float = 1e-2,
-        zo_directions: str = "shared",
+        zo_directions: str = "per-sample",
         lr_samples: int = 2,
         window: tuple[int, int] | list[int] | None = None,
         j_sampling: str = "uniform",
@@ -65,6 +77,7 @@ class RLREstimator(Estimator):
         fo_weight: float = 1.0,
         ho_weight: float = 1.0,
         remaining_weight: float = 1.0,
+        antithetic: bool = True,
     ) -> None:
         super().__init__(baseline=baseline, normalize=normalize)
         if not isinstance(h, int) or isinstance(h, bool) or h < 1:
@@ -78,6 +91,8 @@ class RLREstimator(Estimator):
             raise ValueError(f"lr_samples must be an integer >= 1, got {lr_samples!r}")
         for field_name, value in (("fo_weight", fo_weight), ("ho_weight", ho_weight), ("remaining_weight", remaining_weight)):
             check_positive(field_name, value, allow_zero=True)
+        if not isinstance(antithetic, bool):
+            raise ValueError(f"antithetic must be true or false, got {antithetic!r}")
         if window is not None:
             if len(window) != 2 or not all(isinstance(v, int) for v in window) or window[0] > window[1]:
                 raise ValueError(f"window must be two step indices (a, b) with a <= b, got {window!r}")
@@ -93,11 +108,20 @@ class RLREstimator(Estimator):
         self.fo_weight = float(fo_weight)
         self.ho_weight = float(ho_weight)
         self.remaining_weight = float(remaining_weight)
+        self.antithetic = antithetic
         self.ho_grad_norms: dict[int, float] = {}  # start j -> running HO gradient norm
 
     # --- setup ---------------------------------------------------------------------------------
-    def needs_pairs(self, differentiable_reward: bool) -> bool:
+    def has_zo(self, differentiable_reward: bool) -> bool:
+        """True when some step is covered by parameter perturbation (+/- halves needed)."""
         return self.remaining == "zo" or not differentiable_reward
+
+    def noise_groups(self, differentiable_reward: bool) -> int:
+        return (2 if self.has_zo(differentiable_reward) else 1) * (2 if self.antithetic else 1)
+
+    def _uses_baseline(self) -> bool:
+        # with antithetic twins the HO term needs no baseline; per-step LR terms still do
+        return self.remaining == "lr" or not self.antithetic
 
     def start_window(self, num_steps: int) -> tuple[int, int]:
         """Allowed HO starts (inclusive): the sub-chain must end before the last (FO) step."""
@@ -133,6 +157,17 @@ class RLREstimator(Estimator):
         index = torch.multinomial(probs.to(generator.device), 1, generator=generator).item()
         return candidates[int(index)]
 
+    def _zo_seed_table(self, n: int, zo_steps: list[int], generator: torch.Generator) -> list[dict[int, int]]:
+        """Direction seeds per noise set i and ZO step k, shared as ``zo_directions`` says."""
+        if self.zo_directions == "per-sample":
+            seeds = [random_int(generator, 2**31 - 1) for _ in range(n)]
+            return [{k: seeds[i] for k in zo_steps} for i in range(n)]
+        if self.zo_directions == "per-batch":
+            seed = random_int(generator, 2**31 - 1)
+            return [{k: seed for k in zo_steps} for _ in range(n)]
+        per_step = {k: random_int(generator, 2**31 - 1) for k in zo_steps}
+        return [dict(per_step) for _ in range(n)]
+
     # --- phase 1: sample and keep what the gradient needs -------------------------------------
     def rollout(
         self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
@@ -150,24 +185,21 @@ class RLREstimator(Estimator):
             lr_steps = sorted(others[i] for i in order[: min(self.lr_samples, len(others))])
         if not differentiable_reward:
             zo_steps.append(T - 1)
-        paired = self.needs_pairs(differentiable_reward)
-        batch = len(prompts)
-        n = batch // 2 if paired else batch
+        zo_signs = (1.0, -1.0) if self.has_zo(differentiable_reward) else (0.0,)
+        exit_signs = (1.0, -1.0) if self.antithetic else (1.0,)
+        groups = [(zo, ex) for zo in zo_signs for ex in exit_signs]
+        n = len(prompts) // len(groups)
         noise = draw_noise(chain, n, generator)
-        shared_seed = random_int(generator, 2**31 - 1)
-        zo_seeds = {
-            k: shared_seed if self.zo_directions == "shared" else random_int(generator, 2**31 - 1)
-            for k in zo_steps
-        }
-        groups = [(prompts[:n], 1.0), (prompts[n:], -1.0)] if paired else [(prompts, 0.0)]
+        zo_seeds = self._zo_seed_table(n, zo_steps, generator)  # zo_seeds[i][k]: direction of sample i, step k
 
         conds, images, log_probs, records = [], [], [], []
-        for group_prompts, sign in groups:
-            cond = chain.condition(list(group_prompts))
-            perturb = {k: (seed, sign * self.zo_scale) for k, seed in zo_seeds.items()} if sign else {}
+        for index, (zo_sign, exit_sign) in enumerate(groups):
+            group_prompts = list(prompts[index * n : (index + 1) * n])
+            cond = chain.condition(group_prompts)
+            segment = _PerturbedSegments(chain, group_prompts, cond, noise, zo_seeds, zo_sign * self.zo_scale)
             record = {k: None for k in lr_steps}
             with torch.no_grad():
-                x = run_steps(chain, noise.x0, range(0, j), cond, noise, perturb, record)
+                x = segment.run(noise.x0, range(0, j), record)
             with torch.enable_grad():  # HO: reparameterized inside, likelihood ratio at the exit
                 x_inner = run_steps(chain, x.detach(), range(j, exit_step), cond, noise)
                 exit_mean, exit_std = chain.step_mean_std(x_inner, exit_step, cond)
@@ -175,18 +207,17 @@ class RLREstimator(Estimator):
                     raise ValueError(
                         f"eta must be > 0 for rlr: step {exit_step} (the HO exit) is deterministic"
                     )
-                x_exit = (exit_mean + exit_std * noise.eps[exit_step]).detach()
+                x_exit = (exit_mean + exit_std * exit_sign * noise.eps[exit_step]).detach()
                 log_probs.append(gaussian_log_prob(x_exit, exit_mean, exit_std))
             with torch.no_grad():
-                x = run_steps(chain, x_exit, range(exit_step + 1, T - 1), cond, noise, perturb, record)
+                x = segment.run(x_exit, range(exit_step + 1, T - 1), record)
             if differentiable_reward:
                 with torch.enable_grad():
                     x_T, _, _ = take_step(chain, x.detach(), T - 1, cond, noise.eps[T - 1])
                     images.append(chain.decode(x_T))
             else:
                 with torch.no_grad():
-                    x_T, _, _ = take_step(chain, x, T - 1, cond, noise.eps[T - 1], perturb.get(T - 1))
-                    images.append(chain.decode(x_T))
+                    images.append(chain.decode(segment.run(x, [T - 1])))
             conds.append(cond)
             records.append(record)
 
@@ -207,12 +238,11 @@ class RLREstimator(Estimator):
             steps=steps,
             data={
                 "j": j,
-                "paired": paired,
+                "groups": groups,
                 "log_prob": torch.cat(log_probs),
                 "zo_seeds": zo_seeds,
                 "conds": conds,
                 "records": records,
-                "group_sizes": [len(g[0]) for g in groups],
                 "num_remaining": len(others),
             },
             seconds=time.perf_counter() - start_time,
@@ -226,42 +256,49 @@ class RLREstimator(Estimator):
             return skipped
         chain, data = rollout.chain, rollout.data
         params = chain.trainable_parameters()
-        paired = data["paired"]
+        groups = data["groups"]
         scale = self.reward_scale(rewards)
-        advantages = self.advantages(rewards, rollout.prompts, paired)
         batch = rewards.shape[0]
+        n = batch // len(groups)
+        r = rewards.detach().double().view(len(groups), n)  # row g = group g
         parts: dict[str, torch.Tensor] = {}
 
         if rollout.differentiable_reward and rewards.requires_grad:
             parts["fo"] = part_gradient(-self.fo_weight * scale * rewards.mean(), params)
 
         log_prob = data["log_prob"]
-        ho_loss = -self.ho_weight * scale * (advantages.to(log_prob) * log_prob).mean()
+        if self.antithetic:  # twins are consecutive groups (same ZO sign, exit noise +/-)
+            twin = torch.stack([r[g ^ 1] for g in range(len(groups))])
+            ho_advantages = ((r - twin) / 2).reshape(-1)
+        else:
+            ho_advantages = self.advantages(rewards, rollout.prompts, len(groups))
+        ho_loss = -self.ho_weight * scale * (ho_advantages.to(log_prob) * log_prob).mean()
         parts["ho"] = part_gradient(ho_loss, params)
         self._remember_ho_norm(data["j"], float(parts["ho"].norm()))
 
         lr_steps = rollout.steps.get("lr", [])
         if lr_steps:
+            advantages = self.advantages(rewards, rollout.prompts, len(groups))
             weight = self.remaining_weight * scale * data["num_remaining"] / len(lr_steps)
             parts["lr"] = self._lr_part(rollout, advantages, lr_steps, weight / batch)
 
         zo_steps = rollout.steps.get("zo", [])
         if zo_steps:
-            r = rewards.detach().double()
-            half = batch // 2
-            slope = float((r[:half] - r[half:]).mean()) / (2 * self.zo_scale)
+            plus = [g for g, (zo_sign, _) in enumerate(groups) if zo_sign > 0]
+            minus = [g for g, (zo_sign, _) in enumerate(groups) if zo_sign < 0]
+            slope = float((r[plus] - r[minus]).mean()) / (2 * self.zo_scale)
             T = chain.num_steps
-            if self.zo_directions == "shared":  # one direction for every ZO step: one term
-                terms = [(data["zo_seeds"][zo_steps[0]], self.remaining_weight)]
-            else:
-                terms = [
-                    (data["zo_seeds"][k], self.fo_weight if k == T - 1 else self.remaining_weight)
-                    for k in zo_steps
-                ]
+            # slope_i: antithetic difference quotient of noise set i (averaged over exit twins)
+            slopes = (r[plus] - r[minus]).mean(0) / (2 * self.zo_scale)
             zo = torch.zeros(sum(p.numel() for p in params))
-            for seed, weight in terms:
-                xi = flatten(perturbation_direction(params, seed), params).cpu()
-                zo = zo - (weight * scale * slope) * xi
+            for i, row in enumerate(data["zo_seeds"]):
+                for seed in sorted(set(row.values())):  # one term per distinct direction
+                    steps_with_seed = [k for k in zo_steps if row[k] == seed]
+                    # a direction shared by several steps estimates their sum: one (mean) weight
+                    weight = sum(self.fo_weight if k == T - 1 else self.remaining_weight for k in steps_with_seed)
+                    weight /= len(steps_with_seed)
+                    xi = flatten(perturbation_direction(params, seed), params).cpu()
+                    zo = zo - (weight * scale * float(slopes[i]) / len(slopes)) * xi
             parts["zo"] = zo.to(parts["ho"].device)
 
         result = self.finish(rollout, rewards, parts)
@@ -273,10 +310,9 @@ class RLREstimator(Estimator):
         chain, data = rollout.chain, rollout.data
         params = chain.trainable_parameters()
         total = None
-        offset = 0
-        for cond, record, size in zip(data["conds"], data["records"], data["group_sizes"]):
-            group_adv = advantages[offset : offset + size]
-            offset += size
+        n = advantages.shape[0] // len(data["groups"])
+        for index, (cond, record) in enumerate(zip(data["conds"], data["records"])):
+            group_adv = advantages[index * n : (index + 1) * n]
             for k in lr_steps:
                 step = record[k]
                 with torch.enable_grad():
@@ -299,3 +335,41 @@ class RLREstimator(Estimator):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.ho_grad_norms = {int(k): float(v) for k, v in state.get("ho_grad_norms", {}).items()}
+
+
+class _PerturbedSegments:
+    """Runs no-grad stretches of one group, perturbing theta on ZO steps as the seed table says.
+
+    Samples whose directions differ run one by one (each model call sees one perturbation);
+    when the whole group shares a direction on a step, the group runs as one batch.
+    """
+
+    def __init__(self, chain: Chain, prompts: list[str], cond, noise: NoisePlan, seeds: list[dict[int, int]], scale: float) -> None:
+        self.chain, self.prompts, self.cond, self.noise = chain, prompts, cond, noise
+        self.seeds, self.scale = seeds, scale
+        self._sample_conds: list | None = None
+
+    def run(self, x: torch.Tensor, steps, record: dict | None = None) -> torch.Tensor:
+        steps = list(steps)
+        zo = [k for k in steps if self.scale and k in self.seeds[0]]
+        if not zo or all(row == self.seeds[0] for row in self.seeds):
+            perturb = {k: (self.seeds[0][k], self.scale) for k in zo}
+            return run_steps(self.chain, x, steps, self.cond, self.noise, perturb, record)
+        if self._sample_conds is None:
+            self._sample_conds = [self.chain.condition([p]) for p in self.prompts]
+        outputs, sample_records = [], []
+        for i, cond in enumerate(self._sample_conds):
+            noise_i = NoisePlan(x0=self.noise.x0[i : i + 1], eps=[e[i : i + 1] for e in self.noise.eps])
+            perturb = {k: (self.seeds[i][k], self.scale) for k in zo}
+            record_i = {k: None for k in record} if record is not None else None
+            outputs.append(run_steps(self.chain, x[i : i + 1], steps, cond, noise_i, perturb, record_i))
+            sample_records.append(record_i)
+        if record is not None:
+            for k in record:
+                if sample_records[0].get(k) is not None:
+                    record[k] = RecordedStep(
+                        x=torch.cat([r[k].x for r in sample_records]),
+                        x_next=torch.cat([r[k].x_next for r in sample_records]),
+                        log_prob=None if sample_records[0][k].log_prob is None else torch.cat([r[k].log_prob for r in sample_records]),
+                    )
+        return torch.cat(outputs)

@@ -71,7 +71,7 @@ class RLRReleasedEstimator(Estimator):
         chain, data = rollout.chain, rollout.data
         params = chain.trainable_parameters()
         scale = self.reward_scale(rewards)
-        advantages = self.advantages(rewards, rollout.prompts, paired=False)
+        advantages = self.advantages(rewards, rollout.prompts)
         batch = rewards.shape[0]
         parts = {}
         if rewards.requires_grad:

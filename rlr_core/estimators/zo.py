@@ -30,8 +30,8 @@ class ZerothOrderEstimator(Estimator):
         check_positive("scale", scale)
         self.scale = float(scale)
 
-    def needs_pairs(self, differentiable_reward: bool) -> bool:
-        return True
+    def noise_groups(self, differentiable_reward: bool) -> int:
+        return 2
 
     def _uses_baseline(self) -> bool:
         return False

@@ -1,0 +1,226 @@
+"""``rlr-train``: run the Trainer headless from a config file.
+
+    rlr-train --print-config > run.yaml            # a default config to edit
+    rlr-train --config run.yaml                    # train; metrics, images and LoRA go to output_dir
+    rlr-train --config run.yaml --resume --steps 200   # continue from the newest checkpoint
+    rlr-train --config run.yaml --set lr=5e-4 --set estimator_options.h=3
+
+Exit codes: 0 success (also after Ctrl-C, which stops after the current iteration and saves),
+2 bad config or command line (the message names the field), 1 a failure while training (the
+LoRA trained so far is saved first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import TrainConfig
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_CONFIG = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``rlr-train``."""
+    parser = argparse.ArgumentParser(
+        prog="rlr-train",
+        description="Fine-tune a text-to-image diffusion model against a reward (RLR Studio, headless).",
+    )
+    parser.add_argument("--config", metavar="FILE", help="config file (.yaml, .yml or .json)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    parser.add_argument("--output-dir", metavar="DIR", help="override output_dir")
+    parser.add_argument("--steps", type=int, metavar="N", help="override steps (total iterations, >= 1)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field (VALUE is parsed as YAML; KEY may be reward_options.NAME or estimator_options.NAME); repeatable",
+    )
+    parser.add_argument(
+        "--print-config",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="write the default config as YAML to FILE (or stdout) and exit",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    return parser
+
+
+def apply_overrides(config: TrainConfig, assignments: Sequence[str]) -> TrainConfig:
+    """Apply ``key=value`` strings (values parsed as YAML) and return a validated config."""
+    import yaml
+
+    data = config.to_dict()
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {assignment!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as error:
+            raise ValueError(f"--set {key}: value {raw!r} is not valid YAML: {error}") from error
+        if "." in key:
+            parent, child = key.split(".", 1)
+            if parent not in ("reward_options", "estimator_options"):
+                raise ValueError(
+                    f"--set {key}: only reward_options.NAME and estimator_options.NAME take a dotted key"
+                )
+            data[parent] = dict(data[parent], **{child: value})
+        else:
+            data[key] = value
+    return TrainConfig.from_dict(data, validate=False)
+
+
+def load_config(args: argparse.Namespace) -> TrainConfig:
+    """The config of a command line: file, then ``--set``, ``--output-dir``, ``--steps``, ``--resume``; validated."""
+    config = TrainConfig.from_file(args.config, validate=False)
+    config = apply_overrides(config, args.set)
+    if args.output_dir is not None:
+        config.output_dir = args.output_dir
+    if args.steps is not None:
+        config.steps = args.steps
+    if args.resume:
+        config.resume = True
+    return config.validate()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``rlr-train``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    if args.print_config is not None:
+        text = TrainConfig().to_yaml()
+        if args.print_config == "-":
+            sys.stdout.write(text)
+        else:
+            TrainConfig().save(args.print_config)
+            print(f"wrote {args.print_config}", file=sys.stderr)
+        return EXIT_OK
+    if not args.config:
+        parser.print_usage(sys.stderr)
+        print("rlr-train: error: --config FILE is required (or --print-config to get one)", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+
+    try:
+        config = load_config(args)
+    except ValueError as error:
+        return _bad_config(error)
+
+    from .trainer import Trainer, TrainingStepError
+
+    try:
+        chain, reward, estimator = config.build()
+        trainer = Trainer(chain, reward, estimator, config)
+    except ValueError as error:
+        return _bad_config(error)
+    except Exception as error:  # e.g. the model cannot be found or downloaded
+        if type(error).__name__ == "ModelUnavailableError":
+            return _bad_config(error)
+        print(f"rlr-train: error: could not set up the run: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+
+    previous_handler = _install_sigint(trainer, args.quiet)
+    try:
+        _train(trainer, config, quiet=args.quiet)
+    except TrainingStepError as error:
+        print(f"rlr-train: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
+    return EXIT_OK
+
+
+def _train(trainer: Any, config: TrainConfig, quiet: bool) -> None:
+    """Consume ``trainer.run()``: progress bar, log lines, evaluation PNG grids."""
+    from tqdm import tqdm
+
+    output = Path(config.output_dir)
+    bar = None
+    last = None
+    try:
+        for report in trainer.run():
+            if bar is None:
+                bar = tqdm(total=config.steps, initial=report.step - 1, desc="rlr-train", unit="it", disable=quiet)
+                if report.before_images:
+                    _save_grid(report.before_images, output / "eval" / "before.png")
+            if report.eval_images:
+                _save_grid(report.eval_images, output / "eval" / f"step-{report.step:06d}.png")
+            bar.update(1)
+            bar.set_postfix(reward=f"{report.reward_mean:.4g}", skipped="yes" if report.skipped else "no")
+            if not quiet and (report.step % config.log_every == 0 or report.skipped or report.step == config.steps):
+                bar.write(_log_line(report))
+            last = report
+    finally:
+        if bar is not None:
+            bar.close()
+    if not quiet:
+        done = last.step if last is not None else trainer.step
+        print(
+            f"rlr-train: {done}/{config.steps} iterations; metrics {output / 'metrics.jsonl'}, "
+            f"LoRA {output / 'lora'}",
+            file=sys.stderr,
+        )
+
+
+def _log_line(report: Any) -> str:
+    parts = [f"step {report.step}/{report.total_steps}", f"reward {report.reward_mean:.4g} ± {report.reward_std:.3g}"]
+    if report.grad_norms:
+        parts.append("grad " + " ".join(f"{k}={v:.3g}" for k, v in report.grad_norms.items()))
+    parts.append(f"update {report.update_norm:.3g}")
+    if report.eval_reward_mean is not None:
+        parts.append(f"eval {report.eval_reward_mean:.4g}")
+    if report.skipped:
+        parts.append(f"SKIPPED ({report.skipped})")
+    if report.message:
+        parts.append(report.message)
+    return " | ".join(parts)
+
+
+def _save_grid(images: list[Any], path: Path) -> None:
+    from .trainer import image_grid
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images).save(path)
+
+
+def _bad_config(error: Exception) -> int:
+    print(f"rlr-train: error: bad config: {error}", file=sys.stderr)
+    return EXIT_BAD_CONFIG
+
+
+def _install_sigint(trainer: Any, quiet: bool) -> Any:
+    """First Ctrl-C: stop after the current iteration (the LoRA is saved); second: interrupt."""
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+    except ValueError:  # not the main thread
+        return None
+    if previous is None:  # installed outside Python
+        previous = signal.default_int_handler
+
+    def handler(signum: int, frame: Any) -> None:
+        if trainer.stop_requested:
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        trainer.stop()
+        if not quiet:
+            print("\nrlr-train: stopping after this iteration (Ctrl-C again to interrupt)", file=sys.stderr)
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:
+        return None
+    return previous
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,509 @@
+"""One configuration object for a training run: the same file for the UI's export and the CLI's input.
+
+``TrainConfig`` is a plain dataclass. It is saved and loaded as YAML or JSON (by file suffix),
+rejects unknown keys, validates every field with a message that names the field and its allowed
+values, and builds the three runtime objects of a run::
+
+    config = TrainConfig.from_file("run.yaml")
+    chain, reward, estimator = config.build()
+    for report in Trainer(chain, reward, estimator, config).run():
+        print(report.step, report.reward_mean)
+
+``build`` imports the model, reward and estimator modules lazily, so this module imports with
+nothing but the standard library and PyYAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TrainConfig", "HOSTED_LIMITS", "DEVICES", "DTYPES"]
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+"""Allowed values of ``TrainConfig.dtype`` ("auto": float16 on CUDA, float32 elsewhere, chosen by load_model)."""
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
+"""Allowed forms of ``TrainConfig.device``."""
+
+HOSTED_LIMITS: dict[str, int] = {
+    "num_steps": 50,
+    "batch_size": 8,
+    "steps": 500,
+    "lora_rank": 64,
+    "eval_seeds": 16,
+}
+"""Upper limits enforced by ``validate(hosted=True)`` (a shared Space must not be monopolized)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. Field order is the order of the saved file.
+
+    Model and sampler
+        model: ``"tiny"`` (bundled model), a Hugging Face Hub id or a local diffusers folder.
+        num_steps: sampling steps T (>= 2).
+        guidance_scale: classifier-free guidance scale; ``None`` = the model's default.
+        eta: DDIM eta in [0, 1] (> 0 makes the steps stochastic; likelihood-ratio terms need it).
+        lora_rank / lora_alpha: LoRA rank (>= 1) and alpha (``None`` = rank, i.e. scale 1).
+        gradient_checkpointing: recompute activations inside gradient segments (less memory).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+        dtype: ``"auto"``, ``"float32"``, ``"float16"`` or ``"bfloat16"`` (LoRA weights stay float32).
+
+    Reward and estimator
+        reward / reward_options: name and keyword options of ``rlr_core.rewards.get_reward``.
+        estimator / estimator_options: name and keyword options of
+        ``rlr_core.estimators.get_estimator`` (e.g. ``{"h": 2, "remaining": "zo"}`` for rlr).
+
+    Prompts
+        prompts: training prompts; each batch draws from them (seeded).
+        coarse_prompt / mid_prompt / fine_prompt: optional per-step prompt schedule
+        ("" = off). When any is set, every prompt p becomes
+        ``ScheduledPrompt(coarse or p, mid or p, fine or p)``.
+        prompt_boundaries: the two step boundaries between coarse/mid and mid/fine, either step
+        indices (integers, 0 < a < b < num_steps) or fractions of the chain (0 < a < b < 1).
+        eval_prompts: prompts of the evaluation images ([] = the training prompts, cycled).
+
+    Optimization
+        steps: training iterations (>= 1); batch_size: images per iteration (>= 1; even for
+        estimators that split the batch in +/- halves); lr: AdamW learning rate (> 0);
+        weight_decay: AdamW weight decay (>= 0); max_grad_norm: gradient clipping (> 0; 0 = off);
+        seed: seed of prompts, noises and perturbations (iteration k uses seed (seed, k)).
+
+    Evaluation, logging, checkpoints
+        eval_seeds: one fixed seed per evaluation image; eval_every: evaluate every N
+        iterations (0 = only before and after); log_every: CLI log line every N iterations;
+        report_samples: how many training images each StepReport carries as PIL images;
+        checkpoint_every: checkpoint every N iterations (0 = never); keep_checkpoints: how many
+        checkpoints to keep; output_dir: where metrics, images, checkpoints and the LoRA go;
+        resume: continue from the newest checkpoint in output_dir.
+    """
+
+    # model and sampler
+    model: str = "tiny"
+    num_steps: int = 20
+    guidance_scale: float | None = None
+    eta: float = 1.0
+    lora_rank: int = 4
+    lora_alpha: float | None = None
+    gradient_checkpointing: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    # reward and estimator
+    reward: str = "saturation"
+    reward_options: dict[str, Any] = field(default_factory=dict)
+    estimator: str = "rlr"
+    estimator_options: dict[str, Any] = field(default_factory=dict)
+    # prompts
+    prompts: list[str] = field(default_factory=lambda: ["a red circle on a blue background"])
+    coarse_prompt: str = ""
+    mid_prompt: str = ""
+    fine_prompt: str = ""
+    prompt_boundaries: list[float] = field(default_factory=lambda: [1 / 3, 2 / 3])
+    eval_prompts: list[str] = field(default_factory=list)
+    # optimization
+    steps: int = 100
+    batch_size: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    # evaluation, logging, checkpoints
+    eval_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    eval_every: int = 10
+    log_every: int = 10
+    report_samples: int = 0
+    checkpoint_every: int = 25
+    keep_checkpoints: int = 2
+    output_dir: str = "runs/rlr"
+    resume: bool = False
+
+    # ------------------------------------------------------------------ dict / file I/O
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """All field names, in file order."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (lists, dicts, str, numbers, bools, None) of every field."""
+        return {name: _plain(getattr(self, name)) for name in self.field_names()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], validate: bool = True) -> "TrainConfig":
+        """Build from a dict; missing keys take defaults, unknown keys raise ValueError.
+
+        Numeric strings (YAML 1.1 reads ``1e-3`` as a string) are converted for numeric fields.
+        """
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config must be a mapping of field: value, got {type(data).__name__}")
+        allowed = cls.field_names()
+        unknown = [key for key in data if key not in allowed]
+        if unknown:
+            raise ValueError(
+                f"unknown config key {unknown[0]!r}"
+                + (f" (and {', '.join(map(repr, unknown[1:]))})" if len(unknown) > 1 else "")
+                + f"; allowed keys: {', '.join(allowed)}"
+            )
+        values = {key: _coerce(key, value) for key, value in data.items()}
+        config = cls(**values)
+        if validate:
+            config.validate()
+        return config
+
+    def to_yaml(self, path: str | os.PathLike | None = None) -> str:
+        """YAML text of the config; also written to ``path`` when given."""
+        import yaml
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, allow_unicode=True)
+        if path is not None:
+            _write_text(Path(path), text)
+        return text
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        """JSON text of the config; also written to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        if path is not None:
+            _write_text(Path(path), text)
+        return text
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write YAML (``.yaml``/``.yml``) or JSON (``.json``) by the file suffix."""
+        suffix = Path(path).suffix.lower()
+        if suffix in (".yaml", ".yml"):
+            self.to_yaml(path)
+        elif suffix == ".json":
+            self.to_json(path)
+        else:
+            raise ValueError(f"config path must end in .yaml, .yml or .json, got {str(path)!r}")
+
+    @classmethod
+    def from_yaml(cls, path_or_text: str | os.PathLike, validate: bool = True) -> "TrainConfig":
+        """Load from a YAML file, or from YAML text when the argument is not an existing path."""
+        import yaml
+
+        text = _read_path_or_text(path_or_text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ValueError(f"config is not valid YAML: {error}") from error
+        return cls.from_dict(data, validate=validate)
+
+    @classmethod
+    def from_json(cls, path_or_text: str | os.PathLike, validate: bool = True) -> "TrainConfig":
+        """Load from a JSON file, or from JSON text when the argument is not an existing path."""
+        text = _read_path_or_text(path_or_text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"config is not valid JSON: {error}") from error
+        return cls.from_dict(data, validate=validate)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, validate: bool = True) -> "TrainConfig":
+        """Load YAML (``.yaml``/``.yml``) or JSON (``.json``) by the file suffix."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {str(path)!r} does not exist")
+        suffix = path.suffix.lower()
+        if suffix in (".yaml", ".yml"):
+            return cls.from_yaml(path, validate=validate)
+        if suffix == ".json":
+            return cls.from_json(path, validate=validate)
+        raise ValueError(f"config file must end in .yaml, .yml or .json, got {str(path)!r}")
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A validated copy with some fields changed (unknown names raise ValueError)."""
+        data = self.to_dict()
+        data.update(changes)
+        return type(self).from_dict(data)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, hosted: bool = False, check_names: bool = True) -> "TrainConfig":
+        """Raise ValueError naming the first bad field and its allowed values; return self.
+
+        With ``hosted=True`` the limits of ``HOSTED_LIMITS`` apply as well. ``check_names``
+        checks ``estimator`` against ``list_estimators()`` (reward names, which include
+        plug-ins, are checked by ``get_reward`` in ``build``).
+        """
+        _check_str(self, "model", non_empty=True)
+        _check_int(self, "num_steps", minimum=2)
+        if self.guidance_scale is not None:
+            _check_float(self, "guidance_scale", minimum=0.0)
+        _check_float(self, "eta", minimum=0.0, maximum=1.0)
+        _check_int(self, "lora_rank", minimum=1)
+        if self.lora_alpha is not None:
+            _check_float(self, "lora_alpha", minimum=0.0, strict=True)
+        _check_bool(self, "gradient_checkpointing")
+        _check_str(self, "device")
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or _is_cuda_index(self.device)):
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+
+        _check_str(self, "reward", non_empty=True)
+        _check_dict(self, "reward_options")
+        _check_str(self, "estimator", non_empty=True)
+        _check_dict(self, "estimator_options")
+        if check_names:
+            _check_estimator_name(self.estimator)
+
+        _check_str_list(self, "prompts", non_empty=True)
+        for name in ("coarse_prompt", "mid_prompt", "fine_prompt"):
+            _check_str(self, name)
+        self._check_boundaries()
+        _check_str_list(self, "eval_prompts", non_empty=False)
+
+        _check_int(self, "steps", minimum=1)
+        _check_int(self, "batch_size", minimum=1)
+        _check_float(self, "lr", minimum=0.0, strict=True)
+        _check_float(self, "weight_decay", minimum=0.0)
+        _check_float(self, "max_grad_norm", minimum=0.0)
+        _check_int(self, "seed", minimum=0)
+
+        if not isinstance(self.eval_seeds, list) or not all(_is_int(s) and s >= 0 for s in self.eval_seeds):
+            raise ValueError(f"eval_seeds must be a list of integers >= 0; got {self.eval_seeds!r}")
+        _check_int(self, "eval_every", minimum=0)
+        _check_int(self, "log_every", minimum=1)
+        _check_int(self, "report_samples", minimum=0, maximum=self.batch_size)
+        _check_int(self, "checkpoint_every", minimum=0)
+        _check_int(self, "keep_checkpoints", minimum=1)
+        _check_str(self, "output_dir", non_empty=True)
+        _check_bool(self, "resume")
+
+        if hosted:
+            for name, limit in HOSTED_LIMITS.items():
+                value = getattr(self, name)
+                size = len(value) if isinstance(value, list) else value
+                if size > limit:
+                    raise ValueError(f"{name} must be at most {limit} on a hosted Space; got {size}")
+            if _looks_like_local_path(self.model):
+                raise ValueError(
+                    f"model must be 'tiny' or a Hugging Face Hub id on a hosted Space; got local path {self.model!r}"
+                )
+        return self
+
+    def _check_boundaries(self) -> None:
+        value = self.prompt_boundaries
+        if not isinstance(value, list):
+            raise ValueError(
+                "prompt_boundaries must be a list of two step indices (integers in [0, num_steps]) "
+                f"or two fractions (floats in (0, 1)); got {value!r}"
+            )
+        from rlr_core.prompts import resolve_boundaries
+
+        resolve_boundaries(self.num_steps, value)  # ValueError naming prompt_boundaries
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def uses_prompt_schedule(self) -> bool:
+        """True when a coarse, mid or fine prompt is set."""
+        return any((self.coarse_prompt, self.mid_prompt, self.fine_prompt))
+
+    def training_prompts(self) -> list[Any]:
+        """The prompts the Trainer draws batches from (``ScheduledPrompt`` when a schedule is set)."""
+        return self._schedule(list(self.prompts))
+
+    def evaluation_prompts(self) -> list[Any]:
+        """One prompt per eval seed: ``eval_prompts`` (or the training prompts) cycled."""
+        base = list(self.eval_prompts) or list(self.prompts)
+        cycled = [base[i % len(base)] for i in range(len(self.eval_seeds))]
+        return self._schedule(cycled)
+
+    def _schedule(self, prompts: list[str]) -> list[Any]:
+        if not self.uses_prompt_schedule:
+            return prompts
+        from rlr_core.prompts import ScheduledPrompt
+
+        return [
+            ScheduledPrompt(self.coarse_prompt or p, self.mid_prompt or p, self.fine_prompt or p) for p in prompts
+        ]
+
+    def boundary_steps(self) -> tuple[int, int]:
+        """``prompt_boundaries`` as step indices (fractions of num_steps are rounded)."""
+        from rlr_core.prompts import resolve_boundaries
+
+        return resolve_boundaries(self.num_steps, list(self.prompt_boundaries))
+
+    # ------------------------------------------------------------------ building
+    def build(self, hosted: bool = False) -> tuple[Any, Any, Any]:
+        """Validate, then return ``(chain, reward, estimator)`` for this config.
+
+        ``chain`` comes from ``rlr_core.diffusers_chain.load_model``, ``reward`` from
+        ``rlr_core.rewards.get_reward`` and ``estimator`` from
+        ``rlr_core.estimators.get_estimator``; the estimator's ``check`` runs against the chain,
+        reward and batch size, so a bad combination fails here, before any training.
+        ``hosted=True`` applies ``HOSTED_LIMITS`` and refuses reward plug-ins (``hosted=False``
+        leaves the ``RLR_STUDIO_HOSTED`` environment variable in charge of plug-ins).
+        """
+        self.validate(hosted=hosted)
+        from rlr_core.diffusers_chain import load_model
+        from rlr_core.estimators import get_estimator
+        from rlr_core.rewards import get_reward
+
+        estimator = _call_named("estimator", get_estimator, self.estimator, self.estimator_options)
+        chain = load_model(
+            self.model,
+            num_steps=self.num_steps,
+            lora_rank=self.lora_rank,
+            lora_alpha=self.lora_alpha,
+            guidance_scale=self.guidance_scale,
+            eta=self.eta,
+            device=self.device,
+            dtype=self.dtype,
+            gradient_checkpointing=self.gradient_checkpointing,
+            prompt_boundaries=list(self.prompt_boundaries) if self.uses_prompt_schedule else None,
+        )
+        device = getattr(chain, "device", None)
+        reward = _call_named(
+            "reward", get_reward, self.reward, dict(self.reward_options), device=device, hosted=True if hosted else None
+        )
+        check = getattr(estimator, "check", None)
+        if check is not None:
+            check(chain, reward, self.batch_size)
+        return chain, reward, estimator
+
+
+# ---------------------------------------------------------------------- helpers
+_FLOAT_FIELDS = {"guidance_scale", "eta", "lora_alpha", "lr", "weight_decay", "max_grad_norm"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert numeric strings of float fields (``"1e-3"`` from YAML 1.1) and tuples to lists."""
+    if name in _FLOAT_FIELDS and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value  # validate() reports it
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read_path_or_text(path_or_text: str | os.PathLike) -> str:
+    if isinstance(path_or_text, os.PathLike):
+        return Path(path_or_text).read_text(encoding="utf-8")
+    if "\n" not in path_or_text and len(path_or_text) < 4096 and Path(path_or_text).is_file():
+        return Path(path_or_text).read_text(encoding="utf-8")
+    return path_or_text
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_int(config: TrainConfig, name: str, minimum: int | None = None, maximum: int | None = None) -> None:
+    value = getattr(config, name)
+    allowed = _range_text(minimum, maximum, "an integer")
+    if not _is_int(value):
+        raise ValueError(f"{name} must be {allowed}; got {value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be {allowed}; got {value}")
+
+
+def _check_float(
+    config: TrainConfig, name: str, minimum: float | None = None, strict: bool = False, maximum: float | None = None
+) -> None:
+    value = getattr(config, name)
+    if maximum is not None:
+        allowed = f"a number in [{minimum:g}, {maximum:g}]"
+    else:
+        allowed = "a number" + (f" {'>' if strict else '>='} {minimum:g}" if minimum is not None else "")
+    if not _is_number(value) or not math.isfinite(value):
+        raise ValueError(f"{name} must be {allowed}; got {value!r}")
+    too_small = minimum is not None and (value <= minimum if strict else value < minimum)
+    if too_small or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be {allowed}; got {value}")
+
+
+def _range_text(minimum: int | None, maximum: int | None, kind: str) -> str:
+    if minimum is not None and maximum is not None:
+        return f"{kind} in [{minimum}, {maximum}]"
+    if minimum is not None:
+        return f"{kind} >= {minimum}"
+    if maximum is not None:
+        return f"{kind} <= {maximum}"
+    return kind
+
+
+def _check_bool(config: TrainConfig, name: str) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false; got {value!r}")
+
+
+def _check_str(config: TrainConfig, name: str, non_empty: bool = False) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, str) or (non_empty and not value.strip()):
+        raise ValueError(f"{name} must be a {'non-empty ' if non_empty else ''}string; got {value!r}")
+
+
+def _check_str_list(config: TrainConfig, name: str, non_empty: bool) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError(f"{name} must be a list of non-empty strings; got {value!r}")
+    if non_empty and not value:
+        raise ValueError(f"{name} must contain at least one prompt; got []")
+
+
+def _check_dict(config: TrainConfig, name: str) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ValueError(f"{name} must be a mapping of option name: value; got {value!r}")
+
+
+def _check_estimator_name(value: str) -> None:
+    """Check an estimator name against ``list_estimators()`` when the estimators are importable."""
+    try:
+        from rlr_core.estimators import list_estimators
+    except ImportError:
+        return
+    names = list(list_estimators())
+    if value not in names:
+        raise ValueError(f"estimator must be one of {', '.join(names)}; got {value!r}")
+
+
+def _is_cuda_index(device: str) -> bool:
+    return device.startswith("cuda:") and device[5:].isdigit()
+
+
+def _looks_like_local_path(model: str) -> bool:
+    return model != "tiny" and (model.startswith((".", "/", "~")) or os.path.exists(model))
+
+
+def _call_named(field_name: str, factory: Any, name: str, options: dict[str, Any], **extra: Any) -> Any:
+    """``factory(name, **options, **extra)``; a TypeError about options becomes a ValueError naming the field."""
+    clash = sorted(set(options) & set(extra))
+    if clash:
+        raise ValueError(f"{field_name}_options must not set {', '.join(clash)} (set by the config itself)")
+    try:
+        return factory(name, **options, **extra)
+    except TypeError as error:
+        raise ValueError(f"{field_name}_options for {field_name} {name!r} are invalid: {error}") from error

@@ -1,0 +1,313 @@
+"""Rewards: ``reward(images [B, 3, H, W] in [0, 1], prompts) -> float32 [B]`` on the images' device.
+
+    reward = get_reward("aesthetic")                  # LAION aesthetic on CLIP ViT-L/14
+    reward = get_reward("clip", clip_model="ViT-B-32", pretrained="openai")
+    reward = get_reward("target-color", color="blue") # weight-free
+    reward = get_reward("my_pkg.rewards:score")       # plug-in (refused in hosted mode)
+    list_rewards()                                    # names, descriptions, options (for the UI)
+
+Loaded rewards are cached per process, keyed by (name, options, device). Unknown names, unknown
+options and bad option values raise ValueError naming the field and the allowed values; rewards
+whose weights are not cached and cannot be downloaded raise
+:class:`~rlr_core.rewards.hub.WeightsUnavailableError` within seconds.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import torch
+
+from rlr_core.rewards.hub import WeightsUnavailableError
+from rlr_core.rewards.plugin import HOSTED_ENV, PluginReward, hosted_mode, is_plugin_spec
+
+__all__ = [
+    "Reward",
+    "RewardOption",
+    "RewardInfo",
+    "get_reward",
+    "list_rewards",
+    "reward_names",
+    "clear_reward_cache",
+    "WeightsUnavailableError",
+    "HOSTED_ENV",
+]
+
+
+@runtime_checkable
+class Reward(Protocol):
+    """What estimators and the trainer need from a reward (names are binding)."""
+
+    name: str
+    differentiable: bool
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """float32 [B] on ``images.device``; differentiable in ``images`` when ``differentiable``."""
+        ...
+
+
+@dataclass(frozen=True)
+class RewardOption:
+    """One option of a reward: default, kind (for UI widgets and string coercion), help, choices."""
+
+    default: Any
+    kind: type
+    help: str
+    choices: tuple | None = None
+
+
+@dataclass(frozen=True)
+class RewardInfo:
+    """A registered reward."""
+
+    name: str
+    description: str
+    differentiable: bool
+    needs_weights: bool
+    factory: Callable[..., Reward]
+    options: dict[str, RewardOption] = field(default_factory=dict)
+
+
+_CLIP_OPTIONS = {
+    "clip_model": RewardOption("ViT-L-14-quickgelu", str, "open_clip architecture (open_clip.list_models())"),
+    "pretrained": RewardOption("openai", str, "open_clip pretrained tag, or a local checkpoint file"),
+    "precision": RewardOption("fp32", str, "CLIP weights precision", ("fp32", "fp16", "bf16")),
+    "cache_dir": RewardOption("", str, "download cache folder ('' = the Hugging Face / open_clip defaults)"),
+}
+
+
+def _aesthetic(**kw: Any) -> Reward:
+    from rlr_core.rewards.aesthetic import AestheticReward
+
+    return AestheticReward(**kw)
+
+
+def _clip(**kw: Any) -> Reward:
+    from rlr_core.rewards.aesthetic import ClipScoreReward
+
+    return ClipScoreReward(**kw)
+
+
+def _preference(**kw: Any) -> Reward:
+    from rlr_core.preference import PreferenceReward
+
+    return PreferenceReward.from_options(**kw)
+
+
+def _simple(cls_name: str) -> Callable[..., Reward]:
+    def make(device: Any = None, **kw: Any) -> Reward:
+        from rlr_core.rewards import simple
+
+        return getattr(simple, cls_name)(**kw)
+
+    return make
+
+
+_REGISTRY: dict[str, RewardInfo] = {
+    info.name: info
+    for info in [
+        RewardInfo(
+            "aesthetic",
+            "LAION aesthetic predictor (MLP on CLIP ViT-L/14 embeddings), about 1-10. Downloads weights.",
+            True,
+            True,
+            _aesthetic,
+            {**_CLIP_OPTIONS, "head_path": RewardOption("", str, "local sac+logos+ava1-l14-linearMSE.pth ('' = download)")},
+        ),
+        RewardInfo(
+            "clip",
+            "CLIP score: scale x cosine(image, prompt) embeddings. Downloads weights.",
+            True,
+            True,
+            _clip,
+            {
+                **_CLIP_OPTIONS,
+                "scale": RewardOption(100.0, float, "multiplier of the cosine"),
+                "clamp": RewardOption(False, bool, "use max(cos, 0) as in the CLIPScore metric (zero gradient below 0)"),
+            },
+        ),
+        RewardInfo(
+            "preference",
+            "Human clicks. mode=learned: Bradley-Terry head refitted on the click log (differentiable); "
+            "mode=direct runs through rlr_core.preference.PreferenceSession.",
+            True,
+            False,
+            _preference,
+            {
+                "mode": RewardOption("learned", str, "learned = fitted head; direct = clicks are the reward", ("learned", "direct")),
+                "log_path": RewardOption("clicks.jsonl", str, "JSONL click log to fit on"),
+                "features": RewardOption("auto", str, "image features of the head", ("auto", "clip", "pixels")),
+                "clip_model": RewardOption("ViT-L-14-quickgelu", str, "open_clip architecture for features=clip/auto"),
+                "pretrained": RewardOption("openai", str, "open_clip pretrained tag for features=clip/auto"),
+                "l2": RewardOption(1e-2, float, "L2 penalty of the Bradley-Terry fit"),
+            },
+        ),
+        RewardInfo("saturation", "Colourfulness (Hasler-Suesstrunk); gray = 0. Weight-free.", True, False, _simple("SaturationReward")),
+        RewardInfo("brightness", "Mean luma in [0, 1]. Weight-free.", True, False, _simple("BrightnessReward")),
+        RewardInfo(
+            "target-color",
+            "Closeness of the pixels to one colour, in [-1, 0]. Weight-free.",
+            True,
+            False,
+            _simple("TargetColorReward"),
+            {"color": RewardOption("red", str, "colour name, '#rrggbb' or 'r,g,b'")},
+        ),
+        RewardInfo("symmetry", "Left-right mirror symmetry, in [-1, 0]. Weight-free.", True, False, _simple("SymmetryReward")),
+        RewardInfo(
+            "jpeg-compressibility",
+            "Minus the JPEG size in kB (DDPO). Not differentiable. Weight-free.",
+            False,
+            False,
+            _simple("JpegCompressibilityReward"),
+            {"quality": RewardOption(95, int, "JPEG quality 1-100")},
+        ),
+        RewardInfo(
+            "jpeg-incompressibility",
+            "The JPEG size in kB (DDPO). Not differentiable. Weight-free.",
+            False,
+            False,
+            _simple("JpegIncompressibilityReward"),
+            {"quality": RewardOption(95, int, "JPEG quality 1-100")},
+        ),
+    ]
+}
+
+_PLUGIN_OPTIONS = {
+    "function": RewardOption("", str, "function name (default: the one after ':' or 'reward' in a .py file)"),
+    "differentiable": RewardOption(None, bool, "whether the function is differentiable in the pixels"),
+}
+
+_CACHE: dict[tuple, Reward] = {}
+_LOCK = threading.RLock()
+
+
+def reward_names() -> list[str]:
+    """Registered reward names (plug-ins excluded)."""
+    return list(_REGISTRY)
+
+
+def list_rewards() -> list[dict[str, Any]]:
+    """Every registered reward with its description and options (plain data for the UI)."""
+    return [
+        {
+            "name": info.name,
+            "description": info.description,
+            "differentiable": info.differentiable,
+            "needs_weights": info.needs_weights,
+            "options": {
+                key: {"default": opt.default, "type": opt.kind.__name__, "help": opt.help, "choices": list(opt.choices) if opt.choices else None}
+                for key, opt in info.options.items()
+            },
+        }
+        for info in _REGISTRY.values()
+    ]
+
+
+def clear_reward_cache() -> None:
+    """Forget every cached reward (and the open_clip models they loaded)."""
+    from rlr_core.rewards.clip_models import clear_clip_cache
+
+    with _LOCK:
+        _CACHE.clear()
+    clear_clip_cache()
+
+
+def _coerce(reward: str, key: str, value: Any, opt: RewardOption) -> Any:
+    """Convert strings from a UI / YAML to the option's kind and check choices."""
+    if value is None:
+        return None
+    kind = opt.kind
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in {"true", "false", "1", "0", "yes", "no"}:
+                    raise ValueError(value)
+                value = lowered in {"true", "1", "yes"}
+            elif not isinstance(value, (bool, int)):
+                raise ValueError(value)
+            value = bool(value)
+        elif kind is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            value = float(value)
+        elif kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            value = int(value)
+        elif kind is str and key == "color" and isinstance(value, (list, tuple)):
+            value = tuple(value)  # target-color accepts an RGB triple too
+        elif kind is str:
+            value = str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{reward} option {key}={value!r} must be a {kind.__name__}") from None
+    if opt.choices and value not in opt.choices:
+        raise ValueError(f"{reward} option {key}={value!r} is not allowed; allowed values: {list(opt.choices)}")
+    return value
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    return value
+
+
+def get_reward(
+    name: str,
+    *,
+    device: str | torch.device | None = None,
+    hosted: bool | None = None,
+    **options: Any,
+) -> Reward:
+    """The reward ``name`` configured by ``options`` (cached per process by name, options, device).
+
+    ``name`` is a registered reward (see :func:`list_rewards`), or a plug-in ``"module:function"``
+    or ``"/path/file.py"`` (refused when ``hosted`` is true or ``RLR_STUDIO_HOSTED=1``).
+    ``device`` is where models are loaded first ("auto"/None: cuda if available); rewards follow the
+    images' device when called.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"reward={name!r} is not allowed; allowed values: {reward_names()} or a plug-in 'module:function' / 'file.py'")
+    name = name.strip()
+    if name in _REGISTRY:
+        info = _REGISTRY[name]
+        allowed = info.options
+    elif is_plugin_spec(name):
+        if hosted_mode(hosted):
+            raise ValueError(
+                f"reward={name!r} is a plug-in, and plug-ins (arbitrary code) are disabled in hosted mode "
+                f"({HOSTED_ENV}=1 or hosted=True); allowed values here: {reward_names()}"
+            )
+        info = None
+        allowed = _PLUGIN_OPTIONS
+    else:
+        raise ValueError(f"reward={name!r} is not allowed; allowed values: {reward_names()} or a plug-in 'module:function' / 'file.py'")
+
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"reward {name!r} has no option {', '.join(map(repr, unknown))}; allowed options: {sorted(allowed) or 'none'}")
+    values = {key: _coerce(name, key, options.get(key, opt.default), opt) for key, opt in allowed.items()}
+    dev = _resolve_device(device)
+    key = (name, _freeze(values), str(dev))
+    with _LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        if info is None:
+            reward: Reward = PluginReward(name, values["function"], values["differentiable"])
+        else:
+            kwargs = dict(values)
+            if "cache_dir" in kwargs:
+                kwargs["cache_dir"] = kwargs["cache_dir"] or None
+            reward = info.factory(device=dev, **kwargs)
+        _CACHE[key] = reward
+        return reward

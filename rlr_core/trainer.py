@@ -1,0 +1,700 @@
+"""The one training loop: ``Trainer(chain, reward, estimator, config).run()`` yields a StepReport per iteration.
+
+The UI and the CLI are thin consumers of this generator; nothing else loops over training
+steps. Per iteration the Trainer
+
+1. draws the prompt batch and a ``torch.Generator`` from ``(config.seed, step)`` (so a run is
+   reproducible, and resumable bit for bit),
+2. asks the estimator for ``p.grad`` (``estimate``; for PPO-style estimators with
+   ``inner_epochs > 1`` further epochs call ``gradient`` again on the same rollout),
+3. applies the update: skipped when the estimate says so (non-finite rewards) or the gradient is
+   not finite, otherwise gradient clipping and one AdamW step,
+4. evaluates on fixed seeds when due, appends a line to ``metrics.jsonl``, checkpoints when due,
+5. yields the ``StepReport`` and checks the stop flag.
+
+At the end of ``run()`` (finished, stopped, closed by the consumer, or failed) the LoRA is exported
+to ``output_dir/lora``. A failed iteration also writes a checkpoint of the last completed
+iteration (when checkpoints are on) and raises ``TrainingStepError`` naming the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .config import TrainConfig
+
+__all__ = [
+    "StepReport",
+    "Trainer",
+    "TrainingStepError",
+    "latest_checkpoint",
+    "step_seed",
+    "to_pil",
+    "image_grid",
+]
+
+CHECKPOINT_FILE = "trainer_state.pt"
+CHECKPOINT_PREFIX = "step-"
+
+
+class TrainingStepError(RuntimeError):
+    """An iteration failed; the LoRA trained so far was saved before this was raised.
+
+    Attributes: ``step`` (the iteration that failed), ``saved_to`` (the LoRA export directory),
+    ``checkpoint`` (checkpoint of the last completed iteration, or None). The original exception
+    is ``__cause__``.
+    """
+
+    def __init__(self, message: str, step: int, saved_to: str | None, checkpoint: str | None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.saved_to = saved_to
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class StepReport:
+    """What one training iteration did. Images are PIL images (only for image-shaped chains)."""
+
+    step: int  # 1-based index of this iteration
+    reward_mean: float  # mean of the finite rewards of the batch
+    reward_std: float
+    rewards: list[float]
+    grad_norms: dict[str, float]  # per estimator part and "total" (before clipping)
+    cosines: dict[str, float]  # pairwise cosine between parts, e.g. "fo~ho"
+    update_norm: float  # |theta_after - theta_before| over the whole iteration
+    seconds: float
+    peak_memory_mb: float
+    skipped: str | None = None  # why the update was skipped (parameters unchanged), else None
+    eval_images: list[Any] | None = None
+    eval_rewards: list[float] | None = None
+    message: str = ""
+    total_steps: int = 0
+    prompts: list[str] = field(default_factory=list)
+    sample_images: list[Any] | None = None  # the first ``config.report_samples`` training images
+    before_images: list[Any] | None = None  # first report of a fresh run: eval images before training
+    before_rewards: list[float] | None = None
+    checkpoint: str | None = None  # path of the checkpoint written after this iteration
+    graph_memory_mb: float = 0.0
+    chain_steps: dict[str, list[int]] = field(default_factory=dict)  # chain steps each part covered
+
+    @property
+    def eval_reward_mean(self) -> float | None:
+        """Mean of ``eval_rewards`` (None when there was no evaluation)."""
+        if not self.eval_rewards:
+            return None
+        return float(np.mean(self.eval_rewards))
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The report without images, JSON-safe (non-finite numbers become null)."""
+        data = {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "reward_mean": self.reward_mean,
+            "reward_std": self.reward_std,
+            "rewards": self.rewards,
+            "grad_norms": self.grad_norms,
+            "cosines": self.cosines,
+            "update_norm": self.update_norm,
+            "seconds": self.seconds,
+            "peak_memory_mb": self.peak_memory_mb,
+            "graph_memory_mb": self.graph_memory_mb,
+            "skipped": self.skipped,
+            "prompts": [str(p) for p in self.prompts],
+            "chain_steps": self.chain_steps,
+            "eval_rewards": self.eval_rewards,
+            "eval_reward_mean": self.eval_reward_mean,
+            "before_rewards": self.before_rewards,
+            "checkpoint": self.checkpoint,
+            "message": self.message,
+        }
+        return _json_safe(data)
+
+
+# ---------------------------------------------------------------------------------------- seeds
+def step_seed(seed: int, step: int, stream: str = "noise") -> int:
+    """A 63-bit seed derived from ``(seed, step, stream)``; stable across runs and platforms."""
+    digest = hashlib.sha256(f"{int(seed)}:{int(step)}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _rng_state() -> dict[str, Any]:
+    """Global RNG states (torch CPU and CUDA, numpy, python) in a ``weights_only``-loadable form."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": _to_lists(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    random.setstate(_to_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def _isolated_rng() -> Iterator[None]:
+    """Run code (evaluation) without changing the global RNG states seen by training."""
+    saved = _rng_state()
+    try:
+        yield
+    finally:
+        _set_rng_state(saved)
+
+
+def _to_lists(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_to_lists(v) for v in value]
+    return value
+
+
+def _to_tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_to_tuples(v) for v in value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------- images
+def to_pil(images: torch.Tensor | None) -> list[Any] | None:
+    """[B, C, H, W] tensors in [0, 1] (C = 1 or 3) as PIL images; None for non-image chains."""
+    if images is None or not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] not in (1, 3):
+        return None
+    from PIL import Image
+
+    array = (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    array = array.permute(0, 2, 3, 1).numpy()
+    if array.shape[-1] == 1:
+        return [Image.fromarray(a[..., 0], mode="L").convert("RGB") for a in array]
+    return [Image.fromarray(a) for a in array]
+
+
+def image_grid(images: list[Any], columns: int | None = None) -> Any:
+    """Paste PIL images (same size) into one grid image, row by row."""
+    from PIL import Image
+
+    if not images:
+        raise ValueError("image_grid needs at least one image")
+    columns = columns or min(len(images), 8)
+    rows = math.ceil(len(images) / columns)
+    width, height = images[0].size
+    grid = Image.new("RGB", (columns * width, rows * height), "white")
+    for i, image in enumerate(images):
+        grid.paste(image.convert("RGB"), ((i % columns) * width, (i // columns) * height))
+    return grid
+
+
+# ---------------------------------------------------------------------------------------- trainer
+class Trainer:
+    """Runs training iterations of ``estimator`` on ``chain`` against ``reward`` as ``config`` says.
+
+    Typical use::
+
+        trainer = Trainer(chain, reward, estimator, config)
+        for report in trainer.run():
+            print(report.step, report.reward_mean, report.grad_norms)
+            if report.reward_mean > 0.9:
+                trainer.stop()          # run() ends after this iteration, the LoRA is exported
+
+    ``run()`` can be called again on the same Trainer to continue (e.g. after raising
+    ``config.steps``, or in chunks with ``max_iterations``); state stays in memory.
+    """
+
+    def __init__(self, chain: Any, reward: Any, estimator: Any, config: TrainConfig) -> None:
+        config.validate(check_names=False)
+        self.chain = chain
+        self.reward = reward
+        self.estimator = estimator
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        self.params = [p for p in chain.trainable_parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("the chain has no trainable parameters (requires_grad=True); nothing to train")
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.step = 0
+        self.prompts = config.training_prompts()
+        self.eval_prompts = config.evaluation_prompts()
+        self.before_images: list[Any] | None = None
+        self.before_rewards: list[float] | None = None
+        self.last_report: StepReport | None = None
+        self._stop_event = threading.Event()
+        self._started = False
+        self._boundary_rng: dict[str, Any] | None = None
+        self._pending_message = ""  # e.g. "resumed from ...", attached to the next report
+        differentiable = bool(getattr(reward, "differentiable", False))
+        self.noise_groups = _noise_groups(estimator, differentiable)
+        self.paired = self.noise_groups > 1
+        if config.batch_size % self.noise_groups:
+            raise ValueError(
+                f"batch_size must be a multiple of {self.noise_groups} for estimator "
+                f"{getattr(estimator, 'name', '?')!r} (the batch is split in {self.noise_groups} groups "
+                f"sharing noise); got {config.batch_size}"
+            )
+        check = getattr(estimator, "check", None)
+        if check is not None:
+            check(chain, reward, config.batch_size)
+        inner = getattr(estimator, "inner_epochs", 1)
+        self.inner_epochs = int(inner) if isinstance(inner, int) and inner >= 1 else 1
+
+    # ------------------------------------------------------------------ control
+    def stop(self) -> None:
+        """Ask ``run()`` to end after the current iteration (thread-safe); the LoRA is exported."""
+        self._stop_event.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_event.is_set()
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, max_iterations: int | None = None) -> Iterator[StepReport]:
+        """Yield one StepReport per iteration until ``config.steps``, ``stop()`` or ``max_iterations``.
+
+        The first call resumes from the newest checkpoint in ``output_dir`` when
+        ``config.resume`` is set, and otherwise starts over (replacing ``metrics.jsonl`` and
+        the checkpoints of ``output_dir``). The LoRA is exported to ``output_dir/lora`` when
+        ``run()`` ends for any reason.
+        """
+        if not self._started:
+            self._pending_message = self._start()
+        done = 0
+        try:
+            while self.step < self.config.steps and not self.stop_requested:
+                if max_iterations is not None and done >= max_iterations:
+                    break
+                report = self._guarded_iteration(self.step + 1)
+                done += 1
+                self.last_report = report
+                yield report
+        except BaseException:
+            self._stop_event.clear()
+            with contextlib.suppress(Exception):  # never hide the original error
+                self.export_lora(self.output_dir / "lora")
+            raise
+        self._stop_event.clear()
+        self.export_lora(self.output_dir / "lora")
+
+    def _start(self) -> str:
+        """First-run setup: resume or start over; the "before" evaluation of a fresh run."""
+        self._started = True
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        message = ""
+        self.config.to_yaml(self.output_dir / "config.yaml")
+        checkpoint = latest_checkpoint(self.output_dir) if self.config.resume else None
+        if checkpoint is not None:
+            self.load_checkpoint(checkpoint)
+            self._truncate_metrics(self.step)
+            message = f"resumed from {checkpoint} at step {self.step}"
+        else:
+            if self.config.resume:
+                message = f"resume requested but no checkpoint in {self.output_dir / 'checkpoints'}; starting over"
+            shutil.rmtree(self.output_dir / "checkpoints", ignore_errors=True)
+            self._metrics_path().write_text("", encoding="utf-8")
+            if self.step == 0 and self.config.eval_seeds:
+                self.before_images, self.before_rewards = self.evaluate(
+                    self.config.eval_seeds, self.eval_prompts, adapters=False
+                )
+        return message
+
+    def _guarded_iteration(self, step: int) -> StepReport:
+        """One iteration; on failure save the LoRA (and a checkpoint) and raise TrainingStepError."""
+        self._boundary_rng = _rng_state()
+        try:
+            return self._iteration(step)
+        except Exception as error:
+            saved, checkpoint = self._save_after_failure()
+            where = f"LoRA of step {self.step} saved to {saved}" if saved else "saving the LoRA failed too"
+            if checkpoint:
+                where += f", checkpoint {checkpoint}"
+            raise TrainingStepError(
+                f"training step {step} failed ({type(error).__name__}: {error}); {where}",
+                step=step,
+                saved_to=saved,
+                checkpoint=checkpoint,
+            ) from error
+
+    def _iteration(self, step: int) -> StepReport:
+        config = self.config
+        start = time.perf_counter()
+        prompts = self.batch_prompts(step)
+        generator = self.generator_for(step)
+        before = [p.detach().clone() for p in self.params]
+        self._zero_grads()
+
+        estimate = self.estimator.estimate(self.chain, self.reward, prompts, generator)
+        epoch_messages = [self._update_message(estimate, self.apply_update(estimate))]
+        peak = float(estimate.peak_memory_mb)
+        for _ in range(1, self.inner_epochs):
+            if estimate.skipped or getattr(estimate, "rollout", None) is None:
+                break
+            again = self.estimator.gradient(estimate.rollout, estimate.rewards)
+            epoch_messages.append(self._update_message(again, self.apply_update(again)))
+            peak = max(peak, float(getattr(again, "peak_memory_mb", 0.0)))
+        with torch.no_grad():
+            update_norm = math.sqrt(sum(float((p.detach() - b).double().pow(2).sum()) for p, b in zip(self.params, before)))
+        if getattr(estimate, "rollout", None) is not None:
+            estimate.rollout = None  # free the graph / activations before evaluating
+
+        rewards = [float(r) for r in estimate.rewards.detach().double().cpu().reshape(-1)]
+        finite = [r for r in rewards if math.isfinite(r)]
+        report = StepReport(
+            step=step,
+            reward_mean=float(np.mean(finite)) if finite else float("nan"),
+            reward_std=float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0,
+            rewards=rewards,
+            grad_norms={k: float(v) for k, v in estimate.grad_norms.items()},
+            cosines=part_cosines(estimate.parts),
+            update_norm=update_norm,
+            seconds=0.0,
+            peak_memory_mb=peak,
+            skipped=estimate.skipped,
+            total_steps=config.steps,
+            prompts=[str(p) for p in prompts],
+            sample_images=(to_pil(estimate.images[: config.report_samples]) if config.report_samples else None),
+            graph_memory_mb=float(getattr(estimate, "graph_memory_mb", 0.0)),
+            chain_steps={k: list(v) for k, v in getattr(estimate, "steps", {}).items()},
+        )
+        self.step = step
+        self._boundary_rng = _rng_state()  # evaluation below leaves the global RNGs untouched
+        if step == 1 and self.before_rewards is not None:
+            report.before_images, report.before_rewards = self.before_images, self.before_rewards
+
+        if self._eval_due(step) and config.eval_seeds:
+            report.eval_images, report.eval_rewards = self.evaluate(config.eval_seeds, self.eval_prompts)
+        report.seconds = time.perf_counter() - start
+        report.message = "; ".join(m for m in [self._pending_message, *epoch_messages] if m)
+        self._pending_message = ""
+        self._append_metrics(report)
+        if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
+            report.checkpoint = str(self.save_checkpoint(self._checkpoint_dir(step)))
+            self._prune_checkpoints()
+        return report
+
+    # ------------------------------------------------------------------ pieces of an iteration
+    def batch_prompts(self, step: int) -> list[Any]:
+        """The prompts of iteration ``step`` (seeded by (seed, step)).
+
+        Every prompt appears equally often (up to one) in a batch; estimators that split the
+        batch in g groups sharing noise (antithetic +/- halves, quarters) get n prompts
+        repeated g times, so that samples sharing noise share their prompt too.
+        """
+        rng = random.Random(step_seed(self.config.seed, step, "prompts"))
+        n = self.config.batch_size // self.noise_groups
+        pool = list(self.prompts)
+        chosen = pool * (n // len(pool)) + rng.sample(pool, n % len(pool))
+        rng.shuffle(chosen)
+        return chosen * self.noise_groups
+
+    def generator_for(self, step: int) -> torch.Generator:
+        """The CPU generator of iteration ``step``, seeded from (config.seed, step)."""
+        return torch.Generator(device="cpu").manual_seed(step_seed(self.config.seed, step))
+
+    def apply_update(self, estimate: Any) -> float:
+        """Clip ``p.grad`` and take one AdamW step; return the norm of the parameter change.
+
+        Nothing changes (and 0.0 is returned) when ``estimate.skipped`` is set or the gradient
+        is not finite; the latter sets ``estimate.skipped`` to say why.
+        """
+        if estimate.skipped:
+            self._zero_grads()
+            return 0.0
+        grads = [p.grad for p in self.params]
+        if any(g is None for g in grads):
+            missing = sum(g is None for g in grads)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
+            for p, g in zip(self.params, grads):
+                p.grad = g
+            if missing == len(grads):
+                estimate.skipped = "the estimator wrote no gradient: update skipped, LoRA kept"
+                self._zero_grads()
+                return 0.0
+        if not all(bool(torch.isfinite(g).all()) for g in grads):
+            estimate.skipped = "non-finite gradient: update skipped, LoRA kept"
+            self._zero_grads()
+            return 0.0
+        if self.config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        before = [p.detach().clone() for p in self.params]
+        self.optimizer.step()
+        self._zero_grads()
+        with torch.no_grad():
+            return math.sqrt(sum(float((p.detach() - b).double().pow(2).sum()) for p, b in zip(self.params, before)))
+
+    def _update_message(self, estimate: Any, update_norm: float) -> str:
+        if estimate.skipped:
+            return f"skipped: {estimate.skipped}"
+        total = float(estimate.grad_norms.get("total", 0.0))
+        if self.config.max_grad_norm > 0 and total > self.config.max_grad_norm:
+            return f"clipped grad norm {total:.4g} -> {self.config.max_grad_norm:g}"
+        return ""
+
+    def _zero_grads(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def _eval_due(self, step: int) -> bool:
+        every = self.config.eval_every
+        return step == self.config.steps or (every > 0 and step % every == 0)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(
+        self, seeds: list[int], prompts: list[Any] | None = None, adapters: bool = True
+    ) -> tuple[list[Any] | None, list[float]]:
+        """Sample one image per seed (fixed noise) and score it; returns (PIL images or None, rewards).
+
+        ``prompts`` defaults to the evaluation prompts cycled over the seeds. ``adapters=False``
+        samples with the LoRA disabled (the "before" images) when the chain supports
+        ``adapters_disabled()``; otherwise the current parameters are used. The global RNG
+        states are left untouched, so evaluation never changes the training trajectory.
+        """
+        from .sampling import sample
+
+        seeds = [int(s) for s in seeds]
+        if prompts is None:
+            prompts = self.eval_prompts
+        prompts = [prompts[i % len(prompts)] for i in range(len(seeds))]
+        disabled = getattr(self.chain, "adapters_disabled", None)
+        context = disabled() if (not adapters and disabled is not None) else contextlib.nullcontext()
+        with _isolated_rng(), torch.no_grad(), context:
+            images = sample(self.chain, prompts, seeds=seeds)
+            rewards = self.reward(images, [str(p) for p in prompts])
+        values = [float(r) for r in torch.as_tensor(rewards).detach().double().cpu().reshape(-1)]
+        return to_pil(images), values
+
+    # ------------------------------------------------------------------ LoRA / checkpoints
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        """The trained weights: ``chain.lora_state_dict()`` when available, else the trainable parameters."""
+        getter = getattr(self.chain, "lora_state_dict", None)
+        if getter is not None:
+            return {k: v.detach().cpu().clone() for k, v in getter().items()}
+        return {f"param.{i}": p.detach().cpu().clone() for i, p in enumerate(self.chain.trainable_parameters())}
+
+    def load_lora_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of ``lora_state`` (values are copied into the existing tensors)."""
+        loader = getattr(self.chain, "load_lora_state_dict", None)
+        if loader is not None and not all(k.startswith("param.") for k in state):
+            loader(state)
+            return
+        params = self.chain.trainable_parameters()
+        if len(state) != len(params):
+            raise ValueError(f"checkpoint has {len(state)} parameter tensors, the chain has {len(params)}")
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                value = state[f"param.{i}"]
+                if value.shape != p.shape:
+                    raise ValueError(f"checkpoint parameter {i} has shape {tuple(value.shape)}, chain has {tuple(p.shape)}")
+                p.copy_(value.to(device=p.device, dtype=p.dtype))
+
+    def export_lora(self, directory: str | os.PathLike) -> Path:
+        """Write the LoRA to ``directory`` atomically (``chain.save_lora`` in the diffusers format when
+        available, else ``trainable_parameters.safetensors``) and return the directory."""
+        directory = Path(directory)
+
+        def write(tmp: Path) -> None:
+            saver = getattr(self.chain, "save_lora", None)
+            if saver is not None:
+                saver(str(tmp))
+            else:
+                from safetensors.torch import save_file
+
+                tmp.mkdir(parents=True, exist_ok=True)
+                save_file({k: v.contiguous() for k, v in self.lora_state().items()}, str(tmp / "trainable_parameters.safetensors"))
+
+        _atomic_directory(directory, write)
+        return directory
+
+    def save_checkpoint(self, directory: str | os.PathLike, rng_state: dict[str, Any] | None = None) -> Path:
+        """Atomically write a checkpoint to ``directory``: LoRA, optimizer, step, RNG states,
+        estimator state and config (written to a temporary directory, then renamed)."""
+        directory = Path(directory)
+        state_dict = getattr(self.estimator, "state_dict", None)
+        state = {
+            "format": 1,
+            "step": self.step,
+            "lora": self.lora_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state if rng_state is not None else _rng_state(),
+            "estimator": state_dict() if state_dict is not None else {},
+            "config": self.config.to_dict(),
+            "before_rewards": self.before_rewards,
+        }
+
+        def write(tmp: Path) -> None:
+            tmp.mkdir(parents=True, exist_ok=True)
+            torch.save(state, tmp / CHECKPOINT_FILE)
+            self.config.to_yaml(tmp / "config.yaml")
+
+        _atomic_directory(directory, write)
+        return directory
+
+    def load_checkpoint(self, directory: str | os.PathLike) -> int:
+        """Restore LoRA, optimizer, step, RNG states and estimator state from ``directory``; return the step."""
+        path = Path(directory) / CHECKPOINT_FILE
+        if not path.is_file():
+            raise ValueError(f"resume: {str(directory)!r} is not a checkpoint (no {CHECKPOINT_FILE})")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # estimator states with custom objects; our own file, written by save_checkpoint
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        differing = _differing_fields(state.get("config", {}), self.config.to_dict())
+        if differing:
+            import warnings
+
+            warnings.warn(
+                f"resuming with config fields changed since the checkpoint: {', '.join(differing)}", stacklevel=2
+            )
+        self.load_lora_state(state["lora"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        loader = getattr(self.estimator, "load_state_dict", None)
+        if loader is not None and state.get("estimator") is not None:
+            loader(state["estimator"])
+        _set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.before_rewards = state.get("before_rewards")
+        self._started = True
+        return self.step
+
+    def _checkpoint_dir(self, step: int) -> Path:
+        return self.output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:06d}"
+
+    def _prune_checkpoints(self) -> None:
+        for old in _checkpoint_dirs(self.output_dir)[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _save_after_failure(self) -> tuple[str | None, str | None]:
+        saved = checkpoint = None
+        try:
+            self._zero_grads()
+            if self.config.checkpoint_every and self.step > 0:
+                checkpoint = str(self.save_checkpoint(self._checkpoint_dir(self.step), rng_state=self._boundary_rng))
+        except Exception:  # pragma: no cover - best effort while handling another error
+            checkpoint = None
+        try:
+            saved = str(self.export_lora(self.output_dir / "lora"))
+        except Exception:  # pragma: no cover
+            saved = None
+        return saved, checkpoint
+
+    # ------------------------------------------------------------------ metrics
+    def _metrics_path(self) -> Path:
+        return self.output_dir / "metrics.jsonl"
+
+    def _append_metrics(self, report: StepReport) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with open(self._metrics_path(), "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(report.to_json_dict()) + "\n")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric lines of iterations after ``step`` (they will be run again)."""
+        path = self._metrics_path()
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if int(json.loads(line)["step"]) <= step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def part_cosines(parts: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Cosine between every pair of estimator parts, keyed "a~b" in the parts' order (NaN if a part is zero)."""
+    names = list(parts)
+    result: dict[str, float] = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            u, v = parts[a].double().reshape(-1), parts[b].double().reshape(-1)
+            denominator = float(u.norm() * v.norm())
+            result[f"{a}~{b}"] = float(u @ v) / denominator if denominator > 0 else float("nan")
+    return result
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint directory in ``output_dir/checkpoints``, or None."""
+    dirs = _checkpoint_dirs(Path(output_dir))
+    return dirs[-1] if dirs else None
+
+
+def _checkpoint_dirs(output_dir: Path) -> list[Path]:
+    root = output_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        suffix = path.name[len(CHECKPOINT_PREFIX) :]
+        if path.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() and (path / CHECKPOINT_FILE).is_file():
+            found.append((int(suffix), path))
+    return [path for _, path in sorted(found)]
+
+
+def _atomic_directory(directory: Path, write: Any) -> None:
+    """Create ``directory`` by ``write(tmp)`` into a sibling temporary directory, then rename.
+
+    An existing ``directory`` is moved aside only once the new one is complete, so at every
+    moment a complete copy exists on disk.
+    """
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
+    old = directory.parent / f".{directory.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write(tmp)
+        if directory.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _noise_groups(estimator: Any, differentiable_reward: bool) -> int:
+    groups = getattr(estimator, "noise_groups", None)
+    if callable(groups):
+        return int(groups(differentiable_reward))
+    pairs = getattr(estimator, "needs_pairs", False)
+    return 2 if (pairs(differentiable_reward) if callable(pairs) else pairs) else 1
+
+
+_RUN_ONLY_FIELDS = {"steps", "output_dir", "resume", "eval_seeds", "eval_every", "eval_prompts", "log_every",
+                    "report_samples", "checkpoint_every", "keep_checkpoints", "device"}
+
+
+def _differing_fields(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Config fields that change the training trajectory and differ from the checkpoint's."""
+    return [k for k in current if k not in _RUN_ONLY_FIELDS and k in saved and saved[k] != current[k]]
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return _json_safe(value.item())
+    return value

@@ -1,0 +1,154 @@
+"""Every estimator on a tiny real diffusers chain: gradients only on LoRA, memory, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rlr_core.estimators import estimator_options, get_estimator, list_estimators
+
+
+class Redness:
+    """Differentiable toy reward: mean red minus mean green/blue."""
+
+    name = "redness"
+    differentiable = True
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return images[:, 0].mean((1, 2)) - images[:, 1:].mean((1, 2, 3))
+
+
+class Clicks:
+    """Non-differentiable reward standing in for human clicks."""
+
+    name = "clicks"
+    differentiable = False
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return (images[:, 0].mean((1, 2)) > images[:, 2].mean((1, 2))).float()
+
+
+class NaNReward(Redness):
+    def __call__(self, images, prompts):
+        values = super().__call__(images, prompts)
+        return torch.where(torch.arange(len(values)) == 1, torch.full_like(values, math.nan), values)
+
+
+PROMPTS = ["a red circle", "a blue square"] * 4
+
+
+def randomize_lora(chain, seed=0, std=0.05):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in chain.trainable_parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * std)
+
+
+def non_lora_parameters(chain):
+    lora = {id(p) for p in chain.trainable_parameters()}
+    modules = [chain.unet, chain.text_encoder] + ([chain.vae] if getattr(chain, "vae", None) is not None else [])
+    return [p for m in modules for p in m.parameters() if id(p) not in lora]
+
+
+@pytest.mark.parametrize("name", list_estimators())
+def test_every_estimator_runs_and_only_lora_gets_gradients(tiny_chain, name):
+    randomize_lora(tiny_chain)
+    estimator = get_estimator(name)
+    result = estimator.estimate(tiny_chain, Redness(), PROMPTS, torch.Generator().manual_seed(0))
+    assert result.skipped is None
+    assert result.images.shape[0] == len(PROMPTS) and result.rewards.shape == (len(PROMPTS),)
+    flat = torch.cat([p.grad.reshape(-1) for p in tiny_chain.trainable_parameters()])
+    assert torch.isfinite(flat).all() and flat.abs().sum() > 0
+    assert torch.allclose(flat, result.total.to(flat), atol=1e-6)
+    assert all(p.grad is None for p in non_lora_parameters(tiny_chain))
+    assert result.seconds > 0 and result.graph_memory_mb >= 0
+    covered = sorted(k for part, ks in result.steps.items() if part not in ("dropped", "uncovered") for k in ks)
+    if name in ("rlr", "full-bp", "ddpo", "zo"):
+        assert covered == list(range(tiny_chain.num_steps)), result.steps  # every step exactly once
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"remaining": "lr"}, {"antithetic": False}, {"zo_directions": "per-step"}, {"zo_directions": "per-batch"}]
+)
+def test_rlr_with_clicks_rollout_then_gradient(tiny_chain, options):
+    """The preference path: sample, show, score later; ZO covers the FO step (no in-place clash)."""
+    randomize_lora(tiny_chain)
+    estimator = get_estimator("rlr", **options)
+    rollout = estimator.rollout(tiny_chain, PROMPTS, torch.Generator().manual_seed(1), differentiable_reward=False)
+    shown = rollout.display_images()
+    clicks = torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 0])
+    result = estimator.gradient(rollout, clicks)
+    assert torch.equal(result.images, shown)
+    assert result.steps["zo"][-1] == tiny_chain.num_steps - 1 and "fo" not in result.steps
+    assert result.grad_norms["total"] > 0
+
+
+def test_full_and_truncated_bp_refuse_non_differentiable_rewards(tiny_chain):
+    for name in ("full-bp", "truncated-bp", "rlr-released"):
+        with pytest.raises(ValueError, match="differentiable reward"):
+            get_estimator(name).estimate(tiny_chain, Clicks(), PROMPTS, torch.Generator().manual_seed(0))
+
+
+def test_non_finite_rewards_skip_and_zero_the_gradient(tiny_chain):
+    randomize_lora(tiny_chain)
+    before = [p.detach().clone() for p in tiny_chain.trainable_parameters()]
+    result = get_estimator("rlr").estimate(tiny_chain, NaNReward(), PROMPTS, torch.Generator().manual_seed(0))
+    assert result.skipped and "non-finite" in result.skipped
+    assert all(torch.count_nonzero(p.grad) == 0 for p in tiny_chain.trainable_parameters())
+    assert all(torch.equal(p, b) for p, b in zip(tiny_chain.trainable_parameters(), before))
+
+
+def test_perturbation_restores_parameters_exactly(tiny_chain):
+    randomize_lora(tiny_chain)
+    params = tiny_chain.trainable_parameters()
+    before = [p.detach().clone() for p in params]
+    storages = [p.data.data_ptr() for p in params]
+    with tiny_chain.perturbed(seed=5, scale=0.1):
+        assert any(not torch.equal(p, b) for p, b in zip(params, before))
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert storages == [p.data.data_ptr() for p in params]
+
+
+@pytest.mark.parametrize(
+    "name,options,batch,match",
+    [
+        ("nope", {}, 8, "estimator must be one of"),
+        ("rlr", {"hh": 2}, 8, "unknown option"),
+        ("rlr", {"h": 4}, 8, "h must be between 1 and num_steps - 1"),
+        ("rlr", {"h": 1, "window": (0, 3)}, 8, "window must lie within"),
+        ("rlr", {"remaining": "zoo"}, 8, "remaining must be one of"),
+        ("rlr", {"remaining": "lr", "antithetic": False}, 1, "batch_size must be >= 2"),
+        ("rlr", {}, 6, "multiple of 4"),
+        ("ddpo", {}, 1, "batch_size must be >= 2"),
+        ("zo", {"scale": 0}, 8, "scale must be a finite number > 0"),
+        ("truncated-bp", {"k": 9}, 8, "k must be <= num_steps"),
+        ("rlr-released", {"chain_len": 4}, 8, "chain_len must be <= num_steps - 1"),
+    ],
+)
+def test_bad_input_names_the_field(tiny_chain, name, options, batch, match):
+    with pytest.raises(ValueError, match=match):
+        estimator = get_estimator(name, **options)
+        estimator.check(tiny_chain, Redness(), batch)
+
+
+def test_estimator_options_lists_defaults():
+    options = estimator_options("rlr")
+    assert options["h"] == 2 and options["remaining"] == "zo" and options["baseline"] == "loo"
+    assert options["normalize"] is False
+    assert estimator_options("ddpo")["normalize"] is True
+
+
+def test_graph_memory_flat_for_rlr_and_linear_for_full_bp(tiny_sd_dir):
+    from rlr_core.diffusers_chain import load_model
+
+    graph = {}
+    for steps in (10, 40):
+        chain = load_model(str(tiny_sd_dir), num_steps=steps, lora_rank=2, guidance_scale=1.0, device="cpu", dtype="float32")
+        for name in ("rlr", "full-bp"):
+            result = get_estimator(name).estimate(chain, Redness(), PROMPTS[:4], torch.Generator().manual_seed(0))
+            graph[(name, steps)] = result.graph_memory_mb
+    assert graph[("rlr", 40)] <= 1.1 * graph[("rlr", 10)], graph
+    assert graph[("full-bp", 40)] >= 3.0 * graph[("full-bp", 10)], graph
+    assert graph[("rlr", 10)] < graph[("full-bp", 10)], graph

@@ -1,0 +1,307 @@
+"""Human click preference: click log (durable, restart), direct-mode rounds, the learned Bradley-Terry head."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from rlr_core.preference import (
+    ClickLog,
+    PreferenceReward,
+    PreferenceSession,
+    click_rewards,
+    image_sha256,
+    pixel_features,
+    to_uint8,
+)
+from rlr_core.rewards import get_reward
+
+
+# ------------------------------------------------------------------ a minimal chain/estimator pair
+
+
+class FakeChain:
+    """images = sigmoid(theta + eps): a Gaussian 'sampler' with an exact score eps."""
+
+    def __init__(self) -> None:
+        self.theta = torch.nn.Parameter(torch.zeros(3, 8, 8))
+
+    def trainable_parameters(self) -> list[torch.Tensor]:
+        return [self.theta]
+
+
+class FakeEstimator:
+    """rollout() keeps eps; gradient() writes REINFORCE (clicks) or first-order (graph) grads of -E[r]."""
+
+    def __init__(self, log: ClickLog | None = None) -> None:
+        self.log = log
+        self.rollouts: list = []
+        self.received: list = []
+
+    def rollout(self, chain, prompts, generator, differentiable_reward):
+        eps = torch.randn(len(prompts), 3, 8, 8, generator=generator)
+        x = chain.theta + eps
+        images = torch.sigmoid(x) if differentiable_reward else torch.sigmoid(x).detach()
+        r = SimpleNamespace(chain=chain, prompts=list(prompts), images=images, eps=eps,
+                            differentiable_reward=differentiable_reward,
+                            display_images=lambda: images.detach().float().cpu())
+        self.rollouts.append(r)
+        return r
+
+    def gradient(self, rollout, rewards):
+        self.received.append((rollout, rewards))
+        if self.log is not None:  # the click must be on disk before it is used
+            on_disk = ClickLog(self.log.path).load()
+            assert {rec.round_id for rec in on_disk} >= {rec.round_id for rec in self.log.records}
+        theta = rollout.chain.theta
+        if rewards.requires_grad:
+            (g,) = torch.autograd.grad(-rewards.mean(), theta)
+        else:
+            adv = rewards - rewards.mean()
+            g = -(adv.view(-1, 1, 1, 1) * rollout.eps).mean(dim=0)
+        theta.grad = g.detach()
+        return SimpleNamespace(skipped=None, rewards=rewards.detach().cpu(), grad_norms={"total": float(g.norm())})
+
+
+class TinyTrainer:
+    """Anything with apply_update(estimate) -> update norm: an AdamW step."""
+
+    def __init__(self, params, lr=0.1) -> None:
+        self.params = list(params)
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0)
+
+    def apply_update(self, estimate) -> float:
+        if estimate.skipped:
+            return 0.0
+        before = [p.detach().clone() for p in self.params]
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return float(sum((p.detach() - b).pow(2).sum() for p, b in zip(self.params, before)) ** 0.5)
+
+
+def redness(images: torch.Tensor) -> torch.Tensor:
+    return images[:, 0].mean(dim=(1, 2)) - images[:, 1:].mean(dim=(1, 2, 3))
+
+
+PROMPTS = ["a", "b", "c", "d"]
+
+
+# ------------------------------------------------------------------ the log
+
+
+def test_click_log_records_round_and_survives_restart(tmp_path):
+    path = tmp_path / "clicks.jsonl"
+    log = ClickLog(path)
+    images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    pixels = to_uint8(images)
+    records = log.append_round("r1", ["x", "y", "z"], 7, pixels, [False, True, False])
+    assert [r.chosen for r in records] == [False, True, False]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 3
+    assert set(rows[0]) >= {"prompt", "seed", "image_sha256", "chosen", "rank", "round_id", "time", "index"}
+    assert rows[1]["image_sha256"] == image_sha256(pixels[1]) and rows[1]["seed"] == 7
+    log.append_round("r2", ["x", "y", "z"], 8, pixels, [True, True, False], ranks=[1, 1, 3])
+    log.append_event("update", round_id="r1", rewards=[0, 1, 0])
+
+    again = ClickLog(path)  # a restart
+    assert [(r.round_id, r.index, r.chosen, r.rank) for r in again.records] == [
+        (r.round_id, r.index, r.chosen, r.rank) for r in log.records
+    ]
+    assert again.events[0]["round_id"] == "r1"
+    assert set(again.rounds()) == {"r1", "r2"}
+    pairs = again.pairs()
+    assert (records[1].image_sha256, records[0].image_sha256) in pairs
+    assert len(pairs) == 2 + 2  # r1: chosen vs 2 others; r2: ranks 1,1 > 3
+    restored = again.load_image(records[1].image_sha256)
+    assert (to_uint8(restored.unsqueeze(0))[0] == pixels[1]).all()  # lossless
+
+
+def test_click_log_ignores_a_torn_last_line(tmp_path):
+    path = tmp_path / "clicks.jsonl"
+    log = ClickLog(path)
+    log.append_round("r1", ["x", "y"], 1, to_uint8(torch.rand(2, 3, 4, 4)), [True, False])
+    with open(path, "a") as handle:
+        handle.write('{"type": "click", "round_')  # crash mid-write
+    with pytest.warns(UserWarning, match="torn"):
+        assert len(ClickLog(path).records) == 2
+
+
+def test_click_validation_names_the_problem():
+    assert click_rewards(4, chosen=[2])[2].tolist() == [0, 0, 1, 0]
+    assert click_rewards(3, ranks=[2, 1, 3])[2].tolist() == [0.5, 1.0, 0.0]
+    with pytest.raises(ValueError, match="exactly one of chosen"):
+        click_rewards(3)
+    with pytest.raises(ValueError, match=r"indices in 0..2"):
+        click_rewards(3, chosen=[3])
+    with pytest.raises(ValueError, match="every image"):
+        click_rewards(2, chosen=[0, 1])
+    with pytest.raises(ValueError, match=r"one rank in 1..3"):
+        click_rewards(3, ranks=[1, 2])
+
+
+# ------------------------------------------------------------------ direct mode
+
+
+def test_direct_round_end_to_end_uses_the_shown_trajectories(tmp_path):
+    torch.manual_seed(0)
+    chain = FakeChain()
+    log = ClickLog(tmp_path / "clicks.jsonl")
+    estimator = FakeEstimator(log)
+    session = PreferenceSession(chain, estimator, TinyTrainer(chain.trainable_parameters()), log, mode="direct", k=1)
+    start_red = float(redness(torch.sigmoid(chain.theta.detach()).unsqueeze(0)))
+    for i in range(12):
+        rnd = session.new_round(PROMPTS, seed=100 + i)
+        assert rnd.images.shape == (4, 3, 8, 8) and not rnd.images.requires_grad
+        assert estimator.rollouts[-1].differentiable_reward is False
+        best = int(redness(rnd.images).argmax())  # the "user" always picks the reddest image
+        with pytest.raises(ValueError, match="no click yet"):
+            session.update(rnd)
+        session.click(rnd, chosen=[best])
+        shown = rnd.rollout
+        result = session.update(rnd)
+        rollout, rewards = estimator.received[-1]
+        assert rollout is shown  # the gradient came from exactly the shown images
+        assert rewards.tolist() == [1.0 if j == best else 0.0 for j in range(4)]
+        assert result.rewards == rewards.tolist() and result.update_norm > 0
+        with pytest.raises(ValueError, match="already"):
+            session.update(rnd)
+    end_red = float(redness(torch.sigmoid(chain.theta.detach()).unsqueeze(0)))
+    assert end_red > start_red + 0.05, (start_red, end_red)
+    assert len(ClickLog(log.path).rounds()) == 12
+    assert sum(e["type"] == "update" for e in ClickLog(log.path).events) == 12
+
+
+def test_direct_mode_ranks_and_k(tmp_path):
+    chain = FakeChain()
+    estimator = FakeEstimator()
+    session = PreferenceSession(chain, estimator, TinyTrainer(chain.trainable_parameters()), tmp_path / "c.jsonl", k=2)
+    rnd = session.new_round(PROMPTS, generator=torch.Generator().manual_seed(5))
+    assert rnd.seed == 5
+    with pytest.raises(ValueError, match="exactly k=2"):
+        session.click(rnd, chosen=[0])
+    session.click(rnd, ranks=[4, 1, 2, 3])
+    session.update(rnd)
+    assert estimator.received[-1][1].tolist() == pytest.approx([0.0, 1.0, 2 / 3, 1 / 3])
+    with pytest.raises(ValueError, match="mode='sideways'"):
+        PreferenceSession(chain, estimator, None, tmp_path / "c.jsonl", mode="sideways")
+
+
+# ------------------------------------------------------------------ learned mode
+
+
+def test_learned_head_raises_the_reward_of_clicked_images(tmp_path):
+    log = ClickLog(tmp_path / "clicks.jsonl")
+    reward = PreferenceReward(log, features="pixels")
+    g = torch.Generator().manual_seed(0)
+    shown = []
+    for i in range(6):
+        images = torch.rand(4, 3, 8, 8, generator=g)
+        best = int(redness(images).argmax())
+        before = reward(images, PROMPTS)
+        log.append_round(f"r{i}", PROMPTS, i, to_uint8(images), [j == best for j in range(4)], mode="learned")
+        reward.refit()
+        after = reward(images, PROMPTS)
+        others = [j for j in range(4) if j != best]
+        # the clicked image's reward goes up relative to the others it beat
+        assert after[best] - after[others].max() > before[best] - before[others].max()
+        assert after[best] > after[others].max()
+        shown.append((images, best))
+    assert reward.num_pairs == 6 * 3 and reward.pair_accuracy() == 1.0
+    # generalises to unseen images: a red image beats a green one
+    red = torch.zeros(1, 3, 8, 8); red[:, 0] = 0.9
+    green = torch.zeros(1, 3, 8, 8); green[:, 1] = 0.9
+    assert reward(red, ["x"]) > reward(green, ["x"])
+    # differentiable in the pixels
+    x = torch.rand(2, 3, 8, 8).requires_grad_(True)
+    reward(x, ["a", "b"]).sum().backward()
+    assert x.grad.abs().sum() > 0
+
+    # restart: the head refitted from the log alone is the same head
+    restarted = PreferenceReward(ClickLog(tmp_path / "clicks.jsonl"), features="pixels")
+    assert torch.allclose(restarted(red, ["x"]), reward(red, ["x"]), atol=1e-4)
+
+
+def test_get_reward_preference_learned_and_direct(tmp_path):
+    path = tmp_path / "clicks.jsonl"
+    r = get_reward("preference", mode="learned", log_path=str(path), features="pixels", device="cpu")
+    assert r.differentiable and r.name == "preference"
+    assert torch.equal(r(torch.rand(2, 3, 8, 8), ["a", "b"]), torch.zeros(2))  # no clicks yet
+    with pytest.raises(ValueError, match="mode='direct' has no reward function.*PreferenceSession"):
+        get_reward("preference", mode="direct", log_path=str(path))
+    with pytest.raises(ValueError, match=r"features='dreams'.*\['auto', 'clip', 'pixels'\]"):
+        get_reward("preference", log_path=str(path), features="dreams")
+
+
+def test_learned_session_end_to_end(tmp_path):
+    torch.manual_seed(0)
+    chain = FakeChain()
+    log = ClickLog(tmp_path / "clicks.jsonl")
+    estimator = FakeEstimator(log)
+    reward = PreferenceReward(log, features="pixels")
+    session = PreferenceSession(chain, estimator, TinyTrainer(chain.trainable_parameters(), lr=0.05), log,
+                                mode="learned", reward=reward)
+    start_red = float(redness(torch.sigmoid(chain.theta.detach()).unsqueeze(0)))
+    for i in range(8):
+        rnd = session.new_round(PROMPTS, seed=i)
+        assert estimator.rollouts[-1].differentiable_reward is True  # FO part applies
+        best = int(redness(rnd.images).argmax())
+        session.click(rnd, chosen=[best])
+        result = session.update(rnd)
+        rollout, rewards = estimator.received[-1]
+        assert rewards.requires_grad  # the learned head is differentiable through the shown images
+        assert max(range(4), key=lambda j: result.rewards[j]) == best
+    end_red = float(redness(torch.sigmoid(chain.theta.detach()).unsqueeze(0)))
+    assert end_red > start_red, (start_red, end_red)
+
+
+def test_pixel_features_are_differentiable_and_finite():
+    x = torch.rand(2, 3, 16, 12).requires_grad_(True)
+    f = pixel_features(x)
+    assert f.shape == (2, 3 * 8 + 48 + 8) and torch.isfinite(f).all()
+    f.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+# ------------------------------------------------------------------ with the real RLR estimator and a tiny diffusers chain
+
+
+PAIR_PROMPTS = ["a red square", "a blue circle", "a red square", "a blue circle"]
+
+
+def test_direct_round_with_rlr_on_tiny_diffusers_chain(tiny_chain, tmp_path):
+    from rlr_core.estimators import get_estimator
+
+    params = tiny_chain.trainable_parameters()
+    session = PreferenceSession(tiny_chain, get_estimator("rlr", h=1), TinyTrainer(params, lr=1e-2),
+                                ClickLog(tmp_path / "clicks.jsonl"), mode="direct", k=1)
+    rnd = session.new_round(PAIR_PROMPTS, seed=3)
+    assert rnd.images.shape[:2] == (4, 3) and 0 <= float(rnd.images.min()) and float(rnd.images.max()) <= 1
+    session.click(rnd, chosen=[1])
+    before = [p.detach().clone() for p in params]
+    result = session.update(rnd)
+    assert result.estimate.skipped is None and result.update_norm > 0
+    assert torch.equal(result.estimate.images, rnd.images)  # exactly the images the user saw
+    assert result.estimate.rewards.tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert any(not torch.equal(p.detach(), b) for p, b in zip(params, before))
+
+
+def test_learned_round_with_rlr_on_tiny_diffusers_chain(tiny_chain, tmp_path):
+    """The refitted head is differentiable, so RLR's first-order part is used on the shown rollout."""
+    from rlr_core.estimators import get_estimator
+
+    params = tiny_chain.trainable_parameters()
+    log = ClickLog(tmp_path / "clicks.jsonl")
+    session = PreferenceSession(tiny_chain, get_estimator("rlr", h=1, remaining="lr"), TinyTrainer(params, lr=1e-2), log,
+                                mode="learned", reward=PreferenceReward(log, features="pixels"))
+    before = [p.detach().clone() for p in params]
+    rnd = session.new_round(PAIR_PROMPTS, seed=4)
+    session.click(rnd, chosen=[0])
+    result = session.update(rnd)
+    assert result.estimate.skipped is None and "fo" in result.estimate.parts
+    assert torch.equal(result.estimate.images, rnd.images)
+    assert max(range(4), key=lambda j: result.rewards[j]) == 0
+    assert any(not torch.equal(p.detach(), b) for p, b in zip(params, before))
+    assert len(ClickLog(log.path).rounds()) == 1
