@@ -110,3 +110,29 @@ def tiny_pixel_chain(tiny_pixel_dir):
     from rlr_core.diffusers_chain import load_model
 
     return load_model(str(tiny_pixel_dir), num_steps=4, lora_rank=2, guidance_scale=3.0, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def mini_pixel_dir(tmp_path_factory, clip_tokenizer_dir):
+    """A very small pixel-space model (4x4x3 images, ~700 LoRA parameters at rank 1).
+
+    Small enough that averages of many gradient estimates converge in test time; used to
+    compare RLR's mean with full backprop's.
+    """
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    out = tmp_path_factory.mktemp("mini-pixel")
+    torch.manual_seed(0)
+    UNet2DConditionModel(
+        sample_size=4, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4,
+    ).save_pretrained(out / "unet")
+    CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, projection_dim=16,
+    )).save_pretrained(out / "text_encoder")
+    CLIPTokenizer.from_pretrained(clip_tokenizer_dir).save_pretrained(out / "tokenizer")
+    DDIMScheduler(beta_schedule="linear", clip_sample=False, set_alpha_to_one=True).save_pretrained(out / "scheduler")
+    return out

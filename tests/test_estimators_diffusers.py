@@ -152,3 +152,33 @@ def test_graph_memory_flat_for_rlr_and_linear_for_full_bp(tiny_sd_dir):
     assert graph[("rlr", 40)] <= 1.1 * graph[("rlr", 10)], graph
     assert graph[("full-bp", 40)] >= 3.0 * graph[("full-bp", 10)], graph
     assert graph[("rlr", 10)] < graph[("full-bp", 10)], graph
+
+
+@pytest.fixture(scope="module")
+def mini_chain_and_reference(mini_pixel_dir):
+    """T=6 chain on the mini model with random LoRA weights, and the full-bp mean gradient."""
+    from rlr_core.diagnostics import collect_estimates
+    from rlr_core.diffusers_chain import load_model
+
+    torch.set_num_threads(1)
+    chain = load_model(str(mini_pixel_dir), num_steps=6, lora_rank=1, guidance_scale=1.0, device="cpu", dtype="float32")
+    randomize_lora(chain, std=0.3)
+    reference = collect_estimates(chain, Redness(), get_estimator("full-bp"), ["a red circle"] * 16, 64, seed=1)
+    return chain, reference
+
+
+@pytest.mark.parametrize(
+    "options,repeats",
+    [
+        ({"remaining": "lr"}, 64),
+        # ZO on the remaining steps: variance ~ (LoRA size / directions) |g|^2, so it needs more
+        # estimates; the window keeps the HO exit off step 4, whose std is 0.01 here.
+        ({"window": (0, 2)}, 192),
+    ],
+)
+def test_rlr_mean_points_like_full_bp_mean(mini_chain_and_reference, options, repeats):
+    from rlr_core.diagnostics import collect_estimates, cosine
+
+    chain, reference = mini_chain_and_reference
+    stats = collect_estimates(chain, Redness(), get_estimator("rlr", **options), ["a red circle"] * 16, repeats, seed=2)
+    assert cosine(stats.mean, reference.mean) > 0.5, (options, cosine(stats.mean, reference.mean))

@@ -1,0 +1,193 @@
+"""The app without a server: form parsing, hosted mode, Stop, preference, diagnostics, export, ZeroGPU chunks."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
+import pytest
+
+pytest.importorskip("gradio")
+
+
+@pytest.fixture()
+def studio(tmp_path, monkeypatch, tiny_pixel_dir):
+    monkeypatch.setenv("RLR_STUDIO_HOME", str(tmp_path / "home"))
+    from app import state
+
+    yield str(tiny_pixel_dir)
+    state.reset_all()
+
+
+def form(model: str, **kw):
+    return {"model": model, "steps": 2, "eval_every": 1, **kw}
+
+
+def test_form_to_config_and_back():
+    from app import runner
+
+    config = runner.config_from_form(
+        {"model": "some/model", "prompt": "a\n\nb ", "ho_window": "0, 3", "h": 2, "zo_scale": 0.02,
+         "prompt_boundaries": "1/4, 3/4", "estimator_options": '{"lr_samples": 3}', "guidance_scale": 3},
+        hosted=False,
+    )
+    assert config.prompts == ["a", "b"]
+    assert config.estimator_options == {"h": 2, "remaining": "zo", "zo_scale": 0.02, "window": [0, 3], "lr_samples": 3}
+    assert config.prompt_boundaries == [0.25, 0.75] and config.guidance_scale == 3.0
+    back = runner.form_from_config(config)
+    again = runner.config_from_form(back, hosted=False)
+    assert again.to_dict() | {"output_dir": ""} == config.to_dict() | {"output_dir": ""}
+    zo = runner.config_from_form({"model": "some/model", "estimator": "zo", "zo_scale": 0.05}, hosted=False)
+    assert zo.estimator_options == {"scale": 0.05}
+
+
+@pytest.mark.parametrize(
+    "values, field",
+    [
+        ({"estimator_options": "{oops"}, "estimator options"),
+        ({"reward_options": "[1]"}, "reward options"),
+        ({"batch_size": 0}, "batch size"),
+        ({"num_steps": "x"}, "sampling steps"),
+        ({"prompt": "  "}, "prompts"),
+        ({"ho_window": "1, 2", "estimator": "zo"}, "HO window"),
+        ({"estimator": "nope"}, "estimator"),
+        ({"lr": -1}, "lr"),
+        ({"prompt_boundaries": "a, b"}, "prompt boundaries"),
+    ],
+)
+def test_bad_form_values_name_the_field(values, field):
+    from app import runner
+    from app.state import FieldError
+
+    with pytest.raises(FieldError) as info:
+        runner.config_from_form({"model": "some/model", **values}, hosted=False)
+    assert field in str(info.value)
+
+
+def test_hosted_mode_refuses_local_paths_plugins_and_big_sizes(studio):
+    from app import runner
+    from app.state import FieldError
+
+    with pytest.raises(FieldError, match="model"):
+        runner.config_from_form({"model": studio}, hosted=True)
+    with pytest.raises(FieldError, match="iterations"):
+        runner.config_from_form({"model": "owner/model", "steps": 10_000}, hosted=True)
+    with pytest.raises(FieldError, match="batch size"):
+        runner.config_from_form({"model": "owner/model", "batch_size": 64}, hosted=True)
+    with pytest.raises(FieldError, match="sampling steps"):
+        runner.config_from_form({"model": "owner/model", "num_steps": 500}, hosted=True)
+    config = runner.config_from_form(form(studio, reward="my_module:score"), hosted=False)
+    with pytest.raises(FieldError, match="reward.*plug-in"):
+        runner.create_run("s", config, hosted=True)
+
+
+def test_hosted_flag_from_environment(monkeypatch):
+    from app.settings import hosted_from_env
+
+    monkeypatch.delenv("RLR_STUDIO_HOSTED", raising=False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert not hosted_from_env()
+    monkeypatch.setenv("SPACE_ID", "someone/rlr-studio")
+    assert hosted_from_env()
+    monkeypatch.delenv("SPACE_ID")
+    monkeypatch.setenv("RLR_STUDIO_HOSTED", "1")
+    assert hosted_from_env()
+
+
+def test_main_parses_flags():
+    from app.__main__ import parse_args
+
+    args = parse_args(["--host", "0.0.0.0", "--port", "7999", "--share", "--hosted"])
+    assert (args.host, args.port, args.share, args.hosted) == ("0.0.0.0", 7999, True, True)
+
+
+def test_stop_ends_within_one_iteration_and_keeps_the_lora(studio):
+    from app import runner
+
+    config = runner.config_from_form(form(studio, steps=50, eval_every=0), hosted=False)
+    seen = []
+    for run in runner.train_stream("s", config, hosted=False):
+        seen.append(run.step)
+        if run.step == 1:
+            runner.stop("s")
+    assert run.step <= 2 and not run.running
+    assert "stopped after iteration" in run.status
+    assert (run.output_dir / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_preference_diagnostics_export_roundtrip(studio, tmp_path):
+    import torch
+
+    from app import formatting, runner, state
+    from app.state import FieldError
+    from rlr_core.diffusers_chain import load_model
+
+    run = runner.preference_round("s", form(studio), hosted=False, k=4, mode="direct")
+    assert run.round.size == 4 and len(run.round.pil_images()) == 4
+    with pytest.raises(FieldError, match="preferred images"):
+        runner.preference_update("s", [], best_only=False)
+    with pytest.raises(FieldError, match="exactly one"):
+        runner.preference_update("s", [0, 1], best_only=True)
+    run, update = runner.preference_update("s", [0, 2], best_only=False)
+    assert update.rewards == [1.0, 0.0, 1.0, 0.0] and update.update_norm > 0
+    assert run.counters == {"rounds": 1, "clicks": 2, "updates": 1}
+    assert (run.output_dir / "clicks.jsonl").is_file()
+    with pytest.raises(FieldError, match="images per round"):
+        runner.preference_round("s", {}, hosted=False, k=3, mode="direct")
+
+    rows = runner.diagnostics("s", {}, hosted=False, estimators=["rlr", "zo"], repeats=2)
+    names = [r["estimator"] for r in rows]
+    assert names == ["rlr", "zo", "full-bp"]
+    assert all(r["total_variance"] >= 0 for r in rows) and rows[0]["cosine_to_full_bp"] is not None
+    assert set(formatting.probe_long(rows)["metric"]) >= {"total_variance", "seconds", "peak_memory_mb"}
+
+    weights, config_path, snippet = runner.export("s")
+    assert weights.suffix == ".safetensors" and "load_lora_weights" in snippet
+    chain = load_model(studio, num_steps=10, lora_rank=4, device="cpu", dtype="float32")
+    chain.load_lora(str(weights))
+    expected = state.current_lora(run)
+    got = chain.lora_state_dict()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    # upload the LoRA again into a fresh session, continue training from it
+    other = runner.upload_lora("t", str(weights), form(studio), hosted=False)
+    assert all(torch.equal(state.current_lora(other)[k], expected[k]) for k in expected)
+    loaded = runner.load_config_file(str(config_path), hosted=False)
+    assert loaded.model == studio and loaded.lora_rank == 4
+
+
+def test_zerogpu_chunks_keep_state_on_cpu_between_calls(studio, monkeypatch):
+    calls = []
+    fake = types.ModuleType("spaces")
+
+    def gpu(duration=60):
+        def wrap(fn):
+            def inner(*args, **kwargs):
+                calls.append(args)
+                return fn(*args, **kwargs)
+
+            return inner
+
+        return wrap
+
+    fake.GPU = gpu
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "1")
+    monkeypatch.setenv("RLR_STUDIO_CHUNK", "2")
+    from app import runner, zerogpu
+
+    zerogpu = importlib.reload(zerogpu)
+    try:
+        assert zerogpu.zerogpu_active()
+        config = runner.config_from_form(form(studio, steps=5, eval_every=0), hosted=False)
+        steps, between = [], []
+        for run in runner.train_stream("z", config, hosted=False):
+            steps.append(run.step)
+            if run.step:
+                between.append((run.entry.owner, run.lora is not None, run.optimizer_state is not None))
+        assert steps[-1] == 5 and len(calls) == 3  # chunks of 2, 2, 1
+        assert all(owner is None and has_lora and has_opt for owner, has_lora, has_opt in between)
+        assert all(v.device.type == "cpu" for v in run.lora.values())
+    finally:
+        monkeypatch.delitem(sys.modules, "spaces")
+        importlib.reload(zerogpu)
