@@ -111,21 +111,10 @@ class ModelCache:
 
 def load_chain(config: TrainConfig) -> Any:
     """``load_model`` with the config's arguments (the same call ``TrainConfig.build`` makes)."""
-    from rlr_core.diffusers_chain import ModelUnavailableError, load_model
+    from rlr_core.diffusers_chain import ModelUnavailableError
 
     try:
-        return load_model(
-            config.model,
-            num_steps=config.num_steps,
-            lora_rank=config.lora_rank,
-            lora_alpha=config.lora_alpha,
-            guidance_scale=config.guidance_scale,
-            eta=config.eta,
-            device=config.device,
-            dtype=config.dtype,
-            gradient_checkpointing=config.gradient_checkpointing,
-            prompt_boundaries=list(config.prompt_boundaries) if config.uses_prompt_schedule else None,
-        )
+        return config.load_chain()
     except ModelUnavailableError as error:
         raise FieldError("model", str(error)) from error
     except (OSError, EnvironmentError) as error:

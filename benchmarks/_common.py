@@ -28,6 +28,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lora-rank", type=int, default=4)
     p.add_argument("--reward", default="redness", help='"redness" or any rlr_core reward name')
+    p.add_argument("--eta", type=float, default=1.0, help="DDIM eta of the stochastic steps (> 0 for LR terms)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     return p
 
@@ -45,7 +46,7 @@ def load(args, num_steps: int):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    return load_model(args.model, num_steps=num_steps, lora_rank=args.lora_rank, device=args.device, dtype=args.dtype)
+    return load_model(args.model, num_steps=num_steps, lora_rank=args.lora_rank, eta=args.eta, device=args.device, dtype=args.dtype)
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:

@@ -332,23 +332,11 @@ class TrainConfig:
         return resolve_boundaries(self.num_steps, list(self.prompt_boundaries))
 
     # ------------------------------------------------------------------ building
-    def build(self, hosted: bool = False) -> tuple[Any, Any, Any]:
-        """Validate, then return ``(chain, reward, estimator)`` for this config.
-
-        ``chain`` comes from ``rlr_core.diffusers_chain.load_model``, ``reward`` from
-        ``rlr_core.rewards.get_reward`` and ``estimator`` from
-        ``rlr_core.estimators.get_estimator``; the estimator's ``check`` runs against the chain,
-        reward and batch size, so a bad combination fails here, before any training.
-        ``hosted=True`` applies ``HOSTED_LIMITS`` and refuses reward plug-ins (``hosted=False``
-        leaves the ``RLR_STUDIO_HOSTED`` environment variable in charge of plug-ins).
-        """
-        self.validate(hosted=hosted)
+    def load_chain(self) -> Any:
+        """``load_model`` with this config's model and sampler settings (a DiffusersChain)."""
         from rlr_core.diffusers_chain import load_model
-        from rlr_core.estimators import get_estimator
-        from rlr_core.rewards import get_reward
 
-        estimator = _call_named("estimator", get_estimator, self.estimator, self.estimator_options)
-        chain = load_model(
+        return load_model(
             self.model,
             num_steps=self.num_steps,
             lora_rank=self.lora_rank,
@@ -360,6 +348,23 @@ class TrainConfig:
             gradient_checkpointing=self.gradient_checkpointing,
             prompt_boundaries=list(self.prompt_boundaries) if self.uses_prompt_schedule else None,
         )
+
+    def build(self, hosted: bool = False) -> tuple[Any, Any, Any]:
+        """Validate, then return ``(chain, reward, estimator)`` for this config.
+
+        ``chain`` comes from ``rlr_core.diffusers_chain.load_model``, ``reward`` from
+        ``rlr_core.rewards.get_reward`` and ``estimator`` from
+        ``rlr_core.estimators.get_estimator``; the estimator's ``check`` runs against the chain,
+        reward and batch size, so a bad combination fails here, before any training.
+        ``hosted=True`` applies ``HOSTED_LIMITS`` and refuses reward plug-ins (``hosted=False``
+        leaves the ``RLR_STUDIO_HOSTED`` environment variable in charge of plug-ins).
+        """
+        self.validate(hosted=hosted)
+        from rlr_core.estimators import get_estimator
+        from rlr_core.rewards import get_reward
+
+        estimator = _call_named("estimator", get_estimator, self.estimator, self.estimator_options)
+        chain = self.load_chain()
         device = getattr(chain, "device", None)
         reward = _call_named(
             "reward", get_reward, self.reward, dict(self.reward_options), device=device, hosted=True if hosted else None

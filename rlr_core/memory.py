@@ -5,9 +5,10 @@ Two numbers are reported:
 - ``peak_memory_mb``: on CUDA the peak allocated memory (``torch.cuda.max_memory_allocated``)
   above what was allocated at the start; on CPU the peak resident set size above the start,
   sampled every few milliseconds by a background thread (noisy: the allocator reuses memory).
-- ``graph_memory_mb``: the bytes autograd saved for backward during the estimate, each storage
-  counted once. This is the memory the computation graphs hold, device-independent and
-  deterministic, so it is what tests compare across chain lengths.
+- ``graph_memory_mb``: the peak of the bytes autograd holds saved for backward (each storage
+  counted once while any graph still holds it; parameters excluded). This is the memory the
+  computation graphs need, device-independent and deterministic, so it is what tests compare
+  across chain lengths.
 """
 
 from __future__ import annotations
@@ -33,29 +34,41 @@ class MemoryMeter:
         self.sample_interval_s = sample_interval_s
         self.peak_memory_mb = 0.0
         self.graph_memory_mb = 0.0
-        self._graph_bytes = 0
-        self._seen_storages: list[Any] = []
-        self._seen_ptrs: set[int] = set()
+        self._live_bytes = 0
+        self._peak_graph_bytes = 0
+        self._holders: dict[int, list] = {}  # storage pointer -> [number of saved refs, bytes]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._hooks: Any = None
 
-    # autograd's saved-tensor hooks: count each storage once, keep the tensor unchanged
-    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+    # autograd's saved-tensor hooks: count live saved storages, keep the tensor unchanged
+    def _pack(self, tensor: torch.Tensor) -> Any:
+        if isinstance(tensor, torch.nn.Parameter):
+            return tensor
         try:
             storage = tensor.untyped_storage()
-            ptr = storage.data_ptr()
-            if ptr not in self._seen_ptrs and not isinstance(tensor, torch.nn.Parameter):
-                self._seen_ptrs.add(ptr)
-                self._seen_storages.append(storage)  # keeps the pointer valid while we measure
-                self._graph_bytes += storage.nbytes()
+            ptr, nbytes = storage.data_ptr(), storage.nbytes()
         except (RuntimeError, NotImplementedError):  # tensors without storage (e.g. sparse)
-            pass
-        return tensor
+            return tensor
+        holder = self._holders.setdefault(ptr, [0, nbytes])
+        if holder[0] == 0:
+            self._live_bytes += nbytes
+            self._peak_graph_bytes = max(self._peak_graph_bytes, self._live_bytes)
+        holder[0] += 1
+        return _SavedTensor(tensor, self, ptr)
+
+    def _release(self, ptr: int) -> None:
+        holder = self._holders.get(ptr)
+        if holder is None:
+            return
+        holder[0] -= 1
+        if holder[0] == 0:
+            self._live_bytes -= holder[1]
+            del self._holders[ptr]
 
     @staticmethod
-    def _unpack(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor
+    def _unpack(saved: Any) -> torch.Tensor:
+        return saved.tensor if isinstance(saved, _SavedTensor) else saved
 
     def _sample_rss(self, start_rss: int) -> None:
         process = psutil.Process(os.getpid())
@@ -87,6 +100,16 @@ class MemoryMeter:
         elif self._thread is not None:
             self._stop.set()
             self._thread.join()
-        self.graph_memory_mb = self._graph_bytes / 2**20
-        self._seen_storages.clear()
-        self._seen_ptrs.clear()
+        self.graph_memory_mb = self._peak_graph_bytes / 2**20
+
+
+class _SavedTensor:
+    """What autograd stores in place of a saved tensor while a MemoryMeter is active."""
+
+    __slots__ = ("tensor", "meter", "ptr")
+
+    def __init__(self, tensor: torch.Tensor, meter: MemoryMeter, ptr: int) -> None:
+        self.tensor, self.meter, self.ptr = tensor, meter, ptr
+
+    def __del__(self) -> None:
+        self.meter._release(self.ptr)

@@ -275,14 +275,20 @@ class Estimator:
             rollout=rollout,
         )
 
-    def finish(self, rollout: Rollout, rewards: torch.Tensor, parts: dict[str, torch.Tensor]) -> GradientEstimate:
-        """Write the sum of ``parts`` into p.grad and package the result."""
+    def finish(
+        self, rollout: Rollout, rewards: torch.Tensor, parts: dict[str, torch.Tensor], first_use: bool = True
+    ) -> GradientEstimate:
+        """Write the sum of ``parts`` into p.grad and package the result.
+
+        ``first_use=False`` (later PPO epochs on the same rollout) keeps the per-prompt
+        baseline from counting the same rewards twice.
+        """
         params = rollout.chain.trainable_parameters()
         total = sum(parts.values()) if parts else torch.zeros(sum(p.numel() for p in params))
         write_grads(params, total)
         norms = {name: float(v.norm()) for name, v in parts.items()}
         norms["total"] = float(total.norm())
-        if self.baseline == "prompt":
+        if self.baseline == "prompt" and first_use:
             self.prompt_baseline.update([str(p) for p in rollout.prompts], rewards.detach().cpu())
         return GradientEstimate(
             rewards=rewards.detach().float().cpu(),

@@ -97,6 +97,6 @@ class DDPOEstimator(Estimator):
         if total is not None:
             parts["lr"] = total
         data["epoch"] += 1
-        result = self.finish(rollout, rewards, parts)
+        result = self.finish(rollout, rewards, parts, first_use=data["epoch"] == 1)
         result.seconds = rollout.seconds + (time.perf_counter() - start_time)
         return result

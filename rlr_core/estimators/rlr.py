@@ -192,28 +192,39 @@ class RLREstimator(Estimator):
         noise = draw_noise(chain, n, generator)
         zo_seeds = self._zo_seed_table(n, zo_steps, generator)  # zo_seeds[i][k]: direction of sample i, step k
 
+        # Samples that differ only in their exit twin run in one batch ("block"); only the
+        # ZO sign (a different theta) needs separate model calls.
+        twins = len(exit_signs)
+        block_noise = NoisePlan(
+            x0=torch.cat([noise.x0] * twins),
+            eps=[
+                torch.cat([sign * e for sign in exit_signs]) if k == exit_step else torch.cat([e] * twins)
+                for k, e in enumerate(noise.eps)
+            ],
+        )
+        units = [[i + m * n for m in range(twins)] for i in range(n)]  # rows sharing noise set i
         conds, images, log_probs, records = [], [], [], []
-        for index, (zo_sign, exit_sign) in enumerate(groups):
-            group_prompts = list(prompts[index * n : (index + 1) * n])
-            cond = chain.condition(group_prompts)
-            segment = _PerturbedSegments(chain, group_prompts, cond, noise, zo_seeds, zo_sign * self.zo_scale)
+        for block, zo_sign in enumerate(zo_signs):
+            block_prompts = list(prompts[block * twins * n : (block + 1) * twins * n])
+            cond = chain.condition(block_prompts)
+            segment = _PerturbedSegments(chain, block_prompts, cond, block_noise, units, zo_seeds, zo_sign * self.zo_scale)
             record = {k: None for k in lr_steps}
             with torch.no_grad():
-                x = segment.run(noise.x0, range(0, j), record)
+                x = segment.run(block_noise.x0, range(0, j), record)
             with torch.enable_grad():  # HO: reparameterized inside, likelihood ratio at the exit
-                x_inner = run_steps(chain, x.detach(), range(j, exit_step), cond, noise)
+                x_inner = run_steps(chain, x.detach(), range(j, exit_step), cond, block_noise)
                 exit_mean, exit_std = chain.step_mean_std(x_inner, exit_step, cond)
                 if step_std_is_zero(exit_std):
                     raise ValueError(
                         f"eta must be > 0 for rlr: step {exit_step} (the HO exit) is deterministic"
                     )
-                x_exit = (exit_mean + exit_std * exit_sign * noise.eps[exit_step]).detach()
+                x_exit = (exit_mean + exit_std * block_noise.eps[exit_step]).detach()
                 log_probs.append(gaussian_log_prob(x_exit, exit_mean, exit_std))
             with torch.no_grad():
                 x = segment.run(x_exit, range(exit_step + 1, T - 1), record)
             if differentiable_reward:
                 with torch.enable_grad():
-                    x_T, _, _ = take_step(chain, x.detach(), T - 1, cond, noise.eps[T - 1])
+                    x_T, _, _ = take_step(chain, x.detach(), T - 1, cond, block_noise.eps[T - 1])
                     images.append(chain.decode(x_T))
             else:
                 with torch.no_grad():
@@ -310,14 +321,14 @@ class RLREstimator(Estimator):
         chain, data = rollout.chain, rollout.data
         params = chain.trainable_parameters()
         total = None
-        n = advantages.shape[0] // len(data["groups"])
+        n = advantages.shape[0] // len(data["conds"])  # rows per block
         for index, (cond, record) in enumerate(zip(data["conds"], data["records"])):
-            group_adv = advantages[index * n : (index + 1) * n]
+            block_advantages = advantages[index * n : (index + 1) * n]
             for k in lr_steps:
                 step = record[k]
                 with torch.enable_grad():
                     log_prob = step_log_prob(chain, step.x, step.x_next, k, cond)
-                    loss = -weight * (group_adv.to(log_prob) * log_prob).sum()
+                    loss = -weight * (block_advantages.to(log_prob) * log_prob).sum()
                     grad = part_gradient(loss, params)
                 total = grad if total is None else total + grad
         return total
@@ -338,16 +349,18 @@ class RLREstimator(Estimator):
 
 
 class _PerturbedSegments:
-    """Runs no-grad stretches of one group, perturbing theta on ZO steps as the seed table says.
+    """Runs no-grad stretches of one block, perturbing theta on ZO steps as the seed table says.
 
-    Samples whose directions differ run one by one (each model call sees one perturbation);
-    when the whole group shares a direction on a step, the group runs as one batch.
+    ``units[i]`` are the rows of noise set i (the exit twins), which share a direction. When
+    the whole block shares a direction on its steps it runs as one batch; otherwise each unit
+    runs on its own (each model call sees one perturbation).
     """
 
-    def __init__(self, chain: Chain, prompts: list[str], cond, noise: NoisePlan, seeds: list[dict[int, int]], scale: float) -> None:
+    def __init__(self, chain: Chain, prompts: list[str], cond, noise: NoisePlan, units: list[list[int]],
+                 seeds: list[dict[int, int]], scale: float) -> None:
         self.chain, self.prompts, self.cond, self.noise = chain, prompts, cond, noise
-        self.seeds, self.scale = seeds, scale
-        self._sample_conds: list | None = None
+        self.units, self.seeds, self.scale = units, seeds, scale
+        self._unit_conds: list | None = None
 
     def run(self, x: torch.Tensor, steps, record: dict | None = None) -> torch.Tensor:
         steps = list(steps)
@@ -355,21 +368,34 @@ class _PerturbedSegments:
         if not zo or all(row == self.seeds[0] for row in self.seeds):
             perturb = {k: (self.seeds[0][k], self.scale) for k in zo}
             return run_steps(self.chain, x, steps, self.cond, self.noise, perturb, record)
-        if self._sample_conds is None:
-            self._sample_conds = [self.chain.condition([p]) for p in self.prompts]
-        outputs, sample_records = [], []
-        for i, cond in enumerate(self._sample_conds):
-            noise_i = NoisePlan(x0=self.noise.x0[i : i + 1], eps=[e[i : i + 1] for e in self.noise.eps])
-            perturb = {k: (self.seeds[i][k], self.scale) for k in zo}
-            record_i = {k: None for k in record} if record is not None else None
-            outputs.append(run_steps(self.chain, x[i : i + 1], steps, cond, noise_i, perturb, record_i))
-            sample_records.append(record_i)
+        if self._unit_conds is None:
+            self._unit_conds = [self.chain.condition([self.prompts[r] for r in rows]) for rows in self.units]
+        output = torch.empty_like(x)
+        unit_records = []
+        for rows, cond, seeds in zip(self.units, self._unit_conds, self.seeds):
+            noise = NoisePlan(x0=self.noise.x0[rows], eps=[e[rows] for e in self.noise.eps])
+            perturb = {k: (seeds[k], self.scale) for k in zo}
+            unit_record = {k: None for k in record} if record is not None else None
+            output[rows] = run_steps(self.chain, x[rows], steps, cond, noise, perturb, unit_record)
+            unit_records.append(unit_record)
         if record is not None:
             for k in record:
-                if sample_records[0].get(k) is not None:
-                    record[k] = RecordedStep(
-                        x=torch.cat([r[k].x for r in sample_records]),
-                        x_next=torch.cat([r[k].x_next for r in sample_records]),
-                        log_prob=None if sample_records[0][k].log_prob is None else torch.cat([r[k].log_prob for r in sample_records]),
-                    )
-        return torch.cat(outputs)
+                if unit_records[0].get(k) is not None:
+                    record[k] = _merge_records([r[k] for r in unit_records], self.units, x.shape[0])
+        return output
+
+
+def _merge_records(parts: list[RecordedStep], units: list[list[int]], batch: int) -> RecordedStep:
+    """Reassemble per-unit recorded steps into block row order."""
+    order = torch.tensor([row for rows in units for row in rows])
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(batch)
+
+    def merged(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(tensors)[inverse.to(tensors[0].device)]
+
+    return RecordedStep(
+        x=merged([p.x for p in parts]),
+        x_next=merged([p.x_next for p in parts]),
+        log_prob=None if parts[0].log_prob is None else merged([p.log_prob for p in parts]),
+    )
