@@ -42,6 +42,7 @@ def status_line(run: Any, row: dict[str, Any] | None) -> str:
         f"reward {_fmt(row['reward_mean'])} ± {_fmt(row['reward_std'], 3)}",
         f"{_fmt(row['seconds'], 3)} s/it",
         f"peak {_fmt(row['peak_memory_mb'], 4)} MB",
+        f"graph {_fmt(row.get('graph_memory_mb'), 4)} MB",
     ]
     if row.get("eval_reward_mean") is not None:
         before = run.history[0].get("before_rewards") if run.history else None
@@ -108,14 +109,20 @@ def cosine_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def cost_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
-    """Long table (step, value, metric): seconds per iteration and peak memory (MB)."""
+    """Long table (step, value, metric): seconds per iteration, peak memory and graph memory (MB).
+
+    Peak memory is CUDA's peak allocation (or sampled RSS growth on CPU, where the allocator's
+    reuse makes it noisy); graph memory is what autograd held for backward (deterministic).
+    """
     rows = []
     for row in history:
-        seconds, memory = _finite(row.get("seconds")), _finite(row.get("peak_memory_mb"))
+        seconds = _finite(row.get("seconds"))
         if seconds is not None:
             rows.append({"step": row["step"], "value": seconds, "metric": "seconds"})
-        if memory is not None:
-            rows.append({"step": row["step"], "value": memory, "metric": "peak MB"})
+        for key, label in (("peak_memory_mb", "peak MB"), ("graph_memory_mb", "graph MB")):
+            memory = _finite(row.get(key))
+            if memory is not None:
+                rows.append({"step": row["step"], "value": memory, "metric": label})
     return pd.DataFrame(rows, columns=["step", "value", "metric"])
 
 
@@ -126,7 +133,7 @@ def seconds_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
 
 def memory_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
     frame = cost_frame(history)
-    return frame[frame["metric"] == "peak MB"].reset_index(drop=True)
+    return frame[frame["metric"] != "seconds"].reset_index(drop=True)
 
 
 PROBE_COLUMNS = ["estimator", "repeats", "total_variance", "cosine_to_full_bp", "mean_norm", "seconds",

@@ -216,8 +216,8 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
                             cos_plot = gr.LinePlot(x="step", y="cosine", color="pair", title="Cosine between parts",
                                                    height=220, y_lim=[-1, 1], elem_id="cos-plot")
                             sec_plot = gr.LinePlot(x="step", y="value", title="Seconds per iteration", height=220, elem_id="sec-plot")
-                            mem_plot = gr.LinePlot(x="step", y="value", title="Peak memory per iteration (MB)", height=220,
-                                                   elem_id="mem-plot")
+                            mem_plot = gr.LinePlot(x="step", y="value", color="metric", title="Memory per iteration (MB)",
+                                                   height=220, elem_id="mem-plot")
                         with gr.Accordion("Generate", open=False):
                             with gr.Row():
                                 gen_prompt = gr.Textbox(value=defaults["prompt"], label="Prompt", elem_id="gen-prompt", scale=3)

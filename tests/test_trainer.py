@@ -397,3 +397,20 @@ def test_resume_is_bit_exact_on_tiny_diffusers_chain(tmp_path, tiny_sd_dir):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "resumed" / "lora" / "pytorch_lora_weights.safetensors").is_file()
     assert [r.rewards for r in reports[2:]] == [r.rewards for r in resumed_reports]
+
+
+def test_three_step_run_changes_samples(tmp_path, tiny_sd_dir):
+    """Three RLR iterations move the LoRA enough that fixed-seed samples change."""
+    import numpy as np
+
+    from rlr_core.diffusers_chain import load_model
+    from rlr_core.rewards import get_reward
+
+    chain = load_model(str(tiny_sd_dir), num_steps=4, lora_rank=2, guidance_scale=3.0, device="cpu", dtype="float32")
+    config = _tiny_config(tmp_path, "three", steps=3, eval_every=3, lr=1e-2)
+    reports = _run(chain, get_reward("saturation", device="cpu"), get_estimator("rlr", h=2), config)
+    before = np.stack([np.asarray(im, dtype=np.float64) for im in reports[0].before_images])
+    after = np.stack([np.asarray(im, dtype=np.float64) for im in reports[-1].eval_images])
+    assert before.shape == after.shape
+    assert np.abs(after - before).mean() > 0.5, "fixed-seed samples did not change after 3 steps"
+    assert all(r.skipped is None for r in reports) and all(r.update_norm > 0 for r in reports)

@@ -3,8 +3,8 @@
 Every step's dependence on theta is estimated exactly once:
 
 - the last step (k = T-1) first order (FO): backprop through the step, decode and reward;
-  with a non-differentiable reward it is covered by the zeroth-order term instead (weighted
-  by ``remaining_weight`` when the ZO direction is shared);
+  with a non-differentiable reward it is covered by the zeroth-order term instead (a
+  direction shared by several steps carries the mean of their weights);
 - one sub-chain of ``h`` steps starting at a random ``j`` half order (HO): from detached x[j]
   the sub-chain runs with autograd (inner noises fixed), and the likelihood ratio is taken at
   its exit step, so the score flows through ``h`` model calls;
@@ -14,9 +14,9 @@ Every step's dependence on theta is estimated exactly once:
   batch (fewest model calls); "per-step" one xi[k] per step as the paper writes it. All are
   unbiased; one direction per sample averages B/4 independent directions, and a direction
   shared across steps avoids the cross terms sum_{k != k'} (g_k' . xi_k') xi_k that per-step
-  directions add), "lr" (per-step likelihood ratio
-  on ``lr_samples`` random steps scaled by |remaining| / lr_samples), or "none" (dropped:
-  biased; the paper's ablation and what the released code does).
+  directions add), "lr" (per-step likelihood ratio on ``lr_samples`` random steps scaled by
+  |remaining| / lr_samples), or "none" (dropped: biased; the paper's ablation and what the
+  released code does).
 
 Because each step is covered once whichever ``j`` is drawn, the sum is unbiased for any
 distribution of ``j``: uniform over a window, or a softmax of earlier HO gradient norms.
@@ -192,8 +192,8 @@ class RLREstimator(Estimator):
         noise = draw_noise(chain, n, generator)
         zo_seeds = self._zo_seed_table(n, zo_steps, generator)  # zo_seeds[i][k]: direction of sample i, step k
 
-        # Samples that differ only in their exit twin run in one batch ("block"); only the
-        # ZO sign (a different theta) needs separate model calls.
+        # Samples that differ only in their exit twin form one "block"; only the ZO sign (a
+        # different theta) needs separate model calls.
         twins = len(exit_signs)
         block_noise = NoisePlan(
             x0=torch.cat([noise.x0] * twins),
@@ -203,34 +203,40 @@ class RLREstimator(Estimator):
             ],
         )
         units = [[i + m * n for m in range(twins)] for i in range(n)]  # rows sharing noise set i
-        conds, images, log_probs, records = [], [], [], []
-        for block, zo_sign in enumerate(zo_signs):
-            block_prompts = list(prompts[block * twins * n : (block + 1) * twins * n])
-            cond = chain.condition(block_prompts)
-            segment = _PerturbedSegments(chain, block_prompts, cond, block_noise, units, zo_seeds, zo_sign * self.zo_scale)
-            record = {k: None for k in lr_steps}
+        blocks = len(zo_signs)
+        size = twins * n
+        conds = [chain.condition(list(prompts[b * size : (b + 1) * size])) for b in range(blocks)]
+        segments = [
+            _PerturbedSegments(chain, list(prompts[b * size : (b + 1) * size]), conds[b], block_noise, units, zo_seeds,
+                               zo_sign * self.zo_scale)
+            for b, zo_sign in enumerate(zo_signs)
+        ]
+        records = [{k: None for k in lr_steps} for _ in range(blocks)]
+        # The HO sub-chain and the FO step run at the unperturbed theta: all blocks in one batch.
+        whole_cond = conds[0] if blocks == 1 else chain.condition(list(prompts))
+        whole_noise = NoisePlan(x0=torch.cat([block_noise.x0] * blocks), eps=[torch.cat([e] * blocks) for e in block_noise.eps])
+
+        with torch.no_grad():
+            x = torch.cat([seg.run(block_noise.x0, range(0, j), rec) for seg, rec in zip(segments, records)])
+        with torch.enable_grad():  # HO: reparameterized inside, likelihood ratio at the exit
+            x_inner = run_steps(chain, x.detach(), range(j, exit_step), whole_cond, whole_noise)
+            exit_mean, exit_std = chain.step_mean_std(x_inner, exit_step, whole_cond)
+            if step_std_is_zero(exit_std):
+                raise ValueError(f"eta must be > 0 for rlr: step {exit_step} (the HO exit) is deterministic")
+            x_exit = (exit_mean + exit_std * whole_noise.eps[exit_step]).detach()
+            log_prob = gaussian_log_prob(x_exit, exit_mean, exit_std)
+        with torch.no_grad():
+            x = torch.cat([
+                seg.run(x_block, range(exit_step + 1, T - 1), rec)
+                for seg, rec, x_block in zip(segments, records, x_exit.split(size))
+            ])
+        if differentiable_reward:
+            with torch.enable_grad():
+                x_T, _, _ = take_step(chain, x.detach(), T - 1, whole_cond, whole_noise.eps[T - 1])
+                images = chain.decode(x_T)
+        else:  # the last step is a ZO step: per block
             with torch.no_grad():
-                x = segment.run(block_noise.x0, range(0, j), record)
-            with torch.enable_grad():  # HO: reparameterized inside, likelihood ratio at the exit
-                x_inner = run_steps(chain, x.detach(), range(j, exit_step), cond, block_noise)
-                exit_mean, exit_std = chain.step_mean_std(x_inner, exit_step, cond)
-                if step_std_is_zero(exit_std):
-                    raise ValueError(
-                        f"eta must be > 0 for rlr: step {exit_step} (the HO exit) is deterministic"
-                    )
-                x_exit = (exit_mean + exit_std * block_noise.eps[exit_step]).detach()
-                log_probs.append(gaussian_log_prob(x_exit, exit_mean, exit_std))
-            with torch.no_grad():
-                x = segment.run(x_exit, range(exit_step + 1, T - 1), record)
-            if differentiable_reward:
-                with torch.enable_grad():
-                    x_T, _, _ = take_step(chain, x.detach(), T - 1, cond, block_noise.eps[T - 1])
-                    images.append(chain.decode(x_T))
-            else:
-                with torch.no_grad():
-                    images.append(chain.decode(segment.run(x, [T - 1])))
-            conds.append(cond)
-            records.append(record)
+                images = torch.cat([chain.decode(seg.run(x_block, [T - 1])) for seg, x_block in zip(segments, x.split(size))])
 
         steps = {"ho": list(range(j, exit_step + 1))}
         if differentiable_reward:
@@ -244,13 +250,13 @@ class RLREstimator(Estimator):
         return Rollout(
             chain=chain,
             prompts=list(prompts),
-            images=torch.cat(images),
+            images=images,
             differentiable_reward=differentiable_reward,
             steps=steps,
             data={
                 "j": j,
                 "groups": groups,
-                "log_prob": torch.cat(log_probs),
+                "log_prob": log_prob,
                 "zo_seeds": zo_seeds,
                 "conds": conds,
                 "records": records,
