@@ -68,7 +68,14 @@ class MemoryMeter:
 
     @staticmethod
     def _unpack(saved: Any) -> torch.Tensor:
-        return saved.tensor if isinstance(saved, _SavedTensor) else saved
+        if not isinstance(saved, _SavedTensor):
+            return saved
+        if saved.tensor._version != saved.version:  # keep autograd's own check, which hooks bypass
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an inplace "
+                f"operation (saved at version {saved.version}, now {saved.tensor._version})"
+            )
+        return saved.tensor
 
     def _sample_rss(self, start_rss: int) -> None:
         process = psutil.Process(os.getpid())
@@ -106,10 +113,11 @@ class MemoryMeter:
 class _SavedTensor:
     """What autograd stores in place of a saved tensor while a MemoryMeter is active."""
 
-    __slots__ = ("tensor", "meter", "ptr")
+    __slots__ = ("tensor", "meter", "ptr", "version")
 
     def __init__(self, tensor: torch.Tensor, meter: MemoryMeter, ptr: int) -> None:
         self.tensor, self.meter, self.ptr = tensor, meter, ptr
+        self.version = tensor._version
 
     def __del__(self) -> None:
         self.meter._release(self.ptr)

@@ -182,3 +182,41 @@ def test_rlr_mean_points_like_full_bp_mean(mini_chain_and_reference, options, re
     chain, reference = mini_chain_and_reference
     stats = collect_estimates(chain, Redness(), get_estimator("rlr", **options), ["a red circle"] * 16, repeats, seed=2)
     assert cosine(stats.mean, reference.mean) > 0.5, (options, cosine(stats.mean, reference.mean))
+
+
+def test_rlr_survives_a_chain_that_perturbs_in_place(tiny_chain):
+    """A third-party Chain may implement perturbed() in place; RLR then replays the HO sub-chain."""
+    import contextlib
+
+    from rlr_core.chain import perturbation_direction
+
+    randomize_lora(tiny_chain)
+    estimator = get_estimator("rlr")
+    reference = estimator.estimate(tiny_chain, Clicks(), PROMPTS, torch.Generator().manual_seed(4)).total.clone()
+
+    @contextlib.contextmanager
+    def perturbed_in_place(seed, scale):
+        params = tiny_chain.trainable_parameters()
+        saved = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, xi in zip(params, perturbation_direction(params, seed)):
+                p.add_(xi, alpha=scale)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, original in zip(params, saved):
+                    p.copy_(original)
+
+    tiny_chain.perturbed = perturbed_in_place
+    replayed = []
+    estimator = get_estimator("rlr")
+    original_replay = estimator._recompute_ho_log_prob
+    estimator._recompute_ho_log_prob = lambda rollout: replayed.append(1) or original_replay(rollout)
+    result = estimator.estimate(tiny_chain, Clicks(), PROMPTS, torch.Generator().manual_seed(4))
+    assert replayed, "the in-place perturbation did not invalidate the HO graph: the test proves nothing"
+    assert torch.allclose(result.total, reference, rtol=1e-5, atol=1e-7)
+    # the two-phase path (no memory meter around it) replays the same way
+    rollout = estimator.rollout(tiny_chain, PROMPTS, torch.Generator().manual_seed(4), differentiable_reward=False)
+    two_phase = estimator.gradient(rollout, Clicks()(rollout.images, PROMPTS))
+    assert len(replayed) == 2 and torch.allclose(two_phase.total, reference, rtol=1e-5, atol=1e-7)

@@ -218,8 +218,9 @@ class RLREstimator(Estimator):
 
         with torch.no_grad():
             x = torch.cat([seg.run(block_noise.x0, range(0, j), rec) for seg, rec in zip(segments, records)])
+        x_start = x.detach()
         with torch.enable_grad():  # HO: reparameterized inside, likelihood ratio at the exit
-            x_inner = run_steps(chain, x.detach(), range(j, exit_step), whole_cond, whole_noise)
+            x_inner = run_steps(chain, x_start, range(j, exit_step), whole_cond, whole_noise)
             exit_mean, exit_std = chain.step_mean_std(x_inner, exit_step, whole_cond)
             if step_std_is_zero(exit_std):
                 raise ValueError(f"eta must be > 0 for rlr: step {exit_step} (the HO exit) is deterministic")
@@ -257,6 +258,7 @@ class RLREstimator(Estimator):
                 "j": j,
                 "groups": groups,
                 "log_prob": log_prob,
+                "ho_replay": (x_start, x_exit, whole_cond, whole_noise),
                 "zo_seeds": zo_seeds,
                 "conds": conds,
                 "records": records,
@@ -289,8 +291,18 @@ class RLREstimator(Estimator):
             ho_advantages = ((r - twin) / 2).reshape(-1)
         else:
             ho_advantages = self.advantages(rewards, rollout.prompts, len(groups))
-        ho_loss = -self.ho_weight * scale * (ho_advantages.to(log_prob) * log_prob).mean()
-        parts["ho"] = part_gradient(ho_loss, params)
+        def ho_gradient(log_prob: torch.Tensor) -> torch.Tensor:
+            return part_gradient(-self.ho_weight * scale * (ho_advantages.to(log_prob) * log_prob).mean(), params)
+
+        try:
+            parts["ho"] = ho_gradient(log_prob)
+        except RuntimeError as error:
+            if "inplace" not in str(error):
+                raise
+            # The chain's perturbed() changed theta in place after the HO graph was recorded
+            # (our chains swap tensors instead). theta is restored exactly, so recomputing the
+            # sub-chain from the stored x[j] gives the same log-probability with a valid graph.
+            parts["ho"] = ho_gradient(self._recompute_ho_log_prob(rollout))
         self._remember_ho_norm(data["j"], float(parts["ho"].norm()))
 
         lr_steps = rollout.steps.get("lr", [])
@@ -321,6 +333,16 @@ class RLREstimator(Estimator):
         result = self.finish(rollout, rewards, parts)
         result.seconds = rollout.seconds + (time.perf_counter() - start_time)
         return result
+
+    def _recompute_ho_log_prob(self, rollout: Rollout) -> torch.Tensor:
+        """The HO exit log-probability rebuilt from the stored x[j], noises and exit sample."""
+        chain, data = rollout.chain, rollout.data
+        x_start, x_exit, cond, noise = data["ho_replay"]
+        j, exit_step = data["j"], data["j"] + self.h - 1
+        with torch.enable_grad():
+            x_inner = run_steps(chain, x_start, range(j, exit_step), cond, noise)
+            exit_mean, exit_std = chain.step_mean_std(x_inner, exit_step, cond)
+            return gaussian_log_prob(x_exit, exit_mean, exit_std)
 
     def _lr_part(self, rollout: Rollout, advantages: torch.Tensor, lr_steps: list[int], weight: float) -> torch.Tensor:
         """Per-step likelihood-ratio terms on the sampled remaining steps, one backward each."""
