@@ -96,12 +96,13 @@ def sample_spec(seed: int) -> Sample:
     specs: list[ShapeSpec] = []
     if count == 1:
         v = rng.random()
+        # sizes are large for 32x32 on purpose: corners and star points need pixels to be learnable
         if v < 0.15:
-            size_word, r = "big", rng.uniform(0.38, 0.45)
+            size_word, r = "big", rng.uniform(0.42, 0.46)
         elif v < 0.25:
-            size_word, r = "small", rng.uniform(0.15, 0.19)
+            size_word, r = "small", rng.uniform(0.18, 0.22)
         else:
-            r = rng.uniform(0.24, 0.34)
+            r = rng.uniform(0.30, 0.40)
         margin = r + 0.04
         cx, cy = rng.uniform(margin, 1 - margin, size=2) if margin < 0.5 else (0.5, 0.5)
         specs.append(ShapeSpec(shape, color, float(cx), float(cy), float(r)))

@@ -26,19 +26,27 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="assets/tiny-shapes")
     p.add_argument("--ckpt", default="runs/tiny-shapes-train", help="checkpoint folder (resumable state)")
-    p.add_argument("--steps", type=int, default=2300, help="total optimizer steps")
+    p.add_argument("--steps", type=int, default=6000, help="total optimizer steps")
     p.add_argument("--minutes", type=float, default=None, help="stop this chunk after M minutes")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--decay-start", type=int, default=1900,
+    p.add_argument("--decay-start", type=int, default=4600,
                    help="step from which the learning rate decays linearly to --lr-final at --steps")
     p.add_argument("--lr-final", type=float, default=4e-5)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--prediction", default="v_prediction", choices=["v_prediction", "epsilon"])
-    p.add_argument("--min-snr", type=float, default=5.0, help="min-SNR gamma (0 = plain MSE)")
-    p.add_argument("--snr-floor", type=float, default=0.2, help="lower bound of the min-SNR weight")
+    p.add_argument("--weighting", default="plain", choices=["eps", "min-snr", "plain"],
+                   help="per-timestep loss weight, in the units of the prediction: 'eps' = the "
+                        "epsilon-MSE weighting (v: alpha_bar = SNR/(1+SNR), keeps the low-noise steps "
+                        "where edges and corners form at full weight), 'min-snr' = min(SNR, gamma) in x0 "
+                        "units (Hang et al. 2023; down-weights the low-noise steps), 'plain' = unweighted "
+                        "MSE of the prediction. 'eps' and 'min-snr' are floored at --snr-floor")
+    p.add_argument("--min-snr", type=float, default=5.0, help="gamma of --weighting min-snr")
+    p.add_argument("--snr-floor", type=float, default=0.2,
+                   help="lower bound of the weight (v-prediction with zero terminal SNR must still "
+                        "learn the t=999 step, whose epsilon weight is 0)")
     p.add_argument("--offset-noise", type=float, default=0.0)
     p.add_argument("--cfg-dropout", type=float, default=0.1, help="fraction of empty captions")
     p.add_argument("--export-only", action="store_true", help="export the EMA weights of the checkpoint and exit")
@@ -57,6 +65,52 @@ def lr_at(args, step: int) -> float:
         frac = min(1.0, (step - args.decay_start) / max(args.steps - args.decay_start, 1))
         lr = args.lr + frac * (args.lr_final - args.lr)
     return lr
+
+
+def loss_weights(alphas_cumprod: torch.Tensor, args) -> torch.Tensor:
+    """Per-timestep weight of the squared prediction error (see ``--weighting``).
+
+    With v = sqrt(a) eps - sqrt(1-a) x0 and x_t fixed, an error dv of the v prediction is an error
+    sqrt(a) dv of eps and sqrt(1-a) dv of x0, so in v units the eps-MSE weight is a = SNR/(1+SNR)
+    and the x0-MSE weight is 1-a = 1/(1+SNR)."""
+    a = alphas_cumprod.double()
+    snr = a / (1 - a).clamp_min(1e-12)
+    v = args.prediction == "v_prediction"
+    if args.weighting == "plain":
+        return torch.ones_like(a).float()
+    if args.weighting == "eps":
+        w = a if v else torch.ones_like(a)
+    else:  # min-snr: min(SNR, gamma) in x0 units, converted to the prediction's units
+        x0_weight = torch.minimum(snr, torch.full_like(snr, args.min_snr))
+        w = x0_weight * (1 - a) if v else x0_weight / snr.clamp_min(1e-12)
+    return w.clamp_min(args.snr_floor).float()
+
+
+RECIPE_KEYS = ("steps", "decay_start", "weighting", "batch", "lr", "lr_final", "warmup", "ema", "prediction",
+               "min_snr", "snr_floor", "offset_noise", "cfg_dropout", "seed")
+
+
+def _recipe(args: dict) -> dict:
+    """The arguments that change the weights (not paths, threads or checkpoint timing)."""
+    return {k: args.get(k) for k in RECIPE_KEYS}
+
+
+def _command(out: str, phase: dict, resume: bool) -> str:
+    defaults = _recipe(vars(parse_args([])))
+    flags = [f"--{k.replace('_', '-')} {phase[k]}" for k in RECIPE_KEYS
+             if k in ("steps", "decay_start", "weighting") or phase[k] != defaults[k]]
+    return " ".join(["python -m rlr_core.tiny.train", f"--out {out}", *flags] + (["--resume"] if resume else []))
+
+
+def _commands(out: str, phases: list[dict]) -> list[str]:
+    """Commands that reproduce a run, one per phase: a phase that a later one replaced ends at the
+    step where that one began (its learning rate had not started to decay there)."""
+    cmds = []
+    for i, ph in enumerate(phases):
+        if i + 1 < len(phases):
+            ph = dict(ph, steps=phases[i + 1]["from_step"])
+        cmds.append(_command(out, ph, resume=i > 0))
+    return cmds
 
 
 def _save_atomic(obj, path: Path):
@@ -84,6 +138,7 @@ def main(argv=None):
     for p in list(ema_unet.parameters()) + list(ema_text.parameters()):
         p.requires_grad_(False)
     step, elapsed = 0, 0.0
+    phases: list[dict] = []
     state_path = ckpt_dir / "state.pt"
     if args.resume and state_path.exists():
         st = torch.load(state_path, map_location="cpu", weights_only=False)
@@ -91,24 +146,23 @@ def main(argv=None):
         ema_unet.load_state_dict(st["ema_unet"]); ema_text.load_state_dict(st["ema_text"])
         opt.load_state_dict(st["opt"])
         step, elapsed = st["step"], st["elapsed"]
+        # phases saved by an older version lack some recipe keys: those were the saved args' values
+        phases = [{**_recipe(st["args"]), **ph} for ph in st.get("phases") or [{"from_step": 0}]]
         print(f"resumed at step {step} ({elapsed / 60:.1f} min trained)", flush=True)
     elif state_path.exists():
         raise SystemExit(f"{state_path} exists: pass --resume or choose another --ckpt")
     (ckpt_dir / "args.json").write_text(json.dumps(vars(args), indent=2))
+    if not args.export_only and (not phases or _recipe(vars(args)) != {k: v for k, v in phases[-1].items()
+                                                                       if k != "from_step"}):
+        phases.append({"from_step": step, **_recipe(vars(args))})  # a resumed run may change the recipe
 
-    ac = scheduler.alphas_cumprod.float()
-    snr = ac / (1 - ac).clamp_min(1e-8)
-    if args.min_snr > 0:
-        if args.prediction == "v_prediction":
-            w = torch.minimum(snr, torch.full_like(snr, args.min_snr)) / (snr + 1)
-        else:
-            w = torch.minimum(snr, torch.full_like(snr, args.min_snr)) / snr.clamp_min(1e-8)
-        w = w.clamp_min(args.snr_floor)
-    else:
-        w = torch.ones_like(snr)
+    w = loss_weights(scheduler.alphas_cumprod.float(), args)
 
     log_path = ckpt_dir / "loss.csv"
     new_log = not log_path.exists() or not args.resume
+    if not new_log:  # drop rows logged after the checkpoint (the resumed run redoes those steps)
+        rows = log_path.read_text().splitlines(keepends=True)
+        log_path.write_text("".join(r for r in rows if not r[:1].isdigit() or int(r.split(",")[0]) <= step))
     log_f = open(log_path, "w" if new_log else "a", newline="")
     log = csv.writer(log_f)
     if new_log:
@@ -118,14 +172,14 @@ def main(argv=None):
         log_f.flush()
         _save_atomic({"unet": unet.state_dict(), "text": text_encoder.state_dict(),
                       "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
-                      "opt": opt.state_dict(), "step": step, "elapsed": elapsed, "args": vars(args)}, state_path)
+                      "opt": opt.state_dict(), "step": step, "elapsed": elapsed, "args": vars(args),
+                      "phases": phases}, state_path)
 
     def do_export():
         defaults = dict(DEFAULTS, guidance_scale=args.guidance)
         export(args.out, ema_unet, ema_text, tokenizer, scheduler, defaults=defaults,
                extra={"trained_steps": step, "trained_minutes": round(elapsed / 60, 1),
-                      "train_command": " ".join(["python -m rlr_core.tiny.train", f"--out {args.out}", f"--steps {args.steps}"]
-                                         + ([f"--decay-start {args.decay_start}"] if args.decay_start is not None else []))})
+                      "train_commands": _commands(args.out, phases)})
         log_f.flush()
         try:  # loss curve next to the weights (model card)
             from .report import plot_loss
