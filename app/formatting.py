@@ -136,24 +136,123 @@ def memory_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
     return frame[frame["metric"] != "seconds"].reset_index(drop=True)
 
 
-PROBE_COLUMNS = ["estimator", "repeats", "total_variance", "cosine_to_full_bp", "mean_norm", "seconds",
-                 "peak_memory_mb", "graph_memory_mb", "reward_mean", "error"]
+def format_sig(value: Any, digits: int = 3) -> str:
+    """``value`` rounded to ``digits`` significant digits for a table cell.
+
+    5069.039946895227 -> "5070", 0.0151234 -> "0.0151", 1.23e-07 -> "1.23e-07", 4 -> "4";
+    None and NaN -> "–"; text is returned unchanged.
+    """
+    if value is None:
+        return "–"
+    if isinstance(value, (str, bool)):
+        return str(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(number):
+        return "–"
+    if math.isinf(number):
+        return "inf" if number > 0 else "-inf"
+    text = f"{number:.{digits}g}"
+    if "e+" in text and abs(number) < 1e6:  # 5.07e+03 -> 5070: easier to read in a table
+        text = f"{float(text):.0f}"
+    return text
 
 
-def probe_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The probe table (one row per estimator)."""
-    frame = pd.DataFrame(rows)
-    for column in PROBE_COLUMNS:
-        if column not in frame:
-            frame[column] = None
-    return frame[PROBE_COLUMNS]
+# probe row key -> column header of the Diagnostics table, in display order
+DIAGNOSTICS_COLUMNS: dict[str, str] = {
+    "estimator": "estimator",
+    "reference": "reference",
+    "single_cosine": "single-estimate cosine",
+    "cosine_to_full_bp": "cosine of mean",
+    "mean_norm": "mean norm",
+    "total_variance": "total variance",
+    **{key: f"{PART_LABELS[part]} {what}" for part in ("fo", "ho", "zo", "lr")
+       for key, what in ((f"norm_{part}", "norm"), (f"cos_{part}", "cosine"))},
+    "seconds": "seconds / estimate",
+    "peak_memory_mb": "peak memory (MB)",
+    "graph_memory_mb": "graph memory (MB)",
+    "reward_mean": "reward mean",
+    "repeats": "repeats",
+    "error": "error",
+}
+
+DIAGNOSTICS_NOTE = (
+    "**Reference**: the mean of the full-bp estimates (the exact pathwise gradient, up to sampling noise) "
+    "when the reward is differentiable; otherwise each estimator's own mean over its other repeats "
+    "(reference *self*). **Single-estimate cosine**: the mean cosine of ONE estimate to the reference — "
+    "near 1, a single estimate already points the right way; **near 0, the estimate is mostly noise**. "
+    "**Cosine of mean**: the same for the mean over the repeats (agreement in expectation). "
+    "FO / HO / ZO / LR columns: the same per part of the estimate."
+)
+
+SIGNAL_TITLE = "Signal of one estimate: cosine to the full-bp mean"
+
+
+def _has_value(value: Any) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, str):
+        return bool(value.strip())
+    try:
+        return not math.isnan(float(value))
+    except (TypeError, ValueError):
+        return True
+
+
+def diagnostics_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The probe rows as a table of text cells: readable headers, 3 significant digits, and only the
+    columns that have a value in some row (keys unknown here are kept at the end, named by key)."""
+    keys = [k for k in DIAGNOSTICS_COLUMNS if k == "estimator" or any(_has_value(r.get(k)) for r in rows)]
+    keys += [k for r in rows for k in r if k not in DIAGNOSTICS_COLUMNS and _has_value(r.get(k))]
+    keys = list(dict.fromkeys(keys))
+    headers = [DIAGNOSTICS_COLUMNS.get(k, k.replace("_", " ")) for k in keys]
+    return pd.DataFrame([[format_sig(r.get(k)) for k in keys] for r in rows], columns=headers)
+
+
+def diagnostics_html(rows: list[dict[str, Any]]) -> str:
+    """:func:`diagnostics_table` as an HTML table that wraps its headers to fit the page width."""
+    if not rows:
+        return ""
+    table = diagnostics_table(rows).to_html(index=False, border=0, classes="rlr-table", escape=True)
+    return f'<div class="rlr-table-wrap">{table}</div>'
+
+
+SIGNAL_PARTS = {"cos_fo": "FO", "cos_ho": "HO", "cos_zo": "ZO", "cos_lr": "LR", "single_cosine": "total"}
+
+
+def signal_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Long table (bar, cosine, part, estimator) for the signal bar chart: the single-estimate cosine to
+    the reference of each part and of the total, one bar per (estimator, part), in probe order."""
+    out = []
+    for row in rows:
+        for key, part in SIGNAL_PARTS.items():
+            number = _finite(row.get(key))
+            if number is not None:
+                out.append({"bar": f"{row['estimator']} · {part}", "cosine": number, "part": part,
+                            "estimator": row["estimator"]})
+    return pd.DataFrame(out, columns=["bar", "cosine", "part", "estimator"])
+
+
+def signal_title(rows: list[dict[str, Any]]) -> str:
+    """Title of the signal chart, naming the reference the cosines are taken to."""
+    references = {r.get("reference") for r in rows if r.get("reference")}
+    if references and "full-bp" not in references:
+        return "Signal of one estimate: cosine to the mean of its other estimates (no full-bp reference)"
+    return SIGNAL_TITLE
+
+
+PROBE_METRICS = {"total_variance": "total variance", "single_cosine": "single-estimate cosine",
+                 "cosine_to_full_bp": "cosine of mean", "seconds": "seconds / estimate",
+                 "peak_memory_mb": "peak memory (MB)"}
 
 
 def probe_long(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Long table (estimator, value, metric) for the probe plot: variance, cosine, seconds, memory."""
+    """Long table (estimator, value, metric) for the per-metric probe plot (metric: a PROBE_METRICS key)."""
     out = []
     for row in rows:
-        for metric in ("total_variance", "cosine_to_full_bp", "seconds", "peak_memory_mb"):
+        for metric in PROBE_METRICS:
             number = _finite(row.get(metric))
             if number is not None:
                 out.append({"estimator": row["estimator"], "value": number, "metric": metric})

@@ -17,8 +17,18 @@ from . import state
 from .settings import TINY_MISSING_MESSAGE, caps, tiny_model_available
 from .state import FieldError, Run
 
+
+def rlr_knob_defaults() -> dict[str, Any]:
+    """The library's defaults of the rlr knobs on the form (h, remaining, zo scale), so that the
+    app's default estimator is exactly ``get_estimator("rlr")``."""
+    from rlr_core.estimators import estimator_options
+
+    options = estimator_options("rlr")
+    return {"h": options["h"], "remaining": options["remaining"], "zo_scale": options["zo_scale"]}
+
+
 # Default values of the Train form (also the defaults of the /train API endpoint). Small, so the
-# first update appears within seconds with the tiny model on a CPU.
+# first update appears within seconds with the tiny model on a CPU. The rlr knobs come from rlr_core.
 FORM_DEFAULTS: dict[str, Any] = {
     "model": "tiny",
     "reward": "saturation",
@@ -30,9 +40,7 @@ FORM_DEFAULTS: dict[str, Any] = {
     "prompt_boundaries": "1/3, 2/3",
     "ho_window": "",
     "estimator": "rlr",
-    "h": 2,
-    "remaining": "zo",
-    "zo_scale": 0.01,
+    **rlr_knob_defaults(),
     "estimator_options": "{}",
     "num_steps": 10,
     "eta": 1.0,
@@ -371,6 +379,26 @@ def generate(session: str, model: str, prompt: str, seed: int, use_lora: bool, h
     return [(image, f"{label} · seed {s}") for image, s in zip(to_pil(images) or [], seeds)]
 
 
+# ----------------------------------------------------------------------------------- batches
+def noise_group_batch(run: Run, size: Any, differentiable_reward: bool, field_name: str, maximum: int) -> list[str]:
+    """The run's prompts as a batch of ``size`` for its estimator's noise groups.
+
+    The estimator splits the batch in g groups (samples i, i + n, i + 2n, ... share noise, n = size / g),
+    and rows that share noise must share the prompt: n prompts, repeated g times
+    (``rlr_core.estimators.base.grouped_prompts``). FieldError naming ``field_name`` unless size % g == 0.
+    """
+    from rlr_core.estimators.base import grouped_prompts
+
+    groups = int(run.estimator.noise_groups(differentiable_reward))
+    size = int(size)
+    if size % groups:
+        allowed = ", ".join(str(m) for m in range(groups, maximum + 1, groups)) or f"none up to {maximum}"
+        raise FieldError(field_name, f"must be a multiple of {groups} for estimator {run.config.estimator!r} "
+                                     f"(its batch is split in {groups} groups that share noise); "
+                                     f"allowed: {allowed}; got {size}")
+    return grouped_prompts(list(run.config.prompts), size, groups)
+
+
 # ----------------------------------------------------------------------------------- preference
 def preference_round(session: str, form: dict[str, Any], hosted: bool, k: int, mode: str,
                      features: str = "pixels") -> Run:
@@ -385,16 +413,13 @@ def preference_round(session: str, form: dict[str, Any], hosted: bool, k: int, m
         run = create_run(session, config_from_form(form, hosted), hosted)
     if run.running:
         raise FieldError("preference", "training is running in this session; stop it first")
-    if run.estimator.needs_pairs(mode == "learned") and k % 2:
-        raise FieldError("images per round", f"must be even for estimator {run.config.estimator!r} "
-                                             f"(it shows images in +/- pairs); got {k}")
+    prompts = noise_group_batch(run, k, mode == "learned", "images per round", caps(hosted)["pref_k"])
     key = (mode, features)
     if run.preference is None or run.preference_key != key:
         log = ClickLog(run.output_dir / "clicks.jsonl")
         reward = PreferenceReward(log, features=features) if mode == "learned" else None
         run.preference = PreferenceSession(run.chain, run.estimator, run.trainer, log, mode=mode, k=None, reward=reward)
         run.preference_key = key
-    prompts = [run.config.prompts[i % len(run.config.prompts)] for i in range(k)]
     seed = 10_000 + run.config.seed * 1000 + run.counters["rounds"]
     with state.using(run):
         run.round = run.preference.new_round(prompts, seed=seed)
@@ -441,7 +466,8 @@ def diagnostics(session: str, form: dict[str, Any], hosted: bool, estimators: li
     if run.running:
         raise FieldError("diagnostics", "training is running in this session; stop it first")
     config = run.config
-    prompts = [config.prompts[i % len(config.prompts)] for i in range(config.batch_size)]
+    differentiable = bool(getattr(run.reward, "differentiable", False))
+    prompts = noise_group_batch(run, config.batch_size, differentiable, "batch size", caps(hosted)["batch_size"])
     specs: list[Any] = [(name, dict(config.estimator_options)) if name == config.estimator else name for name in estimators]
     with state.using(run) as chain:
         try:

@@ -41,6 +41,11 @@ FORM_KEYS = [
 CSS = """
 #status textarea {font-family: ui-monospace, monospace; font-size: 0.85em}
 .rlr-note {opacity: 0.8; font-size: 0.9em}
+.rlr-table-wrap {overflow-x: auto}
+.rlr-table {width: 100%; border-collapse: collapse; font-size: 0.85em}
+.rlr-table th, .rlr-table td {padding: 4px 6px; text-align: right; white-space: normal; vertical-align: bottom}
+.rlr-table th:first-child, .rlr-table td:first-child {text-align: left}
+.rlr-table tbody tr {border-top: 1px solid var(--border-color-primary)}
 """
 
 
@@ -123,6 +128,8 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
 
     limit = caps(hosted)
     defaults = runner.FORM_DEFAULTS
+    estimator_names = list_estimators()
+    estimator_info = "rlr (default)" + (", rlr-paper (the exactly unbiased RLR)" if "rlr-paper" in estimator_names else "")
     tiny_ok = tiny_model_available()
     if preload and tiny_ok:
         threading.Thread(target=_preload, name="rlr-preload", daemon=True).start()
@@ -170,8 +177,8 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
                                                        info="rlr: allowed starts of the HO sub-chain 'a, b' (empty = all)")
                         with gr.Accordion("Estimator", open=True):
                             with gr.Row():
-                                estimator = gr.Dropdown(choices=list_estimators(), value=defaults["estimator"], label="Estimator",
-                                                        info="rlr (default) or a baseline", elem_id="estimator")
+                                estimator = gr.Dropdown(choices=estimator_names, value=defaults["estimator"], label="Estimator",
+                                                        info=f"{estimator_info} or a baseline", elem_id="estimator")
                                 h = gr.Number(value=defaults["h"], precision=0, label="h (HO sub-chain length)", minimum=1)
                                 remaining = gr.Dropdown(choices=list(REMAINING), value=defaults["remaining"], label="Remaining steps")
                                 zo_scale = gr.Number(value=defaults["zo_scale"], label="ZO scale")
@@ -261,14 +268,20 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
                     elem_classes=["rlr-note"],
                 )
                 with gr.Row():
-                    diag_estimators = gr.CheckboxGroup(list_estimators(), value=["rlr", "truncated-bp", "zo"],
-                                                       label="Estimators (full-bp is added as the reference)")
+                    diag_estimators = gr.CheckboxGroup(
+                        estimator_names, label="Estimators (full-bp is added as the reference)",
+                        value=[n for n in ("rlr", "rlr-paper", "truncated-bp", "zo") if n in estimator_names])
                     diag_repeats = gr.Slider(2, min(limit["probe_repeats"], 32), value=4, step=1, label="Repeats")
                 diag_btn = gr.Button("Run probe", elem_id="diag-btn")
-                diag_table = gr.Dataframe(label="Estimators", interactive=False, elem_id="diag-table")
+                gr.Markdown(formatting.DIAGNOSTICS_NOTE, elem_classes=["rlr-note"])
+                diag_table = gr.HTML("", label="Estimators", elem_id="diag-table")
+                diag_signal = gr.BarPlot(x="bar", y="cosine", color="part", title=formatting.SIGNAL_TITLE,
+                                         x_title="estimator · part", y_title="cosine of one estimate to the reference",
+                                         color_title="part", y_lim=[-1, 1], x_label_angle=-40, height=340,
+                                         elem_id="diag-signal")
                 diag_plot = gr.BarPlot(x="estimator", y="value", color="estimator", title="Probe (per metric)",
-                                       height=260, elem_id="diag-plot")
-                diag_metric = gr.Radio(["total_variance", "cosine_to_full_bp", "seconds", "peak_memory_mb"],
+                                       x_title="estimator", y_title="value", height=260, elem_id="diag-plot")
+                diag_metric = gr.Radio([(label, key) for key, label in formatting.PROBE_METRICS.items()],
                                        value="total_variance", label="Plot metric")
                 diag_rows = gr.State([])
 
@@ -360,20 +373,21 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
                           outputs=[pref_gallery, pref_choice, pref_counters], **GPU, **UI_ONLY)
 
         # Diagnostics
-        @friendly
-        def on_diag(request: gr.Request, names: list[str], repeats: int, metric: str, *values: Any) -> tuple:
-            rows = runner.diagnostics(session_of(request), form_dict(values), hosted, list(names or []), repeats)
-            long = formatting.probe_long(rows)
-            chosen = long[long["metric"] == metric]
-            return formatting.probe_frame(rows), chosen if len(chosen) else None, rows
-
-        diag_btn.click(on_diag, inputs=[diag_estimators, diag_repeats, diag_metric, *form],
-                       outputs=[diag_table, diag_plot, diag_rows], **GPU, **UI_ONLY)
-
         def on_diag_metric(metric: str, rows: list) -> Any:
             long = formatting.probe_long(rows or [])
             chosen = long[long["metric"] == metric]
             return chosen if len(chosen) else None
+
+        @friendly
+        def on_diag(request: gr.Request, names: list[str], repeats: int, metric: str, *values: Any) -> tuple:
+            rows = runner.diagnostics(session_of(request), form_dict(values), hosted, list(names or []), repeats)
+            signal = formatting.signal_frame(rows)
+            signal_plot = gr.BarPlot(value=signal if len(signal) else None, sort=list(signal["bar"]) or None,
+                                     title=formatting.signal_title(rows))
+            return formatting.diagnostics_html(rows), signal_plot, on_diag_metric(metric, rows), rows
+
+        diag_btn.click(on_diag, inputs=[diag_estimators, diag_repeats, diag_metric, *form],
+                       outputs=[diag_table, diag_signal, diag_plot, diag_rows], **GPU, **UI_ONLY)
 
         diag_metric.change(on_diag_metric, inputs=[diag_metric, diag_rows], outputs=diag_plot, queue=False, **UI_ONLY)
 

@@ -3,7 +3,10 @@
 For each estimator the probe reports the mean gradient, the total variance (trace of the
 covariance of one estimate), the cosine of its mean to the mean of full backprop (the exact
 pathwise gradient, when the reward is differentiable and full-bp is affordable), seconds and
-peak memory per estimate. The app's Diagnostics tab and ``benchmarks/estimators.py`` use it.
+peak memory per estimate. It also reports the *signal of a single estimate*: the mean cosine
+of one estimate, and of each of its parts (FO / HO / ZO / LR), to a reference (the full-bp mean
+when there is one, else the mean of the estimator's other estimates), and each part's mean norm.
+The app's Diagnostics tab and ``benchmarks/estimators.py`` use it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from .estimators import get_estimator
-from .estimators.base import Estimator, flatten
+from .estimators.base import Estimator, flatten, grouped_prompts
 
 
 @dataclass
@@ -33,21 +36,60 @@ class EstimatorStats:
     reward_mean: float
     samples: torch.Tensor | None = field(default=None, repr=False)
     error: str | None = None
+    single_cosine: float | None = None  # mean cosine of one estimate to the reference
+    part_norms: dict[str, float] = field(default_factory=dict)  # mean norm of each part of one estimate
+    part_cosines: dict[str, float] = field(default_factory=dict)  # mean cosine of each part to the reference
+    reference: str | None = None  # "full-bp" or "self" (leave-one-out mean of this estimator)
+    part_samples: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # [repeats, d] per part
 
     def row(self) -> dict[str, Any]:
         """A flat dict for tables (no tensors)."""
-        return {
+        row: dict[str, Any] = {
             "estimator": self.name,
             "repeats": self.repeats,
+            "single_cosine": self.single_cosine,
+            "cosine_to_full_bp": self.cosine_to_reference,
+            "reference": self.reference,
             "mean_norm": self.mean_norm,
             "total_variance": self.total_variance,
-            "cosine_to_full_bp": self.cosine_to_reference,
+        }
+        for part in sorted(self.part_norms, key=_part_order):
+            row[f"norm_{part}"] = self.part_norms[part]
+            row[f"cos_{part}"] = self.part_cosines.get(part)
+        row.update({
             "seconds": self.seconds,
             "peak_memory_mb": self.peak_memory_mb,
             "graph_memory_mb": self.graph_memory_mb,
             "reward_mean": self.reward_mean,
             "error": self.error,
+        })
+        return row
+
+    def compute_signal(self, reference: torch.Tensor | None, reference_name: str | None) -> None:
+        """Fill ``single_cosine`` and ``part_cosines`` against ``reference`` (None: leave-one-out self mean)."""
+        if self.samples is None or self.repeats < 2:
+            return
+        self.reference = reference_name if reference is not None else "self"
+
+        def references() -> list[torch.Tensor]:
+            if reference is not None:
+                return [reference] * self.repeats
+            total = self.samples.sum(0)
+            return [(total - s) / (self.repeats - 1) for s in self.samples]
+
+        refs = references()
+        self.single_cosine = sum(cosine(s, r) for s, r in zip(self.samples, refs)) / self.repeats
+        self.part_cosines = {
+            part: sum(cosine(s, r) for s, r in zip(values, refs)) / self.repeats
+            for part, values in self.part_samples.items()
         }
+
+
+PART_ORDER = ("fo", "ho", "zo", "lr")
+
+
+def _part_order(part: str) -> tuple[int, str]:
+    return (PART_ORDER.index(part) if part in PART_ORDER else len(PART_ORDER), part)
 
 
 def collect_estimates(
@@ -65,11 +107,14 @@ def collect_estimates(
     generator = torch.Generator().manual_seed(seed)
     params = chain.trainable_parameters()
     samples, seconds, peak, graph, reward_means = [], 0.0, 0.0, 0.0, []
+    parts: dict[str, list[torch.Tensor]] = {}
     for _ in range(repeats):
         for p in params:
             p.grad = None
         result = estimator.estimate(chain, reward, prompts, generator)
         samples.append(flatten([p.grad for p in params], params).double().cpu())
+        for name, value in result.parts.items():
+            parts.setdefault(name, []).append(value.detach().double().cpu())
         seconds += result.seconds
         peak = max(peak, result.peak_memory_mb)
         graph = max(graph, result.graph_memory_mb)
@@ -78,7 +123,8 @@ def collect_estimates(
         p.grad = None
     stacked = torch.stack(samples)
     mean = stacked.mean(0)
-    return EstimatorStats(
+    part_samples = {name: torch.stack(values) for name, values in parts.items() if len(values) == repeats}
+    stats = EstimatorStats(
         name=estimator.name,
         repeats=repeats,
         mean=mean,
@@ -89,8 +135,14 @@ def collect_estimates(
         peak_memory_mb=peak,
         graph_memory_mb=graph,
         reward_mean=sum(reward_means) / len(reward_means),
-        samples=stacked if keep_samples else None,
+        samples=stacked,
+        part_norms={name: float(values.norm(dim=1).mean()) for name, values in part_samples.items()},
+        part_samples=part_samples,
     )
+    stats.compute_signal(None, None)
+    if not keep_samples:
+        stats.samples, stats.part_samples = None, {}
+    return stats
 
 
 def z_scores(stats: EstimatorStats, exact: torch.Tensor) -> torch.Tensor:
@@ -122,6 +174,10 @@ def probe(
     ``estimators`` are names or (name, options) pairs. The reference (full-bp by default) is
     run too when the reward is differentiable; estimators that cannot run here (e.g. full-bp
     with a non-differentiable reward) get a row with ``error`` set instead of failing the probe.
+    ``prompts`` gives the batch size and the prompts; each estimator gets them regrouped by its
+    noise groups (rows that share noise share the prompt, see ``grouped_prompts``).
+    Single-estimate cosines are taken to the reference's mean, or (no reference) to the
+    leave-one-out mean of the estimator's own estimates.
     Parameters are not changed (p.grad is cleared afterwards).
     """
     specs = [(spec, {}) if isinstance(spec, str) else (spec[0], dict(spec[1])) for spec in estimators]
@@ -135,7 +191,9 @@ def probe(
         estimator = get_estimator(name, **options)
         try:
             estimator.check(chain, reward, len(prompts))
-            stats = collect_estimates(chain, reward, estimator, prompts, repeats, seed=seed + 1000 * index, keep_samples=False)
+            groups = estimator.noise_groups(bool(getattr(reward, "differentiable", False)))
+            batch = grouped_prompts(_distinct(prompts), len(prompts), groups)
+            stats = collect_estimates(chain, reward, estimator, batch, repeats, seed=seed + 1000 * index, keep_samples=True)
         except ValueError as error:
             stats = EstimatorStats(
                 name=name, repeats=0, mean=torch.zeros(0), total_variance=float("nan"), mean_norm=float("nan"),
@@ -144,8 +202,19 @@ def probe(
             )
         results.append(stats)
     reference_stats = next((s for s in results if s.name == reference and s.error is None), None)
-    if reference_stats is not None:
-        for stats in results:
-            if stats.error is None:
-                stats.cosine_to_reference = cosine(stats.mean, reference_stats.mean)
+    for stats in results:
+        if stats.error is None and reference_stats is not None:
+            stats.cosine_to_reference = cosine(stats.mean, reference_stats.mean)
+            if stats is not reference_stats:
+                stats.compute_signal(reference_stats.mean, reference)
+        stats.samples, stats.part_samples = None, {}
     return results
+
+
+def _distinct(prompts: list[Any]) -> list[Any]:
+    """The prompts in first-seen order without repeats."""
+    seen: list[Any] = []
+    for p in prompts:
+        if str(p) not in [str(s) for s in seen]:
+            seen.append(p)
+    return seen

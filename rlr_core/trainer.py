@@ -91,6 +91,10 @@ class StepReport:
     checkpoint: str | None = None  # path of the checkpoint written after this iteration
     graph_memory_mb: float = 0.0
     chain_steps: dict[str, list[int]] = field(default_factory=dict)  # chain steps each part covered
+    # cosine of this iteration's parts (and "total") to the running mean of earlier estimates:
+    # a per-iteration signal check (near 0 = mostly noise); empty at the first iteration
+    signal: dict[str, float] = field(default_factory=dict)
+    info: dict[str, float] = field(default_factory=dict)  # estimator numbers (part weights, PPO clip fraction)
 
     @property
     def eval_reward_mean(self) -> float | None:
@@ -116,6 +120,8 @@ class StepReport:
             "skipped": self.skipped,
             "prompts": [str(p) for p in self.prompts],
             "chain_steps": self.chain_steps,
+            "signal": self.signal,
+            "info": self.info,
             "eval_rewards": self.eval_rewards,
             "eval_reward_mean": self.eval_reward_mean,
             "before_rewards": self.before_rewards,
@@ -205,6 +211,32 @@ def image_grid(images: list[Any], columns: int | None = None) -> Any:
     return grid
 
 
+# ---------------------------------------------------------------------------------------- signal
+class RunningMean:
+    """Exponential moving average of earlier total estimates (decay 0.9), the per-iteration reference."""
+
+    def __init__(self, decay: float = 0.9) -> None:
+        self.decay = decay
+        self.mean: torch.Tensor | None = None
+        self.weight = 0.0
+
+    def cosines(self, estimate: Any) -> dict[str, float]:
+        """Cosine of each part and of the total to the mean so far; then add this estimate to it."""
+        parts = {k: v.detach().double().cpu().reshape(-1) for k, v in getattr(estimate, "parts", {}).items()}
+        if not parts or estimate.skipped:
+            return {}
+        total = sum(parts.values())
+        result: dict[str, float] = {}
+        if self.mean is not None:
+            reference = self.mean / self.weight
+            for name, value in {**parts, "total": total}.items():
+                denominator = float(value.norm() * reference.norm())
+                result[name] = float(value @ reference) / denominator if denominator > 0 else 0.0
+        self.mean = total.clone() if self.mean is None else self.decay * self.mean + total
+        self.weight = self.decay * self.weight + 1.0
+        return result
+
+
 # ---------------------------------------------------------------------------------------- trainer
 class Trainer:
     """Runs training iterations of ``estimator`` on ``chain`` against ``reward`` as ``config`` says.
@@ -242,6 +274,7 @@ class Trainer:
         self._started = False
         self._boundary_rng: dict[str, Any] | None = None
         self._pending_message = ""  # e.g. "resumed from ...", attached to the next report
+        self.signal_reference = RunningMean()  # of earlier total estimates, for StepReport.signal
         differentiable = bool(getattr(reward, "differentiable", False))
         self.noise_groups = _noise_groups(estimator, differentiable)
         self.paired = self.noise_groups > 1
@@ -373,6 +406,8 @@ class Trainer:
             sample_images=(to_pil(estimate.images[: config.report_samples]) if config.report_samples else None),
             graph_memory_mb=float(getattr(estimate, "graph_memory_mb", 0.0)),
             chain_steps={k: list(v) for k, v in getattr(estimate, "steps", {}).items()},
+            signal=self.signal_reference.cosines(estimate),
+            info={k: float(v) for k, v in getattr(estimate, "info", {}).items()},
         )
         self.step = step
         self._boundary_rng = _rng_state()  # evaluation below leaves the global RNGs untouched

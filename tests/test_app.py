@@ -33,13 +33,98 @@ def test_form_to_config_and_back():
         hosted=False,
     )
     assert config.prompts == ["a", "b"]
-    assert config.estimator_options == {"h": 2, "remaining": "zo", "zo_scale": 0.02, "window": [0, 3], "lr_samples": 3}
+    remaining = runner.FORM_DEFAULTS["remaining"]
+    assert config.estimator_options == {"h": 2, "remaining": remaining, "zo_scale": 0.02, "window": [0, 3], "lr_samples": 3}
     assert config.prompt_boundaries == [0.25, 0.75] and config.guidance_scale == 3.0
     back = runner.form_from_config(config)
     again = runner.config_from_form(back, hosted=False)
     assert again.to_dict() | {"output_dir": ""} == config.to_dict() | {"output_dir": ""}
     zo = runner.config_from_form({"model": "some/model", "estimator": "zo", "zo_scale": 0.05}, hosted=False)
     assert zo.estimator_options == {"scale": 0.05}
+
+
+def test_form_defaults_of_the_rlr_knobs_are_the_library_defaults():
+    from app import runner
+    from rlr_core.estimators import estimator_options
+
+    library = estimator_options("rlr")
+    assert {k: runner.FORM_DEFAULTS[k] for k in ("h", "remaining", "zo_scale")} == {
+        k: library[k] for k in ("h", "remaining", "zo_scale")}
+    options = runner.config_from_form({"model": "some/model"}, hosted=False).estimator_options
+    assert all(options[k] == library[k] for k in ("h", "remaining", "zo_scale"))
+
+
+@pytest.mark.parametrize(
+    "value, text",
+    [(5069.039946895227, "5070"), (0.0151234, "0.0151"), (1.23456e-7, "1.23e-07"), (2.5e7, "2.5e+07"),
+     (-0.99999, "-1"), (4, "4"), (0.0, "0"), (None, "–"), (float("nan"), "–"), ("full-bp", "full-bp")],
+)
+def test_three_significant_digits(value, text):
+    from app.formatting import format_sig
+
+    assert format_sig(value) == text
+
+
+def test_diagnostics_table_drops_empty_columns_and_names_headers():
+    from app import formatting
+
+    rows = [
+        {"estimator": "rlr", "repeats": 4, "single_cosine": 0.0151234, "cosine_to_full_bp": 0.51234,
+         "reference": "full-bp", "mean_norm": 5069.039946895227, "total_variance": 12.3456, "norm_fo": 1.0,
+         "cos_fo": 0.3, "norm_zo": float("nan"), "cos_zo": None, "seconds": 0.123456, "peak_memory_mb": 0.0,
+         "graph_memory_mb": 12.34, "reward_mean": 0.5, "error": None},
+        {"estimator": "full-bp", "repeats": 4, "single_cosine": None, "cosine_to_full_bp": 1.0, "reference": "self",
+         "mean_norm": 50.0, "total_variance": float("nan"), "seconds": 0.1, "peak_memory_mb": 0.0,
+         "graph_memory_mb": 2.0, "reward_mean": 0.4, "error": ""},
+    ]
+    table = formatting.diagnostics_table(rows)
+    assert list(table.columns) == [
+        "estimator", "reference", "single-estimate cosine", "cosine of mean", "mean norm", "total variance",
+        "FO norm", "FO cosine", "seconds / estimate", "peak memory (MB)", "graph memory (MB)", "reward mean",
+        "repeats",
+    ]  # ZO norm / ZO cosine / error had no value in any row
+    assert table.iloc[0].tolist()[:6] == ["rlr", "full-bp", "0.0151", "0.512", "5070", "12.3"]
+    assert table.iloc[1]["single-estimate cosine"] == "–" and table.iloc[1]["FO norm"] == "–"
+    html = formatting.diagnostics_html(rows)
+    assert "<table" in html and "single-estimate cosine" in html and "ZO cosine" not in html
+    # the old row layout (before the per-part keys) still renders
+    old = formatting.diagnostics_table([{"estimator": "zo", "repeats": 2, "mean_norm": 1.0, "cosine_to_full_bp": None}])
+    assert list(old.columns) == ["estimator", "mean norm", "repeats"]
+
+    signal = formatting.signal_frame(rows)
+    assert signal["bar"].tolist() == ["rlr · FO", "rlr · total"]
+    assert signal["cosine"].tolist() == [0.3, 0.0151234]
+    assert formatting.signal_title(rows) == "Signal of one estimate: cosine to the full-bp mean"
+
+
+def test_preference_round_and_probe_batch_by_noise_group(studio, monkeypatch):
+    import rlr_core.diagnostics
+    from app import runner
+    from app.state import FieldError
+
+    prompts = ["a red circle", "a blue square", "a green star"]
+    values = form(studio, prompt="\n".join(prompts), remaining="zo", batch_size=8)
+    with pytest.raises(FieldError, match="images per round") as info:
+        runner.preference_round("g", values, hosted=False, k=6, mode="direct")
+    assert "multiple of 4" in str(info.value) and "allowed: 4, 8" in str(info.value)
+
+    run = runner.preference_round("g", values, hosted=False, k=8, mode="direct")
+    assert run.estimator.noise_groups(False) == 4
+    batch = run.round.prompts
+    assert batch == prompts[:2] * 4  # n = 8 / 4 prompts, repeated in each of the 4 noise groups
+    assert all(batch[i] == batch[i + 2] for i in range(6))
+
+    seen = {}
+
+    def fake_probe(chain, reward, specs, batch, **kwargs):
+        seen["prompts"] = batch
+        return []
+
+    monkeypatch.setattr(rlr_core.diagnostics, "probe", fake_probe)
+    runner.diagnostics("g", values, hosted=False, estimators=["rlr"], repeats=2)
+    groups = run.estimator.noise_groups(bool(run.reward.differentiable))
+    n = 8 // groups
+    assert seen["prompts"] == (prompts * n)[:n] * groups
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Gradient estimators of d/dtheta E[reward] over a sampling chain (SPEC-RLR.md §2-4).
 
 ``get_estimator(name, **options)`` builds one: "rlr", "full-bp", "truncated-bp", "ddpo",
-"zo", "rlr-released". Unknown names or options raise ValueError listing the allowed ones.
+"zo", "rlr-released", and the preset "rlr-paper" (the exactly unbiased RLR). Unknown names or options raise ValueError listing the allowed ones.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from .base import Estimator, GradientEstimate, Rollout
 from .ddpo import DDPOEstimator
 from .full_bp import FullBackpropEstimator
 from .rlr import RLREstimator
+from .rlr_paper import RLRPaperEstimator
 from .rlr_released import RLRReleasedEstimator
 from .truncated_bp import TruncatedBackpropEstimator
 from .zo import ZerothOrderEstimator
 
 ESTIMATORS: dict[str, type[Estimator]] = {
     "rlr": RLREstimator,
+    "rlr-paper": RLRPaperEstimator,
     "full-bp": FullBackpropEstimator,
     "truncated-bp": TruncatedBackpropEstimator,
     "ddpo": DDPOEstimator,
@@ -34,12 +36,19 @@ def list_estimators() -> list[str]:
 
 def estimator_options(name: str) -> dict[str, Any]:
     """The options of estimator ``name`` with their defaults (for UIs and config files)."""
-    cls = _lookup(name)
-    return {
-        p.name: p.default
-        for p in inspect.signature(cls.__init__).parameters.values()
-        if p.name != "self"
-    }
+    return _init_options(_lookup(name))
+
+
+def _init_options(cls: type) -> dict[str, Any]:
+    """Keyword options of ``cls.__init__``; a preset taking ``**options`` inherits its parent's."""
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    options = {p.name: p.default for p in parameters if p.name != "self" and p.kind is not p.VAR_KEYWORD}
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        for parent in cls.__mro__[1:]:
+            if "__init__" in vars(parent):
+                options = {**_init_options(parent), **options}
+                break
+    return options
 
 
 def get_estimator(name: str, **options: Any) -> Estimator:

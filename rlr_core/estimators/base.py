@@ -39,6 +39,7 @@ class GradientEstimate:
     peak_memory_mb: float = 0.0
     graph_memory_mb: float = 0.0
     skipped: str | None = None  # why the update must be skipped (p.grad is zero then)
+    info: dict[str, float] = field(default_factory=dict)  # estimator-specific numbers (part weights, clip fraction)
     rollout: "Rollout | None" = field(default=None, repr=False)
 
     @property
@@ -129,6 +130,17 @@ def check_positive(field_name: str, value: float, allow_zero: bool = False) -> N
         raise ValueError(f"{field_name} must be a finite number {bound}, got {value!r}")
 
 
+def grouped_prompts(prompts: list[Any], batch_size: int, groups: int) -> list[Any]:
+    """A batch of ``batch_size`` prompts in ``groups`` noise groups: n = batch_size / groups prompts
+    (cycling through ``prompts``) repeated ``groups`` times, so rows sharing noise share the prompt."""
+    if groups < 1 or batch_size % groups:
+        raise ValueError(f"batch_size must be a multiple of {groups} (the estimator's noise groups), got {batch_size}")
+    if not prompts:
+        raise ValueError("prompts must not be empty")
+    n = batch_size // groups
+    return [prompts[i % len(prompts)] for i in range(n)] * groups
+
+
 def random_int(generator: torch.Generator, high: int) -> int:
     """A uniform integer in [0, high) drawn from ``generator``."""
     return int(torch.randint(0, high, (1,), generator=generator, device=generator.device).item())
@@ -194,6 +206,34 @@ class Estimator:
 
     def _uses_baseline(self) -> bool:
         return True
+
+    def check_prompt_groups(self, prompts: list[Any], differentiable_reward: bool) -> None:
+        """ValueError unless rows that share noise (i, i + n, i + 2n, ...) share their prompt.
+
+        Antithetic twins and ZO +/- pairs estimate a difference of rewards under the same noise;
+        with different prompts in a pair that difference also carries the prompt's effect (bias).
+        """
+        groups = self.noise_groups(differentiable_reward)
+        if groups <= 1:
+            return
+        n = len(prompts) // groups
+        for i in range(n):
+            row = [str(prompts[i + g * n]) for g in range(groups)]
+            if any(p != row[0] for p in row):
+                raise ValueError(
+                    f"prompts: rows that share noise must share their prompt for {self.name!r} (the batch is "
+                    f"{groups} groups of {n}; rows {[i + g * n for g in range(groups)]} have prompts {row}); "
+                    f"build the batch with grouped_prompts(prompts, batch_size, {groups})"
+                )
+
+    def check_reward_graph(self, rollout: "Rollout", rewards: torch.Tensor) -> None:
+        """ValueError when a reward declared differentiable returned values without a graph."""
+        if rollout.differentiable_reward and not rewards.requires_grad:
+            raise ValueError(
+                f"reward: declared differentiable but its values carry no autograd graph to the images "
+                f"({self.name!r} backpropagates through it); compute it from rollout.images with grad "
+                f"enabled, or declare the reward differentiable = False"
+            )
 
     # --- the two phases ----------------------------------------------------------------------
     def rollout(
@@ -286,6 +326,7 @@ class Estimator:
         params = rollout.chain.trainable_parameters()
         total = sum(parts.values()) if parts else torch.zeros(sum(p.numel() for p in params))
         write_grads(params, total)
+        covered = [k for name, ks in rollout.steps.items() if name not in ("dropped", "uncovered") for k in ks]
         norms = {name: float(v.norm()) for name, v in parts.items()}
         norms["total"] = float(total.norm())
         if self.baseline == "prompt" and first_use:
@@ -298,6 +339,7 @@ class Estimator:
             grad_norms=norms,
             steps=rollout.steps,
             seconds=rollout.seconds,
+            skipped=None if (parts and covered) else "no chain step is covered by this estimate (e.g. ddpo with eta 0): update skipped, LoRA kept",
             rollout=rollout,
         )
 
@@ -310,22 +352,32 @@ def ppo_step_gradient(
     advantages: torch.Tensor,
     clip_range: float,
     weight: float,
+    stats: dict[str, float] | None = None,
 ) -> torch.Tensor:
     """Flat gradient of the PPO-clipped likelihood-ratio loss of one recorded step.
 
-    loss = weight * sum_i max(-A_i * ratio_i, -A_i * clip(ratio_i, 1 - c, 1 + c)),
-    ratio_i = p_theta(x_next | x) / p_old(x_next | x). At ratio 1 (theta unchanged since
-    sampling) its gradient is exactly the likelihood-ratio term -weight * sum_i A_i grad log p.
+    The ratio is taken per dimension of the state, as ddpo-pytorch does (its log-probability is a
+    mean over dimensions): rho_i = exp((log p_theta - log p_old) / D), D = elements of one sample.
+    A sum over D = 3,072 dimensions would otherwise leave the clip range after any visible move.
+
+    loss = weight * D * sum_i max(-A_i * rho_i, -A_i * clip(rho_i, 1 - c, 1 + c)).
+    At rho = 1 (theta unchanged since sampling) its gradient is exactly the likelihood-ratio
+    term -weight * sum_i A_i grad log p (the factor D undoes the 1/D inside rho).
     """
     from ..sampling import step_log_prob  # local import: sampling imports nothing from here
 
     params = chain.trainable_parameters()
     with torch.enable_grad():
         log_prob = step_log_prob(chain, recorded.x, recorded.x_next, step_index, cond)
-        log_ratio = (log_prob - recorded.log_prob.to(log_prob)).clamp(-20.0, 20.0)
+        dims = recorded.x_next[0].numel()
+        log_ratio = ((log_prob - recorded.log_prob.to(log_prob)) / dims).clamp(-20.0, 20.0)
         ratio = torch.exp(log_ratio)
         adv = advantages.to(log_prob)
         unclipped = -adv * ratio
         clipped = -adv * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
-        loss = weight * torch.maximum(unclipped, clipped).sum()
+        loss = weight * dims * torch.maximum(unclipped, clipped).sum()
+        if stats is not None:  # how many ratios left the clip range (their gradient is cut)
+            outside = ((ratio - 1.0).abs() > clip_range).sum().item()
+            stats["clipped"] = stats.get("clipped", 0.0) + float(outside)
+            stats["ratios"] = stats.get("ratios", 0.0) + float(ratio.numel())
         return part_gradient(loss, params)

@@ -45,6 +45,7 @@ class DDPOEstimator(Estimator):
     ) -> Rollout:
         start_time = time.perf_counter()
         self._check_setup(chain, differentiable_reward, len(prompts))
+        self.check_prompt_groups(prompts, differentiable_reward)
         T = chain.num_steps
         noise = draw_noise(chain, len(prompts), generator)
         cond = chain.condition(list(prompts))
@@ -88,15 +89,20 @@ class DDPOEstimator(Estimator):
         advantages = self.advantages(rewards, rollout.prompts)
         batch = rewards.shape[0]
         parts: dict[str, torch.Tensor] = {}
-        if "fo" in rollout.steps and data["epoch"] == 0 and rewards.requires_grad:
+        if "fo" in rollout.steps and data["epoch"] == 0:
+            self.check_reward_graph(rollout, rewards)
             parts["fo"] = part_gradient(-scale * rewards.mean(), params)
         total = None
+        clip_stats: dict[str, float] = {}
         for k in rollout.steps["lr"]:
-            grad = ppo_step_gradient(chain, data["cond"], k, data["record"][k], advantages, self.clip_range, scale / batch)
+            grad = ppo_step_gradient(chain, data["cond"], k, data["record"][k], advantages, self.clip_range, scale / batch,
+                                     stats=clip_stats)
             total = grad if total is None else total + grad
         if total is not None:
             parts["lr"] = total
+        data["clip_fraction"] = clip_stats.get("clipped", 0.0) / max(clip_stats.get("ratios", 0.0), 1.0)
         data["epoch"] += 1
         result = self.finish(rollout, rewards, parts, first_use=data["epoch"] == 1)
+        result.info["clip_fraction"] = data["clip_fraction"]
         result.seconds = rollout.seconds + (time.perf_counter() - start_time)
         return result

@@ -36,6 +36,7 @@ class FullBackpropEstimator(Estimator):
     ) -> Rollout:
         start_time = time.perf_counter()
         self._check_setup(chain, differentiable_reward, len(prompts))
+        self.check_prompt_groups(prompts, differentiable_reward)
         noise = draw_noise(chain, len(prompts), generator)
         cond = chain.condition(list(prompts))
         with torch.enable_grad():
@@ -66,8 +67,7 @@ class FullBackpropEstimator(Estimator):
         skipped = self.skipped_if_not_finite(rollout, rewards)
         if skipped is not None:
             return skipped
-        if not rewards.requires_grad:
-            raise ValueError("full-bp needs rewards computed with autograd from rollout.images")
+        self.check_reward_graph(rollout, rewards)
         params = rollout.chain.trainable_parameters()
         parts = {"fo": part_gradient(-self.reward_scale(rewards) * rewards.mean(), params)}
         result = self.finish(rollout, rewards, parts)

@@ -41,6 +41,7 @@ class RLRReleasedEstimator(Estimator):
     ) -> Rollout:
         start_time = time.perf_counter()
         self._check_setup(chain, differentiable_reward, len(prompts))
+        self.check_prompt_groups(prompts, differentiable_reward)
         T = chain.num_steps
         order = torch.randperm(T - 1, generator=generator, device=generator.device).tolist()
         lr_steps = sorted(order[: self.chain_len])
@@ -74,8 +75,8 @@ class RLRReleasedEstimator(Estimator):
         advantages = self.advantages(rewards, rollout.prompts)
         batch = rewards.shape[0]
         parts = {}
-        if rewards.requires_grad:
-            parts["fo"] = part_gradient(-rewards.mean(), params)
+        self.check_reward_graph(rollout, rewards)
+        parts["fo"] = part_gradient(-rewards.mean(), params)
         total = None
         for k in rollout.steps["lr"]:
             grad = ppo_step_gradient(chain, data["cond"], k, data["record"][k], advantages, self.clip_range, scale / batch)

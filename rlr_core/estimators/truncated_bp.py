@@ -47,6 +47,7 @@ class TruncatedBackpropEstimator(Estimator):
     ) -> Rollout:
         start_time = time.perf_counter()
         self._check_setup(chain, differentiable_reward, len(prompts))
+        self.check_prompt_groups(prompts, differentiable_reward)
         T = chain.num_steps
         k = self.k
         if self.k_range is not None:
@@ -72,8 +73,7 @@ class TruncatedBackpropEstimator(Estimator):
         skipped = self.skipped_if_not_finite(rollout, rewards)
         if skipped is not None:
             return skipped
-        if not rewards.requires_grad:
-            raise ValueError("truncated-bp needs rewards computed with autograd from rollout.images")
+        self.check_reward_graph(rollout, rewards)
         params = rollout.chain.trainable_parameters()
         parts = {"fo": part_gradient(-self.reward_scale(rewards) * rewards.mean(), params)}
         result = self.finish(rollout, rewards, parts)
