@@ -97,7 +97,8 @@ def gradient_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def cosine_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
-    """Long table (step, cosine, pair): cosine between estimator parts, e.g. FO~HO."""
+    """Long table (step, cosine, pair): cosine between estimator parts, e.g. FO~HO, and the signal
+    of each part (its cosine to the running mean of earlier estimates, StepReport.signal)."""
     rows = []
     for row in history:
         for pair, value in (row.get("cosines") or {}).items():
@@ -105,6 +106,10 @@ def cosine_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
             if number is not None:
                 label = "~".join(PART_LABELS.get(p, p) for p in pair.split("~"))
                 rows.append({"step": row["step"], "cosine": number, "pair": label})
+        for part, value in (row.get("signal") or {}).items():
+            number = _finite(value)
+            if number is not None:
+                rows.append({"step": row["step"], "cosine": number, "pair": f"{PART_LABELS.get(part, part)} vs running mean"})
     return pd.DataFrame(rows, columns=["step", "cosine", "pair"])
 
 

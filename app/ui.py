@@ -220,7 +220,7 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
                             grad_plot = gr.LinePlot(x="step", y="norm", color="part", title="Gradient norm per part, update norm",
                                                     height=260, elem_id="grad-plot")
                         with gr.Row():
-                            cos_plot = gr.LinePlot(x="step", y="cosine", color="pair", title="Cosine between parts",
+                            cos_plot = gr.LinePlot(x="step", y="cosine", color="pair", title="Cosine between parts, and of each part to the running mean (signal)",
                                                    height=220, y_lim=[-1, 1], elem_id="cos-plot")
                             sec_plot = gr.LinePlot(x="step", y="value", title="Seconds per iteration", height=220, elem_id="sec-plot")
                             mem_plot = gr.LinePlot(x="step", y="value", color="metric", title="Memory per iteration (MB)",

@@ -20,7 +20,8 @@ from rlr_core.diagnostics import collect_estimates, probe, z_scores
 from rlr_core.estimators import get_estimator
 
 ANALYTIC = [
-    ("rlr", {}), ("rlr", {"remaining": "lr"}), ("rlr", {"remaining": "none"}), ("rlr", {"antithetic": False}),
+    ("rlr", {}), ("rlr-paper", {}), ("rlr", {"remaining": "lr"}), ("rlr-paper", {"antithetic": False}),
+    ("rlr-paper", {"part_weights": "auto"}),
     ("full-bp", {}), ("truncated-bp", {}), ("ddpo", {"normalize": False}), ("zo", {}), ("rlr-released", {}),
 ]
 
@@ -59,10 +60,13 @@ def model(argv: list[str]) -> None:
     chain = load(args, args.num_steps)
     reward = make_reward(args.reward, str(chain.device))
     prompts = ["a red circle on a white background"] * args.batch_size
-    results = probe(chain, reward, ["rlr", "ddpo", "zo", "truncated-bp", "rlr-released", "full-bp"], prompts, repeats=args.repeats)
+    results = probe(chain, reward, ["rlr", "rlr-paper", "ddpo", "zo", "truncated-bp", "rlr-released", "full-bp"],
+                    prompts, repeats=args.repeats)
     print(f"model={args.model} T={args.num_steps} batch={args.batch_size} repeats={args.repeats}")
-    print_table([r.row() for r in results], ["estimator", "total_variance", "mean_norm", "cosine_to_full_bp",
-                                              "seconds", "peak_memory_mb", "graph_memory_mb", "error"])
+    rows = [r.row() for r in results]
+    parts = [c for c in dict.fromkeys(k for row in rows for k in row) if c.startswith(("norm_", "cos_"))]
+    print_table(rows, ["estimator", "single_cosine", "cosine_to_full_bp", "reference", "mean_norm", *parts,
+                       "total_variance", "seconds", "graph_memory_mb", "error"])
 
 
 if __name__ == "__main__":

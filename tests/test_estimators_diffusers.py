@@ -65,8 +65,11 @@ def test_every_estimator_runs_and_only_lora_gets_gradients(tiny_chain, name):
     assert all(p.grad is None for p in non_lora_parameters(tiny_chain))
     assert result.seconds > 0 and result.graph_memory_mb >= 0
     covered = sorted(k for part, ks in result.steps.items() if part not in ("dropped", "uncovered") for k in ks)
-    if name in ("rlr", "full-bp", "ddpo", "zo"):
+    if name in ("rlr-paper", "full-bp", "ddpo", "zo"):
         assert covered == list(range(tiny_chain.num_steps)), result.steps  # every step exactly once
+    if name == "rlr":  # the default drops the remaining steps, and says so
+        dropped = result.steps.get("dropped", [])
+        assert sorted(covered + dropped) == list(range(tiny_chain.num_steps)), result.steps
 
 
 @pytest.mark.parametrize(
@@ -75,7 +78,7 @@ def test_every_estimator_runs_and_only_lora_gets_gradients(tiny_chain, name):
 def test_rlr_with_clicks_rollout_then_gradient(tiny_chain, options):
     """The preference path: sample, show, score later; ZO covers the FO step (no in-place clash)."""
     randomize_lora(tiny_chain)
-    estimator = get_estimator("rlr", **options)
+    estimator = get_estimator("rlr-paper", **options)
     rollout = estimator.rollout(tiny_chain, PROMPTS, torch.Generator().manual_seed(1), differentiable_reward=False)
     shown = rollout.display_images()
     clicks = torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 0])
@@ -83,6 +86,17 @@ def test_rlr_with_clicks_rollout_then_gradient(tiny_chain, options):
     assert torch.equal(result.images, shown)
     assert result.steps["zo"][-1] == tiny_chain.num_steps - 1 and "fo" not in result.steps
     assert result.grad_norms["total"] > 0
+
+
+def test_default_rlr_with_clicks_uses_the_ho_sub_chain_only(tiny_chain):
+    """The default drops the remaining steps and (no FO with clicks) the last one: HO only, twins only."""
+    randomize_lora(tiny_chain)
+    estimator = get_estimator("rlr")
+    assert estimator.noise_groups(False) == 2
+    rollout = estimator.rollout(tiny_chain, PROMPTS, torch.Generator().manual_seed(1), differentiable_reward=False)
+    result = estimator.gradient(rollout, torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 0]))
+    assert set(result.parts) == {"ho"} and result.grad_norms["total"] > 0
+    assert tiny_chain.num_steps - 1 in result.steps["dropped"] and "zo" not in result.steps
 
 
 def test_full_and_truncated_bp_refuse_non_differentiable_rewards(tiny_chain):
@@ -120,7 +134,8 @@ def test_perturbation_restores_parameters_exactly(tiny_chain):
         ("rlr", {"h": 1, "window": (0, 3)}, 8, "window must lie within"),
         ("rlr", {"remaining": "zoo"}, 8, "remaining must be one of"),
         ("rlr", {"remaining": "lr", "antithetic": False}, 1, "batch_size must be >= 2"),
-        ("rlr", {}, 6, "multiple of 4"),
+        ("rlr-paper", {}, 6, "multiple of 4"),
+        ("rlr", {}, 5, "multiple of 2"),
         ("ddpo", {}, 1, "batch_size must be >= 2"),
         ("zo", {"scale": 0}, 8, "scale must be a finite number > 0"),
         ("truncated-bp", {"k": 9}, 8, "k must be <= num_steps"),
@@ -135,7 +150,9 @@ def test_bad_input_names_the_field(tiny_chain, name, options, batch, match):
 
 def test_estimator_options_lists_defaults():
     options = estimator_options("rlr")
-    assert options["h"] == 2 and options["remaining"] == "zo" and options["baseline"] == "loo"
+    assert options["h"] == 2 and options["remaining"] == "none" and options["baseline"] == "loo"
+    assert options["part_weights"] == "fixed"
+    assert estimator_options("rlr-paper")["remaining"] == "zo"  # the unbiased preset
     assert options["normalize"] is False
     assert estimator_options("ddpo")["normalize"] is True
 
@@ -173,7 +190,7 @@ def mini_chain_and_reference(mini_pixel_dir):
         ({"remaining": "lr"}, 64),
         # ZO on the remaining steps: variance ~ (LoRA size / directions) |g|^2, so it needs more
         # estimates; the window keeps the HO exit off step 4, whose std is 0.01 here.
-        ({"window": (0, 2)}, 192),
+        ({"remaining": "zo", "window": (0, 2)}, 192),
     ],
 )
 def test_rlr_mean_points_like_full_bp_mean(mini_chain_and_reference, options, repeats):
@@ -191,7 +208,7 @@ def test_rlr_survives_a_chain_that_perturbs_in_place(tiny_chain):
     from rlr_core.chain import perturbation_direction
 
     randomize_lora(tiny_chain)
-    estimator = get_estimator("rlr")
+    estimator = get_estimator("rlr-paper")
     reference = estimator.estimate(tiny_chain, Clicks(), PROMPTS, torch.Generator().manual_seed(4)).total.clone()
 
     @contextlib.contextmanager
@@ -210,7 +227,7 @@ def test_rlr_survives_a_chain_that_perturbs_in_place(tiny_chain):
 
     tiny_chain.perturbed = perturbed_in_place
     replayed = []
-    estimator = get_estimator("rlr")
+    estimator = get_estimator("rlr-paper")
     original_replay = estimator._recompute_ho_log_prob
     estimator._recompute_ho_log_prob = lambda rollout: replayed.append(1) or original_replay(rollout)
     result = estimator.estimate(tiny_chain, Clicks(), PROMPTS, torch.Generator().manual_seed(4))

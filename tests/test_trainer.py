@@ -142,7 +142,7 @@ def test_config_build_tiny_diffusers(tiny_sd_dir):
 
 
 # ------------------------------------------------------------------------------------ trainer
-def _analytic(tmp_path, name="run", estimator="rlr", options=None, **overrides):
+def _analytic(tmp_path, name="run", estimator="rlr-paper", options=None, **overrides):
     defaults = dict(
         steps=4, batch_size=8, lr=0.05, num_steps=8, prompts=PROMPTS, eval_seeds=[0, 1, 2],
         eval_every=2, checkpoint_every=0, output_dir=str(tmp_path / name), seed=3,
@@ -280,7 +280,8 @@ def _run(chain, reward, estimator, config):
 
 @pytest.mark.parametrize(
     "estimator, options",
-    [("rlr", {"j_sampling": "grad-norm", "baseline": "prompt"}), ("ddpo", {"inner_epochs": 2}), ("zo", {})],
+    [("rlr-paper", {"j_sampling": "grad-norm", "baseline": "prompt"}), ("rlr-paper", {"part_weights": "auto"}),
+     ("rlr", {}), ("ddpo", {"inner_epochs": 2}), ("zo", {})],
 )
 def test_resume_is_bit_exact_on_analytic_chain(tmp_path, estimator, options):
     straight = _analytic(tmp_path, "straight", estimator, options, steps=4, checkpoint_every=2)
