@@ -51,7 +51,6 @@ ESTIMATORS = {
     "rlr": ("rlr", {}),
     "rlr-paper": ("rlr-paper", {}),
     "rlr-paper-auto": ("rlr-paper", {"part_weights": "auto"}),
-    "rlr-auto": ("rlr", {"part_weights": "auto"}),
     "rlr-h4": ("rlr", {"h": 4}),
     "truncated-bp": ("truncated-bp", {"k": 1}),
     "full-bp": ("full-bp", {}),

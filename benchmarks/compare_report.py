@@ -53,6 +53,7 @@ def gains(runs: list[dict], phase: str = "main") -> dict[tuple[str, str], list[d
 def write_report(out: Path, runs: list[dict], args: Any = None) -> Path:
     """Write compare.md and the PNG plots into ``out``; return the markdown path."""
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     lines = ["# Head-to-head on the tiny model (benchmarks/compare.py)", ""]
     main_runs = [r for r in runs if r.get("phase") == "main" and "error" not in r]
     if main_runs:
