@@ -213,8 +213,7 @@ def probe(
 
 def _distinct(prompts: list[Any]) -> list[Any]:
     """The prompts in first-seen order without repeats."""
-    seen: list[Any] = []
+    by_text: dict[str, Any] = {}
     for p in prompts:
-        if str(p) not in [str(s) for s in seen]:
-            seen.append(p)
-    return seen
+        by_text.setdefault(str(p), p)
+    return list(by_text.values())

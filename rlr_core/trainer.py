@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .config import TrainConfig
+from .diagnostics import cosine
 
 __all__ = [
     "StepReport",
@@ -229,9 +230,7 @@ class RunningMean:
         result: dict[str, float] = {}
         if self.mean is not None:
             reference = self.mean / self.weight
-            for name, value in {**parts, "total": total}.items():
-                denominator = float(value.norm() * reference.norm())
-                result[name] = float(value @ reference) / denominator if denominator > 0 else 0.0
+            result = {name: cosine(value, reference) for name, value in {**parts, "total": total}.items()}
         self.mean = total.clone() if self.mean is None else self.decay * self.mean + total
         self.weight = self.decay * self.weight + 1.0
         return result

@@ -207,6 +207,11 @@ class Estimator:
     def _uses_baseline(self) -> bool:
         return True
 
+    def check_rollout(self, chain: Chain, prompts: list[Any], differentiable_reward: bool) -> None:
+        """The checks every ``rollout`` starts with: set-up (chain, reward, batch size) and prompt groups."""
+        self._check_setup(chain, differentiable_reward, len(prompts))
+        self.check_prompt_groups(prompts, differentiable_reward)
+
     def check_prompt_groups(self, prompts: list[Any], differentiable_reward: bool) -> None:
         """ValueError unless rows that share noise (i, i + n, i + 2n, ...) share their prompt.
 

@@ -44,8 +44,7 @@ class DDPOEstimator(Estimator):
         self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
     ) -> Rollout:
         start_time = time.perf_counter()
-        self._check_setup(chain, differentiable_reward, len(prompts))
-        self.check_prompt_groups(prompts, differentiable_reward)
+        self.check_rollout(chain, prompts, differentiable_reward)
         T = chain.num_steps
         noise = draw_noise(chain, len(prompts), generator)
         cond = chain.condition(list(prompts))
@@ -100,9 +99,8 @@ class DDPOEstimator(Estimator):
             total = grad if total is None else total + grad
         if total is not None:
             parts["lr"] = total
-        data["clip_fraction"] = clip_stats.get("clipped", 0.0) / max(clip_stats.get("ratios", 0.0), 1.0)
         data["epoch"] += 1
         result = self.finish(rollout, rewards, parts, first_use=data["epoch"] == 1)
-        result.info["clip_fraction"] = data["clip_fraction"]
+        result.info["clip_fraction"] = clip_stats.get("clipped", 0.0) / max(clip_stats.get("ratios", 0.0), 1.0)
         result.seconds = rollout.seconds + (time.perf_counter() - start_time)
         return result

@@ -35,8 +35,7 @@ class FullBackpropEstimator(Estimator):
         self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
     ) -> Rollout:
         start_time = time.perf_counter()
-        self._check_setup(chain, differentiable_reward, len(prompts))
-        self.check_prompt_groups(prompts, differentiable_reward)
+        self.check_rollout(chain, prompts, differentiable_reward)
         noise = draw_noise(chain, len(prompts), generator)
         cond = chain.condition(list(prompts))
         with torch.enable_grad():

@@ -195,8 +195,7 @@ class RLREstimator(Estimator):
     ) -> Rollout:
         start_time = time.perf_counter()
         T = chain.num_steps
-        self._check_setup(chain, differentiable_reward, len(prompts))
-        self.check_prompt_groups(prompts, differentiable_reward)
+        self.check_rollout(chain, prompts, differentiable_reward)
         j = self._choose_start(T, generator)
         exit_step = j + self.h - 1
         others = [k for k in range(T - 1) if not j <= k <= exit_step]

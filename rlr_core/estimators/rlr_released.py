@@ -40,8 +40,7 @@ class RLRReleasedEstimator(Estimator):
         self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
     ) -> Rollout:
         start_time = time.perf_counter()
-        self._check_setup(chain, differentiable_reward, len(prompts))
-        self.check_prompt_groups(prompts, differentiable_reward)
+        self.check_rollout(chain, prompts, differentiable_reward)
         T = chain.num_steps
         order = torch.randperm(T - 1, generator=generator, device=generator.device).tolist()
         lr_steps = sorted(order[: self.chain_len])

@@ -46,8 +46,7 @@ class TruncatedBackpropEstimator(Estimator):
         self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
     ) -> Rollout:
         start_time = time.perf_counter()
-        self._check_setup(chain, differentiable_reward, len(prompts))
-        self.check_prompt_groups(prompts, differentiable_reward)
+        self.check_rollout(chain, prompts, differentiable_reward)
         T = chain.num_steps
         k = self.k
         if self.k_range is not None:

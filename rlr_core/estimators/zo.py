@@ -40,8 +40,7 @@ class ZerothOrderEstimator(Estimator):
         self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
     ) -> Rollout:
         start_time = time.perf_counter()
-        self._check_setup(chain, differentiable_reward, len(prompts))
-        self.check_prompt_groups(prompts, differentiable_reward)
+        self.check_rollout(chain, prompts, differentiable_reward)
         n = len(prompts) // 2
         noise = draw_noise(chain, n, generator)
         seed = random_int(generator, 2**31 - 1)
