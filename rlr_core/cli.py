@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         return _bad_config(error)
 
+    from .hub import WeightsUnavailableError
     from .trainer import Trainer, TrainingStepError
 
     try:
@@ -122,9 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         trainer = Trainer(chain, reward, estimator, config)
     except ValueError as error:
         return _bad_config(error)
-    except Exception as error:  # e.g. the model cannot be found or downloaded
-        if type(error).__name__ == "ModelUnavailableError":
-            return _bad_config(error)
+    except WeightsUnavailableError as error:  # the model cannot be found or downloaded
+        return _bad_config(error)
+    except Exception as error:
         print(f"rlr-train: error: could not set up the run: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_FAILED
 

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ContextManager, Iterator, Sequence
@@ -30,6 +29,7 @@ from typing import Any, ContextManager, Iterator, Sequence
 import torch
 
 from .chain import perturb_parameters
+from .hub import WeightsUnavailableError, ensure_can_download, hf_endpoint_host
 from .prompts import phase_texts, resolve_boundaries
 
 LORA_TARGET_MODULES: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
@@ -48,8 +48,8 @@ _DTYPES = {
 }
 
 
-class ModelUnavailableError(RuntimeError):
-    """A model could not be loaded (e.g. a Hugging Face Hub id while the Hub cannot be reached)."""
+# The one "cannot get the weights" error of the project (models and reward weights alike).
+ModelUnavailableError = WeightsUnavailableError
 
 
 # --------------------------------------------------------------------------------------------
@@ -535,29 +535,6 @@ class DiffusersChain:
 # --------------------------------------------------------------------------------------------
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """True when a TCP connection to huggingface.co:443 opens within ``timeout`` seconds (DNS included)."""
-    import threading
-
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)  # a hanging DNS lookup must not block loading
-    return bool(result and result[0])
-
-
-def _offline_env() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _HUB_PATTERNS = ["model_index.json", "unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*",
                  STUDIO_CONFIG_NAME]
@@ -574,13 +551,9 @@ def _download_hub_model(repo_id: str) -> Path:
                                       local_files_only=True))
     except Exception:  # not cached (fully): go online if we can
         pass
-    if _offline_env() or not _hub_reachable():
-        why = "HF_HUB_OFFLINE is set" if _offline_env() else "huggingface.co:443 could not be reached"
-        raise ModelUnavailableError(
-            f"model '{repo_id}' comes from the Hugging Face Hub, but the Hub could not be reached ({why}) and the "
-            f"model is not in the local cache. Connect to the internet, or pass a local diffusers folder, or use "
-            f"model='tiny' (the bundled model)."
-        )
+    weights = f"model '{repo_id}'"
+    source = f"the Hugging Face Hub (https://huggingface.co/{repo_id})"
+    ensure_can_download(weights, source, hf_endpoint_host())
     try:
         local = Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, ignore_patterns=_HUB_IGNORE))
         if not any((local / "unet").glob("*.safetensors")):  # older repos: .bin only
@@ -588,9 +561,7 @@ def _download_hub_model(repo_id: str) -> Path:
                                            ignore_patterns=[p for p in _HUB_IGNORE if p != "*.bin"]))
         return local
     except Exception as exc:  # noqa: BLE001 - re-raised with a clear message
-        raise ModelUnavailableError(
-            f"could not download model '{repo_id}' from the Hugging Face Hub: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise ModelUnavailableError(weights, source, f"and the download failed ({type(exc).__name__}: {exc})") from exc
 
 
 def _resolve_model_dir(name_or_path: str) -> tuple[Path, str]:
@@ -599,7 +570,8 @@ def _resolve_model_dir(name_or_path: str) -> tuple[Path, str]:
     name = str(name_or_path).strip()
     if name == "tiny":
         if not (TINY_MODEL_DIR / "unet").is_dir():
-            raise ModelUnavailableError(f"the bundled tiny model is missing at {TINY_MODEL_DIR} (expected unet/ etc.)")
+            raise ModelUnavailableError("the bundled tiny model", "this repository (assets/tiny-shapes)",
+                                        f"but {TINY_MODEL_DIR} has no unet/ folder (a partial clone? re-clone)")
         return TINY_MODEL_DIR, "tiny"
     path = Path(name).expanduser()
     if path.exists():

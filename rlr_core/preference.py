@@ -293,7 +293,7 @@ class PreferenceReward:
         if features == "pixels":
             return "pixels"
         from rlr_core.rewards.clip_models import load_clip
-        from rlr_core.rewards.hub import WeightsUnavailableError
+        from rlr_core.hub import WeightsUnavailableError
 
         try:
             load_clip(*self._clip_args, device=self.device)

@@ -274,7 +274,7 @@ def test_offline_flag_fails_fast_naming_weights_and_source(tmp_path, monkeypatch
 
 def test_unreachable_hub_fails_within_15_seconds(tmp_path, monkeypatch):
     """Real: without HF_HUB_OFFLINE, the reachability probe must answer before open_clip's DNS retries."""
-    from rlr_core.rewards.hub import hf_endpoint_host, host_reachable
+    from rlr_core.hub import hf_endpoint_host, host_reachable
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)

@@ -9,7 +9,7 @@
 Loaded rewards are cached per process, keyed by (name, options, device). Unknown names, unknown
 options and bad option values raise ValueError naming the field and the allowed values; rewards
 whose weights are not cached and cannot be downloaded raise
-:class:`~rlr_core.rewards.hub.WeightsUnavailableError` within seconds.
+:class:`~rlr_core.hub.WeightsUnavailableError` within seconds.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
-from rlr_core.rewards.hub import WeightsUnavailableError
+from rlr_core.hub import WeightsUnavailableError
 from rlr_core.rewards.plugin import HOSTED_ENV, PluginReward, hosted_mode, is_plugin_spec
 
 __all__ = [

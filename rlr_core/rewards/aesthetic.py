@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from rlr_core.rewards.clip_models import LoadedClip, encode_images, encode_texts, load_clip
-from rlr_core.rewards.hub import WeightsUnavailableError, fetch_hf_file, fetch_url
+from rlr_core.hub import WeightsUnavailableError, fetch_hf_file, fetch_url
 from rlr_core.rewards.simple import check_images
 
 HEAD_HF_REPO = "trl-lib/ddpo-aesthetic-predictor"

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from rlr_core.rewards.hub import (
+from rlr_core.hub import (
     WeightsUnavailableError,
     cached_hf_file,
     ensure_can_download,
