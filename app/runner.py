@@ -403,7 +403,7 @@ def noise_group_batch(run: Run, size: Any, differentiable_reward: bool, field_na
 def preference_round(session: str, form: dict[str, Any], hosted: bool, k: int, mode: str,
                      features: str = "pixels") -> Run:
     """Show a new round of ``k`` images from the session's current model (a run is created if needed)."""
-    from rlr_core.preference import ClickLog, PreferenceReward, PreferenceSession
+    from rlr_core.rewards.preference import ClickLog, PreferenceReward, PreferenceSession
 
     k = _int("images per round", k, 2, caps(hosted)["pref_k"])
     if mode not in ("direct", "learned"):

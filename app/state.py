@@ -148,7 +148,7 @@ class Run:
     finished: bool = False
     status: str = "created"
     iterator: Any = None
-    preference: Any = None  # rlr_core.preference.PreferenceSession
+    preference: Any = None  # rlr_core.rewards.preference.PreferenceSession
     preference_key: tuple | None = None
     round: Any = None  # the PreferenceRound on screen
     counters: dict[str, int] = field(default_factory=lambda: {"rounds": 0, "clicks": 0, "updates": 0})

@@ -12,7 +12,7 @@ Phases (all results are appended to ``<out>/runs.jsonl``, so an interrupted benc
 1. learning-rate sweep: every estimator at each of ``--lrs`` on the first reward, 1 seed;
    the lr with the highest final eval reward is used for that estimator on every reward;
 2. main: every (reward, estimator) at its chosen lr for ``--seeds`` seeds;
-3. simulated clicker: rounds of 4 images through ``rlr_core.preference.PreferenceSession``;
+3. simulated clicker: rounds of 4 images through ``rlr_core.rewards.preference.PreferenceSession``;
    an oracle clicks the reddest image (mean R - mean(G, B)); redness on 8 fixed seeds vs rounds,
    in direct mode (clicks are the reward) and learned mode (Bradley-Terry head on pixel features).
 
@@ -162,7 +162,7 @@ def run_clicker(task: dict) -> dict:
 
     from rlr_core import get_estimator
     from rlr_core.estimators.base import grouped_prompts
-    from rlr_core.preference import ClickLog, PreferenceReward, PreferenceSession
+    from rlr_core.rewards.preference import ClickLog, PreferenceReward, PreferenceSession
 
     chain = _chain(task["num_steps"])
     name, options, mode = CLICKER[task["estimator"]]

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlr_core.preference import (
+from rlr_core.rewards.preference import (
     ClickLog,
     PreferenceReward,
     PreferenceSession,

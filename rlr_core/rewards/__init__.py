@@ -91,7 +91,7 @@ def _clip(**kw: Any) -> Reward:
 
 
 def _preference(**kw: Any) -> Reward:
-    from rlr_core.preference import PreferenceReward
+    from rlr_core.rewards.preference import PreferenceReward
 
     return PreferenceReward.from_options(**kw)
 
@@ -131,7 +131,7 @@ _REGISTRY: dict[str, RewardInfo] = {
         RewardInfo(
             "preference",
             "Human clicks. mode=learned: Bradley-Terry head refitted on the click log (differentiable); "
-            "mode=direct runs through rlr_core.preference.PreferenceSession.",
+            "mode=direct runs through rlr_core.rewards.preference.PreferenceSession.",
             True,
             False,
             _preference,

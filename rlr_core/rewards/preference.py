@@ -33,6 +33,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
+from rlr_core.hub import WeightsUnavailableError
+from rlr_core.rewards.clip_models import encode_images, load_clip
+from rlr_core.rewards.simple import check_images
 
 MODES = ("direct", "learned")
 FEATURES = ("auto", "clip", "pixels")
@@ -96,7 +101,6 @@ class ClickLog:
     # -- writing -------------------------------------------------------------------------
     def save_images(self, pixels: np.ndarray) -> list[str]:
         """Store uint8 [B, H, W, 3] images by hash (idempotent); returns the hashes."""
-        from PIL import Image
 
         self.image_dir.mkdir(parents=True, exist_ok=True)
         hashes = []
@@ -203,7 +207,6 @@ class ClickLog:
 
     def load_image(self, sha: str) -> torch.Tensor:
         """A stored image as float [3, H, W] in [0, 1]."""
-        from PIL import Image
 
         path = self.image_dir / f"{sha}.png"
         if not path.exists():
@@ -285,15 +288,13 @@ class PreferenceReward:
         if mode == "direct":
             raise ValueError(
                 "preference mode='direct' has no reward function: the clicks themselves are the rewards. "
-                "Use rlr_core.preference.PreferenceSession(..., mode='direct'); get_reward('preference') allows mode='learned'"
+                "Use rlr_core.rewards.preference.PreferenceSession(..., mode='direct'); get_reward('preference') allows mode='learned'"
             )
         return cls(ClickLog(log_path), device=device, **options)
 
     def _choose_features(self, features: str) -> str:
         if features == "pixels":
             return "pixels"
-        from rlr_core.rewards.clip_models import load_clip
-        from rlr_core.hub import WeightsUnavailableError
 
         try:
             load_clip(*self._clip_args, device=self.device)
@@ -307,7 +308,6 @@ class PreferenceReward:
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Feature vectors [B, D] (float32, differentiable in ``images``)."""
         if self.features_kind == "clip":
-            from rlr_core.rewards.clip_models import encode_images, load_clip
 
             return encode_images(load_clip(*self._clip_args, device=images.device), images)
         return pixel_features(images)
@@ -363,7 +363,6 @@ class PreferenceReward:
         return float(np.mean([score[a] > score[b] for a, b in pairs])) if pairs else float("nan")
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        from rlr_core.rewards.simple import check_images
 
         check_images(images, prompts)
         feats = self.features(images)
@@ -402,7 +401,6 @@ class PreferenceRound:
 
     def pil_images(self) -> list[Any]:
         """The images as PIL (for a UI gallery)."""
-        from PIL import Image
 
         return [Image.fromarray(a) for a in to_uint8(self.images)]
 
