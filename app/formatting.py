@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import math
+import time
 from typing import Any
 
 import pandas as pd
@@ -28,33 +32,112 @@ def captioned(images: list[Any] | None, prompts: list[Any], rewards: list[float]
         return None
     rewards = rewards or [None] * len(images)
     return [
-        (image, f"{str(prompts[i % len(prompts)])} · reward {_fmt(rewards[i], 3)}")
+        (image, f"{str(prompts[i % len(prompts)])} · reward {format_sig(rewards[i])}")
         for i, image in enumerate(images)
     ]
 
 
+def memory_text(row: dict[str, Any] | None, device_type: str) -> str:
+    """One believable memory figure of an iteration: CUDA's peak allocation on a GPU, else the
+    memory autograd held for backward (deterministic; the CPU's sampled RSS is not shown)."""
+    if not row:
+        return "–"
+    if device_type == "cuda":
+        return f"CUDA peak {format_megabytes(row.get('peak_memory_mb'))}"
+    return f"graph {format_megabytes(row.get('graph_memory_mb'))}"
+
+
+def format_megabytes(value: Any) -> str:
+    """MB as text with a unit that keeps 3 significant digits readable (kB / MB / GB)."""
+    number = _finite(value)
+    if number is None:
+        return "–"
+    if number >= 1024:
+        return f"{format_sig(number / 1024)} GB"
+    if number < 1:
+        return f"{format_sig(number * 1024)} kB"
+    return f"{format_sig(number)} MB"
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as '45 s', '3 min 05 s' or '1 h 02 min'."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
 def status_line(run: Any, row: dict[str, Any] | None) -> str:
-    """One line: iteration, reward mean ± std, seconds and memory, evaluation, messages."""
+    """A short line: iteration, batch reward, evaluation against before, and a skip or clip note."""
     if row is None:
         return run.status
-    parts = [
-        f"iteration {row['step']}/{row.get('total_steps') or run.config.steps}",
-        f"reward {_fmt(row['reward_mean'])} ± {_fmt(row['reward_std'], 3)}",
-        f"{_fmt(row['seconds'], 3)} s/it",
-        f"peak {_fmt(row['peak_memory_mb'], 4)} MB",
-        f"graph {_fmt(row.get('graph_memory_mb'), 4)} MB",
-    ]
+    parts = [f"Iteration {row['step']}/{row.get('total_steps') or run.config.steps}",
+             f"reward {format_sig(row['reward_mean'])} ± {format_sig(row['reward_std'])}"]
     if row.get("eval_reward_mean") is not None:
         before = run.history[0].get("before_rewards") if run.history else None
-        text = f"eval reward {_fmt(row['eval_reward_mean'])}"
-        if before:
-            text += f" (before {_fmt(sum(before) / len(before))})"
+        text = f"eval {format_sig(row['eval_reward_mean'])}"
+        if before and all(_finite(b) is not None for b in before):
+            text += f" (before {format_sig(sum(before) / len(before))})"
         parts.append(text)
     if row.get("skipped"):
-        parts.append(f"skipped: {row['skipped']}")
+        parts.append(f"update skipped: {row['skipped']}")
     elif row.get("message"):
         parts.append(str(row["message"]))
     return " · ".join(parts)
+
+
+def progress_html(run: Any | None) -> str:
+    """A progress bar with iteration, seconds per iteration and ETA (from Start on)."""
+    if run is None:
+        return _progress_markup(0, 1, "Idle: set up a run and press Start.")
+    total = max(int(run.iterations_planned or run.config.steps), 1)
+    first = run.config.steps - total  # a continued run starts later
+    done = max(run.step - first, 0)
+    elapsed = time.time() - run.started_at if run.started_at else 0.0
+    if run.running and not run.history:
+        return _progress_markup(0, total, f"Starting · 'before' images, then iteration 1 of {total} · {format_duration(elapsed)}")
+    seconds = [r["seconds"] for r in run.history[-10:] if _finite(r.get("seconds")) is not None]
+    per_iteration = sum(seconds) / len(seconds) if seconds else None
+    text = f"Iteration {run.step}/{run.config.steps}"
+    if per_iteration is not None:
+        text += f" · {format_sig(per_iteration)} s/it"
+    if run.running:
+        remaining = (total - done) * per_iteration if per_iteration is not None else None
+        text += f" · ETA {format_duration(remaining)}" if remaining is not None else ""
+    else:
+        text += " · " + ("stopped" if run.step < run.config.steps else "done") + f" after {format_duration(elapsed)}"
+    return _progress_markup(done, total, text)
+
+
+def _progress_markup(done: int, total: int, text: str) -> str:
+    return (f'<div class="rlr-progress"><progress value="{done}" max="{total}"></progress>'
+            f'<span>{html.escape(text)}</span></div>')
+
+
+def image_strip_html(title: str, images: list[tuple[Any, str]] | None, note: str) -> str:
+    """A row of images at least 160 px wide, each with its caption (prompt, reward) under it."""
+    if not images:
+        return f'<div class="rlr-strip"><div class="rlr-strip-title">{html.escape(title)}</div>' \
+               f'<div class="rlr-strip-note">{html.escape(note)}</div></div>'
+    figures = "".join(
+        f'<figure><img src="{_data_url(image)}" alt="{html.escape(caption)}"/>'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        for image, caption in images
+    )
+    return (f'<div class="rlr-strip"><div class="rlr-strip-title">{html.escape(title)}</div>'
+            f'<div class="rlr-strip-row">{figures}</div></div>')
+
+
+def _data_url(image: Any) -> str:
+    """A PIL image as a data URL (PNG; at most 256 px, larger ones are scaled down)."""
+    if max(image.size) > 256:
+        image = image.copy()
+        image.thumbnail((256, 256))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _finite(value: Any) -> float | None:
@@ -113,32 +196,55 @@ def cosine_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "cosine", "pair"])
 
 
-def cost_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
-    """Long table (step, value, metric): seconds per iteration, peak memory and graph memory (MB).
+def training_figure(history: list[dict[str, Any]], device_type: str, reward_name: str) -> Any:
+    """The Train tab's plots in one matplotlib figure: reward, gradient norms (log scale), cosines
+    and signal, seconds and memory per iteration; full titles, units, integer iteration ticks."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    Peak memory is CUDA's peak allocation (or sampled RSS growth on CPU, where the allocator's
-    reuse makes it noisy); graph memory is what autograd held for backward (deterministic).
-    """
-    rows = []
-    for row in history:
-        seconds = _finite(row.get("seconds"))
-        if seconds is not None:
-            rows.append({"step": row["step"], "value": seconds, "metric": "seconds"})
-        for key, label in (("peak_memory_mb", "peak MB"), ("graph_memory_mb", "graph MB")):
-            memory = _finite(row.get(key))
-            if memory is not None:
-                rows.append({"step": row["step"], "value": memory, "metric": label})
-    return pd.DataFrame(rows, columns=["step", "value", "metric"])
-
-
-def seconds_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
-    frame = cost_frame(history)
-    return frame[frame["metric"] == "seconds"].reset_index(drop=True)
-
-
-def memory_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
-    frame = cost_frame(history)
-    return frame[frame["metric"] != "seconds"].reset_index(drop=True)
+    figure = Figure(figsize=(11, 6.2), layout="constrained")
+    axes = figure.subplots(2, 2)
+    reward, norms, cosines, cost = axes.flat
+    frame = reward_frame(history)
+    batch = frame[frame["series"] == "batch mean"]
+    if len(batch):
+        low = frame[frame["series"] == "mean - std"]["reward"].to_numpy()
+        high = frame[frame["series"] == "mean + std"]["reward"].to_numpy()
+        reward.fill_between(batch["step"], low, high, alpha=0.2, label="batch ± std")
+        reward.plot(batch["step"], batch["reward"], marker=".", label="batch mean")
+    evaluated = frame[frame["series"] == "eval (fixed seeds)"]
+    if len(evaluated):
+        reward.plot(evaluated["step"], evaluated["reward"], marker="o", label="eval (fixed seeds)")
+    reward.set(title=f"Reward ({reward_name})", ylabel="reward")
+    grads = gradient_frame(history)
+    for part, rows in grads.groupby("part", sort=False):
+        positive = rows[rows["norm"] > 0]
+        if len(positive):
+            norms.plot(positive["step"], positive["norm"], marker=".", label=part)
+    norms.set_yscale("log")
+    norms.set(title="Gradient norm per part, and update norm", ylabel="L2 norm (log scale)")
+    pairs = cosine_frame(history)
+    for pair, rows in pairs.groupby("pair", sort=False):
+        cosines.plot(rows["step"], rows["cosine"], marker=".", label=pair)
+    cosines.set(title="Cosine between parts; each part vs the running mean (signal)", ylabel="cosine", ylim=(-1.05, 1.05))
+    steps = [r["step"] for r in history]
+    seconds = [_finite(r.get("seconds")) for r in history]
+    cost.plot(steps, seconds, marker=".", color="tab:blue", label="seconds / iteration")
+    cost.set(title="Time and memory per iteration", ylabel="seconds per iteration")
+    memory_key, memory_label = ("peak_memory_mb", "CUDA peak (MB)") if device_type == "cuda" else ("graph_memory_mb", "graph memory (MB)")
+    memory = cost.twinx()
+    memory.plot(steps, [_finite(r.get(memory_key)) for r in history], marker=".", color="tab:orange", label=memory_label)
+    memory.set_ylabel(memory_label)
+    for ax in axes.flat:
+        ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small", loc="best")
+    if not history:
+        figure.suptitle("Plots appear after the first iteration", fontsize="medium")
+    memory.legend(fontsize="small", loc="lower right")
+    return figure
 
 
 def format_sig(value: Any, digits: int = 3) -> str:

@@ -18,7 +18,6 @@ MODEL_PRESETS: list[tuple[str, str]] = [
     ("SD 2.1-base", "stabilityai/stable-diffusion-2-1-base"),
 ]
 
-DEFAULT_REWARD = "saturation"  # weight-free: trains at once on an offline machine
 DEFAULT_PROMPTS = "a red circle on a blue background\na green square on a yellow background"
 
 # Caps of the UI in hosted mode (the Trainer config limits come from rlr_core.config.HOSTED_LIMITS).

@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from rlr_core.config import TrainConfig
+from rlr_core.hub import WeightsUnavailableError
+from rlr_core.run import TrainingRun
+from rlr_core.trainer import Trainer
 
 from .settings import runs_root
 
@@ -110,15 +113,13 @@ class ModelCache:
 
 
 def load_chain(config: TrainConfig) -> Any:
-    """``load_model`` with the config's arguments (the same call ``TrainConfig.build`` makes)."""
-    from rlr_core.diffusers_chain import ModelUnavailableError
-
+    """``config.load_chain()`` (the call ``TrainingRun.from_config`` makes), errors naming the Model field."""
     try:
         return config.load_chain()
-    except ModelUnavailableError as error:
-        raise FieldError("model", str(error)) from error
-    except (OSError, EnvironmentError) as error:
-        raise FieldError("model", f"could not load {config.model!r}: {error}") from error
+    except WeightsUnavailableError as error:
+        raise FieldError("Model", str(error)) from error
+    except (OSError, ValueError) as error:
+        raise FieldError("Model", f"could not load {config.model!r}: {error}") from error
 
 
 MODELS = ModelCache()
@@ -127,17 +128,16 @@ MODELS = ModelCache()
 # ----------------------------------------------------------------------------------- runs
 @dataclass
 class Run:
-    """One training / preference run of one session (process-level; sessions hold its id)."""
+    """One run of one session (process-level; sessions hold its id): the library's TrainingRun
+    (config, chain, reward, estimator, Trainer) plus what the UI shows of it."""
 
     id: str
     session: str
-    config: TrainConfig
+    training: TrainingRun
     entry: ModelEntry
-    reward: Any
-    estimator: Any
-    trainer: Any
     lora: dict[str, Any] | None  # CPU copy while another run owns the chain; None while loaded
     output_dir: Path
+    kind: str = "train"  # "train", or "clicks-direct" / "clicks-learned" for preference runs
     created: float = field(default_factory=time.time)
     history: list[dict[str, Any]] = field(default_factory=list)  # StepReport.to_json_dict() rows
     before: list[tuple[Any, str]] | None = None  # (PIL image, caption), LoRA off, computed once
@@ -147,12 +147,28 @@ class Run:
     stop_requested: bool = False
     finished: bool = False
     status: str = "created"
-    iterator: Any = None
+    started_at: float = 0.0  # time.time() of Start (progress and ETA)
+    iterations_planned: int = 0  # iterations this Start asked for
     preference: Any = None  # rlr_core.rewards.preference.PreferenceSession
-    preference_key: tuple | None = None
     round: Any = None  # the PreferenceRound on screen
     counters: dict[str, int] = field(default_factory=lambda: {"rounds": 0, "clicks": 0, "updates": 0})
     optimizer_state: dict[str, Any] | None = None  # CPU copy between ZeroGPU chunks
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.training.config
+
+    @property
+    def trainer(self) -> Trainer:
+        return self.training.trainer
+
+    @property
+    def estimator(self) -> Any:
+        return self.training.estimator
+
+    @property
+    def reward(self) -> Any:
+        return self.training.reward
 
     @property
     def chain(self) -> Any:
@@ -160,7 +176,7 @@ class Run:
 
     @property
     def step(self) -> int:
-        return int(getattr(self.trainer, "step", 0) or 0)
+        return int(self.trainer.step)
 
 
 RUNS: dict[str, Run] = {}

@@ -1,17 +1,20 @@
 """The Gradio UI: ``build_app(hosted)`` returns the ``gr.Blocks`` of RLR Studio.
 
-Tabs: Train (live before/after gallery, reward and gradient plots, Start/Stop, generate),
+Tabs: Train (progress, before/after images on fixed seeds, plots, Start/Stop, generate),
 Preference (click rounds), Diagnostics (estimator probe), Export (LoRA / config download and
-upload). Named API endpoints: ``/train`` (streams one JSON update per iteration) and
-``/generate`` (images). Every handler turns bad input into a toast naming the field; heavy
-events share one queue (``concurrency_id="gpu"``, limit 1). Handlers only format and dispatch;
-the work is done by :mod:`app.runner` through ``rlr_core``.
+upload). The Train form's widgets and the ``/train`` API parameters come from one table
+(:mod:`app.form`). Named API endpoints: ``/train`` (streams one JSON update per iteration plus a
+final one) and ``/generate`` (images); they raise on bad input. In the browser, bad input is a
+toast titled with the field and the outputs keep their last good values. Heavy events share one
+queue (``concurrency_id="gpu"``, limit 1). Handlers only format and dispatch; the work is done
+by :mod:`app.runner` through ``rlr_core``.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import json
 import logging
 import os
 import threading
@@ -22,7 +25,9 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import gradio as gr  # noqa: E402
 
+from . import form as train_form  # noqa: E402
 from . import formatting, runner, state  # noqa: E402
+from .form import FIELD_BY_KEY, FIELDS, FORM_DEFAULTS, FORM_KEYS, Field  # noqa: E402
 from .settings import DEFAULT_PROMPTS, MODEL_PRESETS, TINY_MISSING_MESSAGE, caps, tiny_model_available  # noqa: E402
 from .state import FieldError  # noqa: E402
 
@@ -31,38 +36,48 @@ log = logging.getLogger("rlr_studio")
 GPU = {"concurrency_limit": 1, "concurrency_id": "gpu"}
 UI_ONLY = {"api_visibility": "undocumented"}
 
-FORM_KEYS = [
-    "model", "reward", "reward_options", "prompt", "coarse_prompt", "mid_prompt", "fine_prompt",
-    "prompt_boundaries", "ho_window", "estimator", "h", "remaining", "zo_scale", "estimator_options",
-    "num_steps", "eta", "guidance_scale", "batch_size", "lr", "lora_rank", "steps", "seed", "eval_every",
-    "continue_lora",
-]
-
 CSS = """
-#status textarea {font-family: ui-monospace, monospace; font-size: 0.85em}
 .rlr-note {opacity: 0.8; font-size: 0.9em}
-.rlr-table-wrap {overflow-x: auto}
-.rlr-table {width: 100%; border-collapse: collapse; font-size: 0.85em}
-.rlr-table th, .rlr-table td {padding: 4px 6px; text-align: right; white-space: normal; vertical-align: bottom}
-.rlr-table th:first-child, .rlr-table td:first-child {text-align: left}
+.rlr-table-wrap {width: 100%}
+.rlr-table {width: 100%; table-layout: fixed; border-collapse: collapse; font-size: 0.8em}
+.rlr-table th, .rlr-table td {padding: 3px 4px; text-align: right; overflow-wrap: anywhere; vertical-align: bottom}
+.rlr-table th:first-child, .rlr-table td:first-child {text-align: left; width: 9em}
 .rlr-table tbody tr {border-top: 1px solid var(--border-color-primary)}
+.rlr-progress {display: flex; align-items: center; gap: 10px; font-size: 0.95em}
+.rlr-progress progress {flex: 0 0 40%; height: 14px}
+.rlr-strip-title {font-weight: 600; font-size: 0.9em; margin: 2px 0}
+.rlr-strip-note {opacity: 0.75; font-size: 0.9em; min-height: 2em}
+.rlr-strip-row {display: flex; flex-wrap: wrap; gap: 8px}
+.rlr-strip figure {margin: 0; width: 164px}
+.rlr-strip img {width: 164px; height: 164px; image-rendering: pixelated; border-radius: 4px; display: block}
+.rlr-strip figcaption {font-size: 0.78em; line-height: 1.25; overflow-wrap: anywhere; margin-top: 2px}
+#status p {margin: 0}
 """
 
 
 # ----------------------------------------------------------------------------------- errors
-def _toast(error: BaseException) -> gr.Error:
-    if isinstance(error, gr.Error):
-        return error
+def _title(error: BaseException) -> str:
     if isinstance(error, FieldError):
-        return gr.Error(str(error), title=f"Check '{error.field}'", print_exception=False)
+        return f"Check '{error.field}'"
     if isinstance(error, (ValueError, TypeError)):
-        return gr.Error(str(error), title="Invalid input", print_exception=False)
-    log.error("unexpected error:\n%s", traceback.format_exc())
-    return gr.Error(f"{type(error).__name__}: {error}", title="Something went wrong (the server keeps running)")
+        return "Invalid input"
+    return "Something went wrong (the server keeps running)"
 
 
-def friendly(fn: Callable) -> Callable:
-    """Every exception becomes a toast (gr.Error) naming the field; the server never crashes."""
+def _message(error: BaseException) -> str:
+    if not isinstance(error, (ValueError, TypeError)):
+        log.error("unexpected error:\n%s", traceback.format_exc())
+        return f"{type(error).__name__}: {error}"
+    return str(error)
+
+
+def api_errors(fn: Callable) -> Callable:
+    """For API endpoints: every exception becomes ``gr.Error`` titled with the field (the client raises)."""
+    def to_gradio(error: BaseException) -> gr.Error:
+        if isinstance(error, gr.Error):
+            return error
+        return gr.Error(_message(error), title=_title(error), print_exception=False)
+
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
@@ -71,8 +86,8 @@ def friendly(fn: Callable) -> Callable:
                 yield from fn(*args, **kwargs)
             except GeneratorExit:
                 raise
-            except Exception as error:  # noqa: BLE001 - shown to the user
-                raise _toast(error) from error
+            except Exception as error:  # noqa: BLE001 - shown to the client
+                raise to_gradio(error) from error
 
         return gen_wrapper
 
@@ -80,10 +95,41 @@ def friendly(fn: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except Exception as error:  # noqa: BLE001 - shown to the user
-            raise _toast(error) from error
+        except Exception as error:  # noqa: BLE001 - shown to the client
+            raise to_gradio(error) from error
 
     return wrapper
+
+
+def toast_errors(outputs: int) -> Callable:
+    """For browser events: an exception becomes a toast titled with the field, and the ``outputs``
+    components keep their values (no error state on them)."""
+    def decorate(fn: Callable) -> Callable:
+        if inspect.isgeneratorfunction(fn):
+
+            @functools.wraps(fn)
+            def gen_wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
+                try:
+                    yield from fn(*args, **kwargs)
+                except GeneratorExit:
+                    raise
+                except Exception as error:  # noqa: BLE001 - shown to the user
+                    gr.Warning(_message(error), title=_title(error), duration=12)
+
+            return gen_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - shown to the user
+                gr.Warning(_message(error), title=_title(error), duration=12)
+                skipped = tuple(gr.skip() for _ in range(outputs))
+                return skipped[0] if outputs == 1 else skipped
+
+        return wrapper
+
+    return decorate
 
 
 def session_of(request: gr.Request | None) -> str:
@@ -92,13 +138,48 @@ def session_of(request: gr.Request | None) -> str:
     return str(session or "anonymous")
 
 
-# ----------------------------------------------------------------------------------- outputs
-def _train_outputs(run: Any) -> tuple:
-    history = run.history
-    frames = [formatting.reward_frame(history), formatting.gradient_frame(history), formatting.cosine_frame(history),
-              formatting.seconds_frame(history), formatting.memory_frame(history)]
-    # an empty frame would fix the plot's column types wrongly (object = nominal): send nothing instead
-    return (run.status, run.before, run.after, *[frame if len(frame) else None for frame in frames])
+# ----------------------------------------------------------------------------------- widgets
+def make_widget(field: Field, hosted: bool) -> Any:
+    """The Gradio component of one form field."""
+    common = {"label": field.label, "elem_id": field.key.replace("_", "-")}
+    if field.info:
+        common["info"] = field.info
+    default = FORM_DEFAULTS[field.key]
+    if field.is_estimator_option:
+        visible = FORM_DEFAULTS["estimator"] in field.estimators
+        value = train_form.estimator_field_values(FORM_DEFAULTS["estimator"])[field.key]
+        if field.kind == "choice":
+            return gr.Dropdown(choices=list(field.choices), value=value, visible=visible, **common)
+        if field.kind in ("int", "float"):
+            return gr.Number(value=value, precision=0 if field.kind == "int" else None, visible=visible, **common)
+        return gr.Textbox(value=value or "", visible=visible, **common)
+    if field.key == "model":
+        return gr.Dropdown(choices=MODEL_PRESETS, value=default, allow_custom_value=True, scale=2, **common)
+    if field.key == "reward":
+        from rlr_core.rewards import reward_names
+
+        return gr.Dropdown(choices=reward_names(), value=default, allow_custom_value=not hosted, scale=1, **common)
+    if field.kind == "choice":
+        return gr.Dropdown(choices=list(field.choices), value=default, **common)
+    if field.kind == "bool":
+        return gr.Checkbox(value=default, label=field.label, elem_id=common["elem_id"])
+    if field.kind == "lines":
+        return gr.Textbox(value=default, lines=3, placeholder=DEFAULT_PROMPTS, **common)
+    if field.kind in ("int", "float"):
+        maximum = field.maximum_for(hosted)
+        if field.minimum is not None and maximum is not None and maximum <= 1000:
+            shown_max = min(maximum, 100) if field.kind == "int" else maximum
+            return gr.Slider(field.minimum, shown_max, value=default, step=1 if field.kind == "int" else 0.05, **common)
+        return gr.Number(value=default, precision=0 if field.kind == "int" else None, minimum=field.minimum,
+                         maximum=maximum, **common)
+    if field.key == "reward_options":
+        return gr.Textbox(value=_reward_help(default_reward())[1], scale=1, **common)
+    return gr.Textbox(value="" if default is None else default, placeholder="model default" if default is None else None,
+                      **common)
+
+
+def default_reward() -> str:
+    return FORM_DEFAULTS["reward"]
 
 
 def _reward_help(name: str) -> tuple[str, str]:
@@ -110,11 +191,24 @@ def _reward_help(name: str) -> tuple[str, str]:
             for key, opt in info["options"].items():
                 choices = f" (one of {', '.join(map(str, opt['choices']))})" if opt.get("choices") else ""
                 lines.append(f"- `{key}` ({opt['type']}, default `{opt['default']!r}`): {opt['help']}{choices}")
-            import json
-
             defaults = {k: o["default"] for k, o in info["options"].items()}
             return "\n".join(lines), json.dumps(defaults) if defaults else "{}"
     return f"**{name}**: plug-in reward (`module:function` or `file.py`); options `function`, `differentiable`.", "{}"
+
+
+def _train_outputs(run: Any) -> tuple:
+    device = getattr(run.chain, "device", None)
+    device_type = getattr(device, "type", "cpu")
+    after_note = (f"Refreshed every {run.config.eval_every} iterations (and at the end)"
+                  if run.config.eval_every else "Shown at the end of the run")
+    after_title = f"After (current LoRA at iteration {run.after_step}, same seeds)" if run.after else "After (current LoRA, same seeds)"
+    return (
+        formatting.progress_html(run),
+        run.status,
+        formatting.image_strip_html("Before (LoRA off, fixed seeds)", run.before, "Sampled when the run starts"),
+        formatting.image_strip_html(after_title, run.after, after_note),
+        formatting.training_figure(run.history, device_type, run.config.reward),
+    )
 
 
 # ----------------------------------------------------------------------------------- the app
@@ -123,131 +217,74 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
     ``preload``: load the default tiny model in the background (local files only) so the first
     Start shows an update within seconds."""
     from rlr_core.estimators import list_estimators
-    from rlr_core.estimators.rlr import REMAINING
-    from rlr_core.rewards import reward_names
 
     limit = caps(hosted)
-    defaults = runner.FORM_DEFAULTS
     estimator_names = list_estimators()
-    estimator_info = "rlr (default)" + (", rlr-paper (the exactly unbiased RLR)" if "rlr-paper" in estimator_names else "")
     tiny_ok = tiny_model_available()
     if preload and tiny_ok:
         threading.Thread(target=_preload, name="rlr-preload", daemon=True).start()
 
     with gr.Blocks(title="RLR Studio", analytics_enabled=False) as demo:
         gr.Markdown(
-            "# RLR Studio\nFine-tune a text-to-image diffusion model against a reward with the **RLR** "
-            "gradient estimator and watch it learn. Defaults: the bundled tiny model and the weight-free "
-            "*saturation* reward (trains on a CPU, offline)."
-            + ("\n\n**Hosted mode**: Hub models and built-in rewards only; sizes are capped." if hosted else "")
+            "## RLR Studio · fine-tune a text-to-image model against a reward with **RLR** and watch it learn\n"
+            "Defaults: the bundled tiny model and the weight-free *saturation* reward (trains on a CPU, offline)."
+            + (" **Hosted mode**: Hub models and built-in rewards only; sizes are capped." if hosted else "")
         )
         if not tiny_ok:
             gr.Markdown(f"⚠️ {TINY_MISSING_MESSAGE}", elem_classes=["rlr-note"])
 
+        widgets: dict[str, Any] = {}
         with gr.Tabs():
             # ------------------------------------------------------------------ Train
             with gr.Tab("Train", id="train"):
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=2, min_width=420):
                         with gr.Row():
-                            model = gr.Dropdown(
-                                choices=MODEL_PRESETS, value=defaults["model"], allow_custom_value=True, label="Model",
-                                info="a preset, a Hugging Face Hub id" + ("" if hosted else ", or a local diffusers folder"),
-                                elem_id="model", scale=2,
-                            )
-                            reward = gr.Dropdown(
-                                choices=reward_names(), value=defaults["reward"], allow_custom_value=not hosted,
-                                label="Reward", info="built-in" + ("" if hosted else ", or a plug-in 'module:function' / file.py"),
-                                elem_id="reward", scale=1,
-                            )
-                            reward_options = gr.Textbox(value=_reward_help(defaults["reward"])[1], label="Reward options (JSON)",
-                                                        elem_id="reward-options", scale=1)
-                        reward_help = gr.Markdown(_reward_help(defaults["reward"])[0], elem_classes=["rlr-note"])
-                        prompt = gr.Textbox(value=defaults["prompt"], lines=3, label="Prompts (one per line)",
-                                            placeholder=DEFAULT_PROMPTS, elem_id="prompts")
-                        with gr.Accordion("Coarse / mid / fine prompts", open=False):
-                            with gr.Row():
-                                coarse_prompt = gr.Textbox(label="Coarse prompt (first steps)", value="")
-                                mid_prompt = gr.Textbox(label="Mid prompt", value="")
-                                fine_prompt = gr.Textbox(label="Fine prompt (last steps)", value="")
-                            with gr.Row():
-                                prompt_boundaries = gr.Textbox(value=defaults["prompt_boundaries"], label="Prompt boundaries",
-                                                               info="two step indices 'a, b' or fractions '1/3, 2/3'")
-                                ho_window = gr.Textbox(value="", label="HO window",
-                                                       info="rlr: allowed starts of the HO sub-chain 'a, b' (empty = all)")
-                        with gr.Accordion("Estimator", open=True):
-                            with gr.Row():
-                                estimator = gr.Dropdown(choices=estimator_names, value=defaults["estimator"], label="Estimator",
-                                                        info=f"{estimator_info} or a baseline", elem_id="estimator")
-                                h = gr.Number(value=defaults["h"], precision=0, label="h (HO sub-chain length)", minimum=1)
-                                remaining = gr.Dropdown(choices=list(REMAINING), value=defaults["remaining"], label="Remaining steps")
-                                zo_scale = gr.Number(value=defaults["zo_scale"], label="ZO scale")
-                            estimator_options = gr.Textbox(value="{}", label="More estimator options (JSON)",
-                                                           info="e.g. {\"lr_samples\": 4} for rlr, {\"k\": 2} for truncated-bp")
-                        with gr.Accordion("Sampling and optimization", open=True):
-                            with gr.Row():
-                                num_steps = gr.Slider(2, min(limit["num_steps"], 100), value=defaults["num_steps"], step=1,
-                                                      label="Sampling steps", elem_id="num-steps")
-                                eta = gr.Slider(0.0, 1.0, value=defaults["eta"], step=0.05, label="eta")
-                                guidance_scale = gr.Textbox(value="", label="Guidance", placeholder="model default",
-                                                            info="empty = the model's default")
-                                batch_size = gr.Slider(1, min(limit["batch_size"], 64), value=defaults["batch_size"], step=1,
-                                                       label="Batch size", elem_id="batch-size")
-                            with gr.Row():
-                                lr = gr.Number(value=defaults["lr"], label="Learning rate")
-                                lora_rank = gr.Slider(1, min(limit["lora_rank"], 128), value=defaults["lora_rank"], step=1,
-                                                      label="LoRA rank")
-                                steps = gr.Number(value=defaults["steps"], precision=0, minimum=1, maximum=limit["steps"],
-                                                  label="Iterations", elem_id="steps")
-                                seed = gr.Number(value=defaults["seed"], precision=0, minimum=0, label="Seed")
-                                eval_every = gr.Number(value=defaults["eval_every"], precision=0, minimum=0,
-                                                       label="Refresh 'after' every N iterations", elem_id="eval-every")
-                            continue_lora = gr.Checkbox(value=False, label="Continue from the current LoRA (same model and rank)",
-                                                        elem_id="continue-lora")
-                    with gr.Column(scale=3, min_width=520):
+                            for key in ("model", "reward", "reward_options"):
+                                widgets[key] = make_widget(FIELD_BY_KEY[key], hosted)
+                        reward_help = gr.Markdown(_reward_help(default_reward())[0], elem_classes=["rlr-note"])
+                        widgets["prompt"] = make_widget(FIELD_BY_KEY["prompt"], hosted)
+                        sections = [("schedule", "Coarse / mid / fine prompts", False), ("estimator", "Estimator", True),
+                                    ("sampling", "Sampling", True), ("optimization", "Optimization", True)]
+                        for section, title, is_open in sections:
+                            with gr.Accordion(title, open=is_open):
+                                with gr.Row(equal_height=False):
+                                    for field in FIELDS:
+                                        if field.section == section:
+                                            widgets[field.key] = make_widget(field, hosted)
+                    with gr.Column(scale=3, min_width=700):
                         with gr.Row():
                             start_btn = gr.Button("Start", variant="primary", elem_id="start-btn")
                             stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
-                        status = gr.Textbox(label="Status", value="idle", interactive=False, lines=2, elem_id="status")
-                        with gr.Row():
-                            before_gallery = gr.Gallery(label="Before (LoRA off, fixed seeds)", columns=4, height=200,
-                                                        format="png", elem_id="before-gallery", interactive=False)
-                            after_gallery = gr.Gallery(label="After (current LoRA, same seeds)", columns=4, height=200,
-                                                       format="png", elem_id="after-gallery", interactive=False)
-                        with gr.Row():
-                            reward_plot = gr.LinePlot(x="step", y="reward", color="series", title="Reward (batch mean ± std, eval)",
-                                                      height=260, elem_id="reward-plot")
-                            grad_plot = gr.LinePlot(x="step", y="norm", color="part", title="Gradient norm per part, update norm",
-                                                    height=260, elem_id="grad-plot")
-                        with gr.Row():
-                            cos_plot = gr.LinePlot(x="step", y="cosine", color="pair", title="Cosine between parts, and of each part to the running mean (signal)",
-                                                   height=220, y_lim=[-1, 1], elem_id="cos-plot")
-                            sec_plot = gr.LinePlot(x="step", y="value", title="Seconds per iteration", height=220, elem_id="sec-plot")
-                            mem_plot = gr.LinePlot(x="step", y="value", color="metric", title="Memory per iteration (MB)",
-                                                   height=220, elem_id="mem-plot")
+                        progress = gr.HTML(formatting.progress_html(None), elem_id="progress")
+                        status = gr.Markdown("Idle.", elem_id="status")
+                        before_strip = gr.HTML(formatting.image_strip_html("Before (LoRA off, fixed seeds)", None,
+                                                                           "Sampled when the run starts"),
+                                               elem_id="before-images")
+                        after_strip = gr.HTML(formatting.image_strip_html("After (current LoRA, same seeds)", None,
+                                                                          "Appears at the first evaluation"),
+                                              elem_id="after-images")
+                        plots = gr.Plot(label="Training curves", elem_id="train-plots", format="png")
                         with gr.Accordion("Generate", open=False):
                             with gr.Row():
-                                gen_prompt = gr.Textbox(value=defaults["prompt"], label="Prompt", elem_id="gen-prompt", scale=3)
+                                gen_prompt = gr.Textbox(value=FORM_DEFAULTS["prompt"], label="Prompt", elem_id="gen-prompt", scale=3)
                                 gen_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", scale=1)
                                 gen_lora = gr.Checkbox(value=True, label="Use this session's LoRA", scale=1)
                                 gen_btn = gr.Button("Generate", scale=1, elem_id="generate-btn")
-                            gen_gallery = gr.Gallery(label="Generated", columns=4, height=220, format="png", elem_id="gen-gallery")
+                            gen_gallery = gr.Gallery(label="Generated", columns=4, height=240, format="png", elem_id="gen-gallery")
 
-            form = [model, reward, reward_options, prompt, coarse_prompt, mid_prompt, fine_prompt, prompt_boundaries,
-                    ho_window, estimator, h, remaining, zo_scale, estimator_options, num_steps, eta, guidance_scale,
-                    batch_size, lr, lora_rank, steps, seed, eval_every, continue_lora]
-            assert len(form) == len(FORM_KEYS)
+            form = [widgets[key] for key in FORM_KEYS]
 
             # ------------------------------------------------------------------ Preference
             with gr.Tab("Preference", id="preference"):
                 gr.Markdown(
-                    "Rounds of images from the current model (this session's run, or a new one from the Train "
-                    "settings). Click the images you prefer (or tick their numbers), then **Update**: one RLR "
-                    "step from your clicks; the next round shows the effect. Clicks are saved to a JSONL log.",
+                    "Rounds of images from the current model (this session's LoRA, or a fresh one from the Train "
+                    "settings). Click the images you prefer (or tick their numbers), then **Update**: one training "
+                    "iteration from your clicks; the next round shows the effect. Clicks are saved to a JSONL log.",
                     elem_classes=["rlr-note"],
                 )
                 with gr.Row():
-                    pref_k = gr.Slider(2, limit["pref_k"], value=4, step=1, label="Images per round", elem_id="pref-k")
+                    pref_k = gr.Slider(2, limit["pref_k"], value=4, step=2, label="Images per round", elem_id="pref-k")
                     pref_mode = gr.Radio(["direct", "learned"], value="direct", label="Mode",
                                          info="direct: clicks are the reward; learned: a Bradley-Terry head fitted on all clicks")
                     pref_pick = gr.Radio(["preferred (several)", "best one"], value="preferred (several)", label="Choose")
@@ -257,7 +294,7 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
                 pref_gallery = gr.Gallery(label="Click the images you prefer", columns=4, height=300, format="png",
                                           allow_preview=False, elem_id="pref-gallery", interactive=False)
                 pref_choice = gr.CheckboxGroup(choices=[], label="Preferred images", elem_id="pref-choices")
-                pref_update = gr.Button("Update (one RLR step from these clicks)", variant="primary", elem_id="pref-update")
+                pref_update = gr.Button("Update (one training iteration from these clicks)", variant="primary", elem_id="pref-update")
                 pref_counters = gr.Markdown("no rounds yet", elem_id="pref-counters")
 
             # ------------------------------------------------------------------ Diagnostics
@@ -290,7 +327,8 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
                 export_btn = gr.Button("Prepare LoRA and config", elem_id="export-btn")
                 with gr.Row():
                     lora_file = gr.File(label="LoRA (.safetensors)", interactive=False, elem_id="lora-file")
-                    config_file = gr.File(label="Config (YAML)", interactive=False, elem_id="config-file")
+                    config_file = gr.File(label="Config (YAML, runs with rlr-train as is)", interactive=False,
+                                          elem_id="config-file")
                 export_snippet = gr.Markdown("", elem_id="export-snippet")
                 gr.Markdown("### Continue from files")
                 with gr.Row():
@@ -304,37 +342,79 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
         def form_dict(values: tuple) -> dict[str, Any]:
             return dict(zip(FORM_KEYS, values))
 
-        @friendly
+        train_outputs = [progress, status, before_strip, after_strip, plots]
+
+        @toast_errors(len(train_outputs))
         def on_start(request: gr.Request, *values: Any) -> Iterator[tuple]:
-            form = form_dict(values)
-            config = runner.config_from_form(form, hosted)
-            for run in runner.train_stream(session_of(request), config, hosted, bool(form.get("continue_lora"))):
-                yield _train_outputs(run)
+            values_by_key = form_dict(values)
+            config = runner.config_from_form(values_by_key, hosted)
+            yield (formatting.progress_html(None).replace("Idle: set up a run and press Start.", "Starting …"),
+                   "Starting: loading the model", gr.skip(), gr.skip(), gr.skip())
+            last = None
+            for last in runner.train_stream(session_of(request), config, hosted, bool(values_by_key.get("continue_lora"))):
+                yield _train_outputs(last)
+            if last is not None and last.step < last.config.steps:
+                gr.Info(f"Stopped at iteration {last.step}; LoRA kept.", title="Stopped")
 
-        start_btn.click(on_start, inputs=form, outputs=[status, before_gallery, after_gallery, reward_plot, grad_plot,
-                                                        cos_plot, sec_plot, mem_plot],
-                        show_progress="minimal", **GPU, **UI_ONLY)
+        start_btn.click(on_start, inputs=form, outputs=train_outputs, show_progress="hidden", **GPU, **UI_ONLY)
 
-        @friendly
+        @toast_errors(0)
         def on_stop(request: gr.Request = None) -> None:
-            gr.Info(runner.stop(session_of(request)))
+            gr.Info(runner.stop(session_of(request)), title="Stop", duration=6)
 
-        stop_btn.click(on_stop, inputs=None, outputs=None, queue=False, **UI_ONLY)
+        stop_btn.click(on_stop, inputs=None, outputs=None, concurrency_limit=None, **UI_ONLY)
 
-        @friendly
+        @toast_errors(2)
         def on_reward(name: str) -> tuple[str, str]:
             return _reward_help(name)
 
-        reward.change(on_reward, inputs=reward, outputs=[reward_help, reward_options], queue=False, **UI_ONLY)
+        widgets["reward"].change(on_reward, inputs=widgets["reward"], outputs=[reward_help, widgets["reward_options"]],
+                                 queue=False, **UI_ONLY)
 
-        @friendly
-        def generate(model: str, prompt: str, seed: int = 0, use_lora: bool = True,
+        option_fields = [f for f in FIELDS if f.is_estimator_option]
+
+        def on_estimator(estimator: str, reward: str, batch: Any) -> list:
+            values = train_form.estimator_field_values(estimator)
+            updates = [gr.update(visible=estimator in f.estimators, value=values[f.key]) for f in option_fields]
+            step = train_form.batch_step(estimator, reward)
+            low = train_form.minimum_batch(estimator, reward)
+            try:
+                current = int(batch)
+            except (TypeError, ValueError):
+                current = low
+            value = max(low, current - current % step)
+            updates.append(gr.update(minimum=step, step=step, value=value))
+            return updates
+
+        for trigger in (widgets["estimator"], widgets["reward"]):
+            trigger.change(on_estimator, inputs=[widgets["estimator"], widgets["reward"], widgets["batch_size"]],
+                           outputs=[widgets[f.key] for f in option_fields] + [widgets["batch_size"]], queue=False, **UI_ONLY)
+
+        def on_model(model: str) -> Any:
+            from rlr_core.diffusers_chain import model_defaults
+
+            return gr.update(value=model_defaults(model)["num_steps"])
+
+        widgets["model"].change(on_model, inputs=widgets["model"], outputs=widgets["num_steps"], queue=False, **UI_ONLY)
+
+        @toast_errors(1)
+        def on_generate(model: str, prompt: str, seed: int, use_lora: bool, request: gr.Request = None) -> list:
+            return runner.generate(session_of(request), model, prompt, seed, use_lora, hosted)
+
+        gen_btn.click(on_generate, inputs=[widgets["model"], gen_prompt, gen_seed, gen_lora], outputs=gen_gallery,
+                      **GPU, **UI_ONLY)
+
+        @api_errors
+        def generate(model: str = "tiny", prompt: str = FORM_DEFAULTS["prompt"], seed: int = 0, use_lora: bool = True,
                      request: gr.Request = None) -> list:
             """Images for `prompt` from seeds seed..seed+3, with this session's LoRA (use_lora) or the base model."""
             return runner.generate(session_of(request), model, prompt, seed, use_lora, hosted)
 
-        gen_btn.click(generate, inputs=[model, gen_prompt, gen_seed, gen_lora], outputs=gen_gallery,
-                      api_name="generate", **GPU)
+        # the API endpoint: a hidden trigger and gallery, so that its errors never mark the visible one
+        api_trigger = gr.Button(visible=False)
+        api_gallery = gr.Gallery(visible=False, format="png")
+        api_trigger.click(generate, inputs=[widgets["model"], gen_prompt, gen_seed, gen_lora], outputs=api_gallery,
+                          api_name="generate", **GPU)
 
         # Preference
         def _pref_outputs(run: Any) -> tuple:
@@ -343,13 +423,13 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
             choices = [str(i + 1) for i in range(rnd.size)]
             return images, gr.update(choices=choices, value=[]), formatting.counters_text(run)
 
-        @friendly
+        @toast_errors(3)
         def on_pref_new(request: gr.Request, k: int, mode: str, features: str, *values: Any) -> tuple:
             run = runner.preference_round(session_of(request), form_dict(values), hosted, k, mode, features)
             return _pref_outputs(run)
 
-        pref_new.click(on_pref_new, inputs=[pref_k, pref_mode, pref_features, *form],
-                       outputs=[pref_gallery, pref_choice, pref_counters], **GPU, **UI_ONLY)
+        pref_outputs = [pref_gallery, pref_choice, pref_counters]
+        pref_new.click(on_pref_new, inputs=[pref_k, pref_mode, pref_features, *form], outputs=pref_outputs, **GPU, **UI_ONLY)
 
         def on_pref_select(current: list[str], evt: gr.SelectData) -> Any:
             label = str(int(evt.index) + 1)
@@ -359,18 +439,18 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
 
         pref_gallery.select(on_pref_select, inputs=pref_choice, outputs=pref_choice, queue=False, **UI_ONLY)
 
-        @friendly
+        @toast_errors(3)
         def on_pref_update(chosen: list[str], pick: str, k: int, mode: str, features: str,
                            request: gr.Request = None) -> tuple:
             session = session_of(request)
             run, update = runner.preference_update(session, [int(c) - 1 for c in chosen or []], pick == "best one")
-            gr.Info(f"updated from {sum(1 for r in update.rewards if r > 0)} preferred image(s); "
-                    f"update norm {update.update_norm:.3g}")
+            gr.Info(f"Iteration {update.report.step} from {sum(1 for r in update.rewards if r > 0)} preferred image(s); "
+                    f"update norm {formatting.format_sig(update.update_norm)}", title="Updated")
             run = runner.preference_round(session, {}, hosted, k, mode, features)
             return _pref_outputs(run)
 
         pref_update.click(on_pref_update, inputs=[pref_choice, pref_pick, pref_k, pref_mode, pref_features],
-                          outputs=[pref_gallery, pref_choice, pref_counters], **GPU, **UI_ONLY)
+                          outputs=pref_outputs, **GPU, **UI_ONLY)
 
         # Diagnostics
         def on_diag_metric(metric: str, rows: list) -> Any:
@@ -378,7 +458,7 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
             chosen = long[long["metric"] == metric]
             return chosen if len(chosen) else None
 
-        @friendly
+        @toast_errors(4)
         def on_diag(request: gr.Request, names: list[str], repeats: int, metric: str, *values: Any) -> tuple:
             rows = runner.diagnostics(session_of(request), form_dict(values), hosted, list(names or []), repeats)
             signal = formatting.signal_frame(rows)
@@ -392,68 +472,70 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
         diag_metric.change(on_diag_metric, inputs=[diag_metric, diag_rows], outputs=diag_plot, queue=False, **UI_ONLY)
 
         # Export
-        @friendly
+        @toast_errors(3)
         def on_export(request: gr.Request = None) -> tuple:
             weights, config_path, text = runner.export(session_of(request))
             return str(weights), str(config_path), text
 
         export_btn.click(on_export, inputs=None, outputs=[lora_file, config_file, export_snippet], **GPU, **UI_ONLY)
 
-        @friendly
+        @toast_errors(len(FORM_KEYS) + 1)
         def on_upload_config(path: str | None) -> list:
             if not path:
                 return [gr.skip()] * (len(FORM_KEYS) + 1)
-            values = runner.form_from_config(runner.load_config_file(path, hosted))
-            return [gr.update(value=values[k]) if k in values else gr.skip() for k in FORM_KEYS] + [
-                f"loaded config {os.path.basename(path)} into the Train tab"
-            ]
+            values = train_form.form_from_config(runner.load_config_file(path, hosted))
+            updates = []
+            for key in FORM_KEYS:
+                field = FIELD_BY_KEY[key]
+                if field.is_estimator_option:
+                    updates.append(gr.update(value=values[key], visible=values[key] is not None))
+                else:
+                    updates.append(gr.update(value=values[key]) if key in values else gr.skip())
+            return updates + [f"loaded config {os.path.basename(path)} into the Train tab"]
 
         upload_config.upload(on_upload_config, inputs=upload_config, outputs=[*form, upload_status], **UI_ONLY)
 
-        @friendly
+        @toast_errors(2)
         def on_upload_lora(request: gr.Request, path: str | None, *values: Any) -> tuple:
             if not path:
                 return gr.skip(), gr.skip()
             run = runner.upload_lora(session_of(request), path, form_dict(values), hosted)
             return run.status, gr.update(value=True)
 
-        upload_lora.upload(on_upload_lora, inputs=[upload_lora, *form], outputs=[upload_status, continue_lora],
+        upload_lora.upload(on_upload_lora, inputs=[upload_lora, *form], outputs=[upload_status, widgets["continue_lora"]],
                            **GPU, **UI_ONLY)
 
-        # API: /train streams one JSON summary per iteration
-        @friendly
-        def train(
-            model: str = "tiny",
-            reward: str = "saturation",
-            prompt: str = defaults["prompt"],
-            estimator: str = "rlr",
-            steps: int = 5,
-            num_steps: int = defaults["num_steps"],
-            batch_size: int = defaults["batch_size"],
-            lr: float = defaults["lr"],
-            lora_rank: int = defaults["lora_rank"],
-            seed: int = 0,
-            eta: float = defaults["eta"],
-            guidance_scale: float | None = None,
-            h: int = defaults["h"],
-            remaining: str = defaults["remaining"],
-            zo_scale: float = defaults["zo_scale"],
-            reward_options: str = "{}",
-            estimator_options: str = "{}",
-            eval_every: int = defaults["eval_every"],
-            continue_lora: bool = False,
-            request: gr.Request = None,
-        ) -> Iterator[dict]:
-            """Train this session's LoRA; yields a JSON summary after every iteration (prompt: one per line)."""
-            form = {k: v for k, v in locals().items() if k in FORM_KEYS}
-            config = runner.config_from_form(form, hosted)
-            for run in runner.train_stream(session_of(request), config, hosted, bool(continue_lora)):
-                yield formatting.run_summary(run)
-
-        gr.api(train, api_name="train", **GPU)
+        # API: /train streams one JSON summary per iteration and a final one
+        gr.api(api_errors(train_endpoint(hosted)), api_name="train", **GPU)
 
         demo.unload(_on_unload)
     return demo
+
+
+def train_endpoint(hosted: bool) -> Callable[..., Iterator[dict]]:
+    """The ``/train`` function, its parameters generated from the form table (same names and defaults;
+    estimator options default to None = the estimator's default)."""
+    parameters = [
+        inspect.Parameter(f.key, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=FORM_DEFAULTS[f.key], annotation=f.python_type)
+        for f in FIELDS
+    ]
+    parameters.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                        annotation=gr.Request))
+
+    def train(*values: Any) -> Iterator[dict]:
+        *form_values, request = values  # Gradio passes the request at its place in the signature: last
+        form_values_by_key = dict(zip(FORM_KEYS, form_values))
+        config = runner.config_from_form(form_values_by_key, hosted)
+        stream = runner.train_stream(session_of(request), config, hosted, bool(form_values_by_key.get("continue_lora")))
+        next(stream)  # the "starting" state: the API streams one update per iteration, then the final one
+        for run in stream:
+            yield formatting.run_summary(run)
+
+    train.__signature__ = inspect.Signature(parameters, return_annotation=Iterator[dict])  # type: ignore[attr-defined]
+    train.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": Iterator[dict]}
+    train.__doc__ = ("Train this session's LoRA; yields a JSON summary after every iteration and a final one "
+                     "(prompt: one per line; estimator options left None take the estimator's defaults).")
+    return train
 
 
 def _on_unload(request: gr.Request) -> None:

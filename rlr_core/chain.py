@@ -52,6 +52,28 @@ class Chain(Protocol):
         ...
 
 
+@runtime_checkable
+class LoraChain(Chain, Protocol):
+    """A Chain whose trainable parameters are LoRA adapters (``DiffusersChain``): what the Trainer
+    uses for "before" images and for saving, when the chain has it."""
+
+    def adapters_disabled(self) -> ContextManager:
+        """Sample with the base weights (LoRA off) inside the context."""
+        ...
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """The LoRA weights by name."""
+        ...
+
+    def load_lora_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Copy LoRA weights in (every key and shape checked)."""
+        ...
+
+    def save_lora(self, directory: str) -> Any:
+        """Write the LoRA in the diffusers format."""
+        ...
+
+
 def perturbation_direction(parameters: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
     """The direction xi(seed) ~ N(0, I) over ``parameters``, regenerated from ``seed``.
 

@@ -116,14 +116,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _bad_config(error)
 
     from .hub import WeightsUnavailableError
-    from .trainer import Trainer, TrainingStepError
+    from .run import TrainingRun
+    from .trainer import TrainingStepError
 
     try:
-        chain, reward, estimator = config.build()
-        trainer = Trainer(chain, reward, estimator, config)
-    except ValueError as error:
-        return _bad_config(error)
-    except WeightsUnavailableError as error:  # the model cannot be found or downloaded
+        trainer = TrainingRun.from_config(config).trainer
+    except (ValueError, WeightsUnavailableError) as error:  # bad field, or the model cannot be fetched
         return _bad_config(error)
     except Exception as error:
         print(f"rlr-train: error: could not set up the run: {type(error).__name__}: {error}", file=sys.stderr)
@@ -146,12 +144,15 @@ def _train(trainer: Any, config: TrainConfig, quiet: bool) -> None:
     from tqdm import tqdm
 
     output = Path(config.output_dir)
-    bar = None
     last = None
+    # the bar shows from the start: loading a checkpoint or the "before" images take a while
+    bar = tqdm(total=config.steps, desc="rlr-train", unit="it", disable=quiet)
+    bar.set_postfix_str("before images (LoRA off), then iteration 1" if not config.resume else "resuming")
     try:
         for report in trainer.run():
-            if bar is None:
-                bar = tqdm(total=config.steps, initial=report.step - 1, desc="rlr-train", unit="it", disable=quiet)
+            if last is None:
+                bar.n = report.step - 1  # a resumed run starts later
+                bar.refresh()
                 if report.before_images:
                     _save_grid(report.before_images, output / "eval" / "before.png")
             if report.eval_images:
@@ -162,8 +163,7 @@ def _train(trainer: Any, config: TrainConfig, quiet: bool) -> None:
                 bar.write(_log_line(report))
             last = report
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     if not quiet:
         done = last.step if last is not None else trainer.step
         print(
@@ -188,7 +188,7 @@ def _log_line(report: Any) -> str:
 
 
 def _save_grid(images: list[Any], path: Path) -> None:
-    from .trainer import image_grid
+    from .images import image_grid
 
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images).save(path)

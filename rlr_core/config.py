@@ -5,12 +5,11 @@ rejects unknown keys, validates every field with a message that names the field 
 values, and builds the three runtime objects of a run::
 
     config = TrainConfig.from_file("run.yaml")
-    chain, reward, estimator = config.build()
-    for report in Trainer(chain, reward, estimator, config).run():
+    run = TrainingRun.from_config(config)          # rlr_core.run: chain, reward, estimator, trainer
+    for report in run.trainer.run():
         print(report.step, report.reward_mean)
 
-``build`` imports the model, reward and estimator modules lazily, so this module imports with
-nothing but the standard library and PyYAML.
+This module imports with nothing but the standard library and PyYAML.
 """
 
 from __future__ import annotations
@@ -350,29 +349,11 @@ class TrainConfig:
         )
 
     def build(self, hosted: bool = False) -> tuple[Any, Any, Any]:
-        """Validate, then return ``(chain, reward, estimator)`` for this config.
+        """``(chain, reward, estimator)`` of this config, built by ``rlr_core.run.TrainingRun``
+        (which also checks the combination with a Trainer, so a bad one fails here)."""
+        from rlr_core.run import TrainingRun
 
-        ``chain`` comes from ``rlr_core.diffusers_chain.load_model``, ``reward`` from
-        ``rlr_core.rewards.get_reward`` and ``estimator`` from
-        ``rlr_core.estimators.get_estimator``; the estimator's ``check`` runs against the chain,
-        reward and batch size, so a bad combination fails here, before any training.
-        ``hosted=True`` applies ``HOSTED_LIMITS`` and refuses reward plug-ins (``hosted=False``
-        leaves the ``RLR_STUDIO_HOSTED`` environment variable in charge of plug-ins).
-        """
-        self.validate(hosted=hosted)
-        from rlr_core.estimators import get_estimator
-        from rlr_core.rewards import get_reward
-
-        estimator = _call_named("estimator", get_estimator, self.estimator, self.estimator_options)
-        chain = self.load_chain()
-        device = getattr(chain, "device", None)
-        reward = _call_named(
-            "reward", get_reward, self.reward, dict(self.reward_options), device=device, hosted=True if hosted else None
-        )
-        check = getattr(estimator, "check", None)
-        if check is not None:
-            check(chain, reward, self.batch_size)
-        return chain, reward, estimator
+        return TrainingRun.from_config(self, hosted=hosted).parts()
 
 
 # ---------------------------------------------------------------------- helpers
@@ -501,14 +482,3 @@ def _is_cuda_index(device: str) -> bool:
 
 def _looks_like_local_path(model: str) -> bool:
     return model != "tiny" and (model.startswith((".", "/", "~")) or os.path.exists(model))
-
-
-def _call_named(field_name: str, factory: Any, name: str, options: dict[str, Any], **extra: Any) -> Any:
-    """``factory(name, **options, **extra)``; a TypeError about options becomes a ValueError naming the field."""
-    clash = sorted(set(options) & set(extra))
-    if clash:
-        raise ValueError(f"{field_name}_options must not set {', '.join(clash)} (set by the config itself)")
-    try:
-        return factory(name, **options, **extra)
-    except TypeError as error:
-        raise ValueError(f"{field_name}_options for {field_name} {name!r} are invalid: {error}") from error

@@ -41,6 +41,7 @@ TINY_MODEL_DIR = REPO_ROOT / "assets" / "tiny-shapes"
 DEFAULT_NUM_STEPS = 20
 DEFAULT_GUIDANCE_SCALE = 7.5
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+ATTENTION_BACKENDS = ("sdpa", "eager")  # PyTorch SDPA (AttnProcessor2_0) or the classic softmax(QK^T)V
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
@@ -162,7 +163,16 @@ class DiffusersChain:
         lora_rank, lora_alpha: LoRA rank and alpha (alpha defaults to the rank: scale 1).
         lora_targets: module names LoRA is applied to.
         device, dtype: where and in which precision the base model runs (LoRA is float32).
-        gradient_checkpointing: checkpoint the UNet call when grad is enabled.
+        gradient_checkpointing: checkpoint the UNet call and the VAE decode when grad is enabled (the
+            HO and FO segments): their activations are recomputed in the backward pass, not kept.
+        attention: "sdpa" (PyTorch scaled_dot_product_attention, diffusers AttnProcessor2_0: flash /
+            memory-efficient kernels, no N x N attention matrix kept) or "eager" (AttnProcessor).
+        autocast: run the UNet and the VAE under ``torch.autocast`` in ``dtype`` (only with float16 /
+            bfloat16 base weights): the float32 LoRA matmuls then run in the low precision too while
+            the LoRA weights and their gradients stay float32.
+        decode_slice_size: decode at most this many latents at a time (None: the whole batch at once);
+            with gradient checkpointing each slice is recomputed on its own in the backward pass.
+        tf32: on CUDA allow TF32 matmuls / convolutions (``torch.backends``; no effect elsewhere).
         prompt_boundaries: the coarse/mid/fine split, two step indices or fractions (default thirds).
         model_name: a label for ``describe()`` and the saved LoRA metadata.
     """
@@ -186,6 +196,10 @@ class DiffusersChain:
         gradient_checkpointing: bool = False,
         prompt_boundaries: Sequence[int | float] | None = None,
         model_name: str = "custom",
+        attention: str = "sdpa",
+        autocast: bool = False,
+        decode_slice_size: int | None = None,
+        tf32: bool = True,
     ) -> None:
         from diffusers import DDIMScheduler
         from peft import LoraConfig
@@ -201,8 +215,21 @@ class DiffusersChain:
         targets = list(lora_targets)
         if not targets or not all(isinstance(t, str) and t for t in targets):
             raise ValueError(f"lora_targets must be a non-empty list of module names, got {lora_targets!r}")
+        if attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention must be one of {list(ATTENTION_BACKENDS)}, got {attention!r}")
+        for flag_name, flag in (("autocast", autocast), ("tf32", tf32)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{flag_name} must be true or false, got {flag!r}")
+        if decode_slice_size is not None:
+            _check_number("decode_slice_size", decode_slice_size, 1, 1e9, integer=True)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        if autocast and self.dtype == torch.float32:
+            raise ValueError("autocast needs dtype float16 or bfloat16 base weights (got float32); use autocast=false")
+        self.attention = attention
+        self.autocast = autocast
+        self.decode_slice_size = None if decode_slice_size is None else int(decode_slice_size)
+        self.tf32 = self.enable_tf32(self.device) if tf32 else False
         self.num_steps = int(num_steps)
         self.guidance_scale = float(guidance_scale)
         self.eta = float(eta)
@@ -256,6 +283,9 @@ class DiffusersChain:
                     module.to(dtype=self.dtype)
                 module.to(device=self.device)
                 module.eval()
+        self.set_attention(unet, attention)
+        if vae is not None:
+            self.set_attention(vae, attention)
         self.unet.add_adapter(
             LoraConfig(r=self.lora_rank, lora_alpha=self.lora_alpha, init_lora_weights="gaussian",
                        target_modules=targets)
@@ -284,7 +314,6 @@ class DiffusersChain:
             self.vae_scale_factor = 1
             self.scaling_factor = 1.0
         self.image_size = (self.latent_size[0] * self.vae_scale_factor, self.latent_size[1] * self.vae_scale_factor)
-        self._empty_cache: torch.Tensor | None = None
 
     # --- Chain protocol ---------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.Tensor]:
@@ -342,8 +371,19 @@ class DiffusersChain:
                 raise ValueError(f"step k must be an int in [0, {self.num_steps - 1}], got {k!r}")
         return int(k)
 
+    def _autocast(self) -> ContextManager:
+        """``torch.autocast`` in the base dtype when ``autocast`` is on, else a no-op."""
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
     def _unet(self, x_in: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-        return self.unet(x_in, t, encoder_hidden_states=embeds, return_dict=False)[0]
+        with self._autocast():
+            return self.unet(x_in, t, encoder_hidden_states=embeds, return_dict=False)[0]
+
+    def _vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.vae.decode(latents, return_dict=False)[0].float()
 
     def model_output(self, x: torch.Tensor, k: int, cond: DiffusersCondition) -> torch.Tensor:
         """The guided UNet output (epsilon / v / sample, per prediction_type) at step k, float32."""
@@ -392,12 +432,26 @@ class DiffusersChain:
         return mean, std
 
     def decode(self, x_T: torch.Tensor) -> torch.Tensor:
-        """Images [B, 3, H, W] in [0, 1], float32, differentiable (VAE decode, or (x + 1) / 2 for pixels)."""
+        """Images [B, 3, H, W] in [0, 1], float32, differentiable (VAE decode, or (x + 1) / 2 for pixels).
+
+        The VAE decodes ``decode_slice_size`` latents at a time (all at once when None) and is
+        checkpointed per slice under ``gradient_checkpointing`` when the latents carry a graph.
+        """
         if self.vae is None:
             images = x_T.float()
         else:
             latents = (x_T / self.scaling_factor).to(device=self.device, dtype=self.dtype)
-            images = self.vae.decode(latents, return_dict=False)[0].float()
+            size = self.decode_slice_size or latents.shape[0]
+            checkpointed = self.gradient_checkpointing and torch.is_grad_enabled() and latents.requires_grad
+            pieces = []
+            for chunk in latents.split(size):
+                if checkpointed:
+                    from torch.utils.checkpoint import checkpoint
+
+                    pieces.append(checkpoint(self._vae_decode, chunk, use_reentrant=False))
+                else:
+                    pieces.append(self._vae_decode(chunk))
+            images = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
         return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def perturbed(self, seed: int, scale: float) -> ContextManager:
@@ -405,6 +459,26 @@ class DiffusersChain:
         return perturb_parameters(self.trainable_parameters(), seed, scale)
 
     # --- extras -----------------------------------------------------------------------------
+    @staticmethod
+    def set_attention(module: Any, attention: str) -> None:
+        """Give every diffusers ``Attention`` of ``module`` the processor of ``attention`` ("sdpa" / "eager")."""
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+        if attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention must be one of {list(ATTENTION_BACKENDS)}, got {attention!r}")
+        if hasattr(module, "set_attn_processor") and getattr(module, "attn_processors", None):
+            module.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
+
+
+    @staticmethod
+    def enable_tf32(device: torch.device) -> bool:
+        """On CUDA allow TF32 matmuls and cuDNN convolutions (PyTorch's global flags); True if set."""
+        if device.type != "cuda":
+            return False
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        return True
+
     @contextlib.contextmanager
     def adapters_disabled(self) -> Iterator[None]:
         """Run the base model (LoRA off) inside the block; LoRA is re-enabled on exit, even on error."""
@@ -527,6 +601,11 @@ class DiffusersChain:
             "prediction_type": self.prediction_type,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
+            "attention": self.attention,
+            "autocast": self.autocast,
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "decode_slice_size": self.decode_slice_size,
+            "tf32": self.tf32,
         }
 
 
@@ -601,6 +680,10 @@ def load_model(
     dtype: str | torch.dtype = "auto",
     gradient_checkpointing: bool = False,
     prompt_boundaries: Sequence[int | float] | None = None,
+    attention: str = "sdpa",
+    autocast: bool = False,
+    decode_slice_size: int | None = None,
+    tf32: bool = True,
 ) -> DiffusersChain:
     """Load a diffusers text-to-image model as a ``DiffusersChain`` with fresh LoRA adapters.
 
@@ -608,7 +691,8 @@ def load_model(
     (subfolders unet/, text_encoder/, tokenizer/, scheduler/, optional vae/) or a Hugging Face Hub id.
     Arguments left as None take the folder's ``rlr_studio.json`` defaults when present, else
     num_steps=20 and guidance_scale=7.5. ``device="auto"``: cuda > mps > cpu; ``dtype="auto"``:
-    float16 on cuda, float32 otherwise.
+    float16 on cuda, float32 otherwise. ``attention``, ``autocast``, ``decode_slice_size``, ``tf32`` and
+    ``gradient_checkpointing``: the GPU settings of :class:`DiffusersChain`.
     """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -643,4 +727,23 @@ def load_model(
         unet, text_encoder, tokenizer, scheduler, vae=vae, num_steps=num_steps, guidance_scale=guidance_scale,
         eta=eta, final_eta=final_eta, lora_rank=lora_rank, lora_alpha=lora_alpha, device=dev, dtype=torch_dtype,
         gradient_checkpointing=gradient_checkpointing, prompt_boundaries=prompt_boundaries, model_name=label,
+        attention=attention, autocast=autocast, decode_slice_size=decode_slice_size, tf32=tf32,
     )
+
+
+def model_defaults(name_or_path: str) -> dict[str, Any]:
+    """The sampler defaults of a model without loading it: ``num_steps`` and ``guidance_scale`` from
+    its folder's ``rlr_studio.json`` ("tiny" and local folders), else 20 and 7.5. Never downloads."""
+    defaults: dict[str, Any] = {"num_steps": DEFAULT_NUM_STEPS, "guidance_scale": DEFAULT_GUIDANCE_SCALE}
+    name = str(name_or_path or "").strip()
+    folder = TINY_MODEL_DIR if name == "tiny" else Path(name).expanduser()
+    studio = folder / STUDIO_CONFIG_NAME
+    if name and studio.is_file():
+        try:
+            saved = json.loads(studio.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return defaults
+        for key in defaults:
+            if isinstance(saved.get(key), (int, float)) and not isinstance(saved.get(key), bool):
+                defaults[key] = saved[key]
+    return defaults

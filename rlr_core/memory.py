@@ -121,3 +121,133 @@ class _SavedTensor:
 
     def __del__(self) -> None:
         self.meter._release(self.ptr)
+
+
+class SavedBytesCounter:
+    """Peak bytes autograd holds saved for backward, on any device, meta and fake tensors included.
+
+    The same count as ``MemoryMeter.graph_memory_mb`` (each storage once while saved, parameters
+    excluded), keyed by storage identity instead of data pointer so that it also works for
+    tensors without data (``device="meta"``), where a graph's memory is counted without computing it.
+    Storages listed in ``weight_storages`` (weights saved through a view, which MemoryMeter counts
+    once per measurement although they are resident anyway) are summed apart in ``weight_bytes``.
+    """
+
+    def __init__(self, weight_storages: set[int] | None = None) -> None:
+        self.live_bytes = 0
+        self.peak_bytes = 0
+        self.weight_bytes = 0  # bytes of weight storages saved through views (``weight_storages``)
+        self._weights = weight_storages or set()
+        self._weights_seen: set[int] = set()
+        self._holders: dict[int, list[int]] = {}
+        self._hooks: Any = None
+
+    @staticmethod
+    def storage_keys(*modules: Any) -> set[int]:
+        """Storage identities of the parameters and buffers of ``modules`` (for ``weight_storages``)."""
+        keys = set()
+        for module in modules:
+            if module is not None:
+                for tensor in list(module.parameters()) + list(module.buffers()):
+                    keys.add(tensor.untyped_storage()._cdata)
+        return keys
+
+    def _pack(self, tensor: torch.Tensor) -> Any:
+        if isinstance(tensor, torch.nn.Parameter):
+            return tensor
+        try:
+            storage = tensor.untyped_storage()
+            key, nbytes = storage._cdata, storage.nbytes()
+        except (RuntimeError, NotImplementedError):
+            return tensor
+        if key in self._weights:  # a view of a weight (e.g. W^T saved by a linear): counted apart, once
+            if key not in self._weights_seen:
+                self._weights_seen.add(key)
+                self.weight_bytes += nbytes
+            return tensor
+        holder = self._holders.setdefault(key, [0, nbytes])
+        if holder[0] == 0:
+            self.live_bytes += nbytes
+            self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        holder[0] += 1
+        return _CountedTensor(tensor, self, key)
+
+    def _release(self, key: int) -> None:
+        holder = self._holders.get(key)
+        if holder is None:
+            return
+        holder[0] -= 1
+        if holder[0] == 0:
+            self.live_bytes -= holder[1]
+            del self._holders[key]
+
+    @staticmethod
+    def _unpack(saved: Any) -> torch.Tensor:
+        return saved.tensor if isinstance(saved, _CountedTensor) else saved
+
+    def __enter__(self) -> "SavedBytesCounter":
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._hooks.__exit__(*exc)
+
+
+class _CountedTensor:
+    """What autograd stores in place of a saved tensor while a SavedBytesCounter is active."""
+
+    __slots__ = ("tensor", "counter", "key")
+
+    def __init__(self, tensor: torch.Tensor, counter: SavedBytesCounter, key: int) -> None:
+        self.tensor, self.counter, self.key = tensor, counter, key
+
+    def __del__(self) -> None:
+        self.counter._release(self.key)
+
+
+class LiveBytesTracker(torch.utils._python_dispatch.TorchDispatchMode):
+    """Peak bytes of the tensors created inside the block and still alive (any device, meta included).
+
+    Every operator output's storage is followed with a weak reference until it is freed, so
+    ``peak_bytes`` is the high-water mark of the working memory of the code run inside (activations
+    in flight, saved tensors, gradient buffers), without the tensors that existed before.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live_bytes = 0
+        self.peak_bytes = 0
+        self._live: dict[int, tuple[Any, int]] = {}
+
+    def _prune(self) -> None:
+        dead = [key for key, (ref, _) in self._live.items() if ref.expired()]
+        for key in dead:
+            self.live_bytes -= self._live.pop(key)[1]
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        from torch.multiprocessing.reductions import StorageWeakRef
+        from torch.utils._pytree import tree_flatten
+
+        out = func(*args, **(kwargs or {}))
+        self._prune()
+        inputs = set()  # outputs aliasing an input (views) are not new memory
+        for tensor in tree_flatten((args, kwargs))[0]:
+            if isinstance(tensor, torch.Tensor):
+                try:
+                    inputs.add(tensor.untyped_storage()._cdata)
+                except (RuntimeError, NotImplementedError):
+                    pass
+        for tensor in tree_flatten(out)[0]:
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            try:
+                storage = tensor.untyped_storage()
+            except (RuntimeError, NotImplementedError):
+                continue
+            ref = StorageWeakRef(storage)
+            if ref.cdata not in self._live and ref.cdata not in inputs:
+                self._live[ref.cdata] = (ref, storage.nbytes())
+                self.live_bytes += storage.nbytes()
+        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        return out

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
+import torch.utils.checkpoint
 
 from .chain import Chain, step_std_is_zero
 
@@ -75,15 +76,23 @@ def run_steps(
     noise: NoisePlan,
     perturbations: dict[int, tuple[int, float]] | None = None,
     record: dict[int, "RecordedStep | None"] | None = None,
+    checkpointing: bool = False,
 ) -> torch.Tensor:
     """Run consecutive ``steps`` from state ``x``; autograd follows the caller's grad mode.
 
     ``perturbations[k] = (seed, scale)`` perturbs theta on step k. For every step index that
     is a key of ``record``, the detached input, output and log-probability of the step are
-    stored there, for likelihood-ratio terms computed later.
+    stored there, for likelihood-ratio terms computed later. ``checkpointing`` recomputes each
+    step in the backward pass instead of keeping its activations (memory O(1) per step).
     """
     perturbations = perturbations or {}
     for k in steps:
+        if checkpointing and record is None and torch.is_grad_enabled():
+            x = torch.utils.checkpoint.checkpoint(
+                lambda state, k=k: take_step(chain, state, k, cond, noise.eps[k], perturbations.get(k))[0],
+                x, use_reentrant=False,
+            )
+            continue
         x_next, mean, std = take_step(chain, x, k, cond, noise.eps[k], perturbations.get(k))
         if record is not None and k in record:
             log_prob = None if step_std_is_zero(std) else gaussian_log_prob(x_next, mean, std).detach()

@@ -28,6 +28,7 @@ import random
 import shutil
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,21 +36,24 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from .chain import Chain, LoraChain
+from .checkpoints import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_PREFIX,
+    atomic_directory,
+    checkpoint_dirs,
+    isolated_rng,
+    latest_checkpoint,
+    rng_state,
+    set_rng_state,
+)
 from .config import TrainConfig
 from .diagnostics import cosine
+from .estimators.base import Estimator, GradientEstimate, Rollout
+from .images import to_pil
+from .rewards import Reward
 
-__all__ = [
-    "StepReport",
-    "Trainer",
-    "TrainingStepError",
-    "latest_checkpoint",
-    "step_seed",
-    "to_pil",
-    "image_grid",
-]
-
-CHECKPOINT_FILE = "trainer_state.pt"
-CHECKPOINT_PREFIX = "step-"
+__all__ = ["StepReport", "Trainer", "TrainingStepError", "latest_checkpoint", "step_seed"]
 
 
 class TrainingStepError(RuntimeError):
@@ -139,79 +143,6 @@ def step_seed(seed: int, step: int, stream: str = "noise") -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def _rng_state() -> dict[str, Any]:
-    """Global RNG states (torch CPU and CUDA, numpy, python) in a ``weights_only``-loadable form."""
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "python": _to_lists(random.getstate()),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    random.setstate(_to_tuples(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@contextlib.contextmanager
-def _isolated_rng() -> Iterator[None]:
-    """Run code (evaluation) without changing the global RNG states seen by training."""
-    saved = _rng_state()
-    try:
-        yield
-    finally:
-        _set_rng_state(saved)
-
-
-def _to_lists(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return [_to_lists(v) for v in value]
-    return value
-
-
-def _to_tuples(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_to_tuples(v) for v in value)
-    return value
-
-
-# ---------------------------------------------------------------------------------------- images
-def to_pil(images: torch.Tensor | None) -> list[Any] | None:
-    """[B, C, H, W] tensors in [0, 1] (C = 1 or 3) as PIL images; None for non-image chains."""
-    if images is None or not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] not in (1, 3):
-        return None
-    from PIL import Image
-
-    array = (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
-    array = array.permute(0, 2, 3, 1).numpy()
-    if array.shape[-1] == 1:
-        return [Image.fromarray(a[..., 0], mode="L").convert("RGB") for a in array]
-    return [Image.fromarray(a) for a in array]
-
-
-def image_grid(images: list[Any], columns: int | None = None) -> Any:
-    """Paste PIL images (same size) into one grid image, row by row."""
-    from PIL import Image
-
-    if not images:
-        raise ValueError("image_grid needs at least one image")
-    columns = columns or min(len(images), 8)
-    rows = math.ceil(len(images) / columns)
-    width, height = images[0].size
-    grid = Image.new("RGB", (columns * width, rows * height), "white")
-    for i, image in enumerate(images):
-        grid.paste(image.convert("RGB"), ((i % columns) * width, (i // columns) * height))
-    return grid
-
-
 # ---------------------------------------------------------------------------------------- signal
 class RunningMean:
     """Exponential moving average of earlier total estimates (decay 0.9), the per-iteration reference."""
@@ -221,9 +152,9 @@ class RunningMean:
         self.mean: torch.Tensor | None = None
         self.weight = 0.0
 
-    def cosines(self, estimate: Any) -> dict[str, float]:
+    def cosines(self, estimate: GradientEstimate) -> dict[str, float]:
         """Cosine of each part and of the total to the mean so far; then add this estimate to it."""
-        parts = {k: v.detach().double().cpu().reshape(-1) for k, v in getattr(estimate, "parts", {}).items()}
+        parts = {k: v.detach().double().cpu().reshape(-1) for k, v in estimate.parts.items()}
         if not parts or estimate.skipped:
             return {}
         total = sum(parts.values())
@@ -252,7 +183,7 @@ class Trainer:
     ``config.steps``, or in chunks with ``max_iterations``); state stays in memory.
     """
 
-    def __init__(self, chain: Any, reward: Any, estimator: Any, config: TrainConfig) -> None:
+    def __init__(self, chain: Chain, reward: Reward, estimator: Estimator, config: TrainConfig) -> None:
         config.validate(check_names=False)
         self.chain = chain
         self.reward = reward
@@ -268,26 +199,23 @@ class Trainer:
         self.eval_prompts = config.evaluation_prompts()
         self.before_images: list[Any] | None = None
         self.before_rewards: list[float] | None = None
-        self.last_report: StepReport | None = None
         self._stop_event = threading.Event()
         self._started = False
         self._boundary_rng: dict[str, Any] | None = None
         self._pending_message = ""  # e.g. "resumed from ...", attached to the next report
         self.signal_reference = RunningMean()  # of earlier total estimates, for StepReport.signal
-        differentiable = bool(getattr(reward, "differentiable", False))
-        self.noise_groups = _noise_groups(estimator, differentiable)
-        self.paired = self.noise_groups > 1
+        self.noise_groups = estimator.noise_groups(bool(reward.differentiable))
         if config.batch_size % self.noise_groups:
             raise ValueError(
-                f"batch_size must be a multiple of {self.noise_groups} for estimator "
-                f"{getattr(estimator, 'name', '?')!r} (the batch is split in {self.noise_groups} groups "
-                f"sharing noise); got {config.batch_size}"
+                f"batch_size must be a multiple of {self.noise_groups} for estimator {estimator.name!r} "
+                f"(the batch is split in {self.noise_groups} groups sharing noise); got {config.batch_size}"
             )
-        check = getattr(estimator, "check", None)
-        if check is not None:
-            check(chain, reward, config.batch_size)
-        inner = getattr(estimator, "inner_epochs", 1)
-        self.inner_epochs = int(inner) if isinstance(inner, int) and inner >= 1 else 1
+        estimator.check(chain, reward, config.batch_size)
+
+    @property
+    def is_lora_chain(self) -> bool:
+        """True when the chain has LoRA adapters (before images with LoRA off, diffusers export)."""
+        return isinstance(self.chain, LoraChain)
 
     # ------------------------------------------------------------------ control
     def stop(self) -> None:
@@ -307,17 +235,14 @@ class Trainer:
         the checkpoints of ``output_dir``). The LoRA is exported to ``output_dir/lora`` when
         ``run()`` ends for any reason.
         """
-        if not self._started:
-            self._pending_message = self._start()
+        self.start()
         done = 0
         try:
             while self.step < self.config.steps and not self.stop_requested:
                 if max_iterations is not None and done >= max_iterations:
                     break
-                report = self._guarded_iteration(self.step + 1)
+                yield self._guarded(self.step + 1, self._iteration)
                 done += 1
-                self.last_report = report
-                yield report
         except BaseException:
             self._stop_event.clear()
             with contextlib.suppress(Exception):  # never hide the original error
@@ -326,8 +251,29 @@ class Trainer:
         self._stop_event.clear()
         self.export_lora(self.output_dir / "lora")
 
-    def _start(self) -> str:
-        """First-run setup: resume or start over; the "before" evaluation of a fresh run."""
+    def update_from_rewards(self, rollout: Rollout, rewards: torch.Tensor) -> StepReport:
+        """One training iteration whose rewards are given (clicks on the images of ``rollout``).
+
+        The update, the StepReport, the metrics line, the evaluation and the checkpoint are those
+        of any other iteration; the LoRA is exported afterwards.
+        """
+        self.start()
+
+        def iteration(step: int) -> StepReport:
+            start = time.perf_counter()
+            before = [p.detach().clone() for p in self.params]
+            self._zero_grads()
+            estimate = self.estimator.gradient(rollout, rewards.to(rollout.images.device))
+            return self._complete(step, start, estimate, before)
+
+        report = self._guarded(self.step + 1, iteration)
+        self.export_lora(self.output_dir / "lora")
+        return report
+
+    def start(self) -> None:
+        """First-run setup (once): resume or start over; the "before" evaluation of a fresh run."""
+        if self._started:
+            return
         self._started = True
         self.output_dir.mkdir(parents=True, exist_ok=True)
         message = ""
@@ -346,13 +292,13 @@ class Trainer:
                 self.before_images, self.before_rewards = self.evaluate(
                     self.config.eval_seeds, self.eval_prompts, adapters=False
                 )
-        return message
+        self._pending_message = message
 
-    def _guarded_iteration(self, step: int) -> StepReport:
-        """One iteration; on failure save the LoRA (and a checkpoint) and raise TrainingStepError."""
-        self._boundary_rng = _rng_state()
+    def _guarded(self, step: int, iteration: Any) -> StepReport:
+        """``iteration(step)``; on failure save the LoRA (and a checkpoint) and raise TrainingStepError."""
+        self._boundary_rng = rng_state()
         try:
-            return self._iteration(step)
+            return iteration(step)
         except Exception as error:
             saved, checkpoint = self._save_after_failure()
             where = f"LoRA of step {self.step} saved to {saved}" if saved else "saving the LoRA failed too"
@@ -366,26 +312,28 @@ class Trainer:
             ) from error
 
     def _iteration(self, step: int) -> StepReport:
-        config = self.config
         start = time.perf_counter()
         prompts = self.batch_prompts(step)
         generator = self.generator_for(step)
         before = [p.detach().clone() for p in self.params]
         self._zero_grads()
-
         estimate = self.estimator.estimate(self.chain, self.reward, prompts, generator)
+        return self._complete(step, start, estimate, before)
+
+    def _complete(self, step: int, start: float, estimate: GradientEstimate, before: list[torch.Tensor]) -> StepReport:
+        """Apply the update (and further PPO epochs), evaluate when due, checkpoint, log the metrics."""
+        config = self.config
         epoch_messages = [self._update_message(estimate, self.apply_update(estimate))]
         peak = float(estimate.peak_memory_mb)
-        for _ in range(1, self.inner_epochs):
-            if estimate.skipped or getattr(estimate, "rollout", None) is None:
+        for _ in range(1, self.estimator.inner_epochs):
+            if estimate.skipped or estimate.rollout is None or self.stop_requested:
                 break
             again = self.estimator.gradient(estimate.rollout, estimate.rewards)
             epoch_messages.append(self._update_message(again, self.apply_update(again)))
-            peak = max(peak, float(getattr(again, "peak_memory_mb", 0.0)))
+            peak = max(peak, float(again.peak_memory_mb))
         with torch.no_grad():
             update_norm = math.sqrt(sum(float((p.detach() - b).double().pow(2).sum()) for p, b in zip(self.params, before)))
-        if getattr(estimate, "rollout", None) is not None:
-            estimate.rollout = None  # free the graph / activations before evaluating
+        estimate.rollout = None  # free the graph / activations before evaluating
 
         rewards = [float(r) for r in estimate.rewards.detach().double().cpu().reshape(-1)]
         finite = [r for r in rewards if math.isfinite(r)]
@@ -401,27 +349,27 @@ class Trainer:
             peak_memory_mb=peak,
             skipped=estimate.skipped,
             total_steps=config.steps,
-            prompts=[str(p) for p in prompts],
+            prompts=[str(p) for p in estimate.prompts],
             sample_images=(to_pil(estimate.images[: config.report_samples]) if config.report_samples else None),
-            graph_memory_mb=float(getattr(estimate, "graph_memory_mb", 0.0)),
-            chain_steps={k: list(v) for k, v in getattr(estimate, "steps", {}).items()},
+            graph_memory_mb=float(estimate.graph_memory_mb),
+            chain_steps={k: list(v) for k, v in estimate.steps.items()},
             signal=self.signal_reference.cosines(estimate),
-            info={k: float(v) for k, v in getattr(estimate, "info", {}).items()},
+            info={k: float(v) for k, v in estimate.info.items()},
         )
         self.step = step
-        self._boundary_rng = _rng_state()  # evaluation below leaves the global RNGs untouched
+        self._boundary_rng = rng_state()  # evaluation below leaves the global RNGs untouched
         if step == 1 and self.before_rewards is not None:
             report.before_images, report.before_rewards = self.before_images, self.before_rewards
 
         if self._eval_due(step) and config.eval_seeds:
             report.eval_images, report.eval_rewards = self.evaluate(config.eval_seeds, self.eval_prompts)
+        if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
+            report.checkpoint = str(self.save_checkpoint(self._checkpoint_dir(step)))
+            self._prune_checkpoints()
         report.seconds = time.perf_counter() - start
         report.message = "; ".join(m for m in [self._pending_message, *epoch_messages] if m)
         self._pending_message = ""
         self._append_metrics(report)
-        if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
-            report.checkpoint = str(self.save_checkpoint(self._checkpoint_dir(step)))
-            self._prune_checkpoints()
         return report
 
     # ------------------------------------------------------------------ pieces of an iteration
@@ -443,7 +391,7 @@ class Trainer:
         """The CPU generator of iteration ``step``, seeded from (config.seed, step)."""
         return torch.Generator(device="cpu").manual_seed(step_seed(self.config.seed, step))
 
-    def apply_update(self, estimate: Any) -> float:
+    def apply_update(self, estimate: GradientEstimate) -> float:
         """Clip ``p.grad`` and take one AdamW step; return the norm of the parameter change.
 
         Nothing changes (and 0.0 is returned) when ``estimate.skipped`` is set or the gradient
@@ -474,7 +422,7 @@ class Trainer:
         with torch.no_grad():
             return math.sqrt(sum(float((p.detach() - b).double().pow(2).sum()) for p, b in zip(self.params, before)))
 
-    def _update_message(self, estimate: Any, update_norm: float) -> str:
+    def _update_message(self, estimate: GradientEstimate, update_norm: float) -> str:
         if estimate.skipped:
             return f"skipped: {estimate.skipped}"
         total = float(estimate.grad_norms.get("total", 0.0))
@@ -507,9 +455,9 @@ class Trainer:
         if prompts is None:
             prompts = self.eval_prompts
         prompts = [prompts[i % len(prompts)] for i in range(len(seeds))]
-        disabled = getattr(self.chain, "adapters_disabled", None)
-        context = disabled() if (not adapters and disabled is not None) else contextlib.nullcontext()
-        with _isolated_rng(), torch.no_grad(), context:
+        lora_off = not adapters and self.is_lora_chain
+        context = self.chain.adapters_disabled() if lora_off else contextlib.nullcontext()
+        with isolated_rng(), torch.no_grad(), context:
             images = sample(self.chain, prompts, seeds=seeds)
             rewards = self.reward(images, [str(p) for p in prompts])
         values = [float(r) for r in torch.as_tensor(rewards).detach().double().cpu().reshape(-1)]
@@ -518,16 +466,14 @@ class Trainer:
     # ------------------------------------------------------------------ LoRA / checkpoints
     def lora_state(self) -> dict[str, torch.Tensor]:
         """The trained weights: ``chain.lora_state_dict()`` when available, else the trainable parameters."""
-        getter = getattr(self.chain, "lora_state_dict", None)
-        if getter is not None:
-            return {k: v.detach().cpu().clone() for k, v in getter().items()}
+        if self.is_lora_chain:
+            return {k: v.detach().cpu().clone() for k, v in self.chain.lora_state_dict().items()}
         return {f"param.{i}": p.detach().cpu().clone() for i, p in enumerate(self.chain.trainable_parameters())}
 
     def load_lora_state(self, state: dict[str, torch.Tensor]) -> None:
         """Inverse of ``lora_state`` (values are copied into the existing tensors)."""
-        loader = getattr(self.chain, "load_lora_state_dict", None)
-        if loader is not None and not all(k.startswith("param.") for k in state):
-            loader(state)
+        if self.is_lora_chain and not all(k.startswith("param.") for k in state):
+            self.chain.load_lora_state_dict(state)
             return
         params = self.chain.trainable_parameters()
         if len(state) != len(params):
@@ -545,30 +491,28 @@ class Trainer:
         directory = Path(directory)
 
         def write(tmp: Path) -> None:
-            saver = getattr(self.chain, "save_lora", None)
-            if saver is not None:
-                saver(str(tmp))
+            if self.is_lora_chain:
+                self.chain.save_lora(str(tmp))
             else:
                 from safetensors.torch import save_file
 
                 tmp.mkdir(parents=True, exist_ok=True)
                 save_file({k: v.contiguous() for k, v in self.lora_state().items()}, str(tmp / "trainable_parameters.safetensors"))
 
-        _atomic_directory(directory, write)
+        atomic_directory(directory, write)
         return directory
 
     def save_checkpoint(self, directory: str | os.PathLike, rng_state: dict[str, Any] | None = None) -> Path:
         """Atomically write a checkpoint to ``directory``: LoRA, optimizer, step, RNG states,
         estimator state and config (written to a temporary directory, then renamed)."""
         directory = Path(directory)
-        state_dict = getattr(self.estimator, "state_dict", None)
         state = {
             "format": 1,
             "step": self.step,
             "lora": self.lora_state(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": rng_state if rng_state is not None else _rng_state(),
-            "estimator": state_dict() if state_dict is not None else {},
+            "rng": rng_state if rng_state is not None else rng_state(),
+            "estimator": self.estimator.state_dict(),
             "config": self.config.to_dict(),
             "before_rewards": self.before_rewards,
         }
@@ -578,7 +522,7 @@ class Trainer:
             torch.save(state, tmp / CHECKPOINT_FILE)
             self.config.to_yaml(tmp / "config.yaml")
 
-        _atomic_directory(directory, write)
+        atomic_directory(directory, write)
         return directory
 
     def load_checkpoint(self, directory: str | os.PathLike) -> int:
@@ -592,17 +536,14 @@ class Trainer:
             state = torch.load(path, map_location="cpu", weights_only=False)
         differing = _differing_fields(state.get("config", {}), self.config.to_dict())
         if differing:
-            import warnings
-
             warnings.warn(
                 f"resuming with config fields changed since the checkpoint: {', '.join(differing)}", stacklevel=2
             )
         self.load_lora_state(state["lora"])
         self.optimizer.load_state_dict(state["optimizer"])
-        loader = getattr(self.estimator, "load_state_dict", None)
-        if loader is not None and state.get("estimator") is not None:
-            loader(state["estimator"])
-        _set_rng_state(state["rng"])
+        if state.get("estimator") is not None:
+            self.estimator.load_state_dict(state["estimator"])
+        set_rng_state(state["rng"])
         self.step = int(state["step"])
         self.before_rewards = state.get("before_rewards")
         self._started = True
@@ -612,7 +553,7 @@ class Trainer:
         return self.output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:06d}"
 
     def _prune_checkpoints(self) -> None:
-        for old in _checkpoint_dirs(self.output_dir)[: -self.config.keep_checkpoints]:
+        for old in checkpoint_dirs(self.output_dir)[: -self.config.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
 
     def _save_after_failure(self) -> tuple[str | None, str | None]:
@@ -664,53 +605,6 @@ def part_cosines(parts: dict[str, torch.Tensor]) -> dict[str, float]:
             denominator = float(u.norm() * v.norm())
             result[f"{a}~{b}"] = float(u @ v) / denominator if denominator > 0 else float("nan")
     return result
-
-
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint directory in ``output_dir/checkpoints``, or None."""
-    dirs = _checkpoint_dirs(Path(output_dir))
-    return dirs[-1] if dirs else None
-
-
-def _checkpoint_dirs(output_dir: Path) -> list[Path]:
-    root = output_dir / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        suffix = path.name[len(CHECKPOINT_PREFIX) :]
-        if path.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() and (path / CHECKPOINT_FILE).is_file():
-            found.append((int(suffix), path))
-    return [path for _, path in sorted(found)]
-
-
-def _atomic_directory(directory: Path, write: Any) -> None:
-    """Create ``directory`` by ``write(tmp)`` into a sibling temporary directory, then rename.
-
-    An existing ``directory`` is moved aside only once the new one is complete, so at every
-    moment a complete copy exists on disk.
-    """
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
-    old = directory.parent / f".{directory.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        write(tmp)
-        if directory.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _noise_groups(estimator: Any, differentiable_reward: bool) -> int:
-    groups = getattr(estimator, "noise_groups", None)
-    if callable(groups):
-        return int(groups(differentiable_reward))
-    pairs = getattr(estimator, "needs_pairs", False)
-    return 2 if (pairs(differentiable_reward) if callable(pairs) else pairs) else 1
 
 
 _RUN_ONLY_FIELDS = {"steps", "output_dir", "resume", "eval_seeds", "eval_every", "eval_prompts", "log_every",

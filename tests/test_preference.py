@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -67,19 +68,34 @@ class FakeEstimator:
 
 
 class TinyTrainer:
-    """Anything with apply_update(estimate) -> update norm: an AdamW step."""
+    """What PreferenceSession needs of a Trainer: chain, estimator, update_from_rewards (an AdamW step)."""
 
-    def __init__(self, params, lr=0.1) -> None:
-        self.params = list(params)
+    def __init__(self, chain, estimator, lr=0.1) -> None:
+        self.chain, self.estimator = chain, estimator
+        self.params = list(chain.trainable_parameters())
         self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0)
+        self.step = 0
 
-    def apply_update(self, estimate) -> float:
-        if estimate.skipped:
-            return 0.0
+    def update_from_rewards(self, rollout, rewards):
+        estimate = self.estimator.gradient(rollout, rewards)
         before = [p.detach().clone() for p in self.params]
-        self.opt.step()
+        if not estimate.skipped:
+            self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return float(sum((p.detach() - b).pow(2).sum() for p, b in zip(self.params, before)) ** 0.5)
+        self.step += 1
+        norm = float(sum((p.detach() - b).pow(2).sum() for p, b in zip(self.params, before)) ** 0.5)
+        return SimpleNamespace(step=self.step, update_norm=norm)
+
+
+def click_trainer(chain, estimator, tmp_path, reward=None, lr=1e-2):
+    """The real Trainer of a click run (direct mode: ClickReward; learned: the head)."""
+    from rlr_core.config import TrainConfig
+    from rlr_core.rewards.preference import ClickReward
+    from rlr_core.trainer import Trainer
+
+    config = TrainConfig(prompts=PAIR_PROMPTS[:2], batch_size=4, lr=lr, eval_seeds=[], checkpoint_every=2,
+                         output_dir=str(tmp_path / "run"))
+    return Trainer(chain, reward or ClickReward(), estimator, config)
 
 
 def redness(images: torch.Tensor) -> torch.Tensor:
@@ -150,7 +166,7 @@ def test_direct_round_end_to_end_uses_the_shown_trajectories(tmp_path):
     chain = FakeChain()
     log = ClickLog(tmp_path / "clicks.jsonl")
     estimator = FakeEstimator(log)
-    session = PreferenceSession(chain, estimator, TinyTrainer(chain.trainable_parameters()), log, mode="direct", k=1)
+    session = PreferenceSession(TinyTrainer(chain, estimator), log, mode="direct", k=1)
     start_red = float(redness(torch.sigmoid(chain.theta.detach()).unsqueeze(0)))
     for i in range(12):
         rnd = session.new_round(PROMPTS, seed=100 + i)
@@ -177,7 +193,7 @@ def test_direct_round_end_to_end_uses_the_shown_trajectories(tmp_path):
 def test_direct_mode_ranks_and_k(tmp_path):
     chain = FakeChain()
     estimator = FakeEstimator()
-    session = PreferenceSession(chain, estimator, TinyTrainer(chain.trainable_parameters()), tmp_path / "c.jsonl", k=2)
+    session = PreferenceSession(TinyTrainer(chain, estimator), tmp_path / "c.jsonl", k=2)
     rnd = session.new_round(PROMPTS, generator=torch.Generator().manual_seed(5))
     assert rnd.seed == 5
     with pytest.raises(ValueError, match="exactly k=2"):
@@ -186,7 +202,7 @@ def test_direct_mode_ranks_and_k(tmp_path):
     session.update(rnd)
     assert estimator.received[-1][1].tolist() == pytest.approx([0.0, 1.0, 2 / 3, 1 / 3])
     with pytest.raises(ValueError, match="mode='sideways'"):
-        PreferenceSession(chain, estimator, None, tmp_path / "c.jsonl", mode="sideways")
+        PreferenceSession(TinyTrainer(chain, estimator), tmp_path / "c.jsonl", mode="sideways")
 
 
 # ------------------------------------------------------------------ learned mode
@@ -241,8 +257,7 @@ def test_learned_session_end_to_end(tmp_path):
     log = ClickLog(tmp_path / "clicks.jsonl")
     estimator = FakeEstimator(log)
     reward = PreferenceReward(log, features="pixels")
-    session = PreferenceSession(chain, estimator, TinyTrainer(chain.trainable_parameters(), lr=0.05), log,
-                                mode="learned", reward=reward)
+    session = PreferenceSession(TinyTrainer(chain, estimator, lr=0.05), log, mode="learned", reward=reward)
     start_red = float(redness(torch.sigmoid(chain.theta.detach()).unsqueeze(0)))
     for i in range(8):
         rnd = session.new_round(PROMPTS, seed=i)
@@ -272,20 +287,27 @@ PAIR_PROMPTS = ["a red square", "a blue circle", "a red square", "a blue circle"
 
 
 def test_direct_round_with_rlr_on_tiny_diffusers_chain(tiny_chain, tmp_path):
+    """A click update is a Trainer iteration: step, metrics line, checkpoint, from exactly the shown images."""
     from rlr_core.estimators import get_estimator
 
     params = tiny_chain.trainable_parameters()
-    session = PreferenceSession(tiny_chain, get_estimator("rlr", h=1), TinyTrainer(params, lr=1e-2),
-                                ClickLog(tmp_path / "clicks.jsonl"), mode="direct", k=1)
-    rnd = session.new_round(PAIR_PROMPTS, seed=3)
-    assert rnd.images.shape[:2] == (4, 3) and 0 <= float(rnd.images.min()) and float(rnd.images.max()) <= 1
-    session.click(rnd, chosen=[1])
-    before = [p.detach().clone() for p in params]
-    result = session.update(rnd)
-    assert result.estimate.skipped is None and result.update_norm > 0
-    assert torch.equal(result.estimate.images, rnd.images)  # exactly the images the user saw
-    assert result.estimate.rewards.tolist() == [0.0, 1.0, 0.0, 0.0]
-    assert any(not torch.equal(p.detach(), b) for p, b in zip(params, before))
+    trainer = click_trainer(tiny_chain, get_estimator("rlr", h=1), tmp_path)
+    session = PreferenceSession(trainer, ClickLog(tmp_path / "clicks.jsonl"), mode="direct", k=1)
+    for round_index, best in enumerate([1, 2]):
+        rnd = session.new_round(PAIR_PROMPTS, seed=3 + round_index)
+        assert rnd.images.shape[:2] == (4, 3) and 0 <= float(rnd.images.min()) and float(rnd.images.max()) <= 1
+        session.click(rnd, chosen=[best])
+        before = [p.detach().clone() for p in params]
+        result = session.update(rnd)
+        assert result.report.skipped is None and result.update_norm > 0
+        assert result.report.step == round_index + 1 == trainer.step
+        assert result.report.rewards == [1.0 if j == best else 0.0 for j in range(4)]
+        assert result.report.prompts == PAIR_PROMPTS  # exactly the shown batch
+        assert any(not torch.equal(p.detach(), b) for p, b in zip(params, before))
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2]
+    assert lines[1]["checkpoint"] and Path(lines[1]["checkpoint"]).is_dir()  # checkpoint_every=2
+    assert (tmp_path / "run" / "lora").is_dir()
 
 
 def test_learned_round_with_rlr_on_tiny_diffusers_chain(tiny_chain, tmp_path):
@@ -294,14 +316,14 @@ def test_learned_round_with_rlr_on_tiny_diffusers_chain(tiny_chain, tmp_path):
 
     params = tiny_chain.trainable_parameters()
     log = ClickLog(tmp_path / "clicks.jsonl")
-    session = PreferenceSession(tiny_chain, get_estimator("rlr", h=1, remaining="lr"), TinyTrainer(params, lr=1e-2), log,
-                                mode="learned", reward=PreferenceReward(log, features="pixels"))
+    head = PreferenceReward(log, features="pixels")
+    trainer = click_trainer(tiny_chain, get_estimator("rlr", h=1, remaining="lr"), tmp_path, reward=head)
+    session = PreferenceSession(trainer, log, mode="learned", reward=head)
     before = [p.detach().clone() for p in params]
     rnd = session.new_round(PAIR_PROMPTS, seed=4)
     session.click(rnd, chosen=[0])
     result = session.update(rnd)
-    assert result.estimate.skipped is None and "fo" in result.estimate.parts
-    assert torch.equal(result.estimate.images, rnd.images)
+    assert result.report.skipped is None and "fo" in result.report.grad_norms
     assert max(range(4), key=lambda j: result.rewards[j]) == 0
     assert any(not torch.equal(p.detach(), b) for p, b in zip(params, before))
-    assert len(ClickLog(log.path).rounds()) == 1
+    assert len(ClickLog(log.path).rounds()) == 1 and trainer.step == 1

@@ -39,6 +39,18 @@ def estimator_options(name: str) -> dict[str, Any]:
     return _init_options(_lookup(name))
 
 
+def ui_options(name: str) -> dict[str, Any]:
+    """The options estimator ``name`` wants shown as form fields, with their defaults."""
+    cls = _lookup(name)
+    defaults = estimator_options(name)
+    return {option: defaults[option] for option in cls.ui_options}
+
+
+def option_choices(name: str) -> dict[str, tuple]:
+    """Allowed values of the string options of estimator ``name`` (for dropdowns)."""
+    return dict(_lookup(name).option_choices)
+
+
 def _init_options(cls: type) -> dict[str, Any]:
     """Keyword options of ``cls.__init__``; a preset taking ``**options`` inherits its parent's."""
     parameters = inspect.signature(cls.__init__).parameters.values()
@@ -76,5 +88,7 @@ __all__ = [
     "get_estimator",
     "list_estimators",
     "estimator_options",
+    "ui_options",
+    "option_choices",
     *[cls.__name__ for cls in ESTIMATORS.values()],
 ]

@@ -59,6 +59,7 @@ class Rollout:
     steps: dict[str, list[int]]
     data: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    uses: int = 0  # gradients computed from it so far (PPO epochs reuse a rollout)
 
     def display_images(self) -> torch.Tensor:
         """Detached float32 cpu copy of the images, for showing or saving."""
@@ -155,6 +156,8 @@ class Estimator:
     name: str = "base"
     inner_epochs: int = 1
     requires_differentiable_reward: bool = False
+    ui_options: tuple[str, ...] = ()  # options a form shows as their own fields (the others go in JSON)
+    option_choices: dict[str, tuple] = {}  # allowed values of string options, for dropdowns
 
     def __init__(self, baseline: str = "loo", normalize: bool = False) -> None:
         check_choice("baseline", baseline, BASELINES)
@@ -197,15 +200,16 @@ class Estimator:
                 f"batch_size must be a multiple of {groups} for {self.name!r} here (the batch is split in "
                 f"{groups} groups sharing noise), got {batch_size}"
             )
-        minimum = 2 * groups if (self.baseline == "loo" and self._uses_baseline()) else groups
+        minimum = 2 * groups if (self.baseline == "loo" and self.uses_baseline()) else groups
         if batch_size < minimum:
             raise ValueError(
                 f"batch_size must be >= {minimum} for {self.name!r} with baseline={self.baseline!r} "
                 f"(leave-one-out needs samples that share no noise with the one it scores), got {batch_size}"
             )
 
-    def _uses_baseline(self) -> bool:
-        return True
+    def uses_baseline(self) -> bool:
+        """Whether the advantages use ``baseline`` (the leave-one-out minimum batch applies)."""
+        return self.baseline != "none"
 
     def check_rollout(self, chain: Chain, prompts: list[Any], differentiable_reward: bool) -> None:
         """The checks every ``rollout`` starts with: set-up (chain, reward, batch size) and prompt groups."""
@@ -242,11 +246,41 @@ class Estimator:
 
     # --- the two phases ----------------------------------------------------------------------
     def rollout(
-        self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
+        self, chain: Chain, prompts: list[Any], generator: torch.Generator, differentiable_reward: bool
     ) -> Rollout:
-        raise NotImplementedError
+        """Check the set-up once, then sample the batch (``sample``) and time it."""
+        start = time.perf_counter()
+        prompts = list(prompts)
+        self.check_rollout(chain, prompts, differentiable_reward)
+        result = self.sample(chain, prompts, generator, differentiable_reward)
+        result.seconds = time.perf_counter() - start
+        return result
 
     def gradient(self, rollout: Rollout, rewards: torch.Tensor) -> GradientEstimate:
+        """Rewards of the rollout's images -> ``p.grad``: the non-finite skip, the reward-graph
+        check of a first-order part, the subclass's ``parts``, then ``finish``."""
+        start = time.perf_counter()
+        skipped = self.skipped_if_not_finite(rollout, rewards)
+        if skipped is not None:
+            return skipped
+        if "fo" in rollout.steps:
+            self.check_reward_graph(rollout, rewards)
+        info: dict[str, float] = {}
+        parts = self.parts(rollout, rewards, info)
+        result = self.finish(rollout, rewards, parts, first_use=rollout.uses == 0)
+        rollout.uses += 1
+        result.info.update(info)
+        result.seconds = rollout.seconds + (time.perf_counter() - start)
+        return result
+
+    def sample(
+        self, chain: Chain, prompts: list[Any], generator: torch.Generator, differentiable_reward: bool
+    ) -> Rollout:
+        """Subclasses: sample the batch and keep what ``parts`` needs (checks are done)."""
+        raise NotImplementedError
+
+    def parts(self, rollout: Rollout, rewards: torch.Tensor, info: dict[str, float]) -> dict[str, torch.Tensor]:
+        """Subclasses: the flat gradient of -E[r] per part (rewards are finite); may fill ``info``."""
         raise NotImplementedError
 
     def estimate(
@@ -254,7 +288,6 @@ class Estimator:
     ) -> GradientEstimate:
         """Sample, score with ``reward``, and write the gradient estimate of -E[r] into p.grad."""
         prompts = list(prompts)
-        self.check(chain, reward, len(prompts))
         device = chain.trainable_parameters()[0].device
         start = time.perf_counter()
         with MemoryMeter(device) as meter:
@@ -294,6 +327,26 @@ class Estimator:
         previous = [self.prompt_baseline.value(p) for p in prompts]
         b = torch.tensor([loo[i].item() if v is None else v for i, v in enumerate(previous)], dtype=r.dtype)
         return r - b.to(r.device)
+
+    def fo_part(self, rollout: Rollout, rewards: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+        """First-order part: backprop of -weight * mean(r) (times ``reward_scale``) through the graph
+        the rollout kept (reward, decode and the reparameterized steps)."""
+        loss = -weight * self.reward_scale(rewards) * rewards.mean()
+        return part_gradient(loss, rollout.chain.trainable_parameters())
+
+    def ppo_part(
+        self, rollout: Rollout, rewards: torch.Tensor, clip_range: float, stats: dict[str, float] | None = None
+    ) -> torch.Tensor | None:
+        """Sum over the rollout's recorded "lr" steps of the PPO-clipped likelihood-ratio gradients
+        (advantages from this estimator's baseline; None when no step is recorded)."""
+        chain, data = rollout.chain, rollout.data
+        advantages = self.advantages(rewards, rollout.prompts)
+        weight = self.reward_scale(rewards) / rewards.shape[0]
+        total = None
+        for k in rollout.steps.get("lr", []):
+            grad = ppo_step_gradient(chain, data["cond"], k, data["record"][k], advantages, clip_range, weight, stats)
+            total = grad if total is None else total + grad
+        return total
 
     def reward_scale(self, rewards: torch.Tensor) -> float:
         """1 / batch std when ``normalize`` is on (rescales the whole gradient), else 1."""

@@ -12,19 +12,18 @@ reported as "uncovered" (a small bias).
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from ..chain import Chain, step_std_is_zero
+from ..chain import Chain
 from ..sampling import draw_noise, run_steps, take_step
-from .base import Estimator, GradientEstimate, Rollout, check_positive, part_gradient, ppo_step_gradient
+from .base import Estimator, Rollout, check_positive
 
 
 class DDPOEstimator(Estimator):
     """Likelihood ratio on all steps with PPO clipping and inner epochs."""
 
     name = "ddpo"
+    ui_options = ("inner_epochs", "clip_range")
 
     def __init__(
         self,
@@ -40,11 +39,9 @@ class DDPOEstimator(Estimator):
         self.clip_range = float(clip_range)
         self.inner_epochs = inner_epochs
 
-    def rollout(
+    def sample(
         self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
     ) -> Rollout:
-        start_time = time.perf_counter()
-        self.check_rollout(chain, prompts, differentiable_reward)
         T = chain.num_steps
         noise = draw_noise(chain, len(prompts), generator)
         cond = chain.condition(list(prompts))
@@ -66,41 +63,16 @@ class DDPOEstimator(Estimator):
                 images = chain.decode(last)
             if deterministic:
                 steps["uncovered"] = deterministic
-        return Rollout(
-            chain=chain,
-            prompts=list(prompts),
-            images=images,
-            differentiable_reward=differentiable_reward,
-            steps=steps,
-            data={"cond": cond, "record": record, "epoch": 0},
-            seconds=time.perf_counter() - start_time,
-        )
+        return Rollout(chain, list(prompts), images, differentiable_reward, steps, data={"cond": cond, "record": record})
 
-    def gradient(self, rollout: Rollout, rewards: torch.Tensor) -> GradientEstimate:
+    def parts(self, rollout: Rollout, rewards: torch.Tensor, info: dict[str, float]) -> dict[str, torch.Tensor]:
         """One PPO epoch's gradient; the first call on a rollout is the ratio-1 estimate."""
-        start_time = time.perf_counter()
-        skipped = self.skipped_if_not_finite(rollout, rewards)
-        if skipped is not None:
-            return skipped
-        chain, data = rollout.chain, rollout.data
-        params = chain.trainable_parameters()
-        scale = self.reward_scale(rewards)
-        advantages = self.advantages(rewards, rollout.prompts)
-        batch = rewards.shape[0]
         parts: dict[str, torch.Tensor] = {}
-        if "fo" in rollout.steps and data["epoch"] == 0:
-            self.check_reward_graph(rollout, rewards)
-            parts["fo"] = part_gradient(-scale * rewards.mean(), params)
-        total = None
+        if "fo" in rollout.steps and rollout.uses == 0:
+            parts["fo"] = self.fo_part(rollout, rewards)
         clip_stats: dict[str, float] = {}
-        for k in rollout.steps["lr"]:
-            grad = ppo_step_gradient(chain, data["cond"], k, data["record"][k], advantages, self.clip_range, scale / batch,
-                                     stats=clip_stats)
-            total = grad if total is None else total + grad
-        if total is not None:
-            parts["lr"] = total
-        data["epoch"] += 1
-        result = self.finish(rollout, rewards, parts, first_use=data["epoch"] == 1)
-        result.info["clip_fraction"] = clip_stats.get("clipped", 0.0) / max(clip_stats.get("ratios", 0.0), 1.0)
-        result.seconds = rollout.seconds + (time.perf_counter() - start_time)
-        return result
+        lr = self.ppo_part(rollout, rewards, self.clip_range, clip_stats)
+        if lr is not None:
+            parts["lr"] = lr
+        info["clip_fraction"] = clip_stats.get("clipped", 0.0) / max(clip_stats.get("ratios", 0.0), 1.0)
+        return parts

@@ -6,14 +6,11 @@ checkpointing recomputes each step in the backward pass instead. Needs a differe
 
 from __future__ import annotations
 
-import time
-
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from ..chain import Chain
-from ..sampling import draw_noise
-from .base import Estimator, GradientEstimate, Rollout, part_gradient
+from ..sampling import draw_noise, run_steps
+from .base import Estimator, Rollout
 
 
 class FullBackpropEstimator(Estimator):
@@ -28,47 +25,15 @@ class FullBackpropEstimator(Estimator):
             raise ValueError(f"checkpointing must be true or false, got {checkpointing!r}")
         self.checkpointing = checkpointing
 
-    def _uses_baseline(self) -> bool:
-        return False
-
-    def rollout(
+    def sample(
         self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
     ) -> Rollout:
-        start_time = time.perf_counter()
-        self.check_rollout(chain, prompts, differentiable_reward)
         noise = draw_noise(chain, len(prompts), generator)
         cond = chain.condition(list(prompts))
         with torch.enable_grad():
-            x = noise.x0
-            for k in range(chain.num_steps):
-                x = self._step(chain, x, k, cond, noise.eps[k])
+            x = run_steps(chain, noise.x0, range(chain.num_steps), cond, noise, checkpointing=self.checkpointing)
             images = chain.decode(x)
-        return Rollout(
-            chain=chain,
-            prompts=list(prompts),
-            images=images,
-            differentiable_reward=True,
-            steps={"fo": list(range(chain.num_steps))},
-            seconds=time.perf_counter() - start_time,
-        )
+        return Rollout(chain, list(prompts), images, True, steps={"fo": list(range(chain.num_steps))})
 
-    def _step(self, chain: Chain, x: torch.Tensor, k: int, cond, eps: torch.Tensor) -> torch.Tensor:
-        def step(state: torch.Tensor) -> torch.Tensor:
-            mean, std = chain.step_mean_std(state, k, cond)
-            return mean + std * eps
-
-        if self.checkpointing:
-            return checkpoint(step, x, use_reentrant=False)
-        return step(x)
-
-    def gradient(self, rollout: Rollout, rewards: torch.Tensor) -> GradientEstimate:
-        start_time = time.perf_counter()
-        skipped = self.skipped_if_not_finite(rollout, rewards)
-        if skipped is not None:
-            return skipped
-        self.check_reward_graph(rollout, rewards)
-        params = rollout.chain.trainable_parameters()
-        parts = {"fo": part_gradient(-self.reward_scale(rewards) * rewards.mean(), params)}
-        result = self.finish(rollout, rewards, parts)
-        result.seconds = rollout.seconds + (time.perf_counter() - start_time)
-        return result
+    def parts(self, rollout: Rollout, rewards: torch.Tensor, info: dict[str, float]) -> dict[str, torch.Tensor]:
+        return {"fo": self.fo_part(rollout, rewards)}

@@ -47,7 +47,6 @@ split in four groups sharing noise: (+xi, eps), (+xi, -eps), (-xi, eps), (-xi, -
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 
@@ -55,7 +54,6 @@ from ..chain import Chain, perturbation_direction, step_std_is_zero
 from ..sampling import NoisePlan, RecordedStep, draw_noise, gaussian_log_prob, run_steps, step_log_prob, take_step
 from .base import (
     Estimator,
-    GradientEstimate,
     Rollout,
     check_choice,
     check_positive,
@@ -74,6 +72,8 @@ class RLREstimator(Estimator):
     """FO on the last step + HO on a random sub-chain + ZO / LR / nothing on the rest."""
 
     name = "rlr"
+    ui_options = ("h", "remaining", "zo_scale", "window")  # the knobs a form shows (the rest: JSON)
+    option_choices = {"remaining": REMAINING}
 
     def __init__(
         self,
@@ -140,9 +140,9 @@ class RLREstimator(Estimator):
     def noise_groups(self, differentiable_reward: bool) -> int:
         return (2 if self.has_zo(differentiable_reward) else 1) * (2 if self.antithetic else 1)
 
-    def _uses_baseline(self) -> bool:
+    def uses_baseline(self) -> bool:
         # with antithetic twins the HO term needs no baseline; per-step LR terms still do
-        return self.remaining == "lr" or not self.antithetic
+        return self.baseline != "none" and (self.remaining == "lr" or not self.antithetic)
 
     def start_window(self, num_steps: int) -> tuple[int, int]:
         """Allowed HO starts (inclusive): the sub-chain must end before the last (FO) step."""
@@ -190,12 +190,10 @@ class RLREstimator(Estimator):
         return [dict(per_step) for _ in range(n)]
 
     # --- phase 1: sample and keep what the gradient needs -------------------------------------
-    def rollout(
+    def sample(
         self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
     ) -> Rollout:
-        start_time = time.perf_counter()
         T = chain.num_steps
-        self.check_rollout(chain, prompts, differentiable_reward)
         j = self._choose_start(T, generator)
         exit_step = j + self.h - 1
         others = [k for k in range(T - 1) if not j <= k <= exit_step]
@@ -271,31 +269,14 @@ class RLREstimator(Estimator):
             dropped = others + ([] if differentiable_reward else [T - 1])
             if dropped:
                 steps["dropped"] = dropped
-        return Rollout(
-            chain=chain,
-            prompts=list(prompts),
-            images=images,
-            differentiable_reward=differentiable_reward,
-            steps=steps,
-            data={
-                "j": j,
-                "groups": groups,
-                "log_prob": log_prob,
-                "ho_replay": (x_start, x_exit, whole_cond, whole_noise),
-                "zo_seeds": zo_seeds,
-                "conds": conds,
-                "records": records,
-                "num_remaining": len(others),
-            },
-            seconds=time.perf_counter() - start_time,
-        )
+        kept = {
+            "j": j, "groups": groups, "log_prob": log_prob, "ho_replay": (x_start, x_exit, whole_cond, whole_noise),
+            "zo_seeds": zo_seeds, "conds": conds, "records": records, "num_remaining": len(others),
+        }
+        return Rollout(chain, list(prompts), images, differentiable_reward, steps, data=kept)
 
     # --- phase 2: rewards -> p.grad ------------------------------------------------------------
-    def gradient(self, rollout: Rollout, rewards: torch.Tensor) -> GradientEstimate:
-        start_time = time.perf_counter()
-        skipped = self.skipped_if_not_finite(rollout, rewards)
-        if skipped is not None:
-            return skipped
+    def parts(self, rollout: Rollout, rewards: torch.Tensor, info: dict[str, float]) -> dict[str, torch.Tensor]:
         chain, data = rollout.chain, rollout.data
         params = chain.trainable_parameters()
         groups = data["groups"]
@@ -305,9 +286,8 @@ class RLREstimator(Estimator):
         r = rewards.detach().double().view(len(groups), n)  # row g = group g
         parts: dict[str, torch.Tensor] = {}
 
-        self.check_reward_graph(rollout, rewards)
         if rollout.differentiable_reward:
-            parts["fo"] = part_gradient(-self.fo_weight * scale * rewards.mean(), params)
+            parts["fo"] = self.fo_part(rollout, rewards, self.fo_weight)
 
         log_prob = data["log_prob"]
         if self.antithetic:  # twins are consecutive groups (same ZO sign, exit noise +/-)
@@ -339,7 +319,6 @@ class RLREstimator(Estimator):
         if zo_steps:
             plus = [g for g, (zo_sign, _) in enumerate(groups) if zo_sign > 0]
             minus = [g for g, (zo_sign, _) in enumerate(groups) if zo_sign < 0]
-            slope = float((r[plus] - r[minus]).mean()) / (2 * self.zo_scale)
             T = chain.num_steps
             # slope_i: antithetic difference quotient of noise set i (averaged over exit twins)
             slopes = (r[plus] - r[minus]).mean(0) / (2 * self.zo_scale)
@@ -355,10 +334,8 @@ class RLREstimator(Estimator):
             parts["zo"] = zo.to(parts["ho"].device)
 
         weights = self._weigh_parts(parts)
-        result = self.finish(rollout, rewards, parts)
-        result.info.update({f"weight_{name}": w for name, w in weights.items()})
-        result.seconds = rollout.seconds + (time.perf_counter() - start_time)
-        return result
+        info.update({f"weight_{name}": w for name, w in weights.items()})
+        return parts
 
     def _weigh_parts(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
         """Apply the part weights in place: fixed (the coefficients above) or MSE-aware ("auto")."""

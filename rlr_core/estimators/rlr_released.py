@@ -8,19 +8,18 @@ is biased. Needs a differentiable reward (its first-order step backpropagates th
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from ..chain import Chain
 from ..sampling import draw_noise, run_steps, take_step
-from .base import Estimator, GradientEstimate, Rollout, check_positive, part_gradient, ppo_step_gradient
+from .base import Estimator, Rollout, check_positive, part_gradient
 
 
 class RLRReleasedEstimator(Estimator):
     """FO last step + ``chain_len`` random single-step PPO likelihood-ratio terms, no ZO."""
 
     name = "rlr-released"
+    ui_options = ("chain_len",)
     requires_differentiable_reward = True
 
     def __init__(self, chain_len: int = 2, clip_range: float = 1e-4, normalize: bool = True, baseline: str = "loo") -> None:
@@ -36,11 +35,9 @@ class RLRReleasedEstimator(Estimator):
             raise ValueError(f"chain_len must be <= num_steps - 1 = {chain.num_steps - 1}, got {self.chain_len}")
         super()._check_setup(chain, differentiable_reward, batch_size)
 
-    def rollout(
+    def sample(
         self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
     ) -> Rollout:
-        start_time = time.perf_counter()
-        self.check_rollout(chain, prompts, differentiable_reward)
         T = chain.num_steps
         order = torch.randperm(T - 1, generator=generator, device=generator.device).tolist()
         lr_steps = sorted(order[: self.chain_len])
@@ -53,34 +50,10 @@ class RLRReleasedEstimator(Estimator):
             x_T, _, _ = take_step(chain, x.detach(), T - 1, cond, noise.eps[T - 1])
             images = chain.decode(x_T)
         dropped = [k for k in range(T - 1) if k not in lr_steps]
-        return Rollout(
-            chain=chain,
-            prompts=list(prompts),
-            images=images,
-            differentiable_reward=True,
-            steps={"fo": [T - 1], "lr": lr_steps, "dropped": dropped},
-            data={"cond": cond, "record": record},
-            seconds=time.perf_counter() - start_time,
-        )
+        return Rollout(chain, list(prompts), images, True, steps={"fo": [T - 1], "lr": lr_steps, "dropped": dropped},
+                       data={"cond": cond, "record": record})
 
-    def gradient(self, rollout: Rollout, rewards: torch.Tensor) -> GradientEstimate:
-        start_time = time.perf_counter()
-        skipped = self.skipped_if_not_finite(rollout, rewards)
-        if skipped is not None:
-            return skipped
-        chain, data = rollout.chain, rollout.data
-        params = chain.trainable_parameters()
-        scale = self.reward_scale(rewards)
-        advantages = self.advantages(rewards, rollout.prompts)
-        batch = rewards.shape[0]
-        parts = {}
-        self.check_reward_graph(rollout, rewards)
-        parts["fo"] = part_gradient(-rewards.mean(), params)
-        total = None
-        for k in rollout.steps["lr"]:
-            grad = ppo_step_gradient(chain, data["cond"], k, data["record"][k], advantages, self.clip_range, scale / batch)
-            total = grad if total is None else total + grad
-        parts["lr"] = total
-        result = self.finish(rollout, rewards, parts)
-        result.seconds = rollout.seconds + (time.perf_counter() - start_time)
-        return result
+    def parts(self, rollout: Rollout, rewards: torch.Tensor, info: dict[str, float]) -> dict[str, torch.Tensor]:
+        # the released code does not normalise its first-order term, only the advantages
+        fo = part_gradient(-rewards.mean(), rollout.chain.trainable_parameters())
+        return {"fo": fo, "lr": self.ppo_part(rollout, rewards, self.clip_range)}

@@ -6,19 +6,18 @@ estimate is biased; memory is O(K). ``k_range=(lo, hi)`` draws K uniformly per e
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from ..chain import Chain
 from ..sampling import draw_noise, run_steps
-from .base import Estimator, GradientEstimate, Rollout, part_gradient, random_int
+from .base import Estimator, Rollout, random_int
 
 
 class TruncatedBackpropEstimator(Estimator):
     """Backpropagate through the last ``k`` steps; earlier steps are detached."""
 
     name = "truncated-bp"
+    ui_options = ("k",)
     requires_differentiable_reward = True
 
     def __init__(self, k: int = 1, k_range: tuple[int, int] | list[int] | None = None, normalize: bool = False) -> None:
@@ -32,9 +31,6 @@ class TruncatedBackpropEstimator(Estimator):
         self.k = k
         self.k_range = k_range
 
-    def _uses_baseline(self) -> bool:
-        return False
-
     def _check_setup(self, chain: Chain, differentiable_reward: bool, batch_size: int) -> None:
         largest = self.k_range[1] if self.k_range else self.k
         if largest > chain.num_steps:
@@ -42,11 +38,9 @@ class TruncatedBackpropEstimator(Estimator):
             raise ValueError(f"{field_name} must be <= num_steps = {chain.num_steps}, got {largest}")
         super()._check_setup(chain, differentiable_reward, batch_size)
 
-    def rollout(
+    def sample(
         self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
     ) -> Rollout:
-        start_time = time.perf_counter()
-        self.check_rollout(chain, prompts, differentiable_reward)
         T = chain.num_steps
         k = self.k
         if self.k_range is not None:
@@ -58,23 +52,8 @@ class TruncatedBackpropEstimator(Estimator):
         with torch.enable_grad():
             x = run_steps(chain, x.detach(), range(T - k, T), cond, noise)
             images = chain.decode(x)
-        return Rollout(
-            chain=chain,
-            prompts=list(prompts),
-            images=images,
-            differentiable_reward=True,
-            steps={"fo": list(range(T - k, T)), "dropped": list(range(0, T - k))},
-            seconds=time.perf_counter() - start_time,
-        )
+        return Rollout(chain, list(prompts), images, True,
+                       steps={"fo": list(range(T - k, T)), "dropped": list(range(0, T - k))})
 
-    def gradient(self, rollout: Rollout, rewards: torch.Tensor) -> GradientEstimate:
-        start_time = time.perf_counter()
-        skipped = self.skipped_if_not_finite(rollout, rewards)
-        if skipped is not None:
-            return skipped
-        self.check_reward_graph(rollout, rewards)
-        params = rollout.chain.trainable_parameters()
-        parts = {"fo": part_gradient(-self.reward_scale(rewards) * rewards.mean(), params)}
-        result = self.finish(rollout, rewards, parts)
-        result.seconds = rollout.seconds + (time.perf_counter() - start_time)
-        return result
+    def parts(self, rollout: Rollout, rewards: torch.Tensor, info: dict[str, float]) -> dict[str, torch.Tensor]:
+        return {"fo": self.fo_part(rollout, rewards)}

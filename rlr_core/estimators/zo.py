@@ -11,19 +11,18 @@ inference only, no autograd, works with any reward.
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from ..chain import Chain, perturbation_direction
 from ..sampling import draw_noise, run_steps
-from .base import Estimator, GradientEstimate, Rollout, check_positive, flatten, random_int
+from .base import Estimator, Rollout, check_positive, flatten, random_int
 
 
 class ZerothOrderEstimator(Estimator):
     """Antithetic parameter-perturbation estimate with common random numbers."""
 
     name = "zo"
+    ui_options = ("scale",)
 
     def __init__(self, scale: float = 1e-2, normalize: bool = False) -> None:
         super().__init__(baseline="none", normalize=normalize)
@@ -33,14 +32,9 @@ class ZerothOrderEstimator(Estimator):
     def noise_groups(self, differentiable_reward: bool) -> int:
         return 2
 
-    def _uses_baseline(self) -> bool:
-        return False
-
-    def rollout(
+    def sample(
         self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
     ) -> Rollout:
-        start_time = time.perf_counter()
-        self.check_rollout(chain, prompts, differentiable_reward)
         n = len(prompts) // 2
         noise = draw_noise(chain, n, generator)
         seed = random_int(generator, 2**31 - 1)
@@ -51,27 +45,13 @@ class ZerothOrderEstimator(Estimator):
                 perturb = {k: (seed, sign * self.scale) for k in range(chain.num_steps)}
                 x = run_steps(chain, noise.x0, range(chain.num_steps), cond, noise, perturb)
                 images.append(chain.decode(x))
-        return Rollout(
-            chain=chain,
-            prompts=list(prompts),
-            images=torch.cat(images),
-            differentiable_reward=differentiable_reward,
-            steps={"zo": list(range(chain.num_steps))},
-            data={"seed": seed},
-            seconds=time.perf_counter() - start_time,
-        )
+        return Rollout(chain, list(prompts), torch.cat(images), differentiable_reward,
+                       steps={"zo": list(range(chain.num_steps))}, data={"seed": seed})
 
-    def gradient(self, rollout: Rollout, rewards: torch.Tensor) -> GradientEstimate:
-        start_time = time.perf_counter()
-        skipped = self.skipped_if_not_finite(rollout, rewards)
-        if skipped is not None:
-            return skipped
+    def parts(self, rollout: Rollout, rewards: torch.Tensor, info: dict[str, float]) -> dict[str, torch.Tensor]:
         params = rollout.chain.trainable_parameters()
         r = rewards.detach().double()
         half = r.shape[0] // 2
         slope = float((r[:half] - r[half:]).mean()) / (2 * self.scale)
         xi = flatten(perturbation_direction(params, rollout.data["seed"]), params)
-        parts = {"zo": -(self.reward_scale(rewards) * slope) * xi}
-        result = self.finish(rollout, rewards, parts)
-        result.seconds = rollout.seconds + (time.perf_counter() - start_time)
-        return result
+        return {"zo": -(self.reward_scale(rewards) * slope) * xi}

@@ -2,6 +2,8 @@
 
     reward = get_reward("aesthetic")                  # LAION aesthetic on CLIP ViT-L/14
     reward = get_reward("clip", clip_model="ViT-B-32", pretrained="openai")
+    reward = get_reward("clip", model="tiny-clip", text="a red star on a white background")  # offline
+    reward = get_reward("pickscore"); get_reward("hpsv2", version="v2.1")
     reward = get_reward("target-color", color="blue") # weight-free
     reward = get_reward("my_pkg.rewards:score")       # plug-in (refused in hosted mode)
     list_rewards()                                    # names, descriptions, options (for the UI)
@@ -33,6 +35,7 @@ __all__ = [
     "clear_reward_cache",
     "WeightsUnavailableError",
     "HOSTED_ENV",
+    "default_clip_model",
 ]
 
 
@@ -71,7 +74,7 @@ class RewardInfo:
 
 
 _CLIP_OPTIONS = {
-    "clip_model": RewardOption("ViT-L-14-quickgelu", str, "open_clip architecture (open_clip.list_models())"),
+    "clip_model": RewardOption("ViT-L-14-quickgelu", str, "open_clip architecture (open_clip.list_models()), or 'tiny-clip' (bundled, offline; pretrained ignored)"),
     "pretrained": RewardOption("openai", str, "open_clip pretrained tag, or a local checkpoint file"),
     "precision": RewardOption("fp32", str, "CLIP weights precision", ("fp32", "fp16", "bf16")),
     "cache_dir": RewardOption("", str, "download cache folder ('' = the Hugging Face / open_clip defaults)"),
@@ -84,10 +87,31 @@ def _aesthetic(**kw: Any) -> Reward:
     return AestheticReward(**kw)
 
 
-def _clip(**kw: Any) -> Reward:
+def _clip(model: str = "", **kw: Any) -> Reward:
     from rlr_core.rewards.aesthetic import ClipScoreReward
 
+    if model:  # alias of clip_model: get_reward("clip", model="tiny-clip")
+        kw["clip_model"] = model
     return ClipScoreReward(**kw)
+
+
+def _pickscore(**kw: Any) -> Reward:
+    from rlr_core.rewards.pickscore import PickScoreReward
+
+    return PickScoreReward(**kw)
+
+
+def _hpsv2(**kw: Any) -> Reward:
+    from rlr_core.rewards.hpsv2 import HPSv2Reward
+
+    return HPSv2Reward(**kw)
+
+
+def default_clip_model(base_model: str) -> str:
+    """Default ``clip_model`` of the CLIP-based rewards for ``base_model``: "tiny-clip" for the tiny model."""
+    from rlr_core.rewards.clip_models import default_clip_model as default
+
+    return default(base_model)
 
 
 def _preference(**kw: Any) -> Reward:
@@ -126,6 +150,35 @@ _REGISTRY: dict[str, RewardInfo] = {
                 **_CLIP_OPTIONS,
                 "scale": RewardOption(100.0, float, "multiplier of the cosine"),
                 "clamp": RewardOption(False, bool, "use max(cos, 0) as in the CLIPScore metric (zero gradient below 0)"),
+                "text": RewardOption("", str, "score every image against this text instead of its prompt ('' = the prompt)"),
+                "model": RewardOption("", str, "alias of clip_model, e.g. 'tiny-clip' ('' = use clip_model)"),
+            },
+        ),
+        RewardInfo(
+            "pickscore",
+            "PickScore v1 (CLIP ViT-H/14 tuned on Pick-a-Pic): 100 x cosine(image, prompt), about 18-23. Downloads weights (3.9 GB).",
+            True,
+            True,
+            _pickscore,
+            {
+                "model": RewardOption("yuvalkirstain/PickScore_v1", str, "Hub repo id or local folder of the CLIPModel"),
+                "processor": RewardOption("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", str, "Hub repo id or local folder of the CLIPProcessor"),
+                "precision": RewardOption("fp32", str, "weights precision", ("fp32", "fp16", "bf16")),
+                "cache_dir": RewardOption("", str, "download cache folder ('' = the Hugging Face default)"),
+            },
+        ),
+        RewardInfo(
+            "hpsv2",
+            "HPSv2 / HPSv2.1 (open_clip ViT-H-14 tuned on human preferences): cosine(image, prompt), about 0.2-0.3. Downloads weights (1.9 GB).",
+            True,
+            True,
+            _hpsv2,
+            {
+                "version": RewardOption("v2.1", str, "HPS checkpoint version", ("v2.0", "v2.1")),
+                "checkpoint": RewardOption("", str, "local HPS_v2_compressed.pt / HPS_v2.1_compressed.pt ('' = download from xswu/HPSv2)"),
+                "clip_model": RewardOption("ViT-H-14", str, "open_clip architecture of the checkpoint"),
+                "precision": RewardOption("fp32", str, "weights precision", ("fp32", "fp16", "bf16")),
+                "cache_dir": RewardOption("", str, "download cache folder ('' = the Hugging Face default)"),
             },
         ),
         RewardInfo(
@@ -138,7 +191,7 @@ _REGISTRY: dict[str, RewardInfo] = {
             {
                 "mode": RewardOption("learned", str, "learned = fitted head; direct = clicks are the reward", ("learned", "direct")),
                 "log_path": RewardOption("clicks.jsonl", str, "JSONL click log to fit on"),
-                "features": RewardOption("auto", str, "image features of the head", ("auto", "clip", "pixels")),
+                "features": RewardOption("auto", str, "image features of the head", ("auto", "clip", "tiny-clip", "pixels")),
                 "clip_model": RewardOption("ViT-L-14-quickgelu", str, "open_clip architecture for features=clip/auto"),
                 "pretrained": RewardOption("openai", str, "open_clip pretrained tag for features=clip/auto"),
                 "l2": RewardOption(1e-2, float, "L2 penalty of the Bradley-Terry fit"),

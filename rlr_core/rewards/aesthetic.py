@@ -21,7 +21,7 @@ import threading
 import torch
 from torch import nn
 
-from rlr_core.rewards.clip_models import LoadedClip, encode_images, encode_texts, load_clip
+from rlr_core.rewards.clip_models import DEFAULT_CLIP_MODEL, LoadedClip, encode_images, encode_texts, load_clip
 from rlr_core.hub import WeightsUnavailableError, fetch_hf_file, fetch_url
 from rlr_core.rewards.simple import check_images
 
@@ -31,7 +31,6 @@ HEAD_GITHUB_URL = (
     "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac%2Blogos%2Bava1-l14-linearMSE.pth"
 )
 HEAD_NAME = "the LAION aesthetic head sac+logos+ava1-l14-linearMSE.pth"
-DEFAULT_CLIP_MODEL = "ViT-L-14-quickgelu"
 DEFAULT_PRETRAINED = "openai"
 
 
@@ -149,7 +148,12 @@ class AestheticReward(_ClipReward):
 
 
 class ClipScoreReward(_ClipReward):
-    """CLIP score: ``scale * cos(image, prompt)`` (``clamp=True``: ``scale * max(cos, 0)``). Differentiable."""
+    """CLIP score: ``scale * cos(image, text)`` (``clamp=True``: ``scale * max(cos, 0)``). Differentiable.
+
+    ``text`` is the caption every image is scored against ('' = each image's own prompt), so a run
+    can ask for something the prompt does not say. ``clip_model="tiny-clip"`` uses the bundled
+    offline tiny-clip (``pretrained`` and ``precision`` are then ignored).
+    """
 
     name = "clip"
     differentiable = True
@@ -160,15 +164,19 @@ class ClipScoreReward(_ClipReward):
         pretrained: str = DEFAULT_PRETRAINED,
         scale: float = 100.0,
         clamp: bool = False,
+        text: str = "",
         precision: str = "fp32",
         cache_dir: str | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
-        super().__init__(clip_model, pretrained, precision, cache_dir, device)
         self.scale = float(scale)
         if not self.scale > 0:
             raise ValueError(f"scale={scale!r} is not allowed; allowed values: a number > 0")
+        if not isinstance(text, str):
+            raise ValueError(f"text={text!r} is not allowed; allowed values: a string ('' = score against the prompt)")
+        super().__init__(clip_model, pretrained, precision, cache_dir, device)
         self.clamp = bool(clamp)
+        self.text = text.strip()
         self._text_cache: dict[tuple[str, str], torch.Tensor] = {}
 
     def text_embeddings(self, prompts: list[str], device: torch.device) -> torch.Tensor:
@@ -185,7 +193,7 @@ class ClipScoreReward(_ClipReward):
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         check_images(images, prompts)
         img = encode_images(self._clip_for(images.device), images)
-        txt = self.text_embeddings(list(prompts), images.device)
+        txt = self.text_embeddings([self.text] * len(prompts) if self.text else list(prompts), images.device)
         cos = (img * txt).sum(dim=-1)
         if self.clamp:
             cos = cos.clamp_min(0.0)

@@ -5,6 +5,10 @@
 models are shared by every reward in the process (the aesthetic and CLIP-score rewards use the same
 ViT-L/14 by default).
 
+``load_clip("tiny-clip", ...)`` returns the bundled offline tiny-clip (``rlr_core.tiny.clip_model``,
+weights in ``assets/tiny-clip``) in the same form; ``pretrained`` and ``precision`` do not apply to it.
+``default_clip_model(base_model)`` is "tiny-clip" for the bundled tiny model, ViT-L/14 otherwise.
+
 ``preprocess(images, size, mean, std)`` does CLIP's image transform in torch (resize the shorter
 side, centre crop, normalise), so gradients reach the pixels: no PIL round trip.
 """
@@ -27,6 +31,8 @@ from rlr_core.hub import (
 )
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+TINY_CLIP = "tiny-clip"  # the bundled offline model (rlr_core.tiny.clip_model), not an open_clip name
+DEFAULT_CLIP_MODEL = "ViT-L-14-quickgelu"
 RANDOM_WEIGHTS = ("", "none", "random")  # pretrained tags meaning "random init" (tests, debugging)
 _HF_WEIGHTS = "open_clip_pytorch_model.bin"
 _HF_SAFE_WEIGHTS = "open_clip_model.safetensors"
@@ -65,9 +71,50 @@ def _check_model_name(model_name: str) -> None:
         known = open_clip.list_models()
         vit = [m for m in known if m.startswith("ViT-")][:12]
         raise ValueError(
-            f"clip_model={model_name!r} is not an open_clip architecture; allowed values are the names in "
-            f"open_clip.list_models() ({len(known)} of them, e.g. {', '.join(vit)})"
+            f"clip_model={model_name!r} is not an open_clip architecture; allowed values are {TINY_CLIP!r} (bundled, "
+            f"offline) or the names in open_clip.list_models() ({len(known)} of them, e.g. {', '.join(vit)})"
         )
+
+
+def is_tiny_base_model(base_model: str) -> bool:
+    """True when ``base_model`` (a ``load_model`` name or path) is the bundled tiny model."""
+    from rlr_core.tiny.clip_model import ASSET_DIR
+
+    name = str(base_model or "").strip()
+    if name == "tiny":
+        return True
+    tiny_dir = ASSET_DIR.parent / "tiny-shapes"
+    try:
+        return bool(name) and os.path.isdir(name) and os.path.samefile(name, tiny_dir)
+    except OSError:
+        return False
+
+
+def default_clip_model(base_model: str) -> str:
+    """The CLIP model a reward should use by default for ``base_model``: ``"tiny-clip"`` for the tiny model.
+
+    The tiny model draws 32x32 shapes that ImageNet-scale CLIPs do not read well, and tiny-clip
+    needs no download; every other base model gets ViT-L/14 (OpenAI), the default of the rewards.
+    """
+    return TINY_CLIP if is_tiny_base_model(base_model) else DEFAULT_CLIP_MODEL
+
+
+def _load_tiny_clip(device: torch.device) -> LoadedClip:
+    """tiny-clip as a :class:`LoadedClip` (its image tower maps [0, 1] to [-1, 1] itself: mean 0, std 1 here)."""
+    from rlr_core.tiny.clip_model import load_tiny_clip
+
+    model = load_tiny_clip(device=device)
+    size = int(model.config.image_size)
+    return LoadedClip(
+        model,
+        lambda texts: model.tokenize(list(texts))[0],
+        (size, size),
+        (0.0, 0.0, 0.0),
+        (1.0, 1.0, 1.0),
+        "bilinear",
+        int(model.config.embed_dim),
+        TINY_CLIP,
+    )
 
 
 def resolve_pretrained(model_name: str, pretrained: str, cache_dir: str | None = None) -> tuple[str | None, dict]:
@@ -143,6 +190,8 @@ def load_clip(
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is not allowed; allowed values: {list(PRECISIONS)}")
+    if model_name == TINY_CLIP:
+        return _load_tiny_clip(torch.device(device))  # bundled, float32; pretrained/precision do not apply
     _check_model_name(model_name)
     device = torch.device(device)
     key = (model_name, str(pretrained), str(device), precision, cache_dir)

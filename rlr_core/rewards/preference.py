@@ -28,7 +28,7 @@ import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ from rlr_core.rewards.clip_models import encode_images, load_clip
 from rlr_core.rewards.simple import check_images
 
 MODES = ("direct", "learned")
-FEATURES = ("auto", "clip", "pixels")
+FEATURES = ("auto", "clip", "tiny-clip", "pixels")  # tiny-clip = clip features from the bundled tiny-clip
 LOG_VERSION = 1
 
 
@@ -270,6 +270,8 @@ class PreferenceReward:
         self.log = log if isinstance(log, ClickLog) or log is None else ClickLog(log)
         self.l2 = float(l2)
         self.device = torch.device(device)
+        if features == "tiny-clip":  # the bundled offline model (rlr_core.tiny.clip_model)
+            features, clip_model = "clip", "tiny-clip"
         self._clip_args = (clip_model, pretrained)
         self.features_kind = self._choose_features(features)
         self.weight: torch.Tensor | None = None  # [D] float64 on cpu
@@ -407,12 +409,12 @@ class PreferenceRound:
 
 @dataclass
 class PreferenceUpdate:
-    """What ``PreferenceSession.update`` did."""
+    """What ``PreferenceSession.update`` did (``report``: the Trainer's StepReport of the update)."""
 
     round_id: str
     rewards: list[float]
     update_norm: float
-    estimate: Any
+    report: Any
 
 
 def click_rewards(n: int, chosen: Sequence[int] | None = None, ranks: Sequence[int] | None = None) -> tuple[list[bool], list[int] | None, torch.Tensor]:
@@ -441,18 +443,34 @@ def click_rewards(n: int, chosen: Sequence[int] | None = None, ranks: Sequence[i
     return flags, rank_list, rewards
 
 
-class PreferenceSession:
-    """Rounds of images to click, turned into updates of the chain's trainable parameters.
+class ClickReward:
+    """The reward of a direct-mode click run: the clicks themselves, so no function of the images.
 
-    ``trainer`` is anything with ``apply_update(estimate) -> float`` (the Trainer: clip + AdamW).
+    Calling it gives NaN for every image (evaluation images of a click run have no score; a
+    training update from it would be skipped as non-finite). Updates come from
+    ``PreferenceSession.update`` with the clicks as rewards.
+    """
+
+    name = "clicks"
+    differentiable = False
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        check_images(images, prompts)
+        return torch.full((images.shape[0],), float("nan"))
+
+
+class PreferenceSession:
+    """Rounds of images to click, each turned into one iteration of the run's Trainer.
+
+    ``trainer``: the run's ``rlr_core.trainer.Trainer`` (anything with ``chain``, ``estimator`` and
+    ``update_from_rewards(rollout, rewards) -> StepReport``): its estimator samples the rounds and
+    every click update is a Trainer iteration (a step, a metrics line, checkpoints when due).
     ``k``: how many images the user must choose per round in ``click(chosen=...)`` (None = any
     number between 1 and B-1).
     """
 
     def __init__(
         self,
-        chain: Any,
-        estimator: Any,
         trainer: Any,
         log: ClickLog | str | os.PathLike,
         mode: str = "direct",
@@ -463,7 +481,7 @@ class PreferenceSession:
             raise ValueError(f"mode={mode!r} is not allowed; allowed values: {list(MODES)}")
         if k is not None and int(k) < 1:
             raise ValueError(f"k={k!r} is not allowed; allowed values: an integer >= 1 or None")
-        self.chain, self.estimator, self.trainer = chain, estimator, trainer
+        self.trainer = trainer
         self.log = log if isinstance(log, ClickLog) else ClickLog(log)
         self.mode = mode
         self.k = None if k is None else int(k)
@@ -486,9 +504,8 @@ class PreferenceSession:
         else:
             seed = int(generator.initial_seed())
         differentiable = self.mode == "learned"
-        rollout = self.estimator.rollout(self.chain, prompts, generator, differentiable_reward=differentiable)
-        images = rollout.display_images() if hasattr(rollout, "display_images") else rollout.images.detach().cpu()
-        images = images.detach().float().cpu()
+        rollout = self.trainer.estimator.rollout(self.trainer.chain, prompts, generator, differentiable_reward=differentiable)
+        images = rollout.images.detach().float().cpu()
         hashes = [image_sha256(a) for a in to_uint8(images)]
         return PreferenceRound(uuid.uuid4().hex, prompts, seed, images, hashes, rollout)
 
@@ -523,15 +540,13 @@ class PreferenceSession:
         if round.rollout is None:
             raise ValueError(f"round {round.round_id} has no rollout (rounds do not survive a restart; sample a new one)")
         rewards = self.rewards_for(round)
-        images = getattr(round.rollout, "images", None)
-        if isinstance(images, torch.Tensor):
-            rewards = rewards.to(images.device)
-        estimate = self.estimator.gradient(round.rollout, rewards)
-        norm = float(self.trainer.apply_update(estimate))
+        report = self.trainer.update_from_rewards(round.rollout, rewards)
         round.updated, round.rollout = True, None  # free the kept graph / states
         values = [float(v) for v in rewards.detach().cpu()]
-        self.log.append_event("update", round_id=round.round_id, rewards=values, update_norm=norm, mode=self.mode)
-        return PreferenceUpdate(round.round_id, values, norm, estimate)
+        norm = float(report.update_norm)
+        self.log.append_event("update", round_id=round.round_id, rewards=values, update_norm=norm, mode=self.mode,
+                              step=int(report.step))
+        return PreferenceUpdate(round.round_id, values, norm, report)
 
     def history(self) -> dict[str, list[ClickRecord]]:
         """Every clicked round in the log (survives restarts)."""

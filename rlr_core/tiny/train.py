@@ -14,7 +14,6 @@ import argparse
 import copy
 import csv
 import json
-import math
 import os
 import time
 from pathlib import Path

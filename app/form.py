@@ -1,0 +1,333 @@
+"""The Train form in one table: every field's key, label, kind, default and limits.
+
+The widgets of the Train tab, the parameters of the ``/train`` API endpoint, the defaults, the
+parsing of form values into a ``TrainConfig`` (:func:`config_from_form`) and its inverse
+(:func:`form_from_config`) all come from :data:`FIELDS`. Estimator options that get their own
+field are the ones the estimators declare (``Estimator.ui_options``); the rest go in the
+"More estimator options" JSON. No Gradio here: ``app.ui`` turns the table into widgets.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from rlr_core.config import TrainConfig
+from rlr_core.diffusers_chain import model_defaults
+from rlr_core.estimators import estimator_options, list_estimators, option_choices, ui_options
+from rlr_core.rewards import reward_names
+
+from .settings import DEFAULT_PROMPTS, MODEL_PRESETS, TINY_MISSING_MESSAGE, caps, tiny_model_available
+from .state import FieldError
+
+EVAL_SEEDS = [0, 1, 2, 3]
+
+
+@dataclass(frozen=True)
+class Field:
+    """One input of the Train form (and parameter of ``/train``).
+
+    ``kind``: how the value is parsed: "text", "lines" (one entry per line), "json" (an object),
+    "pair" (two numbers 'a, b'), "int", "float", "optional-float" (empty = None), "choice", "bool".
+    ``config``: the TrainConfig field it fills (None for the estimator options and
+    ``continue_lora``). ``cap``: the key of ``settings.caps`` giving the maximum.
+    """
+
+    key: str
+    label: str
+    kind: str
+    default: Any
+    config: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    cap: str | None = None
+    info: str = ""
+    choices: tuple = ()
+    estimators: tuple[str, ...] = ()  # estimator option fields: the estimators that take it
+    section: str = "main"  # where ui.py puts it: main, schedule, estimator, sampling, optimization
+
+    @property
+    def is_estimator_option(self) -> bool:
+        return bool(self.estimators)
+
+    def maximum_for(self, hosted: bool) -> float | None:
+        return caps(hosted)[self.cap] if self.cap else self.maximum
+
+    @property
+    def python_type(self) -> type:
+        """The type of the ``/train`` parameter."""
+        if self.is_estimator_option:  # None = the estimator's default
+            return {"int": int, "float": float, "pair": str}.get(self.kind, str) | None  # type: ignore[return-value]
+        return {"int": int, "float": float, "optional-float": float | None, "bool": bool}.get(self.kind, str)  # type: ignore[return-value]
+
+
+# Labels of the estimator options estimators may declare (``Estimator.ui_options``).
+OPTION_LABELS: dict[str, tuple[str, str]] = {
+    "h": ("h (HO sub-chain length)", "rlr: steps backpropagated inside the half-order sub-chain"),
+    "remaining": ("Remaining steps", "rlr: none = dropped (default), zo = unbiased, lr = likelihood ratio"),
+    "zo_scale": ("ZO scale", "rlr: parameter perturbation size of the ZO part"),
+    "window": ("HO window", "rlr: allowed starts of the HO sub-chain 'a, b' (empty = all)"),
+    "k": ("k (steps backpropagated)", "truncated-bp: backprop through the last k steps"),
+    "inner_epochs": ("PPO epochs", "ddpo: PPO epochs per rollout"),
+    "clip_range": ("PPO clip range", "ddpo: per-dimension ratio clip"),
+    "scale": ("Perturbation scale", "zo: parameter perturbation size"),
+    "chain_len": ("LR steps", "rlr-released: random single-step likelihood-ratio terms"),
+}
+
+
+def _estimator_option_fields() -> list[Field]:
+    takers: dict[str, list[str]] = {}
+    kinds: dict[str, str] = {}
+    choices: dict[str, tuple] = {}
+    for name in list_estimators():
+        for option, default in ui_options(name).items():
+            takers.setdefault(option, []).append(name)
+            kinds.setdefault(option, _option_kind(default))
+            choices.update({k: tuple(v) for k, v in option_choices(name).items() if k == option})
+    fields = []
+    for option, names in takers.items():
+        label, info = OPTION_LABELS.get(option, (option, ""))
+        kind = "choice" if option in choices else kinds[option]
+        minimum = 1 if kind == "int" else None
+        fields.append(Field(option, label, kind, None, minimum=minimum, info=info, choices=choices.get(option, ()),
+                            estimators=tuple(names), section="estimator"))
+    return fields
+
+
+def _option_kind(default: Any) -> str:
+    if isinstance(default, bool):
+        return "bool"
+    if isinstance(default, int):
+        return "int"
+    if isinstance(default, float):
+        return "float"
+    if default is None or isinstance(default, (list, tuple)):
+        return "pair"
+    return "text"
+
+
+FIELDS: list[Field] = [
+    Field("model", "Model", "choice", "tiny", "model", choices=tuple(v for _, v in MODEL_PRESETS),
+          info="a preset, a Hugging Face Hub id or a local diffusers folder"),
+    Field("reward", "Reward", "choice", "saturation", "reward", choices=tuple(reward_names()),
+          info="built-in, or a plug-in 'module:function' / file.py (local only)"),
+    Field("reward_options", "Reward options (JSON)", "json", "{}", "reward_options"),
+    Field("prompt", "Prompts (one per line)", "lines", DEFAULT_PROMPTS.splitlines()[0], "prompts", cap="prompts"),
+    Field("coarse_prompt", "Coarse prompt (first steps)", "text", "", "coarse_prompt", section="schedule"),
+    Field("mid_prompt", "Mid prompt", "text", "", "mid_prompt", section="schedule"),
+    Field("fine_prompt", "Fine prompt (last steps)", "text", "", "fine_prompt", section="schedule"),
+    Field("prompt_boundaries", "Prompt boundaries", "pair", "1/3, 2/3", "prompt_boundaries", section="schedule",
+          info="two step indices 'a, b' or fractions '1/3, 2/3'"),
+    Field("estimator", "Estimator", "choice", "rlr", "estimator", choices=tuple(list_estimators()), section="estimator",
+          info="rlr (default), rlr-paper (the exactly unbiased RLR) or a baseline"),
+    *_estimator_option_fields(),
+    Field("estimator_options", "More estimator options (JSON)", "json", "{}", "estimator_options", section="estimator",
+          info='e.g. {"lr_samples": 4} for rlr, {"baseline": "prompt"} for ddpo'),
+    Field("num_steps", "Sampling steps", "int", model_defaults("tiny")["num_steps"], "num_steps", 2, cap="num_steps",
+          section="sampling", info="default: the model's own"),
+    Field("eta", "eta", "float", 1.0, "eta", 0.0, 1.0, section="sampling"),
+    Field("guidance_scale", "Guidance", "optional-float", None, "guidance_scale", 0.0, section="sampling",
+          info="empty = the model's default"),
+    Field("batch_size", "Batch size", "int", 4, "batch_size", 1, cap="batch_size", section="sampling",
+          info="a multiple of the estimator's noise groups"),
+    Field("lr", "Learning rate", "float", 1e-3, "lr", 0.0, section="optimization"),
+    Field("lora_rank", "LoRA rank", "int", 4, "lora_rank", 1, cap="lora_rank", section="optimization"),
+    Field("steps", "Iterations", "int", 50, "steps", 1, cap="steps", section="optimization"),
+    Field("seed", "Seed", "int", 0, "seed", 0, section="optimization"),
+    Field("eval_every", "Refresh 'after' every N iterations", "int", 5, "eval_every", 0, section="optimization"),
+    Field("continue_lora", "Continue from the current LoRA (same model and rank)", "bool", False, section="optimization"),
+]
+
+FIELD_BY_KEY = {f.key: f for f in FIELDS}
+FORM_KEYS = [f.key for f in FIELDS]
+FORM_DEFAULTS: dict[str, Any] = {f.key: f.default for f in FIELDS}
+_LABEL_OF_CONFIG = {f.config: f.label for f in FIELDS if f.config}
+
+
+# ----------------------------------------------------------------------------------- parsing
+def _number(text: str) -> float | int:
+    text = text.strip()
+    if "/" in text:
+        a, b = text.split("/", 1)
+        return float(a) / float(b)
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+def parse_value(field: Field, value: Any, hosted: bool) -> Any:
+    """The value of one field, checked against its kind and limits; FieldError naming the label."""
+    label = field.label
+    if field.kind == "bool":
+        return bool(value)
+    if field.kind == "json":
+        if value is None or value == "":
+            return {}
+        if isinstance(value, dict):
+            return dict(value)
+        try:
+            parsed = json.loads(str(value))
+        except json.JSONDecodeError as error:
+            raise FieldError(label, f'must be a JSON object like {{"key": value}}; {error.msg} at column {error.colno}') from None
+        if not isinstance(parsed, dict):
+            raise FieldError(label, f'must be a JSON object like {{"key": value}}, got {type(parsed).__name__}')
+        return parsed
+    if field.kind == "lines":
+        lines = [line.strip() for line in str(value or "").splitlines() if line.strip()]
+        if not lines:
+            raise FieldError(label, "enter at least one (one per line)")
+        maximum = field.maximum_for(hosted)
+        if maximum is not None and len(lines) > maximum:
+            raise FieldError(label, f"at most {int(maximum)} here; got {len(lines)}")
+        return lines
+    if field.kind in ("text", "choice"):
+        return str(value if value is not None else "").strip()
+    if field.kind == "pair":
+        return _pair(label, value)
+    if field.kind == "optional-float" and (value is None or str(value).strip() == ""):
+        return None
+    return _bounded_number(field, value, hosted)
+
+
+def parse_int(label: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
+    """An integer input outside the Train form (rounds, repeats, seeds); FieldError naming ``label``."""
+    return int(_bounded_number(Field(label, label, "int", None, minimum=minimum, maximum=maximum), value, False))
+
+
+def _bounded_number(field: Field, value: Any, hosted: bool) -> int | float:
+    label, integer = field.label, field.kind == "int"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise FieldError(label, f"must be {'an integer' if integer else 'a number'}; got {value!r}") from None
+    if not math.isfinite(number) or (integer and not number.is_integer()):
+        raise FieldError(label, f"must be {'an integer' if integer else 'a finite number'}; got {value!r}")
+    low, high = field.minimum, field.maximum_for(hosted)
+    if (low is not None and number < low) or (high is not None and number > high):
+        bounds = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
+        raise FieldError(label, f"must be {bounds}; got {number:g}")
+    return int(number) if integer else number
+
+
+def _pair(label: str, value: Any) -> list[float | int] | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    parts = list(value) if isinstance(value, (list, tuple)) else [p for p in str(value).replace(";", ",").split(",") if p.strip()]
+    try:
+        values = [_number(p) if isinstance(p, str) else p for p in parts]
+    except (ValueError, ZeroDivisionError):
+        values = []
+    if len(values) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        raise FieldError(label, f"must be two numbers 'a, b'; got {value!r}")
+    return values
+
+
+def estimator_option_values(estimator: str, values: dict[str, Any], hosted: bool) -> dict[str, Any]:
+    """The estimator-option fields that are set, as options of ``estimator``; FieldError for a
+    field set for an estimator that does not take it."""
+    options: dict[str, Any] = {}
+    for field in FIELDS:
+        if not field.is_estimator_option:
+            continue
+        value = values.get(field.key)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        if estimator not in field.estimators:
+            raise FieldError(field.label, f"only applies to estimator {' / '.join(field.estimators)}, not {estimator!r}; "
+                                          f"leave it empty")
+        parsed = parse_value(field, value, hosted)
+        if field.kind == "pair" and parsed is not None:
+            if not all(float(v).is_integer() for v in parsed):
+                raise FieldError(field.label, f"must be two integer step indices 'a, b'; got {value!r}")
+            parsed = [int(v) for v in parsed]
+        if field.kind == "choice" and field.choices and parsed not in field.choices:
+            raise FieldError(field.label, f"must be one of {', '.join(field.choices)}; got {parsed!r}")
+        options[field.key] = parsed
+    return options
+
+
+def config_from_form(values: dict[str, Any], hosted: bool, output_dir: str = "runs/app") -> TrainConfig:
+    """A validated TrainConfig from Train-form values (UI or /train); missing keys take the defaults."""
+    v = {**FORM_DEFAULTS, **{k: val for k, val in values.items() if k in FIELD_BY_KEY}}
+    if v["model"] == "tiny" and not tiny_model_available():
+        raise FieldError("Model", TINY_MISSING_MESSAGE)
+    data: dict[str, Any] = {}
+    for field in FIELDS:
+        if field.config is not None:
+            data[field.config] = parse_value(field, v[field.key], hosted)
+    if not data["model"]:
+        raise FieldError("Model", "choose a preset or enter a Hub id / local diffusers folder")
+    if data["prompt_boundaries"] is None:
+        data["prompt_boundaries"] = [1 / 3, 2 / 3]
+    knobs = estimator_option_values(data["estimator"], v, hosted) if data["estimator"] in list_estimators() else {}
+    data["estimator_options"] = {**knobs, **data["estimator_options"]}
+    data.update(eval_seeds=list(EVAL_SEEDS), checkpoint_every=0, log_every=1, output_dir=output_dir)
+    try:
+        return TrainConfig.from_dict(data, validate=False).validate(hosted=hosted)
+    except ValueError as error:
+        raise field_error(error) from None
+
+
+def field_error(error: ValueError) -> FieldError:
+    """A library ValueError (ConfigError or a message starting with the field) as a FieldError with the form's label."""
+    field = getattr(error, "field", None) or str(error).split(" ", 1)[0].strip(":'\"")
+    return FieldError(_LABEL_OF_CONFIG.get(field, field if field.replace("_", "").isalnum() else "config"), str(error))
+
+
+def form_from_config(config: TrainConfig) -> dict[str, Any]:
+    """Form values that reproduce ``config`` (the inverse of :func:`config_from_form`)."""
+    options = dict(config.estimator_options)
+    defaults = ui_options(config.estimator) if config.estimator in list_estimators() else {}
+    form: dict[str, Any] = {}
+    for field in FIELDS:
+        if field.is_estimator_option:
+            form[field.key] = _show(field, options.pop(field.key, defaults[field.key])) if field.key in defaults else None
+        elif field.config is not None and field.config != "estimator_options":
+            form[field.key] = _show(field, getattr(config, field.config))
+    form["estimator_options"] = json.dumps(options)
+    form["continue_lora"] = False
+    return form
+
+
+def _show(field: Field, value: Any) -> Any:
+    if field.kind == "json":
+        return json.dumps(value)
+    if field.kind == "lines":
+        return "\n".join(value)
+    if field.kind == "pair":
+        return "" if value is None else ", ".join(f"{v:g}" for v in value)
+    if field.kind == "optional-float":
+        return "" if value is None else value
+    return value
+
+
+def estimator_field_values(estimator: str) -> dict[str, Any]:
+    """Estimator-option field values for ``estimator``: its defaults where it takes the option, None elsewhere."""
+    defaults = ui_options(estimator) if estimator in list_estimators() else {}
+    return {f.key: _show(f, defaults[f.key]) if f.key in defaults else None for f in FIELDS if f.is_estimator_option}
+
+
+def batch_step(estimator: str, reward: str) -> int:
+    """The batch sizes the estimator accepts with this reward are multiples of this (its noise groups)."""
+    from rlr_core.estimators import get_estimator
+    from rlr_core.rewards import list_rewards
+
+    differentiable = next((r["differentiable"] for r in list_rewards() if r["name"] == reward), False)
+    try:
+        return int(get_estimator(estimator).noise_groups(bool(differentiable)))
+    except ValueError:
+        return 1
+
+
+def minimum_batch(estimator: str, reward: str) -> int:
+    """The smallest batch the estimator accepts with its default options and this reward."""
+    step = batch_step(estimator, reward)
+    options = estimator_options(estimator) if estimator in list_estimators() else {}
+    from rlr_core.estimators import get_estimator
+
+    try:
+        uses_baseline = get_estimator(estimator).uses_baseline() and options.get("baseline", "loo") == "loo"
+    except ValueError:
+        uses_baseline = False
+    return 2 * step if uses_baseline else step

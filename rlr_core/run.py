@@ -1,0 +1,100 @@
+"""One run object: a config turned into chain, reward, estimator and Trainer, the same way everywhere.
+
+``rlr-train``, the app's Train tab, its click rounds and its diagnostics all build a run here::
+
+    run = TrainingRun.from_config(TrainConfig.from_file("run.yaml"))
+    for report in run.trainer.run():
+        print(report.step, report.reward_mean)
+
+Bad settings raise :class:`ConfigError` (a ValueError) whose ``field`` names the config field
+(``"reward_options"``, ``"batch_size"``, ...), so every front end can point at the right input.
+Model and reward weights that cannot be fetched raise ``rlr_core.hub.WeightsUnavailableError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .chain import Chain
+from .config import TrainConfig
+from .estimators import Estimator, get_estimator
+from .hub import WeightsUnavailableError
+from .rewards import Reward, get_reward
+from .trainer import Trainer
+
+__all__ = ["ConfigError", "TrainingRun"]
+
+
+class ConfigError(ValueError):
+    """A bad config value; ``field`` is the TrainConfig field it belongs to."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field_name
+
+
+@dataclass
+class TrainingRun:
+    """Everything one training run needs, built from one TrainConfig."""
+
+    config: TrainConfig
+    chain: Chain
+    reward: Reward
+    estimator: Estimator
+    trainer: Trainer
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, hosted: bool = False, chain: Chain | None = None,
+                    reward: Reward | None = None) -> "TrainingRun":
+        """Validate ``config`` and build the run.
+
+        ``chain``: an already loaded chain with this config's model settings (the app's model
+        cache); loaded with ``config.load_chain()`` otherwise. ``reward``: a reward object to use
+        instead of ``config.reward`` (the clicks of a preference run). ``hosted=True`` applies the hosted
+        limits and refuses reward plug-ins. Raises ConfigError naming the field, or
+        WeightsUnavailableError when a model or reward needs weights that cannot be fetched.
+        """
+        try:
+            config.validate(hosted=hosted)
+        except ValueError as error:
+            raise ConfigError(_leading_field(str(error), "config"), str(error)) from None
+        estimator = _named("estimator_options", get_estimator, config.estimator, config.estimator_options)
+        if chain is None:
+            chain = config.load_chain()
+        if reward is None:
+            reward = _named("reward_options", get_reward, config.reward, dict(config.reward_options),
+                            device=getattr(chain, "device", None), hosted=True if hosted else None)
+        try:
+            trainer = Trainer(chain, reward, estimator, config)
+        except ValueError as error:
+            raise ConfigError(_leading_field(str(error), "estimator_options"), str(error)) from None
+        return cls(config, chain, reward, estimator, trainer)
+
+    def parts(self) -> tuple[Chain, Reward, Estimator]:
+        """``(chain, reward, estimator)``."""
+        return self.chain, self.reward, self.estimator
+
+
+def _named(field_name: str, factory: Any, name: str, options: dict[str, Any], **extra: Any) -> Any:
+    """``factory(name, **options, **extra)`` with errors as ConfigError naming the field."""
+    kind = field_name.removesuffix("_options")
+    clash = sorted(set(options) & set(extra))
+    if clash:
+        raise ConfigError(field_name, f"{field_name} must not set {', '.join(clash)} (set by the config itself)")
+    try:
+        return factory(name, **options, **extra)
+    except WeightsUnavailableError:
+        raise
+    except TypeError as error:
+        raise ConfigError(field_name, f"{field_name} for {kind} {name!r} are invalid: {error}") from None
+    except (ValueError, ImportError) as error:
+        message = str(error)
+        names_the_kind = message.startswith((f"{kind}=", f"{kind} must be one of"))  # an unknown name
+        raise ConfigError(kind if names_the_kind else _leading_field(message, field_name), message) from None
+
+
+def _leading_field(message: str, default: str) -> str:
+    """The config field a message starts with ("batch_size must be ..."), else ``default``."""
+    head = message.split(" ", 1)[0].strip(":'\"")
+    return head if head in TrainConfig.field_names() else default
