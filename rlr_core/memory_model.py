@@ -14,8 +14,9 @@ same count as ``MemoryMeter.graph_memory_mb``), working memory by following ever
 until it is freed (:class:`rlr_core.memory.LiveBytesTracker`). On meta, PyTorch's SDPA would fall
 back to the math kernel (which keeps the N x N attention matrix); the trace substitutes the CPU
 flash-attention op, whose saved tensors (q, k, v, output, logsumexp) are those of the CUDA flash /
-memory-efficient kernels too. ``autocast`` on low-precision weights is emulated by running the
-LoRA in the base dtype (meta tensors cannot autocast).
+memory-efficient kernels too. ``autocast`` is replayed by casting the inputs of matmuls and
+convolutions to the low dtype and of normalisations / softmax to float32, autocast's own policy
+(meta tensors skip autocast).
 
 The parts combine per estimator (:func:`predict`), mirroring what each keeps alive at its peak:
 
@@ -113,6 +114,7 @@ class Settings:
     attention: str = "sdpa"
     autocast: bool = False
     decode_slice_size: int | None = None
+    device_type: str = "cuda"  # whose autocast policy to replay ("cuda" or "cpu")
 
 
 @dataclass
@@ -248,6 +250,7 @@ def settings_from_chain(chain: Any, batch_size: int) -> Settings:
         batch_size=int(batch_size), dtype=str(chain.dtype).replace("torch.", ""),
         gradient_checkpointing=bool(chain.gradient_checkpointing), attention=getattr(chain, "attention", "sdpa"),
         autocast=bool(getattr(chain, "autocast", False)), decode_slice_size=getattr(chain, "decode_slice_size", None),
+        device_type="cuda" if torch.device(chain.device).type == "cuda" else "cpu",
     )
 
 
@@ -280,6 +283,45 @@ def _meta_attention() -> Iterator[None]:
         F.scaled_dot_product_attention = original
 
 
+class _AutocastOnMeta(torch.overrides.TorchFunctionMode):
+    """``torch.autocast``'s cast policy replayed on meta tensors (which autocast skips).
+
+    Matmuls and convolutions run in the low dtype; on CUDA normalisations and softmax run in
+    float32 (CPU autocast leaves them in the input dtype). The casts create the same saved tensors
+    as real autocast.
+    """
+
+    LOW = (F.linear, F.conv2d, torch.matmul, torch.mm, torch.bmm, torch.baddbmm, torch.addmm, torch.Tensor.matmul)
+    FP32 = (F.group_norm, F.layer_norm, F.softmax, torch.softmax, torch.Tensor.softmax, F.log_softmax)
+
+    def __init__(self, dtype: torch.dtype, device_type: str) -> None:
+        super().__init__()
+        self.dtype = dtype
+        self.upcast = device_type == "cuda"
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        target = self.dtype if func in self.LOW else (torch.float32 if self.upcast and func in self.FP32 else None)
+        if target is not None:
+            def cast(value):
+                if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != target:
+                    return value.to(target)
+                return value
+
+            args = tuple(cast(a) for a in args)
+            kwargs = {k: cast(v) for k, v in kwargs.items()}
+        return func(*args, **kwargs)
+
+
+def _autocast_context(settings: "Settings") -> Any:
+    from .diffusers_chain import resolve_dtype
+
+    dtype = resolve_dtype(settings.dtype)
+    if settings.autocast and dtype != torch.float32:
+        return _AutocastOnMeta(dtype, settings.device_type)
+    return contextlib.nullcontext()
+
+
 def _counted(fn, weights: set[int] | None = None) -> tuple[int, Any, int]:
     """Graph bytes saved while running ``fn()``, its result (kept alive by the caller) and the bytes of
     weights saved through views (storages in ``weights``)."""
@@ -296,10 +338,22 @@ def _working(fn) -> int:
     return tracker.peak_bytes
 
 
-@functools.lru_cache(maxsize=8)
 def _shadow_chain(spec: ModelSpec, dtype: str, gradient_checkpointing: bool, attention: str, autocast: bool,
                   decode_slice_size: int | None):
-    """A ``DiffusersChain`` of ``spec`` on the meta device (no memory, no compute)."""
+    """A ``DiffusersChain`` of ``spec`` on the meta device (no memory, no compute), with these settings.
+
+    One meta model per (spec, dtype, attention) is built and reused; checkpointing and the decode
+    slice size are plain attributes the chain reads at every call. ``autocast`` is replayed while
+    tracing (:class:`_AutocastOnMeta`), so the shadow chain itself runs without it.
+    """
+    chain = _meta_chain(spec, dtype, attention)
+    chain.gradient_checkpointing = gradient_checkpointing
+    chain.decode_slice_size = decode_slice_size
+    return chain
+
+
+@functools.lru_cache(maxsize=8)
+def _meta_chain(spec: ModelSpec, dtype: str, attention: str):
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
     from .diffusers_chain import DiffusersChain, resolve_dtype
@@ -311,14 +365,9 @@ def _shadow_chain(spec: ModelSpec, dtype: str, gradient_checkpointing: bool, att
     chain = DiffusersChain(
         unet, None, None, DDIMScheduler.from_config(json.loads(spec.scheduler_config)), vae=vae,
         num_steps=spec.num_steps, guidance_scale=spec.guidance_scale, lora_rank=spec.lora_rank,
-        lora_targets=spec.lora_targets, device=_META, dtype=torch_dtype,
-        gradient_checkpointing=gradient_checkpointing, attention=attention, autocast=False,
-        decode_slice_size=decode_slice_size, tf32=False,
+        lora_targets=spec.lora_targets, device=_META, dtype=torch_dtype, attention=attention, autocast=False, tf32=False,
     )
-    if autocast and torch_dtype != torch.float32:  # emulate autocast: LoRA matmuls in the base dtype
-        for p in chain.trainable_parameters():
-            p.data = p.data.to(torch_dtype)
-    return chain
+    return chain  # autocast is replayed by _AutocastOnMeta while tracing
 
 
 @functools.lru_cache(maxsize=4)
@@ -372,23 +421,24 @@ def trace_parts(spec: ModelSpec, settings: Settings) -> PartMemory:
         cond = _condition(chain, spec, B)
         x = chain.initial(B, None).to(_META)
         k = 1 if spec.num_steps > 1 else 0
+        step, decode_fn = _chain_calls(chain, settings, k, cond)
         with torch.enable_grad():
-            step_first, (mean, std), unet_views = _counted(lambda: chain.step_mean_std(x, k, cond), unet_keys)
+            step_first, (mean, std), unet_views = _counted(lambda: step(x), unet_keys)
             x_graph = mean + (std or 1.0) * torch.empty_like(mean)
-            step_inner = _counted(lambda: chain.step_mean_std(x_graph, k, cond), unet_keys)[0]
+            step_inner = _counted(lambda: step(x_graph), unet_keys)[0]
             log_prob = _counted(lambda: ((x.detach() - mean) ** 2).flatten(1).sum(dim=1) / 2.0)[0]
             x_latent = torch.empty_like(x).requires_grad_(True)
-            decode, images, vae_views = _counted(lambda: chain.decode(x_latent), vae_keys)
+            decode, images, vae_views = _counted(lambda: decode_fn(x_latent), vae_keys)
             reward, reward_views = 0, 0
             if spec.differentiable_reward:
                 reward, _, reward_views = _counted(lambda: reward_fn(images), reward_keys)
-        step_work = _working(lambda: chain.step_mean_std(x, k, cond)[0])
-        decode_work = _working(lambda: chain.decode(x))
+        step_work = _working(lambda: step(x)[0])
+        decode_work = _working(lambda: decode_fn(x))
         reward_work = _working(lambda: reward_fn(torch.empty(B, 3, spec.image_size, spec.image_size, device=_META)))
         recompute = 0
         if settings.gradient_checkpointing:  # the segments rebuilt in backward: a UNet call or a decode slice
             plain = replace(settings, gradient_checkpointing=False)
-            parts = trace_parts_unlocked(spec, plain, reward_fn)
+            parts = _recompute_graphs(spec, plain, reward_fn)
             recompute = max(parts[0], parts[1])
         itemsize = torch.empty(0, dtype=chain.dtype).element_size()
         base = sum(p.numel() for p in chain.unet.parameters() if not p.requires_grad)
@@ -400,7 +450,7 @@ def trace_parts(spec: ModelSpec, settings: Settings) -> PartMemory:
                       recompute, unet_views, vae_views, reward_views, weights, lora)
 
 
-def trace_parts_unlocked(spec: ModelSpec, settings: Settings, reward_fn) -> tuple[int, int]:
+def _recompute_graphs(spec: ModelSpec, settings: Settings, reward_fn) -> tuple[int, int]:
     """(UNet-step graph, decode-slice graph) without checkpointing (called inside ``trace_parts``)."""
     chain = _shadow_chain(spec, settings.dtype, False, settings.attention, settings.autocast,
                           settings.decode_slice_size)
@@ -409,10 +459,25 @@ def trace_parts_unlocked(spec: ModelSpec, settings: Settings, reward_fn) -> tupl
     x = chain.initial(B, None).to(_META)
     slice_batch = min(B, settings.decode_slice_size or B)
     unet_keys, vae_keys = SavedBytesCounter.storage_keys(chain.unet), SavedBytesCounter.storage_keys(chain.vae)
+    step_fn, decode_fn = _chain_calls(chain, settings, 1 if spec.num_steps > 1 else 0, cond)
     with torch.enable_grad():
-        step = _counted(lambda: chain.step_mean_std(x, 1 if spec.num_steps > 1 else 0, cond), unet_keys)[0]
+        step = _counted(lambda: step_fn(x), unet_keys)[0]
         latents = torch.empty(slice_batch, *x.shape[1:], device=_META).requires_grad_(True)
-        decode = _counted(lambda: chain.decode(latents), vae_keys)[0]
+        decode = _counted(lambda: decode_fn(latents), vae_keys)[0]
+    return step, decode
+
+
+def _chain_calls(chain: Any, settings: Settings, k: int, cond: Any):
+    """step(x) and decode(x) of the shadow chain, under the replayed autocast when ``settings.autocast``."""
+
+    def step(x):
+        with _autocast_context(settings):
+            return chain.step_mean_std(x, k, cond)
+
+    def decode(x):
+        with _autocast_context(settings):
+            return chain.decode(x)
+
     return step, decode
 
 
@@ -470,9 +535,8 @@ def weight_views(parts: PartMemory, spec: ModelSpec, estimator: str) -> int:
     if estimator == "zo":
         return 0
     views = parts.unet_views
-    if estimator != "ddpo" or spec.differentiable_reward:
-        if spec.differentiable_reward:
-            views += parts.vae_views + parts.reward_views
+    if spec.differentiable_reward:
+        views += parts.vae_views + parts.reward_views
     return views
 
 

@@ -207,12 +207,14 @@ def write_pipeline(
     seed: int = 0,
     dtype: str | torch.dtype = torch.float32,
     num_steps: int = 50,
+    tokenizer: Any = None,
 ) -> Path:
     """Write a random-init diffusers folder of ``arch`` (unet/ vae/ text_encoder/ tokenizer/ scheduler/).
 
     ``load_model(out_dir)`` loads it exactly like a downloaded SD folder. ``dtype`` is the dtype of
     the saved weights (bf16 halves the 4 GB of a full-size SD 1.5); ``rlr_studio.json`` records
-    the architecture and defaults ``num_steps`` / ``guidance_scale`` 7.5.
+    the architecture and defaults ``num_steps`` / ``guidance_scale`` 7.5. ``tokenizer``: an already built
+    CLIP tokenizer to save (default: built offline with :func:`build_tokenizer`).
     """
     from diffusers import DDIMScheduler
 
@@ -229,7 +231,10 @@ def write_pipeline(
         module = build().to(torch_dtype)
         module.save_pretrained(out / name, safe_serialization=True)
         del module
-    tokenizer = build_tokenizer(arch, out / "_tokenizer_files")
+    if tokenizer is None:
+        tokenizer = build_tokenizer(arch, out / "_tokenizer_files")
+    elif arch != "sd15":
+        tokenizer.pad_token = "!"
     tokenizer.save_pretrained(out / "tokenizer")
     DDIMScheduler(**scheduler_config(arch)).save_pretrained(out / "scheduler")
     index = {
