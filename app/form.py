@@ -243,7 +243,8 @@ def estimator_option_values(estimator: str, values: dict[str, Any], hosted: bool
             parsed = [int(v) for v in parsed]
         if field.kind == "choice" and field.choices and parsed not in field.choices:
             raise FieldError(field.label, f"must be one of {', '.join(field.choices)}; got {parsed!r}")
-        options[field.key] = parsed
+        if parsed != ui_options(estimator)[field.key]:  # the estimator's default needs no entry in the config
+            options[field.key] = parsed
     return options
 
 

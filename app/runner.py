@@ -20,7 +20,7 @@ from rlr_core.sampling import sample
 from rlr_core.trainer import TrainingStepError
 
 from . import formatting, state
-from .form import FORM_DEFAULTS, config_from_form, field_error, parse_int
+from .form import FORM_DEFAULTS, config_from_form, field_error, form_from_config, parse_int
 from .settings import caps
 from .state import FieldError, Run
 
@@ -33,6 +33,10 @@ def create_run(session: str, config: TrainConfig, hosted: bool, continue_lora: b
     """Build the session's new run: the cached model, then ``TrainingRun.from_config`` (reward,
     estimator, Trainer); ``continue_lora`` starts from the session's current LoRA."""
     previous = state.session_run(session)
+    try:
+        config.validate(hosted=hosted)  # before loading anything
+    except ValueError as error:
+        raise field_error(error) from None
     entry = state.MODELS.get(config)
     run_id = run_id or state.new_run_id()
     output_dir = state.run_dir(run_id)
@@ -131,7 +135,7 @@ def stop(session: str) -> str:
     run.trainer.stop()
     if not run.history:
         return "Stopping before the first iteration; the LoRA is kept."
-    return f"Stopping after this iteration ({run.step + 1}); the LoRA is kept."
+    return "Stopping after this iteration; the LoRA is kept."
 
 
 # ----------------------------------------------------------------------------------- generation
@@ -269,14 +273,21 @@ def diagnostics(session: str, form: dict[str, Any], hosted: bool, estimators: li
         run = create_run(session, config_from_form(form, hosted), hosted)
     if run.running:
         raise FieldError("diagnostics", "training is running in this session; stop it first")
+    reward = run.reward
+    if run.kind != "train":  # clicks have no reward function: probe the click run's LoRA with the form's reward
+        chosen = config_from_form(form, hosted)
+        probe_config = run.config.replace(reward=chosen.reward, reward_options=chosen.reward_options)
+        try:
+            reward = TrainingRun.from_config(probe_config, hosted=hosted, chain=run.chain).reward
+        except ValueError as error:
+            raise field_error(error) from None
     config = run.config
-    differentiable = bool(run.reward.differentiable)
-    prompts = noise_group_batch(run, config.batch_size, differentiable, "Batch size", caps(hosted)["batch_size"])
+    prompts = noise_group_batch(run, config.batch_size, bool(reward.differentiable), "Batch size", caps(hosted)["batch_size"])
     specs: list[Any] = [(name, dict(config.estimator_options)) if name == config.estimator else name
                         for name in dict.fromkeys(estimators)]
     with state.using(run) as chain:
         try:
-            stats = probe(chain, run.reward, specs, prompts, repeats=repeats, seed=config.seed)
+            stats = probe(chain, reward, specs, prompts, repeats=repeats, seed=config.seed)
         except ValueError as error:
             raise FieldError("diagnostics", str(error)) from None
     return [s.row() for s in stats]
@@ -359,5 +370,5 @@ def upload_lora(session: str, path: str, form: dict[str, Any], hosted: bool) -> 
     return run
 
 
-__all__ = ["FORM_DEFAULTS", "config_from_form", "create_run", "train_stream", "stop", "generate", "preference_round",
+__all__ = ["FORM_DEFAULTS", "config_from_form", "form_from_config", "create_run", "train_stream", "stop", "generate", "preference_round",
            "preference_update", "diagnostics", "export", "snippet", "upload_lora", "load_config_file"]

@@ -12,7 +12,7 @@ HOSTED_ENV = "RLR_STUDIO_HOSTED"
 HOME_ENV = "RLR_STUDIO_HOME"
 
 MODEL_PRESETS: list[tuple[str, str]] = [
-    ("tiny (bundled, CPU)", "tiny"),
+    ("tiny (bundled)", "tiny"),
     ("SD 1.4", "CompVis/stable-diffusion-v1-4"),
     ("SD 1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
     ("SD 2.1-base", "stabilityai/stable-diffusion-2-1-base"),

@@ -42,7 +42,7 @@ class FieldError(ValueError):
 
     def __init__(self, field_name: str, message: str) -> None:
         self.field = field_name
-        text = message if message.lower().startswith(f"{field_name.lower()}") else f"{field_name}: {message}"
+        text = message if message.startswith(field_name) else f"{field_name}: {message}"
         super().__init__(text)
 
 

@@ -55,6 +55,20 @@ CSS = """
 """
 
 
+# Runs once when the page loads (launch(js=...)): feedback on Start before the server answers (the
+# queue may be busy), so the progress bar says "Starting" at once.
+PAGE_JS = """() => {
+  document.addEventListener('click', (event) => {
+    if (!event.target.closest('#start-btn')) return;
+    const bar = document.querySelector('#progress .rlr-progress');
+    if (bar) {
+      bar.querySelector('span').innerText = 'Starting … (waiting for the server)';
+      bar.querySelector('progress').removeAttribute('value');
+    }
+  }, true);
+}"""
+
+
 # ----------------------------------------------------------------------------------- errors
 def _title(error: BaseException) -> str:
     if isinstance(error, FieldError):
@@ -101,35 +115,47 @@ def api_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def toast_errors(outputs: int) -> Callable:
-    """For browser events: an exception becomes a toast titled with the field, and the ``outputs``
-    components keep their values (no error state on them)."""
-    def decorate(fn: Callable) -> Callable:
-        if inspect.isgeneratorfunction(fn):
+def capture_errors(fn: Callable, outputs: int) -> Callable:
+    """For browser events: ``fn``'s outputs plus one more, the error of the call as (title, message)
+    or None. On an error the ``outputs`` components are left as they were (``gr.skip``); the event's
+    ``.then(raise_captured)`` turns the error into a toast, from an event without outputs, so no
+    component shows an error state."""
+    def pack(result: Any) -> tuple:
+        values = result if outputs != 1 else (result,)
+        return (*(values if outputs else ()), None)
 
-            @functools.wraps(fn)
-            def gen_wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
-                try:
-                    yield from fn(*args, **kwargs)
-                except GeneratorExit:
-                    raise
-                except Exception as error:  # noqa: BLE001 - shown to the user
-                    gr.Warning(_message(error), title=_title(error), duration=12)
+    def failed(error: BaseException) -> tuple:
+        return (*(gr.skip() for _ in range(outputs)), (_title(error), _message(error)))
 
-            return gen_wrapper
+    if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+        def gen_wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
             try:
-                return fn(*args, **kwargs)
+                for result in fn(*args, **kwargs):
+                    yield pack(result)
+            except GeneratorExit:
+                raise
             except Exception as error:  # noqa: BLE001 - shown to the user
-                gr.Warning(_message(error), title=_title(error), duration=12)
-                skipped = tuple(gr.skip() for _ in range(outputs))
-                return skipped[0] if outputs == 1 else skipped
+                yield failed(error)
 
-        return wrapper
+        return gen_wrapper
 
-    return decorate
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return pack(fn(*args, **kwargs))
+        except Exception as error:  # noqa: BLE001 - shown to the user
+            return failed(error)
+
+    return wrapper
+
+
+def raise_captured(error: tuple[str, str] | None) -> None:
+    """The toast of a captured error (an event with no outputs, so nothing gets an error badge)."""
+    if error:
+        title, message = error
+        raise gr.Error(message, title=title, print_exception=False)
 
 
 def session_of(request: gr.Request | None) -> str:
@@ -158,7 +184,7 @@ def make_widget(field: Field, hosted: bool) -> Any:
     if field.key == "reward":
         from rlr_core.rewards import reward_names
 
-        return gr.Dropdown(choices=reward_names(), value=default, allow_custom_value=not hosted, scale=1, **common)
+        return gr.Dropdown(choices=reward_names(), value=default, allow_custom_value=not hosted, scale=2, **common)
     if field.kind == "choice":
         return gr.Dropdown(choices=list(field.choices), value=default, **common)
     if field.kind == "bool":
@@ -173,7 +199,7 @@ def make_widget(field: Field, hosted: bool) -> Any:
         return gr.Number(value=default, precision=0 if field.kind == "int" else None, minimum=field.minimum,
                          maximum=maximum, **common)
     if field.key == "reward_options":
-        return gr.Textbox(value=_reward_help(default_reward())[1], scale=1, **common)
+        return gr.Textbox(value=_reward_help(default_reward())[1], **common)
     return gr.Textbox(value="" if default is None else default, placeholder="model default" if default is None else None,
                       **common)
 
@@ -240,8 +266,9 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=2, min_width=420):
                         with gr.Row():
-                            for key in ("model", "reward", "reward_options"):
+                            for key in ("model", "reward"):
                                 widgets[key] = make_widget(FIELD_BY_KEY[key], hosted)
+                        widgets["reward_options"] = make_widget(FIELD_BY_KEY["reward_options"], hosted)
                         reward_help = gr.Markdown(_reward_help(default_reward())[0], elem_classes=["rlr-note"])
                         widgets["prompt"] = make_widget(FIELD_BY_KEY["prompt"], hosted)
                         sections = [("schedule", "Coarse / mid / fine prompts", False), ("estimator", "Estimator", True),
@@ -264,7 +291,7 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
                         after_strip = gr.HTML(formatting.image_strip_html("After (current LoRA, same seeds)", None,
                                                                           "Appears at the first evaluation"),
                                               elem_id="after-images")
-                        plots = gr.Plot(label="Training curves", elem_id="train-plots", format="png")
+                        plots = gr.Plot(label="Training curves", show_label=False, elem_id="train-plots", format="png")
                         with gr.Accordion("Generate", open=False):
                             with gr.Row():
                                 gen_prompt = gr.Textbox(value=FORM_DEFAULTS["prompt"], label="Prompt", elem_id="gen-prompt", scale=3)
@@ -342,34 +369,47 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
         def form_dict(values: tuple) -> dict[str, Any]:
             return dict(zip(FORM_KEYS, values))
 
+        error_state = gr.State(None)
+
+        def listen(event: Callable, fn: Callable, inputs: Any, outputs: list, **kwargs: Any) -> None:
+            """``event(fn)`` with errors as toasts (see capture_errors)."""
+            toast = {"concurrency_limit": None} if kwargs.get("queue", True) else {"queue": False}
+            event(capture_errors(fn, len(outputs)), inputs=inputs, outputs=[*outputs, error_state], **kwargs).then(
+                raise_captured, inputs=error_state, outputs=None, **toast, **UI_ONLY)
+
         train_outputs = [progress, status, before_strip, after_strip, plots]
 
-        @toast_errors(len(train_outputs))
         def on_start(request: gr.Request, *values: Any) -> Iterator[tuple]:
+            session = session_of(request)
             values_by_key = form_dict(values)
-            config = runner.config_from_form(values_by_key, hosted)
-            yield (formatting.progress_html(None).replace("Idle: set up a run and press Start.", "Starting …"),
-                   "Starting: loading the model", gr.skip(), gr.skip(), gr.skip())
             last = None
-            for last in runner.train_stream(session_of(request), config, hosted, bool(values_by_key.get("continue_lora"))):
-                yield _train_outputs(last)
+            try:
+                config = runner.config_from_form(values_by_key, hosted)
+                yield (formatting.progress_html(None).replace("Idle: set up a run and press Start.", "Starting …"),
+                       "Starting: loading the model", gr.skip(), gr.skip(), gr.skip())
+                for last in runner.train_stream(session, config, hosted, bool(values_by_key.get("continue_lora"))):
+                    yield _train_outputs(last)
+            except Exception:
+                # the page already said "Starting": show the session's run as it is again, then the toast
+                current = state.session_run(session)
+                yield (formatting.progress_html(current), current.status if current else "Idle.",
+                       gr.skip(), gr.skip(), gr.skip())
+                raise
             if last is not None and last.step < last.config.steps:
                 gr.Info(f"Stopped at iteration {last.step}; LoRA kept.", title="Stopped")
 
-        start_btn.click(on_start, inputs=form, outputs=train_outputs, show_progress="hidden", **GPU, **UI_ONLY)
+        listen(start_btn.click, on_start, form, train_outputs, show_progress="hidden", **GPU, **UI_ONLY)
 
-        @toast_errors(0)
         def on_stop(request: gr.Request = None) -> None:
-            gr.Info(runner.stop(session_of(request)), title="Stop", duration=6)
+            gr.Info(runner.stop(session_of(request)), title="Stop", duration=6)  # no outputs: nothing to mark
 
         stop_btn.click(on_stop, inputs=None, outputs=None, concurrency_limit=None, **UI_ONLY)
 
-        @toast_errors(2)
         def on_reward(name: str) -> tuple[str, str]:
             return _reward_help(name)
 
-        widgets["reward"].change(on_reward, inputs=widgets["reward"], outputs=[reward_help, widgets["reward_options"]],
-                                 queue=False, **UI_ONLY)
+        listen(widgets["reward"].change, on_reward, widgets["reward"], [reward_help, widgets["reward_options"]],
+               queue=False, **UI_ONLY)
 
         option_fields = [f for f in FIELDS if f.is_estimator_option]
 
@@ -397,11 +437,10 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
 
         widgets["model"].change(on_model, inputs=widgets["model"], outputs=widgets["num_steps"], queue=False, **UI_ONLY)
 
-        @toast_errors(1)
         def on_generate(model: str, prompt: str, seed: int, use_lora: bool, request: gr.Request = None) -> list:
             return runner.generate(session_of(request), model, prompt, seed, use_lora, hosted)
 
-        gen_btn.click(on_generate, inputs=[widgets["model"], gen_prompt, gen_seed, gen_lora], outputs=gen_gallery,
+        listen(gen_btn.click, on_generate, [widgets["model"], gen_prompt, gen_seed, gen_lora], [gen_gallery],
                       **GPU, **UI_ONLY)
 
         @api_errors
@@ -423,13 +462,12 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
             choices = [str(i + 1) for i in range(rnd.size)]
             return images, gr.update(choices=choices, value=[]), formatting.counters_text(run)
 
-        @toast_errors(3)
         def on_pref_new(request: gr.Request, k: int, mode: str, features: str, *values: Any) -> tuple:
             run = runner.preference_round(session_of(request), form_dict(values), hosted, k, mode, features)
             return _pref_outputs(run)
 
         pref_outputs = [pref_gallery, pref_choice, pref_counters]
-        pref_new.click(on_pref_new, inputs=[pref_k, pref_mode, pref_features, *form], outputs=pref_outputs, **GPU, **UI_ONLY)
+        listen(pref_new.click, on_pref_new, [pref_k, pref_mode, pref_features, *form], pref_outputs, **GPU, **UI_ONLY)
 
         def on_pref_select(current: list[str], evt: gr.SelectData) -> Any:
             label = str(int(evt.index) + 1)
@@ -439,7 +477,6 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
 
         pref_gallery.select(on_pref_select, inputs=pref_choice, outputs=pref_choice, queue=False, **UI_ONLY)
 
-        @toast_errors(3)
         def on_pref_update(chosen: list[str], pick: str, k: int, mode: str, features: str,
                            request: gr.Request = None) -> tuple:
             session = session_of(request)
@@ -449,8 +486,8 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
             run = runner.preference_round(session, {}, hosted, k, mode, features)
             return _pref_outputs(run)
 
-        pref_update.click(on_pref_update, inputs=[pref_choice, pref_pick, pref_k, pref_mode, pref_features],
-                          outputs=pref_outputs, **GPU, **UI_ONLY)
+        listen(pref_update.click, on_pref_update, [pref_choice, pref_pick, pref_k, pref_mode, pref_features],
+               pref_outputs, **GPU, **UI_ONLY)
 
         # Diagnostics
         def on_diag_metric(metric: str, rows: list) -> Any:
@@ -458,7 +495,6 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
             chosen = long[long["metric"] == metric]
             return chosen if len(chosen) else None
 
-        @toast_errors(4)
         def on_diag(request: gr.Request, names: list[str], repeats: int, metric: str, *values: Any) -> tuple:
             rows = runner.diagnostics(session_of(request), form_dict(values), hosted, list(names or []), repeats)
             signal = formatting.signal_frame(rows)
@@ -466,20 +502,18 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
                                      title=formatting.signal_title(rows))
             return formatting.diagnostics_html(rows), signal_plot, on_diag_metric(metric, rows), rows
 
-        diag_btn.click(on_diag, inputs=[diag_estimators, diag_repeats, diag_metric, *form],
-                       outputs=[diag_table, diag_signal, diag_plot, diag_rows], **GPU, **UI_ONLY)
+        listen(diag_btn.click, on_diag, [diag_estimators, diag_repeats, diag_metric, *form],
+               [diag_table, diag_signal, diag_plot, diag_rows], **GPU, **UI_ONLY)
 
         diag_metric.change(on_diag_metric, inputs=[diag_metric, diag_rows], outputs=diag_plot, queue=False, **UI_ONLY)
 
         # Export
-        @toast_errors(3)
         def on_export(request: gr.Request = None) -> tuple:
             weights, config_path, text = runner.export(session_of(request))
             return str(weights), str(config_path), text
 
-        export_btn.click(on_export, inputs=None, outputs=[lora_file, config_file, export_snippet], **GPU, **UI_ONLY)
+        listen(export_btn.click, on_export, None, [lora_file, config_file, export_snippet], **GPU, **UI_ONLY)
 
-        @toast_errors(len(FORM_KEYS) + 1)
         def on_upload_config(path: str | None) -> list:
             if not path:
                 return [gr.skip()] * (len(FORM_KEYS) + 1)
@@ -493,16 +527,15 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
                     updates.append(gr.update(value=values[key]) if key in values else gr.skip())
             return updates + [f"loaded config {os.path.basename(path)} into the Train tab"]
 
-        upload_config.upload(on_upload_config, inputs=upload_config, outputs=[*form, upload_status], **UI_ONLY)
+        listen(upload_config.upload, on_upload_config, upload_config, [*form, upload_status], **UI_ONLY)
 
-        @toast_errors(2)
         def on_upload_lora(request: gr.Request, path: str | None, *values: Any) -> tuple:
             if not path:
                 return gr.skip(), gr.skip()
             run = runner.upload_lora(session_of(request), path, form_dict(values), hosted)
             return run.status, gr.update(value=True)
 
-        upload_lora.upload(on_upload_lora, inputs=[upload_lora, *form], outputs=[upload_status, widgets["continue_lora"]],
+        listen(upload_lora.upload, on_upload_lora, [upload_lora, *form], [upload_status, widgets["continue_lora"]],
                            **GPU, **UI_ONLY)
 
         # API: /train streams one JSON summary per iteration and a final one
@@ -554,4 +587,4 @@ def launch_kwargs() -> dict[str, Any]:
     """Arguments for ``Blocks.launch`` (theme/css go here in Gradio 6)."""
     from .settings import runs_root
 
-    return {"theme": gr.themes.Soft(), "css": CSS, "allowed_paths": [str(runs_root())], "show_error": True}
+    return {"theme": gr.themes.Soft(), "css": CSS, "js": PAGE_JS, "allowed_paths": [str(runs_root())], "show_error": True}

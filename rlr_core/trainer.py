@@ -502,7 +502,7 @@ class Trainer:
         atomic_directory(directory, write)
         return directory
 
-    def save_checkpoint(self, directory: str | os.PathLike, rng_state: dict[str, Any] | None = None) -> Path:
+    def save_checkpoint(self, directory: str | os.PathLike, rng: dict[str, Any] | None = None) -> Path:
         """Atomically write a checkpoint to ``directory``: LoRA, optimizer, step, RNG states,
         estimator state and config (written to a temporary directory, then renamed)."""
         directory = Path(directory)
@@ -511,7 +511,7 @@ class Trainer:
             "step": self.step,
             "lora": self.lora_state(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": rng_state if rng_state is not None else rng_state(),
+            "rng": rng if rng is not None else rng_state(),
             "estimator": self.estimator.state_dict(),
             "config": self.config.to_dict(),
             "before_rewards": self.before_rewards,
@@ -561,7 +561,7 @@ class Trainer:
         try:
             self._zero_grads()
             if self.config.checkpoint_every and self.step > 0:
-                checkpoint = str(self.save_checkpoint(self._checkpoint_dir(self.step), rng_state=self._boundary_rng))
+                checkpoint = str(self.save_checkpoint(self._checkpoint_dir(self.step), rng=self._boundary_rng))
         except Exception:  # pragma: no cover - best effort while handling another error
             checkpoint = None
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -28,30 +29,46 @@ def test_form_to_config_and_back():
     from app import runner
 
     config = runner.config_from_form(
-        {"model": "some/model", "prompt": "a\n\nb ", "ho_window": "0, 3", "h": 2, "zo_scale": 0.02,
+        {"model": "some/model", "prompt": "a\n\nb ", "window": "0, 3", "h": 3, "zo_scale": 0.02,
          "prompt_boundaries": "1/4, 3/4", "estimator_options": '{"lr_samples": 3}', "guidance_scale": 3},
         hosted=False,
     )
     assert config.prompts == ["a", "b"]
-    remaining = runner.FORM_DEFAULTS["remaining"]
-    assert config.estimator_options == {"h": 2, "remaining": remaining, "zo_scale": 0.02, "window": [0, 3], "lr_samples": 3}
+    # the knobs that differ from rlr's defaults, and the JSON options
+    assert config.estimator_options == {"h": 3, "zo_scale": 0.02, "window": [0, 3], "lr_samples": 3}
     assert config.prompt_boundaries == [0.25, 0.75] and config.guidance_scale == 3.0
     back = runner.form_from_config(config)
     again = runner.config_from_form(back, hosted=False)
     assert again.to_dict() | {"output_dir": ""} == config.to_dict() | {"output_dir": ""}
-    zo = runner.config_from_form({"model": "some/model", "estimator": "zo", "zo_scale": 0.05}, hosted=False)
+    zo = runner.config_from_form({"model": "some/model", "estimator": "zo", "scale": 0.05}, hosted=False)
     assert zo.estimator_options == {"scale": 0.05}
+    truncated = runner.config_from_form({"model": "some/model", "estimator": "truncated-bp", "k": 3}, hosted=False)
+    assert truncated.estimator_options == {"k": 3}
+    assert runner.form_from_config(truncated)["k"] == 3 and runner.form_from_config(truncated)["h"] is None
 
 
 def test_form_defaults_of_the_rlr_knobs_are_the_library_defaults():
     from app import runner
     from rlr_core.estimators import estimator_options
 
+    from app.form import estimator_field_values
+
     library = estimator_options("rlr")
-    assert {k: runner.FORM_DEFAULTS[k] for k in ("h", "remaining", "zo_scale")} == {
-        k: library[k] for k in ("h", "remaining", "zo_scale")}
-    options = runner.config_from_form({"model": "some/model"}, hosted=False).estimator_options
-    assert all(options[k] == library[k] for k in ("h", "remaining", "zo_scale"))
+    shown = estimator_field_values("rlr")  # what the Train tab shows for the default estimator
+    assert {k: shown[k] for k in ("h", "remaining", "zo_scale")} == {k: library[k] for k in ("h", "remaining", "zo_scale")}
+    assert runner.config_from_form({"model": "some/model", **shown}, hosted=False).estimator_options == {}
+    assert shown["k"] is None and estimator_field_values("truncated-bp")["k"] == 1
+
+
+def test_the_train_api_has_the_form_fields_as_parameters():
+    import inspect
+
+    from app.form import FIELDS
+    from app.ui import train_endpoint
+
+    parameters = inspect.signature(train_endpoint(hosted=False)).parameters
+    assert list(parameters) == [f.key for f in FIELDS] + ["request"]
+    assert parameters["batch_size"].default == 4 and parameters["h"].default is None
 
 
 @pytest.mark.parametrize(
@@ -104,7 +121,7 @@ def test_preference_round_and_probe_batch_by_noise_group(studio, monkeypatch):
 
     prompts = ["a red circle", "a blue square", "a green star"]
     values = form(studio, prompt="\n".join(prompts), remaining="zo", batch_size=8)
-    with pytest.raises(FieldError, match="images per round") as info:
+    with pytest.raises(FieldError, match="Images per round") as info:
         runner.preference_round("g", values, hosted=False, k=6, mode="direct")
     assert "multiple of 4" in str(info.value) and "allowed: 4, 8" in str(info.value)
 
@@ -130,15 +147,16 @@ def test_preference_round_and_probe_batch_by_noise_group(studio, monkeypatch):
 @pytest.mark.parametrize(
     "values, field",
     [
-        ({"estimator_options": "{oops"}, "estimator options"),
-        ({"reward_options": "[1]"}, "reward options"),
-        ({"batch_size": 0}, "batch size"),
-        ({"num_steps": "x"}, "sampling steps"),
-        ({"prompt": "  "}, "prompts"),
-        ({"ho_window": "1, 2", "estimator": "zo"}, "HO window"),
-        ({"estimator": "nope"}, "estimator"),
-        ({"lr": -1}, "lr"),
-        ({"prompt_boundaries": "a, b"}, "prompt boundaries"),
+        ({"estimator_options": "{oops"}, "More estimator options (JSON)"),
+        ({"reward_options": "[1]"}, "Reward options (JSON)"),
+        ({"batch_size": 0}, "Batch size"),
+        ({"num_steps": "x"}, "Sampling steps"),
+        ({"prompt": "  "}, "Prompts (one per line)"),
+        ({"window": "1, 2", "estimator": "zo"}, "HO window"),
+        ({"estimator": "nope"}, "Estimator"),
+        ({"lr": -1}, "Learning rate"),
+        ({"prompt_boundaries": "a, b"}, "Prompt boundaries"),
+        ({"eta": 2}, "eta"),
     ],
 )
 def test_bad_form_values_name_the_field(values, field):
@@ -147,24 +165,25 @@ def test_bad_form_values_name_the_field(values, field):
 
     with pytest.raises(FieldError) as info:
         runner.config_from_form({"model": "some/model", **values}, hosted=False)
-    assert field in str(info.value)
+    assert info.value.field == field and field in str(info.value)
 
 
 def test_hosted_mode_refuses_local_paths_plugins_and_big_sizes(studio):
     from app import runner
     from app.state import FieldError
 
-    with pytest.raises(FieldError, match="model"):
+    with pytest.raises(FieldError, match="Model"):
         runner.config_from_form({"model": studio}, hosted=True)
-    with pytest.raises(FieldError, match="iterations"):
+    with pytest.raises(FieldError, match="Iterations"):
         runner.config_from_form({"model": "owner/model", "steps": 10_000}, hosted=True)
-    with pytest.raises(FieldError, match="batch size"):
+    with pytest.raises(FieldError, match="Batch size"):
         runner.config_from_form({"model": "owner/model", "batch_size": 64}, hosted=True)
-    with pytest.raises(FieldError, match="sampling steps"):
+    with pytest.raises(FieldError, match="Sampling steps"):
         runner.config_from_form({"model": "owner/model", "num_steps": 500}, hosted=True)
-    config = runner.config_from_form(form(studio, reward="my_module:score"), hosted=False)
-    with pytest.raises(FieldError, match="reward.*plug-in"):
+    config = runner.config_from_form(form("tiny", reward="my_module:score"), hosted=False)
+    with pytest.raises(FieldError, match="Reward.*plug-in") as info:
         runner.create_run("s", config, hosted=True)
+    assert info.value.field == "Reward"
 
 
 def test_hosted_flag_from_environment(monkeypatch):
@@ -191,13 +210,13 @@ def test_stop_ends_within_one_iteration_and_keeps_the_lora(studio):
     from app import runner
 
     config = runner.config_from_form(form(studio, steps=50, eval_every=0), hosted=False)
-    seen = []
+    answers = []
     for run in runner.train_stream("s", config, hosted=False):
-        seen.append(run.step)
-        if run.step == 1:
-            runner.stop("s")
-    assert run.step <= 2 and not run.running
-    assert "stopped after iteration" in run.status
+        if run.step == 1 and not answers:
+            answers.append(runner.stop("s"))
+    assert run.step == 1 and not run.running  # stopped between iterations: no further iteration
+    assert answers == ["Stopping after this iteration; the LoRA is kept."]
+    assert run.status.startswith("Stopped at iteration 1; LoRA kept")
     assert (run.output_dir / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
 
@@ -210,7 +229,7 @@ def test_preference_diagnostics_export_roundtrip(studio, tmp_path):
 
     run = runner.preference_round("s", form(studio), hosted=False, k=4, mode="direct")
     assert run.round.size == 4 and len(run.round.pil_images()) == 4
-    with pytest.raises(FieldError, match="preferred images"):
+    with pytest.raises(FieldError, match="Preferred images"):
         runner.preference_update("s", [], best_only=False)
     with pytest.raises(FieldError, match="exactly one"):
         runner.preference_update("s", [0, 1], best_only=True)
@@ -218,7 +237,10 @@ def test_preference_diagnostics_export_roundtrip(studio, tmp_path):
     assert update.rewards == [1.0, 0.0, 1.0, 0.0] and update.update_norm > 0
     assert run.counters == {"rounds": 1, "clicks": 2, "updates": 1}
     assert (run.output_dir / "clicks.jsonl").is_file()
-    with pytest.raises(FieldError, match="images per round"):
+    # a click update is a Trainer iteration: a step, a metrics line, a row in the run's history
+    assert update.report.step == run.step == 1 and len(run.history) == 1
+    assert (run.output_dir / "metrics.jsonl").read_text().count("\n") == 1
+    with pytest.raises(FieldError, match="Images per round"):
         runner.preference_round("s", {}, hosted=False, k=3, mode="direct")
 
     rows = runner.diagnostics("s", {}, hosted=False, estimators=["rlr", "zo"], repeats=2)
@@ -228,7 +250,8 @@ def test_preference_diagnostics_export_roundtrip(studio, tmp_path):
     assert set(formatting.probe_long(rows)["metric"]) >= {"total_variance", "seconds", "peak_memory_mb"}
 
     weights, config_path, snippet = runner.export("s")
-    assert weights.suffix == ".safetensors" and "load_lora_weights" in snippet
+    # the pixel-space test model has no VAE: the snippet uses rlr_core, not a StableDiffusionPipeline
+    assert weights.suffix == ".safetensors" and "chain.load_lora" in snippet and "StableDiffusionPipeline" not in snippet
     chain = load_model(studio, num_steps=10, lora_rank=4, device="cpu", dtype="float32")
     chain.load_lora(str(weights))
     expected = state.current_lora(run)
@@ -239,6 +262,7 @@ def test_preference_diagnostics_export_roundtrip(studio, tmp_path):
     assert all(torch.equal(state.current_lora(other)[k], expected[k]) for k in expected)
     loaded = runner.load_config_file(str(config_path), hosted=False)
     assert loaded.model == studio and loaded.lora_rank == 4
+    assert not Path(loaded.output_dir).is_absolute() and loaded.checkpoint_every > 0  # runs with rlr-train as is
 
 
 def test_zerogpu_chunks_keep_state_on_cpu_between_calls(studio, monkeypatch):

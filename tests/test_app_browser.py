@@ -1,8 +1,11 @@
 """End to end in a real browser: Debian chromium driven by Playwright (no browser download).
 
-Launches the app, picks the tiny model and a weight-free reward, trains, sees before/after images
-and a plot (screenshot of the Train tab mid-run -> assets/screenshots/train-tab.png), does one
-preference round with clicks, and downloads a LoRA that loads back.
+Launches the app at 1400x1000, picks the tiny model and a weight-free reward, trains and checks
+what a user reads: a progress bar within 2 s of Start, before/after images at least 160 px wide
+inside the viewport with captions under them, a bad input after a finished run as a toast only
+(no "Error" on the outputs), Stop answered by a toast within 2 s. Then one preference round with
+clicks, and a downloaded LoRA that loads back. A screenshot of the Train tab goes to a temporary
+folder, or to $RLR_SCREENSHOT when set (README's picture: assets/screenshots/train-tab.png).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import pytest
 pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("RLR_CHROMIUM", "/usr/bin/chromium")
-SCREENSHOT = Path(__file__).resolve().parent.parent / "assets" / "screenshots" / "train-tab.png"
+OUTPUTS = ("#progress", "#status", "#before-images", "#after-images", "#train-plots")
 
 
 def free_port() -> int:
@@ -68,10 +71,18 @@ def set_value(page, elem_id: str, value: str) -> None:
     box.blur()
 
 
+def status_text(page) -> str:
+    return page.locator("#status").inner_text()
+
+
+def wait_for_status(page, pattern: str, timeout: int = 120_000) -> None:
+    page.wait_for_function(f"() => /{pattern}/.test(document.querySelector('#status').innerText)", timeout=timeout)
+
+
 def test_train_preference_export_in_chromium(browser, app_url, tiny_pixel_dir, tmp_path):
     from rlr_core.diffusers_chain import load_model
 
-    page = browser.new_page(viewport={"width": 1400, "height": 1900}, accept_downloads=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
     page.set_default_timeout(60_000)
     page.goto(app_url)
     page.wait_for_selector("#start-btn")
@@ -82,28 +93,54 @@ def test_train_preference_export_in_chromium(browser, app_url, tiny_pixel_dir, t
     if model != "tiny":
         set_value(page, "model", model)
     assert page.locator("#reward input").first.input_value() == "saturation"  # weight-free default
+    set_value(page, "num-steps", "6")
     set_value(page, "steps", "4")
     set_value(page, "eval-every", "2")
-    set_value(page, "prompts", "a red circle on a blue background\na green square")
+    set_value(page, "prompt", "a red circle on a blue background\na green square")
     page.click("#start-btn")
+    # a progress bar with a moving text within 2 s of Start
+    page.wait_for_function("() => /Starting|Iteration/.test(document.querySelector('#progress').innerText)", timeout=2_000)
+    assert page.locator("#progress progress").count() == 1
+    wait_for_status(page, "Finished 4 iterations")
+    assert "LoRA kept" in status_text(page)
+    page.wait_for_function("() => document.querySelectorAll('#after-images img').length >= 4")
+    page.evaluate("window.scrollTo(0, 0)")
+    for strip in ("#before-images", "#after-images"):
+        images = page.locator(f"{strip} img")
+        assert images.count() == 4
+        for i in range(4):
+            box = images.nth(i).bounding_box()
+            assert box["width"] >= 160, box
+            assert box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= 1400 and box["y"] + box["height"] <= 1000, box
+        captions = page.locator(f"{strip} figcaption")
+        assert "reward" in captions.nth(0).inner_text()
+        image_bottom = images.nth(0).bounding_box()["y"] + images.nth(0).bounding_box()["height"]
+        assert captions.nth(0).bounding_box()["y"] >= image_bottom - 1  # under the image, not over it
+    assert "ETA" in page.locator("#progress").inner_text() or "done" in page.locator("#progress").inner_text()
+    assert page.locator("#train-plots img, #train-plots svg, #train-plots canvas").count() >= 1
+    page.screenshot(path=os.environ.get("RLR_SCREENSHOT") or str(tmp_path / "train-tab.png"), full_page=False)
 
-    status = page.locator("#status textarea")
-    page.wait_for_function(
-        "() => /iteration [1-9]\\//.test(document.querySelector('#status textarea').value)", timeout=90_000
-    )
-    page.wait_for_function(
-        "() => /iteration [3-9]\\/|finished/.test(document.querySelector('#status textarea').value)", timeout=90_000
-    )
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.wait_for_timeout(1500)  # let the plots draw
-    page.screenshot(path=str(SCREENSHOT), full_page=False)
-    page.wait_for_function(
-        "() => /finished 4 iterations/.test(document.querySelector('#status textarea').value)", timeout=120_000
-    )
-    assert "LoRA kept" in status.input_value()
-    assert page.locator("#before-gallery img").count() >= 4
-    page.wait_for_function("() => document.querySelectorAll('#after-gallery img').length >= 4")
-    assert page.locator("#reward-plot canvas, #reward-plot svg").count() >= 1
+    # a bad input after a finished run: a toast that starts with the field (Gradio 6 heads every error
+    # toast "Error"), and the outputs keep their values, with no error state on any of them
+    set_value(page, "reward-options", "{oops")
+    page.click("#start-btn")
+    toast = page.locator(".toast-body.error").first
+    toast.wait_for(timeout=15_000)
+    assert "Reward options (JSON): must be a JSON object" in toast.inner_text()
+    page.wait_for_timeout(500)
+    assert "Iteration 4/4" in page.locator("#progress").inner_text()
+    for output in OUTPUTS:
+        assert page.locator(f"{output} >> text=/^Error$/").count() == 0, output
+    assert page.locator("#after-images img").count() == 4 and "Finished 4 iterations" in status_text(page)
+    set_value(page, "reward-options", "{}")
+
+    # Stop answers at once, then the run ends "stopped at N; LoRA kept"
+    set_value(page, "steps", "60")
+    page.click("#start-btn")
+    page.wait_for_function("() => /Iteration [1-9][0-9]*\\/60/.test(document.querySelector('#status').innerText)", timeout=90_000)
+    page.click("#stop-btn")
+    page.get_by_text("Stopping after this iteration").first.wait_for(timeout=2_000)
+    wait_for_status(page, "Stopped at iteration [0-9]+; LoRA kept")
 
     # one preference round with clicks
     page.get_by_role("tab", name="Preference").click()

@@ -188,7 +188,7 @@ def test_prompt_batches_are_seeded_and_paired(tmp_path):
     chain, reward, estimator, config = _analytic(tmp_path, batch_size=12, prompts=["a", "b", "c"])
     trainer = Trainer(chain, reward, estimator, config)
     # rlr with remaining="zo": +/- ZO halves times antithetic exit twins = 4 groups sharing noise
-    assert trainer.paired and trainer.noise_groups == 4
+    assert trainer.noise_groups == 4
     batch = trainer.batch_prompts(1)
     assert batch[:3] == batch[3:6] == batch[6:9] == batch[9:] and sorted(set(batch)) == ["a", "b", "c"]
     assert batch == Trainer(*_analytic(tmp_path, batch_size=12, prompts=["a", "b", "c"])).batch_prompts(1)
