@@ -50,7 +50,7 @@ def detector_summary(images: torch.Tensor) -> dict:
 
 
 def run_demo(config_path: str | Path = DEFAULT_CONFIG, steps: int | None = None, seeds: int = 32, output_dir: str | None = None,
-             lr: float | None = None, batch_size: int | None = None) -> dict:
+             lr: float | None = None, batch_size: int | None = None, verbose: bool = False) -> dict:
     """Run the preset for ``steps`` iterations; return before/after detector and reward numbers and the images."""
     from rlr_core.config import TrainConfig
     from rlr_core.sampling import sample
@@ -80,11 +80,15 @@ def run_demo(config_path: str | Path = DEFAULT_CONFIG, steps: int | None = None,
 
     t0 = time.time()
     before_images, before = measure(adapters=False)
+    if verbose:
+        print(json.dumps({"before": {k: v for k, v in before.items() if k != "detected"}}), flush=True)
     trainer = Trainer(chain, reward, estimator, config)
     history = []
     t_train = time.time()
     for report in trainer.run():
         history.append({"step": report.step, "reward_mean": round(float(report.reward_mean), 3), "seconds": round(float(report.seconds), 2)})
+        if verbose:
+            print(json.dumps(history[-1]), flush=True)
     train_seconds = time.time() - t_train
     after_images, after = measure(adapters=True)
     return {
@@ -141,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="star-demo-") as run_dir:
-        result = run_demo(args.config, args.steps, args.seeds, run_dir, args.lr, args.batch_size)
+        result = run_demo(args.config, args.steps, args.seeds, run_dir, args.lr, args.batch_size, verbose=True)
     before_images, after_images = result.pop("_images")
     out = Path(args.out)
     save_before_after(before_images, after_images, out / "before_after.png")

@@ -115,3 +115,23 @@ def test_preference_tiny_clip_features(tmp_path):
 def test_unknown_clip_model_names_tiny_clip():
     with pytest.raises(ValueError, match="tiny-clip"):
         get_reward("clip", clip_model="no-such-clip")
+
+
+def test_short_star_run_raises_the_star_reward(tmp_path):
+    """A few RLR iterations of the star preset (shortened) raise the tiny-clip "red star" reward on fixed seeds."""
+    from rlr_core.config import TrainConfig
+    from rlr_core.trainer import Trainer
+
+    config = TrainConfig.from_file(Path(__file__).resolve().parents[1] / "benchmarks" / "star_demo.yaml")
+    assert config.reward == "clip" and config.reward_options["model"] == "tiny-clip" and config.estimator == "rlr"
+    config.num_steps, config.batch_size, config.steps, config.lr = 8, 4, 3, 0.003
+    config.estimator_options = {"h": 2, "window": [1, 4]}
+    config.eval_every, config.checkpoint_every, config.output_dir = 0, 0, str(tmp_path / "run")
+    chain, reward, estimator = config.build()
+    trainer = Trainer(chain, reward, estimator, config)
+    seeds = [20_000_000 + i for i in range(4)]
+    _, before = trainer.evaluate(seeds, adapters=False)
+    reports = list(trainer.run())
+    _, after = trainer.evaluate(seeds, adapters=True)
+    assert len(reports) == 3 and all(r.skipped is None for r in reports)
+    assert sum(after) / len(after) > sum(before) / len(before) + 1.0, (before, after)
