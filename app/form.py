@@ -59,13 +59,13 @@ class Field:
     def python_type(self) -> type:
         """The type of the ``/train`` parameter."""
         if self.is_estimator_option:  # None = the estimator's default
-            return {"int": int, "float": float, "pair": str}.get(self.kind, str) | None  # type: ignore[return-value]
+            return {"int": int, "float": float, "pair": str, "int-or-auto": int | str}.get(self.kind, str) | None  # type: ignore[return-value]
         return {"int": int, "float": float, "optional-float": float | None, "bool": bool}.get(self.kind, str)  # type: ignore[return-value]
 
 
 # Labels of the estimator options estimators may declare (``Estimator.ui_options``).
 OPTION_LABELS: dict[str, tuple[str, str]] = {
-    "h": ("h (HO sub-chain length)", "rlr: steps backpropagated inside the half-order sub-chain"),
+    "h": ("h (HO sub-chain length)", "rlr: steps backpropagated inside the half-order sub-chain; auto = the largest that fits in memory"),
     "remaining": ("Remaining steps", "rlr: none = dropped (default), zo = unbiased, lr = likelihood ratio"),
     "zo_scale": ("ZO scale", "rlr: parameter perturbation size of the ZO part"),
     "window": ("HO window", "rlr: allowed starts of the HO sub-chain 'a, b' (empty = all)"),
@@ -75,6 +75,9 @@ OPTION_LABELS: dict[str, tuple[str, str]] = {
     "scale": ("Perturbation scale", "zo: parameter perturbation size"),
     "chain_len": ("LR steps", "rlr-released: random single-step likelihood-ratio terms"),
 }
+
+
+AUTO_OPTIONS = {"h"}  # options that also take "auto" (rlr_core.run: h from the memory model)
 
 
 def _estimator_option_fields() -> list[Field]:
@@ -90,6 +93,8 @@ def _estimator_option_fields() -> list[Field]:
     for option, names in takers.items():
         label, info = OPTION_LABELS.get(option, (option, ""))
         kind = "choice" if option in choices else kinds[option]
+        if option in AUTO_OPTIONS:
+            kind = "int-or-auto"
         minimum = 1 if kind == "int" else None
         fields.append(Field(option, label, kind, None, minimum=minimum, info=info, choices=choices.get(option, ()),
                             estimators=tuple(names), section="estimator"))
@@ -187,6 +192,13 @@ def parse_value(field: Field, value: Any, hosted: bool) -> Any:
         return _pair(label, value)
     if field.kind == "optional-float" and (value is None or str(value).strip() == ""):
         return None
+    if field.kind == "int-or-auto":
+        if str(value).strip().lower() == "auto":
+            return "auto"
+        try:
+            return _bounded_number(Field(field.key, field.label, "int", None, minimum=1), value, hosted)
+        except FieldError:
+            raise FieldError(label, f"must be 'auto' or an integer >= 1; got {value!r}") from None
     return _bounded_number(field, value, hosted)
 
 
@@ -300,6 +312,8 @@ def _show(field: Field, value: Any) -> Any:
         return "" if value is None else ", ".join(f"{v:g}" for v in value)
     if field.kind == "optional-float":
         return "" if value is None else value
+    if field.kind == "int-or-auto":
+        return None if value is None else str(value)
     return value
 
 

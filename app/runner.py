@@ -138,6 +138,38 @@ def stop(session: str) -> str:
     return "Stopping after this iteration; the LoRA is kept."
 
 
+def predict_memory(session: str, form: dict[str, Any], hosted: bool) -> str:
+    """The memory model's prediction for one estimate of the form's settings (before Start)."""
+    from rlr_core.memory_model import CUDA_OVERHEAD_GB, free_memory_gb, predict
+
+    config = config_from_form(form, hosted)
+    entry = state.MODELS.get(config)
+    try:
+        training = TrainingRun.from_config(config.replace(output_dir=str(state.runs_root() / "predict")), hosted=hosted,
+                                           chain=entry.chain)
+    except WeightsUnavailableError as error:
+        raise FieldError("Reward", str(error)) from None
+    except ValueError as error:
+        raise field_error(error) from None
+    estimator = training.estimator
+    options = {k: getattr(estimator, k) for k in ("h", "k") if hasattr(estimator, k)}
+    with state.WORK_LOCK:
+        try:
+            prediction = predict(entry.chain, config.estimator, config.batch_size, reward=training.reward, **options)
+        except (ValueError, NotImplementedError) as error:
+            raise FieldError("Estimator", f"no memory prediction for this setting: {error}") from None
+    device = entry.chain.device
+    overhead = CUDA_OVERHEAD_GB if device.type == "cuda" else 0.0
+    chosen = getattr(estimator, "auto_choice", None)
+    what = ", ".join(f"{k}={v}" for k, v in options.items())
+    text = (f"Predicted for one {config.estimator} estimate ({what}, batch {config.batch_size}): "
+            f"graph {formatting.format_megabytes(prediction.graph_mb)}, peak {formatting.format_sig(prediction.peak_gb + overhead)} GB "
+            f"on {device.type}; free now {formatting.format_sig(free_memory_gb(device))} GB.")
+    if chosen:
+        text += f" h: auto chose h = {chosen['h']}" + (" with gradient checkpointing." if chosen["gradient_checkpointing"] else ".")
+    return text
+
+
 # ----------------------------------------------------------------------------------- generation
 def generate(session: str, model: str, prompt: str, seed: Any, use_lora: bool, hosted: bool,
              num_images: int = 4) -> list[tuple[Any, str]]:

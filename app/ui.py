@@ -176,6 +176,9 @@ def make_widget(field: Field, hosted: bool) -> Any:
         value = train_form.estimator_field_values(FORM_DEFAULTS["estimator"])[field.key]
         if field.kind == "choice":
             return gr.Dropdown(choices=list(field.choices), value=value, visible=visible, **common)
+        if field.kind == "int-or-auto":
+            return gr.Dropdown(choices=["auto", "1", "2", "3", "4", "6", "8"], value=value, allow_custom_value=True,
+                               visible=visible, **common)
         if field.kind in ("int", "float"):
             return gr.Number(value=value, precision=0 if field.kind == "int" else None, visible=visible, **common)
         return gr.Textbox(value=value or "", visible=visible, **common)
@@ -281,8 +284,10 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
                                             widgets[field.key] = make_widget(field, hosted)
                     with gr.Column(scale=3, min_width=700):
                         with gr.Row():
-                            start_btn = gr.Button("Start", variant="primary", elem_id="start-btn")
-                            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+                            start_btn = gr.Button("Start", variant="primary", elem_id="start-btn", scale=2)
+                            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn", scale=2)
+                            memory_btn = gr.Button("Predict memory", elem_id="memory-btn", scale=1)
+                        memory_note = gr.Markdown("", elem_id="memory-note", elem_classes=["rlr-note"])
                         progress = gr.HTML(formatting.progress_html(None), elem_id="progress")
                         status = gr.Markdown("Idle.", elem_id="status")
                         before_strip = gr.HTML(formatting.image_strip_html("Before (LoRA off, fixed seeds)", None,
@@ -399,6 +404,11 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
                 gr.Info(f"Stopped at iteration {last.step}; LoRA kept.", title="Stopped")
 
         listen(start_btn.click, on_start, form, train_outputs, show_progress="hidden", **GPU, **UI_ONLY)
+
+        def on_memory(request: gr.Request, *values: Any) -> str:
+            return runner.predict_memory(session_of(request), form_dict(values), hosted)
+
+        listen(memory_btn.click, on_memory, form, [memory_note], **GPU, **UI_ONLY)
 
         def on_stop(request: gr.Request = None) -> None:
             gr.Info(runner.stop(session_of(request)), title="Stop", duration=6)  # no outputs: nothing to mark

@@ -53,11 +53,14 @@ class TrainConfig:
         gradient_checkpointing: recompute activations inside gradient segments (less memory).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
         dtype: ``"auto"``, ``"float32"``, ``"float16"`` or ``"bfloat16"`` (LoRA weights stay float32).
+        memory_budget_gb: the memory ``h: auto`` may plan for (GB; ``None`` = the device's free
+            memory plus the loaded weights).
 
     Reward and estimator
         reward / reward_options: name and keyword options of ``rlr_core.rewards.get_reward``.
         estimator / estimator_options: name and keyword options of
-        ``rlr_core.estimators.get_estimator`` (e.g. ``{"h": 2, "remaining": "zo"}`` for rlr).
+        ``rlr_core.estimators.get_estimator`` (e.g. ``{"h": 2, "remaining": "zo"}`` for rlr;
+        ``{"h": "auto"}`` picks the largest h whose predicted memory fits ``memory_budget_gb``).
 
     Prompts
         prompts: training prompts; each batch draws from them (seeded).
@@ -93,6 +96,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     device: str = "auto"
     dtype: str = "auto"
+    memory_budget_gb: float | None = None
     # reward and estimator
     reward: str = "saturation"
     reward_options: dict[str, Any] = field(default_factory=dict)
@@ -245,6 +249,8 @@ class TrainConfig:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+        if self.memory_budget_gb is not None:
+            _check_float(self, "memory_budget_gb", minimum=0.0, strict=True)
 
         _check_str(self, "reward", non_empty=True)
         _check_dict(self, "reward_options")
@@ -357,7 +363,7 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------- helpers
-_FLOAT_FIELDS = {"guidance_scale", "eta", "lora_alpha", "lr", "weight_decay", "max_grad_norm"}
+_FLOAT_FIELDS = {"guidance_scale", "eta", "lora_alpha", "lr", "weight_decay", "max_grad_norm", "memory_budget_gb"}
 
 
 def _coerce(name: str, value: Any) -> Any:

@@ -59,12 +59,18 @@ class TrainingRun:
             config.validate(hosted=hosted)
         except ValueError as error:
             raise ConfigError(_leading_field(str(error), "config"), str(error)) from None
-        estimator = _named("estimator_options", get_estimator, config.estimator, config.estimator_options)
+        options = dict(config.estimator_options)
+        auto_h = options.get("h") == "auto"
+        if auto_h:
+            options.pop("h")  # the other options are checked now, h once the model is loaded
+        estimator = _named("estimator_options", get_estimator, config.estimator, options)
         if chain is None:
             chain = config.load_chain()
         if reward is None:
             reward = _named("reward_options", get_reward, config.reward, dict(config.reward_options),
                             device=getattr(chain, "device", None), hosted=True if hosted else None)
+        if auto_h:
+            estimator = _with_auto_h(config, chain, reward, options)
         try:
             trainer = Trainer(chain, reward, estimator, config)
         except ValueError as error:
@@ -74,6 +80,24 @@ class TrainingRun:
     def parts(self) -> tuple[Chain, Reward, Estimator]:
         """``(chain, reward, estimator)``."""
         return self.chain, self.reward, self.estimator
+
+
+def _with_auto_h(config: TrainConfig, chain: Chain, reward: Reward, options: dict[str, Any]) -> Estimator:
+    """``h: auto``: the largest h whose predicted peak memory fits ``config.memory_budget_gb``
+    (rlr_core.memory_model.choose_h); gradient checkpointing is switched on when that lets a larger h fit."""
+    from .memory_model import choose_h
+
+    if "h" not in getattr(get_estimator(config.estimator), "ui_options", ()):
+        raise ConfigError("estimator_options", f"h: auto applies to rlr and rlr-paper, not {config.estimator!r}")
+    try:
+        h, checkpointing, predicted_gb = choose_h(chain, config.batch_size, config.memory_budget_gb, reward=reward)
+    except ValueError as error:
+        raise ConfigError("estimator_options", str(error)) from None
+    if checkpointing:
+        chain.gradient_checkpointing = True
+    estimator = _named("estimator_options", get_estimator, config.estimator, {**options, "h": h})
+    estimator.auto_choice = {"h": h, "gradient_checkpointing": checkpointing, "predicted_gb": predicted_gb}
+    return estimator
 
 
 def _named(field_name: str, factory: Any, name: str, options: dict[str, Any], **extra: Any) -> Any:
@@ -91,7 +115,7 @@ def _named(field_name: str, factory: Any, name: str, options: dict[str, Any], **
     except (ValueError, ImportError) as error:
         message = str(error)
         names_the_kind = message.startswith((f"{kind}=", f"{kind} must be one of"))  # an unknown name
-        raise ConfigError(kind if names_the_kind else _leading_field(message, field_name), message) from None
+        raise ConfigError(kind if names_the_kind else field_name, message) from None
 
 
 def _leading_field(message: str, default: str) -> str:

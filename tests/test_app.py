@@ -58,6 +58,7 @@ def test_form_defaults_of_the_rlr_knobs_are_the_library_defaults():
     assert {k: shown[k] for k in ("h", "remaining", "zo_scale")} == {k: library[k] for k in ("h", "remaining", "zo_scale")}
     assert runner.config_from_form({"model": "some/model", **shown}, hosted=False).estimator_options == {}
     assert shown["k"] is None and estimator_field_values("truncated-bp")["k"] == 1
+    assert runner.config_from_form({"model": "some/model", "h": "auto"}, hosted=False).estimator_options == {"h": "auto"}
 
 
 def test_the_train_api_has_the_form_fields_as_parameters():
@@ -157,6 +158,7 @@ def test_preference_round_and_probe_batch_by_noise_group(studio, monkeypatch):
         ({"lr": -1}, "Learning rate"),
         ({"prompt_boundaries": "a, b"}, "Prompt boundaries"),
         ({"eta": 2}, "eta"),
+        ({"h": "x"}, "h (HO sub-chain length)"),
     ],
 )
 def test_bad_form_values_name_the_field(values, field):
