@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -415,3 +416,12 @@ def test_three_step_run_changes_samples(tmp_path, tiny_sd_dir):
     assert before.shape == after.shape
     assert np.abs(after - before).mean() > 0.5, "fixed-seed samples did not change after 3 steps"
     assert all(r.skipped is None for r in reports) and all(r.update_norm > 0 for r in reports)
+
+
+def test_metrics_lines_name_the_checkpoint_written_after_their_iteration(tmp_path):
+    chain, reward, estimator, config = _analytic(tmp_path, steps=3, checkpoint_every=2, eval_every=0)
+    reports = list(Trainer(chain, reward, estimator, config).run())
+    lines = _metrics(config)
+    assert [line["checkpoint"] is not None for line in lines] == [False, True, True]  # steps 2 and 3 (the last)
+    assert [line["checkpoint"] for line in lines] == [r.checkpoint for r in reports]
+    assert all(Path(line["checkpoint"], "trainer_state.pt").is_file() for line in lines[2:])
