@@ -151,6 +151,7 @@ _REGISTRY: dict[str, RewardInfo] = {
                 "scale": RewardOption(100.0, float, "multiplier of the cosine"),
                 "clamp": RewardOption(False, bool, "use max(cos, 0) as in the CLIPScore metric (zero gradient below 0)"),
                 "text": RewardOption("", str, "score every image against this text instead of its prompt ('' = the prompt)"),
+                "negative_text": RewardOption("", str, "subtract the cosine to this text: scale x (cos(text) - cos(negative_text)) ('' = none)"),
                 "model": RewardOption("", str, "alias of clip_model, e.g. 'tiny-clip' ('' = use clip_model)"),
             },
         ),

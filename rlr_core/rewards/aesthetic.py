@@ -151,7 +151,9 @@ class ClipScoreReward(_ClipReward):
     """CLIP score: ``scale * cos(image, text)`` (``clamp=True``: ``scale * max(cos, 0)``). Differentiable.
 
     ``text`` is the caption every image is scored against ('' = each image's own prompt), so a run
-    can ask for something the prompt does not say. ``clip_model="tiny-clip"`` uses the bundled
+    can ask for something the prompt does not say. ``negative_text`` (optional) is subtracted:
+    ``scale * (cos(image, text) - cos(image, negative_text))``, a direction between two captions
+    (changes that raise both cosines, e.g. a drifting background, cancel out). ``clip_model="tiny-clip"`` uses the bundled
     offline tiny-clip (``pretrained`` and ``precision`` are then ignored).
     """
 
@@ -165,6 +167,7 @@ class ClipScoreReward(_ClipReward):
         scale: float = 100.0,
         clamp: bool = False,
         text: str = "",
+        negative_text: str = "",
         precision: str = "fp32",
         cache_dir: str | None = None,
         device: str | torch.device = "cpu",
@@ -175,8 +178,11 @@ class ClipScoreReward(_ClipReward):
         if not isinstance(text, str):
             raise ValueError(f"text={text!r} is not allowed; allowed values: a string ('' = score against the prompt)")
         super().__init__(clip_model, pretrained, precision, cache_dir, device)
+        if not isinstance(negative_text, str):
+            raise ValueError(f"negative_text={negative_text!r} is not allowed; allowed values: a string ('' = none)")
         self.clamp = bool(clamp)
         self.text = text.strip()
+        self.negative_text = negative_text.strip()
         self._text_cache: dict[tuple[str, str], torch.Tensor] = {}
 
     def text_embeddings(self, prompts: list[str], device: torch.device) -> torch.Tensor:
@@ -197,4 +203,7 @@ class ClipScoreReward(_ClipReward):
         cos = (img * txt).sum(dim=-1)
         if self.clamp:
             cos = cos.clamp_min(0.0)
+        if self.negative_text:  # directional: toward text, away from negative_text
+            neg = self.text_embeddings([self.negative_text] * len(prompts), images.device)
+            cos = cos - (img * neg).sum(dim=-1)
         return (self.scale * cos).float()
