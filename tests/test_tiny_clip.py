@@ -135,3 +135,13 @@ def test_short_star_run_raises_the_star_reward(tmp_path):
     _, after = trainer.evaluate(seeds, adapters=True)
     assert len(reports) == 3 and all(r.skipped is None for r in reports)
     assert sum(after) / len(after) > sum(before) / len(before) + 1.0, (before, after)
+
+
+def test_clip_reward_negative_text_is_a_difference_of_cosines():
+    x, caps, _ = make_batch([HOLDOUT_START + i for i in range(5)])
+    images = torch.from_numpy(x)
+    star, circle = "a red star on a white background", "a red circle on a white background"
+    directional = get_reward("clip", model="tiny-clip", text=star, negative_text=circle)
+    to_star = get_reward("clip", model="tiny-clip", text=star)
+    to_circle = get_reward("clip", model="tiny-clip", text=circle)
+    torch.testing.assert_close(directional(images, caps), to_star(images, caps) - to_circle(images, caps))
