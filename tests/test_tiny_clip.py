@@ -124,7 +124,7 @@ def test_short_star_run_raises_the_star_reward(tmp_path):
 
     config = TrainConfig.from_file(Path(__file__).resolve().parents[1] / "benchmarks" / "star_demo.yaml")
     assert config.reward == "clip" and config.reward_options["model"] == "tiny-clip" and config.estimator == "rlr"
-    config.num_steps, config.batch_size, config.steps, config.lr = 8, 4, 3, 0.003
+    config.num_steps, config.batch_size, config.steps, config.lr = 8, 4, 6, 0.003
     config.estimator_options = {"h": 2, "window": [1, 4]}
     config.eval_every, config.checkpoint_every, config.output_dir = 0, 0, str(tmp_path / "run")
     chain, reward, estimator = config.build()
@@ -133,7 +133,7 @@ def test_short_star_run_raises_the_star_reward(tmp_path):
     _, before = trainer.evaluate(seeds, adapters=False)
     reports = list(trainer.run())
     _, after = trainer.evaluate(seeds, adapters=True)
-    assert len(reports) == 3 and all(r.skipped is None for r in reports)
+    assert len(reports) == 6 and all(r.skipped is None for r in reports)
     assert sum(after) / len(after) > sum(before) / len(before) + 1.0, (before, after)
 
 
