@@ -14,6 +14,7 @@ from typing import Any, Iterator
 from rlr_core.config import TrainConfig
 from rlr_core.hub import WeightsUnavailableError
 from rlr_core.images import to_pil
+from rlr_core.rewards import default_clip_model
 from rlr_core.rewards.preference import ClickLog, ClickReward, PreferenceReward, PreferenceSession
 from rlr_core.run import TrainingRun
 from rlr_core.sampling import sample
@@ -236,6 +237,8 @@ def preference_run(session: str, form: dict[str, Any], hosted: bool, mode: str, 
     if run is not None and run.running:
         raise FieldError("preference", "training is running in this session; stop it first")
     base = run.config if run is not None else config_from_form(form, hosted)
+    if features == "auto" and default_clip_model(base.model) == "tiny-clip":
+        features = "tiny-clip"  # the bundled image-text model: offline CLIP features for the tiny model
     run_id = state.new_run_id()
     log = ClickLog(state.run_dir(run_id) / "clicks.jsonl")
     head = PreferenceReward(log, features=features) if mode == "learned" else None

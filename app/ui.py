@@ -321,7 +321,7 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
                                          info="direct: clicks are the reward; learned: a Bradley-Terry head fitted on all clicks")
                     pref_pick = gr.Radio(["preferred (several)", "best one"], value="preferred (several)", label="Choose")
                     pref_features = gr.Radio(["pixels", "auto"], value="pixels", label="Learned-mode features",
-                                             info="pixels: weight-free; auto: CLIP when its weights are available")
+                                             info="pixels: weight-free; auto: tiny-clip for the tiny model, else CLIP when its weights are available")
                 pref_new = gr.Button("New round", elem_id="pref-new")
                 pref_gallery = gr.Gallery(label="Click the images you prefer", columns=4, height=300, format="png",
                                           allow_preview=False, elem_id="pref-gallery", interactive=False)

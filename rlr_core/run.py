@@ -20,7 +20,7 @@ from .chain import Chain
 from .config import TrainConfig
 from .estimators import Estimator, get_estimator
 from .hub import WeightsUnavailableError
-from .rewards import Reward, get_reward
+from .rewards import Reward, default_clip_model, get_reward
 from .trainer import Trainer
 
 __all__ = ["ConfigError", "TrainingRun"]
@@ -67,7 +67,7 @@ class TrainingRun:
         if chain is None:
             chain = config.load_chain()
         if reward is None:
-            reward = _named("reward_options", get_reward, config.reward, dict(config.reward_options),
+            reward = _named("reward_options", get_reward, config.reward, reward_options_for(config),
                             device=getattr(chain, "device", None), hosted=True if hosted else None)
         if auto_h:
             estimator = _with_auto_h(config, chain, reward, options)
@@ -80,6 +80,18 @@ class TrainingRun:
     def parts(self) -> tuple[Chain, Reward, Estimator]:
         """``(chain, reward, estimator)``."""
         return self.chain, self.reward, self.estimator
+
+
+def reward_options_for(config: TrainConfig) -> dict[str, Any]:
+    """``config.reward_options`` with the base model's defaults filled in: the CLIP-based rewards
+    (``clip``; ``preference`` features "auto") use the bundled tiny-clip when the model is the tiny one."""
+    options = dict(config.reward_options)
+    clip_default = default_clip_model(config.model)
+    if config.reward == "clip" and not options.get("model") and "clip_model" not in options:
+        options["clip_model"] = clip_default
+    if config.reward == "preference" and options.get("features", "auto") == "auto" and clip_default == "tiny-clip":
+        options["features"] = "tiny-clip"
+    return options
 
 
 def _with_auto_h(config: TrainConfig, chain: Chain, reward: Reward, options: dict[str, Any]) -> Estimator:

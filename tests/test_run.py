@@ -68,3 +68,14 @@ def test_memory_budget_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="memory_budget_gb"):
         TrainConfig(memory_budget_gb=-1.0).validate()
     assert TrainConfig.from_dict({"memory_budget_gb": "12"}).memory_budget_gb == 12.0
+
+
+def test_clip_based_rewards_default_to_tiny_clip_for_the_tiny_model():
+    from rlr_core.run import reward_options_for
+
+    assert reward_options_for(TrainConfig(model="tiny", reward="clip")) == {"clip_model": "tiny-clip"}
+    assert reward_options_for(TrainConfig(model="tiny", reward="preference")) == {"features": "tiny-clip"}
+    assert reward_options_for(TrainConfig(model="tiny", reward="clip", reward_options={"clip_model": "ViT-B-32"})) == {
+        "clip_model": "ViT-B-32"}
+    assert reward_options_for(TrainConfig(model="owner/sd", reward="clip"))["clip_model"] != "tiny-clip"
+    assert reward_options_for(TrainConfig(model="tiny", reward="saturation")) == {}

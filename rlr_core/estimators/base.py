@@ -263,7 +263,7 @@ class Estimator:
         skipped = self.skipped_if_not_finite(rollout, rewards)
         if skipped is not None:
             return skipped
-        if "fo" in rollout.steps:
+        if "fo" in rollout.steps and rollout.uses == 0:  # later PPO epochs reuse it without the FO part
             self.check_reward_graph(rollout, rewards)
         info: dict[str, float] = {}
         parts = self.parts(rollout, rewards, info)
