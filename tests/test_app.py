@@ -302,3 +302,15 @@ def test_zerogpu_chunks_keep_state_on_cpu_between_calls(studio, monkeypatch):
     finally:
         monkeypatch.delitem(sys.modules, "spaces")
         importlib.reload(zerogpu)
+
+
+def test_predict_memory_before_start_and_h_auto(studio):
+    from app import runner
+    from app.state import FieldError
+
+    text = runner.predict_memory("p", form(studio, num_steps=4), hosted=False)
+    assert text.startswith("Predicted for one rlr estimate (h=2, batch 4)") and "graph" in text and "peak" in text
+    auto = runner.predict_memory("p", form(studio, num_steps=4, h="auto"), hosted=False)
+    assert "h: auto chose h = 3" in auto  # num_steps - 1: the tiny test model fits anywhere
+    with pytest.raises(FieldError, match="Batch size"):
+        runner.predict_memory("p", form(studio, batch_size=0), hosted=False)
