@@ -21,7 +21,14 @@ import threading
 import torch
 from torch import nn
 
-from rlr_core.rewards.clip_models import DEFAULT_CLIP_MODEL, LoadedClip, encode_images, encode_texts, load_clip
+from rlr_core.rewards.clip_models import (
+    DEFAULT_CLIP_MODEL,
+    LoadedClip,
+    TextEmbeddingCache,
+    encode_images,
+    encode_texts,
+    load_clip,
+)
 from rlr_core.hub import WeightsUnavailableError, fetch_hf_file, fetch_url
 from rlr_core.rewards.simple import check_images
 
@@ -183,18 +190,11 @@ class ClipScoreReward(_ClipReward):
         self.clamp = bool(clamp)
         self.text = text.strip()
         self.negative_text = negative_text.strip()
-        self._text_cache: dict[tuple[str, str], torch.Tensor] = {}
+        self._text_cache = TextEmbeddingCache()
 
     def text_embeddings(self, prompts: list[str], device: torch.device) -> torch.Tensor:
         """Normalised prompt embeddings [B, D] (cached per prompt and device)."""
-        missing = [p for p in dict.fromkeys(prompts) if (p, str(device)) not in self._text_cache]
-        if missing:
-            emb = encode_texts(self._clip_for(device), missing, device)
-            if len(self._text_cache) > 4096:
-                self._text_cache.clear()
-            for p, e in zip(missing, emb):
-                self._text_cache[(p, str(device))] = e
-        return torch.stack([self._text_cache[(p, str(device))] for p in prompts])
+        return self._text_cache.get(prompts, device, lambda texts: encode_texts(self._clip_for(device), texts, device))
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         check_images(images, prompts)

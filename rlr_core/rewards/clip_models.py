@@ -273,3 +273,23 @@ def encode_texts(clip: LoadedClip, prompts: list[str], device: torch.device) -> 
         tokens = clip.tokenizer(list(prompts)).to(device)
         emb = clip.model.encode_text(tokens).float()
     return emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+class TextEmbeddingCache:
+    """Text embeddings per (text, device), each computed once; cleared when it holds over 4096."""
+
+    MAX_ENTRIES = 4096
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], torch.Tensor] = {}
+
+    def get(self, texts: list[str], device: torch.device, encode: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+        """Embeddings [len(texts), D]; ``encode(missing texts)`` computes the ones not cached yet."""
+        missing = [t for t in dict.fromkeys(texts) if (t, str(device)) not in self._entries]
+        if missing:
+            embeddings = encode(missing)
+            if len(self._entries) > self.MAX_ENTRIES:
+                self._entries.clear()
+            for text, embedding in zip(missing, embeddings):
+                self._entries[(text, str(device))] = embedding
+        return torch.stack([self._entries[(t, str(device))] for t in texts])

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from rlr_core.hub import fetch_hf_file
+from rlr_core.rewards.clip_models import TextEmbeddingCache
 from rlr_core.rewards.simple import check_images
 
 HPS_REPO = "xswu/HPSv2"
@@ -115,24 +116,20 @@ class HPSv2Reward:
         self.version, self.checkpoint, self.clip_model = version, checkpoint, clip_model
         self.precision, self.cache_dir = precision, cache_dir or None
         self._load(torch.device(device))  # fail at get_reward time
-        self._text_cache: dict[tuple[str, str], torch.Tensor] = {}
+        self._text_cache = TextEmbeddingCache()
 
     def _load(self, device: torch.device) -> tuple[Any, Any]:
         return load_hps(self.version, self.checkpoint, self.clip_model, device, self.precision, self.cache_dir)
 
     def text_embeddings(self, prompts: list[str], device: torch.device) -> torch.Tensor:
         """Normalised prompt embeddings [B, D] (cached per prompt and device; no gradient)."""
-        missing = [p for p in dict.fromkeys(prompts) if (p, str(device)) not in self._text_cache]
-        if missing:
+        def encode(texts: list[str]) -> torch.Tensor:
             model, tokenizer = self._load(device)
             with torch.no_grad():
-                emb = model.encode_text(tokenizer(missing).to(device)).float()
-            emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            if len(self._text_cache) > 4096:
-                self._text_cache.clear()
-            for p, e in zip(missing, emb):
-                self._text_cache[(p, str(device))] = e
-        return torch.stack([self._text_cache[(p, str(device))] for p in prompts])
+                emb = model.encode_text(tokenizer(texts).to(device)).float()
+            return emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+        return self._text_cache.get(prompts, device, encode)
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         check_images(images, prompts)

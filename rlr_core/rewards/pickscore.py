@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from rlr_core.hub import WeightsUnavailableError, cached_hf_file, fetch_hf_file
+from rlr_core.rewards.clip_models import TextEmbeddingCache
 from rlr_core.rewards.simple import check_images
 
 PICKSCORE_REPO = "yuvalkirstain/PickScore_v1"
@@ -190,25 +191,21 @@ class PickScoreReward:
         self.precision, self.cache_dir = precision, cache_dir or None
         self.device = torch.device(device)
         self._load(self.device)  # fail at get_reward time
-        self._text_cache: dict[tuple[str, str], torch.Tensor] = {}
+        self._text_cache = TextEmbeddingCache()
 
     def _load(self, device: torch.device) -> tuple[Any, Any, ImageSettings]:
         return load_pickscore(self.model_id, self.processor_id, device, self.precision, self.cache_dir)
 
     def text_embeddings(self, prompts: list[str], device: torch.device) -> torch.Tensor:
         """Normalised prompt embeddings [B, D] (cached per prompt and device; no gradient)."""
-        missing = [p for p in dict.fromkeys(prompts) if (p, str(device)) not in self._text_cache]
-        if missing:
+        def encode(texts: list[str]) -> torch.Tensor:
             clip, tokenizer, _ = self._load(device)
-            tokens = tokenizer(missing, padding=True, truncation=True, max_length=77, return_tensors="pt").to(device)
+            tokens = tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt").to(device)
             with torch.no_grad():
                 emb = _features(clip.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])).float()
-            emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            if len(self._text_cache) > 4096:
-                self._text_cache.clear()
-            for p, e in zip(missing, emb):
-                self._text_cache[(p, str(device))] = e
-        return torch.stack([self._text_cache[(p, str(device))] for p in prompts])
+            return emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+        return self._text_cache.get(prompts, device, encode)
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         check_images(images, prompts)
