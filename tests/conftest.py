@@ -136,3 +136,15 @@ def mini_pixel_dir(tmp_path_factory, clip_tokenizer_dir):
     CLIPTokenizer.from_pretrained(clip_tokenizer_dir).save_pretrained(out / "tokenizer")
     DDIMScheduler(beta_schedule="linear", clip_sample=False, set_alpha_to_one=True).save_pretrained(out / "scheduler")
     return out
+
+
+@pytest.fixture(scope="session")
+def reduced_sd_dir(tmp_path_factory, clip_tokenizer_dir):
+    """SD 1.5's topology (every block, layer and attention) at 1/20 width, 64 px images (8x8 latents),
+    random weights; written once for the memory-model and GPU-settings tests."""
+    from transformers import CLIPTokenizer
+
+    from rlr_core import sd_arch
+
+    return sd_arch.write_pipeline("sd15", tmp_path_factory.mktemp("sd15-w20"), width_divisor=20, image_size=64,
+                                  tokenizer=CLIPTokenizer.from_pretrained(clip_tokenizer_dir))

@@ -27,15 +27,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def sd_dir(tmp_path_factory, clip_tokenizer_dir):
-    """SD 1.5's topology at 1/20 width, 64 px images (8x8 latents)."""
-    from transformers import CLIPTokenizer
-
-    return sd_arch.write_pipeline("sd15", tmp_path_factory.mktemp("sd15-w20-gpu"), width_divisor=20, image_size=64,
-                                  tokenizer=CLIPTokenizer.from_pretrained(clip_tokenizer_dir))
-
-
 def _chain(path, **kwargs):
     options = dict(num_steps=3, lora_rank=2, guidance_scale=3.0, device="cpu", dtype="float32")
     options.update(kwargs)
@@ -56,10 +47,10 @@ def _step_grad(chain, x):
     return mean.detach(), torch.cat([g.reshape(-1) for g in grads]), meter.graph_memory_mb
 
 
-def test_attention_backends_agree_and_sdpa_keeps_less(sd_dir):
+def test_attention_backends_agree_and_sdpa_keeps_less(reduced_sd_dir):
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    sdpa, eager = _chain(sd_dir, attention="sdpa"), _chain(sd_dir, attention="eager")
+    sdpa, eager = _chain(reduced_sd_dir, attention="sdpa"), _chain(reduced_sd_dir, attention="eager")
     assert all(isinstance(p, AttnProcessor2_0) for p in sdpa.unet.attn_processors.values())
     assert all(isinstance(p, AttnProcessor) for p in eager.unet.attn_processors.values())
     assert all(isinstance(p, AttnProcessor) for p in eager.vae.attn_processors.values())
@@ -71,11 +62,11 @@ def test_attention_backends_agree_and_sdpa_keeps_less(sd_dir):
     assert graph_s < graph_e  # eager keeps the softmax(QK^T) matrices for backward
     assert mm.predict(eager, "rlr", 2, h=1).parts["ho"] > mm.predict(sdpa, "rlr", 2, h=1).parts["ho"]
     with pytest.raises(ValueError, match="attention must be one of"):
-        _chain(sd_dir, attention="flash3")
+        _chain(reduced_sd_dir, attention="flash3")
 
 
-def test_gradient_checkpointing_covers_unet_and_decode(sd_dir):
-    plain, ckpt = _chain(sd_dir), _chain(sd_dir, gradient_checkpointing=True)
+def test_gradient_checkpointing_covers_unet_and_decode(reduced_sd_dir):
+    plain, ckpt = _chain(reduced_sd_dir), _chain(reduced_sd_dir, gradient_checkpointing=True)
     x = plain.initial(2, torch.Generator().manual_seed(1))
     mean_p, grad_p, graph_p = _step_grad(plain, x)
     mean_c, grad_c, graph_c = _step_grad(ckpt, x)
@@ -90,8 +81,8 @@ def test_gradient_checkpointing_covers_unet_and_decode(sd_dir):
     assert decode_ckpt.graph_memory_mb < 0.05 * decode_plain.graph_memory_mb  # the decode is checkpointed too
 
 
-def test_sliced_decode_matches_whole_batch(sd_dir):
-    whole, sliced = _chain(sd_dir), _chain(sd_dir, decode_slice_size=1, gradient_checkpointing=True)
+def test_sliced_decode_matches_whole_batch(reduced_sd_dir):
+    whole, sliced = _chain(reduced_sd_dir), _chain(reduced_sd_dir, decode_slice_size=1, gradient_checkpointing=True)
     assert sliced.decode_slice_size == 1 and sliced.describe()["decode_slice_size"] == 1
     x = whole.initial(3, torch.Generator().manual_seed(2)).requires_grad_(True)
     images_w = whole.decode(x)
@@ -105,11 +96,11 @@ def test_sliced_decode_matches_whole_batch(sd_dir):
     two = mm.trace_parts(spec, mm.Settings(batch_size=2, dtype="float32", gradient_checkpointing=True))
     assert one.recompute < two.recompute  # backward rebuilds one slice at a time
     with pytest.raises(ValueError, match="decode_slice_size"):
-        _chain(sd_dir, decode_slice_size=0)
+        _chain(reduced_sd_dir, decode_slice_size=0)
 
 
-def test_bf16_weights_fp32_lora_under_autocast(sd_dir):
-    chain = _chain(sd_dir, dtype="bfloat16", autocast=True)
+def test_bf16_weights_fp32_lora_under_autocast(reduced_sd_dir):
+    chain = _chain(reduced_sd_dir, dtype="bfloat16", autocast=True)
     lora = {id(p) for p in chain.trainable_parameters()}
     assert all(p.dtype == torch.float32 for p in chain.trainable_parameters())
     assert all(p.dtype == torch.bfloat16 for p in chain.unet.parameters() if id(p) not in lora)
@@ -129,16 +120,16 @@ def test_bf16_weights_fp32_lora_under_autocast(sd_dir):
     predicted = mm.predict(chain, "truncated-bp", 2, reward=reward, k=1).graph_mb
     assert abs(predicted - result.graph_memory_mb) <= 0.10 * result.graph_memory_mb
     with pytest.raises(ValueError, match="autocast needs dtype float16 or bfloat16"):
-        _chain(sd_dir, autocast=True)
+        _chain(reduced_sd_dir, autocast=True)
 
 
-def test_tf32_only_on_cuda(sd_dir):
+def test_tf32_only_on_cuda(reduced_sd_dir):
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     try:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         assert DiffusersChain.enable_tf32(torch.device("cpu")) is False
         assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
-        assert _chain(sd_dir).tf32 is False  # a CPU chain leaves the flags alone
+        assert _chain(reduced_sd_dir).tf32 is False  # a CPU chain leaves the flags alone
         assert DiffusersChain.enable_tf32(torch.device("cuda")) is True
         assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
     finally:

@@ -27,15 +27,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def reduced_sd_dir(tmp_path_factory, clip_tokenizer_dir):
-    """SD 1.5's topology (every block, layer and attention) at 1/20 width, 64 px images."""
-    from transformers import CLIPTokenizer
-
-    return sd_arch.write_pipeline("sd15", tmp_path_factory.mktemp("sd15-w20"), width_divisor=20, image_size=64,
-                                  tokenizer=CLIPTokenizer.from_pretrained(clip_tokenizer_dir))
-
-
 def _chain(path, ckpt: bool, **kwargs):
     return load_model(str(path), num_steps=STEPS, lora_rank=4, guidance_scale=7.5, device="cpu", dtype="float32",
                       gradient_checkpointing=ckpt, **kwargs)
