@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from rlr_core.cancel import cancellable
 from rlr_core.config import TrainConfig
 from rlr_core.hub import WeightsUnavailableError
 from rlr_core.images import to_pil
@@ -38,12 +39,13 @@ def create_run(session: str, config: TrainConfig, hosted: bool, continue_lora: b
         config.validate(hosted=hosted)  # before loading anything
     except ValueError as error:
         raise field_error(error) from None
-    entry = state.MODELS.get(config)
+    entry = state.MODELS.get(config, session)
+    chain = entry.variant(config)
     run_id = run_id or state.new_run_id()
     output_dir = state.run_dir(run_id)
     config = config.replace(output_dir=str(output_dir))
     try:
-        training = TrainingRun.from_config(config, hosted=hosted, chain=entry.chain, reward=reward)
+        training = TrainingRun.from_config(config, hosted=hosted, chain=chain, reward=reward)
     except WeightsUnavailableError as error:
         raise FieldError("Reward", f"{error} Pick a weight-free reward (saturation, brightness, ...) offline.") from None
     except ValueError as error:
@@ -59,8 +61,8 @@ def create_run(session: str, config: TrainConfig, hosted: bool, continue_lora: b
                 f"the session's LoRA ({previous.config.model}, rank {previous.config.lora_rank}) does not fit "
                 f"{config.model} with rank {config.lora_rank}; uncheck it or use the same model and LoRA rank",
             )
-    run = Run(run_id, session, training, entry, lora, output_dir, kind=kind)
-    state.register(run)
+    run = Run(run_id, session, training, entry, chain, lora, output_dir, kind=kind)
+    state.register(run, hosted)
     return run
 
 
@@ -91,6 +93,11 @@ def train_stream(session: str, config: TrainConfig, hosted: bool, continue_lora:
     try:
         for report in stepper:
             record_report(run, report)
+            if over_disk_quota(run, hosted):
+                run.stop_requested = True
+                run.trainer.stop()
+                run.status = (f"Stopping: this run's files passed the {caps(hosted)['run_disk_bytes'] // 2**20} MB "
+                              f"limit of this server; the LoRA is kept")
             yield run
         run.finished, run.running = True, False
         run.status = final_status(run)
@@ -119,6 +126,31 @@ def record_report(run: Run, report: Any) -> None:
     run.status = formatting.status_line(run, row)
 
 
+def over_disk_quota(run: Run, hosted: bool) -> bool:
+    """True when the run's folder holds more than ``caps(hosted)["run_disk_bytes"]``."""
+    return folder_bytes(run.output_dir) > caps(hosted)["run_disk_bytes"]
+
+
+def folder_bytes(folder: Path) -> int:
+    total = 0
+    for path in folder.rglob("*") if folder.is_dir() else []:
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except OSError:
+            pass
+    return total
+
+
+def cancel(session: str) -> None:
+    """A cancelled request of ``session`` (closed page, client ``job.cancel()``): its training or
+    probe is aborted at the next model call; the LoRA of the last completed iteration is kept."""
+    state.abort_event(session).set()
+    run = state.session_run(session)
+    if run is not None and run.running:
+        run.stop_requested = True
+        run.trainer.abort()
+
+
 def final_status(run: Run) -> str:
     """"finished N iterations" or "stopped at iteration N", and that the LoRA is kept."""
     last = run.history[-1] if run.history else None
@@ -144,10 +176,10 @@ def predict_memory(session: str, form: dict[str, Any], hosted: bool) -> str:
     from rlr_core.memory_model import CUDA_OVERHEAD_GB, free_memory_gb, predict
 
     config = config_from_form(form, hosted)
-    entry = state.MODELS.get(config)
+    chain = state.MODELS.get(config, session).variant(config)
     try:
         training = TrainingRun.from_config(config.replace(output_dir=str(state.runs_root() / "predict")), hosted=hosted,
-                                           chain=entry.chain)
+                                           chain=chain)
     except WeightsUnavailableError as error:
         raise FieldError("Reward", str(error)) from None
     except ValueError as error:
@@ -156,10 +188,10 @@ def predict_memory(session: str, form: dict[str, Any], hosted: bool) -> str:
     options = {k: getattr(estimator, k) for k in ("h", "k") if hasattr(estimator, k)}
     with state.WORK_LOCK:
         try:
-            prediction = predict(entry.chain, config.estimator, config.batch_size, reward=training.reward, **options)
+            prediction = predict(chain, config.estimator, config.batch_size, reward=training.reward, **options)
         except (ValueError, NotImplementedError) as error:
             raise FieldError("Estimator", f"no memory prediction for this setting: {error}") from None
-    device = entry.chain.device
+    device = chain.device
     overhead = CUDA_OVERHEAD_GB if device.type == "cuda" else 0.0
     chosen = getattr(estimator, "auto_choice", None)
     what = ", ".join(f"{k}={v}" for k, v in options.items())
@@ -195,9 +227,9 @@ def generate(session: str, model: str, prompt: str, seed: Any, use_lora: bool, h
         run = state.session_run(session)
         if run is not None and run.config.model == config.model:
             config = run.config  # same sampler settings as the session's run
-        entry = state.MODELS.get(config)
-        with state.WORK_LOCK, entry.chain.adapters_disabled():
-            images = sample(entry.chain, [prompt] * n, seeds=seeds)
+        chain = state.MODELS.get(config, session).variant(config)
+        with state.WORK_LOCK, chain.adapters_disabled():
+            images = sample(chain, [prompt] * n, seeds=seeds)
         label = f"{config.model} (base)"
     return [(image, f"{label} · seed {s}") for image, s in zip(to_pil(images) or [], seeds)]
 
@@ -320,7 +352,7 @@ def diagnostics(session: str, form: dict[str, Any], hosted: bool, estimators: li
     prompts = noise_group_batch(run, config.batch_size, bool(reward.differentiable), "Batch size", caps(hosted)["batch_size"])
     specs: list[Any] = [(name, dict(config.estimator_options)) if name == config.estimator else name
                         for name in dict.fromkeys(estimators)]
-    with state.using(run) as chain:
+    with state.using(run) as chain, cancellable(state.fresh_abort_event(session)):
         try:
             stats = probe(chain, reward, specs, prompts, repeats=repeats, seed=config.seed)
         except ValueError as error:

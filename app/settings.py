@@ -27,6 +27,13 @@ HOSTED_CAPS: dict[str, int] = {
     "generate_images": 4,
     "probe_repeats": 8,
     "prompts": 16,
+    "prompt_chars": 500,  # characters per prompt / text field
+    "json_chars": 4000,  # characters of a JSON options field
+    "config_bytes": 64 * 1024,  # an uploaded config file
+    "lora_bytes": 256 * 1024 * 1024,  # an uploaded LoRA file
+    "run_disk_bytes": 256 * 1024 * 1024,  # everything one run writes (metrics, LoRA, exports, click images)
+    "idle_seconds": 30 * 60,  # a run nobody used for this long is dropped (its files stay until expiry)
+    "run_folder_seconds": 2 * 3600,  # run folders (and Gradio's file cache) older than this are deleted
 }
 LOCAL_CAPS: dict[str, int] = {
     "num_steps": 1000,
@@ -38,7 +45,16 @@ LOCAL_CAPS: dict[str, int] = {
     "generate_images": 16,
     "probe_repeats": 64,
     "prompts": 10_000,
+    "prompt_chars": 100_000,
+    "json_chars": 1_000_000,
+    "config_bytes": 1024 * 1024,
+    "lora_bytes": 4 * 1024**3,
+    "run_disk_bytes": 64 * 1024**3,
+    "idle_seconds": 7 * 24 * 3600,
+    "run_folder_seconds": 30 * 24 * 3600,
 }
+SEED_MAX = 2**32 - 1
+"""Largest seed (what torch and numpy generators accept)."""
 
 
 def env_flag(name: str) -> bool:
@@ -76,3 +92,13 @@ TINY_MISSING_MESSAGE = (
     "model: the bundled tiny model is not built yet (assets/tiny-shapes has no unet/). "
     "Enter a local diffusers folder or a Hub id in the model field instead."
 )
+
+
+def idle_seconds(hosted: bool) -> int:
+    """After how long without use a run is dropped from memory."""
+    return caps(hosted)["idle_seconds"]
+
+
+def run_folder_seconds(hosted: bool) -> int:
+    """After how long a run folder no live run uses is deleted."""
+    return caps(hosted)["run_folder_seconds"]

@@ -30,10 +30,15 @@ from . import formatting, runner, state  # noqa: E402
 from .form import FIELD_BY_KEY, FIELDS, FORM_DEFAULTS, FORM_KEYS, Field  # noqa: E402
 from .settings import DEFAULT_PROMPTS, MODEL_PRESETS, TINY_MISSING_MESSAGE, caps, tiny_model_available  # noqa: E402
 from .state import FieldError  # noqa: E402
+from .workers import in_worker  # noqa: E402
 
 log = logging.getLogger("rlr_studio")
 
-GPU = {"concurrency_limit": 1, "concurrency_id": "gpu"}
+MAX_TRAININGS = 4
+GPU = {"concurrency_limit": 8, "concurrency_id": "work"}
+"""Short heavy requests (generate, rounds, diagnostics, export): app.state.WorkLock orders the actual work."""
+TRAIN = {"concurrency_limit": MAX_TRAININGS, "concurrency_id": "train"}
+"""Trainings: up to MAX_TRAININGS at once take turns per iteration (WorkLock); short requests go between."""
 UI_ONLY = {"api_visibility": "undocumented"}
 
 CSS = """
@@ -156,6 +161,15 @@ def raise_captured(error: tuple[str, str] | None) -> None:
     if error:
         title, message = error
         raise gr.Error(message, title=title, print_exception=False)
+
+
+def worker(fn: Callable) -> Callable:
+    """``fn`` run in the worker pool; a cancelled call aborts the session's work (app.workers)."""
+    def on_cancel(args: tuple, kwargs: dict) -> None:
+        request = next((a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request)), None)
+        runner.cancel(session_of(request))
+
+    return in_worker(fn, on_cancel)
 
 
 def session_of(request: gr.Request | None) -> str:
@@ -379,7 +393,10 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
         def listen(event: Callable, fn: Callable, inputs: Any, outputs: list, **kwargs: Any) -> None:
             """``event(fn)`` with errors as toasts (see capture_errors)."""
             toast = {"concurrency_limit": None} if kwargs.get("queue", True) else {"queue": False}
-            event(capture_errors(fn, len(outputs)), inputs=inputs, outputs=[*outputs, error_state], **kwargs).then(
+            handler = capture_errors(fn, len(outputs))
+            if kwargs.get("concurrency_id") in (GPU["concurrency_id"], TRAIN["concurrency_id"]):
+                handler = worker(handler)
+            event(handler, inputs=inputs, outputs=[*outputs, error_state], **kwargs).then(
                 raise_captured, inputs=error_state, outputs=None, **toast, **UI_ONLY)
 
         train_outputs = [progress, status, before_strip, after_strip, plots]
@@ -403,7 +420,7 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
             if last is not None and last.step < last.config.steps:
                 gr.Info(f"Stopped at iteration {last.step}; LoRA kept.", title="Stopped")
 
-        listen(start_btn.click, on_start, form, train_outputs, show_progress="hidden", **GPU, **UI_ONLY)
+        listen(start_btn.click, on_start, form, train_outputs, show_progress="hidden", **TRAIN, **UI_ONLY)
 
         def on_memory(request: gr.Request, *values: Any) -> str:
             return runner.predict_memory(session_of(request), form_dict(values), hosted)
@@ -462,7 +479,7 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
         # the API endpoint: a hidden trigger and gallery, so that its errors never mark the visible one
         api_trigger = gr.Button(visible=False)
         api_gallery = gr.Gallery(visible=False, format="png")
-        api_trigger.click(generate, inputs=[widgets["model"], gen_prompt, gen_seed, gen_lora], outputs=api_gallery,
+        api_trigger.click(worker(generate), inputs=[widgets["model"], gen_prompt, gen_seed, gen_lora], outputs=api_gallery,
                           api_name="generate", **GPU)
 
         # Preference
@@ -549,7 +566,7 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
                            **GPU, **UI_ONLY)
 
         # API: /train streams one JSON summary per iteration and a final one
-        gr.api(api_errors(train_endpoint(hosted)), api_name="train", **GPU)
+        gr.api(worker(api_errors(train_endpoint(hosted))), api_name="train", **TRAIN)
 
         demo.unload(_on_unload)
     return demo

@@ -72,7 +72,7 @@ def _local(run: Any) -> Iterator[Any]:
     done = False
     try:
         while True:
-            with state.using(run):
+            with state.using(run, "iteration"):
                 try:
                     report = next(iterator)
                 except StopIteration:

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 import torch
 import torch.utils.checkpoint
 
+from .cancel import check_cancelled
 from .chain import Chain, step_std_is_zero
 
 
@@ -62,6 +63,7 @@ def take_step(
     ``perturbation=(seed, scale)`` runs the step with theta + scale * xi(seed) (ZO steps; call
     it with autograd off: the parameters are modified in place and restored).
     """
+    check_cancelled()
     context = chain.perturbed(*perturbation) if perturbation is not None else contextlib.nullcontext()
     with context:
         mean, std = chain.step_mean_std(x, k, cond)
@@ -124,6 +126,7 @@ def step_log_prob(
     Differentiable in theta (x and x_next are treated as data). Raises if the step is
     deterministic, where no likelihood ratio exists.
     """
+    check_cancelled()
     mean, std = chain.step_mean_std(x, k, cond)
     if step_std_is_zero(std):
         raise ValueError(

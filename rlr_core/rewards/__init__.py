@@ -17,6 +17,7 @@ whose weights are not cached and cannot be downloaded raise
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
@@ -233,8 +234,30 @@ _PLUGIN_OPTIONS = {
     "differentiable": RewardOption(None, bool, "whether the function is differentiable in the pixels"),
 }
 
-_CACHE: dict[tuple, Reward] = {}
+_CACHE: "OrderedDict[tuple, Reward]" = OrderedDict()
 _LOCK = threading.RLock()
+MAX_CACHED_REWARDS = 8
+"""Reward objects kept by :func:`get_reward` (least recently used dropped first). The models behind
+them have their own bounded caches (``clip_models.MAX_CACHED_CLIPS`` and the PickScore / HPSv2 ones)."""
+
+HOSTED_OPTION_VALUES: dict[str, dict[str, tuple]] = {
+    "aesthetic": {"clip_model": ("ViT-L-14-quickgelu",), "pretrained": ("openai",), "precision": ("fp32",),
+                  "cache_dir": ("",), "head_path": ("",)},
+    "clip": {"clip_model": ("ViT-L-14-quickgelu", "tiny-clip"), "model": ("", "tiny-clip", "ViT-L-14-quickgelu"),
+             "pretrained": ("openai",), "precision": ("fp32",), "cache_dir": ("",)},
+    "pickscore": {"model": ("yuvalkirstain/PickScore_v1",), "processor": ("laion/CLIP-ViT-H-14-laion2B-s32B-b79K",),
+                  "precision": ("fp32",), "cache_dir": ("",)},
+    "hpsv2": {"version": ("v2.1",), "checkpoint": ("",), "clip_model": ("ViT-H-14",), "precision": ("fp32",),
+              "cache_dir": ("",)},
+}
+"""Hosted mode: the only values of the options that choose a model, a file or a folder. Anything else
+would read server files (``head_path``, ``checkpoint``, ``cache_dir``) or load one more large model per
+distinct value (``clip_model``, ``pretrained``, ``precision``, ...), so it is refused before loading."""
+
+HOSTED_TEXT_LIMIT = 500
+"""Hosted mode: longest string option value (texts to score against), in characters."""
+
+HOSTED_REFUSED_REWARDS = {"preference": "its click log is a server file; use the Preference tab, which keeps its own log"}
 
 
 def reward_names() -> list[str]:
@@ -351,10 +374,13 @@ def get_reward(
     if unknown:
         raise ValueError(f"reward {name!r} has no option {', '.join(map(repr, unknown))}; allowed options: {sorted(allowed) or 'none'}")
     values = {key: _coerce(name, key, options.get(key, opt.default), opt) for key, opt in allowed.items()}
+    if hosted_mode(hosted):
+        check_hosted_options(name, values)
     dev = _resolve_device(device)
     key = (name, _freeze(values), str(dev))
     with _LOCK:
         if key in _CACHE:
+            _CACHE.move_to_end(key)
             return _CACHE[key]
         if info is None:
             reward: Reward = PluginReward(name, values["function"], values["differentiable"])
@@ -364,4 +390,22 @@ def get_reward(
                 kwargs["cache_dir"] = kwargs["cache_dir"] or None
             reward = info.factory(device=dev, **kwargs)
         _CACHE[key] = reward
+        while len(_CACHE) > MAX_CACHED_REWARDS:
+            _CACHE.popitem(last=False)
         return reward
+
+
+def check_hosted_options(name: str, values: dict[str, Any]) -> None:
+    """Refuse, before anything loads, what hosted mode does not allow: the rewards of
+    ``HOSTED_REFUSED_REWARDS``, option values outside ``HOSTED_OPTION_VALUES`` (paths and model
+    choices) and string options longer than ``HOSTED_TEXT_LIMIT``. ValueError naming the option."""
+    if name in HOSTED_REFUSED_REWARDS:
+        raise ValueError(f"reward={name!r} is not available in hosted mode: {HOSTED_REFUSED_REWARDS[name]}")
+    for option, allowed in HOSTED_OPTION_VALUES.get(name, {}).items():
+        if option in values and values[option] not in allowed:
+            raise ValueError(f"{name} option {option}={str(values[option])[:80]!r} is not allowed in hosted mode; "
+                             f"allowed values: {list(allowed)}")
+    for option, value in values.items():
+        if isinstance(value, str) and len(value) > HOSTED_TEXT_LIMIT:
+            raise ValueError(f"{name} option {option} must be at most {HOSTED_TEXT_LIMIT} characters in hosted mode; "
+                             f"got {len(value)}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -52,7 +53,41 @@ class LoadedClip:
     name: str
 
 
-_CACHE: dict[tuple, LoadedClip] = {}
+class BoundedCache:
+    """A least-recently-used cache of at most ``capacity`` entries (the reward models of one process).
+
+    A reward object that was handed out keeps its model alive; the bound is on what the cache itself
+    keeps, so distinct settings do not pile up models (hosted mode also allow-lists the settings)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = int(capacity)
+        self._entries: OrderedDict[tuple, Any] = OrderedDict()
+
+    def get(self, key: tuple) -> Any | None:
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        return None
+
+    def put(self, key: tuple, value: Any) -> Any:
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: tuple) -> bool:
+        return key in self._entries
+
+
+MAX_CACHED_CLIPS = 2
+_CACHE = BoundedCache(MAX_CACHED_CLIPS)
 _LOCK = threading.Lock()
 
 
@@ -196,8 +231,9 @@ def load_clip(
     device = torch.device(device)
     key = (model_name, str(pretrained), str(device), precision, cache_dir)
     with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
+        cached = _CACHE.get(key)
+        if cached is not None:
+            return cached
         checkpoint, cfg = resolve_pretrained(model_name, pretrained, cache_dir)
         kwargs: dict[str, Any] = {}
         if cfg.get("quick_gelu"):
@@ -227,8 +263,7 @@ def load_clip(
                 probe = torch.zeros(1, 3, *size, device=device, dtype=next(model.parameters()).dtype)
                 embed_dim = int(model.encode_image(probe).shape[-1])
         loaded = LoadedClip(model, tokenizer, size, mean, std, interpolation, embed_dim, f"{model_name}/{pretrained}")
-        _CACHE[key] = loaded
-        return loaded
+        return _CACHE.put(key, loaded)
 
 
 def preprocess(

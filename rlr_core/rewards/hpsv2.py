@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from rlr_core.hub import fetch_hf_file
-from rlr_core.rewards.clip_models import TextEmbeddingCache
+from rlr_core.rewards.clip_models import BoundedCache, TextEmbeddingCache
 from rlr_core.rewards.simple import check_images
 
 HPS_REPO = "xswu/HPSv2"
@@ -68,7 +68,7 @@ def checkpoint_file(version: str = "v2.1", checkpoint: str = "", cache_dir: str 
     return fetch_hf_file(HPS_REPO, filename, f"HPS {version} ({filename}, open_clip {HPS_ARCH}, about 1.9 GB)", cache_dir)
 
 
-_CACHE: dict[tuple, tuple[Any, Any]] = {}
+_CACHE = BoundedCache(1)  # one hpsv2 model per process (several GB each)
 _LOCK = threading.Lock()
 
 
@@ -86,8 +86,9 @@ def load_hps(version: str = "v2.1", checkpoint: str = "", clip_model: str = HPS_
     path = checkpoint_file(version, checkpoint, cache_dir)  # before building the (large) model
     key = (path, clip_model, str(device), precision)
     with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
+        cached = _CACHE.get(key)
+        if cached is not None:
+            return cached
         model = open_clip.create_model(clip_model, pretrained=None, precision=precision, device="cpu")
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
@@ -101,8 +102,7 @@ def load_hps(version: str = "v2.1", checkpoint: str = "", clip_model: str = HPS_
             warnings.warn(f"hpsv2: ignored checkpoint keys {result.unexpected_keys[:5]}")
         model = model.to(device).eval().requires_grad_(False)
         tokenizer = open_clip.get_tokenizer(clip_model)
-        _CACHE[key] = (model, tokenizer)
-        return _CACHE[key]
+        return _CACHE.put(key, (model, tokenizer))
 
 
 class HPSv2Reward:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from rlr_core.hub import WeightsUnavailableError, cached_hf_file, fetch_hf_file
-from rlr_core.rewards.clip_models import TextEmbeddingCache
+from rlr_core.rewards.clip_models import BoundedCache, TextEmbeddingCache
 from rlr_core.rewards.simple import check_images
 
 PICKSCORE_REPO = "yuvalkirstain/PickScore_v1"
@@ -138,7 +138,7 @@ def _local_or_hub(value: str, option: str, required: tuple[str, ...]) -> str | N
     return None
 
 
-_CACHE: dict[tuple, tuple[Any, Any, ImageSettings]] = {}
+_CACHE = BoundedCache(1)  # one pickscore model per process (several GB each)
 _LOCK = threading.Lock()
 
 
@@ -155,8 +155,9 @@ def load_pickscore(model: str = PICKSCORE_REPO, processor: str = PROCESSOR_REPO,
     device = torch.device(device)
     key = (model, processor, str(device), precision, cache_dir)
     with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
+        cached = _CACHE.get(key)
+        if cached is not None:
+            return cached
         model_dir = _local_or_hub(model, "model", ("config.json",))
         if model_dir is None:
             name = f"PickScore ({model}: config.json + model weights, about 3.9 GB)"
@@ -170,8 +171,7 @@ def load_pickscore(model: str = PICKSCORE_REPO, processor: str = PROCESSOR_REPO,
         clip = CLIPModel.from_pretrained(model_dir, dtype=PRECISIONS[precision]).to(device).eval().requires_grad_(False)
         tokenizer = CLIPTokenizer.from_pretrained(proc_dir)
         settings = ImageSettings.from_folder(proc_dir)
-        _CACHE[key] = (clip, tokenizer, settings)
-        return _CACHE[key]
+        return _CACHE.put(key, (clip, tokenizer, settings))
 
 
 def _features(output: Any) -> torch.Tensor:
