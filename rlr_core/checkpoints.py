@@ -1,12 +1,19 @@
-"""Checkpoint helpers: RNG states in a ``weights_only``-loadable form, atomic directory writes,
-and finding the newest complete checkpoint of a run."""
+"""Checkpoint helpers: RNG states in a ``weights_only``-loadable form, atomic directory and file
+writes, removing the temporaries a killed process left behind, and finding the newest complete
+checkpoint of a run.
+
+Every temporary is a hidden sibling of its target named ``.<target>.tmp-<pid>`` (or
+``.<target>.old-<pid>`` for the copy being replaced), so ``remove_stale_temporaries`` can tell
+whose it is: only those of processes that are no longer running are removed."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import random
+import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -50,6 +57,63 @@ def isolated_rng() -> Iterator[None]:
         set_rng_state(saved)
 
 
+_TEMPORARY_NAME = re.compile(r"^\.(?P<target>.+)\.(?:tmp|old)-(?P<pid>\d+)$")
+_PROCESS_STARTED = time.time()  # no temporary of this process can be older than this module
+
+
+def temporary_path(target: Path, kind: str = "tmp") -> Path:
+    """The temporary sibling of ``target`` for this process: ``.<name>.<kind>-<pid>`` (kind "tmp" or "old")."""
+    if kind not in ("tmp", "old"):
+        raise ValueError(f"kind must be 'tmp' or 'old'; got {kind!r}")
+    return target.parent / f".{target.name}.{kind}-{os.getpid()}"
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries (``.<name>.tmp-<pid>`` / ``.old-<pid>``) a killed process left in ``directory``.
+
+    Safe with concurrent writers: a temporary whose process is still running is kept; one
+    carrying this process's pid is removed only when it predates this process (a pid reused
+    after a restart). Returns the removed paths.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        return []
+    removed = []
+    for path in root.iterdir():
+        match = _TEMPORARY_NAME.match(path.name)
+        if match is None or not _is_stale(path, int(match["pid"])):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        removed.append(path)
+    return removed
+
+
+def _is_stale(path: Path, pid: int) -> bool:
+    if pid == os.getpid():
+        try:
+            return path.lstat().st_mtime < _PROCESS_STARTED
+        except FileNotFoundError:
+            return False
+    return not _process_alive(pid)
+
+
+def _process_alive(pid: int) -> bool:
+    """True when a process ``pid`` exists (or cannot be checked: then it is assumed to)."""
+    if os.name != "posix" or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
 def atomic_directory(directory: Path, write: Callable[[Path], None]) -> None:
     """Create ``directory`` by ``write(tmp)`` into a sibling temporary directory, then rename.
 
@@ -57,8 +121,8 @@ def atomic_directory(directory: Path, write: Callable[[Path], None]) -> None:
     moment a complete copy exists on disk.
     """
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
-    old = directory.parent / f".{directory.name}.old-{os.getpid()}"
+    tmp = temporary_path(directory, "tmp")
+    old = temporary_path(directory, "old")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         write(tmp)
@@ -69,6 +133,22 @@ def atomic_directory(directory: Path, write: Callable[[Path], None]) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace the file ``path`` by ``text`` through a temporary sibling, fsync and ``os.replace``:
+    at every moment ``path`` holds either the old or the new text, never a part of either."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path, "tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 def checkpoint_dirs(output_dir: str | os.PathLike) -> list[Path]:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import TrainConfig
+from .config import TrainConfig, parse_yaml
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -54,9 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def apply_overrides(config: TrainConfig, assignments: Sequence[str]) -> TrainConfig:
-    """Apply ``key=value`` strings (values parsed as YAML) and return a validated config."""
-    import yaml
+    """Apply ``key=value`` strings (values parsed as YAML, like a config file) and return the config.
 
+    The result is not validated yet (``load_config`` validates once all overrides are in).
+    """
     data = config.to_dict()
     for assignment in assignments:
         key, sep, raw = assignment.partition("=")
@@ -64,9 +65,9 @@ def apply_overrides(config: TrainConfig, assignments: Sequence[str]) -> TrainCon
         if not sep or not key:
             raise ValueError(f"--set expects KEY=VALUE, got {assignment!r}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as error:
-            raise ValueError(f"--set {key}: value {raw!r} is not valid YAML: {error}") from error
+            value = parse_yaml(raw) if raw.strip() else ""
+        except ValueError as error:
+            raise ValueError(f"--set {key}: value {raw!r}: {error}") from None
         if "." in key:
             parent, child = key.split(".", 1)
             if parent not in ("reward_options", "estimator_options"):
@@ -112,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         config = load_config(args)
+        config.check_output_dir()  # before the model loads: minutes lost otherwise
     except ValueError as error:
         return _bad_config(error)
 

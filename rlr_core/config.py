@@ -9,6 +9,11 @@ values, and builds the three runtime objects of a run::
     for report in run.trainer.run():
         print(report.step, report.reward_mean)
 
+Config files may come from strangers (the app's upload), so reading one is bounded: at most
+``MAX_CONFIG_BYTES`` (``from_file(max_bytes=...)``), at most ``MAX_CONFIG_NESTING`` levels of
+lists / mappings, and no YAML aliases or anchors (a "billion laughs" file of a few hundred bytes
+would otherwise expand to gigabytes). YAML is read with a safe loader: python tags stay inert.
+
 This module imports with nothing but the standard library and PyYAML.
 """
 
@@ -18,11 +23,14 @@ import dataclasses
 import json
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrainConfig", "HOSTED_LIMITS", "DEVICES", "DTYPES"]
+import yaml
+
+__all__ = ["TrainConfig", "HOSTED_LIMITS", "DEVICES", "DTYPES", "MAX_CONFIG_BYTES", "MAX_CONFIG_NESTING", "MAX_SEED"]
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 """Allowed values of ``TrainConfig.dtype`` ("auto": float16 on CUDA, float32 elsewhere, chosen by load_model)."""
@@ -38,6 +46,15 @@ HOSTED_LIMITS: dict[str, int] = {
     "eval_seeds": 16,
 }
 """Upper limits enforced by ``validate(hosted=True)`` (a shared Space must not be monopolized)."""
+
+MAX_CONFIG_BYTES = 1_000_000
+"""Default size limit of a config file read by ``TrainConfig.from_file`` (and ``from_yaml`` / ``from_json`` of a path)."""
+
+MAX_CONFIG_NESTING = 20
+"""How deeply lists / mappings may nest in a config file (the real ones nest 3 levels)."""
+
+MAX_SEED = 2**32 - 1
+"""Largest ``seed`` / ``eval_seeds`` entry: what torch and numpy generators accept."""
 
 
 @dataclass
@@ -75,10 +92,11 @@ class TrainConfig:
         steps: training iterations (>= 1); batch_size: images per iteration (>= 1; even for
         estimators that split the batch in +/- halves); lr: AdamW learning rate (> 0);
         weight_decay: AdamW weight decay (>= 0); max_grad_norm: gradient clipping (> 0; 0 = off);
-        seed: seed of prompts, noises and perturbations (iteration k uses seed (seed, k)).
+        seed: seed of prompts, noises, perturbations and the fresh LoRA's initialisation
+        (iteration k uses seed (seed, k)); an integer in [0, 2**32 - 1].
 
     Evaluation, logging, checkpoints
-        eval_seeds: one fixed seed per evaluation image; eval_every: evaluate every N
+        eval_seeds: one fixed seed per evaluation image (each in [0, 2**32 - 1]); eval_every: evaluate every N
         iterations (0 = only before and after); log_every: CLI log line every N iterations;
         report_samples: how many training images each StepReport carries as PIL images;
         checkpoint_every: checkpoint every N iterations (0 = never); keep_checkpoints: how many
@@ -162,8 +180,6 @@ class TrainConfig:
 
     def to_yaml(self, path: str | os.PathLike | None = None) -> str:
         """YAML text of the config; also written to ``path`` when given."""
-        import yaml
-
         text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, allow_unicode=True)
         if path is not None:
             _write_text(Path(path), text)
@@ -188,38 +204,41 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path_or_text: str | os.PathLike, validate: bool = True) -> "TrainConfig":
-        """Load from a YAML file, or from YAML text when the argument is not an existing path."""
-        import yaml
+        """Load from a YAML file, or from YAML text when the argument is not an existing path.
 
-        text = _read_path_or_text(path_or_text)
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise ValueError(f"config is not valid YAML: {error}") from error
-        return cls.from_dict(data, validate=validate)
+        Aliases / anchors, python tags and nesting deeper than ``MAX_CONFIG_NESTING`` are refused
+        with a ValueError; a file is read up to ``MAX_CONFIG_BYTES``.
+        """
+        return cls.from_dict(parse_yaml(_read_path_or_text(path_or_text)), validate=validate)
 
     @classmethod
     def from_json(cls, path_or_text: str | os.PathLike, validate: bool = True) -> "TrainConfig":
-        """Load from a JSON file, or from JSON text when the argument is not an existing path."""
-        text = _read_path_or_text(path_or_text)
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"config is not valid JSON: {error}") from error
-        return cls.from_dict(data, validate=validate)
+        """Load from a JSON file, or from JSON text when the argument is not an existing path.
+
+        Nesting deeper than ``MAX_CONFIG_NESTING`` is refused with a ValueError; a file is read up
+        to ``MAX_CONFIG_BYTES``.
+        """
+        return cls.from_dict(parse_json(_read_path_or_text(path_or_text)), validate=validate)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, validate: bool = True) -> "TrainConfig":
-        """Load YAML (``.yaml``/``.yml``) or JSON (``.json``) by the file suffix."""
+    def from_file(
+        cls, path: str | os.PathLike, validate: bool = True, max_bytes: int = MAX_CONFIG_BYTES
+    ) -> "TrainConfig":
+        """Load YAML (``.yaml``/``.yml``) or JSON (``.json``) by the file suffix.
+
+        A file larger than ``max_bytes`` is refused with a ValueError naming its size and the limit.
+        """
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"config file {str(path)!r} does not exist")
         suffix = path.suffix.lower()
         if suffix in (".yaml", ".yml"):
-            return cls.from_yaml(path, validate=validate)
-        if suffix == ".json":
-            return cls.from_json(path, validate=validate)
-        raise ValueError(f"config file must end in .yaml, .yml or .json, got {str(path)!r}")
+            parse = parse_yaml
+        elif suffix == ".json":
+            parse = parse_json
+        else:
+            raise ValueError(f"config file must end in .yaml, .yml or .json, got {str(path)!r}")
+        return cls.from_dict(parse(_read_limited(path, max_bytes)), validate=validate)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A validated copy with some fields changed (unknown names raise ValueError)."""
@@ -246,9 +265,9 @@ class TrainConfig:
         _check_bool(self, "gradient_checkpointing")
         _check_str(self, "device")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or _is_cuda_index(self.device)):
-            raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {_got('device', self.device)}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {_got('dtype', self.dtype)}")
         if self.memory_budget_gb is not None:
             _check_float(self, "memory_budget_gb", minimum=0.0, strict=True)
 
@@ -270,10 +289,9 @@ class TrainConfig:
         _check_float(self, "lr", minimum=0.0, strict=True)
         _check_float(self, "weight_decay", minimum=0.0)
         _check_float(self, "max_grad_norm", minimum=0.0)
-        _check_int(self, "seed", minimum=0)
+        _check_int(self, "seed", minimum=0, maximum=MAX_SEED)
 
-        if not isinstance(self.eval_seeds, list) or not all(_is_int(s) and s >= 0 for s in self.eval_seeds):
-            raise ValueError(f"eval_seeds must be a list of integers >= 0; got {self.eval_seeds!r}")
+        self._check_eval_seeds()
         _check_int(self, "eval_every", minimum=0)
         _check_int(self, "log_every", minimum=1)
         _check_int(self, "report_samples", minimum=0, maximum=self.batch_size)
@@ -294,12 +312,48 @@ class TrainConfig:
                 )
         return self
 
+    def check_output_dir(self) -> Path:
+        """Raise ValueError naming ``output_dir`` when it cannot be written; return it as a Path.
+
+        Meant to run before a model is loaded. ``output_dir`` need not exist yet: then the nearest
+        existing parent must be a writable folder (the Trainer creates the rest). Nothing is left
+        behind: a temporary file is opened in that folder and removed at once.
+        """
+        _check_str(self, "output_dir", non_empty=True)
+        path = Path(self.output_dir).expanduser()
+        existing = path
+        try:
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent
+            if not existing.is_dir():
+                what = "is a file" if existing == path else f"is below {str(existing)!r}, which is a file"
+                raise ValueError(f"output_dir {self.output_dir!r} {what}, not a folder; choose a folder to write the run to")
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as error:
+            raise ValueError(
+                f"output_dir {self.output_dir!r} is not writable ({str(existing)!r}: {error.strerror or error}); "
+                "choose a folder this process may write to"
+            ) from None
+        return path
+
+    def _check_eval_seeds(self) -> None:
+        allowed = f"a list of integers >= 0 (seeds in [0, {MAX_SEED}])"
+        if not isinstance(self.eval_seeds, list):
+            raise ValueError(f"eval_seeds must be {allowed}; got {_got('eval_seeds', self.eval_seeds)}")
+        for index, seed in enumerate(self.eval_seeds):
+            if not (_is_int(seed) and 0 <= seed <= MAX_SEED):
+                raise ValueError(
+                    f"eval_seeds must be {allowed}: eval_seeds[{index}] must be an integer in [0, {MAX_SEED}]; "
+                    f"got {_got('eval_seeds', seed)}"
+                )
+
     def _check_boundaries(self) -> None:
         value = self.prompt_boundaries
         if not isinstance(value, list):
             raise ValueError(
                 "prompt_boundaries must be a list of two step indices (integers in [0, num_steps]) "
-                f"or two fractions (floats in (0, 1)); got {value!r}"
+                f"or two fractions (floats in (0, 1)); got {_got('prompt_boundaries', value)}"
             )
         from rlr_core.prompts import resolve_boundaries
 
@@ -389,18 +443,126 @@ def _plain(value: Any) -> Any:
 
 
 def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` through a temporary sibling (``.<name>.tmp-<pid>``) and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _read_path_or_text(path_or_text: str | os.PathLike) -> str:
     if isinstance(path_or_text, os.PathLike):
-        return Path(path_or_text).read_text(encoding="utf-8")
-    if "\n" not in path_or_text and len(path_or_text) < 4096 and Path(path_or_text).is_file():
-        return Path(path_or_text).read_text(encoding="utf-8")
+        return _read_limited(Path(path_or_text), MAX_CONFIG_BYTES)
+    if "\n" not in path_or_text and len(path_or_text) < 4096 and _is_existing_file(path_or_text):
+        return _read_limited(Path(path_or_text), MAX_CONFIG_BYTES)
     return path_or_text
+
+
+def _is_existing_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # e.g. a name too long for the file system, a NUL character
+        return False
+
+
+def _read_limited(path: Path, max_bytes: int) -> str:
+    """The UTF-8 text of ``path``; ValueError when it is larger than ``max_bytes`` (read no further)."""
+    if not _is_int(max_bytes) or max_bytes < 1:
+        raise ValueError(f"max_bytes must be an integer >= 1; got {max_bytes!r}")
+    with open(path, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        size = max(path.stat().st_size, len(data))
+        raise ValueError(f"config file {str(path)!r} is {size:,} bytes; the limit is {max_bytes:,} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"config file {str(path)!r} is not UTF-8 text: {error}") from None
+
+
+_TOO_DEEP = f"config is nested too deeply (more than {MAX_CONFIG_NESTING} levels of lists / mappings)"
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader (python tags stay inert) that refuses aliases and anchors and limits nesting.
+
+    Both are checked while composing, event by event, before any node is built or expanded.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._nesting = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent):
+            raise ValueError(f"config must not use YAML aliases (*{event.anchor} on line {line}); write the value out")
+        if getattr(event, "anchor", None) is not None:
+            raise ValueError(f"config must not use YAML anchors (&{event.anchor} on line {line}); write the value out")
+        collection = isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent))
+        if collection:
+            self._nesting += 1
+            if self._nesting > MAX_CONFIG_NESTING:
+                raise ValueError(f"{_TOO_DEEP}, line {line}")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            if collection:
+                self._nesting -= 1
+
+
+def parse_yaml(text: str) -> Any:
+    """The data of YAML config text (safe loader; no aliases / anchors; bounded nesting); ValueError if bad."""
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - _ConfigLoader is a SafeLoader
+    except yaml.YAMLError as error:
+        raise ValueError(f"config is not valid YAML: {error}") from error
+
+
+def parse_json(text: str) -> Any:
+    """The data of JSON config text (bounded nesting); ValueError if bad."""
+    try:
+        data = json.loads(text)
+    except ValueError as error:  # JSONDecodeError, or e.g. an integer of more than 4300 digits
+        raise ValueError(f"config is not valid JSON: {error}") from error
+    except RecursionError:  # the decoder's own depth guard (about 1000 levels)
+        raise ValueError(_TOO_DEEP) from None
+    if _nested_deeper_than(data, MAX_CONFIG_NESTING):
+        raise ValueError(_TOO_DEEP)
+    return data
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """True when lists / mappings nest more than ``limit`` levels in ``value`` (no recursion)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
+_SHOWN_CHARS = 200  # a bad value is shown up to this many characters (a toast, a log line)
+
+
+def _got(name: str, value: Any) -> str:
+    """A bad value as an error message shows it (shortened); ``null`` (YAML ``key:`` with nothing
+    after it) with the field's default."""
+    if value is None:
+        return f"null (leave {name} out to get the default, {_field_default(name)!r})"
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}... ({len(text):,} characters)"
+
+
+def _field_default(name: str) -> Any:
+    field_ = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    return field_.default if field_.default is not dataclasses.MISSING else field_.default_factory()
 
 
 def _is_int(value: Any) -> bool:
@@ -415,9 +577,9 @@ def _check_int(config: TrainConfig, name: str, minimum: int | None = None, maxim
     value = getattr(config, name)
     allowed = _range_text(minimum, maximum, "an integer")
     if not _is_int(value):
-        raise ValueError(f"{name} must be {allowed}; got {value!r}")
+        raise ValueError(f"{name} must be {allowed}; got {_got(name, value)}")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise ValueError(f"{name} must be {allowed}; got {value}")
+        raise ValueError(f"{name} must be {allowed}; got {_got(name, value)}")
 
 
 def _check_float(
@@ -429,10 +591,10 @@ def _check_float(
     else:
         allowed = "a number" + (f" {'>' if strict else '>='} {minimum:g}" if minimum is not None else "")
     if not _is_number(value) or not math.isfinite(value):
-        raise ValueError(f"{name} must be {allowed}; got {value!r}")
+        raise ValueError(f"{name} must be {allowed}; got {_got(name, value)}")
     too_small = minimum is not None and (value <= minimum if strict else value < minimum)
     if too_small or (maximum is not None and value > maximum):
-        raise ValueError(f"{name} must be {allowed}; got {value}")
+        raise ValueError(f"{name} must be {allowed}; got {_got(name, value)}")
 
 
 def _range_text(minimum: int | None, maximum: int | None, kind: str) -> str:
@@ -448,19 +610,19 @@ def _range_text(minimum: int | None, maximum: int | None, kind: str) -> str:
 def _check_bool(config: TrainConfig, name: str) -> None:
     value = getattr(config, name)
     if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false; got {value!r}")
+        raise ValueError(f"{name} must be true or false; got {_got(name, value)}")
 
 
 def _check_str(config: TrainConfig, name: str, non_empty: bool = False) -> None:
     value = getattr(config, name)
     if not isinstance(value, str) or (non_empty and not value.strip()):
-        raise ValueError(f"{name} must be a {'non-empty ' if non_empty else ''}string; got {value!r}")
+        raise ValueError(f"{name} must be a {'non-empty ' if non_empty else ''}string; got {_got(name, value)}")
 
 
 def _check_str_list(config: TrainConfig, name: str, non_empty: bool) -> None:
     value = getattr(config, name)
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise ValueError(f"{name} must be a list of non-empty strings; got {value!r}")
+        raise ValueError(f"{name} must be a list of non-empty strings; got {_got(name, value)}")
     if non_empty and not value:
         raise ValueError(f"{name} must contain at least one prompt; got []")
 
@@ -468,7 +630,7 @@ def _check_str_list(config: TrainConfig, name: str, non_empty: bool) -> None:
 def _check_dict(config: TrainConfig, name: str) -> None:
     value = getattr(config, name)
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise ValueError(f"{name} must be a mapping of option name: value; got {value!r}")
+        raise ValueError(f"{name} must be a mapping of option name: value; got {_got(name, value)}")
 
 
 def _check_estimator_name(value: str) -> None:

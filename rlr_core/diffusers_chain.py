@@ -493,23 +493,67 @@ class DiffusersChain:
         return {name: p.detach().to("cpu").clone() for name, p in self._lora_named}
 
     def load_lora_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Load tensors from ``lora_state_dict()`` (same names and shapes, exactly)."""
+        """Load tensors from ``lora_state_dict()`` (same names and shapes, exactly; finite values).
+
+        Every key, shape and value is checked before the first tensor is copied: on any error a
+        ValueError names the problem and the LoRA is unchanged.
+        """
+        values = self._checked_lora_values(state_dict)
+        with torch.no_grad():
+            for (_, param), value in zip(self._lora_named, values):
+                param.copy_(value.to(device=param.device, dtype=param.dtype))
+
+    def _checked_lora_values(self, state_dict: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The tensors of ``state_dict`` in this chain's LoRA order, once all are known good.
+
+        ValueError when a key is missing or unexpected, or a value is not a floating-point tensor
+        of this chain's shape with finite entries (the first bad key, in the UNet's order, is named).
+        """
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"a LoRA state dict must be a dict of name: tensor; got {type(state_dict).__name__}")
         expected = {name for name, _ in self._lora_named}
         missing, unexpected = expected - set(state_dict), set(state_dict) - expected
         if missing or unexpected:
             raise ValueError(
                 f"LoRA state dict does not match this model (lora_rank={self.lora_rank}): "
                 f"{len(missing)} missing keys (e.g. {sorted(missing)[:2]}), "
-                f"{len(unexpected)} unexpected keys (e.g. {sorted(unexpected)[:2]})"
+                f"{len(unexpected)} unexpected keys (e.g. {sorted(map(str, unexpected))[:2]}); nothing was loaded"
             )
+        values = []
+        for name, param in self._lora_named:
+            value = state_dict[name]
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                kind = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(f"LoRA tensor {name} must be a floating-point tensor; got {kind}; nothing was loaded")
+            if tuple(value.shape) != tuple(param.shape):
+                raise ValueError(
+                    f"LoRA tensor {name} has shape {tuple(value.shape)}, expected {tuple(param.shape)} "
+                    f"(lora_rank={self.lora_rank}); nothing was loaded"
+                )
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"LoRA tensor {name} holds non-finite values (NaN or inf); nothing was loaded")
+            values.append(value)
+        return values
+
+    def lora_is_untrained(self) -> bool:
+        """True when every lora_B tensor is zero: the LoRA changes nothing yet (a fresh initialisation)."""
+        return not any(bool(param.detach().any()) for name, param in self._lora_named if ".lora_B." in name)
+
+    def reset_lora(self, seed: int) -> None:
+        """Initialise the LoRA afresh from ``seed``, as peft's ``init_lora_weights="gaussian"`` does:
+        lora_A ~ N(0, (1 / lora_rank)^2), lora_B = 0, so the LoRA changes nothing until trained.
+
+        Drawn on the CPU in float32 in the UNet's fixed parameter order: the same seed gives the
+        same LoRA in every process and on every device (the Trainer calls this at the start of a
+        fresh run, so identical configs train identically). The tensors are updated in place.
+        """
+        generator = torch.Generator(device="cpu").manual_seed(int(seed))
         with torch.no_grad():
             for name, param in self._lora_named:
-                value = state_dict[name]
-                if tuple(value.shape) != tuple(param.shape):
-                    raise ValueError(
-                        f"LoRA tensor {name} has shape {tuple(value.shape)}, expected {tuple(param.shape)} "
-                        f"(lora_rank={self.lora_rank})"
-                    )
+                if ".lora_A." in name:
+                    value = torch.randn(param.shape, generator=generator, dtype=torch.float32) / self.lora_rank
+                else:
+                    value = torch.zeros(param.shape, dtype=torch.float32)
                 param.copy_(value.to(device=param.device, dtype=param.dtype))
 
     def save_lora(self, directory: str | os.PathLike) -> Path:
@@ -549,15 +593,30 @@ class DiffusersChain:
         return out
 
     def load_lora(self, directory: str | os.PathLike) -> None:
-        """Load LoRA weights written by ``save_lora`` (or any diffusers-format UNet LoRA of the same rank)."""
+        """Load LoRA weights written by ``save_lora`` (or any diffusers-format UNet LoRA of the same rank).
+
+        ``directory``: a folder holding ``pytorch_lora_weights.safetensors`` (and ``rlr_lora.json``), or
+        the ``.safetensors`` file itself. Only safetensors are read (pickle files such as ``.bin`` /
+        ``.pt`` can run code and are refused). Rank, alpha, every key, shape and value are checked
+        before anything is copied: on any error a ValueError names the problem and the LoRA is unchanged.
+        """
         from diffusers.utils import convert_unet_state_dict_to_peft
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         path = Path(directory)
         weight_file = path / LORA_WEIGHT_NAME if path.is_dir() else path
+        if weight_file.suffix.lower() != ".safetensors":
+            raise ValueError(
+                f"LoRA weights must be a .safetensors file (written by save_lora); got {weight_file.name!r} "
+                "(pickle formats such as .bin, .pt and .ckpt are refused: loading them can run code)"
+            )
         if not weight_file.is_file():
             raise FileNotFoundError(f"no LoRA weights at {weight_file} (expected {LORA_WEIGHT_NAME} from save_lora)")
-        raw = load_file(str(weight_file))
+        try:
+            raw = load_file(str(weight_file))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+            raise ValueError(f"{weight_file} is not a readable safetensors file ({error}); nothing was loaded") from None
         unet_sd = {k[len("unet."):]: v for k, v in raw.items() if k.startswith("unet.")}
         if not unet_sd:
             raise ValueError(f"{weight_file} holds no UNet LoRA weights (keys starting with 'unet.')")
@@ -569,7 +628,14 @@ class DiffusersChain:
             ours[re.sub(r"\.(lora_[AB])\.", r".\1.default.", key)] = value
         config_file = path / LORA_CONFIG_NAME if path.is_dir() else None
         if config_file is not None and config_file.is_file():
-            saved = json.loads(config_file.read_text(encoding="utf-8"))
+            try:
+                saved = json.loads(config_file.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise ValueError(f"{config_file} is not valid JSON ({error}); nothing was loaded") from None
+            if not isinstance(saved, dict) or not all(
+                isinstance(saved.get(key, 0), (int, float)) for key in ("lora_rank", "lora_alpha")
+            ):
+                raise ValueError(f"{config_file} must map lora_rank and lora_alpha to numbers; nothing was loaded")
             if int(saved.get("lora_rank", self.lora_rank)) != self.lora_rank:
                 raise ValueError(
                     f"saved lora_rank={saved.get('lora_rank')} differs from this chain's lora_rank={self.lora_rank}; "

@@ -41,9 +41,11 @@ from .checkpoints import (
     CHECKPOINT_FILE,
     CHECKPOINT_PREFIX,
     atomic_directory,
+    atomic_write_text,
     checkpoint_dirs,
     isolated_rng,
     latest_checkpoint,
+    remove_stale_temporaries,
     rng_state,
     set_rng_state,
 )
@@ -90,6 +92,9 @@ class StepReport:
     message: str = ""
     total_steps: int = 0
     prompts: list[str] = field(default_factory=list)
+    # the prompts as indices into config.prompts (the metrics line stores these, not the texts);
+    # a prompt that is not in config.prompts (a click round's own) appears as its text
+    prompt_indices: list[int | str] = field(default_factory=list)
     sample_images: list[Any] | None = None  # the first ``config.report_samples`` training images
     before_images: list[Any] | None = None  # first report of a fresh run: eval images before training
     before_rewards: list[float] | None = None
@@ -109,7 +114,11 @@ class StepReport:
         return float(np.mean(self.eval_rewards))
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The report without images, JSON-safe (non-finite numbers become null)."""
+        """The report without images, JSON-safe (non-finite numbers become null): the metrics line.
+
+        Prompts appear as ``prompt_indices`` into the run's ``config.prompts`` (saved once in
+        ``output_dir/config.yaml``), not as texts, so long prompts do not grow every line.
+        """
         data = {
             "step": self.step,
             "total_steps": self.total_steps,
@@ -123,7 +132,7 @@ class StepReport:
             "peak_memory_mb": self.peak_memory_mb,
             "graph_memory_mb": self.graph_memory_mb,
             "skipped": self.skipped,
-            "prompts": [str(p) for p in self.prompts],
+            "prompt_indices": list(self.prompt_indices),
             "chain_steps": self.chain_steps,
             "signal": self.signal,
             "info": self.info,
@@ -185,6 +194,7 @@ class Trainer:
 
     def __init__(self, chain: Chain, reward: Reward, estimator: Estimator, config: TrainConfig) -> None:
         config.validate(check_names=False)
+        config.check_output_dir()  # ValueError naming output_dir, before any work is done
         self.chain = chain
         self.reward = reward
         self.estimator = estimator
@@ -255,27 +265,35 @@ class Trainer:
         """One training iteration whose rewards are given (clicks on the images of ``rollout``).
 
         The update, the StepReport, the metrics line, the evaluation and the checkpoint are those
-        of any other iteration; the LoRA is exported afterwards.
+        of any other iteration; the LoRA is exported afterwards. The LoRA is not re-drawn at the
+        start of such a run: ``rollout`` was sampled with it.
         """
-        self.start()
+        self.start(initialize_lora=False)
 
         def iteration(step: int) -> StepReport:
             start = time.perf_counter()
             before = [p.detach().clone() for p in self.params]
             self._zero_grads()
             estimate = self.estimator.gradient(rollout, rewards.to(rollout.images.device))
-            return self._complete(step, start, estimate, before)
+            return self._complete(step, start, estimate, before, self.prompt_indices(rollout.prompts))
 
         report = self._guarded(self.step + 1, iteration)
         self.export_lora(self.output_dir / "lora")
         return report
 
-    def start(self) -> None:
-        """First-run setup (once): resume or start over; the "before" evaluation of a fresh run."""
+    def start(self, initialize_lora: bool = True) -> None:
+        """First-run setup (once): resume or start over; the "before" evaluation of a fresh run.
+
+        Temporaries left in ``output_dir`` by a killed process are removed first. A fresh run
+        (no checkpoint loaded) re-draws an untrained LoRA from ``config.seed``
+        (``initialize_lora``, see :meth:`initialize_lora`).
+        """
         if self._started:
             return
         self._started = True
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.output_dir, self.output_dir / "checkpoints"):
+            remove_stale_temporaries(folder)
         message = ""
         self.config.to_yaml(self.output_dir / "config.yaml")
         checkpoint = latest_checkpoint(self.output_dir) if self.config.resume else None
@@ -288,11 +306,29 @@ class Trainer:
                 message = f"resume requested but no checkpoint in {self.output_dir / 'checkpoints'}; starting over"
             shutil.rmtree(self.output_dir / "checkpoints", ignore_errors=True)
             self._metrics_path().write_text("", encoding="utf-8")
+            if self.step == 0 and initialize_lora:
+                self.initialize_lora()
             if self.step == 0 and self.config.eval_seeds:
                 self.before_images, self.before_rewards = self.evaluate(
                     self.config.eval_seeds, self.eval_prompts, adapters=False
                 )
         self._pending_message = message
+
+    def initialize_lora(self) -> bool:
+        """Re-draw the chain's LoRA from ``config.seed`` when it is still untrained; True if it did.
+
+        Without this a fresh LoRA comes from the global RNG at model load, and two identical runs
+        differ. Applies to chains with ``lora_is_untrained()`` and ``reset_lora(seed)``
+        (``DiffusersChain``; optional LoraChain extras, the Chain protocol is unchanged) whose
+        LoRA changes nothing yet (every lora_B zero): a trained or loaded LoRA, e.g. the app's
+        "continue from the current LoRA", is kept. ``start()`` calls it for a fresh run.
+        """
+        untrained = getattr(self.chain, "lora_is_untrained", None)
+        reset = getattr(self.chain, "reset_lora", None)
+        if not (callable(untrained) and callable(reset)) or not untrained():
+            return False
+        reset(step_seed(self.config.seed, 0, "lora-init"))
+        return True
 
     def _guarded(self, step: int, iteration: Any) -> StepReport:
         """``iteration(step)``; on failure save the LoRA (and a checkpoint) and raise TrainingStepError."""
@@ -313,14 +349,22 @@ class Trainer:
 
     def _iteration(self, step: int) -> StepReport:
         start = time.perf_counter()
-        prompts = self.batch_prompts(step)
+        indices = self.batch_prompt_indices(step)
+        prompts = [self.prompts[i] for i in indices]
         generator = self.generator_for(step)
         before = [p.detach().clone() for p in self.params]
         self._zero_grads()
         estimate = self.estimator.estimate(self.chain, self.reward, prompts, generator)
-        return self._complete(step, start, estimate, before)
+        return self._complete(step, start, estimate, before, indices)
 
-    def _complete(self, step: int, start: float, estimate: GradientEstimate, before: list[torch.Tensor]) -> StepReport:
+    def _complete(
+        self,
+        step: int,
+        start: float,
+        estimate: GradientEstimate,
+        before: list[torch.Tensor],
+        prompt_indices: list[int | str],
+    ) -> StepReport:
         """Apply the update (and further PPO epochs), evaluate when due, checkpoint, log the metrics."""
         config = self.config
         epoch_messages = [self._update_message(estimate, self.apply_update(estimate))]
@@ -350,6 +394,7 @@ class Trainer:
             skipped=estimate.skipped,
             total_steps=config.steps,
             prompts=[str(p) for p in estimate.prompts],
+            prompt_indices=list(prompt_indices),
             sample_images=(to_pil(estimate.images[: config.report_samples]) if config.report_samples else None),
             graph_memory_mb=float(estimate.graph_memory_mb),
             chain_steps={k: list(v) for k, v in estimate.steps.items()},
@@ -380,12 +425,23 @@ class Trainer:
         batch in g groups sharing noise (antithetic +/- halves, quarters) get n prompts
         repeated g times, so that samples sharing noise share their prompt too.
         """
+        return [self.prompts[i] for i in self.batch_prompt_indices(step)]
+
+    def batch_prompt_indices(self, step: int) -> list[int]:
+        """``batch_prompts(step)`` as indices into the training prompts (= into ``config.prompts``)."""
         rng = random.Random(step_seed(self.config.seed, step, "prompts"))
         n = self.config.batch_size // self.noise_groups
-        pool = list(self.prompts)
+        pool = list(range(len(self.prompts)))
         chosen = pool * (n // len(pool)) + rng.sample(pool, n % len(pool))
         rng.shuffle(chosen)
         return chosen * self.noise_groups
+
+    def prompt_indices(self, prompts: list[Any]) -> list[int | str]:
+        """Each prompt as its index in ``config.prompts`` (the first equal text), or as its text when absent."""
+        first_index: dict[str, int] = {}
+        for index, text in enumerate(self.config.prompts):
+            first_index.setdefault(str(text), index)
+        return [first_index.get(str(p), str(p)) for p in prompts]
 
     def generator_for(self, step: int) -> torch.Generator:
         """The CPU generator of iteration ``step``, seeded from (config.seed, step)."""
@@ -580,7 +636,11 @@ class Trainer:
             handle.write(json.dumps(report.to_json_dict()) + "\n")
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop metric lines of iterations after ``step`` (they will be run again)."""
+        """Drop metric lines of iterations after ``step`` (they will be run again), and unreadable ones.
+
+        The file is rewritten through a temporary file and ``os.replace``, never in place: a crash
+        meanwhile leaves the old file whole.
+        """
         path = self._metrics_path()
         if not path.is_file():
             return
@@ -591,7 +651,7 @@ class Trainer:
                     kept.append(line)
             except (ValueError, KeyError, TypeError):
                 continue
-        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 # ---------------------------------------------------------------------------------------- helpers

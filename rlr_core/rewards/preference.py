@@ -26,7 +26,7 @@ import os
 import time
 import uuid
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -87,7 +87,8 @@ class ClickLog:
     """Append-only JSONL click log; images saved as ``<stem>_images/<sha256>.png`` beside it.
 
     ``append_round`` writes and fsyncs before returning, so a click is durable before it is used.
-    ``load()`` reads everything back (after a restart); a torn last line is ignored with a warning.
+    ``load()`` reads everything back (after a restart). A line torn by a crash while writing is
+    skipped with a warning, and the next append starts on a fresh line, so nothing complete is lost.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -121,6 +122,8 @@ class ClickLog:
         new_file = not self.path.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+        if not new_file and not self._ends_with_newline():
+            data = "\n" + data  # after a torn last line: never merge the new record into it
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(data)
             handle.flush()
@@ -131,6 +134,14 @@ class ClickLog:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+    def _ends_with_newline(self) -> bool:
+        """True when the log is empty or its last byte is a newline (no torn last line)."""
+        with open(self.path, "rb") as handle:
+            if handle.seek(0, os.SEEK_END) == 0:
+                return True
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) == b"\n"
 
     def append_round(
         self,
@@ -167,22 +178,26 @@ class ClickLog:
         self.records, self.events = [], []
         if not self.path.exists():
             return self.records
-        lines = self.path.read_text(encoding="utf-8").splitlines()
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
         fields = set(ClickRecord.__dataclass_fields__)
+        skipped = []
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                if number == len(lines):
-                    warnings.warn(f"{self.path}: ignoring a torn last line (a crash while writing)")
-                    continue
-                raise ValueError(f"{self.path} line {number} is not JSON; the click log is corrupt") from None
-            if row.get("type", "click") == "click":
+            row = _log_row(line)
+            if row is None:
+                skipped.append(number)
+            elif row.get("type", "click") == "click":
                 self.records.append(ClickRecord(**{k: v for k, v in row.items() if k in fields}))
             else:
                 self.events.append(row)
+        if skipped:
+            numbers = ", ".join(map(str, skipped[:20])) + (", ..." if len(skipped) > 20 else "")
+            warnings.warn(
+                f"{self.path}: skipped {len(skipped)} unreadable line(s) (line {numbers}): "
+                "torn by a crash while writing, or not a click log record",
+                stacklevel=2,
+            )
         return self.records
 
     def rounds(self) -> dict[str, list[ClickRecord]]:
@@ -213,6 +228,28 @@ class ClickLog:
             raise FileNotFoundError(f"image {sha} of click log {self.path} is missing ({path})")
         array = np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8)
         return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
+
+
+_REQUIRED_CLICK_FIELDS = tuple(
+    name for name, spec in ClickRecord.__dataclass_fields__.items() if spec.default is MISSING
+)
+
+
+def _log_row(line: str) -> dict[str, Any] | None:
+    """One click-log line as a dict, or None when it is not a usable record: not JSON (torn), not a
+    JSON object, an event without a ``type`` name, or a click lacking one of the ClickRecord fields."""
+    try:
+        row = json.loads(line)
+    except (ValueError, RecursionError):  # JSONDecodeError (a torn line), an absurd number, deep nesting
+        return None
+    if not isinstance(row, dict):
+        return None
+    kind = row.get("type", "click")
+    if not isinstance(kind, str):
+        return None
+    if kind == "click" and not all(name in row for name in _REQUIRED_CLICK_FIELDS):
+        return None
+    return row
 
 
 # --------------------------------------------------------------------------------------------
