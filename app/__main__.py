@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = build_app(hosted=hosted, preload=not args.no_preload)
     demo.queue(default_concurrency_limit=4)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs())
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs(hosted))
     return 0
 
 

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from rlr_core.config import TrainConfig
+from rlr_core.config import MAX_SEED, TrainConfig
 from rlr_core.diffusers_chain import model_defaults
 from rlr_core.estimators import estimator_options, list_estimators, option_choices, ui_options
 from rlr_core.rewards import reward_names
@@ -140,7 +140,7 @@ FIELDS: list[Field] = [
     Field("lr", "Learning rate", "float", 1e-3, "lr", 0.0, section="optimization"),
     Field("lora_rank", "LoRA rank", "int", 4, "lora_rank", 1, cap="lora_rank", section="optimization"),
     Field("steps", "Iterations", "int", 50, "steps", 1, cap="steps", section="optimization"),
-    Field("seed", "Seed", "int", 0, "seed", 0, section="optimization"),
+    Field("seed", "Seed", "int", 0, "seed", 0, MAX_SEED, section="optimization"),
     Field("eval_every", "Refresh 'after' every N iterations", "int", 5, "eval_every", 0, section="optimization"),
     Field("continue_lora", "Continue from the current LoRA (same model and rank)", "bool", False, section="optimization"),
 ]
@@ -170,11 +170,19 @@ def parse_value(field: Field, value: Any, hosted: bool) -> Any:
         if value is None or value == "":
             return {}
         if isinstance(value, dict):
-            return dict(value)
+            value = json.dumps(value)  # measured and depth-checked like text
+        text = str(value)
+        limit = caps(hosted)["json_chars"]
+        if len(text) > limit:
+            raise FieldError(label, f"must be at most {limit:,} characters here; got {len(text):,}")
         try:
-            parsed = json.loads(str(value))
+            parsed = json.loads(text)
         except json.JSONDecodeError as error:
             raise FieldError(label, f'must be a JSON object like {{"key": value}}; {error.msg} at column {error.colno}') from None
+        except RecursionError:
+            raise FieldError(label, "is nested too deeply (options are a flat JSON object)") from None
+        if _depth(parsed) > MAX_JSON_DEPTH:
+            raise FieldError(label, f"is nested too deeply: at most {MAX_JSON_DEPTH} levels of lists / objects")
         if not isinstance(parsed, dict):
             raise FieldError(label, f'must be a JSON object like {{"key": value}}, got {type(parsed).__name__}')
         return parsed
@@ -185,9 +193,11 @@ def parse_value(field: Field, value: Any, hosted: bool) -> Any:
         maximum = field.maximum_for(hosted)
         if maximum is not None and len(lines) > maximum:
             raise FieldError(label, f"at most {int(maximum)} here; got {len(lines)}")
+        for line in lines:
+            _check_length(label, line, hosted)
         return lines
     if field.kind in ("text", "choice"):
-        return str(value if value is not None else "").strip()
+        return _check_length(label, str(value if value is not None else "").strip(), hosted)
     if field.kind == "pair":
         return _pair(label, value)
     if field.kind == "optional-float" and (value is None or str(value).strip() == ""):
@@ -200,6 +210,32 @@ def parse_value(field: Field, value: Any, hosted: bool) -> Any:
         except FieldError:
             raise FieldError(label, f"must be 'auto' or an integer >= 1; got {value!r}") from None
     return _bounded_number(field, value, hosted)
+
+
+MAX_JSON_DEPTH = 8
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of lists / dicts (iterative: safe for any depth json.loads returned)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _check_length(label: str, text: str, hosted: bool) -> str:
+    limit = caps(hosted)["prompt_chars"]
+    if len(text) > limit:
+        raise FieldError(label, f"must be at most {limit:,} characters here; got {len(text):,}")
+    return text
+
+
+def parse_seed(label: str, value: Any) -> int:
+    """A seed: an integer in [0, MAX_SEED]; FieldError naming ``label``."""
+    return parse_int(label, value, 0, MAX_SEED)
 
 
 def parse_int(label: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
@@ -217,9 +253,16 @@ def _bounded_number(field: Field, value: Any, hosted: bool) -> int | float:
         raise FieldError(label, f"must be {'an integer' if integer else 'a finite number'}; got {value!r}")
     low, high = field.minimum, field.maximum_for(hosted)
     if (low is not None and number < low) or (high is not None and number > high):
-        bounds = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
-        raise FieldError(label, f"must be {bounds}; got {number:g}")
+        bounds = f"between {_plain(low)} and {_plain(high)}" if high is not None else f">= {_plain(low)}"
+        raise FieldError(label, f"must be {bounds}; got {_plain(number)}")
     return int(number) if integer else number
+
+
+def _plain(number: float | None) -> str:
+    """1e30 as 1e+30, 4294967295 as 4294967295 (not 4.29497e+09), 0.001 as 0.001."""
+    if number is None:
+        return "-"
+    return str(int(number)) if float(number).is_integer() and abs(number) < 1e16 else f"{number:g}"
 
 
 def _pair(label: str, value: Any) -> list[float | int] | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from rlr_core.cancel import cancellable
-from rlr_core.config import TrainConfig
+from rlr_core.config import MAX_SEED, TrainConfig
 from rlr_core.hub import WeightsUnavailableError
 from rlr_core.images import to_pil
 from rlr_core.rewards import default_clip_model
@@ -22,7 +22,7 @@ from rlr_core.sampling import sample
 from rlr_core.trainer import TrainingStepError
 
 from . import formatting, state
-from .form import FORM_DEFAULTS, config_from_form, field_error, form_from_config, parse_int
+from .form import FORM_DEFAULTS, config_from_form, field_error, form_from_config, parse_int, parse_seed
 from .settings import caps
 from .state import FieldError, Run
 
@@ -45,7 +45,8 @@ def create_run(session: str, config: TrainConfig, hosted: bool, continue_lora: b
     output_dir = state.run_dir(run_id)
     config = config.replace(output_dir=str(output_dir))
     try:
-        training = TrainingRun.from_config(config, hosted=hosted, chain=chain, reward=reward)
+        with state.WORK_LOCK:  # the Trainer reads the chain's LoRA parameters: not while another request uses it
+            training = TrainingRun.from_config(config, hosted=hosted, chain=chain, reward=reward)
     except WeightsUnavailableError as error:
         raise FieldError("Reward", f"{error} Pick a weight-free reward (saturation, brightness, ...) offline.") from None
     except ValueError as error:
@@ -178,8 +179,9 @@ def predict_memory(session: str, form: dict[str, Any], hosted: bool) -> str:
     config = config_from_form(form, hosted)
     chain = state.MODELS.get(config, session).variant(config)
     try:
-        training = TrainingRun.from_config(config.replace(output_dir=str(state.runs_root() / "predict")), hosted=hosted,
-                                           chain=chain)
+        with state.WORK_LOCK:
+            training = TrainingRun.from_config(config.replace(output_dir=str(state.runs_root() / "predict")),
+                                               hosted=hosted, chain=chain)
     except WeightsUnavailableError as error:
         raise FieldError("Reward", str(error)) from None
     except ValueError as error:
@@ -210,10 +212,10 @@ def generate(session: str, model: str, prompt: str, seed: Any, use_lora: bool, h
     prompt = str(prompt or "").strip()
     if not prompt:
         raise FieldError("Prompt", "enter a prompt")
-    seed = parse_int("Seed", seed, 0)
+    seed = parse_seed("Seed", seed)
     n = parse_int("number of images", num_images, 1, caps(hosted)["generate_images"])
     model = str(model or "").strip()
-    seeds = [seed + i for i in range(n)]
+    seeds = [(seed + i) % (MAX_SEED + 1) for i in range(n)]
     if use_lora:
         run = require_run(session, "use_lora")
         if model and model != run.config.model:
@@ -332,8 +334,16 @@ def diagnostics(session: str, form: dict[str, Any], hosted: bool, estimators: li
     """``rlr_core.diagnostics.probe`` on the session's model (with its LoRA) and reward."""
     from rlr_core.diagnostics import probe
 
+    from rlr_core.estimators import list_estimators
+
     if not estimators:
         raise FieldError("Estimators", "pick at least one estimator")
+    if isinstance(estimators, str):
+        estimators = [estimators]
+    unknown = [str(name)[:40] for name in estimators if name not in list_estimators()]
+    if unknown:
+        raise FieldError("Estimators", f"unknown {unknown[0]!r}; allowed values: {', '.join(list_estimators())}")
+    estimators = list(dict.fromkeys(estimators))  # each estimator once
     repeats = parse_int("Repeats", repeats, 2, caps(hosted)["probe_repeats"])
     run = state.session_run(session)
     if run is None:
@@ -413,16 +423,31 @@ def snippet(run: Run) -> str:
 
 
 def load_config_file(path: str, hosted: bool) -> TrainConfig:
+    """An uploaded config, read safely (size limit, no YAML aliases, bounded nesting) and validated."""
+    check_upload_size("config file", path, caps(hosted)["config_bytes"])
     try:
-        return TrainConfig.from_file(path).validate(hosted=hosted)
+        return TrainConfig.from_file(path, max_bytes=caps(hosted)["config_bytes"]).validate(hosted=hosted)
     except ValueError as error:
         raise FieldError("config file", str(error)) from None
+    except RecursionError:
+        raise FieldError("config file", "is nested too deeply") from None
+
+
+def check_upload_size(label: str, path: str, limit: int) -> None:
+    """FieldError naming ``label`` when the uploaded file is missing or larger than ``limit`` bytes."""
+    try:
+        size = Path(str(path)).stat().st_size
+    except (OSError, TypeError, ValueError):
+        raise FieldError(label, "the upload did not arrive; upload the file again") from None
+    if size > limit:
+        raise FieldError(label, f"must be at most {limit / 2**20:.2g} MB here; got {size / 2**20:.3g} MB")
 
 
 def upload_lora(session: str, path: str, form: dict[str, Any], hosted: bool) -> Run:
     """Load an uploaded LoRA (.safetensors from Export / save_lora) into the session's run."""
     if not path or not str(path).endswith(".safetensors"):
         raise FieldError("LoRA file", f"must be a .safetensors file written by Export (save_lora); got {Path(str(path)).name!r}")
+    check_upload_size("LoRA file", path, caps(hosted)["lora_bytes"])
     run = state.session_run(session)
     if run is not None and run.running:
         raise FieldError("LoRA file", "training is running in this session; stop it first")

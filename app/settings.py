@@ -53,8 +53,6 @@ LOCAL_CAPS: dict[str, int] = {
     "idle_seconds": 7 * 24 * 3600,
     "run_folder_seconds": 30 * 24 * 3600,
 }
-SEED_MAX = 2**32 - 1
-"""Largest seed (what torch and numpy generators accept)."""
 
 
 def env_flag(name: str) -> bool:

@@ -29,4 +29,4 @@ demo = build_app(hosted=True)
 demo.queue(default_concurrency_limit=4, max_size=32)
 
 if __name__ == "__main__":
-    demo.launch(server_name="0.0.0.0", **launch_kwargs())
+    demo.launch(server_name="0.0.0.0", **launch_kwargs(hosted=True))

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import threading
+import time
 import traceback
 from typing import Any, Callable, Iterator
 
@@ -28,7 +29,7 @@ import gradio as gr  # noqa: E402
 from . import form as train_form  # noqa: E402
 from . import formatting, runner, state  # noqa: E402
 from .form import FIELD_BY_KEY, FIELDS, FORM_DEFAULTS, FORM_KEYS, Field  # noqa: E402
-from .settings import DEFAULT_PROMPTS, MODEL_PRESETS, TINY_MISSING_MESSAGE, caps, tiny_model_available  # noqa: E402
+from .settings import DEFAULT_PROMPTS, MODEL_PRESETS, TINY_MISSING_MESSAGE, caps, run_folder_seconds, tiny_model_available  # noqa: E402
 from .state import FieldError  # noqa: E402
 from .workers import in_worker  # noqa: E402
 
@@ -266,8 +267,11 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
     tiny_ok = tiny_model_available()
     if preload and tiny_ok:
         threading.Thread(target=_preload, name="rlr-preload", daemon=True).start()
+    start_janitor(hosted)
+    # Gradio's own file cache (uploads, served images) is emptied of files older than a run folder's lifetime
+    cache_expiry = (600, run_folder_seconds(hosted)) if hosted else None
 
-    with gr.Blocks(title="RLR Studio", analytics_enabled=False) as demo:
+    with gr.Blocks(title="RLR Studio", analytics_enabled=False, delete_cache=cache_expiry) as demo:
         gr.Markdown(
             "## RLR Studio · fine-tune a text-to-image model against a reward with **RLR** and watch it learn\n"
             "Defaults: the bundled tiny model and the weight-free *saturation* reward (trains on a CPU, offline)."
@@ -610,8 +614,32 @@ def _preload() -> None:
         log.info("preloading the tiny model failed:\n%s", traceback.format_exc())
 
 
-def launch_kwargs() -> dict[str, Any]:
-    """Arguments for ``Blocks.launch`` (theme/css go here in Gradio 6)."""
+def launch_kwargs(hosted: bool = False) -> dict[str, Any]:
+    """Arguments for ``Blocks.launch`` (theme/css go here in Gradio 6); uploads are capped at the
+    largest file the app accepts (a LoRA; configs are checked against their smaller limit)."""
     from .settings import runs_root
 
-    return {"theme": gr.themes.Soft(), "css": CSS, "js": PAGE_JS, "allowed_paths": [str(runs_root())], "show_error": True}
+    return {"theme": gr.themes.Soft(), "css": CSS, "js": PAGE_JS, "allowed_paths": [str(runs_root())], "show_error": True,
+            "max_file_size": caps(hosted)["lora_bytes"]}
+
+
+JANITOR_SECONDS = 60
+_janitor_started = threading.Event()
+
+
+def start_janitor(hosted: bool) -> None:
+    """Once per process: every JANITOR_SECONDS drop idle runs and delete expired run folders."""
+    if _janitor_started.is_set():
+        return
+    _janitor_started.set()
+
+    def sweep() -> None:
+        while True:
+            time.sleep(JANITOR_SECONDS)
+            try:
+                state.expire_idle(hosted)
+                state.remove_old_run_folders(hosted)
+            except Exception:  # noqa: BLE001 - never let cleanup take the server down
+                log.warning("cleanup failed:\n%s", traceback.format_exc())
+
+    threading.Thread(target=sweep, name="rlr-janitor", daemon=True).start()

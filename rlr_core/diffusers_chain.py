@@ -18,6 +18,7 @@ diffusers folder or a Hugging Face Hub id.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -201,7 +202,6 @@ class DiffusersChain:
         decode_slice_size: int | None = None,
         tf32: bool = True,
     ) -> None:
-        from diffusers import DDIMScheduler
         from peft import LoraConfig
 
         _check_number("num_steps", num_steps, 1, 1000, integer=True)
@@ -230,46 +230,13 @@ class DiffusersChain:
         self.autocast = autocast
         self.decode_slice_size = None if decode_slice_size is None else int(decode_slice_size)
         self.tf32 = self.enable_tf32(self.device) if tf32 else False
-        self.num_steps = int(num_steps)
-        self.guidance_scale = float(guidance_scale)
-        self.eta = float(eta)
         self.final_eta = float(final_eta)
         self.lora_rank = int(lora_rank)
         self.lora_alpha = float(lora_alpha) if float(lora_alpha) != int(lora_alpha) else int(lora_alpha)
         self.lora_targets = targets
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.model_name = str(model_name)
-        self.boundaries = resolve_boundaries(self.num_steps, prompt_boundaries)
-        self.prompt_boundaries = prompt_boundaries
-
-        # scheduler: DDIM with the model's noise schedule
-        self.scheduler = DDIMScheduler.from_config(scheduler.config)
-        num_train = int(self.scheduler.config.num_train_timesteps)
-        if self.num_steps > num_train:
-            raise ValueError(f"num_steps must be in [1, {num_train}] for this scheduler, got {self.num_steps}")
-        self.prediction_type = str(self.scheduler.config.prediction_type)
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"scheduler prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
-        self.scheduler.set_timesteps(self.num_steps)
-        self._timesteps = [int(t) for t in self.scheduler.timesteps]
-        alphas = self.scheduler.alphas_cumprod.to(torch.float64)
-        final_alpha = float(self.scheduler.final_alpha_cumprod)
-        step_gap = num_train // self.num_steps
-        self._alpha_t: list[float] = []
-        self._alpha_prev: list[float] = []
-        self._stds: list[float] = []
-        for k, t in enumerate(self._timesteps):
-            prev_t = t - step_gap
-            a_t = float(alphas[t])
-            a_prev = float(alphas[prev_t]) if prev_t >= 0 else final_alpha
-            step_eta = self.final_eta if k == self.num_steps - 1 else self.eta
-            variance = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)
-            self._alpha_t.append(a_t)
-            self._alpha_prev.append(a_prev)
-            self._stds.append(float(step_eta * math.sqrt(max(variance, 0.0))))
-        cfg = self.scheduler.config
-        self._clip_sample = bool(cfg.get("clip_sample", False))
-        self._clip_range = float(cfg.get("clip_sample_range", 1.0))
+        self._set_schedule(scheduler.config, num_steps, guidance_scale, eta, prompt_boundaries)
 
         # model components: frozen, in the model dtype, eval mode
         self.unet = unet
@@ -314,6 +281,59 @@ class DiffusersChain:
             self.vae_scale_factor = 1
             self.scaling_factor = 1.0
         self.image_size = (self.latent_size[0] * self.vae_scale_factor, self.latent_size[1] * self.vae_scale_factor)
+
+
+    def _set_schedule(self, scheduler_config: Any, num_steps: int, guidance_scale: float, eta: float,
+                      prompt_boundaries: Sequence[int | float] | None) -> None:
+        """The sampler settings: DDIM timesteps, per-step alphas and stds, guidance, prompt phases."""
+        from diffusers import DDIMScheduler
+
+        self.num_steps = int(num_steps)
+        self.guidance_scale = float(guidance_scale)
+        self.eta = float(eta)
+        self.boundaries = resolve_boundaries(self.num_steps, prompt_boundaries)
+        self.prompt_boundaries = prompt_boundaries
+
+        # scheduler: DDIM with the model's noise schedule
+        self.scheduler = DDIMScheduler.from_config(scheduler_config)
+        num_train = int(self.scheduler.config.num_train_timesteps)
+        if self.num_steps > num_train:
+            raise ValueError(f"num_steps must be in [1, {num_train}] for this scheduler, got {self.num_steps}")
+        self.prediction_type = str(self.scheduler.config.prediction_type)
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"scheduler prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        self.scheduler.set_timesteps(self.num_steps)
+        self._timesteps = [int(t) for t in self.scheduler.timesteps]
+        alphas = self.scheduler.alphas_cumprod.to(torch.float64)
+        final_alpha = float(self.scheduler.final_alpha_cumprod)
+        step_gap = num_train // self.num_steps
+        self._alpha_t: list[float] = []
+        self._alpha_prev: list[float] = []
+        self._stds: list[float] = []
+        for k, t in enumerate(self._timesteps):
+            prev_t = t - step_gap
+            a_t = float(alphas[t])
+            a_prev = float(alphas[prev_t]) if prev_t >= 0 else final_alpha
+            step_eta = self.final_eta if k == self.num_steps - 1 else self.eta
+            variance = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)
+            self._alpha_t.append(a_t)
+            self._alpha_prev.append(a_prev)
+            self._stds.append(float(step_eta * math.sqrt(max(variance, 0.0))))
+        cfg = self.scheduler.config
+        self._clip_sample = bool(cfg.get("clip_sample", False))
+        self._clip_range = float(cfg.get("clip_sample_range", 1.0))
+
+    def with_sampler_settings(self, num_steps: int, guidance_scale: float, eta: float,
+                              prompt_boundaries: Sequence[int | float] | None = None) -> "DiffusersChain":
+        """A chain with other sampler settings that shares this one's modules and LoRA parameters
+        (no second copy of the weights). Both hold the same LoRA; ``gradient_checkpointing`` and the
+        other plain settings are per chain."""
+        _check_number("num_steps", num_steps, 1, 1000, integer=True)
+        _check_number("guidance_scale", guidance_scale, 0.0, 100.0)
+        _check_number("eta", eta, 0.0, 1.0)
+        variant = copy.copy(self)
+        variant._set_schedule(self.scheduler.config, num_steps, guidance_scale, eta, prompt_boundaries)
+        return variant
 
     # --- Chain protocol ---------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.Tensor]:

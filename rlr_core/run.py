@@ -18,12 +18,12 @@ from typing import Any
 
 from .chain import Chain
 from .config import TrainConfig
-from .estimators import Estimator, get_estimator
+from .estimators import Estimator, estimator_options, get_estimator
 from .hub import WeightsUnavailableError
 from .rewards import Reward, default_clip_model, get_reward
 from .trainer import Trainer
 
-__all__ = ["ConfigError", "TrainingRun"]
+__all__ = ["ConfigError", "TrainingRun", "check_hosted_work", "HOSTED_WORK_LIMIT"]
 
 
 class ConfigError(ValueError):
@@ -59,12 +59,18 @@ class TrainingRun:
             config.validate(hosted=hosted)
         except ValueError as error:
             raise ConfigError(_leading_field(str(error), "config"), str(error)) from None
+        if hosted:
+            check_hosted_work(config)
         options = dict(config.estimator_options)
         auto_h = options.get("h") == "auto"
         if auto_h:
             options.pop("h")  # the other options are checked now, h once the model is loaded
         estimator = _named("estimator_options", get_estimator, config.estimator, options)
         if chain is None:
+            try:
+                config.check_output_dir()  # before the (slow) model load
+            except ValueError as error:
+                raise ConfigError("output_dir", str(error)) from None
             chain = config.load_chain()
         if reward is None:
             reward = _named("reward_options", get_reward, config.reward, reward_options_for(config),
@@ -80,6 +86,36 @@ class TrainingRun:
     def parts(self) -> tuple[Chain, Reward, Estimator]:
         """``(chain, reward, estimator)``."""
         return self.chain, self.reward, self.estimator
+
+
+HOSTED_WORK_LIMIT = 100_000
+"""Hosted mode: most image-steps one run may ask for, iterations x batch x sampling steps x
+(PPO epochs + 1). 100,000 is the default tiny run (50 x 4 x 20) 25 times over, or 500 iterations
+of SD at batch 8 and 25 steps."""
+
+HOSTED_ESTIMATOR_LIMITS: dict[str, int] = {"inner_epochs": 8, "lr_samples": 16, "chain_len": 1000, "h": 1000, "k": 1000}
+"""Hosted mode: largest values of the estimator options that multiply the work of an iteration."""
+
+
+def check_hosted_work(config: TrainConfig) -> None:
+    """ConfigError naming the field when ``config`` asks more of a shared server than hosted mode
+    allows (``HOSTED_ESTIMATOR_LIMITS``, ``HOSTED_WORK_LIMIT``)."""
+    options = config.estimator_options
+    for name, limit in HOSTED_ESTIMATOR_LIMITS.items():
+        value = options.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
+            raise ConfigError("estimator_options", f"estimator_options {name} must be at most {limit} on a hosted Space; got {value:g}")
+    try:
+        defaults = estimator_options(config.estimator)
+    except ValueError:
+        defaults = {}
+    epochs = {**defaults, **options}.get("inner_epochs", 1)
+    epochs = int(epochs) if isinstance(epochs, (int, float)) and not isinstance(epochs, bool) and epochs >= 1 else 1
+    work = config.steps * config.batch_size * config.num_steps * (epochs + 1)
+    if work > HOSTED_WORK_LIMIT:
+        raise ConfigError("steps", f"steps x batch_size x num_steps x (PPO epochs + 1) must be at most {HOSTED_WORK_LIMIT:,} "
+                                   f"on a hosted Space; got {config.steps} x {config.batch_size} x {config.num_steps} x "
+                                   f"{epochs + 1} = {work:,} (fewer iterations, a smaller batch or fewer sampling steps)")
 
 
 def reward_options_for(config: TrainConfig) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from .cancel import Cancelled, cancellable, shielded
 from .chain import Chain, LoraChain
 from .checkpoints import (
     CHECKPOINT_FILE,
@@ -210,6 +211,7 @@ class Trainer:
         self.before_images: list[Any] | None = None
         self.before_rewards: list[float] | None = None
         self._stop_event = threading.Event()
+        self._abort_event = threading.Event()
         self._started = False
         self._boundary_rng: dict[str, Any] | None = None
         self._pending_message = ""  # e.g. "resumed from ...", attached to the next report
@@ -232,6 +234,13 @@ class Trainer:
         """Ask ``run()`` to end after the current iteration (thread-safe); the LoRA is exported."""
         self._stop_event.set()
 
+    def abort(self) -> None:
+        """Stop now (thread-safe): the iteration in progress is dropped at its next model call and
+        ``run()`` ends as after ``stop()`` (the LoRA of the last completed iteration is exported).
+        Further PPO epochs of an iteration whose first update is applied are skipped instead."""
+        self._abort_event.set()
+        self._stop_event.set()
+
     @property
     def stop_requested(self) -> bool:
         return self._stop_event.is_set()
@@ -251,15 +260,24 @@ class Trainer:
             while self.step < self.config.steps and not self.stop_requested:
                 if max_iterations is not None and done >= max_iterations:
                     break
-                yield self._guarded(self.step + 1, self._iteration)
+                try:
+                    with cancellable(self._abort_event):
+                        report = self._guarded(self.step + 1, self._iteration)
+                except Cancelled:
+                    break  # abort(): the unfinished iteration changed nothing
+                yield report
                 done += 1
         except BaseException:
-            self._stop_event.clear()
+            self._clear_stop()
             with contextlib.suppress(Exception):  # never hide the original error
                 self.export_lora(self.output_dir / "lora")
             raise
-        self._stop_event.clear()
+        self._clear_stop()
         self.export_lora(self.output_dir / "lora")
+
+    def _clear_stop(self) -> None:
+        self._stop_event.clear()
+        self._abort_event.clear()
 
     def update_from_rewards(self, rollout: Rollout, rewards: torch.Tensor) -> StepReport:
         """One training iteration whose rewards are given (clicks on the images of ``rollout``).
@@ -335,6 +353,9 @@ class Trainer:
         self._boundary_rng = rng_state()
         try:
             return iteration(step)
+        except Cancelled:
+            set_rng_state(self._boundary_rng)  # as if the iteration had not started
+            raise
         except Exception as error:
             saved, checkpoint = self._save_after_failure()
             where = f"LoRA of step {self.step} saved to {saved}" if saved else "saving the LoRA failed too"
@@ -372,7 +393,10 @@ class Trainer:
         for _ in range(1, self.estimator.inner_epochs):
             if estimate.skipped or estimate.rollout is None or self.stop_requested:
                 break
-            again = self.estimator.gradient(estimate.rollout, estimate.rewards)
+            try:
+                again = self.estimator.gradient(estimate.rollout, estimate.rewards)
+            except Cancelled:
+                break  # abort(): the epochs applied so far make this iteration
             epoch_messages.append(self._update_message(again, self.apply_update(again)))
             peak = max(peak, float(again.peak_memory_mb))
         with torch.no_grad():
@@ -407,7 +431,8 @@ class Trainer:
             report.before_images, report.before_rewards = self.before_images, self.before_rewards
 
         if self._eval_due(step) and config.eval_seeds:
-            report.eval_images, report.eval_rewards = self.evaluate(config.eval_seeds, self.eval_prompts)
+            with shielded():  # the update is applied: this iteration completes
+                report.eval_images, report.eval_rewards = self.evaluate(config.eval_seeds, self.eval_prompts)
         if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
             report.checkpoint = str(self.save_checkpoint(self._checkpoint_dir(step)))
             self._prune_checkpoints()
