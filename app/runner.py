@@ -377,8 +377,8 @@ def export(session: str) -> tuple[Path, Path, str]:
     run = require_run(session, "export")
     if run.running:
         raise FieldError("export", "training is running; stop it (the LoRA is kept) or wait for the end")
+    shutil.rmtree(run.output_dir / "export", ignore_errors=True)  # only the newest export is kept (disk)
     folder = run.output_dir / "export" / f"step-{run.step:06d}"
-    shutil.rmtree(folder, ignore_errors=True)
     with state.using(run) as chain:
         chain.save_lora(folder)
     weights = next(folder.glob("*.safetensors"))

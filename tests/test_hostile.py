@@ -473,6 +473,9 @@ def test_load_eight_clients_mixing_train_generate_uploads_and_cancels(hosted, tm
         w.join(timeout=1)
     assert not errors, errors[:3]
     iteration = max([row["seconds"] for r in list(state.RUNS.values()) for row in r.history] or [0.0])
+    print(f"\nload: {len(generate_waits)} /generate, idle {idle_time:.2f} s, under load median "
+          f"{sorted(generate_waits)[len(generate_waits) // 2]:.2f} s max {max(generate_waits):.2f} s; longest iteration "
+          f"{iteration:.2f} s; {len(finished_sessions)} trainings finished; RSS {rss_before:.0f} -> peak {peak:.0f} MB")
     assert generate_waits and max(generate_waits) < 3 * idle_time + iteration + 10.0, (max(generate_waits), idle_time, iteration)
     assert peak - rss_before < 1500, f"server RSS grew {peak - rss_before:.0f} MB"
     assert finished_sessions
@@ -488,3 +491,27 @@ def test_load_eight_clients_mixing_train_generate_uploads_and_cancels(hosted, tm
         assert any(float(v.abs().sum()) > 0 for k, v in trained.items() if "lora_B" in k), "the LoRA never trained"
         checked += 1
     assert checked
+
+
+# ------------------------------------------------------------------------------------ 8. click log
+def test_8_click_log_survives_a_torn_line_and_junk_lines(hosted):
+    import warnings
+
+    from app import runner
+    from rlr_core.rewards.preference import ClickLog
+
+    session = "s-clicks"
+    run = runner.preference_round(session, {**TINY, "batch_size": 4}, True, k=4, mode="direct")
+    runner.preference_update(session, [0], best_only=True)
+    log_path = run.preference.log.path
+    kept = len(ClickLog(log_path).load())
+    assert kept > 0
+    with open(log_path, "a", encoding="utf-8") as handle:
+        handle.write('[]\n{}\n{"type": "round", "id": "torn", "ima')  # junk lines, then a record torn by a kill
+    runner.preference_round(session, {**TINY, "batch_size": 4}, True, k=4, mode="direct")
+    runner.preference_update(session, [1], best_only=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = ClickLog(log_path).load()
+    assert len(records) == 2 * kept, "a record after the torn line was lost or merged into it"
+    assert any("line" in str(w.message) for w in caught)
