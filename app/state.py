@@ -2,14 +2,16 @@
 
 * Per browser session the app keeps only ids: ``SESSIONS[session_hash] -> run id`` (Gradio's
   ``request.session_hash``; the same for every call of one browser tab or one gradio_client).
-* Models live in one process-level cache keyed by (model, LoRA rank, dtype) plus the sampler
-  settings a loaded chain bakes in (steps, guidance, eta, device, ...). Sessions with the same
-  key share one chain; each run keeps its own LoRA, and the chain holds the LoRA of one run at a
-  time (the "owner"): :func:`using` swaps a run's LoRA in before any work on the chain.
+* Models live in one process-level cache keyed by their weights (model, LoRA rank and alpha,
+  dtype, device; at most ``MAX_MODELS``). Runs with other sampler settings get a variant of the
+  loaded chain that shares its weights and LoRA parameters; each run keeps its own LoRA, and the
+  weights hold the LoRA of one run at a time (the "owner"): :func:`using` swaps a run's LoRA in
+  before any work on the chain.
 * Runs live in ``RUNS[run_id]``; a run holds its Trainer (optimizer state), estimator, reward,
   history of reports (for the plots), before/after images, preference session and click log.
-* All GPU/CPU work happens inside :func:`using`, under one process-wide lock; the UI additionally
-  sends every heavy event through one Gradio queue (``concurrency_id="gpu"``, limit 1).
+  Idle runs expire (:func:`expire_idle`), old run folders are deleted (:func:`remove_old_run_folders`).
+* All GPU/CPU work happens inside :func:`using`, under one process-wide :class:`WorkLock` that
+  lets waiting short requests go before the next training iteration.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ Preference (click rounds), Diagnostics (estimator probe), Export (LoRA / config 
 upload). The Train form's widgets and the ``/train`` API parameters come from one table
 (:mod:`app.form`). Named API endpoints: ``/train`` (streams one JSON update per iteration plus a
 final one) and ``/generate`` (images); they raise on bad input. In the browser, bad input is a
-toast titled with the field and the outputs keep their last good values. Heavy events share one
-queue (``concurrency_id="gpu"``, limit 1). Handlers only format and dispatch; the work is done
+toast titled with the field and the outputs keep their last good values. Heavy events run in the
+worker pool of :mod:`app.workers` (queues ``work`` and ``train``; :class:`app.state.WorkLock`
+orders the work itself). Handlers only format and dispatch; the work is done
 by :mod:`app.runner` through ``rlr_core``.
 """
 
