@@ -399,14 +399,22 @@ def test_9_bad_numbers_name_their_field(hosted):
     assert alive(hosted)
 
 
-def test_9_identical_runs_are_identical(hosted):
+def test_9_identical_headless_runs_are_identical(tmp_path):
+    """Two ``rlr-train`` runs of one config (each loads its own model, as two processes would) train
+    the same LoRA: the LoRA initialisation comes from ``seed``, not from the global RNG at load."""
     import torch
 
+    from rlr_core.config import TrainConfig
+    from rlr_core.run import TrainingRun
+
     loras = []
-    for _ in range(2):
-        c = client(hosted)
-        train(c, steps=2, lr=0.05, seed=3)
-        loras.append(_session_lora(c.session_hash))
+    for index in range(2):
+        torch.manual_seed(1000 + index)  # whatever the global RNG holds when the model loads
+        config = TrainConfig(model="tiny", num_steps=4, steps=2, batch_size=2, lr=0.05, seed=3, eval_seeds=[],
+                             checkpoint_every=0, output_dir=str(tmp_path / f"run{index}"))
+        run = TrainingRun.from_config(config)
+        list(run.trainer.run())
+        loras.append(run.chain.lora_state_dict())
     assert all(torch.equal(loras[0][k], loras[1][k]) for k in loras[0])
 
 
