@@ -169,7 +169,7 @@ def test_2_cancel_frees_the_queue_within_one_model_call_and_keeps_the_lora(hoste
 
     probe = client(hosted)
     idle = []
-    for seed in range(2):
+    for seed in range(3):  # the first call may load the model
         start = time.perf_counter()
         probe.predict(model="tiny", prompt="a red circle", seed=seed, use_lora=False, api_name="/generate")
         idle.append(time.perf_counter() - start)
@@ -355,7 +355,7 @@ def test_6_metrics_lines_do_not_repeat_the_prompts(hosted):
 def test_7_generate_goes_between_training_iterations(hosted):
     c = client(hosted)
     idle = []
-    for seed in range(2):
+    for seed in range(3):  # the first call may load the model
         start = time.perf_counter()
         c.predict(model="tiny", prompt="a blue square", seed=seed, use_lora=False, api_name="/generate")
         idle.append(time.perf_counter() - start)
@@ -428,9 +428,12 @@ def test_load_eight_clients_mixing_train_generate_uploads_and_cancels(hosted, tm
     from app import runner, state
 
     probe = client(hosted)
-    start = time.perf_counter()
-    probe.predict(model="tiny", prompt="a green star", seed=0, use_lora=False, api_name="/generate")
-    idle_time = time.perf_counter() - start
+    idle = []
+    for seed in range(3):  # the first call may load the model
+        start = time.perf_counter()
+        probe.predict(model="tiny", prompt="a green star", seed=seed, use_lora=False, api_name="/generate")
+        idle.append(time.perf_counter() - start)
+    idle_time = min(idle)
     rss_before = rss_mb()
     config_file = tmp_path / "ok.yaml"
     config_file.write_text("model: tiny\nsteps: 3\nnum_steps: 4\n")
