@@ -126,17 +126,17 @@ class ModelEntry:
         key = sampler_key(config)
         chain = self.variants.get(key)
         if chain is None:
-            if key == sampler_key_of(self.chain):
+            if key == self.chain.loaded_sampler_key:  # the settings it was loaded with
                 chain = self.chain
             else:
                 guidance = self.default_guidance if config.guidance_scale is None else config.guidance_scale
                 boundaries = list(config.prompt_boundaries) if config.uses_prompt_schedule else None
                 chain = self.chain.with_sampler_settings(config.num_steps, guidance, config.eta, boundaries)
+                chain.gradient_checkpointing = bool(config.gradient_checkpointing)
             self.variants[key] = chain
             while len(self.variants) > MAX_VARIANTS:
                 self.variants.popitem(last=False)  # runs keep theirs; the cache only forgets it
         self.variants.move_to_end(key)
-        chain.gradient_checkpointing = bool(config.gradient_checkpointing)
         return chain
 
 
@@ -148,12 +148,8 @@ def model_key(config: TrainConfig) -> tuple:
 def sampler_key(config: TrainConfig) -> tuple:
     """The sampler settings a chain variant is built with."""
     boundaries = tuple(config.prompt_boundaries) if config.uses_prompt_schedule else None
-    return (int(config.num_steps), config.guidance_scale, float(config.eta), boundaries)
+    return (int(config.num_steps), config.guidance_scale, float(config.eta), boundaries, bool(config.gradient_checkpointing))
 
-
-def sampler_key_of(chain: Any) -> tuple:
-    return (int(chain.num_steps), chain.loaded_guidance, float(chain.eta),
-            tuple(chain.prompt_boundaries) if chain.prompt_boundaries is not None else None)
 
 
 class ModelCache:
@@ -181,7 +177,7 @@ class ModelCache:
                 self._make_room(session)
             start = time.perf_counter()
             chain = load_chain(config)
-            chain.loaded_guidance = config.guidance_scale
+            chain.loaded_sampler_key = sampler_key(config)
             entry = ModelEntry(key, chain, chain.lora_state_dict(), default_guidance=float(chain.guidance_scale)
                                if config.guidance_scale is None else _default_guidance(config.model),
                                load_seconds=time.perf_counter() - start)
