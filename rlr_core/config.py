@@ -22,13 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrainConfig", "HOSTED_LIMITS", "DEVICES", "DTYPES"]
+__all__ = ["TrainConfig", "HOSTED_LIMITS", "DEVICES", "DTYPES", "REPORT_TO"]
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 """Allowed values of ``TrainConfig.dtype`` ("auto": float16 on CUDA, float32 elsewhere, chosen by load_model)."""
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
 """Allowed forms of ``TrainConfig.device``."""
+
+REPORT_TO = ("none", "tensorboard", "wandb")
+"""Allowed values of ``TrainConfig.report_to`` (the same tuple as ``rlr_core.tracking.REPORT_TO``)."""
 
 HOSTED_LIMITS: dict[str, int] = {
     "num_steps": 50,
@@ -80,6 +83,8 @@ class TrainConfig:
     Evaluation, logging, checkpoints
         eval_seeds: one fixed seed per evaluation image; eval_every: evaluate every N
         iterations (0 = only before and after); log_every: CLI log line every N iterations;
+        report_to: experiment tracking, ``"none"``, ``"tensorboard"`` (event files in
+        ``output_dir/tensorboard``) or ``"wandb"`` (see ``rlr_core.tracking``);
         report_samples: how many training images each StepReport carries as PIL images;
         checkpoint_every: checkpoint every N iterations (0 = never); keep_checkpoints: how many
         checkpoints to keep; output_dir: where metrics, images, checkpoints and the LoRA go;
@@ -120,6 +125,7 @@ class TrainConfig:
     eval_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     eval_every: int = 10
     log_every: int = 10
+    report_to: str = "none"
     report_samples: int = 0
     checkpoint_every: int = 25
     keep_checkpoints: int = 2
@@ -276,6 +282,8 @@ class TrainConfig:
             raise ValueError(f"eval_seeds must be a list of integers >= 0; got {self.eval_seeds!r}")
         _check_int(self, "eval_every", minimum=0)
         _check_int(self, "log_every", minimum=1)
+        if self.report_to not in REPORT_TO:
+            raise ValueError(f"report_to must be one of {', '.join(REPORT_TO)}; got {self.report_to!r}")
         _check_int(self, "report_samples", minimum=0, maximum=self.batch_size)
         _check_int(self, "checkpoint_every", minimum=0)
         _check_int(self, "keep_checkpoints", minimum=1)

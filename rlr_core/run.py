@@ -16,11 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from .chain import Chain
 from .config import TrainConfig
 from .estimators import Estimator, get_estimator
 from .hub import WeightsUnavailableError
 from .rewards import Reward, default_clip_model, get_reward
+from .tracking import check_report_to
 from .trainer import Trainer
 
 __all__ = ["ConfigError", "TrainingRun"]
@@ -59,13 +62,20 @@ class TrainingRun:
             config.validate(hosted=hosted)
         except ValueError as error:
             raise ConfigError(_leading_field(str(error), "config"), str(error)) from None
+        try:  # before loading a model: a tracker that cannot run fails at once
+            check_report_to(config.report_to)
+        except ValueError as error:
+            raise ConfigError("report_to", str(error)) from None
         options = dict(config.estimator_options)
         auto_h = options.get("h") == "auto"
         if auto_h:
             options.pop("h")  # the other options are checked now, h once the model is loaded
         estimator = _named("estimator_options", get_estimator, config.estimator, options)
         if chain is None:
-            chain = config.load_chain()
+            # the LoRA's initial weights from config.seed: 1 and N processes start from the same LoRA
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)
+                chain = config.load_chain()
         if reward is None:
             reward = _named("reward_options", get_reward, config.reward, reward_options_for(config),
                             device=getattr(chain, "device", None), hosted=True if hosted else None)

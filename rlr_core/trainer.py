@@ -36,6 +36,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from . import distributed
 from .chain import Chain, LoraChain
 from .checkpoints import (
     CHECKPOINT_FILE,
@@ -52,6 +53,7 @@ from .diagnostics import cosine
 from .estimators.base import Estimator, GradientEstimate, Rollout
 from .images import to_pil
 from .rewards import Reward
+from .tracking import Tracker, check_report_to, create_tracker
 
 __all__ = ["StepReport", "Trainer", "TrainingStepError", "latest_checkpoint", "step_seed"]
 
@@ -211,6 +213,14 @@ class Trainer:
                 f"(the batch is split in {self.noise_groups} groups sharing noise); got {config.batch_size}"
             )
         estimator.check(chain, reward, config.batch_size)
+        check_report_to(config.report_to)
+        self.tracker = Tracker()  # start() replaces it with config.report_to's on rank 0
+        # data parallelism (rlr_core.distributed): this process's whole noise sets of every batch
+        self.world = distributed.current_world()
+        self.shard = distributed.BatchShard.split(config.batch_size, self.noise_groups, self.world)
+        if self.world.distributed:
+            estimator.set_shard(self.shard)
+            distributed.broadcast_parameters(self.params)  # the same LoRA on every process
 
     @property
     def is_lora_chain(self) -> bool:
@@ -238,7 +248,7 @@ class Trainer:
         self.start()
         done = 0
         try:
-            while self.step < self.config.steps and not self.stop_requested:
+            while self.step < self.config.steps and not self._should_stop():
                 if max_iterations is not None and done >= max_iterations:
                     break
                 yield self._guarded(self.step + 1, self._iteration)
@@ -250,6 +260,11 @@ class Trainer:
             raise
         self._stop_event.clear()
         self.export_lora(self.output_dir / "lora")
+        self.tracker.flush()
+
+    def _should_stop(self) -> bool:
+        """The stop flag, agreed by every process (a stop on any process stops them all together)."""
+        return distributed.any_process(self.stop_requested) if self.world.distributed else self.stop_requested
 
     def update_from_rewards(self, rollout: Rollout, rewards: torch.Tensor) -> StepReport:
         """One training iteration whose rewards are given (clicks on the images of ``rollout``).
@@ -275,17 +290,22 @@ class Trainer:
         if self._started:
             return
         self._started = True
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        writes = self.world.is_main  # data parallelism: rank 0 alone writes files
+        if writes:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self.config.to_yaml(self.output_dir / "config.yaml")
+            self.tracker = create_tracker(self.config.report_to, self.output_dir, self.config.to_dict())
         message = ""
-        self.config.to_yaml(self.output_dir / "config.yaml")
         checkpoint = latest_checkpoint(self.output_dir) if self.config.resume else None
         if checkpoint is not None:
             self.load_checkpoint(checkpoint)
-            self._truncate_metrics(self.step)
+            if writes:
+                self._truncate_metrics(self.step)
             message = f"resumed from {checkpoint} at step {self.step}"
         else:
             if self.config.resume:
                 message = f"resume requested but no checkpoint in {self.output_dir / 'checkpoints'}; starting over"
+        if checkpoint is None and writes:
             shutil.rmtree(self.output_dir / "checkpoints", ignore_errors=True)
             self._metrics_path().write_text("", encoding="utf-8")
             if self.step == 0 and self.config.eval_seeds:
@@ -302,6 +322,8 @@ class Trainer:
         except Exception as error:
             saved, checkpoint = self._save_after_failure()
             where = f"LoRA of step {self.step} saved to {saved}" if saved else "saving the LoRA failed too"
+            if not self.world.is_main:
+                where = "rank 0 saves the LoRA of the last completed iteration"
             if checkpoint:
                 where += f", checkpoint {checkpoint}"
             raise TrainingStepError(
@@ -313,7 +335,7 @@ class Trainer:
 
     def _iteration(self, step: int) -> StepReport:
         start = time.perf_counter()
-        prompts = self.batch_prompts(step)
+        prompts = self.shard.select(self.batch_prompts(step))  # this process's rows (all of them alone)
         generator = self.generator_for(step)
         before = [p.detach().clone() for p in self.params]
         self._zero_grads()
@@ -326,7 +348,7 @@ class Trainer:
         epoch_messages = [self._update_message(estimate, self.apply_update(estimate))]
         peak = float(estimate.peak_memory_mb)
         for _ in range(1, self.estimator.inner_epochs):
-            if estimate.skipped or estimate.rollout is None or self.stop_requested:
+            if estimate.skipped or estimate.rollout is None or self._should_stop():
                 break
             again = self.estimator.gradient(estimate.rollout, estimate.rewards)
             epoch_messages.append(self._update_message(again, self.apply_update(again)))
@@ -335,7 +357,7 @@ class Trainer:
             update_norm = math.sqrt(sum(float((p.detach() - b).double().pow(2).sum()) for p, b in zip(self.params, before)))
         estimate.rollout = None  # free the graph / activations before evaluating
 
-        rewards = [float(r) for r in estimate.rewards.detach().double().cpu().reshape(-1)]
+        rewards = [float(r) for r in self.shard.gather(estimate.rewards).double().cpu().reshape(-1)]  # whole batch
         finite = [r for r in rewards if math.isfinite(r)]
         report = StepReport(
             step=step,
@@ -346,12 +368,12 @@ class Trainer:
             cosines=part_cosines(estimate.parts),
             update_norm=update_norm,
             seconds=0.0,
-            peak_memory_mb=peak,
+            peak_memory_mb=distributed.max_over_processes(peak),
             skipped=estimate.skipped,
             total_steps=config.steps,
-            prompts=[str(p) for p in estimate.prompts],
+            prompts=[str(p) for p in self.shard.gather_objects(estimate.prompts)],
             sample_images=(to_pil(estimate.images[: config.report_samples]) if config.report_samples else None),
-            graph_memory_mb=float(estimate.graph_memory_mb),
+            graph_memory_mb=distributed.max_over_processes(estimate.graph_memory_mb),
             chain_steps={k: list(v) for k, v in estimate.steps.items()},
             signal=self.signal_reference.cosines(estimate),
             info={k: float(v) for k, v in estimate.info.items()},
@@ -361,15 +383,17 @@ class Trainer:
         if step == 1 and self.before_rewards is not None:
             report.before_images, report.before_rewards = self.before_images, self.before_rewards
 
-        if self._eval_due(step) and config.eval_seeds:
+        if self.world.is_main and self._eval_due(step) and config.eval_seeds:
             report.eval_images, report.eval_rewards = self.evaluate(config.eval_seeds, self.eval_prompts)
-        if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
+        if self.world.is_main and config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
             report.checkpoint = str(self.save_checkpoint(self._checkpoint_dir(step)))
             self._prune_checkpoints()
         report.seconds = time.perf_counter() - start
         report.message = "; ".join(m for m in [self._pending_message, *epoch_messages] if m)
         self._pending_message = ""
-        self._append_metrics(report)
+        if self.world.is_main:
+            self._append_metrics(report)
+            self.tracker.log(report)
         return report
 
     # ------------------------------------------------------------------ pieces of an iteration
@@ -487,8 +511,11 @@ class Trainer:
 
     def export_lora(self, directory: str | os.PathLike) -> Path:
         """Write the LoRA to ``directory`` atomically (``chain.save_lora`` in the diffusers format when
-        available, else ``trainable_parameters.safetensors``) and return the directory."""
+        available, else ``trainable_parameters.safetensors``) and return the directory.
+        Only rank 0 writes (data parallelism: every process holds the same LoRA)."""
         directory = Path(directory)
+        if not self.world.is_main:
+            return directory
 
         def write(tmp: Path) -> None:
             if self.is_lora_chain:
@@ -504,8 +531,11 @@ class Trainer:
 
     def save_checkpoint(self, directory: str | os.PathLike, rng: dict[str, Any] | None = None) -> Path:
         """Atomically write a checkpoint to ``directory``: LoRA, optimizer, step, RNG states,
-        estimator state and config (written to a temporary directory, then renamed)."""
+        estimator state and config (written to a temporary directory, then renamed). Only rank 0
+        writes; the state is the same on every process, so any number of processes can resume it."""
         directory = Path(directory)
+        if not self.world.is_main:
+            return directory
         state = {
             "format": 1,
             "step": self.step,
@@ -558,6 +588,8 @@ class Trainer:
 
     def _save_after_failure(self) -> tuple[str | None, str | None]:
         saved = checkpoint = None
+        if not self.world.is_main:  # rank 0 alone writes
+            return saved, checkpoint
         try:
             self._zero_grads()
             if self.config.checkpoint_every and self.step > 0:
@@ -608,7 +640,7 @@ def part_cosines(parts: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 _RUN_ONLY_FIELDS = {"steps", "output_dir", "resume", "eval_seeds", "eval_every", "eval_prompts", "log_every",
-                    "report_samples", "checkpoint_every", "keep_checkpoints", "device"}
+                    "report_samples", "checkpoint_every", "keep_checkpoints", "device", "report_to"}
 
 
 def _differing_fields(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
