@@ -2,8 +2,8 @@
 
 ``python -m torch.distributed.run --nproc_per_node 2 tests/distributed_worker.py ESTIMATOR OUT_DIR``
 trains the tiny model for 3 iterations with a global batch of 8 and writes, on rank 0,
-``OUT_DIR/result.pt``: the gradient of every update (flat, before clipping), the LoRA after
-training and every rank's LoRA checksum (they must be equal).
+``OUT_DIR/result.pt``: the gradient of every update (flat, before clipping), the LoRA before
+and after training and every rank's LoRA checksum (they must be equal).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ BATCH_SIZE = 8
 
 
 def worker_config(estimator: str, output_dir: str | os.PathLike, **changes: Any):
-    """The config every run of these tests uses (tiny model, 4 steps, batch 8, 3 iterations)."""
+    """The config every run of these tests uses (tiny model, 3 sampling steps, batch 8, 3 iterations)."""
     from rlr_core.config import TrainConfig
 
-    values = dict(model="tiny", num_steps=4, batch_size=BATCH_SIZE, steps=ITERATIONS, estimator=estimator,
+    values = dict(model="tiny", num_steps=3, batch_size=BATCH_SIZE, steps=ITERATIONS, estimator=estimator,
                   prompts=["a red circle", "a blue square", "a green triangle", "a yellow star"],
                   eval_seeds=[], checkpoint_every=0, output_dir=str(output_dir), device="cpu", dtype="float32")
     values.update(changes)
@@ -40,6 +40,7 @@ def train(estimator: str, output_dir: str | os.PathLike) -> dict[str, Any]:
 
     world = distributed.init_from_env("cpu")
     trainer = TrainingRun.from_config(worker_config(estimator, output_dir)).trainer
+    initial = trainer.lora_state()
     gradients: list[torch.Tensor] = []
     apply_update = trainer.apply_update
 
@@ -55,7 +56,7 @@ def train(estimator: str, output_dir: str | os.PathLike) -> dict[str, Any]:
     checksums = [checksum.clone() for _ in range(world.world_size)]
     if world.distributed:
         torch.distributed.all_gather(checksums, checksum)
-    return {"gradients": gradients, "lora": lora, "checksums": [float(c) for c in checksums],
+    return {"gradients": gradients, "initial": initial, "lora": lora, "checksums": [float(c) for c in checksums],
             "world_size": world.world_size}
 
 
