@@ -40,6 +40,7 @@ __all__ = [
     "any_process",
     "barrier",
     "broadcast_parameters",
+    "collective_timeout_s",
     "current_world",
     "init_from_env",
     "launched_world",
@@ -133,7 +134,7 @@ def init_from_env(device: str = "auto", timeout_s: float | None = None) -> World
     if use_cuda:
         torch.cuda.set_device(torch.device(device))
     if timeout_s is None:
-        timeout_s = float(os.environ.get("RLR_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S))
+        timeout_s = collective_timeout_s()
     torch.distributed.init_process_group(
         backend="nccl" if use_cuda else "gloo",
         init_method="env://",
@@ -144,11 +145,19 @@ def init_from_env(device: str = "auto", timeout_s: float | None = None) -> World
     return current_world()
 
 
-def barrier(timeout_s: float = 60.0) -> None:
-    """Wait for every process; on gloo a process that does not arrive within ``timeout_s`` is named
-    in the RuntimeError (``monitored_barrier``). No-op for one process."""
+def collective_timeout_s() -> float:
+    """How long a collective operation waits for the other processes: ``RLR_DIST_TIMEOUT_S`` or DEFAULT_TIMEOUT_S."""
+    return float(os.environ.get("RLR_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S))
+
+
+def barrier(timeout_s: float | None = None) -> None:
+    """Wait for every process (at most ``timeout_s``, default :func:`collective_timeout_s`: rank 0 may
+    still be evaluating or saving); on gloo a process that does not arrive is named in the
+    RuntimeError (``monitored_barrier``). No-op for one process."""
     if not current_world().distributed:
         return
+    if timeout_s is None:
+        timeout_s = collective_timeout_s()
     if torch.distributed.get_backend() == "gloo":
         torch.distributed.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s))
     else:

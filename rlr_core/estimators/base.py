@@ -371,7 +371,7 @@ class Estimator:
         if self.baseline == "none":
             return rewards.detach().double()
         every = self.batch_rewards(rewards).double()  # leave-one-out over the whole batch
-        rows = torch.tensor(self.shard.global_rows(), device=every.device) if self.shard else torch.arange(every.shape[0])
+        rows = torch.tensor(self.shard.global_rows(), device=every.device) if self.shard else torch.arange(every.shape[0], device=every.device)
         r = every[rows]
         batch = every.shape[0]
         n = batch // noise_groups
