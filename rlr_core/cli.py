@@ -155,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
+        trainer.tracker.close()
     distributed.shutdown()
     return EXIT_OK
 

@@ -32,6 +32,9 @@ class Tracker:
     def flush(self) -> None:
         """Write buffered events to disk (called when ``Trainer.run()`` ends)."""
 
+    def close(self) -> None:
+        """End the tracking run (``rlr-train`` calls it when training is over)."""
+
 
 class TensorBoardTracker(Tracker):
     """Scalars and evaluation grids as TensorBoard events (``torch.utils.tensorboard``)."""
@@ -51,6 +54,9 @@ class TensorBoardTracker(Tracker):
     def flush(self) -> None:
         self.writer.flush()
 
+    def close(self) -> None:
+        self.writer.close()
+
 
 class WandbTracker(Tracker):
     """Scalars and evaluation grids as a Weights & Biases run."""
@@ -60,7 +66,7 @@ class WandbTracker(Tracker):
         name = Path(output_dir).name or "rlr"
         self.wandb = wandb
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "rlr-studio"), name=name,
-                              dir=str(output_dir), config=config)
+                              dir=str(output_dir), config=config, mode=os.environ.get("WANDB_MODE") or None)
 
     def log(self, report: Any) -> None:
         data: dict[str, Any] = dict(report_scalars(report))
@@ -70,6 +76,9 @@ class WandbTracker(Tracker):
             else:
                 data[tag] = self.wandb.Image(_grid_array(images))
         self.run.log(data, step=report.step)
+
+    def close(self) -> None:
+        self.run.finish()
 
 
 def check_report_to(report_to: str) -> None:
@@ -85,7 +94,7 @@ def check_report_to(report_to: str) -> None:
     elif report_to == "wandb":
         wandb = _import_wandb()
         mode = os.environ.get("WANDB_MODE", "").lower()
-        if mode not in ("offline", "disabled", "dryrun") and not os.environ.get("WANDB_API_KEY") and not _wandb_api_key(wandb):
+        if mode not in ("offline", "disabled", "dryrun") and not os.environ.get("WANDB_API_KEY") and not _wandb_logged_in(wandb):
             raise ValueError(
                 "report_to: wandb is not configured: run `wandb login` (or set WANDB_API_KEY), or set "
                 "WANDB_MODE=offline to log locally; or use report_to: tensorboard / none"
@@ -146,8 +155,9 @@ def _import_wandb() -> Any:
     return wandb
 
 
-def _wandb_api_key(wandb: Any) -> str | None:
+def _wandb_logged_in(wandb: Any) -> bool:
+    """Whether wandb finds credentials (``wandb login``), without prompting or network."""
     try:
-        return wandb.api.api_key
-    except Exception:  # older / newer layouts of the wandb package
-        return None
+        return bool(wandb.login(prompt=False, verify=False))
+    except Exception:  # an older wandb without these arguments
+        return False

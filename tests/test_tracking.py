@@ -48,6 +48,19 @@ def test_tensorboard_events_hold_the_reward_curve_and_eval_images(tmp_path):
     assert [e.step for e in events.Images("eval/before")] == [0]
 
 
+def test_wandb_offline_run_logs_scalars_and_eval_images(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    torch.set_num_threads(1)
+    run = TrainingRun.from_config(_config(tmp_path, report_to="wandb"))
+    list(run.trainer.run())
+    run.trainer.tracker.close()
+    media = [p.name for p in (tmp_path / "out" / "wandb").rglob("media/images/eval/*.png")]
+    assert sum(name.startswith("before") for name in media) == 1, media
+    assert sum(name.startswith("images") for name in media) == 2, media  # one grid per evaluation
+
+
 def test_report_to_none_writes_no_tracker_files(tmp_path):
     torch.set_num_threads(1)
     run = TrainingRun.from_config(_config(tmp_path, steps=1, eval_seeds=[]))
