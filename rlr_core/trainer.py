@@ -290,22 +290,21 @@ class Trainer:
         if self._started:
             return
         self._started = True
-        writes = self.world.is_main  # data parallelism: rank 0 alone writes files
-        if writes:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            self.config.to_yaml(self.output_dir / "config.yaml")
-            self.tracker = create_tracker(self.config.report_to, self.output_dir, self.config.to_dict())
+        if not self.world.is_main:  # data parallelism: rank 0 alone writes; the others only resume
+            self._start_without_writing()
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.tracker = create_tracker(self.config.report_to, self.output_dir, self.config.to_dict())
         message = ""
+        self.config.to_yaml(self.output_dir / "config.yaml")
         checkpoint = latest_checkpoint(self.output_dir) if self.config.resume else None
         if checkpoint is not None:
             self.load_checkpoint(checkpoint)
-            if writes:
-                self._truncate_metrics(self.step)
+            self._truncate_metrics(self.step)
             message = f"resumed from {checkpoint} at step {self.step}"
         else:
             if self.config.resume:
                 message = f"resume requested but no checkpoint in {self.output_dir / 'checkpoints'}; starting over"
-        if checkpoint is None and writes:
             shutil.rmtree(self.output_dir / "checkpoints", ignore_errors=True)
             self._metrics_path().write_text("", encoding="utf-8")
             if self.step == 0 and self.config.eval_seeds:
@@ -313,6 +312,26 @@ class Trainer:
                     self.config.eval_seeds, self.eval_prompts, adapters=False
                 )
         self._pending_message = message
+        self._check_same_step()
+
+    def _start_without_writing(self) -> None:
+        """``start`` on a process other than rank 0: load the newest checkpoint when resuming (rank 0
+        loads the same one), write nothing."""
+        checkpoint = latest_checkpoint(self.output_dir) if self.config.resume else None
+        if checkpoint is not None:
+            self.load_checkpoint(checkpoint)
+        self._check_same_step()
+
+    def _check_same_step(self) -> None:
+        """Data parallelism: every process must start at the same step (from the same checkpoint)."""
+        if not self.world.distributed:
+            return
+        lowest, highest = int(-distributed.max_over_processes(-self.step)), int(distributed.max_over_processes(self.step))
+        if lowest != highest:
+            raise RuntimeError(
+                f"resume: the processes start at different steps ({lowest} to {highest}); every process "
+                "must read rank 0's output_dir/checkpoints (a shared file system, or a copy at the same path)"
+            )
 
     def _guarded(self, step: int, iteration: Any) -> StepReport:
         """``iteration(step)``; on failure save the LoRA (and a checkpoint) and raise TrainingStepError."""
