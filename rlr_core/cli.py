@@ -5,6 +5,10 @@
     rlr-train --config run.yaml --resume --steps 200   # continue from the newest checkpoint
     rlr-train --config run.yaml --set lr=5e-4 --set estimator_options.h=3
 
+Data parallel: ``torchrun --nproc_per_node N -m rlr_core.cli --config run.yaml`` (or
+``accelerate launch --multi_gpu --num_processes N -m rlr_core.cli ...``) trains on N processes
+(rlr_core.distributed); rank 0 alone shows progress and writes files.
+
 Exit codes: 0 success (also after Ctrl-C, which stops after the current iteration and saves),
 2 bad config or command line (the message names the field), 1 a failure while training (the
 LoRA trained so far is saved first).
@@ -117,27 +121,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         return _bad_config(error)
 
+    from . import distributed
     from .hub import WeightsUnavailableError
     from .run import TrainingRun
     from .trainer import TrainingStepError
+
+    try:  # several processes (torchrun / accelerate launch): join them; nothing for one process
+        world = distributed.init_from_env(config.device)
+    except Exception as error:
+        print(f"{_prog()}: error: could not join the other processes: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    config.device = distributed.process_device(config.device)
+    quiet = args.quiet or not world.is_main  # progress and log lines on rank 0 only
 
     try:
         trainer = TrainingRun.from_config(config).trainer
     except (ValueError, WeightsUnavailableError) as error:  # bad field, or the model cannot be fetched
         return _bad_config(error)
     except Exception as error:
-        print(f"rlr-train: error: could not set up the run: {type(error).__name__}: {error}", file=sys.stderr)
+        print(f"{_prog()}: error: could not set up the run: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_FAILED
 
-    previous_handler = _install_sigint(trainer, args.quiet)
+    previous_handler = _install_sigint(trainer, quiet)
+    if world.distributed:
+        _install_sigterm()
     try:
-        _train(trainer, config, quiet=args.quiet)
+        _train(trainer, config, quiet=quiet)
     except TrainingStepError as error:
-        print(f"rlr-train: error: {error}", file=sys.stderr)
+        hint = ""
+        if world.distributed:
+            hint = ("; with several processes the first one to fail names the cause, the others stop "
+                    "because they lost it")
+        print(f"{_prog()}: error: {error}{hint}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
+        trainer.tracker.close()
+    distributed.shutdown()
     return EXIT_OK
 
 
@@ -197,8 +218,36 @@ def _save_grid(images: list[Any], path: Path) -> None:
 
 
 def _bad_config(error: Exception) -> int:
-    print(f"rlr-train: error: bad config: {error}", file=sys.stderr)
+    print(f"{_prog()}: error: bad config: {error}", file=sys.stderr)
     return EXIT_BAD_CONFIG
+
+
+def _prog() -> str:
+    """``rlr-train``, with ``(rank r of N)`` when a launcher started several processes."""
+    from .distributed import launched_world
+
+    label = launched_world().label()
+    return f"rlr-train ({label})" if label else "rlr-train"
+
+
+class LauncherStopped(RuntimeError):
+    """The launcher sent SIGTERM (another process failed, or the job was cancelled)."""
+
+
+def _install_sigterm() -> None:
+    """SIGTERM (torchrun stops the other processes when one fails) becomes an exception, so the
+    Trainer saves the LoRA of the last completed iteration before the process ends; while a failure
+    is already being handled (saving) it is ignored (the launcher kills the process after its grace period)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if sys.exc_info()[1] is not None:  # already handling a failure: let it save the LoRA
+            return
+        raise LauncherStopped("stopped by the launcher (SIGTERM): another process failed or the job was cancelled")
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        pass
 
 
 def _install_sigint(trainer: Any, quiet: bool) -> Any:

@@ -30,13 +30,16 @@ from typing import Any
 
 import yaml
 
-__all__ = ["TrainConfig", "HOSTED_LIMITS", "DEVICES", "DTYPES", "MAX_CONFIG_BYTES", "MAX_CONFIG_NESTING", "MAX_SEED"]
+__all__ = ["TrainConfig", "HOSTED_LIMITS", "DEVICES", "DTYPES", "MAX_CONFIG_BYTES", "MAX_CONFIG_NESTING", "MAX_SEED", "REPORT_TO"]
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 """Allowed values of ``TrainConfig.dtype`` ("auto": float16 on CUDA, float32 elsewhere, chosen by load_model)."""
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
 """Allowed forms of ``TrainConfig.device``."""
+
+REPORT_TO = ("none", "tensorboard", "wandb")
+"""Allowed values of ``TrainConfig.report_to`` (the same tuple as ``rlr_core.tracking.REPORT_TO``)."""
 
 HOSTED_LIMITS: dict[str, int] = {
     "num_steps": 50,
@@ -98,6 +101,8 @@ class TrainConfig:
     Evaluation, logging, checkpoints
         eval_seeds: one fixed seed per evaluation image (each in [0, 2**32 - 1]); eval_every: evaluate every N
         iterations (0 = only before and after); log_every: CLI log line every N iterations;
+        report_to: experiment tracking, ``"none"``, ``"tensorboard"`` (event files in
+        ``output_dir/tensorboard``) or ``"wandb"`` (see ``rlr_core.tracking``);
         report_samples: how many training images each StepReport carries as PIL images;
         checkpoint_every: checkpoint every N iterations (0 = never); keep_checkpoints: how many
         checkpoints to keep; output_dir: where metrics, images, checkpoints and the LoRA go;
@@ -138,6 +143,7 @@ class TrainConfig:
     eval_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     eval_every: int = 10
     log_every: int = 10
+    report_to: str = "none"
     report_samples: int = 0
     checkpoint_every: int = 25
     keep_checkpoints: int = 2
@@ -294,6 +300,8 @@ class TrainConfig:
         self._check_eval_seeds()
         _check_int(self, "eval_every", minimum=0)
         _check_int(self, "log_every", minimum=1)
+        if self.report_to not in REPORT_TO:
+            raise ValueError(f"report_to must be one of {', '.join(REPORT_TO)}; got {_got('report_to', self.report_to)}")
         _check_int(self, "report_samples", minimum=0, maximum=self.batch_size)
         _check_int(self, "checkpoint_every", minimum=0)
         _check_int(self, "keep_checkpoints", minimum=1)

@@ -21,6 +21,7 @@ from .config import TrainConfig
 from .estimators import Estimator, estimator_options, get_estimator
 from .hub import WeightsUnavailableError
 from .rewards import Reward, default_clip_model, get_reward
+from .tracking import check_report_to
 from .trainer import Trainer
 
 __all__ = ["ConfigError", "TrainingRun", "check_hosted_work", "HOSTED_WORK_LIMIT"]
@@ -61,6 +62,10 @@ class TrainingRun:
             raise ConfigError(_leading_field(str(error), "config"), str(error)) from None
         if hosted:
             check_hosted_work(config)
+        try:  # before loading a model: a tracker that cannot run fails at once
+            check_report_to(config.report_to)
+        except ValueError as error:
+            raise ConfigError("report_to", str(error)) from None
         options = dict(config.estimator_options)
         auto_h = options.get("h") == "auto"
         if auto_h:

@@ -8,6 +8,7 @@ same noise (common random numbers), or recompute a step's mean later for a likel
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -48,6 +49,13 @@ def draw_noise_per_seed(chain: Chain, seeds: list[int]) -> NoisePlan:
         x0=torch.cat([p.x0 for p in plans]),
         eps=[torch.cat([p.eps[k] for p in plans]) for k in range(chain.num_steps)],
     )
+
+
+def indexed_seed(base: int, index: int) -> int:
+    """A 63-bit seed for item ``index`` (a global sample / noise-set index) of a batch whose draws
+    start from ``base``: the per-sample streams that make a batch independent of how it is split."""
+    digest = hashlib.sha256(f"{int(base)}:{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def take_step(

@@ -36,6 +36,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from . import distributed
 from .cancel import Cancelled, cancellable, shielded
 from .chain import Chain, LoraChain
 from .checkpoints import (
@@ -55,6 +56,7 @@ from .diagnostics import cosine
 from .estimators.base import Estimator, GradientEstimate, Rollout
 from .images import to_pil
 from .rewards import Reward
+from .tracking import Tracker, check_report_to, create_tracker
 
 __all__ = ["StepReport", "Trainer", "TrainingStepError", "latest_checkpoint", "step_seed"]
 
@@ -223,6 +225,14 @@ class Trainer:
                 f"(the batch is split in {self.noise_groups} groups sharing noise); got {config.batch_size}"
             )
         estimator.check(chain, reward, config.batch_size)
+        check_report_to(config.report_to)
+        self.tracker = Tracker()  # start() replaces it with config.report_to's on rank 0
+        # data parallelism (rlr_core.distributed): this process's whole noise sets of every batch
+        self.world = distributed.current_world()
+        self.shard = distributed.BatchShard.split(config.batch_size, self.noise_groups, self.world)
+        if self.world.distributed:
+            estimator.set_shard(self.shard)
+            distributed.broadcast_parameters(self.params)  # the same LoRA on every process
 
     @property
     def is_lora_chain(self) -> bool:
@@ -257,7 +267,7 @@ class Trainer:
         self.start()
         done = 0
         try:
-            while self.step < self.config.steps and not self.stop_requested:
+            while self.step < self.config.steps and not self._should_stop():
                 if max_iterations is not None and done >= max_iterations:
                     break
                 try:
@@ -274,6 +284,11 @@ class Trainer:
             raise
         self._clear_stop()
         self.export_lora(self.output_dir / "lora")
+        self.tracker.flush()
+
+    def _should_stop(self) -> bool:
+        """The stop flag, agreed by every process (a stop on any process stops them all together)."""
+        return distributed.any_process(self.stop_requested) if self.world.distributed else self.stop_requested
 
     def _clear_stop(self) -> None:
         self._stop_event.clear()
@@ -309,9 +324,13 @@ class Trainer:
         if self._started:
             return
         self._started = True
+        if not self.world.is_main:  # data parallelism: rank 0 alone writes; the others only resume
+            self._start_without_writing(initialize_lora)
+            return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for folder in (self.output_dir, self.output_dir / "checkpoints"):
             remove_stale_temporaries(folder)
+        self.tracker = create_tracker(self.config.report_to, self.output_dir, self.config.to_dict())
         message = ""
         self.config.to_yaml(self.output_dir / "config.yaml")
         checkpoint = latest_checkpoint(self.output_dir) if self.config.resume else None
@@ -331,6 +350,28 @@ class Trainer:
                     self.config.eval_seeds, self.eval_prompts, adapters=False
                 )
         self._pending_message = message
+        self._check_same_step()
+
+    def _start_without_writing(self, initialize_lora: bool) -> None:
+        """``start`` on a process other than rank 0: load the newest checkpoint when resuming (rank 0
+        loads the same one), else draw the same fresh LoRA from the seed as rank 0; write nothing."""
+        checkpoint = latest_checkpoint(self.output_dir) if self.config.resume else None
+        if checkpoint is not None:
+            self.load_checkpoint(checkpoint)
+        elif self.step == 0 and initialize_lora:
+            self.initialize_lora()
+        self._check_same_step()
+
+    def _check_same_step(self) -> None:
+        """Data parallelism: every process must start at the same step (from the same checkpoint)."""
+        if not self.world.distributed:
+            return
+        lowest, highest = int(-distributed.max_over_processes(-self.step)), int(distributed.max_over_processes(self.step))
+        if lowest != highest:
+            raise RuntimeError(
+                f"resume: the processes start at different steps ({lowest} to {highest}); every process "
+                "must read rank 0's output_dir/checkpoints (a shared file system, or a copy at the same path)"
+            )
 
     def initialize_lora(self) -> bool:
         """Re-draw the chain's LoRA from ``config.seed`` when it is still untrained; True if it did.
@@ -359,6 +400,8 @@ class Trainer:
         except Exception as error:
             saved, checkpoint = self._save_after_failure()
             where = f"LoRA of step {self.step} saved to {saved}" if saved else "saving the LoRA failed too"
+            if not self.world.is_main:
+                where = "rank 0 saves the LoRA of the last completed iteration"
             if checkpoint:
                 where += f", checkpoint {checkpoint}"
             raise TrainingStepError(
@@ -370,8 +413,8 @@ class Trainer:
 
     def _iteration(self, step: int) -> StepReport:
         start = time.perf_counter()
-        indices = self.batch_prompt_indices(step)
-        prompts = [self.prompts[i] for i in indices]
+        indices = self.batch_prompt_indices(step)  # the whole batch's
+        prompts = self.shard.select([self.prompts[i] for i in indices])  # this process's rows (all of them alone)
         generator = self.generator_for(step)
         before = [p.detach().clone() for p in self.params]
         self._zero_grads()
@@ -391,7 +434,7 @@ class Trainer:
         epoch_messages = [self._update_message(estimate, self.apply_update(estimate))]
         peak = float(estimate.peak_memory_mb)
         for _ in range(1, self.estimator.inner_epochs):
-            if estimate.skipped or estimate.rollout is None or self.stop_requested:
+            if estimate.skipped or estimate.rollout is None or self._should_stop():
                 break
             try:
                 again = self.estimator.gradient(estimate.rollout, estimate.rewards)
@@ -403,7 +446,7 @@ class Trainer:
             update_norm = math.sqrt(sum(float((p.detach() - b).double().pow(2).sum()) for p, b in zip(self.params, before)))
         estimate.rollout = None  # free the graph / activations before evaluating
 
-        rewards = [float(r) for r in estimate.rewards.detach().double().cpu().reshape(-1)]
+        rewards = [float(r) for r in self.shard.gather(estimate.rewards).double().cpu().reshape(-1)]  # whole batch
         finite = [r for r in rewards if math.isfinite(r)]
         report = StepReport(
             step=step,
@@ -414,13 +457,13 @@ class Trainer:
             cosines=part_cosines(estimate.parts),
             update_norm=update_norm,
             seconds=0.0,
-            peak_memory_mb=peak,
+            peak_memory_mb=distributed.max_over_processes(peak),
             skipped=estimate.skipped,
             total_steps=config.steps,
-            prompts=[str(p) for p in estimate.prompts],
+            prompts=[str(p) for p in self.shard.gather_objects(estimate.prompts)],
             prompt_indices=list(prompt_indices),
             sample_images=(to_pil(estimate.images[: config.report_samples]) if config.report_samples else None),
-            graph_memory_mb=float(estimate.graph_memory_mb),
+            graph_memory_mb=distributed.max_over_processes(estimate.graph_memory_mb),
             chain_steps={k: list(v) for k, v in estimate.steps.items()},
             signal=self.signal_reference.cosines(estimate),
             info={k: float(v) for k, v in estimate.info.items()},
@@ -430,16 +473,18 @@ class Trainer:
         if step == 1 and self.before_rewards is not None:
             report.before_images, report.before_rewards = self.before_images, self.before_rewards
 
-        if self._eval_due(step) and config.eval_seeds:
+        if self.world.is_main and self._eval_due(step) and config.eval_seeds:
             with shielded():  # the update is applied: this iteration completes
                 report.eval_images, report.eval_rewards = self.evaluate(config.eval_seeds, self.eval_prompts)
-        if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
+        if self.world.is_main and config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
             report.checkpoint = str(self.save_checkpoint(self._checkpoint_dir(step)))
             self._prune_checkpoints()
         report.seconds = time.perf_counter() - start
         report.message = "; ".join(m for m in [self._pending_message, *epoch_messages] if m)
         self._pending_message = ""
-        self._append_metrics(report)
+        if self.world.is_main:
+            self._append_metrics(report)
+            self.tracker.log(report)
         return report
 
     # ------------------------------------------------------------------ pieces of an iteration
@@ -568,8 +613,11 @@ class Trainer:
 
     def export_lora(self, directory: str | os.PathLike) -> Path:
         """Write the LoRA to ``directory`` atomically (``chain.save_lora`` in the diffusers format when
-        available, else ``trainable_parameters.safetensors``) and return the directory."""
+        available, else ``trainable_parameters.safetensors``) and return the directory.
+        Only rank 0 writes (data parallelism: every process holds the same LoRA)."""
         directory = Path(directory)
+        if not self.world.is_main:
+            return directory
 
         def write(tmp: Path) -> None:
             if self.is_lora_chain:
@@ -585,8 +633,11 @@ class Trainer:
 
     def save_checkpoint(self, directory: str | os.PathLike, rng: dict[str, Any] | None = None) -> Path:
         """Atomically write a checkpoint to ``directory``: LoRA, optimizer, step, RNG states,
-        estimator state and config (written to a temporary directory, then renamed)."""
+        estimator state and config (written to a temporary directory, then renamed). Only rank 0
+        writes; the state is the same on every process, so any number of processes can resume it."""
         directory = Path(directory)
+        if not self.world.is_main:
+            return directory
         state = {
             "format": 1,
             "step": self.step,
@@ -639,6 +690,8 @@ class Trainer:
 
     def _save_after_failure(self) -> tuple[str | None, str | None]:
         saved = checkpoint = None
+        if not self.world.is_main:  # rank 0 alone writes
+            return saved, checkpoint
         try:
             self._zero_grads()
             if self.config.checkpoint_every and self.step > 0:
@@ -693,7 +746,7 @@ def part_cosines(parts: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 _RUN_ONLY_FIELDS = {"steps", "output_dir", "resume", "eval_seeds", "eval_every", "eval_prompts", "log_every",
-                    "report_samples", "checkpoint_every", "keep_checkpoints", "device"}
+                    "report_samples", "checkpoint_every", "keep_checkpoints", "device", "report_to"}
 
 
 def _differing_fields(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

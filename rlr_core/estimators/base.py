@@ -8,6 +8,14 @@ Each estimator works in two phases: ``rollout(chain, prompts, generator, differe
 samples the batch and keeps only what its gradient needs, ``gradient(rollout, rewards)`` turns
 rewards into ``p.grad``. ``estimate()`` is the two with the reward called in between; a human
 preference round calls them separately with the clicks as rewards.
+
+Randomness: everything shared by the batch (the HO start j, sampled steps, a per-batch ZO
+direction) is drawn from the generator passed in; the noise of noise set i (and its own ZO
+direction) comes from a generator of its own, seeded from one draw of that generator and i
+(``noise_set_seeds``). Under data parallelism (``shard`` set by the Trainer) i is the set's
+index in the *global* batch and every mean, baseline and normalisation is over the global
+batch, so each process's ``parts`` are its rows' contributions to the whole batch's estimate;
+``gradient`` sums them over the processes before writing ``p.grad``.
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ from typing import Any
 import torch
 
 from ..chain import Chain
+from ..distributed import BatchShard, sum_over_processes
 from ..memory import MemoryMeter
+from ..sampling import NoisePlan, draw_noise_per_seed, indexed_seed
 
 BASELINES = ("loo", "none", "prompt")
 
@@ -158,6 +168,7 @@ class Estimator:
     requires_differentiable_reward: bool = False
     ui_options: tuple[str, ...] = ()  # options a form shows as their own fields (the others go in JSON)
     option_choices: dict[str, tuple] = {}  # allowed values of string options, for dropdowns
+    shard: BatchShard | None = None  # this process's rows of the global batch (data parallelism); None = all
 
     def __init__(self, baseline: str = "loo", normalize: bool = False) -> None:
         check_choice("baseline", baseline, BASELINES)
@@ -207,13 +218,21 @@ class Estimator:
                 f"(leave-one-out needs samples that share no noise with the one it scores), got {batch_size}"
             )
 
+    def set_shard(self, shard: BatchShard | None) -> None:
+        """Estimate from this process's rows of a global batch (``Trainer`` under data parallelism).
+
+        ``estimate`` then takes this process's prompts (``shard.select`` of the batch), and the
+        gradient written to ``p.grad`` is that of the whole global batch, the same on every process.
+        """
+        self.shard = shard if shard is not None and shard.world_size > 1 else None
+
     def uses_baseline(self) -> bool:
         """Whether the advantages use ``baseline`` (the leave-one-out minimum batch applies)."""
         return self.baseline != "none"
 
     def check_rollout(self, chain: Chain, prompts: list[Any], differentiable_reward: bool) -> None:
         """The checks every ``rollout`` starts with: set-up (chain, reward, batch size) and prompt groups."""
-        self._check_setup(chain, differentiable_reward, len(prompts))
+        self._check_setup(chain, differentiable_reward, self.shard.global_size if self.shard else len(prompts))
         self.check_prompt_groups(prompts, differentiable_reward)
 
     def check_prompt_groups(self, prompts: list[Any], differentiable_reward: bool) -> None:
@@ -267,6 +286,9 @@ class Estimator:
             self.check_reward_graph(rollout, rewards)
         info: dict[str, float] = {}
         parts = self.parts(rollout, rewards, info)
+        if self.shard is not None:  # every process's rows' contributions -> the whole batch's estimate
+            parts = {name: sum_over_processes(value) for name, value in parts.items()}
+        parts = self.combine(rollout, parts, info)
         result = self.finish(rollout, rewards, parts, first_use=rollout.uses == 0)
         rollout.uses += 1
         result.info.update(info)
@@ -282,6 +304,11 @@ class Estimator:
     def parts(self, rollout: Rollout, rewards: torch.Tensor, info: dict[str, float]) -> dict[str, torch.Tensor]:
         """Subclasses: the flat gradient of -E[r] per part (rewards are finite); may fill ``info``."""
         raise NotImplementedError
+
+    def combine(self, rollout: Rollout, parts: dict[str, torch.Tensor], info: dict[str, float]) -> dict[str, torch.Tensor]:
+        """Subclasses: post-process the whole batch's parts (summed over processes) and update
+        statistics kept across iterations (the same on every process); the base keeps them."""
+        return parts
 
     def estimate(
         self, chain: Chain, reward: Any, prompts: list[str], generator: torch.Generator
@@ -307,20 +334,50 @@ class Estimator:
         self.prompt_baseline.load_state_dict(state.get("prompt_baseline", {}))
 
     # --- helpers for subclasses ------------------------------------------------------------
+    def noise_set_seeds(self, generator: torch.Generator, count: int) -> list[int]:
+        """One seed per local noise set: from one draw of ``generator`` and the set's global index.
+
+        Every process draws the same value from its (identically seeded) generator, so noise set
+        i gets the same seed whichever process samples it.
+        """
+        base = random_int(generator, 2**62)
+        start = self.shard.start if self.shard else 0
+        return [indexed_seed(base, start + i) for i in range(count)]
+
+    def draw_noise(self, chain: Chain, count: int, generator: torch.Generator) -> NoisePlan:
+        """x[0] and the step noises of ``count`` noise sets, each set from its own seeded generator."""
+        return draw_noise_per_seed(chain, self.noise_set_seeds(generator, count))
+
+    def batch_size(self, rewards: torch.Tensor) -> int:
+        """Rows of the whole batch (all processes): what means over the batch divide by."""
+        return self.shard.global_size if self.shard else int(rewards.shape[0])
+
+    def batch_rewards(self, rewards: torch.Tensor) -> torch.Tensor:
+        """The detached rewards of the whole batch (gathered from every process under data parallelism)."""
+        return self.shard.gather(rewards) if self.shard else rewards.detach()
+
+    def sum_numbers(self, values: list[float]) -> list[float]:
+        """``values`` summed over the processes (counts, e.g. PPO clip statistics)."""
+        if self.shard is None:
+            return list(values)
+        return sum_over_processes(torch.tensor(values, dtype=torch.float64)).tolist()
+
     def advantages(self, rewards: torch.Tensor, prompts: list[str], noise_groups: int = 1) -> torch.Tensor:
         """r - b per sample, with b independent of the sample's own noise (keeps the sum unbiased).
 
         Samples i, i + n, i + 2n, ... (n = B / noise_groups) share noise, so the leave-one-out
         baseline of sample i leaves all of them out.
         """
-        r = rewards.detach().double()
-        batch = r.shape[0]
         if self.baseline == "none":
-            return r
+            return rewards.detach().double()
+        every = self.batch_rewards(rewards).double()  # leave-one-out over the whole batch
+        rows = torch.tensor(self.shard.global_rows(), device=every.device) if self.shard else torch.arange(every.shape[0], device=every.device)
+        r = every[rows]
+        batch = every.shape[0]
         n = batch // noise_groups
-        group_sums = r.view(noise_groups, n).sum(0).repeat(noise_groups)  # sum over i's noise set
+        group_sums = every.view(noise_groups, n).sum(0).repeat(noise_groups)[rows]  # sum over i's noise set
         others = batch - noise_groups
-        loo = (r.sum() - group_sums) / others if others > 0 else torch.zeros_like(r)
+        loo = (every.sum() - group_sums) / others if others > 0 else torch.zeros_like(r)
         if self.baseline == "loo":
             return r - loo
         # "prompt": running mean from earlier iterations, leave-one-out for unseen prompts
@@ -331,7 +388,7 @@ class Estimator:
     def fo_part(self, rollout: Rollout, rewards: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
         """First-order part: backprop of -weight * mean(r) (times ``reward_scale``) through the graph
         the rollout kept (reward, decode and the reparameterized steps)."""
-        loss = -weight * self.reward_scale(rewards) * rewards.mean()
+        loss = -weight * self.reward_scale(rewards) * rewards.sum() / self.batch_size(rewards)
         return part_gradient(loss, rollout.chain.trainable_parameters())
 
     def ppo_part(
@@ -341,7 +398,7 @@ class Estimator:
         (advantages from this estimator's baseline; None when no step is recorded)."""
         chain, data = rollout.chain, rollout.data
         advantages = self.advantages(rewards, rollout.prompts)
-        weight = self.reward_scale(rewards) / rewards.shape[0]
+        weight = self.reward_scale(rewards) / self.batch_size(rewards)
         total = None
         for k in rollout.steps.get("lr", []):
             grad = ppo_step_gradient(chain, data["cond"], k, data["record"][k], advantages, clip_range, weight, stats)
@@ -350,13 +407,14 @@ class Estimator:
 
     def reward_scale(self, rewards: torch.Tensor) -> float:
         """1 / batch std when ``normalize`` is on (rescales the whole gradient), else 1."""
-        if not self.normalize or rewards.numel() < 2:
+        every = self.batch_rewards(rewards) if self.normalize else rewards
+        if not self.normalize or every.numel() < 2:
             return 1.0
-        return 1.0 / (float(rewards.detach().double().std()) + 1e-8)
+        return 1.0 / (float(every.double().std()) + 1e-8)
 
     def skipped_if_not_finite(self, rollout: Rollout, rewards: torch.Tensor) -> GradientEstimate | None:
         """A zero-gradient, ``skipped`` result when some reward is NaN or infinite, else None."""
-        finite = torch.isfinite(rewards.detach())
+        finite = torch.isfinite(self.batch_rewards(rewards))  # one decision for every process
         if bool(finite.all()):
             return None
         bad = [i for i, ok in enumerate(finite.tolist()) if not ok]
@@ -387,8 +445,9 @@ class Estimator:
         covered = [k for name, ks in rollout.steps.items() if name not in ("dropped", "uncovered") for k in ks]
         norms = {name: float(v.norm()) for name, v in parts.items()}
         norms["total"] = float(total.norm())
-        if self.baseline == "prompt" and first_use:
-            self.prompt_baseline.update([str(p) for p in rollout.prompts], rewards.detach().cpu())
+        if self.baseline == "prompt" and first_use:  # the whole batch's rows, in order, on every process
+            prompts = self.shard.gather_objects([str(p) for p in rollout.prompts]) if self.shard else rollout.prompts
+            self.prompt_baseline.update([str(p) for p in prompts], self.batch_rewards(rewards).cpu())
         return GradientEstimate(
             rewards=rewards.detach().float().cpu(),
             images=rollout.display_images(),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..chain import Chain
-from ..sampling import draw_noise, run_steps, take_step
+from ..sampling import run_steps, take_step
 from .base import Estimator, Rollout, check_positive
 
 
@@ -43,7 +43,7 @@ class DDPOEstimator(Estimator):
         self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
     ) -> Rollout:
         T = chain.num_steps
-        noise = draw_noise(chain, len(prompts), generator)
+        noise = self.draw_noise(chain, len(prompts), generator)
         cond = chain.condition(list(prompts))
         record = {k: None for k in range(T)}
         with torch.no_grad():
@@ -74,5 +74,6 @@ class DDPOEstimator(Estimator):
         lr = self.ppo_part(rollout, rewards, self.clip_range, clip_stats)
         if lr is not None:
             parts["lr"] = lr
-        info["clip_fraction"] = clip_stats.get("clipped", 0.0) / max(clip_stats.get("ratios", 0.0), 1.0)
+        clipped, ratios = self.sum_numbers([clip_stats.get("clipped", 0.0), clip_stats.get("ratios", 0.0)])
+        info["clip_fraction"] = clipped / max(ratios, 1.0)
         return parts

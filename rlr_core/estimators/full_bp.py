@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..chain import Chain
-from ..sampling import draw_noise, run_steps
+from ..sampling import run_steps
 from .base import Estimator, Rollout
 
 
@@ -28,7 +28,7 @@ class FullBackpropEstimator(Estimator):
     def sample(
         self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
     ) -> Rollout:
-        noise = draw_noise(chain, len(prompts), generator)
+        noise = self.draw_noise(chain, len(prompts), generator)
         cond = chain.condition(list(prompts))
         with torch.enable_grad():
             x = run_steps(chain, noise.x0, range(chain.num_steps), cond, noise, checkpointing=self.checkpointing)

@@ -51,7 +51,7 @@ import math
 import torch
 
 from ..chain import Chain, perturbation_direction, step_std_is_zero
-from ..sampling import NoisePlan, RecordedStep, draw_noise, gaussian_log_prob, run_steps, step_log_prob, take_step
+from ..sampling import NoisePlan, RecordedStep, gaussian_log_prob, run_steps, step_log_prob, take_step
 from .base import (
     Estimator,
     Rollout,
@@ -180,8 +180,8 @@ class RLREstimator(Estimator):
 
     def _zo_seed_table(self, n: int, zo_steps: list[int], generator: torch.Generator) -> list[dict[int, int]]:
         """Direction seeds per noise set i and ZO step k, shared as ``zo_directions`` says."""
-        if self.zo_directions == "per-sample":
-            seeds = [random_int(generator, 2**31 - 1) for _ in range(n)]
+        if self.zo_directions == "per-sample":  # one per noise set, from its global index
+            seeds = [seed % (2**31 - 1) for seed in self.noise_set_seeds(generator, n)]
             return [{k: seeds[i] for k in zo_steps} for i in range(n)]
         if self.zo_directions == "per-batch":
             seed = random_int(generator, 2**31 - 1)
@@ -208,7 +208,7 @@ class RLREstimator(Estimator):
         exit_signs = (1.0, -1.0) if self.antithetic else (1.0,)
         groups = [(zo, ex) for zo in zo_signs for ex in exit_signs]
         n = len(prompts) // len(groups)
-        noise = draw_noise(chain, n, generator)
+        noise = self.draw_noise(chain, n, generator)
         zo_seeds = self._zo_seed_table(n, zo_steps, generator)  # zo_seeds[i][k]: direction of sample i, step k
 
         # Samples that differ only in their exit twin form one "block"; only the ZO sign (a
@@ -281,8 +281,8 @@ class RLREstimator(Estimator):
         params = chain.trainable_parameters()
         groups = data["groups"]
         scale = self.reward_scale(rewards)
-        batch = rewards.shape[0]
-        n = batch // len(groups)
+        batch = self.batch_size(rewards)  # the whole batch: this process's rows are part of it
+        n = rewards.shape[0] // len(groups)
         r = rewards.detach().double().view(len(groups), n)  # row g = group g
         parts: dict[str, torch.Tensor] = {}
 
@@ -296,7 +296,7 @@ class RLREstimator(Estimator):
         else:
             ho_advantages = self.advantages(rewards, rollout.prompts, len(groups))
         def ho_gradient(log_prob: torch.Tensor) -> torch.Tensor:
-            return part_gradient(-self.ho_weight * scale * (ho_advantages.to(log_prob) * log_prob).mean(), params)
+            return part_gradient(-self.ho_weight * scale * (ho_advantages.to(log_prob) * log_prob).sum() / batch, params)
 
         try:
             parts["ho"] = ho_gradient(log_prob)
@@ -307,7 +307,6 @@ class RLREstimator(Estimator):
             # (our chains swap tensors instead). theta is restored exactly, so recomputing the
             # sub-chain from the stored x[j] gives the same log-probability with a valid graph.
             parts["ho"] = ho_gradient(self._recompute_ho_log_prob(rollout))
-        self._remember_ho_norm(data["j"], float(parts["ho"].norm()))
 
         lr_steps = rollout.steps.get("lr", [])
         if lr_steps:
@@ -322,6 +321,7 @@ class RLREstimator(Estimator):
             T = chain.num_steps
             # slope_i: antithetic difference quotient of noise set i (averaged over exit twins)
             slopes = (r[plus] - r[minus]).mean(0) / (2 * self.zo_scale)
+            num_sets = batch // len(groups)  # noise sets of the whole batch
             zo = torch.zeros(sum(p.numel() for p in params))
             for i, row in enumerate(data["zo_seeds"]):
                 for seed in sorted(set(row.values())):  # one term per distinct direction
@@ -330,9 +330,13 @@ class RLREstimator(Estimator):
                     weight = sum(self.fo_weight if k == T - 1 else self.remaining_weight for k in steps_with_seed)
                     weight /= len(steps_with_seed)
                     xi = flatten(perturbation_direction(params, seed), params).cpu()
-                    zo = zo - (weight * scale * float(slopes[i]) / len(slopes)) * xi
+                    zo = zo - (weight * scale * float(slopes[i]) / num_sets) * xi
             parts["zo"] = zo.to(parts["ho"].device)
+        return parts
 
+    def combine(self, rollout: Rollout, parts: dict[str, torch.Tensor], info: dict[str, float]) -> dict[str, torch.Tensor]:
+        """Remember the whole batch's HO norm (``j_sampling="grad-norm"``) and apply the part weights."""
+        self._remember_ho_norm(rollout.data["j"], float(parts["ho"].norm()))
         weights = self._weigh_parts(parts)
         info.update({f"weight_{name}": w for name, w in weights.items()})
         return parts

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..chain import Chain
-from ..sampling import draw_noise, run_steps, take_step
+from ..sampling import run_steps, take_step
 from .base import Estimator, Rollout, check_positive, part_gradient
 
 
@@ -41,7 +41,7 @@ class RLRReleasedEstimator(Estimator):
         T = chain.num_steps
         order = torch.randperm(T - 1, generator=generator, device=generator.device).tolist()
         lr_steps = sorted(order[: self.chain_len])
-        noise = draw_noise(chain, len(prompts), generator)
+        noise = self.draw_noise(chain, len(prompts), generator)
         cond = chain.condition(list(prompts))
         record = {k: None for k in lr_steps}
         with torch.no_grad():
@@ -55,5 +55,5 @@ class RLRReleasedEstimator(Estimator):
 
     def parts(self, rollout: Rollout, rewards: torch.Tensor, info: dict[str, float]) -> dict[str, torch.Tensor]:
         # the released code does not normalise its first-order term, only the advantages
-        fo = part_gradient(-rewards.mean(), rollout.chain.trainable_parameters())
+        fo = part_gradient(-rewards.sum() / self.batch_size(rewards), rollout.chain.trainable_parameters())
         return {"fo": fo, "lr": self.ppo_part(rollout, rewards, self.clip_range)}

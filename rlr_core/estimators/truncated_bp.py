@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..chain import Chain
-from ..sampling import draw_noise, run_steps
+from ..sampling import run_steps
 from .base import Estimator, Rollout, random_int
 
 
@@ -45,7 +45,7 @@ class TruncatedBackpropEstimator(Estimator):
         k = self.k
         if self.k_range is not None:
             k = self.k_range[0] + random_int(generator, self.k_range[1] - self.k_range[0] + 1)
-        noise = draw_noise(chain, len(prompts), generator)
+        noise = self.draw_noise(chain, len(prompts), generator)
         cond = chain.condition(list(prompts))
         with torch.no_grad():
             x = run_steps(chain, noise.x0, range(0, T - k), cond, noise)

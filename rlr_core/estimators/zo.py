@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..chain import Chain, perturbation_direction
-from ..sampling import draw_noise, run_steps
+from ..sampling import run_steps
 from .base import Estimator, Rollout, check_positive, flatten, random_int
 
 
@@ -36,7 +36,7 @@ class ZerothOrderEstimator(Estimator):
         self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
     ) -> Rollout:
         n = len(prompts) // 2
-        noise = draw_noise(chain, n, generator)
+        noise = self.draw_noise(chain, n, generator)
         seed = random_int(generator, 2**31 - 1)
         images = []
         with torch.no_grad():
@@ -52,6 +52,7 @@ class ZerothOrderEstimator(Estimator):
         params = rollout.chain.trainable_parameters()
         r = rewards.detach().double()
         half = r.shape[0] // 2
-        slope = float((r[:half] - r[half:]).mean()) / (2 * self.scale)
+        pairs = self.batch_size(rewards) // 2  # +/- pairs of the whole batch
+        slope = float((r[:half] - r[half:]).sum()) / pairs / (2 * self.scale)
         xi = flatten(perturbation_direction(params, rollout.data["seed"]), params)
         return {"zo": -(self.reward_scale(rewards) * slope) * xi}
