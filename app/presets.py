@@ -36,10 +36,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "reward_options": json.dumps(STAR_DEMO_REWARD_OPTIONS),
         "prompt": "a red circle on a white background",
         "estimator": "rlr",
-        "h": "2",
-        "remaining": "none",
-        "window": "1, 6",
-        "estimator_options": "{}",
+        # in the JSON field, not the h / window fields: changing the estimator resets those fields
+        "estimator_options": json.dumps({"h": 2, "window": [1, 6]}),
         "num_steps": 20,
         "eta": 1.0,
         "batch_size": 8,

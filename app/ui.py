@@ -290,8 +290,12 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
                             return [gr.update(value=filled[key], visible=filled[key] is not None)
                                     if FIELD_BY_KEY[key].is_estimator_option else gr.update(value=filled[key]) for key in FORM_KEYS]
 
-                        preset_box.change(on_preset, inputs=[preset_box, *(widgets[key] for key in FORM_KEYS)],
-                                          outputs=[widgets[key] for key in FORM_KEYS], queue=False, **UI_ONLY)
+                        # twice: the first fill changes model / reward / estimator, whose own .change events reset
+                        # the reward options and the estimator fields; the second fill comes after them
+                        preset_inputs = [preset_box, *(widgets[key] for key in FORM_KEYS)]
+                        preset_outputs = [widgets[key] for key in FORM_KEYS]
+                        preset_box.change(on_preset, inputs=preset_inputs, outputs=preset_outputs, queue=False, **UI_ONLY).then(
+                            on_preset, inputs=preset_inputs, outputs=preset_outputs, queue=False, **UI_ONLY)
                     with gr.Column(scale=3, min_width=700):
                         with gr.Row():
                             start_btn = gr.Button("Start", variant="primary", elem_id="start-btn", scale=2)

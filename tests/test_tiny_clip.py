@@ -117,7 +117,7 @@ def test_unknown_clip_model_names_tiny_clip():
         get_reward("clip", clip_model="no-such-clip")
 
 
-def short_star_run(tmp_path: Path, lr: float, steps: int = 6) -> tuple[list[float], list[float]]:
+def short_star_run(tmp_path: Path, lr: float, steps: int) -> tuple[list[float], list[float]]:
     """The star preset shortened (T = 8, batch 4, ``steps`` iterations, window [1, 4]): rewards on 4 fixed seeds before and after."""
     from rlr_core.config import TrainConfig
     from rlr_core.trainer import Trainer
@@ -128,6 +128,7 @@ def short_star_run(tmp_path: Path, lr: float, steps: int = 6) -> tuple[list[floa
     config.num_steps, config.batch_size, config.steps, config.lr = 8, 4, steps, lr
     config.estimator_options = {"h": 2, "window": [1, 4]}
     config.eval_every, config.checkpoint_every, config.output_dir = 0, 0, str(tmp_path / f"run-{lr:g}")
+    torch.manual_seed(0)  # the LoRA's initial weights come from the global generator: same start in any test order
     chain, reward, estimator = config.build()
     trainer = Trainer(chain, reward, estimator, config)
     seeds = [20_000_000 + i for i in range(4)]
@@ -143,7 +144,7 @@ def test_short_star_run_raises_the_star_reward(tmp_path):
 
     Only the reward: the full demo shows that it rises without stars (README, "Measured: the star demo").
     """
-    before, after = short_star_run(tmp_path, lr=0.01)
+    before, after = short_star_run(tmp_path, lr=0.005, steps=8)  # measured: -10.67 -> -5.64 (log-probability)
     assert sum(after) / len(after) > sum(before) / len(before) + 1.0, (before, after)
 
 
