@@ -14,7 +14,8 @@ Robust shape loss (``--robust N``, used by the shipped weights as a fine-tuning 
 N images of each batch are also pushed off the data distribution (tiny, tinted, dull, washed-out,
 noisy: what a reward-hacking run draws) and attacked by a few PGD steps (L-inf ``--adv-eps``) that
 try to change their shape reading; they are trained to keep their true shape among the 4 shape
-captions with their own colour and background. Without it an optimiser (the star demo) finds
+captions with their own colour and background and the empty caption ("a white background").
+``--empty`` replaces a share of each batch by the same images with the shapes removed. Without it an optimiser (the star demo) finds
 images that read as "star" without being stars.
 
 Evaluation (``zero_shot_accuracy``): for each image, pick among the captions that vary one attribute
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .clip_model import ASSET_DIR, TinyClip, TinyClipConfig, load_tiny_clip, save_tiny_clip
+from .clip_model import ASSET_DIR, TinyClip, TinyClipConfig, clear_tiny_clip_cache, load_tiny_clip, save_tiny_clip
 from .data import BG_COLORS, COLORS, HOLDOUT_START, SHAPES, Sample, caption_for, eval_prompts, make_sample, render
 
 ATTRIBUTES = ("color", "shape", "background")
@@ -225,7 +226,8 @@ def shrink(x: torch.Tensor, g: torch.Generator, share: float = 0.5) -> torch.Ten
 def off_distribution(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Images pushed off the data distribution but keeping their shape: what a reward-hacking run draws.
 
-    Per image: half of them shrunk to 40-90% of their size about the centre (tiny shapes), a blend toward a random tint (0-60%: pink / washed-out backgrounds), per-channel gain
+    Per image: half of them shrunk to 40-90% of their size about the centre (tiny shapes), a blend
+    toward a random tint (0-60%: pink / washed-out backgrounds), per-channel gain
     (0.6-1.2) and offset (+-0.2) (dull or shifted colours), a loss of contrast toward the image mean
     (0-50%), then Gaussian noise (sigma 0-0.1). The shape itself is untouched.
     """
@@ -257,7 +259,8 @@ def adversarial(model: TinyClip, images: torch.Tensor, shape_text: torch.Tensor,
 
 def robust_shape_loss(model: TinyClip, images: torch.Tensor, batch: list[Sample], eps: float, steps: int,
                       g: torch.Generator) -> torch.Tensor:
-    """Shape cross-entropy (among the 4 shape captions with the sample's own colour and background) of
+    """Shape cross-entropy (among the 4 shape captions with the sample's own colour and background, and
+    the empty caption) of
     off-distribution versions of ``images`` and of PGD adversarial versions of them: a change that is not
     a change of shape must not move the shape scores (the star demo's reward hacking)."""
     text = model.encode_text(shape_captions(batch)).view(len(batch), len(SHAPE_CLASSES), -1)
@@ -414,6 +417,7 @@ def main(argv=None) -> dict:
     if init_training is not None:
         extra["training"]["init"] = init_training
     save_tiny_clip(model, args.out, extra=extra)
+    clear_tiny_clip_cache()  # --init may have cached the old weights of the same folder
     result = evaluate_saved(args.out, args.eval_generated)
     meta_path = Path(args.out) / "config.json"
     meta = json.loads(meta_path.read_text())
