@@ -28,7 +28,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import gradio as gr  # noqa: E402
 
 from . import form as train_form  # noqa: E402
-from . import formatting, runner, state  # noqa: E402
+from . import formatting, presets, runner, state  # noqa: E402
 from .form import FIELD_BY_KEY, FIELDS, FORM_DEFAULTS, FORM_KEYS, Field  # noqa: E402
 from .settings import DEFAULT_PROMPTS, MODEL_PRESETS, TINY_MISSING_MESSAGE, caps, run_folder_seconds, tiny_model_available  # noqa: E402
 from .state import FieldError  # noqa: E402
@@ -287,6 +287,8 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
             with gr.Tab("Train", id="train"):
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=2, min_width=420):
+                        preset_box = gr.Dropdown(choices=presets.preset_names(), value=presets.NO_PRESET, label="Preset",
+                                                 info="fills the form below", elem_id="preset")
                         with gr.Row():
                             for key in ("model", "reward"):
                                 widgets[key] = make_widget(FIELD_BY_KEY[key], hosted)
@@ -301,6 +303,18 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
                                     for field in FIELDS:
                                         if field.section == section:
                                             widgets[field.key] = make_widget(field, hosted)
+
+                        def on_preset(name: str, *values: Any) -> list:
+                            filled = presets.apply_preset(name, dict(zip(FORM_KEYS, values)))
+                            return [gr.update(value=filled[key], visible=filled[key] is not None)
+                                    if FIELD_BY_KEY[key].is_estimator_option else gr.update(value=filled[key]) for key in FORM_KEYS]
+
+                        # twice: the first fill changes model / reward / estimator, whose own .change events reset
+                        # the reward options and the estimator fields; the second fill comes after them
+                        preset_inputs = [preset_box, *(widgets[key] for key in FORM_KEYS)]
+                        preset_outputs = [widgets[key] for key in FORM_KEYS]
+                        preset_box.change(on_preset, inputs=preset_inputs, outputs=preset_outputs, queue=False, **UI_ONLY).then(
+                            on_preset, inputs=preset_inputs, outputs=preset_outputs, queue=False, **UI_ONLY)
                     with gr.Column(scale=3, min_width=700):
                         with gr.Row():
                             start_btn = gr.Button("Start", variant="primary", elem_id="start-btn", scale=2)

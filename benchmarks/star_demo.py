@@ -34,7 +34,8 @@ EVAL_SEED0 = 20_000_000  # held out: training data seeds < 10,000,000, tiny-mode
 
 
 def detector_summary(images: torch.Tensor) -> dict:
-    """Share of images the tiny detector reads as each shape, and as red, and as white background."""
+    """What the tiny detector reads: share of each shape, of red, of white backgrounds, of all three
+    at once ("a red star on a white background"), and the mean area of the largest shape (pixels)."""
     from rlr_core.tiny.detect import detect
 
     found = [detect(im) for im in images]
@@ -45,6 +46,8 @@ def detector_summary(images: torch.Tensor) -> dict:
         "shape_fractions": shapes,
         "red_fraction": sum(d.color == "red" for d in found) / n,
         "white_background_fraction": sum(d.background == "white" for d in found) / n,
+        "red_star_on_white_fraction": sum(d.shape == "star" and d.color == "red" and d.background == "white" for d in found) / n,
+        "mean_shape_area": sum(float(d.features.get("area", 0.0)) for d in found) / n,
         "detected": [d.shape for d in found],
     }
 

@@ -153,6 +153,9 @@ _REGISTRY: dict[str, RewardInfo] = {
                 "clamp": RewardOption(False, bool, "use max(cos, 0) as in the CLIPScore metric (zero gradient below 0)"),
                 "text": RewardOption("", str, "score every image against this text instead of its prompt ('' = the prompt)"),
                 "negative_text": RewardOption("", str, "subtract the cosine to this text: scale x (cos(text) - cos(negative_text)) ('' = none)"),
+                "contrast_texts": RewardOption(
+                    "", str, "captions separated by '|': the reward becomes log p(text | image) among text and these, log_softmax(scale x cos) ('' = none)"
+                ),
                 "model": RewardOption("", str, "alias of clip_model, e.g. 'tiny-clip' ('' = use clip_model)"),
             },
         ),
@@ -316,6 +319,8 @@ def _coerce(reward: str, key: str, value: Any, opt: RewardOption) -> Any:
             value = int(value)
         elif kind is str and key == "color" and isinstance(value, (list, tuple)):
             value = tuple(value)  # target-color accepts an RGB triple too
+        elif kind is str and key == "contrast_texts" and isinstance(value, (list, tuple)):
+            value = "|".join(str(v) for v in value)  # clip accepts a list of captions too
         elif kind is str:
             value = str(value)
     except (TypeError, ValueError):

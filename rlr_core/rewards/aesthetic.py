@@ -154,14 +154,32 @@ class AestheticReward(_ClipReward):
         return self.head(images.device)(emb).float()
 
 
+def parse_contrast_texts(contrast_texts: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The captions of the ``contrast_texts`` option: a ``|``-separated string or a list ('' = none)."""
+    if isinstance(contrast_texts, str):
+        parts = contrast_texts.split("|")
+    elif isinstance(contrast_texts, (list, tuple)) and all(isinstance(t, str) for t in contrast_texts):
+        parts = list(contrast_texts)
+    else:
+        raise ValueError(
+            f"contrast_texts={contrast_texts!r} is not allowed; allowed values: captions separated by '|' "
+            "(or a list of strings), '' = none"
+        )
+    return tuple(dict.fromkeys(t.strip() for t in parts if t.strip()))
+
+
 class ClipScoreReward(_ClipReward):
     """CLIP score: ``scale * cos(image, text)`` (``clamp=True``: ``scale * max(cos, 0)``). Differentiable.
 
     ``text`` is the caption every image is scored against ('' = each image's own prompt), so a run
     can ask for something the prompt does not say. ``negative_text`` (optional) is subtracted:
     ``scale * (cos(image, text) - cos(image, negative_text))``, a direction between two captions
-    (changes that raise both cosines, e.g. a drifting background, cancel out). ``clip_model="tiny-clip"`` uses the bundled
-    offline tiny-clip (``pretrained`` and ``precision`` are then ignored).
+    (changes that raise both cosines, e.g. a drifting background, cancel out). ``contrast_texts``
+    (optional, captions separated by ``|``) turns the score into a classification: the log-probability
+    of ``text`` (or the prompt) among it and the contrast captions, ``log_softmax(scale * cos)[text]``,
+    in (-inf, 0]; a change that raises every caption's cosine alike (background, colour) gains
+    nothing. ``clip_model="tiny-clip"`` uses the bundled offline tiny-clip (``pretrained`` and
+    ``precision`` are then ignored).
     """
 
     name = "clip"
@@ -175,6 +193,7 @@ class ClipScoreReward(_ClipReward):
         clamp: bool = False,
         text: str = "",
         negative_text: str = "",
+        contrast_texts: str = "",
         precision: str = "fp32",
         cache_dir: str | None = None,
         device: str | torch.device = "cpu",
@@ -190,6 +209,12 @@ class ClipScoreReward(_ClipReward):
         self.clamp = bool(clamp)
         self.text = text.strip()
         self.negative_text = negative_text.strip()
+        self.contrast_texts = parse_contrast_texts(contrast_texts)
+        if self.contrast_texts and (self.negative_text or self.clamp):
+            raise ValueError(
+                "contrast_texts cannot be combined with negative_text or clamp; allowed: contrast_texts alone "
+                "(a log-probability among captions), or negative_text / clamp without contrast_texts"
+            )
         self._text_cache = TextEmbeddingCache()
 
     def text_embeddings(self, prompts: list[str], device: torch.device) -> torch.Tensor:
@@ -201,6 +226,10 @@ class ClipScoreReward(_ClipReward):
         img = encode_images(self._clip_for(images.device), images)
         txt = self.text_embeddings([self.text] * len(prompts) if self.text else list(prompts), images.device)
         cos = (img * txt).sum(dim=-1)
+        if self.contrast_texts:  # classification: log p(text | image) among text and the contrast captions
+            others = self.text_embeddings(list(self.contrast_texts), images.device)
+            logits = self.scale * torch.cat([cos[:, None], img @ others.T], dim=1)
+            return torch.log_softmax(logits, dim=1)[:, 0].float()
         if self.clamp:
             cos = cos.clamp_min(0.0)
         if self.negative_text:  # directional: toward text, away from negative_text
