@@ -25,10 +25,12 @@ def test_presets_name_only_form_fields():
         assert set(values) <= set(FIELD_BY_KEY), (name, sorted(set(values) - set(FIELD_BY_KEY)))
 
 
+@pytest.mark.parametrize("hosted", [False, True])
 @pytest.mark.parametrize("name", list(PRESETS))
-def test_preset_builds_a_run(name, tmp_path):
-    config = config_from_form(apply_preset(name, FORM_DEFAULTS), hosted=False, output_dir=str(tmp_path / "run"))
-    run = TrainingRun.from_config(config)
+def test_preset_builds_a_run(name, hosted, tmp_path):
+    """Locally and in hosted mode (a public Space offers the presets too)."""
+    config = config_from_form(apply_preset(name, FORM_DEFAULTS), hosted=hosted, output_dir=str(tmp_path / "run"))
+    run = TrainingRun.from_config(config, hosted=hosted)
     assert run.config.model == "tiny" and run.trainer is not None
 
 

@@ -258,7 +258,9 @@ would read server files (``head_path``, ``checkpoint``, ``cache_dir``) or load o
 distinct value (``clip_model``, ``pretrained``, ``precision``, ...), so it is refused before loading."""
 
 HOSTED_TEXT_LIMIT = 500
-"""Hosted mode: longest string option value (texts to score against), in characters."""
+"""Hosted mode: longest text of a string option (texts to score against), in characters."""
+HOSTED_MAX_TEXTS = 64
+"""Hosted mode: most captions in ``contrast_texts``."""
 
 HOSTED_REFUSED_REWARDS = {"preference": "its click log is a server file; use the Preference tab, which keeps its own log"}
 
@@ -411,6 +413,12 @@ def check_hosted_options(name: str, values: dict[str, Any]) -> None:
             raise ValueError(f"{name} option {option}={str(values[option])[:80]!r} is not allowed in hosted mode; "
                              f"allowed values: {list(allowed)}")
     for option, value in values.items():
-        if isinstance(value, str) and len(value) > HOSTED_TEXT_LIMIT:
-            raise ValueError(f"{name} option {option} must be at most {HOSTED_TEXT_LIMIT} characters in hosted mode; "
-                             f"got {len(value)}")
+        if not isinstance(value, str):
+            continue
+        texts = value.split("|") if option == "contrast_texts" else [value]  # one caption each
+        if len(texts) > HOSTED_MAX_TEXTS:
+            raise ValueError(f"{name} option {option} takes at most {HOSTED_MAX_TEXTS} texts in hosted mode; got {len(texts)}")
+        longest = max(len(text) for text in texts)
+        if longest > HOSTED_TEXT_LIMIT:
+            raise ValueError(f"{name} option {option} must be at most {HOSTED_TEXT_LIMIT} characters per text in hosted mode; "
+                             f"got {longest}")
