@@ -19,7 +19,8 @@ from rlr_core.diffusers_chain import model_defaults
 from rlr_core.estimators import estimator_options, list_estimators, option_choices, ui_options
 from rlr_core.rewards import reward_names
 
-from .settings import DEFAULT_PROMPTS, MODEL_PRESETS, TINY_MISSING_MESSAGE, caps, tiny_model_available
+from .settings import (DEFAULT_PROMPTS, HOSTED_MODELS_ENV, MODEL_PRESETS, TINY_MISSING_MESSAGE, caps, hosted_models,
+                       tiny_model_available)
 from .state import FieldError
 
 EVAL_SEEDS = [0, 1, 2, 3]
@@ -314,6 +315,9 @@ def config_from_form(values: dict[str, Any], hosted: bool, output_dir: str = "ru
             data[field.config] = parse_value(field, v[field.key], hosted)
     if not data["model"]:
         raise FieldError("Model", "choose a preset or enter a Hub id / local diffusers folder")
+    if hosted and data["model"] not in hosted_models():
+        raise FieldError("Model", f"this server offers {', '.join(hosted_models())}; got {data['model'][:100]!r} "
+                                  f"(the operator adds Hub ids with {HOSTED_MODELS_ENV})")
     if data["prompt_boundaries"] is None:
         data["prompt_boundaries"] = [1 / 3, 2 / 3]
     knobs = estimator_option_values(data["estimator"], v, hosted) if data["estimator"] in list_estimators() else {}

@@ -18,6 +18,17 @@ MODEL_PRESETS: list[tuple[str, str]] = [
     ("SD 2.1-base", "stabilityai/stable-diffusion-2-1-base"),
 ]
 
+HOSTED_MODELS_ENV = "RLR_STUDIO_HOSTED_MODELS"
+
+
+def hosted_models() -> list[str]:
+    """The models a hosted server may load: the presets plus the comma-separated Hub ids of
+    ``$RLR_STUDIO_HOSTED_MODELS`` (each Hub model is GBs of download and disk, so strangers may
+    not pick any repository)."""
+    extra = [m.strip() for m in os.environ.get(HOSTED_MODELS_ENV, "").split(",") if m.strip()]
+    return list(dict.fromkeys([value for _, value in MODEL_PRESETS] + extra))
+
+
 DEFAULT_PROMPTS = "a red circle on a blue background\na green square on a yellow background"
 
 # Caps of the UI in hosted mode (the Trainer config limits come from rlr_core.config.HOSTED_LIMITS).

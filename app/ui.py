@@ -30,7 +30,8 @@ import gradio as gr  # noqa: E402
 from . import form as train_form  # noqa: E402
 from . import formatting, presets, runner, state  # noqa: E402
 from .form import FIELD_BY_KEY, FIELDS, FORM_DEFAULTS, FORM_KEYS, Field  # noqa: E402
-from .settings import DEFAULT_PROMPTS, MODEL_PRESETS, TINY_MISSING_MESSAGE, caps, run_folder_seconds, tiny_model_available  # noqa: E402
+from .settings import (DEFAULT_PROMPTS, MODEL_PRESETS, TINY_MISSING_MESSAGE, caps, hosted_models,  # noqa: E402
+                       run_folder_seconds, tiny_model_available)
 from .state import FieldError  # noqa: E402
 from .workers import in_worker  # noqa: E402
 
@@ -199,7 +200,8 @@ def make_widget(field: Field, hosted: bool) -> Any:
             return gr.Number(value=value, precision=0 if field.kind == "int" else None, visible=visible, **common)
         return gr.Textbox(value=value or "", visible=visible, **common)
     if field.key == "model":
-        return gr.Dropdown(choices=MODEL_PRESETS, value=default, allow_custom_value=True, scale=2, **common)
+        choices = MODEL_PRESETS + [(m, m) for m in hosted_models() if m not in dict(MODEL_PRESETS).values()] if hosted else MODEL_PRESETS
+        return gr.Dropdown(choices=choices, value=default, allow_custom_value=not hosted, scale=2, **common)
     if field.key == "reward":
         from rlr_core.rewards import reward_names
 

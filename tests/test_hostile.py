@@ -265,6 +265,7 @@ def test_4_model_choosing_and_path_reward_options_are_refused_before_loading(hos
         ("aesthetic", {"head_path": "/etc/passwd"}), ("aesthetic", {"precision": "fp16"}),
         ("hpsv2", {"checkpoint": "/etc/passwd"}), ("pickscore", {"model": "/etc"}),
     ]
+    runner.create_run("s-mem", runner.config_from_form(TINY, True), True)  # the model itself is loaded before measuring
     before = rss_mb()
     for reward, options in cases:
         start = time.perf_counter()
@@ -540,3 +541,19 @@ def test_8_click_log_survives_a_torn_line_and_junk_lines(hosted):
         records = ClickLog(log_path).load()
     assert len(records) == 2 * kept, "a record after the torn line was lost or merged into it"
     assert any("line" in str(w.message) for w in caught)
+
+
+def test_6_hosted_models_are_the_offered_ones(hosted, monkeypatch):
+    """Any Hub repository would be GBs of download and disk: hosted mode loads the offered models only."""
+    from app import runner
+    from app.settings import HOSTED_MODELS_ENV, hosted_models
+    from app.state import FieldError
+
+    with pytest.raises(FieldError, match="this server offers") as caught:
+        runner.config_from_form({**TINY, "model": "someone/huge-model"}, True)
+    assert caught.value.field == "Model"
+    with pytest.raises(Exception, match="this server offers|not in the list of choices"):  # ours, or Gradio's dropdown check
+        client(hosted).predict(model="someone/huge-model", prompt="x", seed=0, use_lora=False, api_name="/generate")
+    monkeypatch.setenv(HOSTED_MODELS_ENV, "someone/huge-model")
+    assert "someone/huge-model" in hosted_models()
+    assert runner.config_from_form({**TINY, "model": "someone/huge-model"}, True).model == "someone/huge-model"
