@@ -2,7 +2,7 @@
 
 A Space installs ``requirements.txt`` and runs this file from the repository root, so
 ``rlr_core`` and ``app`` import from the checkout. Spaces set ``SPACE_ID``: the app runs in hosted
-mode (Hub models and built-in rewards only, capped sizes). On ZeroGPU (``spaces`` installed,
+mode (the offered models and built-in rewards only, capped sizes and work). On ZeroGPU (``spaces`` installed,
 ``SPACES_ZERO_GPU`` set) training runs in chunks inside ``spaces.GPU`` calls (see app/zerogpu.py).
 """
 

@@ -278,7 +278,7 @@ def build_app(hosted: bool = False, preload: bool = True) -> gr.Blocks:
         gr.Markdown(
             "## RLR Studio · fine-tune a text-to-image model against a reward with **RLR** and watch it learn\n"
             "Defaults: the bundled tiny model and the weight-free *saturation* reward (trains on a CPU, offline)."
-            + (" **Hosted mode**: Hub models and built-in rewards only; sizes are capped." if hosted else "")
+            + (" **Hosted mode**: the offered models and built-in rewards only; sizes and work are capped." if hosted else "")
         )
         if not tiny_ok:
             gr.Markdown(f"⚠️ {TINY_MISSING_MESSAGE}", elem_classes=["rlr-note"])
