@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from rlr_core.config import MAX_SEED, TrainConfig
+from rlr_core.config import MAX_SEED, TrainConfig, nested_deeper_than
 from rlr_core.diffusers_chain import model_defaults
 from rlr_core.estimators import estimator_options, list_estimators, option_choices, ui_options
 from rlr_core.rewards import reward_names
@@ -172,17 +172,14 @@ def parse_value(field: Field, value: Any, hosted: bool) -> Any:
             return {}
         if isinstance(value, dict):
             value = json.dumps(value)  # measured and depth-checked like text
-        text = str(value)
-        limit = caps(hosted)["json_chars"]
-        if len(text) > limit:
-            raise FieldError(label, f"must be at most {limit:,} characters here; got {len(text):,}")
+        text = _check_length(label, str(value), hosted, cap="json_chars")
         try:
             parsed = json.loads(text)
         except json.JSONDecodeError as error:
             raise FieldError(label, f'must be a JSON object like {{"key": value}}; {error.msg} at column {error.colno}') from None
         except RecursionError:
             raise FieldError(label, "is nested too deeply (options are a flat JSON object)") from None
-        if _depth(parsed) > MAX_JSON_DEPTH:
+        if nested_deeper_than(parsed, MAX_JSON_DEPTH):
             raise FieldError(label, f"is nested too deeply: at most {MAX_JSON_DEPTH} levels of lists / objects")
         if not isinstance(parsed, dict):
             raise FieldError(label, f'must be a JSON object like {{"key": value}}, got {type(parsed).__name__}')
@@ -216,19 +213,9 @@ def parse_value(field: Field, value: Any, hosted: bool) -> Any:
 MAX_JSON_DEPTH = 8
 
 
-def _depth(value: Any) -> int:
-    """Nesting depth of lists / dicts (iterative: safe for any depth json.loads returned)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (list, dict)):
-            deepest = max(deepest, depth)
-            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
-
-
-def _check_length(label: str, text: str, hosted: bool) -> str:
-    limit = caps(hosted)["prompt_chars"]
+def _check_length(label: str, text: str, hosted: bool, cap: str = "prompt_chars") -> str:
+    """``text``, or FieldError naming ``label`` when it is longer than ``caps(hosted)[cap]`` characters."""
+    limit = caps(hosted)[cap]
     if len(text) > limit:
         raise FieldError(label, f"must be at most {limit:,} characters here; got {len(text):,}")
     return text

@@ -427,10 +427,8 @@ def load_config_file(path: str, hosted: bool) -> TrainConfig:
     check_upload_size("config file", path, caps(hosted)["config_bytes"])
     try:
         return TrainConfig.from_file(path, max_bytes=caps(hosted)["config_bytes"]).validate(hosted=hosted)
-    except ValueError as error:
+    except ValueError as error:  # from_file refuses deep nesting itself, before any recursion
         raise FieldError("config file", str(error)) from None
-    except RecursionError:
-        raise FieldError("config file", "is nested too deeply") from None
 
 
 def check_upload_size(label: str, path: str, limit: int) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["TrainConfig", "HOSTED_LIMITS", "DEVICES", "DTYPES", "MAX_CONFIG_BYTES", "MAX_CONFIG_NESTING", "MAX_SEED", "REPORT_TO"]
+__all__ = ["TrainConfig", "HOSTED_LIMITS", "DEVICES", "DTYPES", "MAX_CONFIG_BYTES", "MAX_CONFIG_NESTING", "MAX_SEED", "REPORT_TO", "nested_deeper_than"]
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 """Allowed values of ``TrainConfig.dtype`` ("auto": float16 on CUDA, float32 elsewhere, chosen by load_model)."""
@@ -539,12 +539,12 @@ def parse_json(text: str) -> Any:
         raise ValueError(f"config is not valid JSON: {error}") from error
     except RecursionError:  # the decoder's own depth guard (about 1000 levels)
         raise ValueError(_TOO_DEEP) from None
-    if _nested_deeper_than(data, MAX_CONFIG_NESTING):
+    if nested_deeper_than(data, MAX_CONFIG_NESTING):
         raise ValueError(_TOO_DEEP)
     return data
 
 
-def _nested_deeper_than(value: Any, limit: int) -> bool:
+def nested_deeper_than(value: Any, limit: int) -> bool:
     """True when lists / mappings nest more than ``limit`` levels in ``value`` (no recursion)."""
     pending = [(value, 1)]
     while pending:

@@ -84,7 +84,8 @@ def test_yaml_aliases_are_refused_before_anything_expands(tmp_path):
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert seconds < 0.5 and peak < 2_000_000, (seconds, peak)
+    assert peak < 2_000_000, (seconds, peak)  # expanding it would take gigabytes
+    assert seconds < 10.0, (seconds, peak)  # a hang catcher only (measured milliseconds)
     with pytest.raises(ValueError, match=r"YAML aliases \(\*x on line 2\)"):
         TrainConfig.from_yaml("prompts: [a]\neval_prompts: *x\n")
     with pytest.raises(ValueError, match=r"YAML anchors \(&p on line 1\)"):

@@ -61,6 +61,18 @@ def train(c, **kw) -> list[dict]:
     return list(train_updates(c, **{**TINY, "reward": "saturation", "estimator": "rlr", "steps": 2, **kw}))
 
 
+def timed_generate(c, prompt: str, seed: int) -> float:
+    """Seconds one ``/generate`` of the base model takes for client ``c``."""
+    start = time.perf_counter()
+    c.predict(model="tiny", prompt=prompt, seed=seed, use_lora=False, api_name="/generate")
+    return time.perf_counter() - start
+
+
+def idle_generate_seconds(c, prompt: str) -> float:
+    """The fastest of three ``/generate`` calls (the first may load the model)."""
+    return min(timed_generate(c, prompt, seed) for seed in range(3))
+
+
 # ------------------------------------------------------------------------------------ raw HTTP
 def raw_call(server, api_name: str, data: list, session: str, timeout: float = 120.0) -> dict:
     """Join the queue with ``data`` for the event ``api_name`` and read the SSE stream to the end:
@@ -168,12 +180,7 @@ def test_2_cancel_frees_the_queue_within_one_model_call_and_keeps_the_lora(hoste
     from app import state
 
     probe = client(hosted)
-    idle = []
-    for seed in range(3):  # the first call may load the model
-        start = time.perf_counter()
-        probe.predict(model="tiny", prompt="a red circle", seed=seed, use_lora=False, api_name="/generate")
-        idle.append(time.perf_counter() - start)
-    idle_time = min(idle)
+    idle_time = idle_generate_seconds(probe, "a red circle")
     long_client = client(hosted)
     job = long_client.submit(**{**TINY, "reward": "saturation", "estimator": "ddpo", "inner_epochs": 8, "steps": 60,
                                 "batch_size": 8, "num_steps": 20, "eval_every": 0}, api_name="/train")
@@ -355,23 +362,14 @@ def test_6_metrics_lines_do_not_repeat_the_prompts(hosted):
 # ------------------------------------------------------------------------------------ 7. starvation
 def test_7_generate_goes_between_training_iterations(hosted):
     c = client(hosted)
-    idle = []
-    for seed in range(3):  # the first call may load the model
-        start = time.perf_counter()
-        c.predict(model="tiny", prompt="a blue square", seed=seed, use_lora=False, api_name="/generate")
-        idle.append(time.perf_counter() - start)
-    idle_time = min(idle)
+    idle_time = idle_generate_seconds(c, "a blue square")
     trainers = [client(hosted) for _ in range(3)]
     jobs = [t.submit(**{**TINY, "reward": "saturation", "estimator": "rlr", "steps": 40, "batch_size": 4, "num_steps": 8},
                      api_name="/train") for t in trainers]
     deadline = time.time() + 120
     while time.time() < deadline and not all(j.outputs() for j in jobs):
         time.sleep(0.2)
-    waits = []
-    for seed in range(3):
-        start = time.perf_counter()
-        c.predict(model="tiny", prompt="a blue square", seed=seed, use_lora=False, api_name="/generate")
-        waits.append(time.perf_counter() - start)
+    waits = [timed_generate(c, "a blue square", seed) for seed in range(3)]
     for job in jobs:
         job.cancel()
     iteration = _longest_iteration(trainers)
@@ -429,12 +427,7 @@ def test_load_eight_clients_mixing_train_generate_uploads_and_cancels(hosted, tm
     from app import runner, state
 
     probe = client(hosted)
-    idle = []
-    for seed in range(3):  # the first call may load the model
-        start = time.perf_counter()
-        probe.predict(model="tiny", prompt="a green star", seed=seed, use_lora=False, api_name="/generate")
-        idle.append(time.perf_counter() - start)
-    idle_time = min(idle)
+    idle_time = idle_generate_seconds(probe, "a green star")
     rss_before = rss_mb()
     config_file = tmp_path / "ok.yaml"
     config_file.write_text("model: tiny\nsteps: 3\nnum_steps: 4\n")
