@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from rlr_core.config import MAX_SEED, TrainConfig, nested_deeper_than
+from rlr_core.config import LORA_TARGET_SETS, MAX_SEED, TrainConfig, nested_deeper_than
 from rlr_core.diffusers_chain import model_defaults
 from rlr_core.estimators import estimator_options, list_estimators, option_choices, ui_options
 from rlr_core.rewards import reward_names
@@ -140,6 +140,9 @@ FIELDS: list[Field] = [
           info="a multiple of the estimator's noise groups"),
     Field("lr", "Learning rate", "float", 1e-3, "lr", 0.0, section="optimization"),
     Field("lora_rank", "LoRA rank", "int", 4, "lora_rank", 1, cap="lora_rank", section="optimization"),
+    Field("lora_targets", "LoRA targets", "choice", "attention", "lora_targets", choices=tuple(LORA_TARGET_SETS),
+          section="optimization", info="attention: every attention layer; cross-attention: only what reads the prompt "
+                                       "(the model keeps drawing its own shapes)"),
     Field("steps", "Iterations", "int", 50, "steps", 1, cap="steps", section="optimization"),
     Field("seed", "Seed", "int", 0, "seed", 0, MAX_SEED, section="optimization"),
     Field("eval_every", "Refresh 'after' every N iterations", "int", 5, "eval_every", 0, section="optimization"),
@@ -338,6 +341,8 @@ def form_from_config(config: TrainConfig) -> dict[str, Any]:
 
 
 def _show(field: Field, value: Any) -> Any:
+    if field.kind == "choice" and isinstance(value, (list, tuple)):  # lora_targets given as a list of module names
+        return ", ".join(map(str, value))
     if field.kind == "json":
         return json.dumps(value)
     if field.kind == "lines":

@@ -59,8 +59,9 @@ def create_run(session: str, config: TrainConfig, hosted: bool, continue_lora: b
         ):
             raise FieldError(
                 "Continue from the current LoRA",
-                f"the session's LoRA ({previous.config.model}, rank {previous.config.lora_rank}) does not fit "
-                f"{config.model} with rank {config.lora_rank}; uncheck it or use the same model and LoRA rank",
+                f"the session's LoRA ({previous.config.model}, rank {previous.config.lora_rank}, targets "
+                f"{previous.config.lora_targets}) does not fit {config.model} with rank {config.lora_rank}, targets "
+                f"{config.lora_targets}; uncheck it or use the same model, LoRA rank and LoRA targets",
             )
     run = Run(run_id, session, training, entry, chain, lora, output_dir, kind=kind)
     state.register(run, hosted)
@@ -278,7 +279,8 @@ def preference_run(session: str, form: dict[str, Any], hosted: bool, mode: str, 
     head = PreferenceReward(log, features=features) if mode == "learned" else None
     config = base.replace(reward="preference", reward_options={"mode": mode, "features": features, "log_path": str(log.path)},
                           eval_every=max(base.eval_every, 1))
-    continue_lora = run is not None and run.config.model == config.model and run.config.lora_rank == config.lora_rank
+    continue_lora = (run is not None and run.config.model == config.model and run.config.lora_rank == config.lora_rank
+                     and run.config.lora_targets == config.lora_targets)
     new = create_run(session, config, hosted, continue_lora, reward=head or ClickReward(), kind=kind, run_id=run_id)
     new.preference = PreferenceSession(new.trainer, log, mode=mode, k=None, reward=head)
     new.status = f"click run ({mode}, features {features}) from {'the current LoRA' if continue_lora else 'a fresh LoRA'}"
@@ -403,7 +405,8 @@ def snippet(run: Run) -> str:
     with_rlr_core = (
         "```python\n"
         "from rlr_core import load_model, sample\n\n"
-        f"chain = load_model({config.model!r}, lora_rank={config.lora_rank}, num_steps={config.num_steps})\n"
+        f"chain = load_model({config.model!r}, lora_rank={config.lora_rank}, num_steps={config.num_steps}"
+        f"{'' if config.lora_targets == 'attention' else f', lora_targets={config.lora_targets!r}'})\n"
         "chain.load_lora(\"pytorch_lora_weights.safetensors\")  # the file downloaded here\n"
         f"images = sample(chain, [{prompt!r}] * 4, seeds=[0, 1, 2, 3])  # [4, 3, H, W] in [0, 1]\n"
         "```\n\n"

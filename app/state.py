@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from rlr_core.config import TrainConfig
+from rlr_core.config import TrainConfig, resolve_lora_targets
 from rlr_core.hub import WeightsUnavailableError
 from rlr_core.run import TrainingRun
 from rlr_core.trainer import Trainer
@@ -141,8 +141,9 @@ class ModelEntry:
 
 
 def model_key(config: TrainConfig) -> tuple:
-    """Cache key of the weights: model, LoRA rank and alpha, dtype, device."""
-    return (config.model, int(config.lora_rank), config.lora_alpha, config.dtype, config.device)
+    """Cache key of the weights: model, LoRA rank, alpha and targets, dtype, device."""
+    return (config.model, int(config.lora_rank), config.lora_alpha, tuple(resolve_lora_targets(config.lora_targets)),
+            config.dtype, config.device)
 
 
 def sampler_key(config: TrainConfig) -> tuple:

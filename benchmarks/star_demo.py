@@ -7,8 +7,10 @@ The prompt is "a red circle on a white background"; the reward is the clip rewar
 tiny-clip with ``text="a red star on a white background"`` (offline). The run is the preset
 ``benchmarks/star_demo.yaml`` (default estimator rlr). Before (LoRA off) and after N iterations,
 K images are sampled on fixed held-out seeds and read by the non-learned tiny detector
-(``rlr_core.tiny.detect``): the star fraction is the share of images whose largest shape is
-classified as a star. Writes ``before_after.png`` (top row before, bottom row after) and
+(``rlr_core.tiny.detect``): ``clean_star_fraction`` is the share of images that pass
+``is_clean_star`` (the largest shape concave, exactly 5 points, >= 40 px, >= 90% of the foreground);
+``star_fraction`` is the share whose largest shape the solidity rule alone calls a star (noise, blobs
+and empty canvases pass that one too). Writes ``before_after.png`` (top row before, bottom row after) and
 ``star_demo.json`` (numbers, per-iteration rewards, wall-clock, the command) to ``--out``.
 """
 
@@ -36,13 +38,16 @@ EVAL_SEED0 = 20_000_000  # held out: training data seeds < 10,000,000, tiny-mode
 def detector_summary(images: torch.Tensor) -> dict:
     """What the tiny detector reads: share of each shape, of red, of white backgrounds, of all three
     at once ("a red star on a white background"), and the mean area of the largest shape (pixels)."""
-    from rlr_core.tiny.detect import detect
+    from rlr_core.tiny.detect import detect, is_clean_star
 
     found = [detect(im) for im in images]
     n = max(len(found), 1)
     shapes = {s: sum(d.shape == s for d in found) / n for s in ("star", "circle", "square", "triangle")}
     return {
         "star_fraction": shapes["star"],
+        # the stricter test (5 points, >= 40 px, no noise): the solidity rule alone calls noise, empty
+        # canvases and blobs "star" too
+        "clean_star_fraction": sum(is_clean_star(d) for d in found) / n,
         "shape_fractions": shapes,
         "red_fraction": sum(d.color == "red" for d in found) / n,
         "white_background_fraction": sum(d.background == "white" for d in found) / n,
@@ -155,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
     result["command"] = " ".join(["python benchmarks/star_demo.py", *(sys.argv[1:] if argv is None else argv)])
     (out / "star_demo.json").write_text(json.dumps(result, indent=2) + "\n")
     b, a = result["before"], result["after"]
-    print(f"star fraction {b['star_fraction']:.3f} -> {a['star_fraction']:.3f}; reward {b['reward_mean']:.2f} -> {a['reward_mean']:.2f}; "
+    print(f"clean star fraction {b['clean_star_fraction']:.3f} -> {a['clean_star_fraction']:.3f}; "
+          f"star fraction {b['star_fraction']:.3f} -> {a['star_fraction']:.3f}; reward {b['reward_mean']:.2f} -> {a['reward_mean']:.2f}; "
           f"{result['iterations']} iterations in {result['train_seconds']:.0f} s (total {result['total_seconds']:.0f} s); wrote {out}")
     return result
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["TrainConfig", "HOSTED_LIMITS", "DEVICES", "DTYPES", "MAX_CONFIG_BYTES", "MAX_CONFIG_NESTING", "MAX_SEED", "REPORT_TO", "nested_deeper_than"]
+__all__ = ["TrainConfig", "HOSTED_LIMITS", "DEVICES", "DTYPES", "MAX_CONFIG_BYTES", "MAX_CONFIG_NESTING", "MAX_SEED", "REPORT_TO", "LORA_TARGET_SETS", "resolve_lora_targets", "nested_deeper_than"]
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 """Allowed values of ``TrainConfig.dtype`` ("auto": float16 on CUDA, float32 elsewhere, chosen by load_model)."""
@@ -49,6 +49,35 @@ HOSTED_LIMITS: dict[str, int] = {
     "eval_seeds": 16,
 }
 """Upper limits enforced by ``validate(hosted=True)`` (a shared Space must not be monopolized)."""
+
+LORA_TARGET_SETS: dict[str, tuple[str, ...]] = {
+    # every attention projection (self- and cross-attention): the most freedom
+    "attention": ("to_q", "to_k", "to_v", "to_out.0"),
+    # only the two projections that read the text (cross-attention keys and values): the LoRA changes
+    # what the UNet hears the prompt say, not how it draws (images tend to stay on the model's distribution)
+    "cross-attention": ("attn2.to_k", "attn2.to_v"),
+}
+"""Named values of ``lora_targets`` (module-name suffixes LoRA adapters are added to)."""
+
+
+def resolve_lora_targets(lora_targets: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Module-name suffixes of ``lora_targets``: a name of :data:`LORA_TARGET_SETS`, a comma-separated
+    list of module-name suffixes (``"attn2.to_k, attn2.to_v, ff.net.2"``) or a list of them.
+    ValueError naming the field and the allowed values otherwise."""
+    if isinstance(lora_targets, str):
+        text = lora_targets.strip()
+        if text in LORA_TARGET_SETS:
+            return list(LORA_TARGET_SETS[text])
+        items = [part.strip() for part in text.split(",")]
+    elif isinstance(lora_targets, (list, tuple)):
+        items = list(lora_targets)
+    else:
+        items = []
+    if not items or not all(isinstance(t, str) and t.strip() and not t.strip().startswith(".") for t in items):
+        raise ValueError(f"lora_targets must be one of {list(LORA_TARGET_SETS)} or a list of module-name suffixes "
+                         f"(e.g. 'attn2.to_k, attn2.to_v'); got {str(lora_targets)[:200]!r}")
+    return [t.strip() for t in items]
+
 
 MAX_CONFIG_BYTES = 1_000_000
 """Default size limit of a config file read by ``TrainConfig.from_file`` (and ``from_yaml`` / ``from_json`` of a path)."""
@@ -70,6 +99,10 @@ class TrainConfig:
         guidance_scale: classifier-free guidance scale; ``None`` = the model's default.
         eta: DDIM eta in [0, 1] (> 0 makes the steps stochastic; likelihood-ratio terms need it).
         lora_rank / lora_alpha: LoRA rank (>= 1) and alpha (``None`` = rank, i.e. scale 1).
+        lora_targets: where the LoRA adapters go: ``"attention"`` (every attention projection, the
+            default), ``"cross-attention"`` (only the keys and values that read the text: the model
+            keeps drawing what it can draw, it hears the prompt differently) or a list of
+            module-name suffixes (``LORA_TARGET_SETS``, ``resolve_lora_targets``).
         gradient_checkpointing: recompute activations inside gradient segments (less memory).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
         dtype: ``"auto"``, ``"float32"``, ``"float16"`` or ``"bfloat16"`` (LoRA weights stay float32).
@@ -116,6 +149,7 @@ class TrainConfig:
     eta: float = 1.0
     lora_rank: int = 4
     lora_alpha: float | None = None
+    lora_targets: str | list[str] = "attention"
     gradient_checkpointing: bool = False
     device: str = "auto"
     dtype: str = "auto"
@@ -268,6 +302,11 @@ class TrainConfig:
         _check_int(self, "lora_rank", minimum=1)
         if self.lora_alpha is not None:
             _check_float(self, "lora_alpha", minimum=0.0, strict=True)
+        try:
+            resolve_lora_targets(self.lora_targets)
+        except ValueError:
+            raise ValueError(f"lora_targets must be one of {list(LORA_TARGET_SETS)} or a list of module-name suffixes "
+                             f"(e.g. 'attn2.to_k, attn2.to_v'); got {_got('lora_targets', self.lora_targets)}") from None
         _check_bool(self, "gradient_checkpointing")
         _check_str(self, "device")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or _is_cuda_index(self.device)):
@@ -408,6 +447,7 @@ class TrainConfig:
             num_steps=self.num_steps,
             lora_rank=self.lora_rank,
             lora_alpha=self.lora_alpha,
+            lora_targets=self.lora_targets,
             guidance_scale=self.guidance_scale,
             eta=self.eta,
             device=self.device,

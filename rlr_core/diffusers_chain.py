@@ -30,10 +30,11 @@ from typing import Any, ContextManager, Iterator, Sequence
 import torch
 
 from .chain import perturb_parameters
+from .config import LORA_TARGET_SETS, resolve_lora_targets
 from .hub import WeightsUnavailableError, ensure_can_download, hf_endpoint_host
 from .prompts import phase_texts, resolve_boundaries
 
-LORA_TARGET_MODULES: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+LORA_TARGET_MODULES: tuple[str, ...] = LORA_TARGET_SETS["attention"]  # the default: every attention projection
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 LORA_CONFIG_NAME = "rlr_lora.json"
 STUDIO_CONFIG_NAME = "rlr_studio.json"
@@ -162,7 +163,9 @@ class DiffusersChain:
         eta: DDIM eta of steps 0 .. T-2 (0 deterministic, 1 DDPM-like), in [0, 1].
         final_eta: eta of the last step k = T-1 (default 0: deterministic, as the FO step wants).
         lora_rank, lora_alpha: LoRA rank and alpha (alpha defaults to the rank: scale 1).
-        lora_targets: module names LoRA is applied to.
+        lora_targets: where LoRA adapters go: a name of ``LORA_TARGET_SETS`` ("attention": every
+            attention projection; "cross-attention": only the keys and values that read the text) or a
+            list of module-name suffixes (see :func:`resolve_lora_targets`).
         device, dtype: where and in which precision the base model runs (LoRA is float32).
         gradient_checkpointing: checkpoint the UNet call and the VAE decode when grad is enabled (the
             HO and FO segments): their activations are recomputed in the backward pass, not kept.
@@ -191,7 +194,7 @@ class DiffusersChain:
         final_eta: float = 0.0,
         lora_rank: int = 4,
         lora_alpha: float | None = None,
-        lora_targets: Sequence[str] = LORA_TARGET_MODULES,
+        lora_targets: str | Sequence[str] = LORA_TARGET_MODULES,
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype = torch.float32,
         gradient_checkpointing: bool = False,
@@ -212,9 +215,7 @@ class DiffusersChain:
         if lora_alpha is None:
             lora_alpha = lora_rank
         _check_number("lora_alpha", lora_alpha, 1e-8, 1e6)
-        targets = list(lora_targets)
-        if not targets or not all(isinstance(t, str) and t for t in targets):
-            raise ValueError(f"lora_targets must be a non-empty list of module names, got {lora_targets!r}")
+        targets = resolve_lora_targets(lora_targets)
         if attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {list(ATTENTION_BACKENDS)}, got {attention!r}")
         for flag_name, flag in (("autocast", autocast), ("tf32", tf32)):
@@ -253,10 +254,16 @@ class DiffusersChain:
         self.set_attention(unet, attention)
         if vae is not None:
             self.set_attention(vae, attention)
-        self.unet.add_adapter(
-            LoraConfig(r=self.lora_rank, lora_alpha=self.lora_alpha, init_lora_weights="gaussian",
-                       target_modules=targets)
-        )
+        try:
+            self.unet.add_adapter(
+                LoraConfig(r=self.lora_rank, lora_alpha=self.lora_alpha, init_lora_weights="gaussian",
+                           target_modules=targets)
+            )
+        except ValueError as error:  # peft's NoMatchingPeftModuleError
+            if "not found" not in str(error):
+                raise
+            raise ValueError(f"lora_targets {targets} matched no module of the UNet; allowed: one of "
+                             f"{list(LORA_TARGET_SETS)} or module-name suffixes such as 'attn2.to_k'") from None
         self._lora_named: list[tuple[str, torch.nn.Parameter]] = []
         for name, param in self.unet.named_parameters():
             if "lora_" in name:
@@ -665,6 +672,12 @@ class DiffusersChain:
                 raise ValueError(
                     f"saved lora_alpha={saved.get('lora_alpha')} differs from this chain's lora_alpha={self.lora_alpha}"
                 )
+            saved_targets = saved.get("target_modules")
+            if isinstance(saved_targets, list) and sorted(map(str, saved_targets)) != sorted(self.lora_targets):
+                raise ValueError(
+                    f"saved target_modules={saved_targets} differ from this chain's lora_targets={self.lora_targets}; "
+                    f"load the model with lora_targets={saved_targets}; nothing was loaded"
+                )
         self.load_lora_state_dict(ours)
 
     def num_trainable_parameters(self) -> int:
@@ -681,6 +694,7 @@ class DiffusersChain:
             "final_eta": self.final_eta,
             "lora_rank": self.lora_rank,
             "lora_alpha": self.lora_alpha,
+            "lora_targets": list(self.lora_targets),
             "trainable_parameters": self.num_trainable_parameters(),
             "image_size": list(self.image_size),
             "latent": self.vae is not None,
@@ -762,6 +776,7 @@ def load_model(
     guidance_scale: float | None = None,
     eta: float = 1.0,
     final_eta: float = 0.0,
+    lora_targets: str | Sequence[str] = "attention",
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     gradient_checkpointing: bool = False,
@@ -776,7 +791,9 @@ def load_model(
     ``name_or_path``: ``"tiny"`` (the bundled model in ``assets/tiny-shapes``), a local diffusers folder
     (subfolders unet/, text_encoder/, tokenizer/, scheduler/, optional vae/) or a Hugging Face Hub id.
     Arguments left as None take the folder's ``rlr_studio.json`` defaults when present, else
-    num_steps=20 and guidance_scale=7.5. ``device="auto"``: cuda > mps > cpu; ``dtype="auto"``:
+    num_steps=20 and guidance_scale=7.5. ``lora_targets``: where the LoRA adapters go, "attention"
+    (every attention projection, the default) or "cross-attention" (only the keys and values that read
+    the text) or a list of module-name suffixes. ``device="auto"``: cuda > mps > cpu; ``dtype="auto"``:
     float16 on cuda, float32 otherwise. ``attention``, ``autocast``, ``decode_slice_size``, ``tf32`` and
     ``gradient_checkpointing``: the GPU settings of :class:`DiffusersChain`.
     """
@@ -811,7 +828,8 @@ def load_model(
         vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", torch_dtype=torch_dtype)
     return DiffusersChain(
         unet, text_encoder, tokenizer, scheduler, vae=vae, num_steps=num_steps, guidance_scale=guidance_scale,
-        eta=eta, final_eta=final_eta, lora_rank=lora_rank, lora_alpha=lora_alpha, device=dev, dtype=torch_dtype,
+        eta=eta, final_eta=final_eta, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets,
+        device=dev, dtype=torch_dtype,
         gradient_checkpointing=gradient_checkpointing, prompt_boundaries=prompt_boundaries, model_name=label,
         attention=attention, autocast=autocast, decode_slice_size=decode_slice_size, tf32=tf32,
     )

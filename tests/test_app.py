@@ -315,3 +315,24 @@ def test_predict_memory_before_start_and_h_auto(studio):
     assert "h: auto chose h = 3" in auto  # num_steps - 1: the tiny test model fits anywhere
     with pytest.raises(FieldError, match="Batch size"):
         runner.predict_memory("p", form(studio, batch_size=0), hosted=False)
+
+
+def test_lora_targets_field_round_trips_and_keys_the_model_cache():
+    """The Train form's "LoRA targets": a named set or typed module suffixes reach the config; a config with a
+    list shows as a comma-separated string and parses back; other targets are other weights in the model cache."""
+    from app.form import FORM_DEFAULTS, config_from_form, form_from_config
+    from app.state import model_key
+    from app.ui import FieldError
+    from rlr_core.config import TrainConfig
+
+    assert FORM_DEFAULTS["lora_targets"] == "attention"
+    cross = config_from_form({**FORM_DEFAULTS, "lora_targets": "cross-attention"}, hosted=False)
+    assert cross.lora_targets == "cross-attention"
+    listed = TrainConfig(lora_targets=["attn2.to_k", "attn2.to_v"])
+    shown = form_from_config(listed)["lora_targets"]
+    assert shown == "attn2.to_k, attn2.to_v"
+    again = config_from_form({**FORM_DEFAULTS, "lora_targets": shown}, hosted=False)
+    assert model_key(again) == model_key(cross) != model_key(config_from_form(FORM_DEFAULTS, hosted=False))
+    with pytest.raises(FieldError) as info:
+        config_from_form({**FORM_DEFAULTS, "lora_targets": "self-attention,,"}, hosted=True)
+    assert "LoRA targets" in str(info.value) or "lora_targets" in str(info.value)

@@ -369,3 +369,43 @@ def test_bad_model_and_call_inputs(tiny_pixel_chain, tmp_path):
         tiny_pixel_chain.condition("a single string")
     with pytest.raises(ValueError, match="batch size"):
         tiny_pixel_chain.step_mean_std(torch.cat([x, x]), 0, cond)
+
+
+def test_cross_attention_lora_targets_only_the_text_projections(tiny_sd_dir, tmp_path):
+    """lora_targets="cross-attention": adapters on attn2.to_k / attn2.to_v only; the LoRA saves, loads into plain
+    diffusers, and a chain with other targets refuses it by name."""
+    from diffusers import StableDiffusionPipeline
+
+    from rlr_core.config import TrainConfig
+
+    full = load_model(str(tiny_sd_dir), num_steps=4, lora_rank=2, device="cpu")
+    cross = load_model(str(tiny_sd_dir), num_steps=4, lora_rank=2, device="cpu", lora_targets="cross-attention")
+    names = [name for name, _ in cross._lora_named]
+    assert names and all(".attn2.to_k." in n or ".attn2.to_v." in n for n in names)
+    assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names} == {"to_k", "to_v"}
+    assert cross.num_trainable_parameters() < full.num_trainable_parameters() / 2
+    assert cross.describe()["lora_targets"] == ["attn2.to_k", "attn2.to_v"]
+    listed = load_model(str(tiny_sd_dir), num_steps=4, lora_rank=2, device="cpu", lora_targets="attn2.to_k, attn2.to_v")
+    assert [n for n, _ in listed._lora_named] == names
+
+    _randomize_lora(cross, seed=3)
+    cross.save_lora(tmp_path / "lora")
+    assert json.loads((tmp_path / "lora" / "rlr_lora.json").read_text())["target_modules"] == ["attn2.to_k", "attn2.to_v"]
+    with pytest.raises(ValueError, match="lora_targets"):
+        full.load_lora(tmp_path / "lora")
+    assert all(float(p.abs().max()) == 0.0 for n, p in full._lora_named if "lora_B" in n)  # nothing was loaded
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None, requires_safety_checker=False)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor(cross.timestep(1))
+    emb = cross.condition(["a red circle"]).phase_embeds[2]
+    with torch.no_grad():
+        pipe.load_lora_weights(str(tmp_path / "lora"))
+        torch.testing.assert_close(pipe.unet(x, t, encoder_hidden_states=emb).sample,
+                                   cross.unet(x, t, encoder_hidden_states=emb).sample, rtol=1e-5, atol=1e-6)
+
+    assert TrainConfig(lora_targets="cross-attention").validate().lora_targets == "cross-attention"
+    for bad in ("", "self-attention,,", 3, [], [".to_k"]):
+        with pytest.raises(ValueError, match="lora_targets must be one of"):
+            TrainConfig(lora_targets=bad).validate()
+    with pytest.raises(ValueError, match="matched no module"):
+        load_model(str(tiny_sd_dir), num_steps=4, lora_rank=2, device="cpu", lora_targets="no_such_module")

@@ -170,3 +170,45 @@ def test_clip_reward_contrast_texts_is_a_log_probability_among_captions():
     assert float(classify(images, caps).max()) <= 0.0
     with pytest.raises(ValueError, match="contrast_texts"):
         get_reward("clip", model="tiny-clip", text=star, contrast_texts=others[0], negative_text=others[1])
+
+
+def test_robust_training_images_blob_tiny_and_noise():
+    """The extra robust-training images of clip_train (--blob, --tiny, --noise) are what their captions say."""
+    import numpy as np
+
+    from rlr_core.tiny.clip_train import NOISE_CAPTION, blob_version, contrast_captions, noise_image, noise_version, tiny_version
+    from rlr_core.tiny.data import make_sample
+    from rlr_core.tiny.detect import detect, is_clean_star
+
+    rng = np.random.default_rng(0)
+    g = torch.Generator().manual_seed(0)
+    _, sample = make_sample(HOLDOUT_START + 3)
+    for _ in range(20):
+        blob = blob_version(sample, rng)
+        assert blob.caption == f"a {sample.color} blob on a {sample.background} background" and len(blob.shapes) == 1
+        assert not is_clean_star(detect(render(blob)))
+        tiny = tiny_version(sample, rng)
+        assert tiny.shape == sample.shape and tiny.size_word == "small" and 0.07 <= tiny.shapes[0].r <= 0.17
+    noisy = noise_version(sample)
+    assert noisy.caption == NOISE_CAPTION and noisy.shapes == ()
+    background = torch.full((3, 32, 32), 0.9)
+    image = noise_image(background, g)
+    assert image.shape == background.shape and 0 <= float(image.min()) and float(image.max()) <= 1
+    assert float((image - background).abs().mean()) > 0.05
+    plain, extended = contrast_captions("red", "star", "white"), contrast_captions("red", "star", "white", extended=True)
+    assert extended[: len(plain)] == plain and "a red blob on a white background" in extended and NOISE_CAPTION in extended
+    assert len(set(extended)) == len(extended) and "a red star on a white background" not in extended
+
+
+def test_clip_train_runs_with_the_robust_options(tmp_path):
+    """Two training steps with every robust option write loadable weights (the training command of the card)."""
+    from rlr_core.tiny.clip_model import load_tiny_clip
+    from rlr_core.tiny.clip_train import main
+
+    out = tmp_path / "clip"
+    result = main(["--out", str(out), "--steps", "2", "--pool", "64", "--batch", "16", "--robust", "8", "--adv-steps", "1",
+                   "--empty", "0.2", "--blob", "0.2", "--tiny", "0.2", "--noise", "0.2", "--threads", "1", "--log-every", "1",
+                   "--eval-generated", "0"])
+    assert set(result["rendered_heldout"]) >= {"color", "shape", "background"}
+    model = load_tiny_clip(out)
+    assert model.encode_image(torch.rand(2, 3, 32, 32)).shape == (2, 64)

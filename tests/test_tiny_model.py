@@ -62,6 +62,34 @@ def test_detector_accepts_tensors_and_rejects_empty_images():
     assert d.color is None and d.shape is None and d.background == "white"
 
 
+def test_clean_star_counts_points_and_refuses_blobs_noise_and_specks():
+    """is_clean_star: every single rendered star (held-out seeds) passes and every other shape fails; irregular
+    blobs, pixel noise and a star with noise specks around it fail although the solidity rule calls most of them "star"."""
+    from rlr_core.tiny.data import BLOB, Sample, ShapeSpec, blob_points, render
+    from rlr_core.tiny.detect import count_points, is_clean_star
+
+    points = {"star": 5, "square": 4, "triangle": 3}
+    for seed in range(HOLDOUT_START, HOLDOUT_START + 400):
+        img, s = make_sample(seed)
+        if s.count != 1 or s.size_word == "small":
+            continue
+        d = detect(img)
+        assert is_clean_star(d) == (s.shape == "star"), (seed, s.caption, d.features)
+        if s.shape in points:
+            assert d.features["points"] == points[s.shape], (seed, s.caption, d.features["points"])
+    rng = np.random.default_rng(0)
+    blobs = [detect(render(Sample(0, "", BLOB, "red", "white", 1, "", (ShapeSpec(BLOB, "red", 0.5, 0.5, 0.35, blob_points(rng)),))))
+             for _ in range(60)]
+    assert sum(d.shape == "star" for d in blobs) >= 5 and not any(is_clean_star(d) for d in blobs)
+    noise = np.random.default_rng(1).integers(0, 256, size=(20, 32, 32, 3)).astype(np.uint8)
+    assert not any(is_clean_star(detect(n)) for n in noise)
+    star = render(Sample(0, "", "star", "red", "white", 1, "", (ShapeSpec("star", "red", 0.5, 0.5, 0.35),)))
+    assert is_clean_star(detect(star)) and count_points(np.argwhere(star[..., 1] < 128)) == 5
+    specks = star.copy()
+    specks[np.random.default_rng(2).random((32, 32)) < 0.08] = (230, 25, 25)
+    assert detect(specks).shape == "star" and not is_clean_star(detect(specks))
+
+
 def test_holdout_seeds_unused_by_training_default():
     from rlr_core.tiny.train import parse_args
 

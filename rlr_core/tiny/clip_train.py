@@ -15,7 +15,10 @@ N images of each batch are also pushed off the data distribution (tiny, tinted, 
 noisy: what a reward-hacking run draws) and attacked by a few PGD steps (L-inf ``--adv-eps``) that
 try to change their shape reading; they are trained to keep their true shape among the 4 shape
 captions with their own colour and background and the empty caption ("a white background").
-``--empty`` replaces a share of each batch by the same images with the shapes removed. Without it an optimiser (the star demo) finds
+``--empty`` replaces a share of each batch by the same images with the shapes removed. ``--blob``,
+``--tiny`` and ``--noise`` (not used by the shipped weights; README, "Measured: the star demo")
+replace a share by an irregular polygon ("a red blob on a white background"), by the shape drawn
+tiny ("a small red star ...") and by pixel noise over the background ("a noisy image"). Without it an optimiser (the star demo) finds
 images that read as "star" without being stars.
 
 Evaluation (``zero_shot_accuracy``): for each image, pick among the captions that vary one attribute
@@ -39,7 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from .clip_model import ASSET_DIR, TinyClip, TinyClipConfig, clear_tiny_clip_cache, load_tiny_clip, save_tiny_clip
-from .data import BG_COLORS, COLORS, HOLDOUT_START, SHAPES, Sample, caption_for, eval_prompts, make_sample, render
+from .data import (BG_COLORS, BLOB, COLORS, HOLDOUT_START, SHAPES, Sample, ShapeSpec, blob_points, caption_for, eval_prompts,
+                   make_sample, render)
 
 ATTRIBUTES = ("color", "shape", "background")
 GENERATED_SEED0 = HOLDOUT_START + 2_000_000  # noise seeds of the generated evaluation images
@@ -75,15 +79,22 @@ def candidates(color: str, shape: str, background: str, attribute: str, count: i
     raise ValueError(f"attribute={attribute!r} is not allowed; allowed values: {list(ATTRIBUTES)}")
 
 
-def contrast_captions(color: str, shape: str, background: str) -> list[str]:
+def contrast_captions(color: str, shape: str, background: str, extended: bool = False) -> list[str]:
     """Every caption that changes one attribute of "a {color} {shape} on a {background} background"
     (the other shapes, colours and backgrounds the data allows), then the empty caption: the
-    ``contrast_texts`` of a classification-style clip reward (the star demo)."""
+    ``contrast_texts`` of a classification-style clip reward (the star demo). ``extended``: also the
+    empty canvases of the other plain backgrounds, the same with an irregular blob instead of the shape
+    ("a red blob on a white background") and "a noisy image" (only meaningful for a tiny-clip trained
+    with ``--blob`` / ``--noise``; the shipped weights were not)."""
     out = []
     for attribute in ("shape", "color", "background"):
         caps, truth = candidates(color, shape, background, attribute)
         out += [c for i, c in enumerate(caps) if i != truth]
-    return out + [empty_caption(background)]
+    out.append(empty_caption(background))
+    if extended:
+        out += [empty_caption(b) for b in ("white", "black", "gray", *BG_COLORS) if b != background]
+        out += [caption_for(color, BLOB, background), NOISE_CAPTION]
+    return out
 
 
 @torch.no_grad()
@@ -146,13 +157,13 @@ def hard_negative(sample: Sample, rng: np.random.Generator) -> str:
     (for an empty image: a shape of its colour on its background)."""
     attr = ATTRIBUTES[int(rng.integers(3))]
     color, shape, bg = sample.color, sample.shape, sample.background
-    if shape == EMPTY:
+    if shape in (EMPTY, NOISE):
         return caption_for(color, SHAPES[int(rng.integers(len(SHAPES)))], bg)
     if attr == "color":
         others = [c for c in colors_for(bg) if c != color]
         color = others[int(rng.integers(len(others)))]
     elif attr == "shape":
-        others = [s for s in SHAPES if s != shape]
+        others = [s for s in (*SHAPES, BLOB) if s != shape]
         shape = others[int(rng.integers(len(others)))]
     else:
         others = [b for b in backgrounds_for(color) if b != bg]
@@ -190,17 +201,62 @@ def empty_version(sample: Sample) -> Sample:
     return replace(sample, caption=empty_caption(sample.background), shape=EMPTY, count=0, size_word="", shapes=())
 
 
-SHAPE_CLASSES = (*SHAPES, EMPTY)  # what the robust shape loss tells apart
+def blob_version(sample: Sample, rng: np.random.Generator) -> Sample:
+    """``sample``'s colour and background with one irregular polygon (:func:`data.blob_points`) of any
+    size (half extent 0.06-0.40, tiny included) instead of its shapes, captioned "a red blob on a white
+    background": what a reward-hacking run draws when a spiky fragment reads as a star."""
+    r = float(rng.uniform(0.06, 0.40))
+    cx, cy = (float(v) for v in rng.uniform(r + 0.02, 1 - r - 0.02, size=2))
+    spec = ShapeSpec(BLOB, sample.color, cx, cy, r, blob_points(rng))
+    return replace(sample, caption=caption_for(sample.color, BLOB, sample.background), shape=BLOB, count=1, size_word="",
+                   shapes=(spec,))
+
+
+def tiny_version(sample: Sample, rng: np.random.Generator) -> Sample:
+    """``sample``'s first shape redrawn tiny (half extent 0.07-0.17, below the data's "small" 0.18-0.22) at a
+    random place, captioned with size word "small": a tiny star is a star, a tiny circle is not."""
+    first = sample.shapes[0]
+    r = float(rng.uniform(0.07, 0.17))
+    cx, cy = (float(v) for v in rng.uniform(r + 0.04, 1 - r - 0.04, size=2))
+    spec = replace(first, cx=cx, cy=cy, r=r)
+    return replace(sample, caption=caption_for(sample.color, sample.shape, sample.background, 1, "small"), count=1,
+                   size_word="small", shapes=(spec,))
+
+
+NOISE = "noise"  # an image of pixel noise over a background, captioned NOISE_CAPTION
+NOISE_CAPTION = "a noisy image"
+
+
+def noise_version(sample: Sample) -> Sample:
+    """``sample`` as a noise image (see :func:`noise_image`), captioned "a noisy image"."""
+    return replace(sample, caption=NOISE_CAPTION, shape=NOISE, count=0, size_word="", shapes=())
+
+
+def noise_image(background: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """[3,H,W] in [0,1]: ``background`` blended 30-100% toward uniform pixel noise (coloured or grey,
+    sometimes blurred to blotches): what a run that breaks the diffusion model draws."""
+    noise = torch.rand(background.shape, generator=g)
+    if float(torch.rand(1, generator=g)) < 0.3:
+        noise = noise.mean(0, keepdim=True).expand_as(background)
+    if float(torch.rand(1, generator=g)) < 0.3:
+        noise = F.avg_pool2d(noise[None], 3, stride=1, padding=1, count_include_pad=False)[0]
+    a = 0.3 + 0.7 * float(torch.rand(1, generator=g))
+    return ((1 - a) * background + a * noise).clamp(0, 1)
+
+
+SHAPE_CLASSES = (*SHAPES, BLOB, EMPTY, NOISE)  # what the robust shape loss tells apart
 
 
 def shape_captions(samples: list[Sample]) -> list[str]:
-    """For each sample, its caption with each of the 4 shapes (colour, background, count, size as drawn) and
-    the empty caption: 5 x B texts, in the order of :data:`SHAPE_CLASSES`."""
+    """For each sample, its caption with each of the 4 shapes and the blob (colour, background, count, size
+    as drawn), then the empty caption and the noise caption: 7 x B texts, in the order of :data:`SHAPE_CLASSES`."""
     texts = []
     for sp in samples:
-        count = max(sp.count, 1)
-        texts += [caption_for(sp.color, shape, sp.background, count, sp.size_word) for shape in SHAPES]
+        count = max(sp.count, 1) if sp.shape != BLOB else 1
+        texts += [caption_for(sp.color, shape, sp.background, count if shape != BLOB else 1, sp.size_word if shape != BLOB else "")
+                  for shape in (*SHAPES, BLOB)]
         texts.append(empty_caption(sp.background))
+        texts.append(NOISE_CAPTION)
     return texts
 
 
@@ -259,8 +315,8 @@ def adversarial(model: TinyClip, images: torch.Tensor, shape_text: torch.Tensor,
 
 def robust_shape_loss(model: TinyClip, images: torch.Tensor, batch: list[Sample], eps: float, steps: int,
                       g: torch.Generator) -> torch.Tensor:
-    """Shape cross-entropy (among the 4 shape captions with the sample's own colour and background, and
-    the empty caption) of
+    """Shape cross-entropy (among the 4 shape captions with the sample's own colour and background, the
+    blob caption, the empty caption and the noise caption: :data:`SHAPE_CLASSES`) of
     off-distribution versions of ``images`` and of PGD adversarial versions of them: a change that is not
     a change of shape must not move the shape scores (the star demo's reward hacking)."""
     text = model.encode_text(shape_captions(batch)).view(len(batch), len(SHAPE_CLASSES), -1)
@@ -306,6 +362,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "colours/backgrounds and PGD adversarial versions, labelled with their true shape (0 = off)")
     p.add_argument("--empty", type=float, default=0.0,
                    help="share of each batch replaced by the same image with its shapes removed, captioned 'a <background> background'")
+    p.add_argument("--blob", type=float, default=0.0,
+                   help="share of each batch replaced by an irregular polygon of the same colour and background, any size, "
+                        "captioned 'a <colour> blob on a <background> background'")
+    p.add_argument("--tiny", type=float, default=0.0,
+                   help="share of each batch whose shape is redrawn tiny (half extent 0.07-0.17), captioned with 'small'")
+    p.add_argument("--noise", type=float, default=0.0,
+                   help="share of each batch replaced by pixel noise over the background, captioned 'a noisy image'")
     p.add_argument("--robust-weight", type=float, default=1.0, help="weight of the robust shape loss")
     p.add_argument("--adv-eps", type=float, default=0.1, help="L-inf radius of the PGD adversarial examples (pixels in [0, 1])")
     p.add_argument("--adv-steps", type=int, default=3, help="PGD steps (0 = off-distribution images only)")
@@ -379,10 +442,19 @@ def main(argv=None) -> dict:
         idx = torch.randint(len(samples), (args.batch,), generator=g)
         images = pool[idx].float() / 255.0
         batch = [samples[int(i)] for i in idx]
-        if args.empty:
-            for i in torch.nonzero(torch.rand(len(batch), generator=g) < args.empty).flatten().tolist():
-                batch[i] = empty_version(batch[i])
-                images[i] = torch.from_numpy(render(batch[i])).permute(2, 0, 1).float() / 255.0
+        for share, make in ((args.empty, lambda sp: empty_version(sp)), (args.blob, lambda sp: blob_version(sp, rng)),
+                            (args.tiny, lambda sp: tiny_version(sp, rng))):
+            if share:
+                for i in torch.nonzero(torch.rand(len(batch), generator=g) < share).flatten().tolist():
+                    if batch[i].shape in SHAPES:  # each image changed at most once
+                        batch[i] = make(batch[i])
+                        images[i] = torch.from_numpy(render(batch[i])).permute(2, 0, 1).float() / 255.0
+        if args.noise:
+            for i in torch.nonzero(torch.rand(len(batch), generator=g) < args.noise).flatten().tolist():
+                if batch[i].shape in SHAPES:
+                    empty = torch.from_numpy(render(empty_version(batch[i]))).permute(2, 0, 1).float() / 255.0
+                    batch[i] = noise_version(batch[i])
+                    images[i] = noise_image(empty, g)
         images = augment(images, g)
         loss = contrastive_loss(model, images, [s.caption for s in batch], [hard_negative(s, rng) for s in batch])
         if args.robust:

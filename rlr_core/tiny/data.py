@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle", "star")
-PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "star": "stars"}
+PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "star": "stars", "blob": "blobs"}
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
     "green": (30, 165, 50),
@@ -42,6 +42,7 @@ class ShapeSpec:
     cx: float  # centre in [0, 1] image coordinates
     cy: float
     r: float  # circumradius-like half extent in [0, 1] units
+    points: tuple[tuple[float, float], ...] = ()  # BLOB only: (angle, radius factor) of each vertex
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,26 @@ def sample_spec(seed: int) -> Sample:
                   background, count, size_word, tuple(specs))
 
 
+BLOB = "blob"  # an irregular polygon: not one of SHAPES (tiny-clip's robust training only, never the diffusion data)
+
+
+def blob_points(rng: np.random.Generator) -> tuple[tuple[float, float], ...]:
+    """Vertices of a random irregular polygon: 5-9 vertices at sorted random angles (at least 0.35 rad
+    apart), radius factors uniform in [0.25, 1] with at least one below 0.6: spiky or lumpy, never one of
+    the regular SHAPES."""
+    n = int(rng.integers(5, 10))
+    for _ in range(100):
+        angles = np.sort(rng.uniform(0.0, 2 * math.pi, size=n))
+        gaps = np.diff(np.concatenate([angles, angles[:1] + 2 * math.pi]))
+        if gaps.min() > 0.35:
+            break
+    factors = rng.uniform(0.25, 1.0, size=n)
+    first, second = rng.choice(n, size=2, replace=False)
+    factors[first] = 1.0  # the extent is r
+    factors[second] = min(factors[second], 0.6)
+    return tuple((float(a), float(f)) for a, f in zip(angles, factors))
+
+
 def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
     if shape == "square":
         h = r * 0.82
@@ -156,6 +177,8 @@ def render(sample: Sample, size: int = IMAGE_SIZE) -> np.ndarray:
         cx, cy, r = sp.cx * S, sp.cy * S, sp.r * S
         if sp.shape == "circle":
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        elif sp.shape == BLOB:
+            draw.polygon([(cx + r * f * math.cos(a), cy + r * f * math.sin(a)) for a, f in sp.points], fill=fill)
         else:
             draw.polygon(_polygon(sp.shape, cx, cy, r), fill=fill)
     img = img.resize((size, size), Image.BOX)

@@ -143,6 +143,43 @@ def shape_features(comp: np.ndarray, soft: np.ndarray) -> dict:
     }
 
 
+def count_points(comp: np.ndarray, bins: int = 36) -> int:
+    """Number of points (tips) of a component: local maxima of its outline radius around the centroid,
+    over ``bins`` angle sectors, that stand out from the neighbouring minima by at least 15% of the
+    largest radius. A 5-point star has 5; a circle, square (4 shallow corners) or blob usually fewer or
+    an irregular number."""
+    ys, xs = comp[:, 0] + 0.5, comp[:, 1] + 0.5
+    cy, cx = ys.mean(), xs.mean()
+    angle = np.arctan2(ys - cy, xs - cx)
+    radius = np.hypot(ys - cy, xs - cx) + 0.5
+    sector = ((angle + np.pi) / (2 * np.pi) * bins).astype(int) % bins
+    profile = np.zeros(bins)
+    np.maximum.at(profile, sector, radius)
+    for i in np.nonzero(profile == 0)[0]:  # sectors without a pixel (tiny shapes): the neighbours' mean
+        profile[i] = 0.5 * (profile[(i - 1) % bins] + profile[(i + 1) % bins])
+    profile = 0.25 * np.roll(profile, 1) + 0.5 * profile + 0.25 * np.roll(profile, -1)
+    span = profile.max()
+    if span <= 0:
+        return 0
+    peaks = 0
+    for i in range(bins):
+        left, right = profile[(i - 1) % bins], profile[(i + 1) % bins]
+        if profile[i] > left and profile[i] >= right:
+            # prominence: how far the profile drops on both sides before rising above this peak again
+            drops = []
+            for step in (-1, 1):
+                low, j = profile[i], i
+                for _ in range(bins // 2):
+                    j = (j + step) % bins
+                    if profile[j] > profile[i]:
+                        break
+                    low = min(low, profile[j])
+                drops.append(profile[i] - low)
+            if min(drops) >= 0.15 * span:
+                peaks += 1
+    return peaks
+
+
 def classify_shape(f: dict) -> str:
     if f["solidity"] < 0.8:
         return "star"
@@ -171,9 +208,20 @@ def detect(img) -> Detection:
     if not comps:
         return Detection(color, None, bg_name, 0, {})
     f = shape_features(comps[0], t)
+    f["points"] = count_points(comps[0])
+    f["largest_share"] = len(comps[0]) / max(int(mask.sum()), 1)  # < 1: other foreground specks (noise)
     big = [c for c in comps if len(c) >= 0.3 * len(comps[0])]
     f["fg_rgb"] = [float(v) for v in fg]
     return Detection(color, classify_shape(f), bg_name, len(big), f)
+
+
+def is_clean_star(detection: Detection, min_area: float = 40.0) -> bool:
+    """A stricter star test than ``detection.shape == "star"`` for images an optimiser drew: the largest
+    shape is a star by the solidity rule, has exactly 5 points (:func:`count_points`), covers at least
+    ``min_area`` pixels, and holds at least 90% of the foreground pixels (no noise, no fragments)."""
+    f = detection.features
+    return (detection.shape == "star" and f.get("points") == 5 and float(f.get("area", 0.0)) >= min_area
+            and float(f.get("largest_share", 0.0)) >= 0.9)
 
 
 def detect_batch(images) -> list[Detection]:
@@ -181,4 +229,4 @@ def detect_batch(images) -> list[Detection]:
     return [detect(np.asarray(im) if not hasattr(im, "detach") else im) for im in images]
 
 
-__all__ = ["Detection", "detect", "detect_batch", "classify_shape", "shape_features", "SHAPES"]
+__all__ = ["Detection", "detect", "detect_batch", "classify_shape", "count_points", "is_clean_star", "shape_features", "SHAPES"]
