@@ -127,8 +127,9 @@ def test_train_preference_export_in_chromium(browser, app_url, tiny_pixel_dir, t
     toast = page.locator(".toast-body.error").first
     toast.wait_for(timeout=15_000)
     assert "Reward options (JSON): must be a JSON object" in toast.inner_text()
-    page.wait_for_timeout(500)
-    assert "Iteration 4/4" in page.locator("#progress").inner_text()
+    # the click shows "Starting ... (waiting for the server)" until the refused start is answered; under
+    # load that takes longer than the toast, so wait for the finished run's progress to come back
+    page.locator("#progress", has_text="Iteration 4/4").wait_for(timeout=15_000)
     for output in OUTPUTS:
         assert page.locator(f"{output} >> text=/^Error$/").count() == 0, output
     assert page.locator("#after-images img").count() == 4 and "Finished 4 iterations" in status_text(page)

@@ -172,6 +172,20 @@ def test_clip_reward_contrast_texts_is_a_log_probability_among_captions():
         get_reward("clip", model="tiny-clip", text=star, contrast_texts=others[0], negative_text=others[1])
 
 
+def test_clip_reward_probability_is_the_softmax_probability_and_reaches_pixels():
+    x, caps, _ = make_batch([HOLDOUT_START + i for i in range(4)])
+    images = torch.from_numpy(x).requires_grad_(True)
+    star, others = "a red star on a white background", ["a red circle on a white background", "a white background"]
+    log_p = get_reward("clip", model="tiny-clip", text=star, contrast_texts=others, scale=37.0)(images, caps)
+    p = get_reward("clip", model="tiny-clip", text=star, contrast_texts=others, scale=37.0, probability=True)(images, caps)
+    torch.testing.assert_close(p, log_p.exp())
+    assert float(p.min()) >= 0.0 and float(p.max()) <= 1.0
+    (grad,) = torch.autograd.grad(p.sum(), images)
+    assert float(grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="probability"):
+        get_reward("clip", model="tiny-clip", text=star, probability=True)
+
+
 def test_robust_training_images_blob_tiny_and_noise():
     """The extra robust-training images of clip_train (--blob, --tiny, --noise) are what their captions say."""
     import numpy as np

@@ -156,6 +156,7 @@ _REGISTRY: dict[str, RewardInfo] = {
                 "contrast_texts": RewardOption(
                     "", str, "captions separated by '|': the reward becomes log p(text | image) among text and these, log_softmax(scale x cos) ('' = none)"
                 ),
+                "probability": RewardOption(False, bool, "with contrast_texts: p(text | image) in [0, 1] instead of its log"),
                 "model": RewardOption("", str, "alias of clip_model, e.g. 'tiny-clip' ('' = use clip_model)"),
             },
         ),

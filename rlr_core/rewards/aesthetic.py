@@ -178,7 +178,9 @@ class ClipScoreReward(_ClipReward):
     (optional, captions separated by ``|``) turns the score into a classification: the log-probability
     of ``text`` (or the prompt) among it and the contrast captions, ``log_softmax(scale * cos)[text]``,
     in (-inf, 0]; a change that raises every caption's cosine alike (background, colour) gains
-    nothing. ``clip_model="tiny-clip"`` uses the bundled offline tiny-clip (``pretrained`` and
+    nothing. ``probability=True`` (with ``contrast_texts``) returns the probability itself, in [0, 1]:
+    an image that is merely "less of a competitor" (an erased or noisy one) then gains almost nothing
+    over a confident competitor, since both are near 0. ``clip_model="tiny-clip"`` uses the bundled offline tiny-clip (``pretrained`` and
     ``precision`` are then ignored).
     """
 
@@ -194,6 +196,7 @@ class ClipScoreReward(_ClipReward):
         text: str = "",
         negative_text: str = "",
         contrast_texts: str = "",
+        probability: bool = False,
         precision: str = "fp32",
         cache_dir: str | None = None,
         device: str | torch.device = "cpu",
@@ -215,6 +218,12 @@ class ClipScoreReward(_ClipReward):
                 "contrast_texts cannot be combined with negative_text or clamp; allowed: contrast_texts alone "
                 "(a log-probability among captions), or negative_text / clamp without contrast_texts"
             )
+        if not isinstance(probability, bool):
+            raise ValueError(f"probability={probability!r} is not allowed; allowed values: true or false")
+        if probability and not self.contrast_texts:
+            raise ValueError("probability=true needs contrast_texts (it is p(text | image) among the captions); "
+                             "allowed: probability with contrast_texts, or probability=false")
+        self.probability = probability
         self._text_cache = TextEmbeddingCache()
 
     def text_embeddings(self, prompts: list[str], device: torch.device) -> torch.Tensor:
@@ -229,7 +238,8 @@ class ClipScoreReward(_ClipReward):
         if self.contrast_texts:  # classification: log p(text | image) among text and the contrast captions
             others = self.text_embeddings(list(self.contrast_texts), images.device)
             logits = self.scale * torch.cat([cos[:, None], img @ others.T], dim=1)
-            return torch.log_softmax(logits, dim=1)[:, 0].float()
+            log_p = torch.log_softmax(logits, dim=1)[:, 0].float()
+            return log_p.exp() if self.probability else log_p
         if self.clamp:
             cos = cos.clamp_min(0.0)
         if self.negative_text:  # directional: toward text, away from negative_text
