@@ -7,7 +7,8 @@ Train tab's "Preset" dropdown does). No Gradio here.
 * "Star demo (tiny, offline)": the run of ``benchmarks/star_demo.yaml`` (README, "Measured: the
   star demo"): the prompt draws a red circle, the tiny-clip reward asks for a red star (the
   log-probability of "a red star on a white background" among the captions that change one
-  attribute and "a white background"), default estimator rlr. It does not produce stars yet.
+  attribute, "a white background" and the 4 shapes drawn small), default estimator rlr. It does not
+  produce clean stars yet.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ STAR_DEMO_REWARD_OPTIONS = {
     "model": "tiny-clip",
     "text": STAR_TEXT,
     "scale": 37.0,
-    "contrast_texts": contrast_captions("red", "star", "white"),  # 21 one-attribute changes + "a white background"
+    # 21 one-attribute changes, "a white background", and the 4 shapes drawn "small"
+    "contrast_texts": contrast_captions("red", "star", "white", small=True),
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -43,7 +45,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 8,
         "lr": 0.003,
         "lora_rank": 4,
-        "steps": 24,
+        "steps": 48,
         "seed": 0,
     },
 }

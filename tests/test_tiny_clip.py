@@ -124,7 +124,7 @@ def short_star_run(tmp_path: Path, lr: float, steps: int) -> tuple[list[float], 
 
     config = TrainConfig.from_file(Path(__file__).resolve().parents[1] / "benchmarks" / "star_demo.yaml")
     assert config.reward == "clip" and config.reward_options["model"] == "tiny-clip" and config.estimator == "rlr"
-    assert len(config.reward_options["contrast_texts"]) == 22
+    assert len(config.reward_options["contrast_texts"]) == 26
     config.num_steps, config.batch_size, config.steps, config.lr = 8, 4, steps, lr
     config.estimator_options = {"h": 2, "window": [1, 4]}
     config.eval_every, config.checkpoint_every, config.output_dir = 0, 0, str(tmp_path / f"run-{lr:g}")

@@ -79,10 +79,13 @@ def candidates(color: str, shape: str, background: str, attribute: str, count: i
     raise ValueError(f"attribute={attribute!r} is not allowed; allowed values: {list(ATTRIBUTES)}")
 
 
-def contrast_captions(color: str, shape: str, background: str, extended: bool = False) -> list[str]:
+def contrast_captions(color: str, shape: str, background: str, small: bool = False, extended: bool = False) -> list[str]:
     """Every caption that changes one attribute of "a {color} {shape} on a {background} background"
     (the other shapes, colours and backgrounds the data allows), then the empty caption: the
-    ``contrast_texts`` of a classification-style clip reward (the star demo). ``extended``: also the
+    ``contrast_texts`` of a classification-style clip reward (the star demo). ``small``: also the 4 shapes
+    with the size word "small" ("a small red circle on a white background", ...), so that shrinking the
+    shape does not pay: tiny-clip reads a tiny circle as "a red star" otherwise
+    (``benchmarks/star_landscape.py``). ``extended``: also the
     empty canvases of the other plain backgrounds, the same with an irregular blob instead of the shape
     ("a red blob on a white background") and "a noisy image" (only meaningful for a tiny-clip trained
     with ``--blob`` / ``--noise``; the shipped weights were not)."""
@@ -91,6 +94,8 @@ def contrast_captions(color: str, shape: str, background: str, extended: bool = 
         caps, truth = candidates(color, shape, background, attribute)
         out += [c for i, c in enumerate(caps) if i != truth]
     out.append(empty_caption(background))
+    if small:
+        out += [caption_for(color, s, background, 1, "small") for s in SHAPES]
     if extended:
         out += [empty_caption(b) for b in ("white", "black", "gray", *BG_COLORS) if b != background]
         out += [caption_for(color, BLOB, background), NOISE_CAPTION]
