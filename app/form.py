@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from rlr_core.config import LORA_TARGET_SETS, MAX_SEED, TrainConfig, nested_deeper_than
+from rlr_core.config import LORA_TARGET_SETS, LR_SCHEDULES, MAX_SEED, TrainConfig, nested_deeper_than
 from rlr_core.diffusers_chain import model_defaults
 from rlr_core.estimators import estimator_options, list_estimators, option_choices, ui_options
 from rlr_core.rewards import reward_names
@@ -139,6 +139,8 @@ FIELDS: list[Field] = [
     Field("batch_size", "Batch size", "int", 4, "batch_size", 1, cap="batch_size", section="sampling",
           info="a multiple of the estimator's noise groups"),
     Field("lr", "Learning rate", "float", 1e-3, "lr", 0.0, section="optimization"),
+    Field("lr_schedule", "LR schedule", "choice", "constant", "lr_schedule", choices=LR_SCHEDULES, section="optimization",
+          info="cosine / linear: decay from the learning rate toward 0 over the iterations"),
     Field("lora_rank", "LoRA rank", "int", 4, "lora_rank", 1, cap="lora_rank", section="optimization"),
     Field("lora_targets", "LoRA targets", "choice", "attention", "lora_targets", choices=tuple(LORA_TARGET_SETS),
           section="optimization", info="attention: every attention layer; cross-attention: only what reads the prompt "

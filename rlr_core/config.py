@@ -30,13 +30,16 @@ from typing import Any
 
 import yaml
 
-__all__ = ["TrainConfig", "HOSTED_LIMITS", "DEVICES", "DTYPES", "MAX_CONFIG_BYTES", "MAX_CONFIG_NESTING", "MAX_SEED", "REPORT_TO", "LORA_TARGET_SETS", "resolve_lora_targets", "nested_deeper_than"]
+__all__ = ["TrainConfig", "HOSTED_LIMITS", "DEVICES", "DTYPES", "MAX_CONFIG_BYTES", "MAX_CONFIG_NESTING", "MAX_SEED", "REPORT_TO", "LORA_TARGET_SETS", "LR_SCHEDULES", "lr_factor", "resolve_lora_targets", "nested_deeper_than"]
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 """Allowed values of ``TrainConfig.dtype`` ("auto": float16 on CUDA, float32 elsewhere, chosen by load_model)."""
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
 """Allowed forms of ``TrainConfig.device``."""
+
+LR_SCHEDULES = ("constant", "cosine", "linear")
+"""Allowed values of ``TrainConfig.lr_schedule`` (see :func:`lr_factor`)."""
 
 REPORT_TO = ("none", "tensorboard", "wandb")
 """Allowed values of ``TrainConfig.report_to`` (the same tuple as ``rlr_core.tracking.REPORT_TO``)."""
@@ -58,6 +61,20 @@ LORA_TARGET_SETS: dict[str, tuple[str, ...]] = {
     "cross-attention": ("attn2.to_k", "attn2.to_v"),
 }
 """Named values of ``lora_targets`` (module-name suffixes LoRA adapters are added to)."""
+
+
+def lr_factor(schedule: str, step: int, steps: int) -> float:
+    """The learning-rate multiplier of iteration ``step`` (1-based) of ``steps``: 1 for "constant";
+    with t = (step - 1) / steps, ``0.5 * (1 + cos(pi * t))`` for "cosine" and ``1 - t`` for "linear"
+    (the first iteration gets the full lr, the last one lr / steps or so, never 0)."""
+    if schedule == "constant":
+        return 1.0
+    t = min(max((int(step) - 1) / max(int(steps), 1), 0.0), 1.0)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    if schedule == "linear":
+        return 1.0 - t
+    raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {schedule!r}")
 
 
 def resolve_lora_targets(lora_targets: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -127,6 +144,9 @@ class TrainConfig:
     Optimization
         steps: training iterations (>= 1); batch_size: images per iteration (>= 1; even for
         estimators that split the batch in +/- halves); lr: AdamW learning rate (> 0);
+        lr_schedule: ``"constant"`` (default), ``"cosine"`` or ``"linear"``: the learning rate of
+        iteration s (1-based) is ``lr * lr_factor(lr_schedule, s, steps)``, decaying from lr toward 0
+        over the ``steps`` iterations;
         weight_decay: AdamW weight decay (>= 0); max_grad_norm: gradient clipping (> 0; 0 = off);
         seed: seed of prompts, noises, perturbations and the fresh LoRA's initialisation
         (iteration k uses seed (seed, k)); an integer in [0, 2**32 - 1].
@@ -170,6 +190,7 @@ class TrainConfig:
     steps: int = 100
     batch_size: int = 4
     lr: float = 1e-3
+    lr_schedule: str = "constant"
     weight_decay: float = 1e-4
     max_grad_norm: float = 1.0
     seed: int = 0
@@ -332,6 +353,8 @@ class TrainConfig:
         _check_int(self, "steps", minimum=1)
         _check_int(self, "batch_size", minimum=1)
         _check_float(self, "lr", minimum=0.0, strict=True)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {_got('lr_schedule', self.lr_schedule)}")
         _check_float(self, "weight_decay", minimum=0.0)
         _check_float(self, "max_grad_norm", minimum=0.0)
         _check_int(self, "seed", minimum=0, maximum=MAX_SEED)

@@ -51,7 +51,7 @@ from .checkpoints import (
     rng_state,
     set_rng_state,
 )
-from .config import TrainConfig
+from .config import TrainConfig, lr_factor
 from .diagnostics import cosine
 from .estimators.base import Estimator, GradientEstimate, Rollout
 from .images import to_pil
@@ -431,6 +431,9 @@ class Trainer:
     ) -> StepReport:
         """Apply the update (and further PPO epochs), evaluate when due, checkpoint, log the metrics."""
         config = self.config
+        learning_rate = config.lr * lr_factor(config.lr_schedule, step, config.steps)
+        for group in self.optimizer.param_groups:  # the schedule is a function of the step: resumes need no state
+            group["lr"] = learning_rate
         epoch_messages = [self._update_message(estimate, self.apply_update(estimate))]
         peak = float(estimate.peak_memory_mb)
         for _ in range(1, self.estimator.inner_epochs):
@@ -466,7 +469,8 @@ class Trainer:
             graph_memory_mb=distributed.max_over_processes(estimate.graph_memory_mb),
             chain_steps={k: list(v) for k, v in estimate.steps.items()},
             signal=self.signal_reference.cosines(estimate),
-            info={k: float(v) for k, v in estimate.info.items()},
+            info={**{k: float(v) for k, v in estimate.info.items()},
+                  **({"lr": learning_rate} if config.lr_schedule != "constant" else {})},
         )
         self.step = step
         self._boundary_rng = rng_state()  # evaluation below leaves the global RNGs untouched

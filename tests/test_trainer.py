@@ -425,3 +425,28 @@ def test_metrics_lines_name_the_checkpoint_written_after_their_iteration(tmp_pat
     assert [line["checkpoint"] is not None for line in lines] == [False, True, True]  # steps 2 and 3 (the last)
     assert [line["checkpoint"] for line in lines] == [r.checkpoint for r in reports]
     assert all(Path(line["checkpoint"], "trainer_state.pt").is_file() for line in lines[2:])
+
+
+def test_lr_schedule_sets_each_iterations_learning_rate(tmp_path):
+    """lr_schedule "cosine" / "linear": iteration s runs AdamW at lr * lr_factor(schedule, s, steps), reported in
+    info["lr"]; the first iteration is the same as a constant run, later ones move less; bad names are refused."""
+    from rlr_core.config import lr_factor
+
+    assert [lr_factor("constant", s, 4) for s in (1, 4)] == [1.0, 1.0]
+    assert [round(lr_factor("cosine", s, 4), 6) for s in (1, 2, 3, 4)] == [1.0, 0.853553, 0.5, 0.146447]
+    assert [lr_factor("linear", s, 4) for s in (1, 2, 3, 4)] == [1.0, 0.75, 0.5, 0.25]
+    runs = {}
+    for schedule in ("constant", "cosine"):
+        chain, reward, estimator, config = _analytic(tmp_path, name=schedule, lr_schedule=schedule, eval_every=0)
+        trainer = Trainer(chain, reward, estimator, config)
+        reports = list(trainer.run())
+        runs[schedule] = (reports, trainer)
+    constant, cosine = runs["constant"][0], runs["cosine"][0]
+    assert [r.info.get("lr") for r in cosine] == [pytest.approx(0.05 * lr_factor("cosine", s, 4)) for s in (1, 2, 3, 4)]
+    assert "lr" not in constant[0].info
+    assert cosine[0].update_norm == pytest.approx(constant[0].update_norm)
+    assert cosine[-1].update_norm < constant[-1].update_norm * 0.5
+    assert runs["cosine"][1].optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * lr_factor("cosine", 4, 4))
+    assert _metrics(runs["cosine"][1].config)[-1]["info"]["lr"] == pytest.approx(0.05 * lr_factor("cosine", 4, 4))
+    with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine, linear"):
+        TrainConfig(lr_schedule="step").validate()
