@@ -92,7 +92,7 @@ def resolve_lora_targets(lora_targets: str | list[str] | tuple[str, ...]) -> lis
         items = []
     if not items or not all(isinstance(t, str) and t.strip() and not t.strip().startswith(".") for t in items):
         raise ValueError(f"lora_targets must be one of {list(LORA_TARGET_SETS)} or a list of module-name suffixes "
-                         f"(e.g. 'attn2.to_k, attn2.to_v'); got {str(lora_targets)[:200]!r}")
+                         f"(e.g. 'attn2.to_k, attn2.to_v'); got {_got('lora_targets', lora_targets)}")
     return [t.strip() for t in items]
 
 
@@ -323,11 +323,7 @@ class TrainConfig:
         _check_int(self, "lora_rank", minimum=1)
         if self.lora_alpha is not None:
             _check_float(self, "lora_alpha", minimum=0.0, strict=True)
-        try:
-            resolve_lora_targets(self.lora_targets)
-        except ValueError:
-            raise ValueError(f"lora_targets must be one of {list(LORA_TARGET_SETS)} or a list of module-name suffixes "
-                             f"(e.g. 'attn2.to_k, attn2.to_v'); got {_got('lora_targets', self.lora_targets)}") from None
+        resolve_lora_targets(self.lora_targets)
         _check_bool(self, "gradient_checkpointing")
         _check_str(self, "device")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or _is_cuda_index(self.device)):

@@ -157,9 +157,9 @@ def rendered_set(seeds) -> tuple[torch.Tensor, list[tuple[str, str, str]]]:
     return x, labels
 
 
-def hard_negative(sample: Sample, rng: np.random.Generator) -> str:
-    """``sample``'s caption with one attribute (colour, shape or background) changed to another valid value
-    (for an empty image: a shape of its colour on its background)."""
+def hard_negative(sample: Sample, rng: np.random.Generator, shapes: tuple[str, ...] = SHAPES) -> str:
+    """``sample``'s caption with one attribute (colour, shape among ``shapes`` or background) changed to
+    another valid value (for an empty or noise image: a shape of its colour on its background)."""
     attr = ATTRIBUTES[int(rng.integers(3))]
     color, shape, bg = sample.color, sample.shape, sample.background
     if shape in (EMPTY, NOISE):
@@ -168,7 +168,7 @@ def hard_negative(sample: Sample, rng: np.random.Generator) -> str:
         others = [c for c in colors_for(bg) if c != color]
         color = others[int(rng.integers(len(others)))]
     elif attr == "shape":
-        others = [s for s in (*SHAPES, BLOB) if s != shape]
+        others = [s for s in shapes if s != shape]
         shape = others[int(rng.integers(len(others)))]
     else:
         others = [b for b in backgrounds_for(color) if b != bg]
@@ -249,20 +249,30 @@ def noise_image(background: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return ((1 - a) * background + a * noise).clamp(0, 1)
 
 
-SHAPE_CLASSES = (*SHAPES, BLOB, EMPTY, NOISE)  # what the robust shape loss tells apart
+def shape_classes(blob: bool = False, noise: bool = False) -> tuple[str, ...]:
+    """What the robust shape loss tells apart: the 4 shapes, the blob (``--blob``), the empty canvas and
+    pixel noise (``--noise``). Without the two options: the classes of the shipped weights."""
+    return (*SHAPES, *((BLOB,) if blob else ()), EMPTY, *((NOISE,) if noise else ()))
 
 
-def shape_captions(samples: list[Sample]) -> list[str]:
-    """For each sample, its caption with each of the 4 shapes and the blob (colour, background, count, size
-    as drawn), then the empty caption and the noise caption: 7 x B texts, in the order of :data:`SHAPE_CLASSES`."""
-    texts = []
-    for sp in samples:
-        count = max(sp.count, 1) if sp.shape != BLOB else 1
-        texts += [caption_for(sp.color, shape, sp.background, count if shape != BLOB else 1, sp.size_word if shape != BLOB else "")
-                  for shape in (*SHAPES, BLOB)]
-        texts.append(empty_caption(sp.background))
-        texts.append(NOISE_CAPTION)
-    return texts
+SHAPE_CLASSES = shape_classes()  # the shipped weights' robust-loss classes
+
+
+def shape_caption(sample: Sample, shape: str) -> str:
+    """``sample``'s caption with its shape replaced by ``shape`` (one of :func:`shape_classes`): the colour,
+    background, count and size as drawn; "a white background" for EMPTY, "a noisy image" for NOISE."""
+    if shape == EMPTY:
+        return empty_caption(sample.background)
+    if shape == NOISE:
+        return NOISE_CAPTION
+    if shape == BLOB:
+        return caption_for(sample.color, BLOB, sample.background)
+    return caption_for(sample.color, shape, sample.background, max(sample.count, 1), sample.size_word)
+
+
+def shape_captions(samples: list[Sample], classes: tuple[str, ...] = SHAPE_CLASSES) -> list[str]:
+    """For each sample, :func:`shape_caption` of each class: len(classes) x B texts, in the order of ``classes``."""
+    return [shape_caption(sp, shape) for sp in samples for shape in classes]
 
 
 def shape_logits(model: TinyClip, images: torch.Tensor, shape_text: torch.Tensor) -> torch.Tensor:
@@ -319,13 +329,13 @@ def adversarial(model: TinyClip, images: torch.Tensor, shape_text: torch.Tensor,
 
 
 def robust_shape_loss(model: TinyClip, images: torch.Tensor, batch: list[Sample], eps: float, steps: int,
-                      g: torch.Generator) -> torch.Tensor:
-    """Shape cross-entropy (among the 4 shape captions with the sample's own colour and background, the
-    blob caption, the empty caption and the noise caption: :data:`SHAPE_CLASSES`) of
+                      g: torch.Generator, classes: tuple[str, ...] = SHAPE_CLASSES) -> torch.Tensor:
+    """Shape cross-entropy (among the captions of ``classes`` with the sample's own colour and background:
+    the 4 shapes, the empty caption, and the blob / noise captions when trained with them) of
     off-distribution versions of ``images`` and of PGD adversarial versions of them: a change that is not
     a change of shape must not move the shape scores (the star demo's reward hacking)."""
-    text = model.encode_text(shape_captions(batch)).view(len(batch), len(SHAPE_CLASSES), -1)
-    truth = torch.tensor([SHAPE_CLASSES.index(sp.shape) for sp in batch])
+    text = model.encode_text(shape_captions(batch, classes)).view(len(batch), len(classes), -1)
+    truth = torch.tensor([classes.index(sp.shape) for sp in batch])
     shifted = off_distribution(images, g)
     attacked = adversarial(model, shifted, text.detach(), truth, eps, steps, g) if steps > 0 else shifted
     both = torch.cat([shifted, attacked])
@@ -439,6 +449,9 @@ def main(argv=None) -> dict:
 
     val_x, val_labels = rendered_set(range(HOLDOUT_START, HOLDOUT_START + 300))
     g = torch.Generator().manual_seed(args.seed)
+    # blob and noise classes only when trained with them: without the options the shipped recipe is unchanged
+    classes = shape_classes(blob=args.blob > 0, noise=args.noise > 0)
+    negative_shapes = (*SHAPES, BLOB) if args.blob > 0 else SHAPES
     rng = np.random.default_rng(args.seed)
     log, train_s, running = [], 0.0, []
     model.train()
@@ -461,9 +474,10 @@ def main(argv=None) -> dict:
                     batch[i] = noise_version(batch[i])
                     images[i] = noise_image(empty, g)
         images = augment(images, g)
-        loss = contrastive_loss(model, images, [s.caption for s in batch], [hard_negative(s, rng) for s in batch])
+        loss = contrastive_loss(model, images, [s.caption for s in batch], [hard_negative(s, rng, negative_shapes) for s in batch])
         if args.robust:
-            shape_loss = robust_shape_loss(model, images[: args.robust], batch[: args.robust], args.adv_eps, args.adv_steps, g)
+            shape_loss = robust_shape_loss(model, images[: args.robust], batch[: args.robust], args.adv_eps, args.adv_steps, g,
+                                           classes)
             loss = loss + args.robust_weight * shape_loss
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
