@@ -145,6 +145,8 @@ FIELDS: list[Field] = [
     Field("lora_targets", "LoRA targets", "choice", "attention", "lora_targets", choices=tuple(LORA_TARGET_SETS),
           section="optimization", info="attention: every attention layer; cross-attention: only what reads the prompt "
                                        "(the model keeps drawing its own shapes)"),
+    Field("kl_weight", "KL to the base model", "float", 0.0, "kl_weight", 0.0, section="optimization",
+          info="0 = off; > 0 pulls the run back toward what the base model draws (against reward hacking; needs eta > 0)"),
     Field("steps", "Iterations", "int", 50, "steps", 1, cap="steps", section="optimization"),
     Field("seed", "Seed", "int", 0, "seed", 0, MAX_SEED, section="optimization"),
     Field("eval_every", "Refresh 'after' every N iterations", "int", 5, "eval_every", 0, section="optimization"),

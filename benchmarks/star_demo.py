@@ -94,7 +94,9 @@ def run_demo(config_path: str | Path = DEFAULT_CONFIG, steps: int | None = None,
     history = []
     t_train = time.time()
     for report in trainer.run():
-        history.append({"step": report.step, "reward_mean": round(float(report.reward_mean), 3), "seconds": round(float(report.seconds), 2)})
+        history.append({"step": report.step, "reward_mean": round(float(report.reward_mean), 3), "seconds": round(float(report.seconds), 2),
+                        **({"kl": round(report.info["kl"], 3), "grad_norm_kl": round(report.grad_norms["kl"], 4),
+                            "grad_norm_total": round(report.grad_norms["total"], 4)} if "kl" in report.info else {})})
         if verbose:
             print(json.dumps(history[-1]), flush=True)
     train_seconds = time.time() - t_train

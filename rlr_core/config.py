@@ -148,6 +148,10 @@ class TrainConfig:
         iteration s (1-based) is ``lr * lr_factor(lr_schedule, s, steps)``, decaying from lr toward 0
         over the ``steps`` iterations;
         weight_decay: AdamW weight decay (>= 0); max_grad_norm: gradient clipping (> 0; 0 = off);
+        kl_weight: weight of the KL regularisation toward the base model (>= 0; 0 = off): each
+        iteration adds ``kl_weight`` x the gradient of the trajectory KL(fine-tuned || base) per image
+        (``rlr_core.kl``; needs a LoRA chain and eta > 0), part "kl" of the diagnostics;
+        kl_steps: chain steps drawn per iteration for that KL estimate (>= 1; scaled to all T steps);
         seed: seed of prompts, noises, perturbations and the fresh LoRA's initialisation
         (iteration k uses seed (seed, k)); an integer in [0, 2**32 - 1].
 
@@ -193,6 +197,8 @@ class TrainConfig:
     lr_schedule: str = "constant"
     weight_decay: float = 1e-4
     max_grad_norm: float = 1.0
+    kl_weight: float = 0.0
+    kl_steps: int = 4
     seed: int = 0
     # evaluation, logging, checkpoints
     eval_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
@@ -353,6 +359,10 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {_got('lr_schedule', self.lr_schedule)}")
         _check_float(self, "weight_decay", minimum=0.0)
         _check_float(self, "max_grad_norm", minimum=0.0)
+        _check_float(self, "kl_weight", minimum=0.0)
+        _check_int(self, "kl_steps", minimum=1)
+        if self.kl_weight > 0 and self.eta <= 0:
+            raise ValueError(f"kl_weight > 0 needs stochastic steps: eta must be > 0; got eta={self.eta!r}, kl_weight={self.kl_weight!r}")
         _check_int(self, "seed", minimum=0, maximum=MAX_SEED)
 
         self._check_eval_seeds()
@@ -484,7 +494,7 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------- helpers
-_FLOAT_FIELDS = {"guidance_scale", "eta", "lora_alpha", "lr", "weight_decay", "max_grad_norm", "memory_budget_gb"}
+_FLOAT_FIELDS = {"guidance_scale", "eta", "lora_alpha", "lr", "weight_decay", "max_grad_norm", "kl_weight", "memory_budget_gb"}
 
 
 def _coerce(name: str, value: Any) -> Any:

@@ -55,6 +55,7 @@ from .config import TrainConfig, lr_factor
 from .diagnostics import cosine
 from .estimators.base import Estimator, GradientEstimate, Rollout
 from .images import to_pil
+from .kl import trajectory_kl_gradient
 from .rewards import Reward
 from .tracking import Tracker, check_report_to, create_tracker
 
@@ -434,6 +435,8 @@ class Trainer:
         learning_rate = config.lr * lr_factor(config.lr_schedule, step, config.steps)
         for group in self.optimizer.param_groups:  # the schedule is a function of the step: resumes need no state
             group["lr"] = learning_rate
+        if config.kl_weight > 0 and not estimate.skipped:
+            self._add_kl_gradient(step, estimate)
         epoch_messages = [self._update_message(estimate, self.apply_update(estimate))]
         peak = float(estimate.peak_memory_mb)
         for _ in range(1, self.estimator.inner_epochs):
@@ -520,6 +523,28 @@ class Trainer:
     def generator_for(self, step: int) -> torch.Generator:
         """The CPU generator of iteration ``step``, seeded from (config.seed, step)."""
         return torch.Generator(device="cpu").manual_seed(step_seed(self.config.seed, step))
+
+    def _add_kl_gradient(self, step: int, estimate: GradientEstimate) -> None:
+        """Add ``kl_weight`` x the gradient of the trajectory KL to the base model (``rlr_core.kl``) to
+        p.grad, as the estimate's part "kl"; its value goes to ``estimate.info["kl"]``."""
+        generator = torch.Generator(device="cpu").manual_seed(step_seed(self.config.seed, step, f"kl:{self.shard.start}"))
+        grads, value = trajectory_kl_gradient(self.chain, list(estimate.prompts), generator, self.config.kl_steps,
+                                              self.shard.global_size)
+        weight = float(self.config.kl_weight)
+        flat = torch.cat([(torch.zeros_like(p) if g is None else g.detach()).reshape(-1).float() for p, g in zip(self.params, grads)])
+        kl_value = torch.tensor([value], dtype=torch.float64)
+        if self.world.distributed:
+            flat, kl_value = distributed.sum_over_processes(flat), distributed.sum_over_processes(kl_value)
+        flat = weight * flat
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            part = flat[offset : offset + n].view_as(p).to(p.dtype)
+            p.grad = part.clone() if p.grad is None else p.grad + part
+            offset += n
+        estimate.parts = {**estimate.parts, "kl": flat}
+        estimate.grad_norms = {**estimate.grad_norms, "kl": float(flat.norm()), "total": float(sum(estimate.parts.values()).norm())}
+        estimate.info = {**estimate.info, "kl": float(kl_value)}
 
     def apply_update(self, estimate: GradientEstimate) -> float:
         """Clip ``p.grad`` and take one AdamW step; return the norm of the parameter change.

@@ -221,8 +221,37 @@ def test_clip_train_runs_with_the_robust_options(tmp_path):
 
     out = tmp_path / "clip"
     result = main(["--out", str(out), "--steps", "2", "--pool", "64", "--batch", "16", "--robust", "8", "--adv-steps", "1",
-                   "--empty", "0.2", "--blob", "0.2", "--tiny", "0.2", "--noise", "0.2", "--threads", "1", "--log-every", "1",
+                   "--empty", "0.2", "--blob", "0.2", "--tiny", "0.2", "--noise", "0.2", "--adv-norm", "l2", "--adv-eps", "2",
+                   "--adv-clean", "--threads", "1", "--log-every", "1",
                    "--eval-generated", "0"])
     assert set(result["rendered_heldout"]) >= {"color", "shape", "background"}
     model = load_tiny_clip(out)
     assert model.encode_image(torch.rand(2, 3, 32, 32)).shape == (2, 64)
+
+
+def test_l2_pgd_attack_stays_in_its_ball_and_raises_the_loss(tmp_path):
+    """clip_train.adversarial with norm="l2" (the shipped weights' stage 3): every image's change has L2 norm
+    <= eps, and the attack raises the shape cross-entropy above that of a random change of the same size."""
+    import torch.nn.functional as F
+
+    from rlr_core.tiny.clip_model import load_tiny_clip
+    from rlr_core.tiny.clip_train import SHAPE_CLASSES, adversarial, shape_captions, shape_logits
+    from rlr_core.tiny.data import make_sample
+
+    model = load_tiny_clip()
+    samples = [make_sample(HOLDOUT_START + i)[1] for i in range(8)]
+    samples = [s for s in samples if s.shape in SHAPE_CLASSES][:6]
+    images = torch.stack([torch.from_numpy(render(s)).permute(2, 0, 1).float() / 255 for s in samples])
+    text = model.encode_text(shape_captions(samples, SHAPE_CLASSES)).view(len(samples), len(SHAPE_CLASSES), -1)
+    truth = torch.tensor([SHAPE_CLASSES.index(s.shape) for s in samples])
+    eps = 2.0
+    attacked = adversarial(model, images, text, truth, eps, 5, torch.Generator().manual_seed(0), norm="l2")
+    assert float((attacked - images).flatten(1).norm(dim=1).max()) <= eps + 1e-4
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(1))
+    randomly = (images + eps * noise / noise.flatten(1).norm(dim=1).view(-1, 1, 1, 1)).clamp(0, 1)
+    with torch.no_grad():
+        loss = {name: float(F.cross_entropy(shape_logits(model, x, text), truth)) for name, x in
+                (("attacked", attacked), ("random", randomly))}
+    assert loss["attacked"] > loss["random"] + 0.1, loss
+    with pytest.raises(ValueError, match="linf"):
+        adversarial(model, images, text, truth, eps, 1, torch.Generator().manual_seed(0), norm="l1")

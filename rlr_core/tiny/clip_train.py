@@ -316,28 +316,47 @@ def off_distribution(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
+def _l2_project(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    return delta * (eps / norm).clamp(max=1.0)
+
+
 def adversarial(model: TinyClip, images: torch.Tensor, shape_text: torch.Tensor, truth: torch.Tensor, eps: float, steps: int,
-                g: torch.Generator) -> torch.Tensor:
-    """PGD within an L-inf ball of radius ``eps`` that maximises the shape cross-entropy (from a random start)."""
-    delta = (torch.rand(images.shape, generator=g) * 2 - 1) * eps
+                g: torch.Generator, norm: str = "linf") -> torch.Tensor:
+    """PGD that maximises the shape cross-entropy from a random start, within an L-inf ball of radius
+    ``eps`` (``norm="linf"``: steps of eps/2 along the gradient's sign) or an L2 ball per image
+    (``norm="l2"``: steps of 2.5 eps/steps along the normalised gradient, the Madry et al. schedule)."""
+    if norm == "linf":
+        delta = (torch.rand(images.shape, generator=g) * 2 - 1) * eps
+    elif norm == "l2":
+        delta = _l2_project(torch.randn(images.shape, generator=g) * eps, eps * float(torch.rand(1, generator=g)))
+    else:
+        raise ValueError(f"norm={norm!r} is not allowed; allowed values: 'linf', 'l2'")
     for _ in range(steps):
         delta.requires_grad_(True)
         loss = F.cross_entropy(shape_logits(model, (images + delta).clamp(0, 1), shape_text), truth)
         (grad,) = torch.autograd.grad(loss, delta)
-        delta = (delta.detach() + 0.5 * eps * grad.sign()).clamp(-eps, eps)
+        if norm == "linf":
+            delta = (delta.detach() + 0.5 * eps * grad.sign()).clamp(-eps, eps)
+        else:
+            step = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            delta = _l2_project(delta.detach() + 2.5 * eps / steps * step, eps)
     return (images + delta).clamp(0, 1).detach()
 
 
 def robust_shape_loss(model: TinyClip, images: torch.Tensor, batch: list[Sample], eps: float, steps: int,
-                      g: torch.Generator, classes: tuple[str, ...] = SHAPE_CLASSES) -> torch.Tensor:
+                      g: torch.Generator, classes: tuple[str, ...] = SHAPE_CLASSES, norm: str = "linf",
+                      attack_clean: bool = False) -> torch.Tensor:
     """Shape cross-entropy (among the captions of ``classes`` with the sample's own colour and background:
     the 4 shapes, the empty caption, and the blob / noise captions when trained with them) of
     off-distribution versions of ``images`` and of PGD adversarial versions of them: a change that is not
-    a change of shape must not move the shape scores (the star demo's reward hacking)."""
+    a change of shape must not move the shape scores (the star demo's reward hacking). ``attack_clean``:
+    the PGD attacks the images themselves, not their off-distribution versions."""
     text = model.encode_text(shape_captions(batch, classes)).view(len(batch), len(classes), -1)
     truth = torch.tensor([classes.index(sp.shape) for sp in batch])
     shifted = off_distribution(images, g)
-    attacked = adversarial(model, shifted, text.detach(), truth, eps, steps, g) if steps > 0 else shifted
+    start = images if attack_clean else shifted
+    attacked = adversarial(model, start, text.detach(), truth, eps, steps, g, norm) if steps > 0 else start
     both = torch.cat([shifted, attacked])
     return F.cross_entropy(shape_logits(model, both, torch.cat([text, text])), torch.cat([truth, truth]))
 
@@ -387,6 +406,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--robust-weight", type=float, default=1.0, help="weight of the robust shape loss")
     p.add_argument("--adv-eps", type=float, default=0.1, help="L-inf radius of the PGD adversarial examples (pixels in [0, 1])")
     p.add_argument("--adv-steps", type=int, default=3, help="PGD steps (0 = off-distribution images only)")
+    p.add_argument("--adv-norm", choices=("linf", "l2"), default="linf",
+                   help="ball of the PGD attack: L-inf (radius --adv-eps per pixel) or L2 (radius --adv-eps per image)")
+    p.add_argument("--adv-clean", action="store_true",
+                   help="attack the training images themselves instead of their off-distribution versions")
     p.add_argument("--init", default="", help="start from the tiny-clip weights in this folder instead of random ones")
     p.add_argument("--eval-only", action="store_true", help="evaluate the weights in --out and exit")
     return p.parse_args(argv)
@@ -477,7 +500,7 @@ def main(argv=None) -> dict:
         loss = contrastive_loss(model, images, [s.caption for s in batch], [hard_negative(s, rng, negative_shapes) for s in batch])
         if args.robust:
             shape_loss = robust_shape_loss(model, images[: args.robust], batch[: args.robust], args.adv_eps, args.adv_steps, g,
-                                           classes)
+                                           classes, args.adv_norm, args.adv_clean)
             loss = loss + args.robust_weight * shape_loss
         for group in opt.param_groups:
             group["lr"] = lr_at(step)

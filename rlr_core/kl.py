@@ -1,0 +1,73 @@
+"""KL regularisation toward the base model (DPOK-style): keeps a run near what the base model draws.
+
+A reward model read off its training distribution can be fooled (pixel noise, colour shifts); a run
+then climbs the reward without drawing what the reward asks for. The fine-tuned chain p_theta and
+the base chain p_0 (LoRA off) are both Gaussian per step with the same std, so the KL of their
+trajectory distributions is a sum over the steps,
+
+    KL(p_theta || p_0) = E_{x ~ p_theta} sum_k |mu_theta(x_k, k) - mu_0(x_k, k)|^2 / (2 std_k^2),
+
+and the Trainer adds ``kl_weight`` times its gradient to the estimator's (part "kl"). The gradient is
+the upper bound DPOK uses: trajectories are sampled from p_theta without autograd and held fixed,
+the gradient flows through mu_theta only. ``kl_steps`` steps k are drawn per iteration (uniformly,
+without replacement) and scaled by T / kl_steps, so the sum over the steps is estimated without bias.
+Deterministic steps (std 0: DDIM's last step, or eta = 0) have no density and no KL term; the config
+refuses kl_weight > 0 with eta = 0.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+from .chain import Chain, step_std_is_zero
+from .sampling import RecordedStep, draw_noise, run_steps
+
+
+def trajectory_kl_gradient(
+    chain: Chain,
+    prompts: list[Any],
+    generator: torch.Generator,
+    kl_steps: int,
+    global_batch_size: int | None = None,
+) -> tuple[list[torch.Tensor | None], float]:
+    """Gradient (per trainable parameter) and value of the per-image trajectory KL to the base model.
+
+    One batch for ``prompts`` is sampled with the current LoRA (no autograd), ``kl_steps`` of its T
+    steps are drawn from ``generator`` and the KL of those steps, times T / kl_steps, averaged over
+    the ``global_batch_size`` images of the whole batch (default: these prompts; under data
+    parallelism every process passes the global size and the caller sums over processes), is
+    differentiated through the fine-tuned mean. ``chain`` must have ``adapters_disabled`` (a LoRA
+    chain). Deterministic steps (std 0, such as DDIM's last step) carry no KL term and add nothing.
+    """
+    if not hasattr(chain, "adapters_disabled"):
+        raise ValueError("kl_weight > 0 needs a chain with a base model to compare to (a LoRA chain); "
+                         "allowed: kl_weight = 0 for this chain")
+    num_steps = int(chain.num_steps)
+    kl_steps = min(int(kl_steps), num_steps)
+    params = chain.trainable_parameters()
+    batch = len(prompts)
+    scale = num_steps / kl_steps / float(global_batch_size or batch)
+    chosen = sorted(random.Random(int(torch.randint(2**62, (1,), generator=generator))).sample(range(num_steps), kl_steps))
+    cond = chain.condition(list(prompts))
+    noise = draw_noise(chain, batch, generator)
+    record: dict[int, RecordedStep | None] = {k: None for k in chosen}
+    with torch.no_grad():
+        run_steps(chain, noise.x0, range(max(chosen) + 1), cond, noise, record=record)
+    grads: list[torch.Tensor | None] = [None] * len(params)
+    total = 0.0
+    for k in chosen:
+        x_k = record[k].x
+        mean, std = chain.step_mean_std(x_k, k, cond)
+        if step_std_is_zero(std):  # a deterministic step (DDIM's last one) has no density: no KL term
+            continue
+        with torch.no_grad(), chain.adapters_disabled():
+            base_mean, _ = chain.step_mean_std(x_k, k, cond)
+        kl = ((mean - base_mean) ** 2 / (2 * torch.as_tensor(std, dtype=mean.dtype) ** 2)).flatten(1).sum(dim=1)
+        loss = kl.sum() * scale
+        total += float(loss.detach())
+        step_grads = torch.autograd.grad(loss, params, allow_unused=True)
+        grads = [g if acc is None else (acc if g is None else acc + g) for acc, g in zip(grads, step_grads)]
+    return grads, total
