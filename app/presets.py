@@ -7,8 +7,9 @@ Train tab's "Preset" dropdown does). No Gradio here.
 * "Star demo (tiny, offline)": the run of ``benchmarks/star_demo.yaml`` (README, "Measured: the
   star demo"): the prompt draws a red circle, the tiny-clip reward asks for a red star (the
   log-probability of "a red star on a white background" among the captions that change one
-  attribute, "a white background" and the 4 shapes drawn small), default estimator rlr. It does not
-  produce clean stars yet.
+  attribute, "a white background" and the 4 shapes drawn small), a cross-attention LoRA trained
+  with full-bp (the exact gradient): 48 iterations turn the circles into clean stars. The default
+  estimator rlr does not (yet) on this task.
 """
 
 from __future__ import annotations
@@ -37,14 +38,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "reward": "clip",
         "reward_options": json.dumps(STAR_DEMO_REWARD_OPTIONS),
         "prompt": "a red circle on a white background",
-        "estimator": "rlr",
-        # in the JSON field, not the h / window fields: changing the estimator resets those fields
-        "estimator_options": json.dumps({"h": 2, "window": [1, 6]}),
+        "estimator": "full-bp",
+        "estimator_options": "{}",
         "num_steps": 20,
         "eta": 1.0,
         "batch_size": 8,
-        "lr": 0.003,
+        "lr": 0.01,
         "lora_rank": 4,
+        "lora_targets": "cross-attention",
         "steps": 48,
         "seed": 0,
     },

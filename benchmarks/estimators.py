@@ -2,14 +2,18 @@
 
     python benchmarks/estimators.py analytic [--repeats 2000] [--batch-size 16]
     python benchmarks/estimators.py model [--model tiny] [--repeats 16] [--num-steps 10]
+    python benchmarks/estimators.py model --config benchmarks/star_demo.yaml --estimators '[["rlr", {"fo_weight": 0}]]'
 
 Analytic: max |z| of the mean estimate against the exact gradient (|z| < 4.5 = consistent
 with unbiased), total variance per estimate, relative bias |mean - exact| / |exact|.
 Model: total variance, cosine of the mean to the full-bp mean, seconds and memory per estimate.
+``--config`` takes the model, LoRA, sampling, reward and batch (the first prompt) from a run config
+instead of the flags; ``--estimators`` (JSON list of names or [name, options]) replaces the list.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 
 import torch
@@ -56,12 +60,24 @@ def model(argv: list[str]) -> None:
     p = parser("model")
     p.add_argument("--repeats", type=int, default=16)
     p.add_argument("--num-steps", type=int, default=10)
+    p.add_argument("--config", default="", help="a run config (YAML/JSON): chain, reward and batch from it")
+    p.add_argument("--estimators", default="", help='JSON list of names or [name, options] (default: every estimator)')
     args = p.parse_args(argv)
-    chain = load(args, args.num_steps)
-    reward = make_reward(args.reward, str(chain.device))
-    prompts = ["a red circle on a white background"] * args.batch_size
-    results = probe(chain, reward, ["rlr", "rlr-paper", "ddpo", "zo", "truncated-bp", "rlr-released", "full-bp"],
-                    prompts, repeats=args.repeats)
+    if args.config:
+        from rlr_core.config import TrainConfig
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        config = TrainConfig.from_file(args.config)
+        chain, reward, _ = config.build()
+        prompts = [config.prompts[0]] * config.batch_size
+        args.model, args.num_steps, args.batch_size = config.model, config.num_steps, config.batch_size
+    else:
+        chain = load(args, args.num_steps)
+        reward = make_reward(args.reward, str(chain.device))
+        prompts = ["a red circle on a white background"] * args.batch_size
+    names = json.loads(args.estimators) if args.estimators else ["rlr", "rlr-paper", "ddpo", "zo", "truncated-bp", "rlr-released", "full-bp"]
+    results = probe(chain, reward, [n if isinstance(n, str) else (n[0], n[1]) for n in names], prompts, repeats=args.repeats)
     print(f"model={args.model} T={args.num_steps} batch={args.batch_size} repeats={args.repeats}")
     rows = [r.row() for r in results]
     parts = [c for c in dict.fromkeys(k for row in rows for k in row) if c.startswith(("norm_", "cos_"))]

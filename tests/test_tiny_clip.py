@@ -117,34 +117,38 @@ def test_unknown_clip_model_names_tiny_clip():
         get_reward("clip", clip_model="no-such-clip")
 
 
-def short_star_run(tmp_path: Path, lr: float, steps: int) -> tuple[list[float], list[float]]:
-    """The star preset shortened (T = 8, batch 4, ``steps`` iterations, window [1, 4]): rewards on 4 fixed seeds before and after."""
+def short_star_run(tmp_path: Path, lr: float, steps: int, num_steps: int = 8) -> tuple[list[float], list[float], list]:
+    """The star preset shortened (``num_steps`` sampling steps, batch 4, ``steps`` iterations): rewards on 4 fixed
+    seeds before and after, and the images after."""
     from rlr_core.config import TrainConfig
     from rlr_core.trainer import Trainer
 
     config = TrainConfig.from_file(Path(__file__).resolve().parents[1] / "benchmarks" / "star_demo.yaml")
-    assert config.reward == "clip" and config.reward_options["model"] == "tiny-clip" and config.estimator == "rlr"
-    assert len(config.reward_options["contrast_texts"]) == 26
-    config.num_steps, config.batch_size, config.steps, config.lr = 8, 4, steps, lr
-    config.estimator_options = {"h": 2, "window": [1, 4]}
+    assert config.reward == "clip" and config.reward_options["model"] == "tiny-clip" and config.estimator == "full-bp"
+    assert len(config.reward_options["contrast_texts"]) == 26 and config.lora_targets == "cross-attention"
+    config.num_steps, config.batch_size, config.steps, config.lr = num_steps, 4, steps, lr
     config.eval_every, config.checkpoint_every, config.output_dir = 0, 0, str(tmp_path / f"run-{lr:g}")
     chain, reward, estimator = config.build()  # the fresh LoRA is drawn from config.seed (0): same start in any order
     trainer = Trainer(chain, reward, estimator, config)
     seeds = [20_000_000 + i for i in range(4)]
     _, before = trainer.evaluate(seeds, adapters=False)
     reports = list(trainer.run())
-    _, after = trainer.evaluate(seeds, adapters=True)
+    images, after = trainer.evaluate(seeds, adapters=True)
     assert len(reports) == steps and all(r.skipped is None for r in reports)
-    return before, after
+    return before, after, images
 
 
-def test_short_star_run_raises_the_star_reward(tmp_path):
-    """A few RLR iterations of the star preset (shortened) raise the tiny-clip "red star" reward on fixed seeds.
+def test_short_star_run_raises_the_star_reward_and_draws_stars(tmp_path):
+    """The star preset shortened (8 sampling steps, batch 4, 16 iterations) raises the tiny-clip "red star"
+    reward on fixed seeds and turns the circles into stars the detector counts (README, "Measured: the star demo")."""
+    import numpy as np
 
-    Only the reward: the full demo shows that it rises without stars (README, "Measured: the star demo").
-    """
-    before, after = short_star_run(tmp_path, lr=0.005, steps=16)  # measured: -10.67 -> -6.98 (log-probability)
-    assert sum(after) / len(after) > sum(before) / len(before) + 1.0, (before, after)
+    from rlr_core.tiny.detect import detect, is_clean_star
+
+    before, after, images = short_star_run(tmp_path, lr=0.01, steps=16)
+    assert sum(after) / len(after) > sum(before) / len(before) + 3.0, (before, after)
+    stars = sum(is_clean_star(detect(np.asarray(im))) for im in images)
+    assert stars >= 2, (stars, after)
 
 
 def test_clip_reward_negative_text_is_a_difference_of_cosines():

@@ -15,6 +15,9 @@ N images of each batch are also pushed off the data distribution (tiny, tinted, 
 noisy: what a reward-hacking run draws) and attacked by a few PGD steps (L-inf ``--adv-eps``) that
 try to change their shape reading; they are trained to keep their true shape among the 4 shape
 captions with their own colour and background and the empty caption ("a white background").
+``--adv-norm l2 --adv-clean`` (the shipped weights' third stage, radius 3) attacks the training images
+themselves within an L2 ball per image instead: without it the star demo's reward was fooled by
+painted texture even under the exact gradient.
 ``--empty`` replaces a share of each batch by the same images with the shapes removed. ``--blob``,
 ``--tiny`` and ``--noise`` (not used by the shipped weights; README, "Measured: the star demo")
 replace a share by an irregular polygon ("a red blob on a white background"), by the shape drawn
