@@ -1,11 +1,12 @@
-"""The star demo: a short RLR run moves "a red circle" images toward the text "a red star".
+"""The star demo: a short run moves "a red circle" images toward the text "a red star".
 
     python benchmarks/star_demo.py [--config benchmarks/star_demo.yaml] [--steps N] [--seeds K]
                                    [--out assets/results/star_demo] [--threads 2]
 
 The prompt is "a red circle on a white background"; the reward is the clip reward on the bundled
 tiny-clip with ``text="a red star on a white background"`` (offline). The run is the preset
-``benchmarks/star_demo.yaml`` (default estimator rlr). Before (LoRA off) and after N iterations,
+``benchmarks/star_demo.yaml`` (full-bp on a cross-attention LoRA; ``--config`` runs a variant, e.g. with
+the estimator rlr). Before (LoRA off) and after N iterations,
 K images are sampled on fixed held-out seeds and read by the non-learned tiny detector
 (``rlr_core.tiny.detect``): ``clean_star_fraction`` is the share of images that pass
 ``is_clean_star`` (the largest shape concave, exactly 5 points, >= 40 px, >= 90% of the foreground);

@@ -6,7 +6,7 @@ Prints one row per image kind: a rendered red star, circle and square (half exte
 small ones (0.10-0.12), plain pale canvases (white, pink, lavender, pale yellow), and uniform pixel
 noise (mean of 16). Columns: 100 x cos to "a red star on a white background", to "a red circle on a
 white background" and to "a white background", then the star preset's reward, log p(star caption)
-among the preset's 23 captions (``benchmarks/star_demo.yaml``), and the same with the 4 "small"
+among the preset's captions (``benchmarks/star_demo.yaml``: 26, the 4 "small" ones included), and the same with the 4 "small"
 captions added ("a small red circle on a white background", ... : ``SMALL_CAPTIONS``). A reward the
 demo could climb to stars would rank the star far above everything else and the circle below the rest.
 """
