@@ -77,7 +77,7 @@ def model(argv: list[str]) -> None:
         reward = make_reward(args.reward, str(chain.device))
         prompts = ["a red circle on a white background"] * args.batch_size
     names = json.loads(args.estimators) if args.estimators else ["rlr", "rlr-paper", "ddpo", "zo", "truncated-bp", "rlr-released", "full-bp"]
-    results = probe(chain, reward, [n if isinstance(n, str) else (n[0], n[1]) for n in names], prompts, repeats=args.repeats)
+    results = probe(chain, reward, names, prompts, repeats=args.repeats)  # probe takes names and [name, options]
     print(f"model={args.model} T={args.num_steps} batch={args.batch_size} repeats={args.repeats}")
     rows = [r.row() for r in results]
     parts = [c for c in dict.fromkeys(k for row in rows for k in row) if c.startswith(("norm_", "cos_"))]

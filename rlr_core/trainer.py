@@ -53,7 +53,7 @@ from .checkpoints import (
 )
 from .config import TrainConfig, lr_factor
 from .diagnostics import cosine
-from .estimators.base import Estimator, GradientEstimate, Rollout
+from .estimators.base import Estimator, GradientEstimate, Rollout, flatten, write_grads
 from .images import to_pil
 from .kl import trajectory_kl_gradient
 from .rewards import Reward
@@ -530,20 +530,15 @@ class Trainer:
         generator = torch.Generator(device="cpu").manual_seed(step_seed(self.config.seed, step, f"kl:{self.shard.start}"))
         grads, value = trajectory_kl_gradient(self.chain, list(estimate.prompts), generator, self.config.kl_steps,
                                               self.shard.global_size)
-        weight = float(self.config.kl_weight)
-        flat = torch.cat([(torch.zeros_like(p) if g is None else g.detach()).reshape(-1).float() for p, g in zip(self.params, grads)])
+        flat = flatten(grads, self.params)
         kl_value = torch.tensor([value], dtype=torch.float64)
         if self.world.distributed:
             flat, kl_value = distributed.sum_over_processes(flat), distributed.sum_over_processes(kl_value)
-        flat = weight * flat
-        offset = 0
-        for p in self.params:
-            n = p.numel()
-            part = flat[offset : offset + n].view_as(p).to(p.dtype)
-            p.grad = part.clone() if p.grad is None else p.grad + part
-            offset += n
+        flat = float(self.config.kl_weight) * flat
         estimate.parts = {**estimate.parts, "kl": flat}
-        estimate.grad_norms = {**estimate.grad_norms, "kl": float(flat.norm()), "total": float(sum(estimate.parts.values()).norm())}
+        total = sum(estimate.parts.values())  # what the estimator wrote into p.grad, plus the KL part
+        write_grads(self.params, total)
+        estimate.grad_norms = {**estimate.grad_norms, "kl": float(flat.norm()), "total": float(total.norm())}
         estimate.info = {**estimate.info, "kl": float(kl_value)}
 
     def apply_update(self, estimate: GradientEstimate) -> float:
