@@ -59,8 +59,11 @@ def detector_summary(images: torch.Tensor) -> dict:
 
 
 def run_demo(config_path: str | Path = DEFAULT_CONFIG, steps: int | None = None, seeds: int = 32, output_dir: str | None = None,
-             lr: float | None = None, batch_size: int | None = None, verbose: bool = False) -> dict:
-    """Run the preset for ``steps`` iterations; return before/after detector and reward numbers and the images."""
+             lr: float | None = None, batch_size: int | None = None, verbose: bool = False, measure_every: int = 0) -> dict:
+    """Run the preset for ``steps`` iterations; return before/after detector and reward numbers and the images.
+
+    ``measure_every`` > 0 also measures the held-out seeds every that many iterations (``during``:
+    reward and clean / solidity star fractions; its sampling time is not counted in ``train_seconds``)."""
     from rlr_core.config import TrainConfig
     from rlr_core.sampling import sample
     from rlr_core.trainer import Trainer
@@ -92,7 +95,8 @@ def run_demo(config_path: str | Path = DEFAULT_CONFIG, steps: int | None = None,
     if verbose:
         print(json.dumps({"before": {k: v for k, v in before.items() if k != "detected"}}), flush=True)
     trainer = Trainer(chain, reward, estimator, config)
-    history = []
+    history, during = [], []
+    measure_seconds = 0.0
     t_train = time.time()
     for report in trainer.run():
         history.append({"step": report.step, "reward_mean": round(float(report.reward_mean), 3), "seconds": round(float(report.seconds), 2),
@@ -100,7 +104,15 @@ def run_demo(config_path: str | Path = DEFAULT_CONFIG, steps: int | None = None,
                             "grad_norm_total": round(report.grad_norms["total"], 4)} if "kl" in report.info else {})})
         if verbose:
             print(json.dumps(history[-1]), flush=True)
-    train_seconds = time.time() - t_train
+        if measure_every and report.step % measure_every == 0 and report.step < config.steps:
+            t_measure = time.time()
+            _, now = measure(adapters=True)
+            during.append({"step": report.step, **{k: now[k] for k in ("reward_mean", "clean_star_fraction", "star_fraction",
+                                                                     "red_fraction", "white_background_fraction")}})
+            measure_seconds += time.time() - t_measure
+            if verbose:
+                print(json.dumps({"during": during[-1]}), flush=True)
+    train_seconds = time.time() - t_train - measure_seconds
     after_images, after = measure(adapters=True)
     return {
         "prompt": prompt,
@@ -117,6 +129,7 @@ def run_demo(config_path: str | Path = DEFAULT_CONFIG, steps: int | None = None,
         "before": before,
         "after": after,
         "history": history,
+        **({"during": during} if measure_every else {}),
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.time() - t0, 1),
         "torch_threads": torch.get_num_threads(),
@@ -155,10 +168,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=int, default=32, help="fixed held-out seeds measured before and after")
     p.add_argument("--out", default=str(ROOT / "assets" / "results" / "star_demo"))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--measure-every", type=int, default=0,
+                   help="also measure the held-out seeds every N iterations (0 = only before and after)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="star-demo-") as run_dir:
-        result = run_demo(args.config, args.steps, args.seeds, run_dir, args.lr, args.batch_size, verbose=True)
+        result = run_demo(args.config, args.steps, args.seeds, run_dir, args.lr, args.batch_size, verbose=True,
+                          measure_every=args.measure_every)
     before_images, after_images = result.pop("_images")
     out = Path(args.out)
     save_before_after(before_images, after_images, out / "before_after.png")
