@@ -54,6 +54,9 @@ def detector_summary(images: torch.Tensor) -> dict:
         "white_background_fraction": sum(d.background == "white" for d in found) / n,
         "red_star_on_white_fraction": sum(d.shape == "star" and d.color == "red" and d.background == "white" for d in found) / n,
         "mean_shape_area": sum(float(d.features.get("area", 0.0)) for d in found) / n,
+        # graded: how far the shapes are from a star (a disc has solidity ~0.97, a star ~0.6) and how many points
+        "mean_solidity": sum(float(d.features.get("solidity", 1.0)) for d in found) / n,
+        "points_counts": {str(k): sum(d.features.get("points") == k for d in found) for k in sorted({d.features.get("points", 0) for d in found})},
         "detected": [d.shape for d in found],
     }
 
@@ -108,7 +111,7 @@ def run_demo(config_path: str | Path = DEFAULT_CONFIG, steps: int | None = None,
             t_measure = time.time()
             _, now = measure(adapters=True)
             during.append({"step": report.step, **{k: now[k] for k in ("reward_mean", "clean_star_fraction", "star_fraction",
-                                                                     "red_fraction", "white_background_fraction")}})
+                                                                     "red_fraction", "white_background_fraction", "mean_solidity")}})
             measure_seconds += time.time() - t_measure
             if verbose:
                 print(json.dumps({"during": during[-1]}), flush=True)
