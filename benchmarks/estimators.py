@@ -62,14 +62,21 @@ def model(argv: list[str]) -> None:
     p.add_argument("--num-steps", type=int, default=10)
     p.add_argument("--config", default="", help="a run config (YAML/JSON): chain, reward and batch from it")
     p.add_argument("--estimators", default="", help='JSON list of names or [name, options] (default: every estimator)')
+    p.add_argument("--train-iterations", type=int, default=0,
+                   help="with --config: first train the config's run for this many iterations (its own estimator), "
+                        "then probe at that LoRA state instead of the fresh one")
     args = p.parse_args(argv)
+    if args.train_iterations and not args.config:
+        p.error("--train-iterations needs --config")
     if args.config:
         from rlr_core.config import TrainConfig
 
         if args.threads:
             torch.set_num_threads(args.threads)
         config = TrainConfig.from_file(args.config)
-        chain, reward, _ = config.build()
+        chain, reward, estimator = config.build()
+        if args.train_iterations:
+            train_first(chain, reward, estimator, config, args.train_iterations)
         prompts = [config.prompts[0]] * config.batch_size
         args.model, args.num_steps, args.batch_size = config.model, config.num_steps, config.batch_size
     else:
@@ -83,6 +90,25 @@ def model(argv: list[str]) -> None:
     parts = [c for c in dict.fromkeys(k for row in rows for k in row) if c.startswith(("norm_", "cos_"))]
     print_table(rows, ["estimator", "single_cosine", "cosine_to_full_bp", "reference", "mean_norm", *parts,
                        "total_variance", "seconds", "graph_memory_mb", "error"])
+
+
+def train_first(chain, reward, estimator, config, iterations: int) -> None:
+    """Train the config's run for ``iterations`` (in a temporary output_dir, nothing kept) so the probe
+    measures the estimators where that run got to, e.g. on a plateau."""
+    import tempfile
+    import time
+
+    from rlr_core.trainer import Trainer
+
+    with tempfile.TemporaryDirectory() as output_dir:
+        config.output_dir = output_dir
+        config.checkpoint_every = 0
+        config.eval_every = 0
+        started = time.perf_counter()
+        for report in Trainer(chain, reward, estimator, config).run(max_iterations=iterations):
+            if report.step % 8 == 0 or report.step == iterations:
+                print(f"train {report.step}/{iterations}: batch reward {report.reward_mean:.3f} "
+                      f"({time.perf_counter() - started:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":
