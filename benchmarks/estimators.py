@@ -65,15 +65,18 @@ def model(argv: list[str]) -> None:
     p.add_argument("--train-iterations", type=int, default=0,
                    help="with --config: first train the config's run for this many iterations (its own estimator), "
                         "then probe at that LoRA state instead of the fresh one")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --config: override a config field, as rlr-train --set; repeatable")
     args = p.parse_args(argv)
-    if args.train_iterations and not args.config:
-        p.error("--train-iterations needs --config")
+    if (args.train_iterations or args.set) and not args.config:
+        p.error("--train-iterations and --set need --config")
     if args.config:
+        from rlr_core.cli import apply_overrides
         from rlr_core.config import TrainConfig
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        config = TrainConfig.from_file(args.config)
+        config = apply_overrides(TrainConfig.from_file(args.config, validate=False), args.set).validate()
         chain, reward, estimator = config.build()
         if args.train_iterations:
             train_first(chain, reward, estimator, config, args.train_iterations)

@@ -63,16 +63,19 @@ def detector_summary(images: torch.Tensor) -> dict:
 
 
 def run_demo(config_path: str | Path = DEFAULT_CONFIG, steps: int | None = None, seeds: int = 32, output_dir: str | None = None,
-             lr: float | None = None, batch_size: int | None = None, verbose: bool = False, measure_every: int = 0) -> dict:
+             lr: float | None = None, batch_size: int | None = None, verbose: bool = False, measure_every: int = 0,
+             overrides: list[str] = ()) -> dict:
     """Run the preset for ``steps`` iterations; return before/after detector and reward numbers and the images.
 
     ``measure_every`` > 0 also measures the held-out seeds every that many iterations (``during``:
-    reward and clean / solidity star fractions; its sampling time is not counted in ``train_seconds``)."""
+    reward and clean / solidity star fractions; its sampling time is not counted in ``train_seconds``).
+    ``overrides`` are ``KEY=VALUE`` strings applied to the config as ``rlr-train --set`` does."""
+    from rlr_core.cli import apply_overrides
     from rlr_core.config import TrainConfig
     from rlr_core.sampling import sample
     from rlr_core.trainer import Trainer
 
-    config = TrainConfig.from_file(config_path)
+    config = apply_overrides(TrainConfig.from_file(config_path, validate=False), overrides).validate()
     if steps is not None:
         config.steps = int(steps)
     if lr is not None:
@@ -174,11 +177,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--measure-every", type=int, default=0,
                    help="also measure the held-out seeds every N iterations (0 = only before and after)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, as rlr-train --set (e.g. estimator=rlr); repeatable")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="star-demo-") as run_dir:
         result = run_demo(args.config, args.steps, args.seeds, run_dir, args.lr, args.batch_size, verbose=True,
-                          measure_every=args.measure_every)
+                          measure_every=args.measure_every, overrides=args.set)
     before_images, after_images = result.pop("_images")
     out = Path(args.out)
     save_before_after(before_images, after_images, out / "before_after.png")
