@@ -67,6 +67,8 @@ def model(argv: list[str]) -> None:
                         "then probe at that LoRA state instead of the fresh one")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="with --config: override a config field, as rlr-train --set; repeatable")
+    p.add_argument("--same-seeds", action="store_true",
+                   help="every estimator gets the same batch seeds (default: estimator i gets seed 1000 i)")
     args = p.parse_args(argv)
     if (args.train_iterations or args.set) and not args.config:
         p.error("--train-iterations and --set need --config")
@@ -87,7 +89,7 @@ def model(argv: list[str]) -> None:
         reward = make_reward(args.reward, str(chain.device))
         prompts = ["a red circle on a white background"] * args.batch_size
     names = json.loads(args.estimators) if args.estimators else ["rlr", "rlr-paper", "ddpo", "zo", "truncated-bp", "rlr-released", "full-bp"]
-    results = probe(chain, reward, names, prompts, repeats=args.repeats)  # probe takes names and [name, options]
+    results = probe(chain, reward, names, prompts, repeats=args.repeats, seed_stride=0 if args.same_seeds else 1000)  # probe takes names and [name, options]
     print(f"model={args.model} T={args.num_steps} batch={args.batch_size} repeats={args.repeats}")
     rows = [r.row() for r in results]
     parts = [c for c in dict.fromkeys(k for row in rows for k in row) if c.startswith(("norm_", "cos_"))]

@@ -188,6 +188,12 @@ class LinearGaussianChain:
     def perturbed(self, seed: int, scale: float) -> ContextManager:
         return perturb_parameters(self.trainable_parameters(), seed, scale)
 
+    def predict_final(self, x: torch.Tensor, k: int, cond: LinearGaussianCondition, jumps: int = 3) -> torch.Tensor:
+        """E[x[T] | x[k]]: the step means from k on, without noise (exact for this chain; ``jumps`` unused)."""
+        for step in range(k, self.num_steps):
+            x, _ = self.step_mean_std(x, step, cond)
+        return x
+
     # --- exact quantities -----------------------------------------------------------------
     def _prompt_offset(self, prompt: str) -> torch.Tensor:
         gen = torch.Generator().manual_seed(sum(ord(ch) * (i + 1) for i, ch in enumerate(str(prompt))) % (2**31))

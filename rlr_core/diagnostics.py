@@ -168,6 +168,7 @@ def probe(
     seed: int = 0,
     reference: str | None = "full-bp",
     progress: Callable[[str, int, int], None] | None = None,
+    seed_stride: int = 1000,
 ) -> list[EstimatorStats]:
     """Compare estimators on ``chain`` and ``reward``; one EstimatorStats per estimator.
 
@@ -178,7 +179,9 @@ def probe(
     noise groups (rows that share noise share the prompt, see ``grouped_prompts``).
     Single-estimate cosines are taken to the reference's mean, or (no reference) to the
     leave-one-out mean of the estimator's own estimates.
-    Parameters are not changed (p.grad is cleared afterwards).
+    Parameters are not changed (p.grad is cleared afterwards). Estimator i draws its batches from
+    seeds ``seed + seed_stride * i``; ``seed_stride=0`` gives every estimator the same seeds (the
+    same HO starts j and noise where their layouts agree), a paired comparison.
     """
     specs = [(spec, {}) if isinstance(spec, str) else (spec[0], dict(spec[1])) for spec in estimators]
     names = [name for name, _ in specs]
@@ -193,7 +196,7 @@ def probe(
             estimator.check(chain, reward, len(prompts))
             groups = estimator.noise_groups(bool(getattr(reward, "differentiable", False)))
             batch = grouped_prompts(_distinct(prompts), len(prompts), groups)
-            stats = collect_estimates(chain, reward, estimator, batch, repeats, seed=seed + 1000 * index, keep_samples=True)
+            stats = collect_estimates(chain, reward, estimator, batch, repeats, seed=seed + seed_stride * index, keep_samples=True)
         except ValueError as error:
             stats = EstimatorStats(
                 name=name, repeats=0, mean=torch.zeros(0), total_variance=float("nan"), mean_norm=float("nan"),

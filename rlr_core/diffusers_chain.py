@@ -439,9 +439,37 @@ class DiffusersChain:
     def step_mean_std(self, x: torch.Tensor, k: int, cond: DiffusersCondition) -> tuple[torch.Tensor, float]:
         """One DDIM(eta) step: mean of x[k+1] (float32, differentiable) and its std (python float)."""
         k = self._check_k(k)
+        x0, eps = self._predict_x0_eps(x, k, cond)
+        a_prev, std = self._alpha_prev[k], self._stds[k]
+        direction = math.sqrt(max(1.0 - a_prev - std**2, 0.0))
+        mean = math.sqrt(a_prev) * x0 + direction * eps
+        return mean, std
+
+    def predict_final(self, x: torch.Tensor, k: int, cond: DiffusersCondition, jumps: int = 3) -> torch.Tensor:
+        """A deterministic guess of x[T] from x[k] in ``jumps`` model calls (differentiable in x and theta).
+
+        DDIM with eta 0 over a coarse grid of the remaining steps: from step k, jumps to
+        ``jumps - 1`` evenly spaced later steps, then to x[T]. ``jumps=1`` is the one-call
+        (Tweedie) estimate of the clean sample. Used by rlr's control variate as a cheap
+        stand-in for the rest of the chain.
+        """
+        k = self._check_k(k)
+        if not isinstance(jumps, int) or isinstance(jumps, bool) or jumps < 1:
+            raise ValueError(f"jumps must be an integer >= 1, got {jumps!r}")
+        last = self.num_steps - 1
+        stops = sorted({k + (last - k + 1) * i // jumps for i in range(jumps)})  # jumps >= last - k + 1: every step
+        x = x.to(device=self.device, dtype=torch.float32)
+        for index, stop in enumerate(stops):
+            x0, eps = self._predict_x0_eps(x, stop, cond)
+            a_next = self._alpha_t[stops[index + 1]] if index + 1 < len(stops) else self._alpha_prev[last]
+            x = math.sqrt(a_next) * x0 + math.sqrt(max(1.0 - a_next, 0.0)) * eps
+        return x
+
+    def _predict_x0_eps(self, x: torch.Tensor, k: int, cond: DiffusersCondition) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's clean-sample and noise predictions at step k (float32)."""
         out = self.model_output(x, k, cond)
         x = x.to(device=self.device, dtype=torch.float32)
-        a_t, a_prev, std = self._alpha_t[k], self._alpha_prev[k], self._stds[k]
+        a_t = self._alpha_t[k]
         sa, sb = math.sqrt(a_t), math.sqrt(1.0 - a_t)
         if self.prediction_type == "epsilon":
             eps = out
@@ -454,9 +482,7 @@ class DiffusersChain:
             eps = (x - sa * x0) / sb
         if self._clip_sample:
             x0 = x0.clamp(-self._clip_range, self._clip_range)
-        direction = math.sqrt(max(1.0 - a_prev - std**2, 0.0))
-        mean = math.sqrt(a_prev) * x0 + direction * eps
-        return mean, std
+        return x0, eps
 
     def decode(self, x_T: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1], float32, differentiable (VAE decode, or (x + 1) / 2 for pixels).

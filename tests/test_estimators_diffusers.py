@@ -237,3 +237,47 @@ def test_rlr_survives_a_chain_that_perturbs_in_place(tiny_chain):
     rollout = estimator.rollout(tiny_chain, PROMPTS, torch.Generator().manual_seed(4), differentiable_reward=False)
     two_phase = estimator.gradient(rollout, Clicks()(rollout.images, PROMPTS))
     assert len(replayed) == 2 and torch.allclose(two_phase.total, reference, rtol=1e-5, atol=1e-7)
+
+
+def test_predict_final_is_ddim_eta0_on_the_full_grid_and_the_last_step(tiny_chain):
+    """predict_final with one jump per remaining step is the deterministic sampler; from the last
+    step (deterministic, final_eta 0) it is that step's mean."""
+    randomize_lora(tiny_chain)
+    cond = tiny_chain.condition(PROMPTS[:2])
+    x = tiny_chain.initial(2, torch.Generator().manual_seed(3))
+    deterministic = tiny_chain.with_sampler_settings(tiny_chain.num_steps, tiny_chain.guidance_scale, 0.0)
+    with torch.no_grad():
+        expected = x
+        for k in range(1, tiny_chain.num_steps):
+            expected, _ = deterministic.step_mean_std(expected, k, cond)
+        got = tiny_chain.predict_final(x, 1, cond, jumps=tiny_chain.num_steps - 1)
+        last, _ = tiny_chain.step_mean_std(x, tiny_chain.num_steps - 1, cond)
+        coarse = tiny_chain.predict_final(x, 1, cond, jumps=1)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(tiny_chain.predict_final(x, tiny_chain.num_steps - 1, cond, jumps=3), last)
+    assert not torch.allclose(coarse, expected, atol=1e-3)  # fewer jumps: a different (coarser) guess
+    with pytest.raises(ValueError, match="jumps"):
+        tiny_chain.predict_final(x, 1, cond, jumps=0)
+
+
+def test_rlr_control_variate_adds_a_cv_part_and_keeps_clicks_working(tiny_chain):
+    randomize_lora(tiny_chain)
+    estimator = get_estimator("rlr", control_variate=True)
+    first = estimator.estimate(tiny_chain, Redness(), PROMPTS, torch.Generator().manual_seed(0))
+    assert first.info["cv_beta"] == 0.0 and float(first.parts["cv"].norm()) == 0.0  # no earlier iteration yet
+    second = estimator.estimate(tiny_chain, Redness(), PROMPTS, torch.Generator().manual_seed(1))
+    assert second.info["cv_beta"] != 0.0 or estimator.cv_statistics  # slope from the first batch
+    assert set(second.parts) == {"fo", "ho", "cv"}
+    resumed = get_estimator("rlr", control_variate=True)
+    resumed.load_state_dict(estimator.state_dict())  # checkpoints keep the slopes
+    assert {j: resumed.cv_beta(j) for j in range(4)} == {j: estimator.cv_beta(j) for j in range(4)}
+    flat = torch.cat([p.grad.reshape(-1) for p in tiny_chain.trainable_parameters()])
+    torch.testing.assert_close(flat, sum(second.parts.values()).to(flat), rtol=1e-4, atol=1e-6)
+    # the two-phase path (clicks: no differentiable reward) runs the plain HO term
+    rollout = estimator.rollout(tiny_chain, PROMPTS, torch.Generator().manual_seed(2), False)
+    result = estimator.gradient(rollout, torch.arange(len(PROMPTS), dtype=torch.float32))
+    assert "cv" not in result.parts and float(result.parts["ho"].norm()) > 0
+    with pytest.raises(ValueError, match="cv_jumps"):
+        get_estimator("rlr", control_variate=True, cv_jumps=0)
+    with pytest.raises(ValueError, match="cv_scale"):
+        get_estimator("rlr", cv_scale="big")

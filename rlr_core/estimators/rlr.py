@@ -30,6 +30,24 @@ moving average (decay ``statistics_decay``) of the earlier estimates of that par
 current one, so w_p is independent of its noise). That adds the bias -(1 - w_p) E g_p per part
 and cuts its variance by w_p^2; until 3 estimates of a part are seen its weight is 1.
 
+[decision] ``control_variate=True`` subtracts from the HO exit's likelihood-ratio term a control
+variate built from a cheap stand-in for the rest of the chain. At the exit mean m (before the exit
+noise) the chain's ``predict_final`` guesses x[T] in ``cv_jumps`` deterministic model calls; the
+reward's gradient there, a = d r(decode(predict_final(m))) / dm, is detached and does not depend
+on the exit noise eps. With c = beta a . (x_exit - m) = beta a . s eps,
+
+    (r - b) S(eps) = (r - b - c) S(eps)  +  c S(eps),   E[c S(eps)] = beta d(a . m_theta)/d theta,
+
+so the HO part becomes the residual (advantage minus c, times the score: part "ho") plus the exact
+expectation of the control variate (a pathwise gradient through the sub-chain: part "cv"). The sum
+is unbiased for any beta that is independent of eps; beta is the least-squares slope of the
+advantage on a . s eps from earlier iterations (per start j, decay ``statistics_decay``; 0 on the
+first iteration) or the number ``cv_scale``. The residual's variance is the plain term's times
+about 1 - rho^2, rho the correlation of the advantage with a . s eps (README: measured on the tiny
+model). ``cv_weight`` scales part "cv" like the other part weights. It needs a differentiable
+reward and a chain with ``predict_final``; ``estimate()`` passes the reward in (the two-phase
+path without it runs the plain HO term).
+
 Because each step is covered once whichever ``j`` is drawn, the sum is unbiased for any
 distribution of ``j``: uniform over a window, or a softmax of earlier HO gradient norms.
 
@@ -52,6 +70,7 @@ import torch
 
 from ..chain import Chain, perturbation_direction, step_std_is_zero
 from ..sampling import NoisePlan, RecordedStep, gaussian_log_prob, run_steps, step_log_prob, take_step
+from ..distributed import sum_over_processes
 from .base import (
     Estimator,
     Rollout,
@@ -93,8 +112,20 @@ class RLREstimator(Estimator):
         antithetic: bool = True,
         part_weights: str = "fixed",
         statistics_decay: float = 0.9,
+        control_variate: bool = False,
+        cv_jumps: int = 3,
+        cv_scale: str | float = "auto",
+        cv_weight: float = 1.0,
     ) -> None:
         super().__init__(baseline=baseline, normalize=normalize)
+        if not isinstance(control_variate, bool):
+            raise ValueError(f"control_variate must be true or false, got {control_variate!r}")
+        if not isinstance(cv_jumps, int) or isinstance(cv_jumps, bool) or cv_jumps < 1:
+            raise ValueError(f"cv_jumps must be an integer >= 1, got {cv_jumps!r}")
+        if cv_scale != "auto" and not (isinstance(cv_scale, (int, float)) and not isinstance(cv_scale, bool)
+                                       and math.isfinite(cv_scale)):
+            raise ValueError(f"cv_scale must be 'auto' or a number, got {cv_scale!r}")
+        check_positive("cv_weight", cv_weight, allow_zero=True)
         check_choice("part_weights", part_weights, PART_WEIGHTS)
         if not (isinstance(statistics_decay, (int, float)) and 0.0 < float(statistics_decay) < 1.0):
             raise ValueError(f"statistics_decay must be a number in (0, 1), got {statistics_decay!r}")
@@ -129,6 +160,12 @@ class RLREstimator(Estimator):
         self.antithetic = antithetic
         self.part_weights = part_weights
         self.statistics_decay = float(statistics_decay)
+        self.control_variate = control_variate
+        self.cv_jumps = cv_jumps
+        self.cv_scale = cv_scale if cv_scale == "auto" else float(cv_scale)
+        self.cv_weight = float(cv_weight)
+        self.cv_statistics: dict[int, list[float]] = {}  # start j -> EMA of [sum adv * c1, sum c1^2]
+        self._surrogate_reward = None  # set by estimate() for the control variate
         self.ho_grad_norms: dict[int, float] = {}  # start j -> running HO gradient norm
         self.part_statistics: dict[str, PartStatistics] = {}  # for part_weights="auto"
 
@@ -164,6 +201,25 @@ class RLREstimator(Estimator):
                 f"h={self.h}), got {list(self.window)}"
             )
         super()._check_setup(chain, differentiable_reward, batch_size)
+
+    def estimate(self, chain: Chain, reward, prompts: list[str], generator: torch.Generator):
+        """As the base class; with ``control_variate`` the reward is also scored at the stand-in."""
+        if self.control_variate and getattr(reward, "differentiable", False):
+            if not callable(getattr(chain, "predict_final", None)):
+                raise ValueError("control_variate: the chain has no predict_final(x, k, cond, jumps); "
+                                 "use control_variate: false")
+            self._surrogate_reward = reward
+        try:
+            return super().estimate(chain, reward, prompts, generator)
+        finally:
+            self._surrogate_reward = None
+
+    def cv_beta(self, j: int) -> float:
+        """The control variate's slope for start j: ``cv_scale``, or the least-squares slope of earlier iterations."""
+        if self.cv_scale != "auto":
+            return float(self.cv_scale)
+        sxy, sxx = self.cv_statistics.get(j, (0.0, 0.0))
+        return sxy / sxx if sxx > 0 else 0.0
 
     def _choose_start(self, num_steps: int, generator: torch.Generator) -> int:
         a, b = self.start_window(num_steps)
@@ -245,6 +301,9 @@ class RLREstimator(Estimator):
                 raise ValueError(f"eta must be > 0 for rlr: step {exit_step} (the HO exit) is deterministic")
             x_exit = (exit_mean + exit_std * whole_noise.eps[exit_step]).detach()
             log_prob = gaussian_log_prob(x_exit, exit_mean, exit_std)
+        cv_direction = None
+        if self._surrogate_reward is not None and differentiable_reward:
+            cv_direction = self._cv_direction(chain, exit_mean.detach(), exit_step + 1, whole_cond, list(prompts))
         with torch.no_grad():
             x = torch.cat([
                 seg.run(x_block, range(exit_step + 1, T - 1), rec)
@@ -271,6 +330,7 @@ class RLREstimator(Estimator):
                 steps["dropped"] = dropped
         kept = {
             "j": j, "groups": groups, "log_prob": log_prob, "ho_replay": (x_start, x_exit, whole_cond, whole_noise),
+            "exit_mean": exit_mean, "cv_direction": cv_direction,
             "zo_seeds": zo_seeds, "conds": conds, "records": records, "num_remaining": len(others),
         }
         return Rollout(chain, list(prompts), images, differentiable_reward, steps, data=kept)
@@ -295,18 +355,34 @@ class RLREstimator(Estimator):
             ho_advantages = ((r - twin) / 2).reshape(-1)
         else:
             ho_advantages = self.advantages(rewards, rollout.prompts, len(groups))
-        def ho_gradient(log_prob: torch.Tensor) -> torch.Tensor:
-            return part_gradient(-self.ho_weight * scale * (ho_advantages.to(log_prob) * log_prob).sum() / batch, params)
+        cv_direction = data.get("cv_direction")
+        if cv_direction is not None:  # residual advantage: minus beta * a . (x_exit - m)
+            x_exit = data["ho_replay"][1]
+            unit_cv = (cv_direction * (x_exit - data["exit_mean"].detach())).flatten(1).sum(1).double()
+            beta = self.cv_beta(data["j"])
+            info["cv_beta"] = beta
+            self._remember_cv_statistics(data["j"], ho_advantages, unit_cv)
+            ho_advantages = ho_advantages - beta * unit_cv.to(ho_advantages)
+
+        def ho_gradient(log_prob: torch.Tensor, exit_mean: torch.Tensor) -> None:
+            ho_loss = -self.ho_weight * scale * (ho_advantages.to(log_prob) * log_prob).sum() / batch
+            if cv_direction is None:
+                parts["ho"] = part_gradient(ho_loss, params)
+                return
+            grads = torch.autograd.grad(ho_loss, params, allow_unused=True, retain_graph=True)
+            parts["ho"] = flatten(list(grads), params)
+            cv_loss = -self.cv_weight * scale * beta * (cv_direction.to(exit_mean) * exit_mean).sum() / batch
+            parts["cv"] = part_gradient(cv_loss, params)
 
         try:
-            parts["ho"] = ho_gradient(log_prob)
+            ho_gradient(log_prob, data["exit_mean"])
         except RuntimeError as error:
             if "inplace" not in str(error):
                 raise
             # The chain's perturbed() changed theta in place after the HO graph was recorded
             # (our chains swap tensors instead). theta is restored exactly, so recomputing the
             # sub-chain from the stored x[j] gives the same log-probability with a valid graph.
-            parts["ho"] = ho_gradient(self._recompute_ho_log_prob(rollout))
+            ho_gradient(*self._recompute_ho_log_prob(rollout))
 
         lr_steps = rollout.steps.get("lr", [])
         if lr_steps:
@@ -353,15 +429,36 @@ class RLREstimator(Estimator):
             parts[name] = value * weights[name]
         return weights
 
-    def _recompute_ho_log_prob(self, rollout: Rollout) -> torch.Tensor:
-        """The HO exit log-probability rebuilt from the stored x[j], noises and exit sample."""
+    def _cv_direction(self, chain: Chain, exit_mean: torch.Tensor, next_step: int, cond, prompts: list[str]) -> torch.Tensor:
+        """a = d r(decode(predict_final(m))) / dm at the detached exit mean m (no graph kept)."""
+        mean = exit_mean.requires_grad_(True)
+        with torch.enable_grad():
+            final = chain.predict_final(mean, next_step, cond, self.cv_jumps)
+            surrogate = self._surrogate_reward(chain.decode(final), [str(p) for p in prompts])
+            (direction,) = torch.autograd.grad(surrogate.sum(), mean)
+        return direction.detach()
+
+    def _remember_cv_statistics(self, j: int, advantages: torch.Tensor, unit_cv: torch.Tensor) -> None:
+        """Fold this batch's least-squares sums (over the whole batch) into start j's running slope."""
+        sums = torch.stack([(advantages.double() * unit_cv).sum(), (unit_cv * unit_cv).sum()])
+        if self.shard is not None:
+            sums = sum_over_processes(sums)
+        sxy, sxx = (float(v) for v in sums)
+        if not (math.isfinite(sxy) and math.isfinite(sxx)):
+            return
+        previous = self.cv_statistics.get(j)
+        d = self.statistics_decay
+        self.cv_statistics[j] = [sxy, sxx] if previous is None else [d * previous[0] + sxy, d * previous[1] + sxx]
+
+    def _recompute_ho_log_prob(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """The HO exit log-probability (and exit mean) rebuilt from the stored x[j], noises and exit sample."""
         chain, data = rollout.chain, rollout.data
         x_start, x_exit, cond, noise = data["ho_replay"]
         j, exit_step = data["j"], data["j"] + self.h - 1
         with torch.enable_grad():
             x_inner = run_steps(chain, x_start, range(j, exit_step), cond, noise)
             exit_mean, exit_std = chain.step_mean_std(x_inner, exit_step, cond)
-            return gaussian_log_prob(x_exit, exit_mean, exit_std)
+            return gaussian_log_prob(x_exit, exit_mean, exit_std), exit_mean
 
     def _lr_part(self, rollout: Rollout, advantages: torch.Tensor, lr_steps: list[int], weight: float) -> torch.Tensor:
         """Per-step likelihood-ratio terms on the sampled remaining steps, one backward each."""
@@ -388,12 +485,14 @@ class RLREstimator(Estimator):
     def state_dict(self) -> dict:
         state = super().state_dict()
         state["ho_grad_norms"] = dict(self.ho_grad_norms)
+        state["cv_statistics"] = {j: list(v) for j, v in self.cv_statistics.items()}
         state["part_statistics"] = {name: s.state_dict() for name, s in self.part_statistics.items()}
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.ho_grad_norms = {int(k): float(v) for k, v in state.get("ho_grad_norms", {}).items()}
+        self.cv_statistics = {int(k): [float(x) for x in v] for k, v in state.get("cv_statistics", {}).items()}
         self.part_statistics = {}
         for name, saved in state.get("part_statistics", {}).items():
             self.part_statistics[name] = PartStatistics(self.statistics_decay)
