@@ -8,8 +8,11 @@ Train tab's "Preset" dropdown does). No Gradio here.
   star demo"): the prompt draws a red circle, the tiny-clip reward asks for a red star (the
   log-probability of "a red star on a white background" among the captions that change one
   attribute, "a white background" and the 4 shapes drawn small), a cross-attention LoRA trained
-  with full-bp (the exact gradient): 48 iterations turn the circles into clean stars. The default
-  estimator rlr does not (yet) on this task.
+  with full-bp (the exact gradient): 48 iterations turn the circles into clean stars.
+* "Star demo, RLR (tiny, offline)": the same run with the estimator rlr and its HO control
+  variate, the noisy likelihood-ratio residual dropped (``ho_weight: 0``, biased): 48 iterations
+  turn 28 of 32 held-out circles into clean stars (README, "RLR draws stars: the HO control
+  variate"). The default rlr options do not get there on this task.
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "steps": 48,
         "seed": 0,
     },
+}
+STAR_DEMO_RLR_OPTIONS = {"h": 2, "window": [1, 6], "fo_weight": 0.33, "control_variate": True, "ho_weight": 0.0}
+PRESETS["Star demo, RLR (tiny, offline)"] = {
+    **PRESETS["Star demo (tiny, offline)"],
+    "estimator": "rlr",
+    "estimator_options": json.dumps(STAR_DEMO_RLR_OPTIONS),
 }
 
 

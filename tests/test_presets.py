@@ -16,6 +16,7 @@ from rlr_core.estimators import ui_options  # noqa: E402
 from rlr_core.run import TrainingRun  # noqa: E402
 
 STAR = "Star demo (tiny, offline)"
+STAR_RLR = "Star demo, RLR (tiny, offline)"
 STAR_YAML = Path(__file__).resolve().parents[1] / "benchmarks" / "star_demo.yaml"
 
 
@@ -43,6 +44,22 @@ def test_star_preset_is_the_benchmark_config(tmp_path):
     assert config_from_form(form_from_config(from_yaml), hosted=False).reward_options == from_app.reward_options
     defaults = ui_options(from_yaml.estimator)  # the form leaves out options at their defaults (h = 2)
     assert {**defaults, **from_app.estimator_options} == {**defaults, **from_yaml.estimator_options}
+
+
+def test_rlr_star_preset_is_the_benchmark_config_with_the_control_variate(tmp_path):
+    """The RLR star preset is star_demo.yaml with only the estimator changed (README's --set flags)."""
+    from rlr_core.cli import apply_overrides
+
+    from_app = config_from_form(apply_preset(STAR_RLR, FORM_DEFAULTS), hosted=False, output_dir=str(tmp_path))
+    from_yaml = apply_overrides(TrainConfig.from_file(STAR_YAML, validate=False), [
+        "estimator=rlr", "estimator_options={h: 2, window: [1, 6], fo_weight: 0.33, control_variate: true, ho_weight: 0}",
+    ]).validate()
+    for key in ("model", "num_steps", "eta", "lora_rank", "lora_targets", "reward", "estimator", "prompts", "steps",
+                "batch_size", "lr", "seed", "reward_options"):
+        assert getattr(from_app, key) == getattr(from_yaml, key), key
+    defaults = ui_options("rlr")
+    assert {**defaults, **from_app.estimator_options} == {**defaults, **from_yaml.estimator_options}
+    assert from_app.estimator_options["control_variate"] is True and from_app.estimator_options["ho_weight"] == 0
 
 
 def test_apply_preset_keeps_other_fields_and_refuses_unknown_names():

@@ -369,8 +369,11 @@ class RLREstimator(Estimator):
             if cv_direction is None:
                 parts["ho"] = part_gradient(ho_loss, params)
                 return
-            grads = torch.autograd.grad(ho_loss, params, allow_unused=True, retain_graph=True)
-            parts["ho"] = flatten(list(grads), params)
+            if self.ho_weight == 0:  # the residual dropped: skip its backward
+                parts["ho"] = torch.zeros(sum(p.numel() for p in params), device=exit_mean.device)
+            else:
+                grads = torch.autograd.grad(ho_loss, params, allow_unused=True, retain_graph=True)
+                parts["ho"] = flatten(list(grads), params)
             cv_loss = -self.cv_weight * scale * beta * (cv_direction.to(exit_mean) * exit_mean).sum() / batch
             parts["cv"] = part_gradient(cv_loss, params)
 
