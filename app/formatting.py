@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-PART_LABELS = {"fo": "FO", "ho": "HO", "zo": "ZO", "lr": "LR", "total": "total"}
+PART_LABELS = {"fo": "FO", "ho": "HO", "cv": "CV", "zo": "ZO", "lr": "LR", "total": "total"}
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -279,7 +279,7 @@ DIAGNOSTICS_COLUMNS: dict[str, str] = {
     "cosine_to_full_bp": "cosine of mean",
     "mean_norm": "mean norm",
     "total_variance": "total variance",
-    **{key: f"{PART_LABELS[part]} {what}" for part in ("fo", "ho", "zo", "lr")
+    **{key: f"{PART_LABELS[part]} {what}" for part in ("fo", "ho", "cv", "zo", "lr")
        for key, what in ((f"norm_{part}", "norm"), (f"cos_{part}", "cosine"))},
     "seconds": "seconds / estimate",
     "peak_memory_mb": "peak memory (MB)",

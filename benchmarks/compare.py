@@ -52,13 +52,14 @@ ESTIMATORS = {
     "rlr-paper": ("rlr-paper", {}),
     "rlr-paper-auto": ("rlr-paper", {"part_weights": "auto"}),
     "rlr-h4": ("rlr", {"h": 4}),
+    "rlr-cv": ("rlr", {"control_variate": True, "ho_weight": 0.0}),  # HO control variate, residual dropped
     "truncated-bp": ("truncated-bp", {"k": 1}),
     "full-bp": ("full-bp", {}),
     "ddpo": ("ddpo", {}),
     "zo": ("zo", {}),
     "rlr-released": ("rlr-released", {}),
 }
-DIFFERENTIABLE_ONLY = {"truncated-bp", "full-bp", "rlr-released"}
+DIFFERENTIABLE_ONLY = {"truncated-bp", "full-bp", "rlr-released", "rlr-cv"}
 # reward spec -> (reward name, options)
 REWARDS = {
     "saturation": ("saturation", {}),

@@ -277,6 +277,8 @@ def test_rlr_control_variate_adds_a_cv_part_and_keeps_clicks_working(tiny_chain)
     rollout = estimator.rollout(tiny_chain, PROMPTS, torch.Generator().manual_seed(2), False)
     result = estimator.gradient(rollout, torch.arange(len(PROMPTS), dtype=torch.float32))
     assert "cv" not in result.parts and float(result.parts["ho"].norm()) > 0
+    with pytest.raises(ValueError, match="ho_weight"):  # clicks + the residual dropped: no gradient at all
+        get_estimator("rlr", control_variate=True, ho_weight=0.0).rollout(tiny_chain, PROMPTS, torch.Generator(), False)
     with pytest.raises(ValueError, match="cv_jumps"):
         get_estimator("rlr", control_variate=True, cv_jumps=0)
     with pytest.raises(ValueError, match="cv_scale"):

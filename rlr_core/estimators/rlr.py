@@ -200,6 +200,11 @@ class RLREstimator(Estimator):
                 f"window must lie within [0, {last_start}] (HO starts j with j + h <= T - 1 for T={T}, "
                 f"h={self.h}), got {list(self.window)}"
             )
+        if self.control_variate and self.ho_weight == 0 and not differentiable_reward:
+            raise ValueError(
+                "ho_weight: 0 with control_variate needs a differentiable reward: without one (clicks, JPEG size) "
+                "there is no control variate and the HO term would be zero; set ho_weight > 0"
+            )
         super()._check_setup(chain, differentiable_reward, batch_size)
 
     def estimate(self, chain: Chain, reward, prompts: list[str], generator: torch.Generator):
