@@ -172,7 +172,7 @@ def run_clicker(task: dict) -> dict:
         trainer = _trainer(chain, Redness(), estimator, {**task, "batch_size": 4}, tmp)
         log = ClickLog(Path(tmp) / "clicks.jsonl")
         reward = PreferenceReward(log, features="pixels") if mode == "learned" else None
-        session = PreferenceSession(chain, estimator, trainer, log, mode=mode, k=1, reward=reward)
+        session = PreferenceSession(trainer, log, mode=mode, k=1, reward=reward)
         groups = estimator.noise_groups(mode == "learned")
         evals = []
 
