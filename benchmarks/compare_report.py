@@ -71,7 +71,10 @@ def write_report(out: Path, runs: list[dict], args: Any = None) -> Path:
     for reward in sorted({k[0] for k in table}, key=_reward_order):
         lines += _reward_table(reward, table)
     lines += _clicker_table(runs)
-    errors = [r for r in runs if "error" in r]
+    # a failed run that a later, successful run of the same task replaced (compare.py reruns failures) is not listed
+    fields = ("phase", "kind", "reward", "estimator", "lr", "seed", "budget", "batch_size", "num_steps", "rounds")
+    succeeded = {tuple(r.get(f) for f in fields) for r in runs if "error" not in r}
+    errors = [r for r in runs if "error" in r and tuple(r.get(f) for f in fields) not in succeeded]
     if errors:
         lines += ["## Failed runs", ""] + [f"- {r['phase']} {r.get('reward')} {r['estimator']} seed {r['seed']}: {r['error']}" for r in errors] + [""]
     _plots(out, runs)
