@@ -204,8 +204,9 @@ def _run(task: dict) -> dict:
 
 # ------------------------------------------------------------------------------------ driver
 def _key(task: dict) -> str:
-    fields = ("phase", "kind", "reward", "estimator", "lr", "seed", "budget", "batch_size", "num_steps", "rounds")
-    return json.dumps({f: task.get(f) for f in fields}, sort_keys=True)
+    from benchmarks.compare_report import task_key
+
+    return task_key(task)
 
 
 def load_runs(out: Path) -> list[dict]:

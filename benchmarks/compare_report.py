@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,12 @@ def gains(runs: list[dict], phase: str = "main") -> dict[tuple[str, str], list[d
     return table
 
 
+def task_key(task: dict) -> str:
+    """What identifies one run of the benchmark (a rerun of the same task has the same key)."""
+    fields = ("phase", "kind", "reward", "estimator", "lr", "seed", "budget", "batch_size", "num_steps", "rounds")
+    return json.dumps({f: task.get(f) for f in fields}, sort_keys=True)
+
+
 def write_report(out: Path, runs: list[dict], args: Any = None) -> Path:
     """Write compare.md and the PNG plots into ``out``; return the markdown path."""
     out = Path(out)
@@ -72,9 +79,8 @@ def write_report(out: Path, runs: list[dict], args: Any = None) -> Path:
         lines += _reward_table(reward, table)
     lines += _clicker_table(runs)
     # a failed run that a later, successful run of the same task replaced (compare.py reruns failures) is not listed
-    fields = ("phase", "kind", "reward", "estimator", "lr", "seed", "budget", "batch_size", "num_steps", "rounds")
-    succeeded = {tuple(r.get(f) for f in fields) for r in runs if "error" not in r}
-    errors = [r for r in runs if "error" in r and tuple(r.get(f) for f in fields) not in succeeded]
+    succeeded = {task_key(r) for r in runs if "error" not in r}
+    errors = [r for r in runs if "error" in r and task_key(r) not in succeeded]
     if errors:
         lines += ["## Failed runs", ""] + [f"- {r['phase']} {r.get('reward')} {r['estimator']} seed {r['seed']}: {r['error']}" for r in errors] + [""]
     _plots(out, runs)

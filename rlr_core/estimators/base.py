@@ -108,9 +108,10 @@ def flatten(tensors: list[torch.Tensor | None], like: list[torch.Tensor]) -> tor
     )
 
 
-def part_gradient(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
-    """Flat gradient of ``loss`` in ``params`` (parameters the loss does not touch get zeros)."""
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
+def part_gradient(loss: torch.Tensor, params: list[torch.Tensor], retain_graph: bool = False) -> torch.Tensor:
+    """Flat gradient of ``loss`` in ``params`` (parameters the loss does not touch get zeros);
+    ``retain_graph`` keeps the graph for a second part that shares it."""
+    grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=retain_graph)
     return flatten(list(grads), params)
 
 

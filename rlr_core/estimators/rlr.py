@@ -375,10 +375,9 @@ class RLREstimator(Estimator):
                 parts["ho"] = part_gradient(ho_loss, params)
                 return
             if self.ho_weight == 0:  # the residual dropped: skip its backward
-                parts["ho"] = torch.zeros(sum(p.numel() for p in params), device=exit_mean.device)
+                parts["ho"] = flatten([None] * len(params), params)
             else:
-                grads = torch.autograd.grad(ho_loss, params, allow_unused=True, retain_graph=True)
-                parts["ho"] = flatten(list(grads), params)
+                parts["ho"] = part_gradient(ho_loss, params, retain_graph=True)
             cv_loss = -self.cv_weight * scale * beta * (cv_direction.to(exit_mean) * exit_mean).sum() / batch
             parts["cv"] = part_gradient(cv_loss, params)
 
