@@ -69,8 +69,12 @@ OPTION_LABELS: dict[str, tuple[str, str]] = {
     "h": ("h (HO sub-chain length)", "rlr: steps backpropagated inside the half-order sub-chain; auto = the largest that fits in memory"),
     "remaining": ("Remaining steps", "rlr: none = dropped (default), zo = unbiased, lr = likelihood ratio"),
     "zo_scale": ("ZO scale", "rlr: parameter perturbation size of the ZO part"),
-    "window": ("HO window", "rlr: allowed starts of the HO sub-chain 'a, b' (empty = all)"),
+    "window": ("Start window", "rlr: allowed starts of the HO sub-chain, refl: steps to predict the final state from; "
+               "'a, b' as step indices, or fractions of the chain like '0.0, 0.4' (empty = the estimator's default)"),
     "k": ("k (steps backpropagated)", "truncated-bp: backprop through the last k steps"),
+    "k_min": ("Shortest tail", "alignprop: backprop through the last K steps, K drawn in [k_min, k_max] (k_max: JSON, default T)"),
+    "n": ("Re-noisings", "draft-lv: last-step gradients averaged over n re-noisings of the final image"),
+    "jumps": ("Prediction calls", "refl: model calls of the prediction of the final image (1 = one-step x0)"),
     "inner_epochs": ("PPO epochs", "ddpo: PPO epochs per rollout"),
     "clip_range": ("PPO clip range", "ddpo: per-dimension ratio clip"),
     "scale": ("Perturbation scale", "zo: parameter perturbation size"),

@@ -188,7 +188,7 @@ def predict_memory(session: str, form: dict[str, Any], hosted: bool) -> str:
     except ValueError as error:
         raise field_error(error) from None
     estimator = training.estimator
-    options = {k: getattr(estimator, k) for k in ("h", "k") if hasattr(estimator, k)}
+    options = {k: getattr(estimator, k) for k in ("h", "k", "k_max", "jumps") if hasattr(estimator, k)}
     with state.WORK_LOCK:
         try:
             prediction = predict(chain, config.estimator, config.batch_size, reward=training.reward, **options)

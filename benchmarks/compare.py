@@ -1,27 +1,34 @@
-"""Head-to-head learning curves of RLR variants and every baseline on the bundled tiny model.
+"""The task suite: learning curves of the default rlr, its candidates and every baseline on the tiny model.
 
 Every run trains the same LoRA (same initial weights) through the one Trainer loop, with the
 same images per iteration (``--batch-size``), until it has spent ``--budget`` seconds of its own
 process CPU time on training iterations (evaluation excluded). Workers run single-threaded, one
 per core, so a run's CPU seconds equal its wall-clock seconds on an idle machine and stay fair when
-the machine is shared. Eval reward = mean reward of 8 fixed seeds x the 4 prompts, measured at
-0, 1/4, 1/2, 3/4 and all of the budget.
+the machine is shared. Eval reward = mean reward over the task's 16 fixed seeds (its prompts cycled),
+measured at 0, 1/4, 1/2, 3/4 and all of the budget.
 
-Phases (all results are appended to ``<out>/runs.jsonl``, so an interrupted benchmark resumes):
+Tasks (``TASKS``): colour-like rewards the last steps decide (saturation, target-blue,
+jpeg-compressibility, not differentiable) and composition rewards the early steps decide: the star
+task (the star preset's tiny-clip reward and cross-attention LoRA: turn "a red circle" into a red star),
+position-left (``shape-position``: the shape at the left edge) and size-small (``shape-size``).
 
-1. learning-rate sweep: every estimator at each of ``--lrs`` on the first reward, 1 seed;
-   the lr with the highest final eval reward is used for that estimator on every reward;
-2. main: every (reward, estimator) at its chosen lr for ``--seeds`` seeds;
+Phases (all results are appended to ``<out>/runs.jsonl``, so an interrupted benchmark resumes; a run
+is identified by its task, estimator with its resolved options, lr, seed, budget, batch and T, so
+changing the default rlr's options makes its runs new):
+
+1. learning-rate sweep (only with several ``--lrs``): every estimator at each lr on the first task,
+   1 seed; the lr with the highest final eval reward is used for that estimator on every task;
+2. main: every (task, estimator) at its lr for ``--seeds`` seeds;
 3. simulated clicker: rounds of 4 images through ``rlr_core.rewards.preference.PreferenceSession``;
    an oracle clicks the reddest image (mean R - mean(G, B)); redness on 8 fixed seeds vs rounds,
    in direct mode (clicks are the reward) and learned mode (Bradley-Terry head on pixel features).
 
-``--report`` (also run at the end) writes ``<out>/compare.md`` (tables: eval-reward gain at the
-budget, mean and 95% t-interval over seeds, iterations, seconds per iteration, ratio to ddpo and
-truncated-bp) and PNG plots (eval reward vs seconds, batch reward vs iterations and vs seconds).
+``--report`` (also run at the end) writes ``<out>/compare.md`` (tables per task: eval-reward gain at
+the budget, mean and 95% t-interval over seeds, ratio to ddpo and truncated-bp, iterations, seconds per
+iteration, graph memory per estimate) and PNG plots (eval reward vs seconds, batch reward vs seconds).
 
-    python benchmarks/compare.py --out assets/results/compare          # everything (~1 h on 2 cores)
-    python benchmarks/compare.py --out /tmp/cmp --budget 10 --seeds 1 --lrs 0.01 --estimators rlr ddpo
+    python benchmarks/compare.py --out benchmarks/results/compare --lrs 0.01 --budget 90    # the suite (hours)
+    python benchmarks/compare.py --out /tmp/cmp --budget 10 --seeds 1 --lrs 0.01 --estimators rlr ddpo --tasks star
 """
 
 from __future__ import annotations
@@ -45,32 +52,80 @@ PROMPTS = [
     "a green triangle on a black background",
     "a yellow star on a white background",
 ]
-EVAL_SEEDS = list(range(1000, 1008))
-# name -> (estimator, options); "rlr" is the product default
+EVAL_SEEDS = list(range(1000, 1016))
+STAR_CONFIG = Path(__file__).resolve().parent / "star_demo.yaml"
+STAR_EVAL_SEEDS = list(range(20_000_000, 20_000_016))  # held out, as benchmarks/star_demo.py
+# name -> (estimator, options); "rlr" is the product default, whatever it is at the commit that ran
 ESTIMATORS = {
     "rlr": ("rlr", {}),
+    "rlr-v2": ("rlr", {"control_variate": False, "ho_weight": 1.0, "fo_weight": 1.0, "window": None}),  # default until 12-04
     "rlr-paper": ("rlr-paper", {}),
     "rlr-paper-auto": ("rlr-paper", {"part_weights": "auto"}),
     "rlr-h4": ("rlr", {"h": 4}),
     "rlr-cv": ("rlr", {"control_variate": True, "ho_weight": 0.0}),  # HO control variate, residual dropped
+    # the star preset's hand-set options before 12-04
+    "rlr-star": ("rlr", {"h": 2, "window": [1, 6], "fo_weight": 0.33, "control_variate": True, "ho_weight": 0.0}),
+    "rlr-cv-all": ("rlr", {"control_variate": "auto", "ho_weight": "auto", "window": None, "fo_weight": 1.0}),
+    "rlr-cv-early": ("rlr", {"control_variate": "auto", "ho_weight": "auto", "window": [0.0, 0.4], "fo_weight": 1.0}),
+    "rlr-cv-early-fo33": ("rlr", {"control_variate": "auto", "ho_weight": "auto", "window": [0.0, 0.4], "fo_weight": 0.33}),
+    "rlr-cv-gradnorm": ("rlr", {"control_variate": "auto", "ho_weight": "auto", "window": None, "fo_weight": 1.0,
+                                "j_sampling": "grad-norm"}),
     "truncated-bp": ("truncated-bp", {"k": 1}),
     "full-bp": ("full-bp", {}),
     "ddpo": ("ddpo", {}),
+    "ddpo-group": ("ddpo", {"advantages": "group"}),
     "zo": ("zo", {}),
     "rlr-released": ("rlr-released", {}),
+    "alignprop": ("alignprop", {}),
+    "draft-lv": ("draft-lv", {}),
+    "refl": ("refl", {}),
 }
-DIFFERENTIABLE_ONLY = {"truncated-bp", "full-bp", "rlr-released", "rlr-cv"}
-# reward spec -> (reward name, options)
-REWARDS = {
-    "saturation": ("saturation", {}),
-    "target-blue": ("target-color", {"color": "blue"}),  # optimum far from the base model: all-blue images
-    "jpeg-compressibility": ("jpeg-compressibility", {}),
+SUITE = ["rlr", "full-bp", "truncated-bp", "ddpo", "alignprop", "draft-lv", "refl", "rlr-paper", "zo", "rlr-released"]
+DIFFERENTIABLE_ONLY = {"truncated-bp", "full-bp", "rlr-released", "rlr-cv", "rlr-star", "alignprop", "draft-lv", "refl"}
+
+
+def _star_reward() -> tuple[str, dict]:
+    """The star preset's reward (tiny-clip, "a red star" among one-attribute changes), read from its config."""
+    import yaml
+
+    config = yaml.safe_load(STAR_CONFIG.read_text())
+    return config["reward"], dict(config["reward_options"])
+
+
+# task -> reward (name, options), training prompts, LoRA targets, eval seeds (one image each, prompts cycled),
+# and whether the early steps decide it ("composition")
+TASKS = {
+    "saturation": {"reward": ("saturation", {}), "prompts": PROMPTS},
+    "target-blue": {"reward": ("target-color", {"color": "blue"}), "prompts": PROMPTS},  # optimum far from the base
+    "jpeg-compressibility": {"reward": ("jpeg-compressibility", {}), "prompts": PROMPTS},
+    "star": {"reward": _star_reward, "prompts": ["a red circle on a white background"], "lora_targets": "cross-attention",
+             "eval_seeds": STAR_EVAL_SEEDS, "composition": True},
+    "position-left": {"reward": ("shape-position", {"target": "left"}), "prompts": PROMPTS, "composition": True},
+    "size-small": {"reward": ("shape-size", {}), "prompts": PROMPTS, "composition": True},
 }
+REWARDS = TASKS  # the old name: --rewards takes task names
 CLICKER = {  # name -> (estimator, options, mode)
     "rlr direct": ("rlr", {}, "direct"),
     "rlr learned": ("rlr", {}, "learned"),
     "rlr-paper direct": ("rlr-paper", {}, "direct"),
 }
+
+
+def task_reward(task_name: str):
+    """The reward of task ``task_name`` (built by rlr_core.rewards.get_reward)."""
+    from rlr_core import get_reward
+
+    spec = TASKS[task_name]["reward"]
+    name, options = spec() if callable(spec) else spec
+    return get_reward(name, **options)
+
+
+def task_eval(task_name: str) -> tuple[list[int], list[str]]:
+    """The fixed evaluation seeds of a task and the prompt of each (the task's prompts cycled)."""
+    spec = TASKS[task_name]
+    seeds = spec.get("eval_seeds", EVAL_SEEDS)
+    prompts = spec["prompts"]
+    return list(seeds), [prompts[i % len(prompts)] for i in range(len(seeds))]
 
 
 def redness(images):
@@ -87,32 +142,33 @@ class Redness:
 
 
 # ------------------------------------------------------------------------------------ workers
-_CHAIN = None
-_INITIAL = None
+_CHAINS: dict = {}
 
 
-def _chain(num_steps: int):
-    global _CHAIN, _INITIAL
+def _chain(num_steps: int, lora_targets: str = "attention"):
+    """The tiny model with the LoRA every run starts from (one per LoRA target set, cached per worker)."""
     import torch
 
     from rlr_core import load_model
 
-    if _CHAIN is None:
+    key = (num_steps, lora_targets)
+    if key not in _CHAINS:
         torch.set_num_threads(1)
-        _CHAIN = load_model("tiny", num_steps=num_steps, lora_rank=4, device="cpu")
-        _INITIAL = [p.detach().clone() for p in _CHAIN.trainable_parameters()]
+        chain = load_model("tiny", num_steps=num_steps, lora_rank=4, lora_targets=lora_targets, device="cpu")
+        _CHAINS[key] = (chain, [p.detach().clone() for p in chain.trainable_parameters()])
+    chain, initial = _CHAINS[key]
     with torch.no_grad():
-        for p, p0 in zip(_CHAIN.trainable_parameters(), _INITIAL):
+        for p, p0 in zip(chain.trainable_parameters(), initial):
             p.copy_(p0)
             p.grad = None
-    return _CHAIN
+    return chain
 
 
-def _trainer(chain, reward, estimator, task, output_dir):
+def _trainer(chain, reward, estimator, task, output_dir, prompts=PROMPTS):
     from rlr_core import TrainConfig, Trainer
 
     config = TrainConfig(
-        model="tiny", num_steps=task["num_steps"], prompts=list(PROMPTS), steps=100_000, batch_size=task["batch_size"],
+        model="tiny", num_steps=task["num_steps"], prompts=list(prompts), steps=100_000, batch_size=task["batch_size"],
         lr=task["lr"], seed=task["seed"], eval_seeds=[], eval_every=0, checkpoint_every=0, output_dir=output_dir,
     )
     return Trainer(chain, reward, estimator, config)
@@ -124,18 +180,19 @@ def run_training(task: dict) -> dict:
 
     from rlr_core import get_estimator, get_reward
 
-    chain = _chain(task["num_steps"])
-    reward_name, reward_options = REWARDS[task["reward"]]
-    reward = get_reward(reward_name, **reward_options)
+    spec = TASKS[task["reward"]]
+    chain = _chain(task["num_steps"], spec.get("lora_targets", "attention"))
+    reward = task_reward(task["reward"])
     name, options = ESTIMATORS[task["estimator"]]
     estimator = get_estimator(name, **options)
+    eval_seeds, eval_prompts = task_eval(task["reward"])
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = _trainer(chain, reward, estimator, task, tmp)
+        trainer = _trainer(chain, reward, estimator, task, tmp, spec["prompts"])
         evals, curve = [], []
         marks = [task["budget"] * f for f in (0.25, 0.5, 0.75, 1.0)]
 
         def evaluate(iteration, cpu, wall):
-            _, values = trainer.evaluate(EVAL_SEEDS, [PROMPTS[i % 4] for i in range(len(EVAL_SEEDS))])
+            _, values = trainer.evaluate(eval_seeds, eval_prompts)
             evals.append({"iteration": iteration, "cpu_seconds": cpu, "wall_seconds": wall, "eval_reward": sum(values) / len(values)})
 
         evaluate(0, 0.0, 0.0)
@@ -149,12 +206,13 @@ def run_training(task: dict) -> dict:
             curve.append({
                 "iteration": report.step, "cpu_seconds": cpu, "wall_seconds": wall, "reward_mean": report.reward_mean,
                 "grad_norms": report.grad_norms, "signal": report.signal, "info": report.info, "skipped": report.skipped,
+                "graph_memory_mb": report.graph_memory_mb,
             })
             while marks and cpu >= marks[0]:
                 marks.pop(0)
                 evaluate(report.step, cpu, wall)
         iterator.close()
-    return {**task, "kind": "train", "curve": curve, "evals": evals}
+    return {**task, "kind": "train", "curve": curve, "evals": evals, "commit": _commit()}
 
 
 def run_clicker(task: dict) -> dict:
@@ -177,7 +235,7 @@ def run_clicker(task: dict) -> dict:
         evals = []
 
         def evaluate(rounds):
-            _, values = trainer.evaluate(EVAL_SEEDS, [PROMPTS[i % 4] for i in range(len(EVAL_SEEDS))])
+            _, values = trainer.evaluate(EVAL_SEEDS[:8], [PROMPTS[i % 4] for i in range(8)])
             evals.append({"round": rounds, "redness": sum(values) / len(values)})
 
         evaluate(0)
@@ -193,6 +251,27 @@ def run_clicker(task: dict) -> dict:
             if (index + 1) % 5 == 0:
                 evaluate(index + 1)
     return {**task, "kind": "clicker", "evals": evals, "cpu_seconds": seconds}
+
+
+def _commit() -> str:
+    """The git commit of the code that ran (with '+' when the tree had changes), or '?'."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        return (head + ("+" if dirty else "")) or "?"
+    except OSError:
+        return "?"
+
+
+def resolved_options(estimator: str) -> dict:
+    """Every option of a suite entry with its value (the entry's own and the estimator's defaults)."""
+    from rlr_core.estimators import estimator_options
+
+    name, options = ESTIMATORS[estimator]
+    return json.loads(json.dumps({**estimator_options(name), **options}, default=list))
 
 
 def _run(task: dict) -> dict:
@@ -217,6 +296,9 @@ def load_runs(out: Path) -> list[dict]:
 
 
 def execute(tasks: list[dict], out: Path, workers: int) -> None:
+    for task in tasks:
+        if task["kind"] == "train":
+            task["estimator_options"] = resolved_options(task["estimator"])
     done = {_key(r) for r in load_runs(out) if "error" not in r}
     todo = [t for t in tasks if _key(t) not in done]
     print(f"{len(tasks) - len(todo)} runs already done, {len(todo)} to run", flush=True)
@@ -246,9 +328,9 @@ def chosen_lrs(runs: list[dict], sweep_reward: str) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="assets/results/compare")
-    p.add_argument("--rewards", nargs="+", default=list(REWARDS), choices=list(REWARDS))
-    p.add_argument("--estimators", nargs="+", default=list(ESTIMATORS), choices=list(ESTIMATORS))
+    p.add_argument("--out", default="benchmarks/results/compare")
+    p.add_argument("--rewards", "--tasks", nargs="+", default=list(TASKS), choices=list(TASKS), help="tasks of the suite")
+    p.add_argument("--estimators", nargs="+", default=SUITE, choices=list(ESTIMATORS))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--budget", type=float, default=60.0, help="training CPU seconds per run")
     p.add_argument("--sweep-budget", type=float, default=40.0)
@@ -291,8 +373,8 @@ def main(argv: list[str] | None = None) -> None:
     write_report(out, load_runs(out), args)
 
 
-def _differentiable(reward: str) -> bool:
-    return not reward.startswith("jpeg")
+def _differentiable(task: str) -> bool:
+    return not task.startswith("jpeg")
 
 
 if __name__ == "__main__":

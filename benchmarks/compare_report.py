@@ -47,13 +47,15 @@ def gains(runs: list[dict], phase: str = "main") -> dict[tuple[str, str], list[d
             "seconds_per_iteration": curve[-1]["cpu_seconds"] / curve[-1]["iteration"],
             "signal": sum(signal) / len(signal) if signal else float("nan"),
             "lr": r["lr"],
+            "graph_memory_mb": max((c.get("graph_memory_mb") or 0.0) for c in curve),
         })
     return table
 
 
 def task_key(task: dict) -> str:
     """What identifies one run of the benchmark (a rerun of the same task has the same key)."""
-    fields = ("phase", "kind", "reward", "estimator", "lr", "seed", "budget", "batch_size", "num_steps", "rounds")
+    fields = ("phase", "kind", "reward", "estimator", "estimator_options", "lr", "seed", "budget", "batch_size", "num_steps",
+              "rounds")
     return json.dumps({f: task.get(f) for f in fields}, sort_keys=True)
 
 
@@ -68,7 +70,7 @@ def write_report(out: Path, runs: list[dict], args: Any = None) -> Path:
         lines += [
             f"Batch {r0['batch_size']} images per iteration, {r0['num_steps']} sampling steps, LoRA rank 4, "
             f"budget {r0['budget']:g} s of single-threaded training CPU time per run (evaluation excluded), "
-            "eval reward = mean over 8 fixed seeds x 4 prompts. Gains are final minus initial eval reward, "
+            "eval reward = mean over the task's 16 fixed seeds (its prompts cycled). Gains are final minus initial eval reward, "
             "mean ± 95% t-interval over seeds. `signal` = mean cosine of one estimate to the running mean of "
             "the earlier ones (StepReport.signal).",
             "",
@@ -91,7 +93,7 @@ def write_report(out: Path, runs: list[dict], args: Any = None) -> Path:
 
 
 def _reward_order(name: str) -> tuple[int, str]:
-    order = ["saturation", "target-blue", "jpeg-compressibility"]
+    order = ["saturation", "target-blue", "jpeg-compressibility", "star", "position-left", "size-small"]
     return (order.index(name) if name in order else len(order), name)
 
 
@@ -121,8 +123,8 @@ def _reward_table(reward: str, table: dict) -> list[str]:
     rows = {name: seeds for (r, name), seeds in table.items() if r == reward}
     reference = {n: mean_interval([s["gain"] for s in rows[n]])[0] for n in ("ddpo", "truncated-bp") if n in rows}
     lines = [f"## {reward}", "",
-             "| estimator | lr | eval gain | gain / ddpo | gain / truncated-bp | start -> final | iterations | s / iteration | signal |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| estimator | lr | eval gain | gain / ddpo | gain / truncated-bp | start -> final | iterations | s / iteration | graph MB | signal |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, seeds in sorted(rows.items(), key=lambda kv: -mean_interval([s["gain"] for s in kv[1]])[0]):
         gain = mean_interval([s["gain"] for s in seeds])
         ratios = [f"{gain[0] / reference[n]:.2f}" if n in reference and reference[n] > 0 else "–" for n in ("ddpo", "truncated-bp")]
@@ -131,9 +133,10 @@ def _reward_table(reward: str, table: dict) -> list[str]:
         its = mean_interval([s["iterations"] for s in seeds])[0]
         spi = mean_interval([s["seconds_per_iteration"] for s in seeds])[0]
         sig = mean_interval([s["signal"] for s in seeds if not math.isnan(s["signal"])])[0]
+        graph = max(s.get("graph_memory_mb", 0.0) for s in seeds)
         lines.append(f"| {name} | {seeds[0]['lr']:g} | {_fmt(*gain)} | {ratios[0]} | {ratios[1]} | {start:.3g} -> {final:.3g} | "
-                     f"{its:.3g} | {spi:.3g} | {sig:.2f} |")
-    return lines + [f"({len(next(iter(rows.values())))} seeds per row)", ""]
+                     f"{its:.3g} | {spi:.3g} | {graph:.3g} | {sig:.2f} |")
+    return lines + [f"(seeds per row: {', '.join(f'{n} {len(v)}' for n, v in rows.items())})", ""]
 
 
 def _clicker_table(runs: list[dict]) -> list[str]:

@@ -26,6 +26,7 @@ from rlr_core.estimators import get_estimator
 ANALYTIC = [
     ("rlr", {}), ("rlr-paper", {}), ("rlr", {"remaining": "lr"}), ("rlr-paper", {"antithetic": False}),
     ("rlr-paper", {"part_weights": "auto"}),
+    ("rlr", {"control_variate": False, "ho_weight": 1.0, "fo_weight": 1.0, "window": None}),  # the default before 12-04
     ("full-bp", {}), ("truncated-bp", {}), ("ddpo", {"normalize": False}), ("zo", {}), ("rlr-released", {}),
 ]
 
@@ -88,7 +89,8 @@ def model(argv: list[str]) -> None:
         chain = load(args, args.num_steps)
         reward = make_reward(args.reward, str(chain.device))
         prompts = ["a red circle on a white background"] * args.batch_size
-    names = json.loads(args.estimators) if args.estimators else ["rlr", "rlr-paper", "ddpo", "zo", "truncated-bp", "rlr-released", "full-bp"]
+    names = json.loads(args.estimators) if args.estimators else [
+        "rlr", "rlr-paper", "ddpo", "zo", "truncated-bp", "rlr-released", "alignprop", "draft-lv", "refl", "full-bp"]
     results = probe(chain, reward, names, prompts, repeats=args.repeats, seed_stride=0 if args.same_seeds else 1000)  # probe takes names and [name, options]
     print(f"model={args.model} T={args.num_steps} batch={args.batch_size} repeats={args.repeats}")
     rows = [r.row() for r in results]

@@ -465,6 +465,22 @@ class DiffusersChain:
             x = math.sqrt(a_next) * x0 + math.sqrt(max(1.0 - a_next, 0.0)) * eps
         return x
 
+    def renoise(self, x_final: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Forward diffusion of a final state to the noise level of step k's input: a draw of x[k].
+
+        q(x_t | x_0) with x_0 = ``x_final`` and t = ``timestep(k)``:
+        ``sqrt(a_t) x_final + sqrt(1 - a_t) noise``, noise ~ N(0, I) from ``generator`` (drawn on the
+        generator's device in float32, like ``initial``). Used by draft-lv (k = T-1: re-noise the
+        sample to the last step's input and denoise it again with grad). Returns float32, no graph
+        to ``x_final`` beyond the linear map (it is usually detached).
+        """
+        k = self._check_k(k)
+        a_t = self._alpha_t[k]
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        noise = torch.randn(x_final.shape, generator=generator, device=gen_device, dtype=torch.float32)
+        x0 = x_final.to(device=self.device, dtype=torch.float32)
+        return math.sqrt(a_t) * x0 + math.sqrt(1.0 - a_t) * noise.to(self.device)
+
     def _predict_x0_eps(self, x: torch.Tensor, k: int, cond: DiffusersCondition) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's clean-sample and noise predictions at step k (float32)."""
         out = self.model_output(x, k, cond)

@@ -20,11 +20,16 @@ convolutions to the low dtype and of normalisations / softmax to float32, autoca
 
 The parts combine per estimator (:func:`predict`), mirroring what each keeps alive at its peak:
 
-    rlr h            HO(h) + FO                  (the HO log-probability waits for the reward)
-    full-bp          step_first + (T-1) step_inner + decode + reward
-    truncated-bp k   step_first + (k-1) step_inner + decode + reward
-    ddpo             max(FO, step_first + log_prob)   (one likelihood-ratio step per backward)
-    zo               0                           (inference only)
+    rlr / rlr-paper h   HO(h) + FO                  (the HO log-probability waits for the reward)
+      + control variate HO(h) + max(FO, CV)         CV = cv_jumps calls + decode + reward (the stand-in's gradient)
+    full-bp             step_first + (T-1) step_inner + decode + reward
+    truncated-bp k      step_first + (k-1) step_inner + decode + reward
+    alignprop k_max     k_max stored step inputs + decode + reward; one step's graph is rebuilt
+                        in the backward pass (counted in ``recompute``: its steps are checkpointed)
+    ddpo, rlr-released  max(FO, step_first + log_prob)   (one likelihood-ratio step per backward)
+    draft-lv            FO                          (one re-noising's last step at a time)
+    refl jumps          step_first + (jumps-1) step_inner + decode + reward   (the x0 prediction)
+    zo                  0                           (inference only)
 
 ``graph_bytes`` is what tests check against measurement (within 10% on reduced SD-shaped models):
 the activation graph plus the weights autograd saves through views (``W^T`` of a linear layer),
@@ -53,7 +58,11 @@ import torch.nn.functional as F
 
 from .memory import LiveBytesTracker, SavedBytesCounter
 
-ESTIMATORS: tuple[str, ...] = ("rlr", "full-bp", "truncated-bp", "ddpo", "zo")
+ESTIMATORS: tuple[str, ...] = (
+    "rlr", "rlr-paper", "full-bp", "truncated-bp", "ddpo", "zo", "rlr-released", "alignprop", "draft-lv", "refl",
+)
+FIRST_ORDER_ONLY: tuple[str, ...] = ("full-bp", "truncated-bp", "rlr-released", "alignprop", "draft-lv", "refl")
+"""Estimators that need a differentiable reward (no prediction for spec reward "none")."""
 REWARD_KINDS: tuple[str, ...] = ("aesthetic", "clip", "pixel", "none")
 CUDA_OVERHEAD_GB = 0.6  # CUDA context + allocator slack on top of the predicted tensors (typical, not measured here)
 GB = 2**30
@@ -506,11 +515,18 @@ def combine(parts: PartMemory, spec: ModelSpec, estimator: str, options: dict[st
     """
     T = spec.num_steps
     fo = parts.fo if spec.differentiable_reward else 0
-    if estimator == "rlr":
+    if estimator in ("rlr", "rlr-paper"):
         h = int(options.get("h", 2))
         if not 1 <= h <= T - 1:
             raise ValueError(f"h must be between 1 and num_steps - 1 = {T - 1}, got {h}")
         pieces = {"ho": parts.ho(h), "fo": fo}
+        if spec.differentiable_reward and _control_variate_on(estimator, options):
+            # the stand-in's gradient (cv_jumps calls + decode + reward) is taken while the HO graph waits;
+            # it is freed before the FO graph is built, so the larger of the two counts
+            # predict_final makes at most one call per remaining step: T - h from the earliest exit
+            jumps = max(1, min(int(options.get("cv_jumps", 3)), T - h))
+            stand_in = parts.step_first + (jumps - 1) * parts.step_inner + parts.decode + parts.reward
+            pieces = {"ho": parts.ho(h), "fo" if fo >= stand_in else "cv_stand_in": max(fo, stand_in)}
     elif estimator == "full-bp":
         pieces = {"fo_chain": parts.step_first + (T - 1) * parts.step_inner, "decode": parts.decode, "reward": parts.reward}
     elif estimator == "truncated-bp":
@@ -518,23 +534,66 @@ def combine(parts: PartMemory, spec: ModelSpec, estimator: str, options: dict[st
         if not 1 <= k <= T:
             raise ValueError(f"k must be between 1 and num_steps = {T}, got {k}")
         pieces = {"fo_chain": parts.step_first + (k - 1) * parts.step_inner, "decode": parts.decode, "reward": parts.reward}
-    elif estimator == "ddpo":
+    elif estimator == "alignprop":
+        k = _alignprop_k(T, options)
+        # checkpointed steps keep only their inputs (one state each: the bytes the log-probability
+        # graph saves); their graphs are rebuilt one at a time in backward (``recompute_bytes``)
+        pieces = {"step_inputs": k * parts.log_prob, "decode": parts.decode, "reward": parts.reward}
+    elif estimator == "draft-lv":
+        pieces = {"fo": parts.fo}
+    elif estimator == "refl":
+        jumps = int(options.get("jumps", 1))
+        if jumps < 1:
+            raise ValueError(f"jumps must be an integer >= 1, got {jumps}")
+        jumps = min(jumps, T)  # predict_final makes at most one call per remaining step
+        pieces = {"prediction": parts.step_first + (jumps - 1) * parts.step_inner, "decode": parts.decode,
+                  "reward": parts.reward}
+    elif estimator in ("ddpo", "rlr-released"):
+        if estimator == "rlr-released" and not spec.differentiable_reward:
+            raise ValueError(f"estimator {estimator!r} needs a differentiable reward (spec reward='none')")
         per_step = parts.step_first + parts.log_prob
         return max(fo, per_step), {"fo": fo, "per_step": per_step}
     elif estimator == "zo":
         return 0, {}
     else:
         raise ValueError(f"estimator must be one of {list(ESTIMATORS)}, got {estimator!r}")
-    if estimator in ("full-bp", "truncated-bp") and not spec.differentiable_reward:
+    if estimator in FIRST_ORDER_ONLY and not spec.differentiable_reward:
         raise ValueError(f"estimator {estimator!r} needs a differentiable reward (spec reward='none')")
     return sum(pieces.values()), pieces
+
+
+def _control_variate_on(estimator: str, options: dict[str, Any]) -> bool:
+    """Whether an rlr estimate with ``options`` runs the HO control variate (its default when not given)."""
+    from .estimators import estimator_options
+
+    value = options.get("control_variate", estimator_options(estimator)["control_variate"])
+    return value is True or value == "auto"
+
+
+def _alignprop_k(num_steps: int, options: dict[str, Any]) -> int:
+    """The largest truncation depth alignprop may draw: ``k_max`` (None: num_steps), checked."""
+    k_max = options.get("k_max")
+    k = num_steps if k_max is None else int(k_max)
+    if not 1 <= k <= num_steps:
+        raise ValueError(f"k_max must be between 1 and num_steps = {num_steps}, got {k}")
+    return k
+
+
+def recompute_bytes(parts: PartMemory, estimator: str) -> int:
+    """Graph rebuilt in the backward pass by the largest checkpointed segment: the chain's own
+    checkpointing (``parts.recompute``), plus for alignprop one whole checkpointed step."""
+    if estimator == "zo":  # never runs backward
+        return 0
+    if estimator == "alignprop":
+        return parts.recompute + parts.step_first
+    return parts.recompute
 
 
 def weight_views(parts: PartMemory, spec: ModelSpec, estimator: str) -> int:
     """Bytes of weights the graph saves through views: counted once by ``MemoryMeter``, resident anyway."""
     if estimator == "zo":
         return 0
-    views = parts.unet_views
+    views = 0 if estimator == "alignprop" else parts.unet_views  # its UNet calls are all checkpointed
     if spec.differentiable_reward:
         views += parts.vae_views + parts.reward_views
     return views
@@ -552,7 +611,8 @@ def predict(
     decode_slice_size: int | None = None,
     **options: Any,
 ) -> Prediction:
-    """Predicted graph and peak memory of one ``estimator`` estimate (``options``: h for rlr, k for truncated-bp).
+    """Predicted graph and peak memory of one ``estimator`` estimate (``options``: h for rlr / rlr-paper, k for
+    truncated-bp, k_max for alignprop (None: num_steps, the worst case), jumps for refl).
 
     ``model``: a loaded ``DiffusersChain`` (its settings are the defaults; ``reward`` is the reward
     object it trains with), a :class:`ModelSpec`, or an architecture name of ``rlr_core.sd_arch``.
@@ -563,10 +623,9 @@ def predict(
     parts = trace_parts(spec, settings)
     activations, pieces = combine(parts, spec, estimator, options)
     views = weight_views(parts, spec, estimator)
-    trains = estimator != "zo"  # zo never runs backward: nothing is recomputed
-    peak = parts.weights + activations + parts.work + (parts.recompute if trains else 0)
-    pieces.update({"weights": parts.weights, "work": parts.work, "recompute": parts.recompute if trains else 0,
-                   "weight_views": views})
+    recompute = recompute_bytes(parts, estimator)
+    peak = parts.weights + activations + parts.work + recompute
+    pieces.update({"weights": parts.weights, "work": parts.work, "recompute": recompute, "weight_views": views})
     return Prediction(estimator, dict(options), settings, int(activations + views), int(peak), pieces)
 
 
@@ -611,8 +670,13 @@ def choose_h(
     max_h: int | None = None,
     dtype: str | torch.dtype | None = None,
     device_type: str | None = None,
+    estimator: str = "rlr",
+    options: dict[str, Any] | None = None,
 ) -> tuple[int, bool, float]:
     """``h: auto``: the largest HO length h whose predicted peak fits, and whether it needs checkpointing.
+
+    ``estimator`` ("rlr" or "rlr-paper") and its ``options`` (``h`` aside) decide what else the
+    prediction counts, e.g. the control variate's stand-in graph (``control_variate``, ``cv_jumps``).
 
     Returns ``(h, gradient_checkpointing, predicted_gb)``. Gradient checkpointing (inside the HO /
     FO segments) is switched on only when it lets a larger h fit than without it. ``h`` is at
@@ -643,13 +707,14 @@ def choose_h(
     if top < 1 or top > spec.num_steps - 1:
         raise ValueError(f"max_h must be between 1 and num_steps - 1 = {spec.num_steps - 1}, got {max_h!r}")
     base = chain_or_spec if not isinstance(chain_or_spec, ModelSpec) else spec
+    extra = {k: v for k, v in (options or {}).items() if k in ("control_variate", "cv_jumps")}
     overhead = CUDA_OVERHEAD_GB if device_type == "cuda" else 0.0
 
     def largest(checkpointing: bool) -> tuple[int, float]:
         best, best_gb = 0, math.inf
         for h in range(1, top + 1):  # linear in h: stop at the first that does not fit
-            gb = predict(base, "rlr", batch_size, reward=reward, dtype=dtype,
-                         gradient_checkpointing=checkpointing, h=h).peak_gb + overhead
+            gb = predict(base, estimator, batch_size, reward=reward, dtype=dtype,
+                         gradient_checkpointing=checkpointing, **{**extra, "h": h}).peak_gb + overhead
             if gb > budget:
                 return best, (best_gb if best else gb)
             best, best_gb = h, gb

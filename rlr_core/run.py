@@ -98,7 +98,8 @@ HOSTED_WORK_LIMIT = 100_000
 (PPO epochs + 1). 100,000 is the default tiny run (50 x 4 x 20) 25 times over, or 500 iterations
 of SD at batch 8 and 25 steps."""
 
-HOSTED_ESTIMATOR_LIMITS: dict[str, int] = {"inner_epochs": 8, "lr_samples": 16, "chain_len": 1000, "h": 1000, "k": 1000}
+HOSTED_ESTIMATOR_LIMITS: dict[str, int] = {"inner_epochs": 8, "lr_samples": 16, "chain_len": 1000, "h": 1000, "k": 1000,
+                                           "k_max": 1000, "n": 8, "jumps": 50, "cv_jumps": 50}
 """Hosted mode: largest values of the estimator options that multiply the work of an iteration."""
 
 
@@ -143,7 +144,8 @@ def _with_auto_h(config: TrainConfig, chain: Chain, reward: Reward, options: dic
     if "h" not in getattr(get_estimator(config.estimator), "ui_options", ()):
         raise ConfigError("estimator_options", f"h: auto applies to rlr and rlr-paper, not {config.estimator!r}")
     try:
-        h, checkpointing, predicted_gb = choose_h(chain, config.batch_size, config.memory_budget_gb, reward=reward)
+        h, checkpointing, predicted_gb = choose_h(chain, config.batch_size, config.memory_budget_gb, reward=reward,
+                                                  estimator=config.estimator, options=options)
     except ValueError as error:
         raise ConfigError("estimator_options", str(error)) from None
     if checkpointing:

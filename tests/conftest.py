@@ -148,3 +148,15 @@ def reduced_sd_dir(tmp_path_factory, clip_tokenizer_dir):
 
     return sd_arch.write_pipeline("sd15", tmp_path_factory.mktemp("sd15-w20"), width_divisor=20, image_size=64,
                                   tokenizer=CLIPTokenizer.from_pretrained(clip_tokenizer_dir))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): the models
+    are tiny, and on shared CPUs extra threads only wait for each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

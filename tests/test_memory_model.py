@@ -18,13 +18,7 @@ STEPS = 4
 PROMPTS = ["a lighthouse at dawn"] * 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: these models are tiny, and on shared CPUs extra threads only wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _chain(path, ckpt: bool, **kwargs):
@@ -101,7 +95,10 @@ def test_live_bytes_tracker_sees_peak_not_final():
 def test_predicted_graph_memory_within_10_percent_of_measured(reduced_sd_dir, ckpt):
     chain = _chain(reduced_sd_dir, ckpt)
     reward = get_reward("saturation")
-    configs = [("rlr", {"h": 1}), ("rlr", {"h": 2}), ("rlr", {"h": 3}), ("full-bp", {}), ("truncated-bp", {"k": 2})]
+    configs = [("rlr", {"h": 1, "control_variate": False}), ("rlr", {"h": 2, "control_variate": False}),
+               ("rlr", {"h": 3, "control_variate": False}), ("full-bp", {}), ("truncated-bp", {"k": 2}),
+               ("rlr", {"h": 2, "control_variate": True, "cv_jumps": 3}),  # the stand-in's graph counts
+               ("rlr", {"h": 1, "control_variate": "auto", "cv_jumps": 1})]
     for name, options in configs:
         result = get_estimator(name, **options).estimate(chain, reward, PROMPTS, torch.Generator().manual_seed(0))
         predicted = mm.predict(chain, name, len(PROMPTS), reward=reward, **options).graph_mb

@@ -1,7 +1,9 @@
 """Gradient estimators of d/dtheta E[reward] over a sampling chain (SPEC-RLR.md §2-4).
 
 ``get_estimator(name, **options)`` builds one: "rlr", "full-bp", "truncated-bp", "ddpo",
-"zo", "rlr-released", and the preset "rlr-paper" (the exactly unbiased RLR). Unknown names or options raise ValueError listing the allowed ones.
+"zo", "rlr-released", the preset "rlr-paper" (the exactly unbiased RLR), and the baselines
+"alignprop", "draft-lv" and "refl" (SPEC-RLR §4). Unknown names or options raise ValueError
+listing the allowed ones.
 """
 
 from __future__ import annotations
@@ -9,9 +11,12 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from .alignprop import AlignPropEstimator
 from .base import Estimator, GradientEstimate, Rollout
 from .ddpo import DDPOEstimator
+from .draft_lv import DraftLVEstimator
 from .full_bp import FullBackpropEstimator
+from .refl import ReFLEstimator
 from .rlr import RLREstimator
 from .rlr_paper import RLRPaperEstimator
 from .rlr_released import RLRReleasedEstimator
@@ -26,6 +31,9 @@ ESTIMATORS: dict[str, type[Estimator]] = {
     "ddpo": DDPOEstimator,
     "zo": ZerothOrderEstimator,
     "rlr-released": RLRReleasedEstimator,
+    "alignprop": AlignPropEstimator,
+    "draft-lv": DraftLVEstimator,
+    "refl": ReFLEstimator,
 }
 
 

@@ -8,6 +8,16 @@ the updated theta and clip the ratio to [1 - clip_range, 1 + clip_range].
 Deterministic steps (std 0, e.g. the last DDIM step with eta 0) have no likelihood ratio: they
 are covered first-order when the reward is differentiable (first epoch only), otherwise
 reported as "uncovered" (a small bias).
+
+``advantages="group"`` (as Flow-GRPO / DanceGRPO) replaces the baseline and the batch
+normalisation of the likelihood-ratio terms with per-prompt standardisation: sample i's
+advantage is (r_i - mean_g) / (std_g + 1e-4) over the rows of the (whole) batch with i's prompt g
+(population std, as Flow-GRPO). ``baseline`` and ``normalize`` then do not apply; the first-order
+last step (when present) weights row i's reward gradient by 1 / (std_g + 1e-4) to match. It needs
+each prompt several times in a batch (the Trainer cycles through the prompts: use fewer prompts
+than batch_size); a prompt seen once gets advantage 0. The group mean includes the sample's own
+reward (it scales that prompt's term by 1 - 1/|g|) and std_g is computed from the same rewards
+(a bias, GRPO's known one); "batch" (the default) keeps the leave-one-out baseline.
 """
 
 from __future__ import annotations
@@ -16,7 +26,10 @@ import torch
 
 from ..chain import Chain
 from ..sampling import run_steps, take_step
-from .base import Estimator, Rollout, check_positive
+from .base import Estimator, Rollout, check_choice, check_positive, part_gradient
+
+ADVANTAGES = ("batch", "group")
+GROUP_STD_EPS = 1e-4
 
 
 class DDPOEstimator(Estimator):
@@ -24,6 +37,7 @@ class DDPOEstimator(Estimator):
 
     name = "ddpo"
     ui_options = ("inner_epochs", "clip_range")
+    option_choices = {"advantages": ADVANTAGES}
 
     def __init__(
         self,
@@ -31,13 +45,47 @@ class DDPOEstimator(Estimator):
         normalize: bool = True,
         baseline: str = "loo",
         inner_epochs: int = 2,
+        advantages: str = "batch",
     ) -> None:
         super().__init__(baseline=baseline, normalize=normalize)
         check_positive("clip_range", clip_range)
+        check_choice("advantages", advantages, ADVANTAGES)
+        self.advantage_mode = advantages
         if not isinstance(inner_epochs, int) or inner_epochs < 1:
             raise ValueError(f"inner_epochs must be an integer >= 1, got {inner_epochs!r}")
         self.clip_range = float(clip_range)
         self.inner_epochs = inner_epochs
+
+    def uses_baseline(self) -> bool:
+        return self.advantage_mode == "batch" and super().uses_baseline()
+
+    def reward_scale(self, rewards: torch.Tensor) -> float:
+        """As the base class; 1 with group advantages (they are standardised per prompt already)."""
+        return 1.0 if self.advantage_mode == "group" else super().reward_scale(rewards)
+
+    def advantages(self, rewards: torch.Tensor, prompts: list[str], noise_groups: int = 1) -> torch.Tensor:
+        """The base class's r - b ("batch"), or (r - mean_g) / (std_g + 1e-4) per prompt group ("group")."""
+        if self.advantage_mode == "batch":
+            return super().advantages(rewards, prompts, noise_groups)
+        centred, inverse_std = self.group_statistics(rewards, prompts)
+        return centred * inverse_std
+
+    def group_statistics(self, rewards: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(r_i - mean_g, 1 / (std_g + 1e-4)) for this process's rows, the groups taken over the whole batch."""
+        every = self.batch_rewards(rewards).double()
+        texts = [str(p) for p in prompts]
+        every_prompt = self.shard.gather_objects(texts) if self.shard else texts
+        centred = torch.zeros_like(every)
+        inverse_std = torch.zeros_like(every)
+        for prompt in dict.fromkeys(every_prompt):
+            rows = torch.tensor([i for i, p in enumerate(every_prompt) if p == prompt], device=every.device)
+            group = every[rows]
+            centred[rows] = group - group.mean()
+            inverse_std[rows] = 1.0 / (group.std(unbiased=False) + GROUP_STD_EPS)
+        if self.shard is None:
+            return centred, inverse_std
+        local = torch.tensor(self.shard.global_rows(), device=every.device)
+        return centred[local], inverse_std[local]
 
     def sample(
         self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
@@ -69,7 +117,12 @@ class DDPOEstimator(Estimator):
         """One PPO epoch's gradient; the first call on a rollout is the ratio-1 estimate."""
         parts: dict[str, torch.Tensor] = {}
         if "fo" in rollout.steps and rollout.uses == 0:
-            parts["fo"] = self.fo_part(rollout, rewards)
+            if self.advantage_mode == "group":  # row i's reward scaled by 1 / (std_g + 1e-4), like its advantage
+                _, inverse_std = self.group_statistics(rewards, rollout.prompts)
+                loss = -(rewards * inverse_std.to(rewards)).sum() / self.batch_size(rewards)
+                parts["fo"] = part_gradient(loss, rollout.chain.trainable_parameters())
+            else:
+                parts["fo"] = self.fo_part(rollout, rewards)
         clip_stats: dict[str, float] = {}
         lr = self.ppo_part(rollout, rewards, self.clip_range, clip_stats)
         if lr is not None:

@@ -41,8 +41,8 @@ on the exit noise eps. With c = beta a . (x_exit - m) = beta a . s eps,
 so the HO part becomes the residual (advantage minus c, times the score: part "ho") plus the exact
 expectation of the control variate (a pathwise gradient through the sub-chain: part "cv"). The sum
 is unbiased for any beta that is independent of eps; beta is the least-squares slope of the
-advantage on a . s eps from earlier iterations (per start j, decay ``statistics_decay``; 0 on the
-first iteration) or the number ``cv_scale``. The residual's variance is the plain term's times
+advantage on a . s eps from earlier iterations (per start j, decay ``statistics_decay``; pooled over
+the starts for an unseen j, 1 before any statistics) or the number ``cv_scale``. The residual's variance is the plain term's times
 about 1 - rho^2, rho the correlation of the advantage with a . s eps (README: measured on the tiny
 model). ``cv_weight`` scales part "cv" like the other part weights. It needs a differentiable
 reward and a chain with ``predict_final``; ``estimate()`` passes the reward in (the two-phase
@@ -107,19 +107,19 @@ class RLREstimator(Estimator):
         baseline: str = "loo",
         normalize: bool = False,
         fo_weight: float = 1.0,
-        ho_weight: float = 1.0,
+        ho_weight: float | str = 1.0,
         remaining_weight: float = 1.0,
         antithetic: bool = True,
         part_weights: str = "fixed",
         statistics_decay: float = 0.9,
-        control_variate: bool = False,
+        control_variate: bool | str = False,
         cv_jumps: int = 3,
         cv_scale: str | float = "auto",
         cv_weight: float = 1.0,
     ) -> None:
         super().__init__(baseline=baseline, normalize=normalize)
-        if not isinstance(control_variate, bool):
-            raise ValueError(f"control_variate must be true or false, got {control_variate!r}")
+        if not (isinstance(control_variate, bool) or control_variate == "auto"):
+            raise ValueError(f"control_variate must be true, false or 'auto', got {control_variate!r}")
         if not isinstance(cv_jumps, int) or isinstance(cv_jumps, bool) or cv_jumps < 1:
             raise ValueError(f"cv_jumps must be an integer >= 1, got {cv_jumps!r}")
         if cv_scale != "auto" and not (isinstance(cv_scale, (int, float)) and not isinstance(cv_scale, bool)
@@ -138,14 +138,17 @@ class RLREstimator(Estimator):
         check_positive("grad_norm_temperature", grad_norm_temperature)
         if not isinstance(lr_samples, int) or lr_samples < 1:
             raise ValueError(f"lr_samples must be an integer >= 1, got {lr_samples!r}")
-        for field_name, value in (("fo_weight", fo_weight), ("ho_weight", ho_weight), ("remaining_weight", remaining_weight)):
+        for field_name, value in (("fo_weight", fo_weight), ("remaining_weight", remaining_weight)):
             check_positive(field_name, value, allow_zero=True)
+        if ho_weight != "auto":
+            try:
+                check_positive("ho_weight", ho_weight, allow_zero=True)
+            except ValueError:
+                raise ValueError(f"ho_weight must be 'auto' or a finite number >= 0, got {ho_weight!r}") from None
         if not isinstance(antithetic, bool):
             raise ValueError(f"antithetic must be true or false, got {antithetic!r}")
         if window is not None:
-            if len(window) != 2 or not all(isinstance(v, int) for v in window) or window[0] > window[1]:
-                raise ValueError(f"window must be two step indices (a, b) with a <= b, got {window!r}")
-            window = (int(window[0]), int(window[1]))
+            window = _check_window(window)
         self.h = h
         self.remaining = remaining
         self.zo_scale = float(zo_scale)
@@ -155,12 +158,12 @@ class RLREstimator(Estimator):
         self.j_sampling = j_sampling
         self.grad_norm_temperature = float(grad_norm_temperature)
         self.fo_weight = float(fo_weight)
-        self.ho_weight = float(ho_weight)
+        self.ho_weight = "auto" if ho_weight == "auto" else float(ho_weight)
         self.remaining_weight = float(remaining_weight)
         self.antithetic = antithetic
         self.part_weights = part_weights
         self.statistics_decay = float(statistics_decay)
-        self.control_variate = control_variate
+        self.control_variate = control_variate  # True, False or "auto" (on where it can run)
         self.cv_jumps = cv_jumps
         self.cv_scale = cv_scale if cv_scale == "auto" else float(cv_scale)
         self.cv_weight = float(cv_weight)
@@ -186,6 +189,9 @@ class RLREstimator(Estimator):
         last_start = num_steps - 1 - self.h
         if self.window is None:
             return 0, last_start
+        if all(isinstance(v, float) for v in self.window):  # fractions of the allowed starts
+            a, b = (round(v * last_start) for v in self.window)
+            return a, max(a, b)
         return self.window
 
     def _check_setup(self, chain: Chain, differentiable_reward: bool, batch_size: int) -> None:
@@ -195,12 +201,13 @@ class RLREstimator(Estimator):
                 f"h must be between 1 and num_steps - 1 = {T - 1} (the last step is first order), got {self.h}"
             )
         last_start = T - 1 - self.h
-        if self.window is not None and not (0 <= self.window[0] <= self.window[1] <= last_start):
+        window = self.start_window(T)
+        if self.window is not None and not (0 <= window[0] <= window[1] <= last_start):
             raise ValueError(
                 f"window must lie within [0, {last_start}] (HO starts j with j + h <= T - 1 for T={T}, "
                 f"h={self.h}), got {list(self.window)}"
             )
-        if self.control_variate and self.ho_weight == 0 and not differentiable_reward:
+        if self.control_variate is True and self.ho_weight == 0 and not differentiable_reward:
             raise ValueError(
                 "ho_weight: 0 with control_variate needs a differentiable reward: without one (clicks, JPEG size) "
                 "there is no control variate and the HO term would be zero; set ho_weight > 0"
@@ -210,21 +217,36 @@ class RLREstimator(Estimator):
     def estimate(self, chain: Chain, reward, prompts: list[str], generator: torch.Generator):
         """As the base class; with ``control_variate`` the reward is also scored at the stand-in."""
         if self.control_variate and getattr(reward, "differentiable", False):
-            if not callable(getattr(chain, "predict_final", None)):
+            if callable(getattr(chain, "predict_final", None)):
+                self._surrogate_reward = reward
+            elif self.control_variate is True:
                 raise ValueError("control_variate: the chain has no predict_final(x, k, cond, jumps); "
-                                 "use control_variate: false")
-            self._surrogate_reward = reward
+                                 "use control_variate: false or 'auto'")
         try:
             return super().estimate(chain, reward, prompts, generator)
         finally:
             self._surrogate_reward = None
 
+    def effective_ho_weight(self, with_control_variate: bool) -> float:
+        """The HO weight of this estimate: ``ho_weight``, or with "auto" 0 when the control variate runs
+        (the residual dropped) and 1 when it does not (the plain likelihood-ratio term)."""
+        if self.ho_weight == "auto":
+            return 0.0 if with_control_variate else 1.0
+        return float(self.ho_weight)
+
     def cv_beta(self, j: int) -> float:
-        """The control variate's slope for start j: ``cv_scale``, or the least-squares slope of earlier iterations."""
+        """The control variate's slope for start j: ``cv_scale``, or the least-squares slope of earlier
+        iterations at start j, falling back to the slope pooled over every start seen so far, and to 1
+        (the stand-in taken at face value) before any statistics exist. Every choice depends on earlier
+        iterations only, never on this estimate's exit noise, so the split stays unbiased."""
         if self.cv_scale != "auto":
             return float(self.cv_scale)
         sxy, sxx = self.cv_statistics.get(j, (0.0, 0.0))
-        return sxy / sxx if sxx > 0 else 0.0
+        if sxx > 0:
+            return sxy / sxx
+        pooled_xy = sum(v[0] for v in self.cv_statistics.values())
+        pooled_xx = sum(v[1] for v in self.cv_statistics.values())
+        return pooled_xy / pooled_xx if pooled_xx > 0 else 1.0
 
     def _choose_start(self, num_steps: int, generator: torch.Generator) -> int:
         a, b = self.start_window(num_steps)
@@ -369,12 +391,15 @@ class RLREstimator(Estimator):
             self._remember_cv_statistics(data["j"], ho_advantages, unit_cv)
             ho_advantages = ho_advantages - beta * unit_cv.to(ho_advantages)
 
+        ho_weight = self.effective_ho_weight(cv_direction is not None)
+        info["weight_ho_residual" if cv_direction is not None else "weight_ho"] = ho_weight
+
         def ho_gradient(log_prob: torch.Tensor, exit_mean: torch.Tensor) -> None:
-            ho_loss = -self.ho_weight * scale * (ho_advantages.to(log_prob) * log_prob).sum() / batch
+            ho_loss = -ho_weight * scale * (ho_advantages.to(log_prob) * log_prob).sum() / batch
             if cv_direction is None:
                 parts["ho"] = part_gradient(ho_loss, params)
                 return
-            if self.ho_weight == 0:  # the residual dropped: skip its backward
+            if ho_weight == 0:  # the residual dropped: skip its backward
                 parts["ho"] = flatten([None] * len(params), params)
             else:
                 parts["ho"] = part_gradient(ho_loss, params, retain_graph=True)
@@ -599,3 +624,21 @@ def _merge_records(parts: list[RecordedStep], units: list[list[int]], batch: int
         x_next=merged([p.x_next for p in parts]),
         log_prob=None if parts[0].log_prob is None else merged([p.log_prob for p in parts]),
     )
+
+
+def _check_window(window) -> tuple:
+    """(a, b): two step indices (integers), or two fractions of the allowed HO starts (floats in [0, 1])."""
+    message = ("window must be two step indices (a, b) with a <= b, or two fractions of the chain "
+               f"(floats in [0, 1], a <= b), got {window!r}")
+    if isinstance(window, (str, bytes)) or len(window) != 2 or any(isinstance(v, bool) for v in window):
+        raise ValueError(message)
+    if all(isinstance(v, int) for v in window):
+        if window[0] > window[1]:
+            raise ValueError(message)
+        return int(window[0]), int(window[1])
+    if not all(isinstance(v, (int, float)) for v in window):
+        raise ValueError(message)
+    a, b = float(window[0]), float(window[1])
+    if not (0.0 <= a <= b <= 1.0):
+        raise ValueError(message)
+    return a, b

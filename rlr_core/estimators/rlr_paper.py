@@ -13,9 +13,12 @@ from .rlr import RLREstimator
 
 
 class RLRPaperEstimator(RLREstimator):
-    """``rlr`` with ``remaining="zo"`` and fixed unit weights by default: the unbiased sum."""
+    """``rlr`` with ``remaining="zo"``, fixed unit weights, the plain HO term and any start j by default:
+    the unbiased sum (whatever the default ``rlr`` options are)."""
 
     name = "rlr-paper"
 
-    def __init__(self, h: int = 2, remaining: str = "zo", **options) -> None:
-        super().__init__(h=h, remaining=remaining, **options)
+    def __init__(self, h: int = 2, remaining: str = "zo", control_variate: bool | str = False,
+                 ho_weight: float | str = 1.0, fo_weight: float = 1.0, window=None, **options) -> None:
+        super().__init__(h=h, remaining=remaining, control_variate=control_variate, ho_weight=ho_weight,
+                         fo_weight=fo_weight, window=window, **options)

@@ -5,6 +5,7 @@
     reward = get_reward("clip", model="tiny-clip", text="a red star on a white background")  # offline
     reward = get_reward("pickscore"); get_reward("hpsv2", version="v2.1")
     reward = get_reward("target-color", color="blue") # weight-free
+    reward = get_reward("shape-position", target="left"); get_reward("shape-size", target_area=0.08)  # composition
     reward = get_reward("my_pkg.rewards:score")       # plug-in (refused in hosted mode)
     list_rewards()                                    # names, descriptions, options (for the UI)
 
@@ -130,6 +131,20 @@ def _simple(cls_name: str) -> Callable[..., Reward]:
     return make
 
 
+def _composition(cls_name: str) -> Callable[..., Reward]:
+    def make(device: Any = None, **kw: Any) -> Reward:
+        from rlr_core.rewards import composition
+
+        return getattr(composition, cls_name)(**kw)
+
+    return make
+
+
+_PROMPT_COLOR_OPTION = RewardOption(
+    True, bool, "measure the shape against the colour its prompt names ('a red circle ...'), so a faded or recoloured "
+    "shape counts as partial or off-colour; false, or prompts without a colour word: the image's dominant colour"
+)
+
 _REGISTRY: dict[str, RewardInfo] = {
     info.name: info
     for info in [
@@ -214,6 +229,33 @@ _REGISTRY: dict[str, RewardInfo] = {
             {"color": RewardOption("red", str, "colour name, '#rrggbb' or 'r,g,b'")},
         ),
         RewardInfo("symmetry", "Left-right mirror symmetry, in [-1, 0]. Weight-free.", True, False, _simple("SymmetryReward")),
+        RewardInfo(
+            "shape-position",
+            "Composition: minus the RMS distance of the foreground (pixels unlike the border's background) to a "
+            "target point, with penalties for scattered, off-colour or faded pixels; about -1.6 (noise) to -0.22 (on target). "
+            "Weight-free.",
+            True,
+            False,
+            _composition("ShapePositionReward"),
+            {
+                "target": RewardOption("left", str, "where the shape should sit: left, right, top, bottom, center, top-left, "
+                                       "top-right, bottom-left, bottom-right, or 'x,y' in [0, 1] (x right, y down)"),
+                "prompt_color": _PROMPT_COLOR_OPTION,
+            },
+        ),
+        RewardInfo(
+            "shape-size",
+            "Composition: minus |ln(foreground area / target_area)|, with penalties for a scattered, non-compact, "
+            "off-colour or faded foreground; 0 = an opaque compact shape of the target area. Weight-free.",
+            True,
+            False,
+            _composition("ShapeSizeReward"),
+            {
+                "target_area": RewardOption(0.08, float, "fraction of the image the shape should cover, in (0, 0.9] "
+                                            "(0.08 = a circle of radius 0.16 of the image side: smaller than the tiny model draws)"),
+                "prompt_color": _PROMPT_COLOR_OPTION,
+            },
+        ),
         RewardInfo(
             "jpeg-compressibility",
             "Minus the JPEG size in kB (DDPO). Not differentiable. Weight-free.",
