@@ -292,12 +292,19 @@ def estimator_option_values(estimator: str, values: dict[str, Any], hosted: bool
                                           f"leave it empty")
         parsed = parse_value(field, value, hosted)
         if field.kind == "pair" and parsed is not None:
-            if not all(float(v).is_integer() for v in parsed):
-                raise FieldError(field.label, f"must be two integer step indices 'a, b'; got {value!r}")
-            parsed = [int(v) for v in parsed]
+            if "." in str(value):  # '0.0, 0.4': fractions of the chain
+                if not all(0.0 <= float(v) <= 1.0 for v in parsed):
+                    raise FieldError(field.label, f"fractions of the chain must lie in [0, 1]; got {value!r}")
+                parsed = [float(v) for v in parsed]
+            elif not all(float(v).is_integer() for v in parsed):
+                raise FieldError(field.label, f"must be two integer step indices 'a, b' or two fractions '0.0, 0.4'; "
+                                              f"got {value!r}")
+            else:
+                parsed = [int(v) for v in parsed]
         if field.kind == "choice" and field.choices and parsed not in field.choices:
             raise FieldError(field.label, f"must be one of {', '.join(field.choices)}; got {parsed!r}")
-        if parsed != ui_options(estimator)[field.key]:  # the estimator's default needs no entry in the config
+        default = ui_options(estimator)[field.key]
+        if parsed != (list(default) if isinstance(default, tuple) else default):  # the default needs no config entry
             options[field.key] = parsed
     return options
 
@@ -348,6 +355,12 @@ def form_from_config(config: TrainConfig) -> dict[str, Any]:
     return form
 
 
+def _number_text(value: float | int) -> str:
+    """'1' for an integer, '0.4' / '0.0' for a float (its point kept: a pair of floats reads as fractions)."""
+    text = f"{value:g}"
+    return text + ".0" if isinstance(value, float) and text.lstrip("-").isdigit() else text
+
+
 def _show(field: Field, value: Any) -> Any:
     if field.kind == "choice" and isinstance(value, (list, tuple)):  # lora_targets given as a list of module names
         return ", ".join(map(str, value))
@@ -355,8 +368,8 @@ def _show(field: Field, value: Any) -> Any:
         return json.dumps(value)
     if field.kind == "lines":
         return "\n".join(value)
-    if field.kind == "pair":
-        return "" if value is None else ", ".join(f"{v:g}" for v in value)
+    if field.kind == "pair":  # floats keep their point ('0.0, 0.4': fractions), integers are step indices
+        return "" if value is None else ", ".join(_number_text(v) for v in value)
     if field.kind == "optional-float":
         return "" if value is None else value
     if field.kind == "int-or-auto":

@@ -46,20 +46,16 @@ def test_star_preset_is_the_benchmark_config(tmp_path):
     assert {**defaults, **from_app.estimator_options} == {**defaults, **from_yaml.estimator_options}
 
 
-def test_rlr_star_preset_is_the_benchmark_config_with_the_control_variate(tmp_path):
-    """The RLR star preset is star_demo.yaml with only the estimator changed (README's --set flags)."""
+def test_rlr_star_preset_is_the_benchmark_config_with_the_default_rlr(tmp_path):
+    """The RLR star preset is star_demo.yaml with only the estimator changed to rlr, with no hand-set options."""
     from rlr_core.cli import apply_overrides
 
     from_app = config_from_form(apply_preset(STAR_RLR, FORM_DEFAULTS), hosted=False, output_dir=str(tmp_path))
-    from_yaml = apply_overrides(TrainConfig.from_file(STAR_YAML, validate=False), [
-        "estimator=rlr", "estimator_options={h: 2, window: [1, 6], fo_weight: 0.33, control_variate: true, ho_weight: 0}",
-    ]).validate()
+    from_yaml = apply_overrides(TrainConfig.from_file(STAR_YAML, validate=False), ["estimator=rlr"]).validate()
     for key in ("model", "num_steps", "eta", "lora_rank", "lora_targets", "reward", "estimator", "prompts", "steps",
                 "batch_size", "lr", "seed", "reward_options"):
         assert getattr(from_app, key) == getattr(from_yaml, key), key
-    defaults = ui_options("rlr")
-    assert {**defaults, **from_app.estimator_options} == {**defaults, **from_yaml.estimator_options}
-    assert from_app.estimator_options["control_variate"] is True and from_app.estimator_options["ho_weight"] == 0
+    assert from_app.estimator == "rlr" and from_app.estimator_options == {}
 
 
 def test_apply_preset_keeps_other_fields_and_refuses_unknown_names():

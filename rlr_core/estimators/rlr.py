@@ -19,10 +19,21 @@ Every step's dependence on theta is estimated exactly once:
   released code does). With "none" and a non-differentiable reward the last step is dropped
   too (no FO term is possible there), so only the HO sub-chain carries the gradient.
 
-The product's default is ``remaining="none"``: measured on the bundled model (README, "RLR that
-learns"), one ZO estimate over 32k LoRA parameters is ~130x the true gradient's norm with cosine
-~0.01 to it, so the unbiased sum is almost pure noise at the same cost; ``rlr-paper`` is the
-exactly unbiased preset (``remaining="zo"``).
+The product's default (since 2026-12-04, chosen on the task suite of benchmarks/compare.py; the
+numbers are in benchmarks/results/compare-suite/):
+
+- ``remaining="none"``: one ZO estimate over 32k LoRA parameters is ~130x the true gradient's norm
+  with cosine ~0.01 to it, so the unbiased sum is almost pure noise at the same cost;
+- ``control_variate="auto"`` and ``ho_weight="auto"``: wherever the reward is differentiable (and the
+  chain has ``predict_final``) the HO term is replaced by its control variate's expectation alone, the
+  pathwise gradient of r(decode(predict_final(m))) through the h-step sub-chain at a random start j
+  (slope 1), the likelihood-ratio residual dropped. That is what gives every step of the chain a say
+  (where a shape sits and which shape it is are decided early) at the memory of h steps; it is biased
+  (the stand-in is a coarse guess and the remaining steps are dropped). With clicks or another
+  non-differentiable reward the plain HO likelihood-ratio term runs instead;
+- FO on the last step at weight 1, j uniform over all allowed starts.
+
+``rlr-paper`` is the exactly unbiased preset (``remaining="zo"``, plain HO, weights 1).
 
 ``part_weights="auto"`` [decision] multiplies each part g_p by an MSE-aware weight
 w_p = S_p / (S_p + V_p), S_p = |E g_p|^2 and V_p = E|g_p - E g_p|^2 estimated from an exponential
@@ -42,7 +53,8 @@ so the HO part becomes the residual (advantage minus c, times the score: part "h
 expectation of the control variate (a pathwise gradient through the sub-chain: part "cv"). The sum
 is unbiased for any beta that is independent of eps; beta is the least-squares slope of the
 advantage on a . s eps from earlier iterations (per start j, decay ``statistics_decay``; pooled over
-the starts for an unseen j, 1 before any statistics) or the number ``cv_scale``. The residual's variance is the plain term's times
+the starts for an unseen j, 1 before any statistics; 1 when the residual is dropped) or the number
+``cv_scale``. The residual's variance is the plain term's times
 about 1 - rho^2, rho the correlation of the advantage with a . s eps (README: measured on the tiny
 model). ``cv_weight`` scales part "cv" like the other part weights. It needs a differentiable
 reward and a chain with ``predict_final``; ``estimate()`` passes the reward in (the two-phase
@@ -101,18 +113,18 @@ class RLREstimator(Estimator):
         zo_scale: float = 1e-2,
         zo_directions: str = "per-sample",
         lr_samples: int = 2,
-        window: tuple[int, int] | list[int] | None = None,
+        window: tuple | list | None = (0.0, 0.4),
         j_sampling: str = "uniform",
         grad_norm_temperature: float = 1.0,
         baseline: str = "loo",
         normalize: bool = False,
         fo_weight: float = 1.0,
-        ho_weight: float | str = 1.0,
+        ho_weight: float | str = "auto",
         remaining_weight: float = 1.0,
         antithetic: bool = True,
         part_weights: str = "fixed",
         statistics_decay: float = 0.9,
-        control_variate: bool | str = False,
+        control_variate: bool | str = "auto",
         cv_jumps: int = 3,
         cv_scale: str | float = "auto",
         cv_weight: float = 1.0,
@@ -234,13 +246,22 @@ class RLREstimator(Estimator):
             return 0.0 if with_control_variate else 1.0
         return float(self.ho_weight)
 
-    def cv_beta(self, j: int) -> float:
-        """The control variate's slope for start j: ``cv_scale``, or the least-squares slope of earlier
-        iterations at start j, falling back to the slope pooled over every start seen so far, and to 1
-        (the stand-in taken at face value) before any statistics exist. Every choice depends on earlier
-        iterations only, never on this estimate's exit noise, so the split stays unbiased."""
+    def cv_beta(self, j: int, residual_kept: bool = True) -> float:
+        """The control variate's slope for start j: ``cv_scale`` when it is a number; with "auto", 1 when the
+        residual is dropped (the part "cv" is then the pathwise gradient of the stand-in's reward through the
+        sub-chain, taken at face value), else the least-squares slope of earlier iterations at start j, falling
+        back to the slope pooled over every start seen so far, and to 1 before any statistics exist. Every
+        choice depends on earlier iterations only, never on this estimate's exit noise, so the split stays
+        unbiased.
+
+        Why 1 without the residual: the fitted slope only sets the variance of the residual it is subtracted
+        from; with no residual it would scale (and, fitted on a few noisy batches, sometimes flip) the only
+        term left. Measured on the tiny model (shape-position, T=8, lr 0.003, 12 iterations): fitted slope
+        -0.069 eval gain, slope 1 +0.034."""
         if self.cv_scale != "auto":
             return float(self.cv_scale)
+        if not residual_kept:
+            return 1.0
         sxy, sxx = self.cv_statistics.get(j, (0.0, 0.0))
         if sxx > 0:
             return sxy / sxx
@@ -386,7 +407,7 @@ class RLREstimator(Estimator):
         if cv_direction is not None:  # residual advantage: minus beta * a . (x_exit - m)
             x_exit = data["ho_replay"][1]
             unit_cv = (cv_direction * (x_exit - data["exit_mean"].detach())).flatten(1).sum(1).double()
-            beta = self.cv_beta(data["j"])
+            beta = self.cv_beta(data["j"], residual_kept=self.effective_ho_weight(True) > 0)
             info["cv_beta"] = beta
             self._remember_cv_statistics(data["j"], ho_advantages, unit_cv)
             ho_advantages = ho_advantages - beta * unit_cv.to(ho_advantages)
