@@ -83,9 +83,10 @@ def test_biased_estimators_are_detected(setup, name, options):
 
 
 def test_default_rlr_bias_is_what_readme_states(setup):
-    """The default drops the remaining steps: its mean misses their share of the gradient.
+    """The default drops the remaining steps and the HO residual: its mean misses their share of the gradient.
 
-    README ("RLR that learns") quotes these two numbers for this chain; the bounds bracket them.
+    Measured on this chain (2026-12-04, 2000 estimates): relative bias 0.747, cosine 0.678 (the default before,
+    plain HO term: 0.671, 0.814); the bounds bracket them.
     """
     _, _, exact = setup
     mean = stats_for(setup, "rlr").mean
