@@ -200,7 +200,7 @@ def test_rlr_mean_points_like_full_bp_mean(mini_chain_and_reference, options, re
 
     chain, reference = mini_chain_and_reference
     if options:  # the plain HO term with the remaining steps estimated (unbiased variants)
-        options = {"control_variate": False, "ho_weight": 1.0, **options}
+        options = {"control_variate": False, "ho_weight": 1.0, "window": None, **options}
     stats = collect_estimates(chain, Redness(), get_estimator("rlr", **options), ["a red circle"] * 16, repeats, seed=2)
     assert cosine(stats.mean, reference.mean) > 0.5, (options, cosine(stats.mean, reference.mean))
 

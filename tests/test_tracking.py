@@ -41,7 +41,8 @@ def test_tensorboard_events_hold_the_reward_curve_and_eval_images(tmp_path):
     curve = events.Scalars("reward/mean")
     assert [e.step for e in curve] == [1, 2]
     assert [e.value for e in curve] == pytest.approx([r.reward_mean for r in reports], rel=1e-6)
-    assert "cosine/fo~ho" in tags["scalars"]
+    # the default rlr's parts: fo, ho (its residual, dropped: zero, so no cosine) and cv
+    assert "cosine/fo~cv" in tags["scalars"], tags["scalars"]
     images = events.Images("eval/images")
     assert [e.step for e in images] == [1, 2]
     assert images[0].width >= 64 and images[0].height >= 32  # a grid of the 2 fixed-seed images

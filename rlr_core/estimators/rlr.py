@@ -488,6 +488,11 @@ class RLREstimator(Estimator):
         with torch.enable_grad():
             final = chain.predict_final(mean, next_step, cond, self.cv_jumps)
             surrogate = self._surrogate_reward(chain.decode(final), [str(p) for p in prompts])
+            if not surrogate.requires_grad:
+                raise ValueError(
+                    "reward: declared differentiable but its values carry no autograd graph to the images (rlr's "
+                    "control variate backpropagates through it); compute it from the images with grad enabled, or "
+                    "declare the reward differentiable = False")
             (direction,) = torch.autograd.grad(surrogate.sum(), mean)
         return direction.detach()
 
