@@ -257,7 +257,12 @@ class Estimator:
 
     def check_reward_graph(self, rollout: "Rollout", rewards: torch.Tensor) -> None:
         """ValueError when a reward declared differentiable returned values without a graph."""
-        if rollout.differentiable_reward and not rewards.requires_grad:
+        if rollout.differentiable_reward:
+            self.require_reward_graph(rewards)
+
+    def require_reward_graph(self, rewards: torch.Tensor) -> None:
+        """ValueError unless ``rewards`` carry an autograd graph (the estimator backpropagates through them)."""
+        if not rewards.requires_grad:
             raise ValueError(
                 f"reward: declared differentiable but its values carry no autograd graph to the images "
                 f"({self.name!r} backpropagates through it); compute it from rollout.images with grad "

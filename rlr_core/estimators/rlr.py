@@ -31,7 +31,8 @@ numbers are in benchmarks/results/compare-suite/):
   (where a shape sits and which shape it is are decided early) at the memory of h steps; it is biased
   (the stand-in is a coarse guess and the remaining steps are dropped). With clicks or another
   non-differentiable reward the plain HO likelihood-ratio term runs instead;
-- FO on the last step at weight 1, j uniform over all allowed starts.
+- FO on the last step at weight 1; j uniform over the first 40% of the allowed starts (``window=(0.0, 0.4)``),
+  where composition is decided.
 
 ``rlr-paper`` is the exactly unbiased preset (``remaining="zo"``, plain HO, weights 1).
 
@@ -488,11 +489,7 @@ class RLREstimator(Estimator):
         with torch.enable_grad():
             final = chain.predict_final(mean, next_step, cond, self.cv_jumps)
             surrogate = self._surrogate_reward(chain.decode(final), [str(p) for p in prompts])
-            if not surrogate.requires_grad:
-                raise ValueError(
-                    "reward: declared differentiable but its values carry no autograd graph to the images (rlr's "
-                    "control variate backpropagates through it); compute it from the images with grad enabled, or "
-                    "declare the reward differentiable = False")
+            self.require_reward_graph(surrogate)
             (direction,) = torch.autograd.grad(surrogate.sum(), mean)
         return direction.detach()
 
