@@ -25,7 +25,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from .settings import HOSTED_ENV, hosted_from_env
+    from rlr_core.hosted import HOSTED_ENV
+
+    from .settings import hosted_from_env
 
     hosted = bool(args.hosted) or hosted_from_env()
     if hosted:

@@ -1,4 +1,5 @@
-"""The Train form in one table: every field's key, label, kind, default and limits.
+"""The Train form in one table: every field's key, label, kind and default (bounds and choices of config
+fields come from ``rlr_core.config.field_spec``, the hosted caps from ``rlr_core.hosted``; see app.form_fields).
 
 The widgets of the Train tab, the parameters of the ``/train`` API endpoint, the defaults, the
 parsing of form values into a ``TrainConfig`` (:func:`config_from_form`) and its inverse
@@ -10,58 +11,19 @@ field are the ones the estimators declare (``Estimator.ui_options``); the rest g
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass
 from typing import Any
 
-from rlr_core.config import LORA_TARGET_SETS, LR_SCHEDULES, MAX_SEED, TrainConfig, nested_deeper_than
-from rlr_core.diffusers_chain import model_defaults
+from rlr_core.config import TrainConfig
 from rlr_core.estimators import estimator_options, list_estimators, option_choices, ui_options
+from rlr_core.hosted import check_hosted
+from rlr_core.models import model_defaults
 from rlr_core.rewards import reward_names
 
-from .settings import (DEFAULT_PROMPTS, HOSTED_MODELS_ENV, MODEL_PRESETS, TINY_MISSING_MESSAGE, caps, hosted_models,
-                       tiny_model_available)
-from .state import FieldError
+from .form_fields import MAX_JSON_DEPTH, Field, parse_int, parse_seed, parse_value  # noqa: F401 - re-exported
+from .settings import DEFAULT_PROMPTS, HOSTED_MODELS_ENV, MODEL_PRESETS, TINY_MISSING_MESSAGE, hosted_models, tiny_model_available
+from .errors import FieldError
 
 EVAL_SEEDS = [0, 1, 2, 3]
-
-
-@dataclass(frozen=True)
-class Field:
-    """One input of the Train form (and parameter of ``/train``).
-
-    ``kind``: how the value is parsed: "text", "lines" (one entry per line), "json" (an object),
-    "pair" (two numbers 'a, b'), "int", "float", "optional-float" (empty = None), "choice", "bool".
-    ``config``: the TrainConfig field it fills (None for the estimator options and
-    ``continue_lora``). ``cap``: the key of ``settings.caps`` giving the maximum.
-    """
-
-    key: str
-    label: str
-    kind: str
-    default: Any
-    config: str | None = None
-    minimum: float | None = None
-    maximum: float | None = None
-    cap: str | None = None
-    info: str = ""
-    choices: tuple = ()
-    estimators: tuple[str, ...] = ()  # estimator option fields: the estimators that take it
-    section: str = "main"  # where ui.py puts it: main, schedule, estimator, sampling, optimization
-
-    @property
-    def is_estimator_option(self) -> bool:
-        return bool(self.estimators)
-
-    def maximum_for(self, hosted: bool) -> float | None:
-        return caps(hosted)[self.cap] if self.cap else self.maximum
-
-    @property
-    def python_type(self) -> type:
-        """The type of the ``/train`` parameter."""
-        if self.is_estimator_option:  # None = the estimator's default
-            return {"int": int, "float": float, "pair": str, "int-or-auto": int | str}.get(self.kind, str) | None  # type: ignore[return-value]
-        return {"int": int, "float": float, "optional-float": float | None, "bool": bool}.get(self.kind, str)  # type: ignore[return-value]
 
 
 # Labels of the estimator options estimators may declare (``Estimator.ui_options``).
@@ -135,25 +97,25 @@ FIELDS: list[Field] = [
     *_estimator_option_fields(),
     Field("estimator_options", "More estimator options (JSON)", "json", "{}", "estimator_options", section="estimator",
           info='e.g. {"lr_samples": 4} for rlr, {"baseline": "prompt"} for ddpo'),
-    Field("num_steps", "Sampling steps", "int", model_defaults("tiny")["num_steps"], "num_steps", 2, cap="num_steps",
+    Field("num_steps", "Sampling steps", "int", model_defaults("tiny")["num_steps"], "num_steps", cap="num_steps",
           section="sampling", info="default: the model's own"),
-    Field("eta", "eta", "float", 1.0, "eta", 0.0, 1.0, section="sampling"),
-    Field("guidance_scale", "Guidance", "optional-float", None, "guidance_scale", 0.0, section="sampling",
+    Field("eta", "eta", "float", 1.0, "eta", section="sampling"),
+    Field("guidance_scale", "Guidance", "optional-float", None, "guidance_scale", section="sampling",
           info="empty = the model's default"),
-    Field("batch_size", "Batch size", "int", 4, "batch_size", 1, cap="batch_size", section="sampling",
+    Field("batch_size", "Batch size", "int", 4, "batch_size", cap="batch_size", section="sampling",
           info="a multiple of the estimator's noise groups"),
-    Field("lr", "Learning rate", "float", 1e-3, "lr", 0.0, section="optimization"),
-    Field("lr_schedule", "LR schedule", "choice", "constant", "lr_schedule", choices=LR_SCHEDULES, section="optimization",
+    Field("lr", "Learning rate", "float", 1e-3, "lr", section="optimization"),
+    Field("lr_schedule", "LR schedule", "choice", "constant", "lr_schedule", section="optimization",
           info="cosine / linear: decay from the learning rate toward 0 over the iterations"),
-    Field("lora_rank", "LoRA rank", "int", 4, "lora_rank", 1, cap="lora_rank", section="optimization"),
-    Field("lora_targets", "LoRA targets", "choice", "attention", "lora_targets", choices=tuple(LORA_TARGET_SETS),
-          section="optimization", info="attention: every attention layer; cross-attention: only what reads the prompt "
-                                       "(the model keeps drawing its own shapes)"),
-    Field("kl_weight", "KL to the base model", "float", 0.0, "kl_weight", 0.0, section="optimization",
+    Field("lora_rank", "LoRA rank", "int", 4, "lora_rank", cap="lora_rank", section="optimization"),
+    Field("lora_targets", "LoRA targets", "choice", "attention", "lora_targets", section="optimization",
+          info="attention: every attention layer; cross-attention: only what reads the prompt "
+               "(the model keeps drawing its own shapes)"),
+    Field("kl_weight", "KL to the base model", "float", 0.0, "kl_weight", section="optimization",
           info="0 = off; > 0 pulls the run back toward what the base model draws (against reward hacking; needs eta > 0)"),
-    Field("steps", "Iterations", "int", 50, "steps", 1, cap="steps", section="optimization"),
-    Field("seed", "Seed", "int", 0, "seed", 0, MAX_SEED, section="optimization"),
-    Field("eval_every", "Refresh 'after' every N iterations", "int", 5, "eval_every", 0, section="optimization"),
+    Field("steps", "Iterations", "int", 50, "steps", cap="steps", section="optimization"),
+    Field("seed", "Seed", "int", 0, "seed", section="optimization"),
+    Field("eval_every", "Refresh 'after' every N iterations", "int", 5, "eval_every", section="optimization"),
     Field("continue_lora", "Continue from the current LoRA (same model and rank)", "bool", False, section="optimization"),
 ]
 
@@ -161,120 +123,6 @@ FIELD_BY_KEY = {f.key: f for f in FIELDS}
 FORM_KEYS = [f.key for f in FIELDS]
 FORM_DEFAULTS: dict[str, Any] = {f.key: f.default for f in FIELDS}
 _LABEL_OF_CONFIG = {f.config: f.label for f in FIELDS if f.config}
-
-
-# ----------------------------------------------------------------------------------- parsing
-def _number(text: str) -> float | int:
-    text = text.strip()
-    if "/" in text:
-        a, b = text.split("/", 1)
-        return float(a) / float(b)
-    value = float(text)
-    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
-
-
-def parse_value(field: Field, value: Any, hosted: bool) -> Any:
-    """The value of one field, checked against its kind and limits; FieldError naming the label."""
-    label = field.label
-    if field.kind == "bool":
-        return bool(value)
-    if field.kind == "json":
-        if value is None or value == "":
-            return {}
-        if isinstance(value, dict):
-            value = json.dumps(value)  # measured and depth-checked like text
-        text = _check_length(label, str(value), hosted, cap="json_chars")
-        try:
-            parsed = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise FieldError(label, f'must be a JSON object like {{"key": value}}; {error.msg} at column {error.colno}') from None
-        except RecursionError:
-            raise FieldError(label, "is nested too deeply (options are a flat JSON object)") from None
-        if nested_deeper_than(parsed, MAX_JSON_DEPTH):
-            raise FieldError(label, f"is nested too deeply: at most {MAX_JSON_DEPTH} levels of lists / objects")
-        if not isinstance(parsed, dict):
-            raise FieldError(label, f'must be a JSON object like {{"key": value}}, got {type(parsed).__name__}')
-        return parsed
-    if field.kind == "lines":
-        lines = [line.strip() for line in str(value or "").splitlines() if line.strip()]
-        if not lines:
-            raise FieldError(label, "enter at least one (one per line)")
-        maximum = field.maximum_for(hosted)
-        if maximum is not None and len(lines) > maximum:
-            raise FieldError(label, f"at most {int(maximum)} here; got {len(lines)}")
-        for line in lines:
-            _check_length(label, line, hosted)
-        return lines
-    if field.kind in ("text", "choice"):
-        return _check_length(label, str(value if value is not None else "").strip(), hosted)
-    if field.kind == "pair":
-        return _pair(label, value)
-    if field.kind == "optional-float" and (value is None or str(value).strip() == ""):
-        return None
-    if field.kind == "int-or-auto":
-        if str(value).strip().lower() == "auto":
-            return "auto"
-        try:
-            return _bounded_number(Field(field.key, field.label, "int", None, minimum=1), value, hosted)
-        except FieldError:
-            raise FieldError(label, f"must be 'auto' or an integer >= 1; got {value!r}") from None
-    return _bounded_number(field, value, hosted)
-
-
-MAX_JSON_DEPTH = 8
-
-
-def _check_length(label: str, text: str, hosted: bool, cap: str = "prompt_chars") -> str:
-    """``text``, or FieldError naming ``label`` when it is longer than ``caps(hosted)[cap]`` characters."""
-    limit = caps(hosted)[cap]
-    if len(text) > limit:
-        raise FieldError(label, f"must be at most {limit:,} characters here; got {len(text):,}")
-    return text
-
-
-def parse_seed(label: str, value: Any) -> int:
-    """A seed: an integer in [0, MAX_SEED]; FieldError naming ``label``."""
-    return parse_int(label, value, 0, MAX_SEED)
-
-
-def parse_int(label: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
-    """An integer input outside the Train form (rounds, repeats, seeds); FieldError naming ``label``."""
-    return int(_bounded_number(Field(label, label, "int", None, minimum=minimum, maximum=maximum), value, False))
-
-
-def _bounded_number(field: Field, value: Any, hosted: bool) -> int | float:
-    label, integer = field.label, field.kind == "int"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise FieldError(label, f"must be {'an integer' if integer else 'a number'}; got {value!r}") from None
-    if not math.isfinite(number) or (integer and not number.is_integer()):
-        raise FieldError(label, f"must be {'an integer' if integer else 'a finite number'}; got {value!r}")
-    low, high = field.minimum, field.maximum_for(hosted)
-    if (low is not None and number < low) or (high is not None and number > high):
-        bounds = f"between {_plain(low)} and {_plain(high)}" if high is not None else f">= {_plain(low)}"
-        raise FieldError(label, f"must be {bounds}; got {_plain(number)}")
-    return int(number) if integer else number
-
-
-def _plain(number: float | None) -> str:
-    """1e30 as 1e+30, 4294967295 as 4294967295 (not 4.29497e+09), 0.001 as 0.001."""
-    if number is None:
-        return "-"
-    return str(int(number)) if float(number).is_integer() and abs(number) < 1e16 else f"{number:g}"
-
-
-def _pair(label: str, value: Any) -> list[float | int] | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    parts = list(value) if isinstance(value, (list, tuple)) else [p for p in str(value).replace(";", ",").split(",") if p.strip()]
-    try:
-        values = [_number(p) if isinstance(p, str) else p for p in parts]
-    except (ValueError, ZeroDivisionError):
-        values = []
-    if len(values) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-        raise FieldError(label, f"must be two numbers 'a, b'; got {value!r}")
-    return values
 
 
 def estimator_option_values(estimator: str, values: dict[str, Any], hosted: bool) -> dict[str, Any]:
@@ -328,8 +176,11 @@ def config_from_form(values: dict[str, Any], hosted: bool, output_dir: str = "ru
     knobs = estimator_option_values(data["estimator"], v, hosted) if data["estimator"] in list_estimators() else {}
     data["estimator_options"] = {**knobs, **data["estimator_options"]}
     data.update(eval_seeds=list(EVAL_SEEDS), checkpoint_every=0, log_every=1, output_dir=output_dir)
+    if data["estimator"] not in list_estimators():  # names are the builder's to check; the form knows its choices
+        raise FieldError("Estimator", f"estimator must be one of {', '.join(list_estimators())}; got {data['estimator']!r}")
     try:
-        return TrainConfig.from_dict(data, validate=False).validate(hosted=hosted)
+        config = TrainConfig.from_dict(data, validate=False).validate()
+        return check_hosted(config, estimator_options(config.estimator)) if hosted else config
     except ValueError as error:
         raise field_error(error) from None
 

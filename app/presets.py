@@ -4,8 +4,8 @@ The keys are the field keys of :data:`app.form.FIELDS`; a preset leaves the fiel
 name as they are. :func:`apply_preset` returns the form values with a preset filled in (what the
 Train tab's "Preset" dropdown does). No Gradio here.
 
-* "Star demo (tiny, offline)": the run of ``benchmarks/star_demo.yaml`` (README, "Measured: the
-  star demo"): the prompt draws a red circle, the tiny-clip reward asks for a red star (the
+* "Star demo (tiny, offline)": the run of ``benchmarks/star_demo.yaml`` (docs/app.md; its results are in
+  benchmarks/results/): the prompt draws a red circle, the tiny-clip reward asks for a red star (the
   log-probability of "a red star on a white background" among the captions that change one
   attribute, "a white background" and the 4 shapes drawn small), a cross-attention LoRA trained
   with full-bp (the exact gradient): 48 iterations turn the circles into clean stars.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rlr_core.tiny.clip_train import contrast_captions
+from rlr_core.tiny.captions import contrast_captions
 
 from .form import FIELD_BY_KEY
 

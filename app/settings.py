@@ -1,4 +1,7 @@
-"""Static settings of the app: hosted mode, limits, model presets, where runs are written. No math."""
+"""Static settings of the app: hosted mode, limits, model presets, where runs are written. No math.
+
+The hosted limits are ``rlr_core.hosted.HOSTED_LIMITS`` (one table); the local ones below take the config's
+bounds from ``rlr_core.config.FIELD_SPECS``."""
 
 from __future__ import annotations
 
@@ -6,9 +9,13 @@ import os
 import tempfile
 from pathlib import Path
 
-from rlr_core.config import HOSTED_LIMITS
+from rlr_core.config import field_spec
+from rlr_core.hosted import HOSTED_ENV, HOSTED_LIMITS, is_hosted
 
-HOSTED_ENV = "RLR_STUDIO_HOSTED"
+__all__ = ["HOSTED_ENV", "HOME_ENV", "MODEL_PRESETS", "HOSTED_MODELS_ENV", "hosted_models", "DEFAULT_PROMPTS",
+           "HOSTED_CAPS", "LOCAL_CAPS", "env_flag", "on_spaces", "hosted_from_env", "caps", "runs_root",
+           "tiny_model_available", "TINY_MISSING_MESSAGE", "idle_seconds", "run_folder_seconds"]
+
 HOME_ENV = "RLR_STUDIO_HOME"
 
 MODEL_PRESETS: list[tuple[str, str]] = [
@@ -31,39 +38,26 @@ def hosted_models() -> list[str]:
 
 DEFAULT_PROMPTS = "a red circle on a blue background\na green square on a yellow background"
 
-# Caps of the UI in hosted mode (the Trainer config limits come from rlr_core.config.HOSTED_LIMITS).
-HOSTED_CAPS: dict[str, int] = {
-    **HOSTED_LIMITS,
-    "pref_k": 8,
-    "generate_images": 4,
-    "probe_repeats": 8,
-    "prompts": 16,
-    "prompt_chars": 500,  # characters per prompt / text field
-    "json_chars": 4000,  # characters of a JSON options field
-    "config_bytes": 64 * 1024,  # an uploaded config file
-    "lora_bytes": 256 * 1024 * 1024,  # an uploaded LoRA file
-    "run_disk_bytes": 256 * 1024 * 1024,  # everything one run writes (metrics, LoRA, exports, click images)
-    "idle_seconds": 30 * 60,  # a run nobody used for this long is dropped (its files stay until expiry)
-    "run_folder_seconds": 2 * 3600,  # run folders (and Gradio's file cache) older than this are deleted
-}
+HOSTED_CAPS: dict[str, int] = HOSTED_LIMITS
+"""Limits in hosted mode: the one table of ``rlr_core.hosted``."""
+
 LOCAL_CAPS: dict[str, int] = {
-    "num_steps": 1000,
-    "batch_size": 256,
-    "steps": 100_000,
-    "lora_rank": 256,
-    "eval_seeds": 64,
+    # the config's own bounds (rlr_core.config.FIELD_SPECS)
+    **{name: int(field_spec(name).max) for name in ("num_steps", "batch_size", "steps", "lora_rank")},
+    **{name: int(field_spec(name).max_items) for name in ("eval_seeds", "prompts")},
     "pref_k": 32,
     "generate_images": 16,
     "probe_repeats": 64,
-    "prompts": 10_000,
     "prompt_chars": 100_000,
     "json_chars": 1_000_000,
     "config_bytes": 1024 * 1024,
     "lora_bytes": 4 * 1024**3,
     "run_disk_bytes": 64 * 1024**3,
+    "max_runs": 64,
     "idle_seconds": 7 * 24 * 3600,
     "run_folder_seconds": 30 * 24 * 3600,
 }
+"""Limits of a local app (the user's own machine): the config's bounds, and sizes that keep one app usable."""
 
 
 def env_flag(name: str) -> bool:
@@ -77,7 +71,7 @@ def on_spaces() -> bool:
 
 def hosted_from_env() -> bool:
     """``RLR_STUDIO_HOSTED=1`` or running on a Hugging Face Space."""
-    return env_flag(HOSTED_ENV) or on_spaces()
+    return is_hosted() or on_spaces()
 
 
 def caps(hosted: bool) -> dict[str, int]:

@@ -20,13 +20,17 @@ if str(ROOT) not in sys.path:  # Spaces run `python app/space.py`: make the repo
     sys.path.insert(0, str(ROOT))
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-os.environ.setdefault("RLR_STUDIO_HOSTED", "1")
+
+from rlr_core.hosted import HOSTED_ENV  # noqa: E402
+
+os.environ.setdefault(HOSTED_ENV, "1")  # hosted mode (docs/hosting.md)
 
 from app import zerogpu  # noqa: E402,F401  (registers the spaces.GPU function at start-up)
 from app.ui import build_app, launch_kwargs  # noqa: E402
+from rlr_core.hosted import HOSTED_LIMITS  # noqa: E402
 
 demo = build_app(hosted=True)
-demo.queue(default_concurrency_limit=4, max_size=32)
+demo.queue(default_concurrency_limit=HOSTED_LIMITS["queue_concurrency"], max_size=HOSTED_LIMITS["queue_size"])
 
 if __name__ == "__main__":
     demo.launch(server_name="0.0.0.0", **launch_kwargs(hosted=True))

@@ -1,7 +1,7 @@
 """Training steppers: one iteration at a time locally, or chunks of iterations per ZeroGPU call.
 
 Without the ``spaces`` package (or off ZeroGPU) :func:`stepper` advances ``Trainer.run()`` one
-iteration at a time inside :func:`app.state.using`; nothing else changes. On a ZeroGPU Space
+iteration at a time inside :func:`app.runs.using`; nothing else changes. On a ZeroGPU Space
 (``spaces`` importable and ``SPACES_ZERO_GPU`` set, or ``RLR_STUDIO_CHUNKED=1`` to try the
 same path anywhere) every chunk of ``CHUNK_ITERATIONS`` iterations runs inside one
 ``spaces.GPU``-decorated call; between chunks the run's LoRA and optimizer state are copied
@@ -13,15 +13,17 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator
 
-from . import state
+from rlr_core.hosted import HOSTED_LIMITS
+
+from . import runs
 
 try:  # pragma: no cover - only on Hugging Face Spaces
     import spaces  # type: ignore[import-not-found]
 except ImportError:
     spaces = None
 
-CHUNK_ITERATIONS = int(os.environ.get("RLR_STUDIO_CHUNK", "10"))
-CHUNK_SECONDS = int(os.environ.get("RLR_STUDIO_CHUNK_SECONDS", "120"))
+CHUNK_ITERATIONS = int(os.environ.get("RLR_STUDIO_CHUNK", HOSTED_LIMITS["zerogpu_chunk_iterations"]))
+CHUNK_SECONDS = int(os.environ.get("RLR_STUDIO_CHUNK_SECONDS", HOSTED_LIMITS["zerogpu_chunk_seconds"]))
 
 
 def zerogpu_active() -> bool:
@@ -43,11 +45,11 @@ def _to_cpu(value: Any) -> Any:
 
 def run_chunk(run_id: str, iterations: int) -> list[Any]:
     """Up to ``iterations`` training iterations of run ``run_id``; state goes back to CPU after."""
-    run = state.get_run(run_id)
+    run = runs.get_run(run_id)
     if run is None:
         return []
     trainer = run.trainer
-    with state.using(run) as chain:
+    with runs.using(run) as chain:
         if run.optimizer_state is not None:
             trainer.optimizer.load_state_dict(run.optimizer_state)  # cast to the parameters' device
         try:
@@ -72,7 +74,7 @@ def _local(run: Any) -> Iterator[Any]:
     done = False
     try:
         while True:
-            with state.using(run, "iteration"):
+            with runs.using(run, "iteration"):
                 try:
                     report = next(iterator)
                 except StopIteration:
@@ -82,7 +84,7 @@ def _local(run: Any) -> Iterator[Any]:
     finally:
         if not done:
             run.trainer.stop()
-            with state.using(run):
+            with runs.using(run):
                 iterator.close()  # exports the LoRA
 
 

@@ -19,7 +19,7 @@ changing the default rlr's options makes its runs new):
 1. learning-rate sweep (only with several ``--lrs``): every estimator at each lr on the first task,
    1 seed; the lr with the highest final eval reward is used for that estimator on every task;
 2. main: every (task, estimator) at its lr for ``--seeds`` seeds;
-3. simulated clicker: rounds of 4 images through ``rlr_core.rewards.preference.PreferenceSession``;
+3. simulated clicker: rounds of 4 images through ``rlr_core.training.clicks.PreferenceSession``;
    an oracle clicks the reddest image (mean R - mean(G, B)); redness on 8 fixed seeds vs rounds,
    in direct mode (clicks are the reward) and learned mode (Bradley-Terry head on pixel features).
 
@@ -223,7 +223,8 @@ def run_clicker(task: dict) -> dict:
 
     from rlr_core import get_estimator
     from rlr_core.estimators.base import grouped_prompts
-    from rlr_core.rewards.preference import ClickLog, PreferenceReward, PreferenceSession
+    from rlr_core.rewards.preference import ClickLog, PreferenceReward
+    from rlr_core.training.clicks import PreferenceSession
 
     chain = _chain(task["num_steps"])
     name, options, mode = CLICKER[task["estimator"]]

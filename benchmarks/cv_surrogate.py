@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 def main(argv: list[str] | None = None) -> list[dict]:
     from rlr_core.cli import apply_overrides
     from rlr_core.config import TrainConfig
+    from rlr_core.run import TrainingRun
     from rlr_core.sampling import draw_noise, run_steps, take_step
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = apply_overrides(TrainConfig.from_file(args.config, validate=False), args.set).validate()
-    chain, reward, _ = config.build()
+    chain, reward, _ = TrainingRun.from_config(config).parts()
     T = chain.num_steps
     prompts = [config.prompts[0]] * args.batch
     cond = chain.condition(prompts)

@@ -76,11 +76,12 @@ def model(argv: list[str]) -> None:
     if args.config:
         from rlr_core.cli import apply_overrides
         from rlr_core.config import TrainConfig
+        from rlr_core.run import TrainingRun
 
         if args.threads:
             torch.set_num_threads(args.threads)
         config = apply_overrides(TrainConfig.from_file(args.config, validate=False), args.set).validate()
-        chain, reward, estimator = config.build()
+        chain, reward, estimator = TrainingRun.from_config(config).parts()
         if args.train_iterations:
             train_first(chain, reward, estimator, config, args.train_iterations)
         prompts = [config.prompts[0]] * config.batch_size
@@ -105,7 +106,7 @@ def train_first(chain, reward, estimator, config, iterations: int) -> None:
     import tempfile
     import time
 
-    from rlr_core.trainer import Trainer
+    from rlr_core.training import Trainer
 
     with tempfile.TemporaryDirectory() as output_dir:
         config.output_dir = output_dir

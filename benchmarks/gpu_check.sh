@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=cuda
 TINY=""
-OUT=assets/results/sd_scale
+OUT=benchmarks/results/sd-scale
 STEPS=50
 while [ $# -gt 0 ]; do
   case "$1" in

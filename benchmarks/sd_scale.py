@@ -1,6 +1,6 @@
 """What fits in your GPU: predicted peak memory of each estimator on SD 1.5 (512 px) and SD 2.1 (768 px).
 
-    python benchmarks/sd_scale.py                      # predicted table -> assets/results/sd_scale/
+    python benchmarks/sd_scale.py                      # predicted table -> benchmarks/results/sd-scale/
     python benchmarks/sd_scale.py --cpu-run            # + one real RLR estimate, SD 1.5 architecture, 512 px, CPU
     python benchmarks/sd_scale.py --measure --device cuda          # real CUDA runs (benchmarks/gpu_check.sh)
     python benchmarks/sd_scale.py --measure --device cpu --tiny --out DIR   # smoke test of --measure
@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from rlr_core import memory_model as mm  # noqa: E402
 
-OUT_DIR = Path(__file__).resolve().parents[1] / "assets" / "results" / "sd_scale"
+OUT_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "sd-scale"
 BUDGETS_GB = (8, 12, 16, 24, 40, 80)
 BATCHES = (1, 2, 4)
 MODELS = (("sd15", 512), ("sd21", 768))
@@ -56,10 +56,10 @@ def smallest_fit(peak_gb: float) -> str:
     return f">{BUDGETS_GB[-1]}"
 
 
-def predicted_rows(num_steps: int = 50) -> list[dict]:
+def predicted_rows(num_steps: int = 50, models: tuple = MODELS) -> list[dict]:
     """Every (model, config, batch) prediction as plain data."""
     rows = []
-    for arch, size in MODELS:
+    for arch, size in models:
         spec = mm.spec_for_arch(arch, num_steps=num_steps)
         for estimator, options, ckpt in CONFIGS:
             for batch, autocast in [(b, True) for b in BATCHES] + [(1, False)]:
@@ -87,7 +87,7 @@ def anchors() -> dict:
     return out
 
 
-def markdown(rows: list[dict], anchor: dict, gpu: dict | None, cpu: dict | None) -> str:
+def markdown(rows: list[dict], anchor: dict, gpu: dict | None, cpu: dict | None, models: tuple = MODELS) -> str:
     """The README table(s)."""
     lines = ["# What fits in your GPU (predicted)", "",
              "Command: `python benchmarks/sd_scale.py`. Predicted by `rlr_core.memory_model` (meta-device trace, "
@@ -100,7 +100,7 @@ def markdown(rows: list[dict], anchor: dict, gpu: dict | None, cpu: dict | None)
     measured = {}
     for run in (gpu or {}).get("runs", []):
         measured[(run["model"], run["config"], run["batch_size"])] = run
-    for arch, size in MODELS:
+    for arch, size in models:
         lines += [f"## {arch} ({size} px)", "",
                   "| config | " + " | ".join(f"batch {b}" for b in BATCHES)
                   + " | batch 1, fp16 without autocast | GPU measured (batch 1) |",
@@ -162,7 +162,7 @@ def cpu_run(args: argparse.Namespace) -> dict:
 
     from rlr_core.diffusers_chain import load_model
     from rlr_core.estimators import get_estimator
-    from rlr_core.sd_arch import random_aesthetic_reward
+    from sd_reward_arch import random_aesthetic_reward
 
     torch.set_num_threads(max(1, args.threads))
     path = model_dir("sd15", Path(args.model_root))
@@ -202,7 +202,7 @@ def measure(args: argparse.Namespace) -> dict:
     from rlr_core.estimators import get_estimator
     from rlr_core.rewards import get_reward
     from rlr_core.sampling import sample
-    from rlr_core.sd_arch import random_aesthetic_reward
+    from sd_reward_arch import random_aesthetic_reward
 
     device = torch.device(args.device)
     models = [("sd15", 64)] if args.tiny else list(MODELS)
@@ -252,7 +252,7 @@ def measure(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=str(OUT_DIR), help="output folder (default assets/results/sd_scale)")
+    p.add_argument("--out", default=str(OUT_DIR), help="output folder (default benchmarks/results/sd-scale)")
     p.add_argument("--steps", type=int, default=50, help="T of the table and of --measure")
     p.add_argument("--cpu-run", action="store_true", help="also run one real RLR estimate at 512 px on CPU")
     p.add_argument("--cpu-h", type=int, default=1)
@@ -263,6 +263,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="with --measure: a reduced SD-shaped model (smoke test)")
     p.add_argument("--h", type=int, nargs="+", default=[1, 2, 3, 4])
+    p.add_argument("--models", nargs="+", default=[arch for arch, _ in MODELS], choices=[arch for arch, _ in MODELS],
+                   help="architectures of the predicted table")
     p.add_argument("--model-root", default=os.environ.get("RLR_SD_ARCH_DIR", "/tmp/rlr-sd-arch"),
                    help="where random-init SD folders are written once")
     args = p.parse_args()
@@ -276,14 +278,15 @@ def main() -> None:
     cpu_file = out / "cpu_run.json"
     if args.cpu_run:
         cpu_file.write_text(json.dumps(cpu_run(args), indent=2), encoding="utf-8")
-    rows = predicted_rows(args.steps)
+    models = tuple((arch, size) for arch, size in MODELS if arch in args.models)
+    rows = predicted_rows(args.steps, models)
     anchor = anchors()
     cpu = json.loads(cpu_file.read_text()) if cpu_file.is_file() else None
     gpu_file = out / "gpu.json"
     gpu = json.loads(gpu_file.read_text()) if gpu_file.is_file() else None
     (out / "predicted.json").write_text(json.dumps({"rows": rows, "anchors": anchor, "budgets_gb": BUDGETS_GB,
                                                     "cuda_overhead_gb": mm.CUDA_OVERHEAD_GB}, indent=2), encoding="utf-8")
-    text = markdown(rows, anchor, gpu, cpu)
+    text = markdown(rows, anchor, gpu, cpu, models)
     (out / "sd_scale.md").write_text(text, encoding="utf-8")
     print(text)
 

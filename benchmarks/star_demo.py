@@ -1,7 +1,7 @@
 """The star demo: a short run moves "a red circle" images toward the text "a red star".
 
     python benchmarks/star_demo.py [--config benchmarks/star_demo.yaml] [--steps N] [--seeds K]
-                                   [--out assets/results/star_demo] [--threads 2]
+                                   [--out benchmarks/results/star-demo] [--threads 2]
 
 The prompt is "a red circle on a white background"; the reward is the clip reward on the bundled
 tiny-clip with ``text="a red star on a white background"`` (offline). The run is the preset
@@ -72,8 +72,9 @@ def run_demo(config_path: str | Path = DEFAULT_CONFIG, steps: int | None = None,
     ``overrides`` are ``KEY=VALUE`` strings applied to the config as ``rlr-train --set`` does."""
     from rlr_core.cli import apply_overrides
     from rlr_core.config import TrainConfig
+    from rlr_core.run import TrainingRun
     from rlr_core.sampling import sample
-    from rlr_core.trainer import Trainer
+    from rlr_core.training import Trainer
 
     config = apply_overrides(TrainConfig.from_file(config_path, validate=False), overrides).validate()
     if steps is not None:
@@ -85,7 +86,7 @@ def run_demo(config_path: str | Path = DEFAULT_CONFIG, steps: int | None = None,
     config.eval_every = 0
     config.checkpoint_every = 0
     config.output_dir = output_dir or tempfile.mkdtemp(prefix="star-demo-")
-    chain, reward, estimator = config.build()
+    chain, reward, estimator = TrainingRun.from_config(config).parts()
     prompt = config.prompts[0]
     eval_seeds = [EVAL_SEED0 + i for i in range(seeds)]
     prompts = [prompt] * seeds
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the config's)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the config's)")
     p.add_argument("--seeds", type=int, default=32, help="fixed held-out seeds measured before and after")
-    p.add_argument("--out", default=str(ROOT / "assets" / "results" / "star_demo"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "star-demo"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--measure-every", type=int, default=0,
                    help="also measure the held-out seeds every N iterations (0 = only before and after)")

@@ -30,13 +30,14 @@ EVAL_SEED0 = 20_000_000  # the star demo's held-out seeds
 DATA_SEED0 = 30_000_000
 
 
-def train_circle_to_star(lora_targets: str, steps: int, lr: float, batch: int = 16, seed: int = 0) -> dict:
+def train_circle_to_star(lora_targets: str, steps: int, lr: float, batch: int = 16, seed: int = 0,
+                         num_steps: int | None = None) -> dict:
     """Train the LoRA (see the module docstring); return the clean-star fraction and the images."""
     from rlr_core.diffusers_chain import load_model
     from rlr_core.sampling import sample
     from rlr_core.tiny.detect import detect, is_clean_star
 
-    chain = load_model("tiny", lora_targets=lora_targets, device="cpu")
+    chain = load_model("tiny", lora_targets=lora_targets, device="cpu", **({"num_steps": num_steps} if num_steps else {}))
     with torch.no_grad():  # a fresh LoRA changes nothing (lora_B = 0): these are the base model's stars
         stars = sample(chain, [STAR] * 64, seeds=list(range(DATA_SEED0, DATA_SEED0 + 64))) * 2 - 1
     circle = chain.condition([CIRCLE]).phase_embeds[-1]
@@ -79,10 +80,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=0.003)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--num-steps", type=int, default=0, help="sampling steps T (default: the model's)")
     parser.add_argument("--out", default="", help="write the 32 circle-prompt images after training to this PNG")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = train_circle_to_star(args.lora_targets, args.steps, args.lr)
+    result = train_circle_to_star(args.lora_targets, args.steps, args.lr, num_steps=args.num_steps or None)
     images = result.pop("_images")
     if args.out:
         from PIL import Image

@@ -1,6 +1,6 @@
 """RLR Studio core: fine-tune text-to-image diffusion models against a reward with RLR.
 
-Top-level exports (DESIGN.md): ``load_model``, ``get_reward``, ``get_estimator``,
+Top-level exports (docs/architecture.md): ``load_model``, ``get_reward``, ``get_estimator``,
 ``TrainConfig``, ``Trainer``. Imported lazily so that ``import rlr_core`` stays light and
 never pulls in gradio.
 """
@@ -19,8 +19,8 @@ _EXPORTS = {
     "get_estimator": ("rlr_core.estimators", "get_estimator"),
     "list_estimators": ("rlr_core.estimators", "list_estimators"),
     "TrainConfig": ("rlr_core.config", "TrainConfig"),
-    "Trainer": ("rlr_core.trainer", "Trainer"),
-    "StepReport": ("rlr_core.trainer", "StepReport"),
+    "Trainer": ("rlr_core.training", "Trainer"),
+    "StepReport": ("rlr_core.training", "StepReport"),
     "sample": ("rlr_core.sampling", "sample"),
 }
 

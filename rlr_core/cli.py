@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def apply_overrides(config: TrainConfig, assignments: Sequence[str]) -> TrainConfig:
     """Apply ``key=value`` strings (values parsed as YAML, like a config file) and return the config.
 
-    The result is not validated yet (``load_config`` validates once all overrides are in).
+    The result is not validated yet (``rlr_core.run.check_config`` checks it once all overrides are in).
     """
     data = config.to_dict()
     for assignment in assignments:
@@ -85,7 +85,8 @@ def apply_overrides(config: TrainConfig, assignments: Sequence[str]) -> TrainCon
 
 
 def load_config(args: argparse.Namespace) -> TrainConfig:
-    """The config of a command line: file, then ``--set``, ``--output-dir``, ``--steps``, ``--resume``; validated."""
+    """The config of a command line: file, then ``--set``, ``--output-dir``, ``--steps``, ``--resume``; not
+    validated yet (``main`` checks it once, with ``rlr_core.run.check_config``)."""
     config = TrainConfig.from_file(args.config, validate=False)
     config = apply_overrides(config, args.set)
     if args.output_dir is not None:
@@ -94,7 +95,7 @@ def load_config(args: argparse.Namespace) -> TrainConfig:
         config.steps = args.steps
     if args.resume:
         config.resume = True
-    return config.validate()
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,16 +116,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("rlr-train: error: --config FILE is required (or --print-config to get one)", file=sys.stderr)
         return EXIT_BAD_CONFIG
 
-    try:
-        config = load_config(args)
-        config.check_output_dir()  # before the model loads: minutes lost otherwise
-    except ValueError as error:
-        return _bad_config(error)
-
     from . import distributed
     from .hub import WeightsUnavailableError
-    from .run import TrainingRun
+    from .run import TrainingRun, check_config
     from .trainer import TrainingStepError
+
+    try:  # fields, tracker and output_dir, once, before the model loads: minutes lost otherwise
+        config = check_config(load_config(args))
+    except ValueError as error:
+        return _bad_config(error)
 
     try:  # several processes (torchrun / accelerate launch): join them; nothing for one process
         world = distributed.init_from_env(config.device)
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = args.quiet or not world.is_main  # progress and log lines on rank 0 only
 
     try:
-        trainer = TrainingRun.from_config(config).trainer
+        trainer = TrainingRun.from_config(config, checked=True).trainer
     except (ValueError, WeightsUnavailableError) as error:  # bad field, or the model cannot be fetched
         return _bad_config(error)
     except Exception as error:

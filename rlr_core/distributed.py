@@ -127,7 +127,7 @@ def init_from_env(device: str = "auto", timeout_s: float | None = None) -> World
     if missing:
         raise RuntimeError(
             f"WORLD_SIZE={world_size} but {', '.join(missing)} not set: start several processes with "
-            "torchrun or accelerate launch (README, 'More GPUs')"
+            "torchrun or accelerate launch (see docs/distributed.md)"
         )
     device = process_device(device)
     use_cuda = device.startswith("cuda") and torch.cuda.is_available()

@@ -35,7 +35,7 @@ class WeightsUnavailableError(RuntimeError):
         super().__init__(
             f"Cannot load the weights for {weights}: they are downloaded from {source}, {reason}. "
             "Connect to the internet once (they are cached afterwards), or pass a local copy "
-            "(see README.md, 'Where the weights come from')."
+            "(see docs/rewards.md, 'Where the weights come from')."
         )
 
 

@@ -1,4 +1,4 @@
-"""Prompt scheduling ("diffusive chain-of-thought", SPEC-RLR §5).
+"""Prompt scheduling ("diffusive chain-of-thought", docs/config.md).
 
 Sampling goes coarse to fine: a ``ScheduledPrompt`` carries three texts (coarse = outline,
 mid = structure, fine = detail), each conditioning its part of the T sampling steps. The
@@ -10,9 +10,12 @@ step k belongs to phase 0 (coarse) when k < b1, phase 1 (mid) when b1 <= k < b2,
 from __future__ import annotations
 
 import operator
-from typing import Sequence
+from typing import Any, Sequence
 
-DEFAULT_PROMPT_BOUNDARIES: tuple[float, float] = (1.0 / 3.0, 2.0 / 3.0)
+from rlr_core.config.schema import DEFAULT_PROMPT_BOUNDARIES, resolve_boundaries
+
+__all__ = ["ScheduledPrompt", "phase_texts", "scheduled_from_template", "resolve_boundaries", "phase_of_step",
+           "training_prompts", "evaluation_prompts", "DEFAULT_PROMPT_BOUNDARIES"]
 
 # The template of ``scheduled_from_template`` ("{prompt}" is replaced by the user's prompt).
 COARSE_TEMPLATE = "a simple rough outline of {prompt}"
@@ -75,49 +78,6 @@ def scheduled_from_template(prompt: str) -> ScheduledPrompt:
     )
 
 
-def resolve_boundaries(num_steps: int, boundaries: Sequence[int | float] | None = None) -> tuple[int, int]:
-    """Validate ``prompt_boundaries`` and return them as two step indices ``0 <= b1 <= b2 <= num_steps``.
-
-    ``boundaries`` is two ints (step indices in [0, num_steps]) or two floats in (0, 1)
-    (fractions of num_steps, rounded to the nearest step); ``None`` means thirds.
-    """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
-    if boundaries is None:
-        boundaries = DEFAULT_PROMPT_BOUNDARIES
-    try:
-        values = list(boundaries)
-    except TypeError:
-        raise ValueError(
-            f"prompt_boundaries must be two step indices in [0, {num_steps}] or two fractions in (0, 1), "
-            f"got {boundaries!r}"
-        ) from None
-    if len(values) != 2:
-        raise ValueError(
-            f"prompt_boundaries must have exactly two values (step indices in [0, {num_steps}] or fractions "
-            f"in (0, 1)), got {len(values)}: {boundaries!r}"
-        )
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        b1, b2 = int(values[0]), int(values[1])
-        if not (0 <= b1 <= b2 <= num_steps):
-            raise ValueError(
-                f"prompt_boundaries as step indices must satisfy 0 <= b1 <= b2 <= num_steps={num_steps}, "
-                f"got {boundaries!r}"
-            )
-        return b1, b2
-    if all(isinstance(v, float) for v in values):
-        f1, f2 = float(values[0]), float(values[1])
-        if not (0.0 < f1 < 1.0 and 0.0 < f2 < 1.0 and f1 <= f2):
-            raise ValueError(
-                f"prompt_boundaries as fractions must be two floats in (0, 1) with b1 <= b2, got {boundaries!r}"
-            )
-        return int(round(f1 * num_steps)), int(round(f2 * num_steps))
-    raise ValueError(
-        f"prompt_boundaries must be two ints (step indices in [0, {num_steps}]) or two floats in (0, 1), "
-        f"not a mix or other types, got {boundaries!r}"
-    )
-
-
 def phase_of_step(k: int, num_steps: int, boundaries: Sequence[int | float] | None = None) -> int:
     """Phase (0 coarse, 1 mid, 2 fine) of sampling step ``k`` in ``0 .. num_steps-1``."""
     b1, b2 = resolve_boundaries(num_steps, boundaries)
@@ -132,3 +92,22 @@ def phase_of_step(k: int, num_steps: int, boundaries: Sequence[int | float] | No
     if k < b2:
         return 1
     return 2
+
+
+def training_prompts(config: Any) -> list[str]:
+    """The prompts a run draws its batches from: ``config.prompts``, as ``ScheduledPrompt`` when the
+    config sets a coarse, mid or fine prompt (``config``: a ``TrainConfig``)."""
+    return _schedule(config, list(config.prompts))
+
+
+def evaluation_prompts(config: Any) -> list[str]:
+    """One prompt per eval seed: ``config.eval_prompts`` (or the training prompts) cycled, scheduled like
+    :func:`training_prompts`."""
+    base = list(config.eval_prompts) or list(config.prompts)
+    return _schedule(config, [base[i % len(base)] for i in range(len(config.eval_seeds))])
+
+
+def _schedule(config: Any, prompts: list[str]) -> list[str]:
+    if not any((config.coarse_prompt, config.mid_prompt, config.fine_prompt)):
+        return prompts
+    return [ScheduledPrompt(config.coarse_prompt or p, config.mid_prompt or p, config.fine_prompt or p) for p in prompts]

@@ -6,8 +6,11 @@
     for report in run.trainer.run():
         print(report.step, report.reward_mean)
 
-Bad settings raise :class:`ConfigError` (a ValueError) whose ``field`` names the config field
-(``"reward_options"``, ``"batch_size"``, ...), so every front end can point at the right input.
+This module is the one builder: :func:`check_config` checks a config once (fields, hosted limits, tracker,
+output folder), :func:`build_chain`, :func:`build_reward` and :func:`build_estimator` build the parts, and
+``TrainingRun.from_config`` all of them plus the Trainer. Bad settings raise :class:`ConfigError` (a
+ValueError) whose ``field`` names the config field (``"reward_options"``, ``"batch_size"``, ...), so every
+front end can point at the right input.
 Model and reward weights that cannot be fetched raise ``rlr_core.hub.WeightsUnavailableError``.
 """
 
@@ -17,22 +20,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .chain import Chain
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .estimators import Estimator, estimator_options, get_estimator
+from .hosted import HOSTED_ESTIMATOR_LIMITS, HOSTED_WORK_LIMIT, check_hosted
 from .hub import WeightsUnavailableError
 from .rewards import Reward, default_clip_model, get_reward
 from .tracking import check_report_to
 from .trainer import Trainer
 
-__all__ = ["ConfigError", "TrainingRun", "check_hosted_work", "HOSTED_WORK_LIMIT"]
-
-
-class ConfigError(ValueError):
-    """A bad config value; ``field`` is the TrainConfig field it belongs to."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field_name
+__all__ = ["ConfigError", "TrainingRun", "check_config", "build_chain", "build_reward", "build_estimator",
+           "reward_options_for", "check_hosted_work", "HOSTED_WORK_LIMIT", "HOSTED_ESTIMATOR_LIMITS"]
 
 
 @dataclass
@@ -47,39 +44,27 @@ class TrainingRun:
 
     @classmethod
     def from_config(cls, config: TrainConfig, hosted: bool = False, chain: Chain | None = None,
-                    reward: Reward | None = None) -> "TrainingRun":
-        """Validate ``config`` and build the run.
+                    reward: Reward | None = None, checked: bool = False) -> "TrainingRun":
+        """Check ``config`` (:func:`check_config`, once) and build the run.
 
-        ``chain``: an already loaded chain with this config's model settings (the app's model
-        cache); loaded with ``config.load_chain()`` otherwise. ``reward``: a reward object to use
-        instead of ``config.reward`` (the clicks of a preference run). ``hosted=True`` applies the hosted
-        limits and refuses reward plug-ins. Raises ConfigError naming the field, or
-        WeightsUnavailableError when a model or reward needs weights that cannot be fetched.
+        ``chain``: an already loaded chain with this config's model settings (the app's model cache);
+        :func:`build_chain` otherwise. ``reward``: a reward object to use instead of ``config.reward``
+        (the clicks of a preference run). ``hosted=True`` applies the hosted limits and refuses reward
+        plug-ins. ``checked=True``: the caller ran ``check_config(config, hosted)`` already (the CLI does,
+        before it joins other processes). Raises ConfigError naming the field, or WeightsUnavailableError
+        when a model or reward needs weights that cannot be fetched.
         """
-        try:
-            config.validate(hosted=hosted)
-        except ValueError as error:
-            raise ConfigError(_leading_field(str(error), "config"), str(error)) from None
-        if hosted:
-            check_hosted_work(config)
-        try:  # before loading a model: a tracker that cannot run fails at once
-            check_report_to(config.report_to)
-        except ValueError as error:
-            raise ConfigError("report_to", str(error)) from None
+        if not checked:
+            check_config(config, hosted=hosted, output_dir=chain is None)
         options = dict(config.estimator_options)
         auto_h = options.get("h") == "auto"
         if auto_h:
             options.pop("h")  # the other options are checked now, h once the model is loaded
-        estimator = _named("estimator_options", get_estimator, config.estimator, options)
+        estimator = _named("estimator_options", get_estimator, config.estimator, options)  # before the model loads
         if chain is None:
-            try:
-                config.check_output_dir()  # before the (slow) model load
-            except ValueError as error:
-                raise ConfigError("output_dir", str(error)) from None
-            chain = config.load_chain()
+            chain = build_chain(config)
         if reward is None:
-            reward = _named("reward_options", get_reward, config.reward, reward_options_for(config),
-                            device=getattr(chain, "device", None), hosted=True if hosted else None)
+            reward = build_reward(config, device=getattr(chain, "device", None), hosted=hosted)
         if auto_h:
             estimator = _with_auto_h(config, chain, reward, options)
         try:
@@ -93,35 +78,74 @@ class TrainingRun:
         return self.chain, self.reward, self.estimator
 
 
-HOSTED_WORK_LIMIT = 100_000
-"""Hosted mode: most image-steps one run may ask for, iterations x batch x sampling steps x
-(PPO epochs + 1). 100,000 is the default tiny run (50 x 4 x 20) 25 times over, or 500 iterations
-of SD at batch 8 and 25 steps."""
+def check_config(config: TrainConfig, hosted: bool = False, output_dir: bool = True) -> TrainConfig:
+    """Everything that can be checked before a model loads, each once: ``config.validate()``, the estimator
+    name, the hosted limits (``hosted=True``, ``rlr_core.hosted.check_hosted``), the tracker of ``report_to``
+    and (with ``output_dir``) that ``output_dir`` is writable. Returns ``config``; ConfigError naming the field."""
+    config.validate()
+    try:
+        defaults = estimator_options(config.estimator)
+    except ValueError as error:  # "estimator must be one of ..., got ..."
+        raise ConfigError("estimator", str(error)) from None
+    if hosted:
+        check_hosted(config, defaults)
+    try:  # a tracker that cannot run fails at once
+        check_report_to(config.report_to)
+    except ValueError as error:
+        raise ConfigError("report_to", str(error)) from None
+    if output_dir:
+        config.check_output_dir()  # before the (slow) model load
+    return config
 
-HOSTED_ESTIMATOR_LIMITS: dict[str, int] = {"inner_epochs": 8, "lr_samples": 16, "chain_len": 1000, "h": 1000, "k": 1000,
-                                           "k_max": 1000, "n": 8, "jumps": 50, "cv_jumps": 50}
-"""Hosted mode: largest values of the estimator options that multiply the work of an iteration."""
 
-
-def check_hosted_work(config: TrainConfig) -> None:
-    """ConfigError naming the field when ``config`` asks more of a shared server than hosted mode
-    allows (``HOSTED_ESTIMATOR_LIMITS``, ``HOSTED_WORK_LIMIT``)."""
-    options = config.estimator_options
-    for name, limit in HOSTED_ESTIMATOR_LIMITS.items():
-        value = options.get(name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
-            raise ConfigError("estimator_options", f"estimator_options {name} must be at most {limit} on a hosted Space; got {value:g}")
+def check_hosted_work(config: TrainConfig) -> TrainConfig:
+    """``rlr_core.hosted.check_hosted`` with the estimator's default options (its default PPO epochs count)."""
     try:
         defaults = estimator_options(config.estimator)
     except ValueError:
         defaults = {}
-    epochs = {**defaults, **options}.get("inner_epochs", 1)
-    epochs = int(epochs) if isinstance(epochs, (int, float)) and not isinstance(epochs, bool) and epochs >= 1 else 1
-    work = config.steps * config.batch_size * config.num_steps * (epochs + 1)
-    if work > HOSTED_WORK_LIMIT:
-        raise ConfigError("steps", f"steps x batch_size x num_steps x (PPO epochs + 1) must be at most {HOSTED_WORK_LIMIT:,} "
-                                   f"on a hosted Space; got {config.steps} x {config.batch_size} x {config.num_steps} x "
-                                   f"{epochs + 1} = {work:,} (fewer iterations, a smaller batch or fewer sampling steps)")
+    return check_hosted(config, defaults)
+
+
+def build_chain(config: TrainConfig) -> Chain:
+    """The chain of ``config``: ``load_model`` with its model and sampler settings (a DiffusersChain)."""
+    from .models import load_model
+
+    return load_model(
+        config.model,
+        num_steps=config.num_steps,
+        lora_rank=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_targets=config.lora_targets,
+        guidance_scale=config.guidance_scale,
+        eta=config.eta,
+        device=config.device,
+        dtype=config.dtype,
+        gradient_checkpointing=config.gradient_checkpointing,
+        prompt_boundaries=list(config.prompt_boundaries) if config.uses_prompt_schedule else None,
+    )
+
+
+def build_reward(config: TrainConfig, device: Any = None, hosted: bool = False) -> Reward:
+    """The reward of ``config`` (``get_reward`` with :func:`reward_options_for`); ConfigError naming
+    ``reward`` (an unknown name) or ``reward_options``. ``hosted=True`` refuses plug-ins and server files."""
+    return _named("reward_options", get_reward, config.reward, reward_options_for(config), device=device,
+                  hosted=True if hosted else None)
+
+
+def build_estimator(config: TrainConfig, chain: Chain | None = None, reward: Reward | None = None) -> Estimator:
+    """The estimator of ``config``; ConfigError naming ``estimator`` (an unknown name, with the allowed ones)
+    or ``estimator_options``. ``h: auto`` needs the loaded ``chain`` and ``reward``: the largest h whose
+    predicted peak memory fits ``config.memory_budget_gb`` (gradient checkpointing is switched on when that
+    lets a larger h fit)."""
+    options = dict(config.estimator_options)
+    if options.get("h") != "auto":
+        return _named("estimator_options", get_estimator, config.estimator, options)
+    options.pop("h")
+    _named("estimator_options", get_estimator, config.estimator, options)  # the name and the other options
+    if chain is None or reward is None:
+        raise ConfigError("estimator_options", "h: auto needs the loaded model: build_estimator(config, chain, reward)")
+    return _with_auto_h(config, chain, reward, options)
 
 
 def reward_options_for(config: TrainConfig) -> dict[str, Any]:
@@ -138,8 +162,8 @@ def reward_options_for(config: TrainConfig) -> dict[str, Any]:
 
 def _with_auto_h(config: TrainConfig, chain: Chain, reward: Reward, options: dict[str, Any]) -> Estimator:
     """``h: auto``: the largest h whose predicted peak memory fits ``config.memory_budget_gb``
-    (rlr_core.memory_model.choose_h); gradient checkpointing is switched on when that lets a larger h fit."""
-    from .memory_model import choose_h
+    (rlr_core.memory.prediction.choose_h); gradient checkpointing is switched on when that lets a larger h fit."""
+    from .memory.prediction import choose_h
 
     if "h" not in getattr(get_estimator(config.estimator), "ui_options", ()):
         raise ConfigError("estimator_options", f"h: auto applies to rlr and rlr-paper, not {config.estimator!r}")

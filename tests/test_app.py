@@ -66,7 +66,7 @@ def test_the_train_api_has_the_form_fields_as_parameters():
     import inspect
 
     from app.form import FIELDS
-    from app.ui import train_endpoint
+    from app.tabs.api import train_endpoint
 
     parameters = inspect.signature(train_endpoint(hosted=False)).parameters
     assert list(parameters) == [f.key for f in FIELDS] + ["request"]
@@ -323,7 +323,7 @@ def test_lora_targets_field_round_trips_and_keys_the_model_cache():
     list shows as a comma-separated string and parses back; other targets are other weights in the model cache."""
     from app.form import FORM_DEFAULTS, config_from_form, form_from_config
     from app.state import model_key
-    from app.ui import FieldError
+    from app.errors import FieldError
     from rlr_core.config import TrainConfig
 
     assert FORM_DEFAULTS["lora_targets"] == "attention"

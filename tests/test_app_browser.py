@@ -5,7 +5,7 @@ what a user reads: a progress bar within 2 s of Start, before/after images at le
 inside the viewport with captions under them, a bad input after a finished run as a toast only
 (no "Error" on the outputs), Stop answered by a toast within 2 s. Then one preference round with
 clicks, and a downloaded LoRA that loads back. A screenshot of the Train tab goes to a temporary
-folder, or to $RLR_SCREENSHOT when set (README's picture: assets/screenshots/train-tab.png).
+folder, or to $RLR_SCREENSHOT when set (the front page's picture: assets/screenshots/train-tab.png).
 """
 
 from __future__ import annotations

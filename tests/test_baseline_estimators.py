@@ -12,7 +12,7 @@ import types
 import pytest
 import torch
 
-from rlr_core import memory_model as mm
+from rlr_core.memory import prediction as mm
 from rlr_core.chain import LinearGaussianChain, QuadraticReward
 from rlr_core.estimators import estimator_options, get_estimator, list_estimators
 from rlr_core.estimators.base import part_gradient

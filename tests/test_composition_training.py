@@ -16,12 +16,13 @@ def short_size_run(tmp_path, estimator: str, options: dict) -> tuple[list[float]
     """Bundled tiny model, 8 sampling steps, batch 4, lr 0.003, 12 iterations on shape-size (target area 0.08:
     smaller than any shape the model was trained on); rewards of 8 held-out seeds before and after."""
     from rlr_core.config import TrainConfig
+    from rlr_core.run import TrainingRun
     from rlr_core.trainer import Trainer
 
     config = TrainConfig(model="tiny", num_steps=8, prompts=[PROMPT], steps=12, batch_size=4, lr=0.003, seed=0,
                          reward="shape-size", estimator=estimator, estimator_options=options, eval_seeds=[],
                          eval_every=0, checkpoint_every=0, output_dir=str(tmp_path / estimator))
-    chain, reward, built = config.build()
+    chain, reward, built = TrainingRun.from_config(config).parts()
     trainer = Trainer(chain, reward, built, config)
     _, before = trainer.evaluate(EVAL_SEEDS, [PROMPT] * len(EVAL_SEEDS), adapters=False)
     reports = list(trainer.run())

@@ -312,7 +312,7 @@ def test_fp32_lora_on_bfloat16_base(tiny_pixel_dir):
 
 
 def test_load_model_folders_defaults_and_tiny(tiny_pixel_dir, tmp_path, monkeypatch):
-    import rlr_core.diffusers_chain as dc
+    import rlr_core.models.loading as dc
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_pixel_dir, folder)

@@ -171,7 +171,7 @@ def test_resume_of_two_process_checkpoint_on_one_process_is_exact(tmp_path, esti
     from safetensors.torch import load_file
 
     from distributed_worker import analytic_train
-    from rlr_core.checkpoints import latest_checkpoint
+    from rlr_core.training import latest_checkpoint
 
     two, one = str(tmp_path / "two"), str(tmp_path / "one")
     torch.multiprocessing.spawn(analytic_train, args=(2, _free_port(), two, 2, False, estimator, options), nprocs=2)

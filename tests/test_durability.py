@@ -347,18 +347,20 @@ def test_unwritable_output_dir_is_named_before_the_model_loads(tmp_path, monkeyp
     blocker = tmp_path / "a-file"
     blocker.write_text("", encoding="utf-8")
 
-    def no_model(self):
+    def no_model(config):
         raise AssertionError("the model was loaded before output_dir was checked")
 
-    monkeypatch.setattr(TrainConfig, "load_chain", no_model)
+    monkeypatch.setattr("rlr_core.run.build_chain", no_model)
     config = _tiny_cli_config(tmp_path, "cli", output_dir=str(blocker / "run"))
     assert main(["--config", str(config), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "output_dir" in err and "a-file" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
 
+    from rlr_core.run import check_config
+
     with pytest.raises(ValueError, match="^output_dir .* is below .*a-file.*, which is a file"):
-        _analytic_trainer(tmp_path, output_dir=str(blocker / "run"))
+        check_config(TrainConfig(output_dir=str(blocker / "run")))  # the builder's one check, before any model loads
     with pytest.raises(ValueError, match="^output_dir .* is a file, not a folder"):
         TrainConfig(output_dir=str(blocker)).check_output_dir()
     assert TrainConfig(output_dir=str(tmp_path / "new" / "run")).check_output_dir() == tmp_path / "new" / "run"

@@ -1,6 +1,6 @@
 """Unbiasedness and variance of every estimator on the linear-Gaussian chain (exact gradient known).
 
-The core correctness test of SPEC-RLR.md §6: the mean of 2000 estimates must agree with the
+The core correctness test of the estimators (docs/testing.md): the mean of 2000 estimates must agree with the
 exact gradient of -E[r] within Monte-Carlo error (|z| < 4.5 on every coordinate) for the
 unbiased estimators, and the biased ones must be detected (some |z| > 6).
 """

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlr_core import memory_model as mm
+from rlr_core.memory import prediction as mm
 from rlr_core import sd_arch
 from rlr_core.diffusers_chain import DiffusersChain, load_model
 from rlr_core.memory import MemoryMeter

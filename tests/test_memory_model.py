@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from rlr_core import memory_model as mm
+from rlr_core.memory import prediction as mm
 from rlr_core import sd_arch
 from rlr_core.diffusers_chain import load_model
 from rlr_core.estimators import get_estimator

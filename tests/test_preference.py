@@ -12,13 +12,13 @@ import torch
 from rlr_core.rewards.preference import (
     ClickLog,
     PreferenceReward,
-    PreferenceSession,
     click_rewards,
     image_sha256,
     pixel_features,
     to_uint8,
 )
 from rlr_core.rewards import get_reward
+from rlr_core.training.clicks import PreferenceSession
 
 
 # ------------------------------------------------------------------ a minimal chain/estimator pair

@@ -17,7 +17,7 @@ from rlr_core.config import TrainConfig
 from rlr_core.diagnostics import collect_estimates, cosine, probe
 from rlr_core.estimators import get_estimator
 from rlr_core.estimators.base import grouped_prompts
-from rlr_core.estimators.rlr import PartStatistics
+from rlr_core.estimators.part_weights import PartStatistics
 from rlr_core.trainer import Trainer
 
 TINY_PROMPTS = [

@@ -16,8 +16,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rlr_core.rewards import default_clip_model, get_reward  # noqa: E402
+from rlr_core.run import TrainingRun  # noqa: E402
 from rlr_core.tiny.clip_model import ASSET_DIR, load_tiny_clip, tiny_clip_image_features  # noqa: E402
-from rlr_core.tiny.clip_train import candidates, generated_eval_set, rendered_set, zero_shot_accuracy  # noqa: E402
+from rlr_core.tiny.captions import candidates  # noqa: E402
+from rlr_core.tiny.clip_data import rendered_set  # noqa: E402
+from rlr_core.tiny.clip_losses import zero_shot_accuracy  # noqa: E402
+from rlr_core.tiny.clip_train import generated_eval_set  # noqa: E402
 from rlr_core.tiny.data import HOLDOUT_START, Sample, ShapeSpec, make_batch, render  # noqa: E402
 
 
@@ -132,7 +136,7 @@ def short_star_run(tmp_path: Path, lr: float, steps: int, num_steps: int = 8, es
     if estimator is not None:
         config.estimator, config.estimator_options = estimator
         config = config.validate()
-    chain, reward, estimator = config.build()  # the fresh LoRA is drawn from config.seed (0): same start in any order
+    chain, reward, estimator = TrainingRun.from_config(config).parts()  # the fresh LoRA is drawn from config.seed (0): same start in any order
     trainer = Trainer(chain, reward, estimator, config)
     seeds = [20_000_000 + i for i in range(4)]
     _, before = trainer.evaluate(seeds, adapters=False)
@@ -144,7 +148,7 @@ def short_star_run(tmp_path: Path, lr: float, steps: int, num_steps: int = 8, es
 
 def test_short_star_run_raises_the_star_reward_and_draws_stars(tmp_path):
     """The star preset shortened (8 sampling steps, batch 4, 16 iterations) raises the tiny-clip "red star"
-    reward on fixed seeds and turns the circles into stars the detector counts (README, "Measured: the star demo")."""
+    reward on fixed seeds and turns the circles into stars the detector counts."""
     import numpy as np
 
     from rlr_core.tiny.detect import detect, is_clean_star
@@ -211,7 +215,8 @@ def test_robust_training_images_blob_tiny_and_noise():
     """The extra robust-training images of clip_train (--blob, --tiny, --noise) are what their captions say."""
     import numpy as np
 
-    from rlr_core.tiny.clip_train import NOISE_CAPTION, blob_version, contrast_captions, noise_image, noise_version, tiny_version
+    from rlr_core.tiny.captions import NOISE_CAPTION, contrast_captions
+    from rlr_core.tiny.clip_data import blob_version, noise_image, noise_version, tiny_version
     from rlr_core.tiny.data import make_sample
     from rlr_core.tiny.detect import detect, is_clean_star
 
@@ -256,7 +261,8 @@ def test_l2_pgd_attack_stays_in_its_ball_and_raises_the_loss(tmp_path):
     import torch.nn.functional as F
 
     from rlr_core.tiny.clip_model import load_tiny_clip
-    from rlr_core.tiny.clip_train import SHAPE_CLASSES, adversarial, shape_captions, shape_logits
+    from rlr_core.tiny.captions import SHAPE_CLASSES, shape_captions
+    from rlr_core.tiny.clip_losses import adversarial, shape_logits
     from rlr_core.tiny.data import make_sample
 
     model = load_tiny_clip()

@@ -94,7 +94,7 @@ def test_plain_install_needs_neither_accelerate_nor_tensorboard():
     """The library and the CLI import neither package unless report_to / a launcher asks for it."""
     code = (
         "import sys\n"
-        "import rlr_core.cli, rlr_core.run, rlr_core.trainer, rlr_core.distributed, rlr_core.tracking\n"
+        "import rlr_core.cli, rlr_core.run, rlr_core.training, rlr_core.distributed, rlr_core.training.tracking\n"
         "bad = [m for m in ('accelerate', 'tensorboard', 'wandb') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -13,6 +13,9 @@ import yaml
 from rlr_core.chain import LinearGaussianChain, QuadraticReward
 from rlr_core.config import TrainConfig
 from rlr_core.estimators import get_estimator
+from rlr_core.hosted import check_hosted
+from rlr_core.prompts import evaluation_prompts, training_prompts
+from rlr_core.run import TrainingRun
 from rlr_core.trainer import StepReport, Trainer, TrainingStepError, latest_checkpoint
 
 PROMPTS = ["a red circle", "a blue square"]
@@ -90,7 +93,6 @@ def test_config_unknown_key_names_key_and_allowed(tmp_path):
         ("weight_decay", float("nan"), ">= 0"),
         ("dtype", "float8", "bfloat16"),
         ("device", "gpu", "cuda"),
-        ("estimator", "adam", "full-bp"),
         ("prompts", [], "at least one"),
         ("prompts", ["ok", ""], "non-empty strings"),
         ("prompt_boundaries", [8, 3], "prompt_boundaries"),
@@ -110,23 +112,23 @@ def test_config_bad_values_name_the_field(field, value, expected):
 
 
 def test_config_hosted_limits():
-    TrainConfig(batch_size=8).validate(hosted=True)
+    check_hosted(TrainConfig(batch_size=8).validate())
     with pytest.raises(ValueError, match="batch_size must be at most 8"):
-        TrainConfig(batch_size=16).validate(hosted=True)
+        check_hosted(TrainConfig(batch_size=16).validate())
     with pytest.raises(ValueError, match="model"):
-        TrainConfig(model="/some/local/folder").validate(hosted=True)
+        check_hosted(TrainConfig(model="/some/local/folder").validate())
 
 
 def test_config_prompt_schedule():
     from rlr_core.prompts import ScheduledPrompt
 
     config = TrainConfig(prompts=["a cat", "a dog"], coarse_prompt="a blob", fine_prompt="", num_steps=9)
-    prompts = config.training_prompts()
+    prompts = training_prompts(config)
     assert all(isinstance(p, ScheduledPrompt) for p in prompts)
     assert [p.phases() for p in prompts] == [("a blob", "a cat", "a cat"), ("a blob", "a dog", "a dog")]
     assert config.boundary_steps() == (3, 6)
-    assert TrainConfig(prompts=["a cat"]).training_prompts() == ["a cat"]
-    assert TrainConfig(eval_seeds=[1, 2, 3], prompts=["x", "y"]).evaluation_prompts() == ["x", "y", "x"]
+    assert training_prompts(TrainConfig(prompts=["a cat"])) == ["a cat"]
+    assert evaluation_prompts(TrainConfig(eval_seeds=[1, 2, 3], prompts=["x", "y"])) == ["x", "y", "x"]
 
 
 def test_config_build_tiny_diffusers(tiny_sd_dir):
@@ -134,12 +136,12 @@ def test_config_build_tiny_diffusers(tiny_sd_dir):
         model=str(tiny_sd_dir), num_steps=3, lora_rank=2, reward="saturation", batch_size=4,
         device="cpu", dtype="float32", coarse_prompt="a blob", prompt_boundaries=[1, 2],
     )
-    chain, reward, estimator = config.build()
+    chain, reward, estimator = TrainingRun.from_config(config).parts()
     assert chain.num_steps == 3 and estimator.name == "rlr" and reward.name == "saturation"
     with pytest.raises(ValueError, match="estimator"):
-        TrainConfig(model=str(tiny_sd_dir), estimator_options={"nope": 1}).build()
+        TrainingRun.from_config(TrainConfig(model=str(tiny_sd_dir), estimator_options={"nope": 1})).parts()
     with pytest.raises(ValueError, match="batch_size"):  # rlr with antithetic halves needs an even batch
-        TrainConfig(model=str(tiny_sd_dir), num_steps=3, batch_size=5, device="cpu").build()
+        TrainingRun.from_config(TrainConfig(model=str(tiny_sd_dir), num_steps=3, batch_size=5, device="cpu")).parts()
 
 
 # ------------------------------------------------------------------------------------ trainer

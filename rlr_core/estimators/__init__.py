@@ -1,21 +1,22 @@
-"""Gradient estimators of d/dtheta E[reward] over a sampling chain (SPEC-RLR.md §2-4).
+"""Gradient estimators of d/dtheta E[reward] over a sampling chain (docs/estimators.md).
 
 ``get_estimator(name, **options)`` builds one: "rlr", "full-bp", "truncated-bp", "ddpo",
 "zo", "rlr-released", the preset "rlr-paper" (the exactly unbiased RLR), and the baselines
-"alignprop", "draft-lv" and "refl" (SPEC-RLR §4). Unknown names or options raise ValueError
-listing the allowed ones.
+"alignprop", "draft-lv" and "refl". Unknown names or options raise ValueError listing the
+allowed ones. Each estimator declares its options as a dataclass (``option_specs(name)``: default,
+allowed values, help) and the graphs one estimate keeps (``Estimator.memory_pieces``).
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from .alignprop import AlignPropEstimator
-from .base import Estimator, GradientEstimate, Rollout
+from .base import Estimator, GradientEstimate, Rollout, RolloutData
 from .ddpo import DDPOEstimator
 from .draft_lv import DraftLVEstimator
 from .full_bp import FullBackpropEstimator
+from .options import OptionSpec, defaults_of, specs_of
 from .refl import ReFLEstimator
 from .rlr import RLREstimator
 from .rlr_paper import RLRPaperEstimator
@@ -44,7 +45,12 @@ def list_estimators() -> list[str]:
 
 def estimator_options(name: str) -> dict[str, Any]:
     """The options of estimator ``name`` with their defaults (for UIs and config files)."""
-    return _init_options(_lookup(name))
+    return defaults_of(_lookup(name).Options)
+
+
+def option_specs(name: str) -> dict[str, OptionSpec]:
+    """The declaration of every option of estimator ``name``: help, kind, allowed values or bounds."""
+    return specs_of(_lookup(name).Options)
 
 
 def ui_options(name: str) -> dict[str, Any]:
@@ -57,18 +63,6 @@ def ui_options(name: str) -> dict[str, Any]:
 def option_choices(name: str) -> dict[str, tuple]:
     """Allowed values of the string options of estimator ``name`` (for dropdowns)."""
     return dict(_lookup(name).option_choices)
-
-
-def _init_options(cls: type) -> dict[str, Any]:
-    """Keyword options of ``cls.__init__``; a preset taking ``**options`` inherits its parent's."""
-    parameters = inspect.signature(cls.__init__).parameters.values()
-    options = {p.name: p.default for p in parameters if p.name != "self" and p.kind is not p.VAR_KEYWORD}
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        for parent in cls.__mro__[1:]:
-            if "__init__" in vars(parent):
-                options = {**_init_options(parent), **options}
-                break
-    return options
 
 
 def get_estimator(name: str, **options: Any) -> Estimator:
@@ -93,10 +87,12 @@ __all__ = [
     "Estimator",
     "GradientEstimate",
     "Rollout",
+    "RolloutData",
     "get_estimator",
     "list_estimators",
     "estimator_options",
     "ui_options",
     "option_choices",
+    "option_specs",
     *[cls.__name__ for cls in ESTIMATORS.values()],
 ]

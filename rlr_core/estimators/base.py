@@ -1,4 +1,4 @@
-"""What every gradient estimator shares: the result type, the rollout type, baselines, bookkeeping.
+"""What every gradient estimator shares: options, baselines, bookkeeping, writing p.grad (docs/estimators.md).
 
 Sign convention: an estimator sets ``p.grad`` to an estimate of the gradient of ``-E[r]``
 (ready for a torch optimizer that minimises), and every entry of ``GradientEstimate.parts``
@@ -6,8 +6,12 @@ uses the same sign. ``sum(parts.values())`` equals the flattened ``p.grad``.
 
 Each estimator works in two phases: ``rollout(chain, prompts, generator, differentiable_reward)``
 samples the batch and keeps only what its gradient needs, ``gradient(rollout, rewards)`` turns
-rewards into ``p.grad``. ``estimate()`` is the two with the reward called in between; a human
-preference round calls them separately with the clicks as rewards.
+rewards into ``p.grad``. ``estimate()`` is the two with the reward called in between (and passes the
+reward object to ``rollout``, for estimators that score more than the batch: rlr's control variate,
+draft-lv's re-noisings); a human preference round calls them separately with the clicks as rewards.
+
+Options: each estimator declares a dataclass of its options (``Options``, see ``options.py``);
+``estimator.options`` holds the checked values, also readable as attributes (``estimator.h``).
 
 Randomness: everything shared by the batch (the HO start j, sampled steps, a per-batch ZO
 direction) is drawn from the generator passed in; the noise of noise set i (and its own ZO
@@ -21,163 +25,83 @@ batch, so each process's ``parts`` are its rows' contributions to the whole batc
 from __future__ import annotations
 
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..chain import Chain
 from ..distributed import BatchShard, sum_over_processes
-from ..memory import MemoryMeter
+from ..memory.meter import MemoryMeter
 from ..sampling import NoisePlan, draw_noise_per_seed, indexed_seed
+from .baselines import PromptBaseline
+from .gradients import flatten, grouped_prompts, part_gradient, random_int, write_grads
+from .memory_pieces import MemoryPieces
+from .options import BASELINES, EstimatorOptions, baseline_option, choices_of, normalize_option
+from .ppo import ppo_step_gradient
+from .rollout import GradientEstimate, Rollout, RolloutData
 
-BASELINES = ("loo", "none", "prompt")
-
-
-@dataclass
-class GradientEstimate:
-    """One gradient estimate and what it cost."""
-
-    rewards: torch.Tensor  # [B], float32, cpu
-    images: torch.Tensor  # [B, 3, H, W] in [0, 1], detached, cpu
-    prompts: list[str]
-    parts: dict[str, torch.Tensor]  # flat float32 gradient of -E[r] per part
-    grad_norms: dict[str, float]  # per part and "total"
-    steps: dict[str, list[int]]  # the chain steps each part covered
-    seconds: float = 0.0
-    peak_memory_mb: float = 0.0
-    graph_memory_mb: float = 0.0
-    skipped: str | None = None  # why the update must be skipped (p.grad is zero then)
-    info: dict[str, float] = field(default_factory=dict)  # estimator-specific numbers (part weights, clip fraction)
-    rollout: "Rollout | None" = field(default=None, repr=False)
-
-    @property
-    def total(self) -> torch.Tensor:
-        """The flat gradient written into p.grad."""
-        return sum(self.parts.values()) if self.parts else torch.zeros(0)
+__all__ = [
+    "BASELINES", "Estimator", "EstimatorOptions", "GradientEstimate", "PromptBaseline", "Rollout", "RolloutData",
+    "flatten", "grouped_prompts", "part_gradient", "ppo_step_gradient", "random_int", "write_grads",
+]
 
 
-@dataclass
-class Rollout:
-    """A sampled batch and what the estimator keeps to compute its gradient later."""
+@dataclass(frozen=True)
+class BaseOptions(EstimatorOptions):
+    """The options every likelihood-ratio estimator takes."""
 
-    chain: Chain
-    prompts: list[str]
-    images: torch.Tensor  # may carry the autograd graph of the first-order step
-    differentiable_reward: bool
-    steps: dict[str, list[int]]
-    data: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-    uses: int = 0  # gradients computed from it so far (PPO epochs reuse a rollout)
-
-    def display_images(self) -> torch.Tensor:
-        """Detached float32 cpu copy of the images, for showing or saving."""
-        return self.images.detach().float().cpu()
-
-
-class PromptBaseline:
-    """Per-prompt running mean of the rewards of earlier iterations (the "prompt" baseline)."""
-
-    def __init__(self, history: int = 32) -> None:
-        self.history = history
-        self._rewards: dict[str, deque[float]] = {}
-
-    def value(self, prompt: str) -> float | None:
-        values = self._rewards.get(str(prompt))
-        return sum(values) / len(values) if values else None
-
-    def update(self, prompts: list[str], rewards: torch.Tensor) -> None:
-        for prompt, reward in zip(prompts, rewards.tolist()):
-            self._rewards.setdefault(str(prompt), deque(maxlen=self.history)).append(float(reward))
-
-    def state_dict(self) -> dict[str, list[float]]:
-        return {prompt: list(values) for prompt, values in self._rewards.items()}
-
-    def load_state_dict(self, state: dict[str, list[float]]) -> None:
-        self._rewards = {p: deque(v, maxlen=self.history) for p, v in state.items()}
-
-
-def flatten(tensors: list[torch.Tensor | None], like: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate gradients into one flat float32 vector (None counts as zeros)."""
-    return torch.cat(
-        [
-            (t if t is not None else torch.zeros_like(p)).detach().reshape(-1).float()
-            for t, p in zip(tensors, like)
-        ]
-    )
-
-
-def part_gradient(loss: torch.Tensor, params: list[torch.Tensor], retain_graph: bool = False) -> torch.Tensor:
-    """Flat gradient of ``loss`` in ``params`` (parameters the loss does not touch get zeros);
-    ``retain_graph`` keeps the graph for a second part that shares it."""
-    grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=retain_graph)
-    return flatten(list(grads), params)
-
-
-def write_grads(params: list[torch.Tensor], flat: torch.Tensor) -> None:
-    """Set ``p.grad`` of every parameter from one flat vector."""
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p).to(device=p.device, dtype=p.dtype).clone()
-        offset += n
-
-
-def check_choice(field_name: str, value: Any, allowed: tuple) -> None:
-    """ValueError naming the field and the allowed values unless ``value`` is one of them."""
-    if value not in allowed:
-        raise ValueError(f"{field_name} must be one of {list(allowed)}, got {value!r}")
-
-
-def check_positive(field_name: str, value: float, allow_zero: bool = False) -> None:
-    """ValueError unless ``value`` is a positive (or non-negative) finite number."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{field_name} must be a number, got {value!r}") from None
-    ok = number >= 0 if allow_zero else number > 0
-    if not ok or number != number or number in (float("inf"), float("-inf")):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{field_name} must be a finite number {bound}, got {value!r}")
-
-
-def grouped_prompts(prompts: list[Any], batch_size: int, groups: int) -> list[Any]:
-    """A batch of ``batch_size`` prompts in ``groups`` noise groups: n = batch_size / groups prompts
-    (cycling through ``prompts``) repeated ``groups`` times, so rows sharing noise share the prompt."""
-    if groups < 1 or batch_size % groups:
-        raise ValueError(f"batch_size must be a multiple of {groups} (the estimator's noise groups), got {batch_size}")
-    if not prompts:
-        raise ValueError("prompts must not be empty")
-    n = batch_size // groups
-    return [prompts[i % len(prompts)] for i in range(n)] * groups
-
-
-def random_int(generator: torch.Generator, high: int) -> int:
-    """A uniform integer in [0, high) drawn from ``generator``."""
-    return int(torch.randint(0, high, (1,), generator=generator, device=generator.device).item())
+    baseline: str = baseline_option()
+    normalize: bool = normalize_option(False)
 
 
 class Estimator:
-    """Base class: option checking, baselines, timing, memory and writing p.grad.
+    """Base class: options, baselines, timing, memory and writing p.grad.
 
-    Subclasses implement ``rollout`` and ``gradient`` and may override ``noise_groups``.
+    Subclasses declare ``Options`` (a dataclass of :mod:`options`), implement ``sample`` and ``parts``,
+    declare ``memory_pieces``, and may override ``noise_groups``.
     """
 
     name: str = "base"
-    inner_epochs: int = 1
+    Options: type[EstimatorOptions] = BaseOptions
     requires_differentiable_reward: bool = False
     ui_options: tuple[str, ...] = ()  # options a form shows as their own fields (the others go in JSON)
-    option_choices: dict[str, tuple] = {}  # allowed values of string options, for dropdowns
+    option_choices: dict[str, tuple] = {}  # allowed values of string options, for dropdowns (from Options)
     shard: BatchShard | None = None  # this process's rows of the global batch (data parallelism); None = all
 
-    def __init__(self, baseline: str = "loo", normalize: bool = False) -> None:
-        check_choice("baseline", baseline, BASELINES)
-        if not isinstance(normalize, bool):
-            raise ValueError(f"normalize must be true or false, got {normalize!r}")
-        self.baseline = baseline
-        self.normalize = normalize
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.option_choices = choices_of(cls.Options)
+
+    def __init__(self, **options: Any) -> None:
+        self.options = self.Options(**options)  # checks every value (ValueError naming the option)
         self.prompt_baseline = PromptBaseline()
+
+    def __getattr__(self, name: str) -> Any:
+        """Options read as attributes (``estimator.h``), for callers outside the estimator."""
+        options = self.__dict__.get("options")
+        if options is not None and name in options.__dataclass_fields__:
+            return getattr(options, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def baseline(self) -> str:
+        """The advantages' baseline ("none" for estimators without likelihood-ratio terms)."""
+        return getattr(self.options, "baseline", "none")
+
+    @property
+    def normalize(self) -> bool:
+        return bool(getattr(self.options, "normalize", False))
+
+    @property
+    def inner_epochs(self) -> int:
+        """PPO epochs per rollout (1 unless the estimator has the option)."""
+        return int(getattr(self.options, "inner_epochs", 1))
+
+    def memory_pieces(self, num_steps: int, differentiable_reward: bool) -> MemoryPieces:
+        """Subclasses: the graphs one estimate keeps at its peak on a chain of ``num_steps`` steps
+        (ValueError when an option does not fit that chain); read by ``rlr_core.memory.prediction``."""
+        raise NotImplementedError(f"{type(self).__name__} declares no memory pieces")
 
     # --- what the Trainer needs to know -----------------------------------------------------
     def noise_groups(self, differentiable_reward: bool) -> int:
@@ -271,13 +195,16 @@ class Estimator:
 
     # --- the two phases ----------------------------------------------------------------------
     def rollout(
-        self, chain: Chain, prompts: list[Any], generator: torch.Generator, differentiable_reward: bool
+        self, chain: Chain, prompts: list[Any], generator: torch.Generator, differentiable_reward: bool,
+        reward: Any = None,
     ) -> Rollout:
-        """Check the set-up once, then sample the batch (``sample``) and time it."""
+        """Check the set-up once, then sample the batch (``sample``) and time it. ``reward``: the reward
+        object when the caller has it (``estimate`` passes it), for estimators that score more than the
+        batch's images; without it they do without (see each estimator)."""
         start = time.perf_counter()
         prompts = list(prompts)
         self.check_rollout(chain, prompts, differentiable_reward)
-        result = self.sample(chain, prompts, generator, differentiable_reward)
+        result = self.sample(chain, prompts, generator, differentiable_reward, reward)
         result.seconds = time.perf_counter() - start
         return result
 
@@ -302,9 +229,11 @@ class Estimator:
         return result
 
     def sample(
-        self, chain: Chain, prompts: list[Any], generator: torch.Generator, differentiable_reward: bool
+        self, chain: Chain, prompts: list[Any], generator: torch.Generator, differentiable_reward: bool,
+        reward: Any = None,
     ) -> Rollout:
-        """Subclasses: sample the batch and keep what ``parts`` needs (checks are done)."""
+        """Subclasses: sample the batch and keep what ``parts`` needs (checks are done; ``reward``: see
+        ``rollout``)."""
         raise NotImplementedError
 
     def parts(self, rollout: Rollout, rewards: torch.Tensor, info: dict[str, float]) -> dict[str, torch.Tensor]:
@@ -324,7 +253,7 @@ class Estimator:
         device = chain.trainable_parameters()[0].device
         start = time.perf_counter()
         with MemoryMeter(device) as meter:
-            rollout = self.rollout(chain, prompts, generator, bool(getattr(reward, "differentiable", False)))
+            rollout = self.rollout(chain, prompts, generator, bool(getattr(reward, "differentiable", False)), reward)
             rewards = reward(rollout.images, [str(p) for p in prompts])
             result = self.gradient(rollout, rewards)
         result.seconds = time.perf_counter() - start
@@ -407,7 +336,7 @@ class Estimator:
         weight = self.reward_scale(rewards) / self.batch_size(rewards)
         total = None
         for k in rollout.steps.get("lr", []):
-            grad = ppo_step_gradient(chain, data["cond"], k, data["record"][k], advantages, clip_range, weight, stats)
+            grad = ppo_step_gradient(chain, data.cond, k, data.record[k], advantages, clip_range, weight, stats)
             total = grad if total is None else total + grad
         return total
 
@@ -465,42 +394,3 @@ class Estimator:
             skipped=None if (parts and covered) else "no chain step is covered by this estimate (e.g. ddpo with eta 0): update skipped, LoRA kept",
             rollout=rollout,
         )
-
-
-def ppo_step_gradient(
-    chain: Chain,
-    cond: Any,
-    step_index: int,
-    recorded: Any,
-    advantages: torch.Tensor,
-    clip_range: float,
-    weight: float,
-    stats: dict[str, float] | None = None,
-) -> torch.Tensor:
-    """Flat gradient of the PPO-clipped likelihood-ratio loss of one recorded step.
-
-    The ratio is taken per dimension of the state, as ddpo-pytorch does (its log-probability is a
-    mean over dimensions): rho_i = exp((log p_theta - log p_old) / D), D = elements of one sample.
-    A sum over D = 3,072 dimensions would otherwise leave the clip range after any visible move.
-
-    loss = weight * D * sum_i max(-A_i * rho_i, -A_i * clip(rho_i, 1 - c, 1 + c)).
-    At rho = 1 (theta unchanged since sampling) its gradient is exactly the likelihood-ratio
-    term -weight * sum_i A_i grad log p (the factor D undoes the 1/D inside rho).
-    """
-    from ..sampling import step_log_prob  # local import: sampling imports nothing from here
-
-    params = chain.trainable_parameters()
-    with torch.enable_grad():
-        log_prob = step_log_prob(chain, recorded.x, recorded.x_next, step_index, cond)
-        dims = recorded.x_next[0].numel()
-        log_ratio = ((log_prob - recorded.log_prob.to(log_prob)) / dims).clamp(-20.0, 20.0)
-        ratio = torch.exp(log_ratio)
-        adv = advantages.to(log_prob)
-        unclipped = -adv * ratio
-        clipped = -adv * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
-        loss = weight * dims * torch.maximum(unclipped, clipped).sum()
-        if stats is not None:  # how many ratios left the clip range (their gradient is cut)
-            outside = ((ratio - 1.0).abs() > clip_range).sum().item()
-            stats["clipped"] = stats.get("clipped", 0.0) + float(outside)
-            stats["ratios"] = stats.get("ratios", 0.0) + float(ratio.numel())
-        return part_gradient(loss, params)

@@ -22,39 +22,47 @@ reward (it scales that prompt's term by 1 - 1/|g|) and std_g is computed from th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
 from ..chain import Chain
 from ..sampling import run_steps, take_step
-from .base import Estimator, Rollout, check_choice, check_positive, part_gradient
+from .base import Estimator, Rollout, RolloutData, part_gradient
+from .memory_pieces import Graph, MemoryPieces, first_order
+from .options import EstimatorOptions, baseline_option, choice, integer, normalize_option, number
 
 ADVANTAGES = ("batch", "group")
 GROUP_STD_EPS = 1e-4
+
+
+@dataclass(frozen=True)
+class DDPOOptions(EstimatorOptions):
+    clip_range: float = number(1e-4, "PPO clip range c: later epochs clip the per-dimension ratio to [1 - c, 1 + c]")
+    normalize: bool = normalize_option(True)
+    baseline: str = baseline_option()
+    inner_epochs: int = integer(2, "PPO epochs (gradients) per sampled batch")
+    advantages: str = choice("batch", "batch: the baseline's advantages over the whole batch; group: per-prompt "
+                                      "standardised rewards (Flow-GRPO / DanceGRPO)", ADVANTAGES)
 
 
 class DDPOEstimator(Estimator):
     """Likelihood ratio on all steps with PPO clipping and inner epochs."""
 
     name = "ddpo"
+    Options = DDPOOptions
     ui_options = ("inner_epochs", "clip_range")
-    option_choices = {"advantages": ADVANTAGES}
 
-    def __init__(
-        self,
-        clip_range: float = 1e-4,
-        normalize: bool = True,
-        baseline: str = "loo",
-        inner_epochs: int = 2,
-        advantages: str = "batch",
-    ) -> None:
-        super().__init__(baseline=baseline, normalize=normalize)
-        check_positive("clip_range", clip_range)
-        check_choice("advantages", advantages, ADVANTAGES)
-        self.advantage_mode = advantages
-        if not isinstance(inner_epochs, int) or inner_epochs < 1:
-            raise ValueError(f"inner_epochs must be an integer >= 1, got {inner_epochs!r}")
-        self.clip_range = float(clip_range)
-        self.inner_epochs = inner_epochs
+    @property
+    def advantage_mode(self) -> str:
+        """``advantages``: "batch" or "group" (the option's name is taken by the method below)."""
+        return self.options.advantages
+
+    def memory_pieces(self, num_steps: int, differentiable_reward: bool) -> MemoryPieces:
+        """One likelihood-ratio step per backward, in turn with the first-order last step."""
+        return MemoryPieces(in_turn={"fo": first_order(differentiable_reward),
+                                     "per_step": Graph(calls=1, log_prob=True)})
 
     def uses_baseline(self) -> bool:
         return self.advantage_mode == "batch" and super().uses_baseline()
@@ -88,7 +96,8 @@ class DDPOEstimator(Estimator):
         return centred[local], inverse_std[local]
 
     def sample(
-        self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
+        self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool,
+        reward: Any = None,
     ) -> Rollout:
         T = chain.num_steps
         noise = self.draw_noise(chain, len(prompts), generator)
@@ -111,7 +120,7 @@ class DDPOEstimator(Estimator):
                 images = chain.decode(last)
             if deterministic:
                 steps["uncovered"] = deterministic
-        return Rollout(chain, list(prompts), images, differentiable_reward, steps, data={"cond": cond, "record": record})
+        return Rollout(chain, list(prompts), images, differentiable_reward, steps, data=RolloutData(cond=cond, record=record))
 
     def parts(self, rollout: Rollout, rewards: torch.Tensor, info: dict[str, float]) -> dict[str, torch.Tensor]:
         """One PPO epoch's gradient; the first call on a rollout is the ratio-1 estimate."""
@@ -124,7 +133,7 @@ class DDPOEstimator(Estimator):
             else:
                 parts["fo"] = self.fo_part(rollout, rewards)
         clip_stats: dict[str, float] = {}
-        lr = self.ppo_part(rollout, rewards, self.clip_range, clip_stats)
+        lr = self.ppo_part(rollout, rewards, self.options.clip_range, clip_stats)
         if lr is not None:
             parts["lr"] = lr
         clipped, ratios = self.sum_numbers([clip_stats.get("clipped", 0.0), clip_stats.get("ratios", 0.0)])

@@ -18,8 +18,8 @@ n last-step calls with backward.
 How it fits the two phases: ``rollout.images`` are the B images of the *first* re-noising (the
 ones that carry the graph, are shown and are scored by the caller); the other n - 1 re-noisings
 are built, scored and backpropagated one at a time inside ``parts``, with the reward that
-``estimate()`` passes in (as rlr's control variate does). Through ``rollout()`` + ``gradient()``
-without ``estimate()`` there is no reward to score the extra re-noisings: the estimate then uses
+``estimate()`` passes to ``rollout`` (kept in ``DraftLVData.reward``). Through ``rollout()`` without the
+reward + ``gradient()`` there is no reward to score the extra re-noisings: the estimate then uses
 the scored one only (``info["renoisings"]`` says how many were averaged). Rows of an extra
 re-noising whose reward is not finite contribute zero to it (``info["renoise_nonfinite"]``).
 Needs a differentiable reward and a chain with ``renoise`` (``DiffusersChain``).
@@ -27,28 +27,38 @@ Needs a differentiable reward and a chain with ``renoise`` (``DiffusersChain``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..chain import Chain
 from ..sampling import indexed_seed, run_steps, take_step
-from .base import Estimator, GradientEstimate, Rollout, part_gradient
+from .base import Estimator, Rollout, RolloutData, part_gradient
+from .memory_pieces import MemoryPieces, first_order
+from .options import EstimatorOptions, integer, normalize_option
+
+
+@dataclass(frozen=True)
+class DraftLVOptions(EstimatorOptions):
+    n: int = integer(2, "re-noisings of the final state averaged per estimate", note=" (re-noisings of the final state)")
+    normalize: bool = normalize_option(False)
+
+
+@dataclass
+class DraftLVData(RolloutData):
+    x_final: torch.Tensor | None = None  # the sampled final state, re-noised by every re-noising
+    seeds: list[int] | None = None  # per-row re-noising streams
+    reward: Any = None  # scores re-noisings 2 .. n (None: only the scored one is used)
 
 
 class DraftLVEstimator(Estimator):
     """Last step only, its first-order gradient averaged over ``n`` re-noisings of the final state."""
 
     name = "draft-lv"
+    Options = DraftLVOptions
     ui_options = ("n",)
     requires_differentiable_reward = True
-
-    def __init__(self, n: int = 2, normalize: bool = False) -> None:
-        super().__init__(baseline="none", normalize=normalize)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an integer >= 1 (re-noisings of the final state), got {n!r}")
-        self.n = n
-        self._reward: Any = None  # set by estimate() to score the re-noisings after the first
 
     def _check_setup(self, chain: Chain, differentiable_reward: bool, batch_size: int) -> None:
         if not callable(getattr(chain, "renoise", None)):
@@ -58,16 +68,12 @@ class DraftLVEstimator(Estimator):
             )
         super()._check_setup(chain, differentiable_reward, batch_size)
 
-    def estimate(self, chain: Chain, reward: Any, prompts: list[str], generator: torch.Generator) -> GradientEstimate:
-        """As the base class; the reward is also kept to score re-noisings 2 .. n inside ``parts``."""
-        self._reward = reward if getattr(reward, "differentiable", False) else None
-        try:
-            return super().estimate(chain, reward, prompts, generator)
-        finally:
-            self._reward = None
+    def memory_pieces(self, num_steps: int, differentiable_reward: bool) -> MemoryPieces:
+        return MemoryPieces(held={"fo": first_order()})  # one re-noising's last step at a time
 
     def sample(
-        self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
+        self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool,
+        reward: Any = None,
     ) -> Rollout:
         T = chain.num_steps
         noise = self.draw_noise(chain, len(prompts), generator)
@@ -76,12 +82,12 @@ class DraftLVEstimator(Estimator):
         with torch.no_grad():
             x_final = run_steps(chain, noise.x0, range(T), cond, noise)
         images = self.redenoise(chain, x_final, cond, seeds, 0)
-        data = {"x_final": x_final, "cond": cond, "seeds": seeds, "reward": self._reward}
+        scorer = reward if getattr(reward, "differentiable", False) else None
+        data = DraftLVData(cond=cond, x_final=x_final, seeds=seeds, reward=scorer)
         steps = {"fo": [T - 1]}
         if T > 1:
             steps["dropped"] = list(range(T - 1))
         return Rollout(chain, list(prompts), images, True, steps=steps, data=data)
-
     @staticmethod
     def redenoise(chain: Any, x_final: torch.Tensor, cond: Any, seeds: list[int], index: int) -> torch.Tensor:
         """Images of re-noising ``index``: x[T] re-noised to step T-1's input, that step run with autograd,
@@ -100,14 +106,14 @@ class DraftLVEstimator(Estimator):
 
     def parts(self, rollout: Rollout, rewards: torch.Tensor, info: dict[str, float]) -> dict[str, torch.Tensor]:
         chain, data = rollout.chain, rollout.data
-        reward = data["reward"]
-        count = self.n if reward is not None else 1
+        reward = data.reward
+        count = self.options.n if reward is not None else 1
         total = self.fo_part(rollout, rewards)  # re-noising 0: the scored rollout images
         scale = self.reward_scale(rewards)
         prompts = [str(p) for p in rollout.prompts]
         nonfinite = 0
         for index in range(1, count):
-            images = self.redenoise(chain, data["x_final"], data["cond"], data["seeds"], index)
+            images = self.redenoise(chain, data.x_final, data.cond, data.seeds, index)
             values = reward(images, prompts)
             finite = torch.isfinite(values.detach())
             nonfinite += int((~finite).sum())

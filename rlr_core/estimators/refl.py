@@ -25,49 +25,66 @@ reward (O(1); ``jumps`` calls with jumps > 1). Needs a differentiable reward and
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ..chain import Chain
 from ..sampling import run_steps
-from .base import Estimator, Rollout, random_int
+from .base import Estimator, Rollout, RolloutData, random_int
+from .memory_pieces import DECODE, REWARD, Graph, MemoryPieces
+from .options import EstimatorOptions, custom, integer, normalize_option
+
+
+def _check_window(name: str, window: Any) -> tuple[int, int]:
+    if (
+        not isinstance(window, (list, tuple)) or len(window) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in window)
+        or not 0 <= window[0] <= window[1]
+    ):
+        raise ValueError(f"{name} must be None (the last quarter of the steps) or two step indices "
+                         f"0 <= a <= b, got {window!r}")
+    return int(window[0]), int(window[1])
+
+
+@dataclass(frozen=True)
+class ReFLOptions(EstimatorOptions):
+    window: tuple[int, int] | None = custom(None, "inclusive step indices [a, b] the stop step j is drawn from "
+                                                  "(None: the last quarter of the steps)", _check_window, none=True)
+    jumps: int = integer(1, "model calls of the prediction of the final state (1: the x0 prediction)",
+                         note=" (model calls of the prediction)")
+    normalize: bool = normalize_option(False)
+
+
+@dataclass
+class ReFLData(RolloutData):
+    j: int = 0  # the step the prediction starts from
 
 
 class ReFLEstimator(Estimator):
     """Stop at a random late step j, predict x[T] in one call with grad, backprop the reward through it."""
 
     name = "refl"
+    Options = ReFLOptions
     ui_options = ("window", "jumps")
     requires_differentiable_reward = True
 
-    def __init__(
-        self, window: tuple[int, int] | list[int] | None = None, jumps: int = 1, normalize: bool = False
-    ) -> None:
-        super().__init__(baseline="none", normalize=normalize)
-        if window is not None:
-            if (
-                not isinstance(window, (list, tuple)) or len(window) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) for v in window)
-                or not 0 <= window[0] <= window[1]
-            ):
-                raise ValueError(f"window must be None (the last quarter of the steps) or two step indices "
-                                 f"0 <= a <= b, got {window!r}")
-            window = (int(window[0]), int(window[1]))
-        if isinstance(jumps, bool) or not isinstance(jumps, int) or jumps < 1:
-            raise ValueError(f"jumps must be an integer >= 1 (model calls of the prediction), got {jumps!r}")
-        self.window = window
-        self.jumps = jumps
-
     def start_window(self, num_steps: int) -> tuple[int, int]:
         """The inclusive range j is drawn from: ``window``, or the last quarter of the steps (at least one)."""
-        if self.window is not None:
-            return self.window
+        if self.options.window is not None:
+            return self.options.window
         return num_steps - max(1, math.ceil(num_steps / 4)), num_steps - 1
+
+    def memory_pieces(self, num_steps: int, differentiable_reward: bool) -> MemoryPieces:
+        jumps = min(self.options.jumps, num_steps)  # predict_final makes at most one call per remaining step
+        return MemoryPieces(held={"prediction": Graph(calls=jumps), "decode": DECODE, "reward": REWARD})
 
     def _check_setup(self, chain: Chain, differentiable_reward: bool, batch_size: int) -> None:
         T = chain.num_steps
-        if self.window is not None and self.window[1] > T - 1:
-            raise ValueError(f"window must lie within [0, num_steps - 1 = {T - 1}], got {list(self.window)}")
+        window = self.options.window
+        if window is not None and window[1] > T - 1:
+            raise ValueError(f"window must lie within [0, num_steps - 1 = {T - 1}], got {list(window)}")
         if not callable(getattr(chain, "predict_final", None)):
             raise ValueError(
                 f"refl needs a chain with predict_final(x, k, cond, jumps) (a one-call prediction of the final "
@@ -76,7 +93,8 @@ class ReFLEstimator(Estimator):
         super()._check_setup(chain, differentiable_reward, batch_size)
 
     def sample(
-        self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
+        self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool,
+        reward: Any = None,
     ) -> Rollout:
         T = chain.num_steps
         a, b = self.start_window(T)
@@ -86,13 +104,13 @@ class ReFLEstimator(Estimator):
         with torch.no_grad():
             x_j = run_steps(chain, noise.x0, range(0, j), cond, noise)
         with torch.enable_grad():
-            final = chain.predict_final(x_j.detach(), j, cond, jumps=self.jumps)
+            final = chain.predict_final(x_j.detach(), j, cond, jumps=self.options.jumps)
             images = chain.decode(final)
         steps = {"fo": list(range(j, T))}  # stood in for by the one-call prediction
         if j > 0:
             steps["dropped"] = list(range(0, j))
-        return Rollout(chain, list(prompts), images, True, steps=steps, data={"j": j})
+        return Rollout(chain, list(prompts), images, True, steps=steps, data=ReFLData(j=j))
 
     def parts(self, rollout: Rollout, rewards: torch.Tensor, info: dict[str, float]) -> dict[str, torch.Tensor]:
-        info["j"] = float(rollout.data["j"])
+        info["j"] = float(rollout.data.j)
         return {"fo": self.fo_part(rollout, rewards)}

@@ -1,4 +1,4 @@
-"""rlr-released: what the authors' released code does (SPEC-RLR.md §4), for comparison.
+"""rlr-released: what the authors' released code does (docs/estimators.md), for comparison.
 
 First order on the last step, plus ``chain_len`` single-step PPO-clipped likelihood-ratio
 terms at uniformly random earlier steps, with batch-normalized advantages and no zeroth-order
@@ -8,39 +8,51 @@ is biased. Needs a differentiable reward (its first-order step backpropagates th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
 from ..chain import Chain
 from ..sampling import run_steps, take_step
-from .base import Estimator, Rollout, check_positive, part_gradient
+from .base import Estimator, Rollout, RolloutData, part_gradient
+from .memory_pieces import Graph, MemoryPieces, first_order
+from .options import EstimatorOptions, baseline_option, integer, normalize_option, number
+
+
+@dataclass(frozen=True)
+class RLRReleasedOptions(EstimatorOptions):
+    chain_len: int = integer(2, "random earlier steps given a single-step PPO likelihood-ratio term")
+    clip_range: float = number(1e-4, "PPO clip range of those terms")
+    normalize: bool = normalize_option(True)
+    baseline: str = baseline_option()
 
 
 class RLRReleasedEstimator(Estimator):
     """FO last step + ``chain_len`` random single-step PPO likelihood-ratio terms, no ZO."""
 
     name = "rlr-released"
+    Options = RLRReleasedOptions
     ui_options = ("chain_len",)
     requires_differentiable_reward = True
 
-    def __init__(self, chain_len: int = 2, clip_range: float = 1e-4, normalize: bool = True, baseline: str = "loo") -> None:
-        super().__init__(baseline=baseline, normalize=normalize)
-        if not isinstance(chain_len, int) or chain_len < 1:
-            raise ValueError(f"chain_len must be an integer >= 1, got {chain_len!r}")
-        check_positive("clip_range", clip_range)
-        self.chain_len = chain_len
-        self.clip_range = float(clip_range)
+    def memory_pieces(self, num_steps: int, differentiable_reward: bool) -> MemoryPieces:
+        """One likelihood-ratio step per backward, in turn with the first-order last step."""
+        return MemoryPieces(in_turn={"fo": first_order(differentiable_reward),
+                                     "per_step": Graph(calls=1, log_prob=True)})
 
     def _check_setup(self, chain: Chain, differentiable_reward: bool, batch_size: int) -> None:
-        if self.chain_len > chain.num_steps - 1:
-            raise ValueError(f"chain_len must be <= num_steps - 1 = {chain.num_steps - 1}, got {self.chain_len}")
+        if self.options.chain_len > chain.num_steps - 1:
+            raise ValueError(f"chain_len must be <= num_steps - 1 = {chain.num_steps - 1}, got {self.options.chain_len}")
         super()._check_setup(chain, differentiable_reward, batch_size)
 
     def sample(
-        self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool
+        self, chain: Chain, prompts: list[str], generator: torch.Generator, differentiable_reward: bool,
+        reward: Any = None,
     ) -> Rollout:
         T = chain.num_steps
         order = torch.randperm(T - 1, generator=generator, device=generator.device).tolist()
-        lr_steps = sorted(order[: self.chain_len])
+        lr_steps = sorted(order[: self.options.chain_len])
         noise = self.draw_noise(chain, len(prompts), generator)
         cond = chain.condition(list(prompts))
         record = {k: None for k in lr_steps}
@@ -51,9 +63,9 @@ class RLRReleasedEstimator(Estimator):
             images = chain.decode(x_T)
         dropped = [k for k in range(T - 1) if k not in lr_steps]
         return Rollout(chain, list(prompts), images, True, steps={"fo": [T - 1], "lr": lr_steps, "dropped": dropped},
-                       data={"cond": cond, "record": record})
+                       data=RolloutData(cond=cond, record=record))
 
     def parts(self, rollout: Rollout, rewards: torch.Tensor, info: dict[str, float]) -> dict[str, torch.Tensor]:
         # the released code does not normalise its first-order term, only the advantages
         fo = part_gradient(-rewards.sum() / self.batch_size(rewards), rollout.chain.trainable_parameters())
-        return {"fo": fo, "lr": self.ppo_part(rollout, rewards, self.clip_range)}
+        return {"fo": fo, "lr": self.ppo_part(rollout, rewards, self.options.clip_range)}

@@ -1,4 +1,4 @@
-"""The LAION aesthetic predictor (SPEC-RLR.md section 8) and the CLIP score, on open_clip.
+"""The LAION aesthetic predictor and the CLIP score, on open_clip (see docs/rewards.md).
 
 Both are differentiable with respect to the pixels: preprocessing is done in torch
 (:func:`rlr_core.rewards.clip_models.preprocess`) and the CLIP weights are frozen, not detached.

@@ -16,9 +16,8 @@ from typing import Callable
 
 import torch
 
+from rlr_core.hosted import HOSTED_ENV
 from rlr_core.rewards.simple import check_images
-
-HOSTED_ENV = "RLR_STUDIO_HOSTED"
 
 
 def is_plugin_spec(name: str) -> bool:

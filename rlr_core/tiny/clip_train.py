@@ -19,7 +19,7 @@ captions with their own colour and background and the empty caption ("a white ba
 themselves within an L2 ball per image instead: without it the star demo's reward was fooled by
 painted texture even under the exact gradient.
 ``--empty`` replaces a share of each batch by the same images with the shapes removed. ``--blob``,
-``--tiny`` and ``--noise`` (not used by the shipped weights; README, "Measured: the star demo")
+``--tiny`` and ``--noise`` (not used by the shipped weights; docs/models.md)
 replace a share by an irregular polygon ("a red blob on a white background"), by the shape drawn
 tiny ("a small red star ...") and by pixel noise over the background ("a noisy image"). Without it an optimiser (the star demo) finds
 images that read as "star" without being stars.
@@ -37,93 +37,19 @@ import json
 import math
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from .captions import hard_negative, shape_classes
+from .clip_data import augment, blob_version, empty_version, noise_image, noise_version, rendered_set, tiny_version
+from .clip_losses import contrastive_loss, robust_shape_loss, zero_shot_accuracy
 from .clip_model import ASSET_DIR, TinyClip, TinyClipConfig, clear_tiny_clip_cache, load_tiny_clip, save_tiny_clip
-from .data import (BG_COLORS, BLOB, COLORS, HOLDOUT_START, SHAPES, Sample, ShapeSpec, blob_points, caption_for, eval_prompts,
-                   make_sample, render)
+from .data import BLOB, HOLDOUT_START, SHAPES, eval_prompts, make_sample, render
 
-ATTRIBUTES = ("color", "shape", "background")
 GENERATED_SEED0 = HOLDOUT_START + 2_000_000  # noise seeds of the generated evaluation images
 
-
-def backgrounds_for(color: str) -> list[str]:
-    """Every background the data pairs with a foreground ``color`` (never the same colour)."""
-    out = [b for b in ("white", "black", "gray") if b != color]
-    out += [b for b in BG_COLORS if b != color]
-    if color != "white":
-        out += [f"{b} gradient" for b in BG_COLORS if b != color]
-    return out
-
-
-def colors_for(background: str) -> list[str]:
-    """Every foreground colour the data pairs with ``background``."""
-    return [c for c in COLORS if background in backgrounds_for(c)]
-
-
-def candidates(color: str, shape: str, background: str, attribute: str, count: int = 1, size_word: str = "") -> tuple[list[str], int]:
-    """(captions varying ``attribute`` with the other two fixed, index of the true one)."""
-    if attribute == "color":
-        values = colors_for(background)
-        caps = [caption_for(v, shape, background, count, size_word) for v in values]
-        return caps, values.index(color)
-    if attribute == "shape":
-        caps = [caption_for(color, v, background, count, size_word) for v in SHAPES]
-        return caps, SHAPES.index(shape)
-    if attribute == "background":
-        values = backgrounds_for(color)
-        caps = [caption_for(color, shape, v, count, size_word) for v in values]
-        return caps, values.index(background)
-    raise ValueError(f"attribute={attribute!r} is not allowed; allowed values: {list(ATTRIBUTES)}")
-
-
-def contrast_captions(color: str, shape: str, background: str, small: bool = False, extended: bool = False) -> list[str]:
-    """Every caption that changes one attribute of "a {color} {shape} on a {background} background"
-    (the other shapes, colours and backgrounds the data allows), then the empty caption: the
-    ``contrast_texts`` of a classification-style clip reward (the star demo). ``small``: also the 4 shapes
-    with the size word "small" ("a small red circle on a white background", ...), so that shrinking the
-    shape does not pay: tiny-clip reads a tiny circle as "a red star" otherwise
-    (``benchmarks/star_landscape.py``). ``extended``: also the
-    empty canvases of the other plain backgrounds, the same with an irregular blob instead of the shape
-    ("a red blob on a white background") and "a noisy image" (only meaningful for a tiny-clip trained
-    with ``--blob`` / ``--noise``; the shipped weights were not)."""
-    out = []
-    for attribute in ("shape", "color", "background"):
-        caps, truth = candidates(color, shape, background, attribute)
-        out += [c for i, c in enumerate(caps) if i != truth]
-    out.append(empty_caption(background))
-    if small:
-        out += [caption_for(color, s, background, 1, "small") for s in SHAPES]
-    if extended:
-        out += [empty_caption(b) for b in ("white", "black", "gray", *BG_COLORS) if b != background]
-        out += [caption_for(color, BLOB, background), NOISE_CAPTION]
-    return out
-
-
-@torch.no_grad()
-def zero_shot_accuracy(model: TinyClip, images: torch.Tensor, labels: list[tuple[str, str, str]]) -> dict[str, float]:
-    """Zero-shot accuracy per attribute of ``images`` [N,3,H,W] in [0,1] with (colour, shape, background) labels."""
-    img = model.encode_image(images)
-    text_cache: dict[str, torch.Tensor] = {}
-
-    def emb(texts: list[str]) -> torch.Tensor:
-        missing = [t for t in texts if t not in text_cache]
-        if missing:
-            for t, e in zip(missing, model.encode_text(missing)):
-                text_cache[t] = e
-        return torch.stack([text_cache[t] for t in texts])
-
-    right = {a: 0 for a in ATTRIBUTES}
-    for i, (color, shape, background) in enumerate(labels):
-        for attr in ATTRIBUTES:
-            caps, truth = candidates(color, shape, background, attr)
-            right[attr] += int(int((emb(caps) @ img[i]).argmax()) == truth)
-    return {a: right[a] / max(len(labels), 1) for a in ATTRIBUTES}
 
 
 def generated_eval_set(n: int | None = None, seed0: int = GENERATED_SEED0, batch: int = 35) -> tuple[torch.Tensor, list[tuple[str, str, str]], list[str]]:
@@ -145,240 +71,6 @@ def generated_eval_set(n: int | None = None, seed0: int = GENERATED_SEED0, batch
         for i in range(0, len(prompts), batch):
             images.append(sample(chain, prompts[i : i + batch], seeds=[seed0 + j for j in range(i, min(i + batch, len(prompts)))]))
     return torch.cat(images).float().cpu(), [(c, s, b) for _, c, s, b in items], prompts
-
-
-def rendered_set(seeds) -> tuple[torch.Tensor, list[tuple[str, str, str]]]:
-    """Rendered single-shape images of ``seeds`` (multi-shape samples skipped) with their labels."""
-    imgs, labels = [], []
-    for s in seeds:
-        arr, sp = make_sample(int(s))
-        if sp.count != 1 or sp.size_word:
-            continue
-        imgs.append(arr)
-        labels.append((sp.color, sp.shape, sp.background))
-    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
-    return x, labels
-
-
-def hard_negative(sample: Sample, rng: np.random.Generator, shapes: tuple[str, ...] = SHAPES) -> str:
-    """``sample``'s caption with one attribute (colour, shape among ``shapes`` or background) changed to
-    another valid value (for an empty or noise image: a shape of its colour on its background)."""
-    attr = ATTRIBUTES[int(rng.integers(3))]
-    color, shape, bg = sample.color, sample.shape, sample.background
-    if shape in (EMPTY, NOISE):
-        return caption_for(color, SHAPES[int(rng.integers(len(SHAPES)))], bg)
-    if attr == "color":
-        others = [c for c in colors_for(bg) if c != color]
-        color = others[int(rng.integers(len(others)))]
-    elif attr == "shape":
-        others = [s for s in shapes if s != shape]
-        shape = others[int(rng.integers(len(others)))]
-    else:
-        others = [b for b in backgrounds_for(color) if b != bg]
-        bg = others[int(rng.integers(len(others)))]
-    return caption_for(color, shape, bg, sample.count, sample.size_word)
-
-
-def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Label-preserving augmentations of [B,3,32,32] in [0,1]: flip, blur, noise, colour gain/offset."""
-    b = x.shape[0]
-    flip = torch.rand(b, generator=g) < 0.5
-    x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
-    kernel = torch.tensor([1.0, 2.0, 1.0])
-    kernel = (kernel[:, None] * kernel[None, :] / 16.0).expand(3, 1, 3, 3)
-    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
-    a = torch.rand(b, 1, 1, 1, generator=g) * 0.7
-    x = (1 - a) * x + a * blurred
-    gain = 1 + (torch.rand(b, 3, 1, 1, generator=g) - 0.5) * 0.12
-    offset = (torch.rand(b, 3, 1, 1, generator=g) - 0.5) * 0.08
-    sigma = torch.rand(b, 1, 1, 1, generator=g) * 0.06
-    x = x * gain + offset + sigma * torch.randn(x.shape, generator=g)
-    return x.clamp(0, 1)
-
-
-EMPTY = "none"  # the shape of an image with no shape (background only)
-
-
-def empty_caption(background: str) -> str:
-    """The caption of an image with nothing on it: "a white background"."""
-    return f"a {background} background"
-
-
-def empty_version(sample: Sample) -> Sample:
-    """``sample`` with its shapes removed (background only), captioned by :func:`empty_caption`."""
-    return replace(sample, caption=empty_caption(sample.background), shape=EMPTY, count=0, size_word="", shapes=())
-
-
-def blob_version(sample: Sample, rng: np.random.Generator) -> Sample:
-    """``sample``'s colour and background with one irregular polygon (:func:`data.blob_points`) of any
-    size (half extent 0.06-0.40, tiny included) instead of its shapes, captioned "a red blob on a white
-    background": what a reward-hacking run draws when a spiky fragment reads as a star."""
-    r = float(rng.uniform(0.06, 0.40))
-    cx, cy = (float(v) for v in rng.uniform(r + 0.02, 1 - r - 0.02, size=2))
-    spec = ShapeSpec(BLOB, sample.color, cx, cy, r, blob_points(rng))
-    return replace(sample, caption=caption_for(sample.color, BLOB, sample.background), shape=BLOB, count=1, size_word="",
-                   shapes=(spec,))
-
-
-def tiny_version(sample: Sample, rng: np.random.Generator) -> Sample:
-    """``sample``'s first shape redrawn tiny (half extent 0.07-0.17, below the data's "small" 0.18-0.22) at a
-    random place, captioned with size word "small": a tiny star is a star, a tiny circle is not."""
-    first = sample.shapes[0]
-    r = float(rng.uniform(0.07, 0.17))
-    cx, cy = (float(v) for v in rng.uniform(r + 0.04, 1 - r - 0.04, size=2))
-    spec = replace(first, cx=cx, cy=cy, r=r)
-    return replace(sample, caption=caption_for(sample.color, sample.shape, sample.background, 1, "small"), count=1,
-                   size_word="small", shapes=(spec,))
-
-
-NOISE = "noise"  # an image of pixel noise over a background, captioned NOISE_CAPTION
-NOISE_CAPTION = "a noisy image"
-
-
-def noise_version(sample: Sample) -> Sample:
-    """``sample`` as a noise image (see :func:`noise_image`), captioned "a noisy image"."""
-    return replace(sample, caption=NOISE_CAPTION, shape=NOISE, count=0, size_word="", shapes=())
-
-
-def noise_image(background: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """[3,H,W] in [0,1]: ``background`` blended 30-100% toward uniform pixel noise (coloured or grey,
-    sometimes blurred to blotches): what a run that breaks the diffusion model draws."""
-    noise = torch.rand(background.shape, generator=g)
-    if float(torch.rand(1, generator=g)) < 0.3:
-        noise = noise.mean(0, keepdim=True).expand_as(background)
-    if float(torch.rand(1, generator=g)) < 0.3:
-        noise = F.avg_pool2d(noise[None], 3, stride=1, padding=1, count_include_pad=False)[0]
-    a = 0.3 + 0.7 * float(torch.rand(1, generator=g))
-    return ((1 - a) * background + a * noise).clamp(0, 1)
-
-
-def shape_classes(blob: bool = False, noise: bool = False) -> tuple[str, ...]:
-    """What the robust shape loss tells apart: the 4 shapes, the blob (``--blob``), the empty canvas and
-    pixel noise (``--noise``). Without the two options: the classes of the shipped weights."""
-    return (*SHAPES, *((BLOB,) if blob else ()), EMPTY, *((NOISE,) if noise else ()))
-
-
-SHAPE_CLASSES = shape_classes()  # the shipped weights' robust-loss classes
-
-
-def shape_caption(sample: Sample, shape: str) -> str:
-    """``sample``'s caption with its shape replaced by ``shape`` (one of :func:`shape_classes`): the colour,
-    background, count and size as drawn; "a white background" for EMPTY, "a noisy image" for NOISE."""
-    if shape == EMPTY:
-        return empty_caption(sample.background)
-    if shape == NOISE:
-        return NOISE_CAPTION
-    if shape == BLOB:
-        return caption_for(sample.color, BLOB, sample.background)
-    return caption_for(sample.color, shape, sample.background, max(sample.count, 1), sample.size_word)
-
-
-def shape_captions(samples: list[Sample], classes: tuple[str, ...] = SHAPE_CLASSES) -> list[str]:
-    """For each sample, :func:`shape_caption` of each class: len(classes) x B texts, in the order of ``classes``."""
-    return [shape_caption(sp, shape) for sp in samples for shape in classes]
-
-
-def shape_logits(model: TinyClip, images: torch.Tensor, shape_text: torch.Tensor) -> torch.Tensor:
-    """[B, K] logits of the K shape captions per image; ``shape_text`` is [B, K, D] (normalised)."""
-    img = model.encode_image(images)
-    return model.scale() * torch.einsum("bd,bkd->bk", img, shape_text)
-
-
-def shrink(x: torch.Tensor, g: torch.Generator, share: float = 0.5) -> torch.Tensor:
-    """``share`` of the images scaled down to 40-90% about the centre, the rim filled with the corner pixel."""
-    out = x.clone()
-    size = x.shape[-1]
-    for i in torch.nonzero(torch.rand(x.shape[0], generator=g) < share).flatten().tolist():
-        side = max(int(round(size * (0.4 + 0.5 * float(torch.rand(1, generator=g))))), 4)
-        small = F.interpolate(x[i : i + 1], size=(side, side), mode="bilinear", antialias=True, align_corners=False)[0]
-        top = (size - side) // 2
-        out[i] = x[i, :, :1, :1]
-        out[i, :, top : top + side, top : top + side] = small
-    return out
-
-
-def off_distribution(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Images pushed off the data distribution but keeping their shape: what a reward-hacking run draws.
-
-    Per image: half of them shrunk to 40-90% of their size about the centre (tiny shapes), a blend
-    toward a random tint (0-60%: pink / washed-out backgrounds), per-channel gain
-    (0.6-1.2) and offset (+-0.2) (dull or shifted colours), a loss of contrast toward the image mean
-    (0-50%), then Gaussian noise (sigma 0-0.1). The shape itself is untouched.
-    """
-    b = x.shape[0]
-    x = shrink(x, g)
-    tint = torch.rand(b, 3, 1, 1, generator=g)
-    a = torch.rand(b, 1, 1, 1, generator=g) * 0.6
-    x = (1 - a) * x + a * tint
-    gain = 0.6 + 0.6 * torch.rand(b, 3, 1, 1, generator=g)
-    offset = (torch.rand(b, 3, 1, 1, generator=g) - 0.5) * 0.4
-    x = x * gain + offset
-    c = torch.rand(b, 1, 1, 1, generator=g) * 0.5
-    x = (1 - c) * x + c * x.mean(dim=(1, 2, 3), keepdim=True)
-    x = x + torch.rand(b, 1, 1, 1, generator=g) * 0.1 * torch.randn(x.shape, generator=g)
-    return x.clamp(0, 1)
-
-
-def _l2_project(delta: torch.Tensor, eps: float) -> torch.Tensor:
-    norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-    return delta * (eps / norm).clamp(max=1.0)
-
-
-def adversarial(model: TinyClip, images: torch.Tensor, shape_text: torch.Tensor, truth: torch.Tensor, eps: float, steps: int,
-                g: torch.Generator, norm: str = "linf") -> torch.Tensor:
-    """PGD that maximises the shape cross-entropy from a random start, within an L-inf ball of radius
-    ``eps`` (``norm="linf"``: steps of eps/2 along the gradient's sign) or an L2 ball per image
-    (``norm="l2"``: steps of 2.5 eps/steps along the normalised gradient, the Madry et al. schedule)."""
-    if norm == "linf":
-        delta = (torch.rand(images.shape, generator=g) * 2 - 1) * eps
-    elif norm == "l2":
-        delta = _l2_project(torch.randn(images.shape, generator=g) * eps, eps * float(torch.rand(1, generator=g)))
-    else:
-        raise ValueError(f"norm={norm!r} is not allowed; allowed values: 'linf', 'l2'")
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        loss = F.cross_entropy(shape_logits(model, (images + delta).clamp(0, 1), shape_text), truth)
-        (grad,) = torch.autograd.grad(loss, delta)
-        if norm == "linf":
-            delta = (delta.detach() + 0.5 * eps * grad.sign()).clamp(-eps, eps)
-        else:
-            step = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-            delta = _l2_project(delta.detach() + 2.5 * eps / steps * step, eps)
-    return (images + delta).clamp(0, 1).detach()
-
-
-def robust_shape_loss(model: TinyClip, images: torch.Tensor, batch: list[Sample], eps: float, steps: int,
-                      g: torch.Generator, classes: tuple[str, ...] = SHAPE_CLASSES, norm: str = "linf",
-                      attack_clean: bool = False) -> torch.Tensor:
-    """Shape cross-entropy (among the captions of ``classes`` with the sample's own colour and background:
-    the 4 shapes, the empty caption, and the blob / noise captions when trained with them) of
-    off-distribution versions of ``images`` and of PGD adversarial versions of them: a change that is not
-    a change of shape must not move the shape scores (the star demo's reward hacking). ``attack_clean``:
-    the PGD attacks the images themselves, not their off-distribution versions."""
-    text = model.encode_text(shape_captions(batch, classes)).view(len(batch), len(classes), -1)
-    truth = torch.tensor([classes.index(sp.shape) for sp in batch])
-    shifted = off_distribution(images, g)
-    start = images if attack_clean else shifted
-    attacked = adversarial(model, start, text.detach(), truth, eps, steps, g, norm) if steps > 0 else start
-    both = torch.cat([shifted, attacked])
-    return F.cross_entropy(shape_logits(model, both, torch.cat([text, text])), torch.cat([truth, truth]))
-
-
-def contrastive_loss(model: TinyClip, images: torch.Tensor, captions: list[str], negatives: list[str]) -> torch.Tensor:
-    """Symmetric CLIP loss; equal captions are positives; ``negatives`` are extra texts for image->text."""
-    img = model.encode_image(images)
-    texts = list(captions) + list(negatives)
-    txt = model.encode_text(texts)
-    logits = model.scale() * img @ txt.T  # [B, 2B]
-    index = {t: i for i, t in enumerate(dict.fromkeys(texts))}
-    tid = torch.tensor([index[t] for t in texts])
-    cid = tid[: len(captions)]
-    pos = (cid[:, None] == tid[None, :]).float()  # [B, 2B]
-    i2t = -(torch.logsumexp(logits.masked_fill(pos == 0, -1e9), dim=1) - torch.logsumexp(logits, dim=1)).mean()
-    t_logits = logits[:, : len(captions)].T  # [B texts, B images]
-    t_pos = (cid[:, None] == cid[None, :]).float()
-    t2i = -(torch.logsumexp(t_logits.masked_fill(t_pos == 0, -1e9), dim=1) - torch.logsumexp(t_logits, dim=1)).mean()
-    return 0.5 * (i2t + t2i)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -546,3 +238,4 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     main()
+

@@ -38,7 +38,7 @@ def grid_prompts():
 def _sampler(model: str, use_chain: bool, num_steps, guidance, eta):
     """Returns (fn(prompts, seeds) -> images [B,3,H,W] in [0,1], defaults)."""
     if use_chain:
-        from rlr_core.diffusers_chain import load_model
+        from rlr_core.models import load_model
         from rlr_core.sampling import sample
 
         meta_path = Path(model) / "rlr_studio.json"

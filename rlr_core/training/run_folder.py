@@ -1,6 +1,7 @@
-"""Checkpoint helpers: RNG states in a ``weights_only``-loadable form, atomic directory and file
-writes, removing the temporaries a killed process left behind, and finding the newest complete
-checkpoint of a run.
+"""The run folder (``output_dir``) on disk: RNG states in a ``weights_only``-loadable form, atomic
+directory and file writes, removing the temporaries a killed process left behind, the checkpoint
+folders (``checkpoints/step-NNNNNN``: finding the newest complete one, pruning old ones) and the
+metrics file (``metrics.jsonl``: one JSON line per iteration).
 
 Every temporary is a hidden sibling of its target named ``.<target>.tmp-<pid>`` (or
 ``.<target>.old-<pid>`` for the copy being replaced), so ``remove_stale_temporaries`` can tell
@@ -9,6 +10,7 @@ whose it is: only those of processes that are no longer running are removed."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -22,6 +24,7 @@ import torch
 
 CHECKPOINT_FILE = "trainer_state.pt"
 CHECKPOINT_PREFIX = "step-"
+METRICS_FILE = "metrics.jsonl"
 
 
 def rng_state() -> dict[str, Any]:
@@ -168,6 +171,49 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """The newest complete checkpoint directory in ``output_dir/checkpoints``, or None."""
     dirs = checkpoint_dirs(output_dir)
     return dirs[-1] if dirs else None
+
+
+def checkpoint_dir(output_dir: str | os.PathLike, step: int) -> Path:
+    """The checkpoint directory of iteration ``step``: ``output_dir/checkpoints/step-NNNNNN``."""
+    return Path(output_dir) / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:06d}"
+
+
+def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> None:
+    """Remove all but the newest ``keep`` complete checkpoints of ``output_dir``."""
+    for old in checkpoint_dirs(output_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------- metrics.jsonl
+def metrics_path(output_dir: str | os.PathLike) -> Path:
+    """``output_dir/metrics.jsonl``."""
+    return Path(output_dir) / METRICS_FILE
+
+
+def append_metrics(output_dir: str | os.PathLike, line: dict[str, Any]) -> None:
+    """Append one JSON line (an iteration's metrics) to ``output_dir/metrics.jsonl``."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    with open(metrics_path(output_dir), "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line) + "\n")
+
+
+def truncate_metrics(output_dir: str | os.PathLike, step: int) -> None:
+    """Drop metric lines of iterations after ``step`` (they will be run again), and unreadable ones.
+
+    The file is rewritten through a temporary file and ``os.replace``, never in place: a crash
+    meanwhile leaves the old file whole.
+    """
+    path = metrics_path(output_dir)
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _to_lists(value: Any) -> Any:

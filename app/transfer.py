@@ -1,0 +1,115 @@
+"""Files in and out of the app, without Gradio: the Export tab's LoRA and config (with a usage snippet),
+and the uploads that continue from files (a config for the Train form, a LoRA for the session's run).
+Uploads are read safely and size-capped (``caps(hosted)``, docs/hosting.md).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rlr_core.config import TrainConfig
+from rlr_core.estimators import estimator_options
+from rlr_core.hosted import check_hosted
+
+from . import runs
+from .errors import FieldError
+from .form import config_from_form
+from .runs import Run
+from .settings import caps
+from .training import create_run, require_run
+
+__all__ = ["export", "portable_config", "snippet", "load_config_file", "check_upload_size", "upload_lora"]
+
+
+def export(session: str) -> tuple[Path, Path, str]:
+    """Write the LoRA (.safetensors, via chain.save_lora) and a config ``rlr-train`` runs as is; return
+    the two paths and the usage snippet for the loaded model."""
+    run = require_run(session, "export")
+    if run.running:
+        raise FieldError("export", "training is running; stop it (the LoRA is kept) or wait for the end")
+    shutil.rmtree(run.output_dir / "export", ignore_errors=True)  # only the newest export is kept (disk)
+    folder = run.output_dir / "export" / f"step-{run.step:06d}"
+    with runs.using(run) as chain:
+        chain.save_lora(folder)
+    weights = next(folder.glob("*.safetensors"))
+    config_path = folder / "rlr_config.yaml"
+    portable_config(run.config).to_yaml(config_path)
+    return weights, config_path, snippet(run)
+
+
+def portable_config(config: TrainConfig) -> TrainConfig:
+    """The run's config as a file for ``rlr-train``: a relative output folder and the CLI's defaults for
+    logging and checkpoints (the app writes neither)."""
+    cli = TrainConfig()
+    return config.replace(output_dir=f"runs/{config.estimator}-{config.reward}", checkpoint_every=cli.checkpoint_every,
+                          log_every=cli.log_every, resume=False)
+
+
+def snippet(run: Run) -> str:
+    """How to use the exported LoRA with the loaded model: diffusers for SD-type models, rlr_core for the
+    pixel-space tiny model (no VAE, not a StableDiffusionPipeline)."""
+    config = run.config
+    prompt = config.prompts[0]
+    with_rlr_core = (
+        "```python\n"
+        "from rlr_core import load_model, sample\n\n"
+        f"chain = load_model({config.model!r}, lora_rank={config.lora_rank}, num_steps={config.num_steps}"
+        f"{'' if config.lora_targets == 'attention' else f', lora_targets={config.lora_targets!r}'})\n"
+        "chain.load_lora(\"pytorch_lora_weights.safetensors\")  # the file downloaded here\n"
+        f"images = sample(chain, [{prompt!r}] * 4, seeds=[0, 1, 2, 3])  # [4, 3, H, W] in [0, 1]\n"
+        "```\n\n"
+        "Or continue training headless: `rlr-train --config rlr_config.yaml`."
+    )
+    if run.chain.vae is None:
+        return "The tiny model samples in pixel space (no VAE), so it runs through rlr_core:\n\n" + with_rlr_core
+    return (
+        "```python\n"
+        "import torch\n"
+        "from diffusers import StableDiffusionPipeline\n\n"
+        f"pipe = StableDiffusionPipeline.from_pretrained({config.model!r}, torch_dtype=torch.float16).to(\"cuda\")\n"
+        "pipe.load_lora_weights(\"pytorch_lora_weights.safetensors\")  # the file downloaded here\n"
+        f"image = pipe({prompt!r}, num_inference_steps={config.num_steps}).images[0]\n"
+        "```\n\nWith rlr_core instead:\n\n" + with_rlr_core
+    )
+
+
+def load_config_file(path: str, hosted: bool) -> TrainConfig:
+    """An uploaded config, read safely (size limit, no YAML aliases, bounded nesting) and validated."""
+    check_upload_size("config file", path, caps(hosted)["config_bytes"])
+    try:
+        config = TrainConfig.from_file(path, max_bytes=caps(hosted)["config_bytes"])  # validated
+        defaults = estimator_options(config.estimator)  # an unknown estimator is refused here
+        return check_hosted(config, defaults) if hosted else config
+    except ValueError as error:  # from_file refuses deep nesting itself, before any recursion
+        raise FieldError("config file", str(error)) from None
+
+
+def check_upload_size(label: str, path: str, limit: int) -> None:
+    """FieldError naming ``label`` when the uploaded file is missing or larger than ``limit`` bytes."""
+    try:
+        size = Path(str(path)).stat().st_size
+    except (OSError, TypeError, ValueError):
+        raise FieldError(label, "the upload did not arrive; upload the file again") from None
+    if size > limit:
+        raise FieldError(label, f"must be at most {limit / 2**20:.2g} MB here; got {size / 2**20:.3g} MB")
+
+
+def upload_lora(session: str, path: str, form: dict[str, Any], hosted: bool) -> Run:
+    """Load an uploaded LoRA (.safetensors from Export / save_lora) into the session's run."""
+    if not path or not str(path).endswith(".safetensors"):
+        raise FieldError("LoRA file", f"must be a .safetensors file written by Export (save_lora); got {Path(str(path)).name!r}")
+    check_upload_size("LoRA file", path, caps(hosted)["lora_bytes"])
+    run = runs.session_run(session)
+    if run is not None and run.running:
+        raise FieldError("LoRA file", "training is running in this session; stop it first")
+    if run is None:
+        run = create_run(session, config_from_form(form, hosted), hosted)
+    with runs.using(run) as chain:
+        try:
+            chain.load_lora(path)
+        except (ValueError, FileNotFoundError, OSError) as error:
+            raise FieldError("LoRA file", str(error)) from None
+    run.status = f"Loaded LoRA {Path(path).name}; tick 'Continue from the current LoRA' and Start to train on"
+    return run

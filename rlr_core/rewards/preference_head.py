@@ -1,0 +1,182 @@
+"""The learned preference reward: a Bradley-Terry (logistic) head on image features, refitted on a click log.
+
+Image features are open_clip image embeddings when the weights are available (or the bundled tiny-clip),
+a weight-free differentiable colour/layout feature otherwise. The head is a differentiable Reward
+(``get_reward("preference", mode="learned", log_path=...)``), so RLR's first-order part applies.
+See docs/rewards.md (preference).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rlr_core.hub import WeightsUnavailableError
+from rlr_core.rewards.click_log import ClickLog
+from rlr_core.rewards.clip_models import encode_images, load_clip
+from rlr_core.rewards.simple import check_images
+
+__all__ = ["MODES", "FEATURES", "PreferenceReward", "pixel_features"]
+
+MODES = ("direct", "learned")
+FEATURES = ("auto", "clip", "tiny-clip", "pixels")  # tiny-clip = clip features from the bundled tiny-clip
+
+
+def pixel_features(images: torch.Tensor, bins: int = 8) -> torch.Tensor:
+    """Weight-free differentiable image features [B, 3*bins + 48 + 8].
+
+    Soft per-channel colour histograms (Gaussian soft binning), a 4x4 average-pooled thumbnail,
+    per-channel mean and std, mean chroma (max - min channel) and edge energy.
+    """
+    x = images.float().clamp(0, 1)
+    b = x.shape[0]
+    centers = torch.linspace(0, 1, bins, device=x.device).view(1, 1, bins, 1)
+    width = 1.0 / bins
+    flat = x.flatten(2).unsqueeze(2)  # [B, 3, 1, HW]
+    weights = torch.exp(-0.5 * ((flat - centers) / width) ** 2)
+    weights = weights / weights.sum(dim=2, keepdim=True).clamp_min(1e-8)
+    hist = weights.mean(dim=-1).reshape(b, 3 * bins)
+    thumb = F.adaptive_avg_pool2d(x, 4).reshape(b, 48)
+    mean = x.mean(dim=(2, 3))
+    std = (x.var(dim=(2, 3), unbiased=False) + 1e-8).sqrt()
+    chroma = (x.max(dim=1).values - x.min(dim=1).values).mean(dim=(1, 2)).unsqueeze(1)
+    gray = x.mean(dim=1)
+    edges = ((gray[:, 1:, :] - gray[:, :-1, :]).abs().mean(dim=(1, 2)) + (gray[:, :, 1:] - gray[:, :, :-1]).abs().mean(dim=(1, 2))).unsqueeze(1)
+    return torch.cat([hist, thumb, mean, std, chroma, edges], dim=1)
+
+
+class PreferenceReward:
+    """Learned preference reward: ``w . standardise(features(image))`` fitted by Bradley-Terry.
+
+    ``refit()`` fits ``w`` on every pair (preferred, other) in the click log:
+    minimise mean log(1 + exp(-(s_preferred - s_other))) + l2 * |w|^2 (L-BFGS, convex). Before any
+    click ``w = 0`` (every image scores 0). Differentiable in the pixels through the features.
+    """
+
+    name = "preference"
+    differentiable = True
+
+    def __init__(
+        self,
+        log: ClickLog | str | os.PathLike | None = None,
+        features: str = "auto",
+        clip_model: str = "ViT-L-14-quickgelu",
+        pretrained: str = "openai",
+        l2: float = 1e-2,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if features not in FEATURES:
+            raise ValueError(f"features={features!r} is not allowed; allowed values: {list(FEATURES)}")
+        if not float(l2) >= 0:
+            raise ValueError(f"l2={l2!r} is not allowed; allowed values: a number >= 0")
+        self.log = log if isinstance(log, ClickLog) or log is None else ClickLog(log)
+        self.l2 = float(l2)
+        self.device = torch.device(device)
+        if features == "tiny-clip":  # the bundled offline model (rlr_core.tiny.clip_model)
+            features, clip_model = "clip", "tiny-clip"
+        self._clip_args = (clip_model, pretrained)
+        self.features_kind = self._choose_features(features)
+        self.weight: torch.Tensor | None = None  # [D] float64 on cpu
+        self.mean: torch.Tensor | None = None
+        self.std: torch.Tensor | None = None
+        self.num_pairs = 0
+        self._feature_cache: dict[str, torch.Tensor] = {}
+        if self.log is not None and self.log.records:
+            self.refit()
+
+    @classmethod
+    def from_options(cls, mode: str = "learned", log_path: str = "clicks.jsonl", device: Any = "cpu", **options: Any) -> "PreferenceReward":
+        """Factory behind ``get_reward("preference", ...)``."""
+        if mode not in MODES:
+            raise ValueError(f"preference mode={mode!r} is not allowed; allowed values: {list(MODES)}")
+        if mode == "direct":
+            raise ValueError(
+                "preference mode='direct' has no reward function: the clicks themselves are the rewards. "
+                "Use rlr_core.training.clicks.PreferenceSession(..., mode='direct'); get_reward('preference') allows mode='learned'"
+            )
+        return cls(ClickLog(log_path), device=device, **options)
+
+    def _choose_features(self, features: str) -> str:
+        if features == "pixels":
+            return "pixels"
+
+        try:
+            load_clip(*self._clip_args, device=self.device)
+            return "clip"
+        except WeightsUnavailableError as exc:
+            if features == "clip":
+                raise
+            warnings.warn(f"preference reward: using weight-free pixel features ({exc})")
+            return "pixels"
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Feature vectors [B, D] (float32, differentiable in ``images``)."""
+        if self.features_kind == "clip":
+
+            return encode_images(load_clip(*self._clip_args, device=images.device), images)
+        return pixel_features(images)
+
+    def _stored_features(self, sha: str) -> torch.Tensor:
+        if sha not in self._feature_cache:
+            assert self.log is not None
+            image = self.log.load_image(sha).unsqueeze(0).to(self.device)
+            with torch.no_grad():
+                self._feature_cache[sha] = self.features(image)[0].double().cpu()
+        return self._feature_cache[sha]
+
+    def refit(self, log: ClickLog | None = None) -> int:
+        """Refit on every click in the log; returns the number of pairs used."""
+        if log is not None:
+            self.log = log
+        if self.log is None:
+            raise ValueError("PreferenceReward.refit needs a click log (log=ClickLog(path))")
+        pairs = self.log.pairs()
+        self.num_pairs = len(pairs)
+        if not pairs:
+            self.weight = None
+            return 0
+        shas = sorted({s for pair in pairs for s in pair})
+        index = {s: i for i, s in enumerate(shas)}
+        feats = torch.stack([self._stored_features(s) for s in shas])
+        mean = feats.mean(dim=0)
+        std = feats.std(dim=0, unbiased=False).clamp_min(1e-3) if len(shas) > 1 else torch.ones_like(mean)
+        z = (feats - mean) / std
+        win = torch.tensor([index[a] for a, _ in pairs])
+        lose = torch.tensor([index[b] for _, b in pairs])
+        diff = z[win] - z[lose]  # [P, D]
+        w = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([w], lr=1.0, max_iter=200, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+        l2 = max(self.l2, 1e-6)
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = F.softplus(-(diff @ w)).mean() + l2 * (w * w).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        self.weight, self.mean, self.std = w.detach(), mean, std
+        return self.num_pairs
+
+    def pair_accuracy(self) -> float:
+        """Fraction of logged pairs the current head orders correctly (training accuracy)."""
+        if self.log is None or self.weight is None:
+            return float("nan")
+        pairs = self.log.pairs()
+        score = {s: float(((self._stored_features(s) - self.mean) / self.std) @ self.weight) for p in pairs for s in p}
+        return float(np.mean([score[a] > score[b] for a, b in pairs])) if pairs else float("nan")
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+
+        check_images(images, prompts)
+        feats = self.features(images)
+        if self.weight is None:
+            return (feats * 0.0).sum(dim=1).float()
+        dev, dt = feats.device, feats.dtype
+        z = (feats - self.mean.to(dev, dt)) / self.std.to(dev, dt)
+        return (z @ self.weight.to(dev, dt)).float()
