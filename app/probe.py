@@ -40,7 +40,7 @@ def predict_memory(session: str, form: dict[str, Any], hosted: bool) -> str:
     options = {k: getattr(estimator, k) for k in ("h", "k", "k_max", "jumps") if hasattr(estimator, k)}
     with WORK_LOCK:
         try:
-            prediction = predict(chain, config.estimator, config.batch_size, reward=reward, **options)
+            prediction = predict(chain, estimator, config.batch_size, reward=reward)  # all of its options count
         except (ValueError, NotImplementedError) as error:
             raise FieldError("Estimator", f"no memory prediction for this setting: {error}") from None
     device = chain.device

@@ -56,13 +56,13 @@ def smallest_fit(peak_gb: float) -> str:
     return f">{BUDGETS_GB[-1]}"
 
 
-def predicted_rows(num_steps: int = 50, models: tuple = MODELS) -> list[dict]:
+def predicted_rows(num_steps: int = 50, models: tuple = MODELS, batches: tuple = BATCHES) -> list[dict]:
     """Every (model, config, batch) prediction as plain data."""
     rows = []
     for arch, size in models:
         spec = mm.spec_for_arch(arch, num_steps=num_steps)
         for estimator, options, ckpt in CONFIGS:
-            for batch, autocast in [(b, True) for b in BATCHES] + [(1, False)]:
+            for batch, autocast in [(b, True) for b in batches] + [(1, False)]:
                 pred = mm.predict(spec, estimator, batch, dtype="float16", autocast=autocast,
                                   gradient_checkpointing=ckpt, **options)
                 rows.append({"model": arch, "image_size": size, "config": config_label(estimator, options, ckpt),
@@ -74,11 +74,11 @@ def predicted_rows(num_steps: int = 50, models: tuple = MODELS) -> list[dict]:
     return rows
 
 
-def anchors() -> dict:
+def anchors(batches: tuple = BATCHES) -> dict:
     """Per-step memory of SD 1.5 at 512 px (fp16, batch 1 with CFG) beside the paper's SD 1.4 figures."""
     spec = mm.spec_for_arch("sd15")
     out = {}
-    for batch in (1, 2, 4):
+    for batch in sorted({1, *batches}):  # batch 1 is compared with the paper
         step = mm.per_step_memory(spec, batch, dtype="float16", autocast=True)
         out[str(batch)] = {k: round(v, 3) for k, v in step.items()}
         eager = mm.per_step_memory(spec, batch, dtype="float16", autocast=True, attention="eager")
@@ -87,7 +87,8 @@ def anchors() -> dict:
     return out
 
 
-def markdown(rows: list[dict], anchor: dict, gpu: dict | None, cpu: dict | None, models: tuple = MODELS) -> str:
+def markdown(rows: list[dict], anchor: dict, gpu: dict | None, cpu: dict | None, models: tuple = MODELS,
+             batches: tuple = BATCHES) -> str:
     """The README table(s)."""
     lines = ["# What fits in your GPU (predicted)", "",
              "Command: `python benchmarks/sd_scale.py`. Predicted by `rlr_core.memory_model` (meta-device trace, "
@@ -102,13 +103,13 @@ def markdown(rows: list[dict], anchor: dict, gpu: dict | None, cpu: dict | None,
         measured[(run["model"], run["config"], run["batch_size"])] = run
     for arch, size in models:
         lines += [f"## {arch} ({size} px)", "",
-                  "| config | " + " | ".join(f"batch {b}" for b in BATCHES)
+                  "| config | " + " | ".join(f"batch {b}" for b in batches)
                   + " | batch 1, fp16 without autocast | GPU measured (batch 1) |",
-                  "|---|" + "---|" * len(BATCHES) + "---|---|"]
+                  "|---|" + "---|" * len(batches) + "---|---|"]
         for estimator, options, ckpt in CONFIGS:
             label = config_label(estimator, options, ckpt)
             cells = []
-            for batch, autocast in [(b, True) for b in BATCHES] + [(1, False)]:
+            for batch, autocast in [(b, True) for b in batches] + [(1, False)]:
                 row = next(r for r in rows if r["model"] == arch and r["config"] == label
                            and r["batch_size"] == batch and r["autocast"] == autocast)
                 cells.append(f"{row['peak_gb']:.1f} / {row['fits_gb']}")
@@ -121,7 +122,7 @@ def markdown(rows: list[dict], anchor: dict, gpu: dict | None, cpu: dict | None,
               "| batch | HO step graph GB (SDPA) | HO step graph GB (eager attention) | FO (step + decode + reward) GB "
               "| ZO / sampling step working set GB |",
               "|---|---|---|---|---|"]
-    for b in ("1", "2", "4"):
+    for b in (key for key in anchor if key.isdigit()):
         a = anchor[b]
         lines.append(f"| {b} | {a['ho_step_gb']:.2f} | {a['ho_step_gb_eager_attention']:.2f} | {a['fo_gb']:.2f} "
                      f"| {a['zo_step_gb']:.2f} |")
@@ -265,6 +266,7 @@ def main() -> None:
     p.add_argument("--h", type=int, nargs="+", default=[1, 2, 3, 4])
     p.add_argument("--models", nargs="+", default=[arch for arch, _ in MODELS], choices=[arch for arch, _ in MODELS],
                    help="architectures of the predicted table")
+    p.add_argument("--batches", type=int, nargs="+", default=list(BATCHES), help="batch sizes of the predicted table")
     p.add_argument("--model-root", default=os.environ.get("RLR_SD_ARCH_DIR", "/tmp/rlr-sd-arch"),
                    help="where random-init SD folders are written once")
     args = p.parse_args()
@@ -279,14 +281,15 @@ def main() -> None:
     if args.cpu_run:
         cpu_file.write_text(json.dumps(cpu_run(args), indent=2), encoding="utf-8")
     models = tuple((arch, size) for arch, size in MODELS if arch in args.models)
-    rows = predicted_rows(args.steps, models)
-    anchor = anchors()
+    batches = tuple(args.batches)
+    rows = predicted_rows(args.steps, models, batches)
+    anchor = anchors(batches)
     cpu = json.loads(cpu_file.read_text()) if cpu_file.is_file() else None
     gpu_file = out / "gpu.json"
     gpu = json.loads(gpu_file.read_text()) if gpu_file.is_file() else None
     (out / "predicted.json").write_text(json.dumps({"rows": rows, "anchors": anchor, "budgets_gb": BUDGETS_GB,
                                                     "cuda_overhead_gb": mm.CUDA_OVERHEAD_GB}, indent=2), encoding="utf-8")
-    text = markdown(rows, anchor, gpu, cpu, models)
+    text = markdown(rows, anchor, gpu, cpu, models, batches)
     (out / "sd_scale.md").write_text(text, encoding="utf-8")
     print(text)
 

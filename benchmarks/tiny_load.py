@@ -4,7 +4,7 @@
 
 Prints, per repeat: the seconds to import torch + diffusers + transformers + peft, the first
 ``load_model("tiny")`` after those imports, a second load in the same process, and the seconds to
-sample 32 images at the model's defaults (held-out prompts and seeds); then the medians.
+sample ``--images`` (32) images at the model's defaults (held-out prompts and seeds); then the medians.
 """
 
 from __future__ import annotations
@@ -32,11 +32,12 @@ chain = load_model("tiny")
 t2 = time.perf_counter()
 load_model("tiny")
 t3 = time.perf_counter()
-prompts = [p for p, *_ in eval_prompts()][:32]
-sample(chain, prompts, seeds=list(range(HOLDOUT_START, HOLDOUT_START + 32)))
+images = int(sys.argv[2])
+prompts = [p for p, *_ in eval_prompts()][:images]
+sample(chain, prompts, seeds=list(range(HOLDOUT_START, HOLDOUT_START + images)))
 t4 = time.perf_counter()
 print(json.dumps({"imports": t1 - t0, "first_load": t2 - t1, "second_load": t3 - t2,
-                  "fresh_process_total": t2 - t0, "sample_32": t4 - t3, "num_steps": chain.num_steps}))
+                  "fresh_process_total": t2 - t0, "sample_seconds": t4 - t3, "images": images, "num_steps": chain.num_steps}))
 """
 
 
@@ -44,15 +45,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--images", type=int, default=32, help="images sampled after loading (held-out prompts and seeds)")
     args = p.parse_args()
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(args.threads))
     rows = []
     for _ in range(args.repeats):
-        out = subprocess.run([sys.executable, "-c", CHILD, str(args.threads)], env=env, check=True,
+        out = subprocess.run([sys.executable, "-c", CHILD, str(args.threads), str(args.images)], env=env, check=True,
                              capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
-    keys = ["imports", "first_load", "second_load", "fresh_process_total", "sample_32"]
-    print(f"tiny model, {args.threads} CPU threads, {rows[0]['num_steps']} sampling steps")
+    keys = ["imports", "first_load", "second_load", "fresh_process_total", "sample_seconds"]
+    print(f"tiny model, {args.threads} CPU threads, {rows[0]['num_steps']} sampling steps, {args.images} images sampled")
     print("| repeat | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 1) + "|")
     for i, r in enumerate(rows, 1):

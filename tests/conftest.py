@@ -12,6 +12,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 import torch
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # With `-n 2` on a 2-core machine, torch's default of one thread per core would run 4 threads on 2 cores:
+    # the tiny models gain nothing from a second thread and the two workers only wait for each other.
+    torch.set_num_threads(1)
+
 
 def _tiny_text_encoder():
     from transformers import CLIPTextConfig, CLIPTextModel

@@ -83,11 +83,11 @@ def test_star_landscape(monkeypatch, capsys):
 
 
 def test_sd_scale_predicted_table(monkeypatch, tmp_path):
-    run_script("sd_scale.py", ["--steps", "10", "--models", "sd15", "--out", str(tmp_path)], monkeypatch)
+    run_script("sd_scale.py", ["--steps", "10", "--models", "sd15", "--batches", "1", "--out", str(tmp_path)], monkeypatch)
     assert "sd15" in (tmp_path / "sd_scale.md").read_text().lower()
     assert json.loads((tmp_path / "predicted.json").read_text())["rows"]
 
 
 def test_tiny_load(monkeypatch, capsys):
-    run_script("tiny_load.py", ["--repeats", "1", "--threads", "1"], monkeypatch)
+    run_script("tiny_load.py", ["--repeats", "1", "--threads", "1", "--images", "4"], monkeypatch)
     assert "median" in capsys.readouterr().out.lower()
