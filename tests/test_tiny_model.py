@@ -162,7 +162,7 @@ def tiny_chain():
 def test_tiny_loads_offline_quickly(tiny_chain):
     chain, seconds = tiny_chain
     print(f"\nload_model('tiny'): {seconds:.2f} s")
-    assert seconds < 15.0  # target < 3 s on an idle 2-core CPU; generous for shared CI machines
+    assert seconds < 120.0  # a hang catcher only: the load-time target (< 3 s idle) is measured by benchmarks/tiny_load.py
     meta = json.load(open(os.path.join(TINY_DIR, "rlr_studio.json")))
     assert chain.num_steps == meta["num_steps"]
 
