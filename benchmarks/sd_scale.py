@@ -100,7 +100,8 @@ def markdown(rows: list[dict], anchor: dict, gpu: dict | None, cpu: dict | None,
              "in float32 then) need less memory: see the second-to-last column.", ""]
     measured = {}
     for run in (gpu or {}).get("runs", []):
-        measured[(run["model"], run["config"], run["batch_size"])] = run
+        if "error" not in run:
+            measured[(run["model"], run["config"], run["batch_size"])] = run
     for arch, size in models:
         lines += [f"## {arch} ({size} px)", "",
                   "| config | " + " | ".join(f"batch {b}" for b in batches)
@@ -137,9 +138,30 @@ def markdown(rows: list[dict], anchor: dict, gpu: dict | None, cpu: dict | None,
                     "graph_gb_predicted", "peak_gb_predicted"):
             lines.append(f"| {key} | {cpu[key]} |")
         lines.append("")
+    if gpu:
+        lines += measured_markdown(gpu)
     lines.append("GPU column: " + ("measured by benchmarks/gpu_check.sh on " + gpu.get("device", "?") if gpu
                                    else "pending (no CUDA machine was available; run benchmarks/gpu_check.sh)"))
     return "\n".join(lines) + "\n"
+
+
+def measured_markdown(gpu: dict) -> list[str]:
+    """Every measured run of gpu.json: CUDA peak against the predicted peak, seconds against a sampling pass."""
+    lines = [f"## Measured on {gpu.get('device', '?')} (batch 1, T = {gpu.get('num_steps', '?')}, torch "
+             f"{gpu.get('torch', '?')})", "",
+             "| model | config | CUDA peak GB | predicted peak GB | graph GB measured / predicted "
+             "| s per estimate | s per sampling pass | estimate / sampling |",
+             "|---|---|---|---|---|---|---|---|"]
+    for run in gpu.get("runs", []):
+        if "error" in run:
+            lines.append(f"| {run['model']} | {run['config']} | failed: {run['error'][:80]} | "
+                         f"{run.get('peak_gb_predicted', '?')} | | | | |")
+            continue
+        lines.append(f"| {run['model']} | {run['config']} | {run['cuda_peak_gb']:.2f} | {run['peak_gb_predicted']:.2f} "
+                     f"| {run['graph_gb_measured']:.2f} / {run['graph_gb_predicted']:.2f} "
+                     f"| {run['seconds_per_estimate']:.2f} | {run['seconds_per_sampling_pass']:.2f} "
+                     f"| {run.get('estimate_over_sampling', 0):.2f} |")
+    return lines + [""]
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,9 +218,32 @@ def cpu_run(args: argparse.Namespace) -> dict:
     }
 
 
+# What --measure runs besides rlr h = 1..4: (estimator, options, gradient checkpointing). full-bp and alignprop
+# only with checkpointing (without, SD 1.5 at T = 50 predicts > 100 GB); zo needs an even batch (not measured).
+MEASURED_BASELINES: tuple[tuple[str, dict, bool], ...] = (
+    ("truncated-bp", {"k": 1}, False), ("truncated-bp", {"k": 2}, False), ("full-bp", {}, True),
+    ("ddpo", {"baseline": "none"}, False), ("alignprop", {}, True),
+    ("draft-lv", {}, False), ("refl", {}, False),
+)
+
+
+def measured_configs(hs: tuple, baselines: bool) -> list[tuple[str, dict, bool]]:
+    """The (estimator, options, checkpointing) triples of --measure: rlr at batch 1 (no antithetic twin, no
+    baseline: one trajectory) for every h, with and without checkpointing, then the baselines."""
+    rlr = [("rlr", {"h": h, "antithetic": False, "baseline": "none"}, ckpt) for ckpt in (False, True) for h in hs]
+    return rlr + (list(MEASURED_BASELINES) if baselines else [])
+
+
+def measured_label(estimator: str, options: dict, ckpt: bool) -> str:
+    """The table label of a measured config (batch-1 settings such as antithetic=False left out)."""
+    shown = {k: v for k, v in options.items() if k not in ("antithetic", "baseline")}
+    return config_label(estimator, shown, ckpt)
+
+
 def measure(args: argparse.Namespace) -> dict:
-    """Real runs for gpu.json: per model and h, CUDA peak allocated (CPU: peak RSS of the process), seconds per
-    estimate and per sampling pass (batch 1, rlr with antithetic=false, baseline=none)."""
+    """Real runs for gpu.json: per model and config, CUDA peak allocated (CPU: peak RSS of the process), seconds
+    per estimate and per plain sampling pass at batch 1. gpu.json is rewritten after every run, so a run cut
+    short keeps what it measured; a config that fails (out of memory) is recorded with its error."""
     from rlr_core.diffusers_chain import load_model
     from rlr_core.estimators import get_estimator
     from rlr_core.rewards import get_reward
@@ -206,10 +251,19 @@ def measure(args: argparse.Namespace) -> dict:
     from sd_reward_arch import random_aesthetic_reward
 
     device = torch.device(args.device)
-    models = [("sd15", 64)] if args.tiny else list(MODELS)
+    models = [("sd15", 64)] if args.tiny else [m for m in MODELS if m[0] in args.models]
     steps = 4 if args.tiny else args.steps
     hs = (1, 2) if args.tiny else tuple(args.h)
-    runs = []
+    configs = measured_configs(hs, args.baselines)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    result_file = Path(args.out) / ("gpu_tiny.json" if args.tiny else "gpu.json")
+    report = {"device": name, "tiny": bool(args.tiny), "torch": torch.__version__, "num_steps": steps, "runs": []}
+    prompt = ["a photo of a lighthouse at dawn"]
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     for arch, size in models:
         path = model_dir(arch, Path(args.model_root), width_divisor=20 if args.tiny else 1,
                          image_size=size if args.tiny else None)
@@ -217,38 +271,54 @@ def measure(args: argparse.Namespace) -> dict:
             chain = load_model(str(path), num_steps=steps, lora_rank=4, device=str(device),
                                dtype="float32" if args.tiny else "float16", autocast=not args.tiny,
                                gradient_checkpointing=ckpt)
-            reward = get_reward("saturation") if args.tiny else random_aesthetic_reward(device=device)
+            reward = (get_reward("saturation") if args.tiny
+                      else random_aesthetic_reward(head_path=args.head, device=device))
+            sample(chain, prompt, torch.Generator().manual_seed(0))  # warm-up (kernels, allocator)
+            synchronize()
             start = time.perf_counter()
-            sample(chain, ["a photo of a lighthouse at dawn"], torch.Generator().manual_seed(0))
+            sample(chain, prompt, torch.Generator().manual_seed(0))
+            synchronize()
             sample_seconds = time.perf_counter() - start
-            for h in hs:
-                estimator = get_estimator("rlr", h=h, antithetic=False, baseline="none")
+            for estimator_name, options, config_ckpt in configs:
+                if config_ckpt != ckpt:
+                    continue
+                run = {"model": arch, "image_size": chain.image_size[0],
+                       "config": measured_label(estimator_name, options, ckpt), "estimator": estimator_name,
+                       "options": options, "batch_size": 1, "num_steps": steps,
+                       "dtype": str(chain.dtype).replace("torch.", ""),
+                       "seconds_per_sampling_pass": round(sample_seconds, 3)}
+                try:
+                    estimator = get_estimator(estimator_name, **options)
+                    pred = mm.predict(chain, estimator, 1, reward=reward)
+                    run.update(graph_gb_predicted=round(pred.graph_gb, 4), peak_gb_predicted=round(pred.peak_gb, 3))
+                    if device.type == "cuda":
+                        synchronize()
+                        torch.cuda.reset_peak_memory_stats(device)
+                    start = time.perf_counter()
+                    result = estimator.estimate(chain, reward, prompt, torch.Generator().manual_seed(0))
+                    synchronize()
+                    seconds = time.perf_counter() - start
+                    if device.type == "cuda":  # absolute peak: weights, LoRA grads, graph, workspace
+                        peak = torch.cuda.max_memory_allocated(device)
+                    else:
+                        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+                    run.update(cuda_peak_gb=round(peak / mm.GB, 3),
+                               graph_gb_measured=round(result.graph_memory_mb / 1024, 4),
+                               seconds_per_estimate=round(seconds, 3),
+                               estimate_over_sampling=round(seconds / sample_seconds, 2),
+                               finite_gradient=bool(torch.isfinite(result.total).all()))
+                    del result
+                except Exception as error:  # noqa: BLE001 - an OOM of one config must not lose the others
+                    run["error"] = f"{type(error).__name__}: {str(error)[:300]}"
+                report["runs"].append(run)
+                print(json.dumps(run), flush=True)
+                result_file.write_text(json.dumps(report, indent=2), encoding="utf-8")
                 if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                    torch.cuda.reset_peak_memory_stats(device)
-                start = time.perf_counter()
-                result = estimator.estimate(chain, reward, ["a photo of a lighthouse at dawn"],
-                                            torch.Generator().manual_seed(0))
-                seconds = time.perf_counter() - start
-                if device.type == "cuda":  # absolute peak: weights, optimizer-free LoRA grads, graph, workspace
-                    peak = torch.cuda.max_memory_allocated(device)
-                else:
-                    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-                pred = mm.predict(chain, "rlr", 1, reward=reward, h=h)
-                runs.append({
-                    "model": arch, "image_size": chain.image_size[0], "config": config_label("rlr", {"h": h}, ckpt),
-                    "batch_size": 1, "num_steps": steps, "dtype": str(chain.dtype).replace("torch.", ""),
-                    "cuda_peak_gb": round(peak / mm.GB, 3),
-                    "graph_gb_measured": round(result.graph_memory_mb / 1024, 4),
-                    "graph_gb_predicted": round(pred.graph_gb, 4), "peak_gb_predicted": round(pred.peak_gb, 3),
-                    "seconds_per_estimate": round(seconds, 2), "seconds_per_sampling_pass": round(sample_seconds, 2),
-                })
-                print(json.dumps(runs[-1]), flush=True)
-            del chain
+                    torch.cuda.empty_cache()
+            del chain, reward
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return {"device": name, "tiny": bool(args.tiny), "runs": runs}
+    return report
 
 
 def main() -> None:
@@ -264,6 +334,9 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="with --measure: a reduced SD-shaped model (smoke test)")
     p.add_argument("--h", type=int, nargs="+", default=[1, 2, 3, 4])
+    p.add_argument("--baselines", action="store_true",
+                   help="with --measure: also the baselines (truncated-bp, full-bp, ddpo, alignprop, draft-lv, refl)")
+    p.add_argument("--head", default=None, help="LAION aesthetic head file (default: sd_reward_arch.LAION_HEAD_PATH)")
     p.add_argument("--models", nargs="+", default=[arch for arch, _ in MODELS], choices=[arch for arch, _ in MODELS],
                    help="architectures of the predicted table")
     p.add_argument("--batches", type=int, nargs="+", default=list(BATCHES), help="batch sizes of the predicted table")
@@ -273,8 +346,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.measure:
-        gpu = measure(args)
-        (out / ("gpu_tiny.json" if args.tiny else "gpu.json")).write_text(json.dumps(gpu, indent=2), encoding="utf-8")
+        measure(args)
         if args.tiny:
             return
     cpu_file = out / "cpu_run.json"

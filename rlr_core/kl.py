@@ -71,3 +71,30 @@ def trajectory_kl_gradient(
         step_grads = torch.autograd.grad(loss, params, allow_unused=True)
         grads = [g if acc is None else (acc if g is None else acc + g) for acc, g in zip(grads, step_grads)]
     return grads, total
+
+
+def recorded_trajectory_kl(chain: Chain, record: dict[int, RecordedStep | None], cond: Any) -> list[float] | None:
+    """Per-image trajectory KL(p_theta || p_0) of trajectories already sampled with the current LoRA.
+
+    ``record`` holds every step of the trajectories with its mean (``sampling.sample(..., record=...)``); the
+    base model's mean of each step is computed here with the LoRA off (one UNet pass per step, no gradient),
+    and the KL is the exact sum over the steps of |mu_theta - mu_0|^2 / (2 std_k^2) along these trajectories:
+    a Monte Carlo estimate of the KL with one trajectory per image. None when the chain has no base model
+    (``adapters_disabled``) or no step is stochastic (eta = 0).
+    """
+    if not hasattr(chain, "adapters_disabled"):
+        return None
+    total: torch.Tensor | None = None
+    with torch.no_grad():
+        for k in sorted(record):
+            step = record[k]
+            if step is None or step.mean is None:
+                raise ValueError(f"recorded_trajectory_kl: step {k} was not recorded with its mean (record_means)")
+            with chain.adapters_disabled():
+                base_mean, std = chain.step_mean_std(step.x, k, cond)
+            if step_std_is_zero(std):
+                continue
+            std = torch.as_tensor(std, dtype=torch.float64, device=base_mean.device)
+            kl = ((step.mean.double() - base_mean.double()) ** 2 / (2 * std**2)).flatten(1).sum(dim=1)
+            total = kl if total is None else total + kl
+    return None if total is None else [float(v) for v in total.cpu()]

@@ -28,8 +28,8 @@ from .rewards import Reward, default_clip_model, get_reward
 from .tracking import check_report_to
 from .trainer import Trainer
 
-__all__ = ["ConfigError", "TrainingRun", "check_config", "build_chain", "build_reward", "build_estimator",
-           "reward_options_for", "check_hosted_work", "HOSTED_WORK_LIMIT", "HOSTED_ESTIMATOR_LIMITS"]
+__all__ = ["ConfigError", "TrainingRun", "check_config", "build_chain", "build_reward", "build_heldout_reward",
+           "build_estimator", "reward_options_for", "check_hosted_work", "HOSTED_WORK_LIMIT", "HOSTED_ESTIMATOR_LIMITS"]
 
 
 @dataclass
@@ -67,10 +67,19 @@ class TrainingRun:
             reward = build_reward(config, device=getattr(chain, "device", None), hosted=hosted)
         if auto_h:
             estimator = _with_auto_h(config, chain, reward, options)
+        note = ""
         try:
-            trainer = Trainer(chain, reward, estimator, config)
+            heldout = build_heldout_reward(config, device=getattr(chain, "device", None), hosted=hosted)
+        except WeightsUnavailableError as error:
+            if config.heldout_reward != "auto":
+                raise
+            heldout, note = None, (f"heldout_reward auto is off for this run: {error} (set heldout_reward: none to "
+                                   "skip it, or a reward whose weights are here)")
+        try:
+            trainer = Trainer(chain, reward, estimator, config, heldout_reward=heldout)
         except ValueError as error:
             raise ConfigError(_leading_field(str(error), "estimator_options"), str(error)) from None
+        trainer.guard_note = note
         return cls(config, chain, reward, estimator, trainer)
 
     def parts(self) -> tuple[Chain, Reward, Estimator]:
@@ -130,6 +139,22 @@ def build_reward(config: TrainConfig, device: Any = None, hosted: bool = False) 
     """The reward of ``config`` (``get_reward`` with :func:`reward_options_for`); ConfigError naming
     ``reward`` (an unknown name) or ``reward_options``. ``hosted=True`` refuses plug-ins and server files."""
     return _named("reward_options", get_reward, config.reward, reward_options_for(config), device=device,
+                  hosted=True if hosted else None)
+
+
+def build_heldout_reward(config: TrainConfig, device: Any = None, hosted: bool = False) -> Reward | None:
+    """The reward-hacking guard's held-out reward (``config.heldout_reward``): None for ``none``; ``auto``: the
+    CLIP score of the prompt (tiny-clip for the tiny model); else the named reward with
+    ``heldout_reward_options`` (CLIP-based ones default to tiny-clip for the tiny model, as the training reward).
+    ConfigError naming ``heldout_reward`` or ``heldout_reward_options``."""
+    name = config.heldout_reward
+    if name == "none":
+        return None
+    name = "clip" if name == "auto" else name
+    options = dict(config.heldout_reward_options)
+    if name == "clip" and not options.get("model") and "clip_model" not in options:
+        options["clip_model"] = default_clip_model(config.model)
+    return _named("heldout_reward_options", get_reward, name, options, device=device,
                   hosted=True if hosted else None)
 
 

@@ -87,12 +87,14 @@ def run_steps(
     perturbations: dict[int, tuple[int, float]] | None = None,
     record: dict[int, "RecordedStep | None"] | None = None,
     checkpointing: bool = False,
+    record_means: bool = False,
 ) -> torch.Tensor:
     """Run consecutive ``steps`` from state ``x``; autograd follows the caller's grad mode.
 
     ``perturbations[k] = (seed, scale)`` perturbs theta on step k. For every step index that
     is a key of ``record``, the detached input, output and log-probability of the step are
-    stored there, for likelihood-ratio terms computed later. ``checkpointing`` recomputes each
+    stored there, for likelihood-ratio terms computed later (with ``record_means`` also the step's
+    mean, for the KL to the base model at evaluation). ``checkpointing`` recomputes each
     step in the backward pass instead of keeping its activations (memory O(1) per step).
     """
     perturbations = perturbations or {}
@@ -106,7 +108,8 @@ def run_steps(
         x_next, mean, std = take_step(chain, x, k, cond, noise.eps[k], perturbations.get(k))
         if record is not None and k in record:
             log_prob = None if step_std_is_zero(std) else gaussian_log_prob(x_next, mean, std).detach()
-            record[k] = RecordedStep(x=x.detach(), x_next=x_next.detach(), log_prob=log_prob)
+            record[k] = RecordedStep(x=x.detach(), x_next=x_next.detach(), log_prob=log_prob,
+                                     mean=mean.detach() if record_means else None)
         x = x_next
     return x
 
@@ -118,6 +121,7 @@ class RecordedStep:
     x: torch.Tensor
     x_next: torch.Tensor
     log_prob: torch.Tensor | None
+    mean: torch.Tensor | None = None  # the step's mean (run_steps with record_means=True)
 
 
 def gaussian_log_prob(x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | float) -> torch.Tensor:
@@ -149,10 +153,12 @@ def sample(
     prompts: list[str],
     generator: torch.Generator | None = None,
     seeds: list[int] | None = None,
+    record: dict[int, RecordedStep | None] | None = None,
 ) -> torch.Tensor:
     """Plain sampling (no gradients): images [B, 3, H, W] in [0, 1].
 
-    With ``seeds`` (one per prompt) every image depends only on its own seed and prompt.
+    With ``seeds`` (one per prompt) every image depends only on its own seed and prompt. ``record``
+    (step index -> None) is filled with those steps' inputs, outputs and means (``run_steps``).
     """
     if seeds is not None:
         if len(seeds) != len(prompts):
@@ -161,5 +167,5 @@ def sample(
     else:
         noise = draw_noise(chain, len(prompts), generator or torch.Generator().manual_seed(0))
     cond = chain.condition(list(prompts))
-    x_T = run_steps(chain, noise.x0, range(chain.num_steps), cond, noise)
+    x_T = run_steps(chain, noise.x0, range(chain.num_steps), cond, noise, record=record, record_means=record is not None)
     return chain.decode(x_T)

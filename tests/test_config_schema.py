@@ -54,6 +54,12 @@ checkpoint_every: 25
 keep_checkpoints: 2
 output_dir: runs/rlr
 resume: false
+heldout_reward: auto
+heldout_reward_options: {}
+keep_best: false
+guard_tolerance: 0.1
+min_diversity: 0.5
+early_stop_patience: 0
 """
 
 

@@ -26,15 +26,16 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from .files import (MAX_CONFIG_BYTES, MAX_CONFIG_NESTING, nested_deeper_than, parse_json, parse_yaml, read_limited,
                     read_path_or_text, write_text)
 from .schema import (DEFAULT_PROMPT_BOUNDARIES, DEVICES, DTYPES, LORA_TARGET_SETS, LR_SCHEDULES, MAX_SEED, REPORT_TO,
-                     FieldSpec, check_value, lr_factor, resolve_boundaries, resolve_lora_targets, shown, spec)
+                     FieldSpec, check_value, lr_factor, resolve_boundaries, resolve_lora_targets, spec)
 from .schema import markdown_table as _markdown_table
+from .rules import FIELD_RULES, check_value_of
 
 __all__ = ["TrainConfig", "ConfigError", "FieldSpec", "FIELD_SPECS", "field_spec", "spec", "markdown_table", "DEVICES",
            "DTYPES", "MAX_CONFIG_BYTES", "MAX_CONFIG_NESTING", "MAX_SEED", "REPORT_TO", "LORA_TARGET_SETS",
@@ -137,6 +138,24 @@ class TrainConfig:
     output_dir: str = field(default="runs/rlr", metadata=spec(
         "where metrics, images, checkpoints and the LoRA go", non_empty=True))
     resume: bool = field(default=False, metadata=spec("continue from the newest checkpoint in output_dir"))
+    # reward-hacking guard (docs/guard.md)
+    heldout_reward: str = field(default="auto", metadata=spec(
+        "a second reward the run does not train on, scored at every evaluation (`heldout_reward` of the metrics): "
+        "`auto` = the CLIP score of the prompt (tiny-clip for the tiny model), `none` = off, or a reward name",
+        non_empty=True))
+    heldout_reward_options: dict[str, Any] = field(default_factory=dict, metadata=spec(
+        "keyword options of the held-out reward (e.g. `{text: a red shape}` to score every image against one text)"))
+    keep_best: bool = field(default=False, metadata=spec(
+        "export the LoRA of the evaluation with the best guarded score (eval reward gain; refused when the held-out "
+        "reward or the diversity fell too far) instead of the last; the last goes to output_dir/lora-last"))
+    guard_tolerance: float = field(default=0.1, metadata=spec(
+        "keep_best refuses an evaluation whose held-out reward fell more than this fraction of |base| below the "
+        "base model's", min=0.0, max=10.0))
+    min_diversity: float = field(default=0.5, metadata=spec(
+        "keep_best refuses an evaluation whose diversity (pairwise distance of the eval images of a prompt, base "
+        "model = 1.0) is below this (0 = no diversity check)", min=0.0, max=10.0))
+    early_stop_patience: int = field(default=0, metadata=spec(
+        "end the run after N evaluations without a better guarded score (0 = never)", min=0, max=100_000))
 
 
     # ------------------------------------------------------------------ dict / file I/O
@@ -247,13 +266,13 @@ class TrainConfig:
         and its allowed values; return self.
 
         Each field is checked against its spec (type, bounds, choices) in file order, a few by their own
-        rule (``lora_targets``, ``device``, ``prompt_boundaries``, ``report_samples``, ``kl_weight``: the
-        checks across fields). Estimator and reward names are checked when the run is built
+        rule (``rlr_core.config.rules``: ``lora_targets``, ``device``, ``prompt_boundaries``, ``report_samples``,
+        ``kl_weight``, ``min_diversity``: the checks across fields). Estimator and reward names are checked when the run is built
         (``rlr_core.run``), hosted limits by ``rlr_core.hosted.check_hosted``.
         """
         for name, field_ in FIELD_SPECS.items():
             try:
-                _FIELD_RULES.get(name, _check_spec)(self, field_)
+                FIELD_RULES.get(name, check_value_of)(self, field_)
             except ConfigError:
                 raise
             except ValueError as error:
@@ -319,51 +338,6 @@ def markdown_table() -> str:
     return _markdown_table(FIELD_SPECS.values())
 
 
-# ---------------------------------------------------------------------- field rules
-def _check_spec(config: TrainConfig, field_: FieldSpec) -> None:
-    check_value(field_, getattr(config, field_.name))
-
-
-def _check_lora_targets(config: TrainConfig, field_: FieldSpec) -> None:
-    resolve_lora_targets(config.lora_targets)
-
-
-def _check_device(config: TrainConfig, field_: FieldSpec) -> None:
-    device = config.device
-    if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda", "mps") or
-                                           (device.startswith("cuda:") and device[5:].isdigit())):
-        raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {_got('device', device)}")
-
-
-def _check_boundaries(config: TrainConfig, field_: FieldSpec) -> None:
-    value = config.prompt_boundaries
-    if not isinstance(value, list):
-        raise ValueError("prompt_boundaries must be a list of two step indices (integers in [0, num_steps]) "
-                         f"or two fractions (floats in (0, 1)); got {_got('prompt_boundaries', value)}")
-    resolve_boundaries(config.num_steps, value)
-
-
-def _check_report_samples(config: TrainConfig, field_: FieldSpec) -> None:
-    check_value(field_, config.report_samples)
-    if config.report_samples > config.batch_size:
-        raise ValueError(f"report_samples must be an integer in [0, {config.batch_size}] (at most batch_size); "
-                         f"got {config.report_samples}")
-
-
-def _check_kl_weight(config: TrainConfig, field_: FieldSpec) -> None:
-    check_value(field_, config.kl_weight)
-    if config.kl_weight > 0 and config.eta <= 0:
-        raise ValueError(f"kl_weight > 0 needs stochastic steps: eta must be > 0; got eta={config.eta!r}, "
-                         f"kl_weight={config.kl_weight!r}")
-
-
-_FIELD_RULES: dict[str, Callable[[TrainConfig, FieldSpec], None]] = {
-    "lora_targets": _check_lora_targets, "device": _check_device, "prompt_boundaries": _check_boundaries,
-    "report_samples": _check_report_samples, "kl_weight": _check_kl_weight,
-}
-"""Fields checked by their own rule instead of (or besides) the generic spec check."""
-
-
 # ---------------------------------------------------------------------- helpers
 def _coerce(name: str, value: Any) -> Any:
     """Convert numeric strings of float fields (``"1e-3"`` from YAML 1.1) and tuples to lists."""
@@ -386,7 +360,3 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     return value
 
-
-def _got(name: str, value: Any) -> str:
-    """A bad value as an error message shows it (``null`` with the field's default)."""
-    return shown(name, value, FIELD_SPECS[name].default)

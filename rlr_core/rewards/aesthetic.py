@@ -112,6 +112,12 @@ class _ClipReward:
     def _clip_for(self, device: torch.device) -> LoadedClip:
         return load_clip(self.clip_model, self.pretrained, device, self.precision, self.cache_dir)
 
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised CLIP embeddings [B, D] of ``images`` (no gradient): the feature space in which the
+        reward-hacking guard measures how different a prompt's images are (``rlr_core.training.guard``)."""
+        with torch.no_grad():
+            return encode_images(self._clip_for(images.device), images)
+
 
 class AestheticReward(_ClipReward):
     """LAION aesthetic score (about 1-10; base SD 1.4 images score about 4.4-5.5). Differentiable."""

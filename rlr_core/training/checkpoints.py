@@ -97,7 +97,9 @@ def read_checkpoint(directory: str | os.PathLike, current_config: dict[str, Any]
 
 
 _RUN_ONLY_FIELDS = {"steps", "output_dir", "resume", "eval_seeds", "eval_every", "eval_prompts", "log_every",
-                    "report_samples", "checkpoint_every", "keep_checkpoints", "device", "report_to"}
+                    "report_samples", "checkpoint_every", "keep_checkpoints", "device", "report_to", "keep_best",
+                    "guard_tolerance", "min_diversity", "early_stop_patience", "heldout_reward",
+                    "heldout_reward_options"}
 
 
 def differing_fields(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -109,7 +111,7 @@ class CheckpointMethods:
     """The Trainer's LoRA and checkpoint methods (a mixin of ``rlr_core.training.trainer.Trainer``).
 
     Uses the Trainer's ``chain``, ``params``, ``optimizer``, ``estimator``, ``config``, ``output_dir``,
-    ``world``, ``step``, ``before_rewards`` and ``_boundary_rng``. Only rank 0 writes files.
+    ``world``, ``step``, ``before_rewards``, ``guard``, ``before_guard`` and ``_boundary_rng``. Only rank 0 writes files.
     """
 
     def lora_state(self) -> dict[str, torch.Tensor]:
@@ -145,6 +147,8 @@ class CheckpointMethods:
             "estimator": self.estimator.state_dict(),
             "config": self.config.to_dict(),
             "before_rewards": self.before_rewards,
+            "guard": self.guard.state_dict(),
+            "before_guard": self.before_guard,
         }
         write_checkpoint(directory, state, self.config)
         return directory
@@ -159,6 +163,9 @@ class CheckpointMethods:
         set_rng_state(state["rng"])
         self.step = int(state["step"])
         self.before_rewards = state.get("before_rewards")
+        if state.get("guard") is not None:  # the reward-hacking guard: base figures, best so far, patience
+            self.guard.load_state_dict(state["guard"])
+        self.before_guard = state.get("before_guard")
         self._started = True
         return self.step
 

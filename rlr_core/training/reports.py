@@ -69,6 +69,12 @@ class StepReport:
     # a per-iteration signal check (near 0 = mostly noise); empty at the first iteration
     signal: dict[str, float] = field(default_factory=dict)
     info: dict[str, float] = field(default_factory=dict)  # estimator numbers (part weights, PPO clip fraction)
+    # the reward-hacking guard's figures at an evaluation (rlr_core.training.guard; None without one)
+    heldout_reward: float | None = None  # mean held-out reward of the eval images
+    diversity: float | None = None  # pairwise distance of a prompt's eval images, base model = 1.0
+    kl: float | None = None  # mean trajectory KL of the eval images to the base model
+    guard: dict[str, Any] | None = None  # the verdict: accepted, refused (reasons), kept_step, kept_reason, stop
+    before_guard: dict[str, Any] | None = None  # first report of a fresh run: the base model's figures
 
     @property
     def eval_reward_mean(self) -> float | None:
@@ -103,6 +109,11 @@ class StepReport:
             "eval_rewards": self.eval_rewards,
             "eval_reward_mean": self.eval_reward_mean,
             "before_rewards": self.before_rewards,
+            "heldout_reward": self.heldout_reward,
+            "diversity": self.diversity,
+            "kl": self.kl,
+            "guard": self.guard,
+            "before_guard": self.before_guard,
             "checkpoint": self.checkpoint,
             "message": self.message,
         }

@@ -121,6 +121,9 @@ def report_scalars(report: Any) -> dict[str, float]:
         "memory/peak_mb": report.peak_memory_mb,
         "memory/graph_mb": report.graph_memory_mb,
         "eval/reward_mean": report.eval_reward_mean,
+        "guard/heldout_reward": getattr(report, "heldout_reward", None),
+        "guard/diversity": getattr(report, "diversity", None),
+        "guard/kl": getattr(report, "kl", None),
         **{f"grad_norm/{name}": value for name, value in report.grad_norms.items()},
         **{f"cosine/{name}": value for name, value in report.cosines.items()},
     }

@@ -44,6 +44,8 @@ from ..rewards import Reward
 from .batches import batch_prompt_indices, prompt_indices, step_generator
 from .checkpoints import CheckpointMethods
 from .evaluation import eval_due, evaluate
+from .guard import FeatureProbe, Guard
+from .guard_methods import GuardMethods
 from .reports import RunningMean, StepReport, TrainingStepError, step_report, step_seed
 from .run_folder import (append_metrics, checkpoint_dir, latest_checkpoint, metrics_path, prune_checkpoints,
                          remove_stale_temporaries, rng_state, set_rng_state, truncate_metrics)
@@ -53,7 +55,7 @@ from .updates import add_kl_gradient, apply_update, change_norm, set_learning_ra
 __all__ = ["StepReport", "Trainer", "TrainingStepError", "latest_checkpoint", "step_seed"]
 
 
-class Trainer(CheckpointMethods):
+class Trainer(CheckpointMethods, GuardMethods):
     """Runs training iterations of ``estimator`` on ``chain`` against ``reward`` as ``config`` says.
 
     Typical use::
@@ -67,12 +69,19 @@ class Trainer(CheckpointMethods):
     ``run()`` can be called again on the same Trainer to continue (e.g. after raising
     ``config.steps``, or in chunks with ``max_iterations``); state stays in memory. ``config`` must be
     valid already (``rlr_core.run.check_config``); the Trainer checks only what depends on the
-    estimator (the batch split in noise groups, ``estimator.check``).
+    estimator (the batch split in noise groups, ``estimator.check``). ``heldout_reward``: the reward-hacking
+    guard's second reward (``rlr_core.run.build_heldout_reward``; None: no held-out figure).
     """
 
-    def __init__(self, chain: Chain, reward: Reward, estimator: Estimator, config: TrainConfig) -> None:
+    def __init__(self, chain: Chain, reward: Reward, estimator: Estimator, config: TrainConfig,
+                 heldout_reward: Reward | None = None) -> None:
         self.chain = chain
         self.reward = reward
+        self.probe = FeatureProbe(heldout_reward, reward)
+        self.guard = Guard.from_config(config)
+        self.before_guard: dict[str, Any] | None = None
+        self.guard_note = ""  # e.g. why the held-out reward is off; in the first report's message
+        self._last_lora: dict[str, torch.Tensor] | None = None  # keep_best: the last LoRA while the kept one is loaded
         self.estimator = estimator
         self.config = config
         self.output_dir = Path(config.output_dir)
@@ -136,6 +145,7 @@ class Trainer(CheckpointMethods):
         the checkpoints of ``output_dir``). The LoRA is exported to ``output_dir/lora`` when
         ``run()`` ends for any reason.
         """
+        self.restore_last()
         self.start()
         done = 0
         try:
@@ -152,10 +162,10 @@ class Trainer(CheckpointMethods):
         except BaseException:
             self._clear_stop()
             with contextlib.suppress(Exception):  # never hide the original error
-                self.export_lora(self.output_dir / "lora")
+                self.export_final()
             raise
         self._clear_stop()
-        self.export_lora(self.output_dir / "lora")
+        self.export_final()
         self.tracker.flush()
 
     def _should_stop(self) -> bool:
@@ -218,10 +228,8 @@ class Trainer(CheckpointMethods):
             if self.step == 0 and initialize_lora:
                 self.initialize_lora()
             if self.step == 0 and self.config.eval_seeds:
-                self.before_images, self.before_rewards = self.evaluate(
-                    self.config.eval_seeds, self.eval_prompts, adapters=False
-                )
-        self._pending_message = message
+                self.evaluate_base()
+        self._pending_message = "; ".join(m for m in (message, self.guard_note) if m)
         self._check_same_step()
 
     def _start_without_writing(self, initialize_lora: bool) -> None:
@@ -328,10 +336,11 @@ class Trainer(CheckpointMethods):
         self._boundary_rng = rng_state()  # evaluation below leaves the global RNGs untouched
         if step == 1 and self.before_rewards is not None:
             report.before_images, report.before_rewards = self.before_images, self.before_rewards
+            report.before_guard = self.before_guard
 
         if self.world.is_main and eval_due(step, config.steps, config.eval_every) and config.eval_seeds:
             with shielded():  # the update is applied: this iteration completes
-                report.eval_images, report.eval_rewards = self.evaluate(config.eval_seeds, self.eval_prompts)
+                self.evaluate_step(report)
         if self.world.is_main and config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
             report.checkpoint = str(self.save_checkpoint(checkpoint_dir(self.output_dir, step)))
             prune_checkpoints(self.output_dir, config.keep_checkpoints)
