@@ -53,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write the default config as YAML to FILE (or stdout) and exit",
     )
+    guard = parser.add_argument_group("reward-hacking guard (docs/guard.md)")
+    guard.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=None,
+                       help="export the LoRA of the best guarded evaluation (the last goes to output_dir/lora-last)")
+    guard.add_argument("--early-stop-patience", type=int, metavar="N",
+                       help="end after N evaluations without a better guarded score (0 = never)")
+    guard.add_argument("--guard-tolerance", type=float, metavar="F",
+                       help="refuse evaluations whose held-out reward fell more than F x |base| below the base's")
+    guard.add_argument("--min-diversity", type=float, metavar="F",
+                       help="refuse evaluations whose diversity (base model = 1.0) is below F (0 = off)")
+    guard.add_argument("--heldout-reward", metavar="NAME", help="the held-out reward: auto, none or a reward name")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     return parser
 
@@ -85,7 +95,8 @@ def apply_overrides(config: TrainConfig, assignments: Sequence[str]) -> TrainCon
 
 
 def load_config(args: argparse.Namespace) -> TrainConfig:
-    """The config of a command line: file, then ``--set``, ``--output-dir``, ``--steps``, ``--resume``; not
+    """The config of a command line: file, then ``--set``, ``--output-dir``, ``--steps``, ``--resume``, the guard's
+    flags; not
     validated yet (``main`` checks it once, with ``rlr_core.run.check_config``)."""
     config = TrainConfig.from_file(args.config, validate=False)
     config = apply_overrides(config, args.set)
@@ -95,7 +106,15 @@ def load_config(args: argparse.Namespace) -> TrainConfig:
         config.steps = args.steps
     if args.resume:
         config.resume = True
+    for name in GUARD_FLAGS:
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(config, name, value)
     return config
+
+
+GUARD_FLAGS = ("keep_best", "early_stop_patience", "guard_tolerance", "min_diversity", "heldout_reward")
+"""Config fields with their own rlr-train flag (``--keep-best``, ``--early-stop-patience``, ...)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,9 +208,12 @@ def _train(trainer: Any, config: TrainConfig, quiet: bool) -> None:
         bar.close()
     if not quiet:
         done = last.step if last is not None else trainer.step
+        kept = ""
+        if config.keep_best:
+            kept = f" (kept: {trainer.guard.kept_reason}; the last iteration's LoRA: {output / 'lora-last'})"
         print(
             f"rlr-train: {done}/{config.steps} iterations; metrics {output / 'metrics.jsonl'}, "
-            f"LoRA {output / 'lora'}",
+            f"LoRA {output / 'lora'}{kept}",
             file=sys.stderr,
         )
 
@@ -203,6 +225,11 @@ def _log_line(report: Any) -> str:
     parts.append(f"update {report.update_norm:.3g}")
     if report.eval_reward_mean is not None:
         parts.append(f"eval {report.eval_reward_mean:.4g}")
+        parts.extend(f"{name} {value:.4g}" for name, value in
+                     (("heldout", report.heldout_reward), ("diversity", report.diversity), ("kl", report.kl))
+                     if value is not None)
+        if report.guard and report.guard.get("refused"):
+            parts.append("guard refused: " + "; ".join(report.guard["refused"]))
     if report.skipped:
         parts.append(f"SKIPPED ({report.skipped})")
     if report.message:

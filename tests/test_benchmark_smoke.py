@@ -91,3 +91,14 @@ def test_sd_scale_predicted_table(monkeypatch, tmp_path):
 def test_tiny_load(monkeypatch, capsys):
     run_script("tiny_load.py", ["--repeats", "1", "--threads", "1", "--images", "4"], monkeypatch)
     assert "median" in capsys.readouterr().out.lower()
+
+
+def test_long_run(monkeypatch, tmp_path, capsys):
+    run_script("long_run.py", ["--iterations", "2", "--eval-every", "1", "--eval-images", "16", "--batch-size", "2",
+                               "--num-steps", "3", "--tasks", "saturation", "--estimators", "truncated-bp",
+                               "--variants", "plain", "--out", str(tmp_path / "out"), "--work-dir",
+                               str(tmp_path / "work")], monkeypatch)
+    record = json.loads((tmp_path / "out" / "runs.jsonl").read_text())
+    assert [e["iteration"] for e in record["evals"]] == [0, 1, 2]
+    assert record["evals"][0]["diversity"] == 1.0 and record["space"] == "tiny-clip embeddings"
+    assert (tmp_path / "out" / "saturation.png").is_file() and "saturation-truncated-bp-plain" in capsys.readouterr().out

@@ -155,8 +155,12 @@ def test_gpu_check_script_smoke_mode_on_cpu(tmp_path):
     data = json.loads((out / "gpu_tiny.json").read_text())
     assert data["device"] == "cpu" and data["tiny"] is True
     configs = {(run["config"], run["model"]) for run in data["runs"]}
-    assert configs == {("rlr h=1", "sd15"), ("rlr h=2", "sd15"), ("rlr h=1 +ckpt", "sd15"), ("rlr h=2 +ckpt", "sd15")}
+    rlr = {("rlr h=1", "sd15"), ("rlr h=2", "sd15"), ("rlr h=1 +ckpt", "sd15"), ("rlr h=2 +ckpt", "sd15")}
+    baselines = {("truncated-bp k=1", "sd15"), ("full-bp +ckpt", "sd15"), ("ddpo", "sd15"), ("alignprop +ckpt", "sd15"),
+                 ("draft-lv", "sd15"), ("refl", "sd15")}
+    assert rlr | baselines <= configs
     for run in data["runs"]:
+        assert "error" not in run, run
         assert run["seconds_per_estimate"] > 0 and run["seconds_per_sampling_pass"] > 0
         assert abs(run["graph_gb_predicted"] - run["graph_gb_measured"]) <= 0.1 * run["graph_gb_measured"]
     bad = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--bogus"], capture_output=True, text=True)

@@ -47,7 +47,7 @@ def diversity_of(features: torch.Tensor, groups: list[list[int]], space: str) ->
     the distance is 1 - cosine. None when no prompt has two images.
     """
     values = []
-    x = features.detach().double().flatten(1)
+    x = features.detach().double().reshape(features.shape[0], -1)
     for group in groups:
         if len(group) < 2:
             continue
