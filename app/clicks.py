@@ -62,8 +62,9 @@ def preference_run(session: str, form: dict[str, Any], hosted: bool, mode: str, 
     run_id = runs.new_run_id()
     log = ClickLog(runs.run_dir(run_id) / "clicks.jsonl")
     head = PreferenceReward(log, features=features) if mode == "learned" else None
+    # keep_best off: a click update exports its LoRA at once (the guard's figures are still computed)
     config = base.replace(reward="preference", reward_options={"mode": mode, "features": features, "log_path": str(log.path)},
-                          eval_every=max(base.eval_every, 1))
+                          eval_every=max(base.eval_every, 1), keep_best=False)
     continue_lora = (run is not None and run.config.model == config.model and run.config.lora_rank == config.lora_rank
                      and run.config.lora_targets == config.lora_targets)
     new = create_run(session, config, hosted, continue_lora, reward=head or ClickReward(), kind=kind, run_id=run_id)

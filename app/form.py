@@ -13,17 +13,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rlr_core.config import TrainConfig
+from rlr_core.config import TrainConfig, field_spec
+from rlr_core.config.rules import MIN_IMAGES_PER_PROMPT
 from rlr_core.estimators import estimator_options, list_estimators, option_choices, ui_options
 from rlr_core.hosted import check_hosted
 from rlr_core.models import model_defaults
 from rlr_core.rewards import reward_names
 
 from .form_fields import MAX_JSON_DEPTH, Field, parse_int, parse_seed, parse_value  # noqa: F401 - re-exported
-from .settings import DEFAULT_PROMPTS, HOSTED_MODELS_ENV, MODEL_PRESETS, TINY_MISSING_MESSAGE, hosted_models, tiny_model_available
+from .settings import (DEFAULT_PROMPTS, HOSTED_MODELS_ENV, MODEL_PRESETS, TINY_MISSING_MESSAGE, caps, hosted_models,
+                       tiny_model_available)
 from .errors import FieldError
-
-EVAL_SEEDS = [0, 1, 2, 3]
 
 
 # Labels of the estimator options estimators may declare (``Estimator.ui_options``).
@@ -117,6 +117,24 @@ FIELDS: list[Field] = [
     Field("seed", "Seed", "int", 0, "seed", section="optimization"),
     Field("eval_every", "Refresh 'after' every N iterations", "int", 5, "eval_every", section="optimization"),
     Field("continue_lora", "Continue from the current LoRA (same model and rank)", "bool", False, section="optimization"),
+    # the reward-hacking guard (docs/guard.md); keep_best is on in the app (the library's default is off)
+    Field("keep_best", "Keep the best guarded LoRA", "bool", True, "keep_best", section="guard",
+          info="export the LoRA of the evaluation with the best eval-reward gain whose held-out reward and diversity "
+               "held up (the base model if none); the last iteration's LoRA goes to lora-last"),
+    Field("heldout_reward", "Held-out reward", "choice", field_spec("heldout_reward").default, "heldout_reward",
+          choices=("auto", "none", *reward_names()), section="guard",
+          info="scored at every evaluation, never trained on: auto = CLIP score of the prompt (tiny-clip for the "
+               "tiny model), none = off"),
+    Field("heldout_reward_options", "Held-out reward options (JSON)", "json", "{}", "heldout_reward_options",
+          section="guard", info='e.g. {"text": "a red shape"} to score every image against one text'),
+    Field("guard_tolerance", "Held-out tolerance", "float", field_spec("guard_tolerance").default, "guard_tolerance",
+          section="guard", info="refuse an evaluation whose held-out reward fell more than this fraction of |base| "
+                                "below the base model's"),
+    Field("min_diversity", "Minimum diversity", "float", field_spec("min_diversity").default, "min_diversity",
+          section="guard", info="refuse an evaluation whose diversity (base model = 1.0) is below this; 0 = no check"),
+    Field("early_stop_patience", "Early-stop patience", "int", field_spec("early_stop_patience").default,
+          "early_stop_patience", section="guard",
+          info="end the run after N evaluations without a better guarded score; 0 = never"),
 ]
 
 FIELD_BY_KEY = {f.key: f for f in FIELDS}
@@ -175,14 +193,33 @@ def config_from_form(values: dict[str, Any], hosted: bool, output_dir: str = "ru
         data["prompt_boundaries"] = [1 / 3, 2 / 3]
     knobs = estimator_option_values(data["estimator"], v, hosted) if data["estimator"] in list_estimators() else {}
     data["estimator_options"] = {**knobs, **data["estimator_options"]}
-    data.update(eval_seeds=list(EVAL_SEEDS), checkpoint_every=0, log_every=1, output_dir=output_dir)
+    data.update(eval_seeds=evaluation_seeds(data, hosted), checkpoint_every=0, log_every=1, output_dir=output_dir)
     if data["estimator"] not in list_estimators():  # names are the builder's to check; the form knows its choices
         raise FieldError("Estimator", f"estimator must be one of {', '.join(list_estimators())}; got {data['estimator']!r}")
+    heldout = FIELD_BY_KEY["heldout_reward"]
+    plugin = ":" in data["heldout_reward"] or data["heldout_reward"].endswith(".py")  # the builder checks plug-ins
+    if data["heldout_reward"] not in heldout.choices and not plugin:
+        raise FieldError(heldout.label, f"must be one of {', '.join(heldout.choices)} (or a plug-in 'module:function' / "
+                                        f"file.py, local only); got {data['heldout_reward'][:100]!r}")
     try:
         config = TrainConfig.from_dict(data, validate=False).validate()
         return check_hosted(config, estimator_options(config.estimator)) if hosted else config
     except ValueError as error:
         raise field_error(error) from None
+
+
+def evaluation_seeds(data: dict[str, Any], hosted: bool) -> list[int]:
+    """The evaluation seeds of a run from the form: MIN_IMAGES_PER_PROMPT (4) images per prompt (the diversity
+    figure of the guard compares the images of one prompt), at most ``caps(hosted)["eval_seeds"]``. When keep_best
+    checks the diversity and the cap leaves fewer than 4 images per prompt, only the first prompts are evaluated
+    (``data["eval_prompts"]`` is set to them), 4 images each."""
+    prompts = list(data["prompts"])
+    limit = caps(hosted)["eval_seeds"]
+    wanted = MIN_IMAGES_PER_PROMPT * len(prompts)
+    if wanted > limit and data["keep_best"] and data["min_diversity"] > 0:
+        data["eval_prompts"] = prompts[: max(limit // MIN_IMAGES_PER_PROMPT, 1)]
+        wanted = MIN_IMAGES_PER_PROMPT * len(data["eval_prompts"])
+    return list(range(min(wanted, limit)))
 
 
 def field_error(error: ValueError) -> FieldError:

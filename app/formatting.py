@@ -105,15 +105,24 @@ def _progress_markup(done: int, total: int, text: str) -> str:
             f'<span>{html.escape(text)}</span></div>')
 
 
+MAX_STRIP_IMAGES = 4
+"""Images shown in a before / after strip (one row: both strips fit the first screen); the evaluation prompts
+cycle over the seeds, so the first ones show every prompt before any repeats (a run evaluates 4 images per
+prompt, docs/app.md)."""
+
+
 def image_strip_html(title: str, images: list[tuple[Any, str]] | None, note: str) -> str:
-    """A row of images at least 160 px wide, each with its caption (prompt, reward) under it."""
+    """A row of images at least 160 px wide, each with its caption (prompt, reward) under it; at most
+    MAX_STRIP_IMAGES of them (the title says how many there are)."""
     if not images:
         return f'<div class="rlr-strip"><div class="rlr-strip-title">{html.escape(title)}</div>' \
                f'<div class="rlr-strip-note">{html.escape(note)}</div></div>'
+    if len(images) > MAX_STRIP_IMAGES:
+        title = f"{title} · {MAX_STRIP_IMAGES} of {len(images)} images"
     figures = "".join(
         f'<figure><img src="{_data_url(image)}" alt="{html.escape(caption)}"/>'
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        for image, caption in images
+        for image, caption in images[:MAX_STRIP_IMAGES]
     )
     return (f'<div class="rlr-strip"><div class="rlr-strip-title">{html.escape(title)}</div>'
             f'<div class="rlr-strip-row">{figures}</div></div>')
@@ -260,9 +269,59 @@ def probe_long(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["estimator", "value", "metric"])
 
 
+def latest_evaluation(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The newest history row with the guard's verdict (an evaluation after an iteration); {} before one."""
+    return next((row for row in reversed(history) if row.get("guard")), {})
+
+
+def kept_reason_text(step: int, reason: str, evaluated: bool) -> str:
+    """Why the guard keeps iteration ``step``'s LoRA: its own reason, or for iteration 0 once there were
+    evaluations, that none of them beat the LoRA the run started from."""
+    if step == 0 and evaluated:
+        return ("iteration 0, the LoRA the run started from (untrained, or the one it continued): no evaluation "
+                "so far had a higher eval reward within the guard")
+    return reason
+
+
+def guard_status(run: Any) -> str:
+    """The reward-hacking guard in the Train tab (Markdown): which iteration's LoRA is kept and why, the latest
+    evaluation's held-out reward, diversity and KL with the guard's refusals, and at the end whether the run
+    stopped early and where the last iteration's LoRA is. Only what the reports and the Trainer carry."""
+    if run is None or not run.history:
+        return ""
+    config, guard = run.config, run.trainer.guard
+    base = run.history[0].get("before_guard") or {}
+    evaluation = latest_evaluation(run.history)
+    verdict = evaluation.get("guard") or {}
+    kept_step = verdict.get("kept_step", guard.best_step)
+    kept = kept_reason_text(kept_step, verdict.get("kept_reason", guard.kept_reason), bool(verdict))
+    lines = [f"**Kept LoRA**: {kept}" if config.keep_best else
+             f"**Best guarded evaluation**: {kept} (Keep best is off: the export is the last iteration's LoRA)"]
+    if verdict:
+        figures = (f"held-out reward {format_sig(evaluation.get('heldout_reward'))} "
+                   f"(base {format_sig(base.get('heldout_reward'))}) · diversity {format_sig(evaluation.get('diversity'))} "
+                   f"({verdict.get('space', 'pixels')}, base 1) · KL {format_sig(evaluation.get('kl'))}")
+        judged = "accepted" if verdict.get("accepted") else "refused: " + "; ".join(verdict.get("refused") or [])
+        lines.append(f"**Evaluation at iteration {verdict['step']}**: {figures} · {judged}")
+    else:
+        lines.append("**Guard**: held-out reward, diversity and KL appear at the first evaluation "
+                     f"(base model: held-out reward {format_sig(base.get('heldout_reward'))})")
+    if run.trainer.guard_note:
+        lines.append(f"**Held-out reward**: {run.trainer.guard_note}")
+    if verdict.get("stop"):
+        early = [part for part in str(evaluation.get("message") or "").split("; ") if part.startswith("early stop")]
+        why = early[0].removeprefix("early stop: ") if early else f"early-stop patience {config.early_stop_patience}"
+        lines.append(f"**Stopped early** at iteration {verdict['step']}: {why}")
+    if config.keep_best and run.finished:
+        lines.append(f"The session holds and exports the kept LoRA (iteration {guard.best_step}); the last "
+                     f"iteration's LoRA (iteration {run.step}) is in `{run.output_dir / 'lora-last'}` and on the Export tab.")
+    return "\n\n".join(lines)
+
+
 def run_summary(run: Any) -> dict[str, Any]:
     """JSON-able summary of a run for the /train API stream (one per iteration)."""
     last = run.history[-1] if run.history else {}
+    evaluation = latest_evaluation(run.history)
     return {
         "run_id": run.id,
         "step": run.step,
@@ -280,6 +339,12 @@ def run_summary(run: Any) -> dict[str, Any]:
         "eval_rewards": last.get("eval_rewards"),
         "before_rewards": run.history[0].get("before_rewards") if run.history else None,
         "lora_dir": str(run.output_dir / "lora"),
+        "heldout_reward": evaluation.get("heldout_reward"),
+        "diversity": evaluation.get("diversity"),
+        "kl": evaluation.get("kl"),
+        "guard": evaluation.get("guard"),
+        "before_guard": run.history[0].get("before_guard") if run.history else None,
+        "guard_status": guard_status(run),
     }
 
 

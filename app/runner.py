@@ -24,13 +24,16 @@ from .form import FORM_DEFAULTS, config_from_form, form_from_config, parse_int, 
 from .locks import WORK_LOCK
 from .probe import diagnostics, predict_memory
 from .settings import caps
-from .training import (cancel, create_run, final_status, record_report, require_run, stop, train_stream)
-from .transfer import check_upload_size, export, load_config_file, portable_config, snippet, upload_lora
+from .training import (cancel, create_run, final_status, kept_lora_text, lora_iteration, record_report, require_run, stop,
+                       train_stream)
+from .transfer import (check_upload_size, export, kept_lora_note, last_lora_beside, load_config_file, portable_config,
+                       snippet, upload_lora)
 
 __all__ = ["FORM_DEFAULTS", "config_from_form", "form_from_config", "create_run", "train_stream", "stop", "cancel",
            "generate", "preference_round", "preference_update", "diagnostics", "predict_memory", "export", "snippet",
            "upload_lora", "load_config_file", "PREFERENCE_MODES", "noise_group_batch", "preference_run",
-           "final_status", "record_report", "require_run", "check_upload_size", "portable_config"]
+           "final_status", "kept_lora_text", "lora_iteration", "record_report", "require_run", "check_upload_size",
+           "portable_config", "last_lora_beside", "kept_lora_note"]
 
 
 def generate(session: str, model: str, prompt: str, seed: Any, use_lora: bool, hosted: bool,
@@ -50,7 +53,7 @@ def generate(session: str, model: str, prompt: str, seed: Any, use_lora: bool, h
                                       f"pass that model or use_lora=false")
         with runs.using(run) as chain:
             images = sample(chain, [prompt] * n, seeds=seeds)
-        label = f"{run.config.model} + LoRA ({run.step} it)"
+        label = f"{run.config.model} + LoRA ({lora_iteration(run)} it)"
     else:
         config = config_from_form({"model": model or "tiny"}, hosted)
         run = runs.session_run(session)

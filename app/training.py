@@ -22,7 +22,7 @@ from .runs import Run
 from .settings import caps
 
 __all__ = ["create_run", "require_run", "train_stream", "record_report", "over_disk_quota", "folder_bytes", "cancel",
-           "final_status", "stop"]
+           "final_status", "kept_lora_text", "lora_iteration", "stop"]
 
 
 def create_run(session: str, config: TrainConfig, hosted: bool, continue_lora: bool = False,
@@ -149,11 +149,27 @@ def cancel(session: str) -> None:
 
 
 def final_status(run: Run) -> str:
-    """"finished N iterations" or "stopped at iteration N", and that the LoRA is kept."""
+    """"finished N iterations" or "stopped at iteration N", and which LoRA is kept."""
     last = run.history[-1] if run.history else None
     head = f"Stopped at iteration {run.step}" if run.step < run.config.steps else f"Finished {run.step} iterations"
     tail = formatting.status_line(run, last) if last else ""
-    return f"{head}; LoRA kept (Export tab). {tail}".strip()
+    where = "Export tab; the last iteration's LoRA is in lora-last" if run.config.keep_best else "Export tab"
+    return f"{head}; {kept_lora_text(run)} ({where}). {tail}".strip()
+
+
+def lora_iteration(run: Run) -> int:
+    """The iteration whose LoRA the session holds: the current one while training; after a keep_best training
+    the guard's pick (the Trainer loads it when its run ends)."""
+    if run.config.keep_best and run.kind == "train" and run.history and not run.running and not run.uploaded_lora:
+        return int(run.trainer.guard.best_step)
+    return run.step
+
+
+def kept_lora_text(run: Run) -> str:
+    """"LoRA kept", and with keep_best which iteration's (the Trainer loads it when its run ends)."""
+    if not run.config.keep_best:
+        return "LoRA kept"
+    return f"LoRA kept: the guard's pick, iteration {run.trainer.guard.best_step}"
 
 
 def stop(session: str) -> str:

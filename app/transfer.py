@@ -16,16 +16,23 @@ from rlr_core.hosted import check_hosted
 from . import runs
 from .errors import FieldError
 from .form import config_from_form
+from .formatting import kept_reason_text, latest_evaluation
 from .runs import Run
 from .settings import caps
 from .training import create_run, require_run
 
-__all__ = ["export", "portable_config", "snippet", "load_config_file", "check_upload_size", "upload_lora"]
+__all__ = ["export", "last_lora_beside", "kept_lora_note", "portable_config", "snippet", "load_config_file",
+           "check_upload_size", "upload_lora"]
+
+LAST_LORA_FOLDER = "last-iteration"
+"""Where an export puts the last iteration's LoRA of a keep_best run, beside the kept one."""
 
 
 def export(session: str) -> tuple[Path, Path, str]:
     """Write the LoRA (.safetensors, via chain.save_lora) and a config ``rlr-train`` runs as is; return
-    the two paths and the usage snippet for the loaded model."""
+    the two paths and the usage snippet for the loaded model. After a keep_best training the LoRA is the one
+    the guard kept (the Trainer leaves it in the chain); the last iteration's goes beside it
+    (:func:`last_lora_beside`), and the text says which is which."""
     run = require_run(session, "export")
     if run.running:
         raise FieldError("export", "training is running; stop it (the LoRA is kept) or wait for the end")
@@ -33,10 +40,30 @@ def export(session: str) -> tuple[Path, Path, str]:
     folder = run.output_dir / "export" / f"step-{run.step:06d}"
     with runs.using(run) as chain:
         chain.save_lora(folder)
+    note, last = kept_lora_note(run), run.output_dir / "lora-last"
+    if note and last.is_dir():
+        shutil.copytree(last, folder / LAST_LORA_FOLDER)
     weights = next(folder.glob("*.safetensors"))
     config_path = folder / "rlr_config.yaml"
     portable_config(run.config).to_yaml(config_path)
-    return weights, config_path, snippet(run)
+    return weights, config_path, note + snippet(run)
+
+
+def last_lora_beside(weights: Path) -> Path | None:
+    """The last iteration's LoRA exported beside ``weights`` (a keep_best training), or None."""
+    return next((weights.parent / LAST_LORA_FOLDER).glob("*.safetensors"), None)
+
+
+def kept_lora_note(run: Run) -> str:
+    """After a keep_best training: which iteration's LoRA the export holds and why, and where the last one is
+    (Markdown, ends with a blank line); "" otherwise."""
+    if not (run.config.keep_best and run.kind == "train" and run.history) or run.uploaded_lora:
+        return ""
+    guard = run.trainer.guard
+    reason = kept_reason_text(guard.best_step, guard.kept_reason, bool(latest_evaluation(run.history)))
+    return (f"**This LoRA is the one the reward-hacking guard kept: iteration {guard.best_step}** ({reason}). "
+            f"The last iteration's LoRA (iteration {run.step}) is the second download, \"Last iteration's LoRA\", "
+            f"and on the server in `{run.output_dir / 'lora-last'}`.\n\n")
 
 
 def portable_config(config: TrainConfig) -> TrainConfig:
@@ -111,5 +138,6 @@ def upload_lora(session: str, path: str, form: dict[str, Any], hosted: bool) -> 
             chain.load_lora(path)
         except (ValueError, FileNotFoundError, OSError) as error:
             raise FieldError("LoRA file", str(error)) from None
+    run.uploaded_lora = Path(path).name
     run.status = f"Loaded LoRA {Path(path).name}; tick 'Continue from the current LoRA' and Start to train on"
     return run

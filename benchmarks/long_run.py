@@ -4,8 +4,8 @@
     python benchmarks/long_run.py --report            # table + picture from runs.jsonl only
     python benchmarks/long_run.py --iterations 4 --tasks saturation --estimators rlr --out /tmp/x   # smoke test
 
-Per (task, estimator, variant) one run of the bundled tiny model (T = 20, batch 8, lr 0.01, an evaluation every
-10 iterations on 32 fixed held-out seeds, one torch thread) with the guard's figures at every evaluation
+Per (task, estimator, variant) one run of the bundled tiny model (T = 20, batch 4, lr 0.01, an evaluation every
+5 iterations on 16 fixed held-out seeds, one torch thread) with the guard's figures at every evaluation
 (held-out reward, diversity, KL to the base model) and ``keep_best: true``. Tasks: ``saturation`` (the four
 shape prompts; held-out reward: tiny-clip's score of the prompt) and ``star`` (the star preset's reward;
 held-out reward: tiny-clip's plain score of "a red star on a white background", where the run trains the
@@ -40,7 +40,7 @@ OUT_DIR = Path(__file__).resolve().parent / "results" / "long-run"
 STAR_CONFIG = Path(__file__).resolve().parent / "star_demo.yaml"
 PROMPTS = ["a red circle on a white background", "a blue square on a gray background",
            "a green triangle on a black background", "a yellow star on a blue background"]
-EVAL_SEEDS = list(range(30_000_000, 30_000_032))  # held out: 32 images (8 per saturation prompt)
+EVAL_SEEDS = list(range(30_000_000, 30_000_064))  # held out; the first --eval-images of them (16: 4 per saturation prompt)
 STAR_TARGET = "a red star on a white background"
 KL_WEIGHT = 0.01
 TASKS = ("saturation", "star")
@@ -215,9 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--estimators", nargs="+", default=list(ESTIMATORS))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--iterations", type=int, default=200)
-    p.add_argument("--eval-every", type=int, default=10)
-    p.add_argument("--eval-images", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--eval-images", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--num-steps", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--patience", type=int, default=5, help="early_stop_patience of the guarded column")

@@ -154,8 +154,13 @@ def build_heldout_reward(config: TrainConfig, device: Any = None, hosted: bool =
     options = dict(config.heldout_reward_options)
     if name == "clip" and not options.get("model") and "clip_model" not in options:
         options["clip_model"] = default_clip_model(config.model)
-    return _named("heldout_reward_options", get_reward, name, options, device=device,
-                  hosted=True if hosted else None)
+    try:
+        return _named("heldout_reward_options", get_reward, name, options, device=device,
+                      hosted=True if hosted else None)
+    except ConfigError as error:
+        if str(error).startswith(("reward=", "reward must be one of")):  # the registry's words for an unknown name
+            raise ConfigError("heldout_reward", f"heldout_reward: {error}") from None
+        raise
 
 
 def build_estimator(config: TrainConfig, chain: Chain | None = None, reward: Reward | None = None) -> Estimator:

@@ -103,11 +103,12 @@ def test_train_preference_export_in_chromium(browser, app_url, tiny_pixel_dir, t
     assert page.locator("#progress progress").count() == 1
     wait_for_status(page, "Finished 4 iterations")
     assert "LoRA kept" in status_text(page)
+    assert "Kept LoRA" in page.locator("#guard-status").inner_text()  # keep best is on in the app
     page.wait_for_function("() => document.querySelectorAll('#after-images img').length >= 4")
     page.evaluate("window.scrollTo(0, 0)")
     for strip in ("#before-images", "#after-images"):
         images = page.locator(f"{strip} img")
-        assert images.count() == 4
+        assert images.count() == 4  # the first 4 of the 8 evaluation images (2 prompts x 4, for the guard)
         for i in range(4):
             box = images.nth(i).bounding_box()
             assert box["width"] >= 160, box

@@ -67,7 +67,9 @@ def test_train_streams_one_update_per_iteration_and_generate_uses_the_lora(serve
     assert [u["finished"] for u in updates] == [False, False, False, True]
     last = updates[-1]
     assert last["step"] == 3 and not last["running"] and last["status"].startswith("Finished 3 iterations")
-    assert last["before_rewards"] and len(last["before_rewards"]) == 4
+    assert last["before_rewards"] and len(last["before_rewards"]) == 8  # 2 prompts x 4 evaluation images
+    assert last["guard"]["keep_best"] and "Kept LoRA" in last["guard_status"]  # keep best is on in the app
+    assert last["diversity"] is not None and last["before_guard"]["diversity"] == 1.0
     assert set(last["grad_norms"]) >= {"fo", "ho", "total"}
     assert Path(last["lora_dir"], "pytorch_lora_weights.safetensors").is_file()
 

@@ -1,5 +1,6 @@
-"""The Export tab: the session's LoRA (.safetensors) and a config ``rlr-train`` runs as is, with a usage
-snippet; and continuing from files (a config fills the Train tab, a LoRA loads into the session)."""
+"""The Export tab: the session's LoRA (.safetensors; after a keep_best training the one the guard kept, with the
+last iteration's beside it) and a config ``rlr-train`` runs as is, with a usage snippet; and continuing from files
+(a config fills the Train tab, a LoRA loads into the session)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ __all__ = ["ExportTab", "layout", "wire"]
 class ExportTab:
     button: Any
     lora_file: Any
+    last_lora_file: Any
     config_file: Any
     snippet: Any
     upload_config: Any
@@ -31,7 +33,10 @@ class ExportTab:
 def layout(page: Page) -> ExportTab:
     button = gr.Button("Prepare LoRA and config", elem_id="export-btn")
     with gr.Row():
-        lora_file = gr.File(label="LoRA (.safetensors)", interactive=False, elem_id="lora-file")
+        lora_file = gr.File(label="LoRA (.safetensors; with keep best: the kept one)", interactive=False,
+                            elem_id="lora-file")
+        last_lora_file = gr.File(label="Last iteration's LoRA (keep best)", interactive=False, visible=False,
+                                 elem_id="last-lora-file")
         config_file = gr.File(label="Config (YAML, runs with rlr-train as is)", interactive=False,
                               elem_id="config-file")
     snippet = gr.Markdown("", elem_id="export-snippet")
@@ -42,7 +47,7 @@ def layout(page: Page) -> ExportTab:
         upload_lora = gr.File(label="Upload a LoRA (.safetensors): loads it into this session",
                               file_types=[".safetensors"], elem_id="upload-lora")
     upload_status = gr.Markdown("")
-    return ExportTab(button, lora_file, config_file, snippet, upload_config, upload_lora, upload_status)
+    return ExportTab(button, lora_file, last_lora_file, config_file, snippet, upload_config, upload_lora, upload_status)
 
 
 def wire(page: Page, tab: ExportTab) -> None:
@@ -50,9 +55,11 @@ def wire(page: Page, tab: ExportTab) -> None:
 
     def on_export(request: gr.Request = None) -> tuple:
         weights, config_path, text = runner.export(session_of(request))
-        return str(weights), str(config_path), text
+        last = runner.last_lora_beside(weights)
+        return str(weights), gr.update(value=str(last) if last else None, visible=last is not None), str(config_path), text
 
-    page.listen(tab.button.click, on_export, None, [tab.lora_file, tab.config_file, tab.snippet], **GPU, **UI_ONLY)
+    page.listen(tab.button.click, on_export, None, [tab.lora_file, tab.last_lora_file, tab.config_file, tab.snippet],
+                **GPU, **UI_ONLY)
 
     def on_upload_config(path: str | None) -> list:
         if not path:

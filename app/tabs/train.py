@@ -1,6 +1,6 @@
 """The Train tab: the form (from :data:`app.form.FIELDS`, with presets), Start / Stop / Predict memory,
-the progress bar, the before/after image strips on fixed seeds, the training curves, and the Generate
-accordion (:mod:`app.tabs.generate`)."""
+the progress bar, the reward-hacking guard's status (which iteration's LoRA is kept and why), the before/after
+image strips on fixed seeds, the training curves, and the Generate accordion (:mod:`app.tabs.generate`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from .widgets import default_reward, make_widget, reward_help
 __all__ = ["TrainTab", "layout", "wire", "train_outputs"]
 
 SECTIONS = [("schedule", "Coarse / mid / fine prompts", False), ("estimator", "Estimator", True),
-            ("sampling", "Sampling", True), ("optimization", "Optimization", True)]
+            ("sampling", "Sampling", True), ("optimization", "Optimization", True),
+            ("guard", "Reward-hacking guard", False)]
 """The form's accordions below the main fields: (section of app.form.Field, title, open)."""
 
 
@@ -32,6 +33,7 @@ class TrainTab:
     memory_note: Any
     progress: Any
     status: Any
+    guard_status: Any
     before_strip: Any
     after_strip: Any
     plots: Any
@@ -39,7 +41,7 @@ class TrainTab:
 
     @property
     def outputs(self) -> list[Any]:
-        return [self.progress, self.status, self.before_strip, self.after_strip, self.plots]
+        return [self.progress, self.status, self.guard_status, self.before_strip, self.after_strip, self.plots]
 
 
 def layout(page: Page) -> TrainTab:
@@ -74,10 +76,12 @@ def layout(page: Page) -> TrainTab:
                                                                "Sampled when the run starts"), elem_id="before-images")
             after_strip = gr.HTML(formatting.image_strip_html("After (current LoRA, same seeds)", None,
                                                               "Appears at the first evaluation"), elem_id="after-images")
+            # the guard's text under the strips, so that they stay on the first screen
+            guard_status = gr.Markdown("", elem_id="guard-status", elem_classes=["rlr-note"])
             figure = gr.Plot(label="Training curves", show_label=False, elem_id="train-plots", format="png")
             box = generate.layout()
-    return TrainTab(help_box, start_btn, stop_btn, memory_btn, memory_note, progress, status, before_strip, after_strip,
-                    figure, box)
+    return TrainTab(help_box, start_btn, stop_btn, memory_btn, memory_note, progress, status, guard_status,
+                    before_strip, after_strip, figure, box)
 
 
 def _wire_preset(page: Page, preset_box: Any) -> None:
@@ -95,18 +99,23 @@ def _wire_preset(page: Page, preset_box: Any) -> None:
 
 
 def train_outputs(run: Any) -> tuple:
-    """Progress, status, before/after strips and the figure of ``run``."""
+    """Progress, status, the guard's status, before/after strips and the figure of ``run``."""
     device = getattr(run.chain, "device", None)
     device_type = getattr(device, "type", "cpu")
     after_note = (f"Refreshed every {run.config.eval_every} iterations (and at the end)"
                   if run.config.eval_every else "Shown at the end of the run")
     after_title = f"After (current LoRA at iteration {run.after_step}, same seeds)" if run.after else "After (current LoRA, same seeds)"
+    kept = runner.lora_iteration(run)
+    if run.after and run.config.keep_best and not run.running and kept != run.after_step:  # back to the kept LoRA
+        after_title = f"After (LoRA at iteration {run.after_step}, same seeds; the session keeps iteration {kept}'s)"
     return (
         formatting.progress_html(run),
         run.status,
+        formatting.guard_status(run),
         formatting.image_strip_html("Before (LoRA off, fixed seeds)", run.before, "Sampled when the run starts"),
         formatting.image_strip_html(after_title, run.after, after_note),
-        plots.training_figure(run.history, device_type, run.config.reward),
+        plots.training_figure(run.history, device_type, run.config.reward, run.config.heldout_reward,
+                              run.config.min_diversity),
     )
 
 
@@ -121,17 +130,18 @@ def wire(page: Page, tab: TrainTab) -> None:
         try:
             config = runner.config_from_form(values_by_key, hosted)
             yield (formatting.progress_html(None).replace("Idle: set up a run and press Start.", "Starting …"),
-                   "Starting: loading the model", gr.skip(), gr.skip(), gr.skip())
+                   "Starting: loading the model", "", gr.skip(), gr.skip(), gr.skip())
             for last in runner.train_stream(session, config, hosted, bool(values_by_key.get("continue_lora"))):
                 yield train_outputs(last)
         except Exception:
             # the page already said "Starting": show the session's run as it is again, then the toast
             current = runs.session_run(session)
             yield (formatting.progress_html(current), current.status if current else "Idle.",
+                   formatting.guard_status(current),
                    gr.skip(), gr.skip(), gr.skip())
             raise
         if last is not None and last.step < last.config.steps:
-            gr.Info(f"Stopped at iteration {last.step}; LoRA kept.", title="Stopped")
+            gr.Info(f"Stopped at iteration {last.step}; {runner.kept_lora_text(last)}.", title="Stopped")
 
     page.listen(tab.start_btn.click, on_start, page.form, tab.outputs, show_progress="hidden", **TRAIN, **UI_ONLY)
 

@@ -42,12 +42,14 @@ def make_widget(field: Field, hosted: bool) -> Any:
         from rlr_core.rewards import reward_names
 
         return gr.Dropdown(choices=reward_names(), value=default, allow_custom_value=not hosted, scale=2, **common)
+    if field.key == "heldout_reward":  # auto, none or a reward name; a plug-in may be typed in (local only)
+        return gr.Dropdown(choices=list(field.choices), value=default, allow_custom_value=not hosted, **common)
     if field.key == "lora_targets":  # a named set, or module-name suffixes typed in ("attn2.to_k, attn2.to_v")
         return gr.Dropdown(choices=list(field.choices), value=default, allow_custom_value=True, **common)
     if field.kind == "choice":
         return gr.Dropdown(choices=list(field.choices), value=default, **common)
     if field.kind == "bool":
-        return gr.Checkbox(value=default, label=field.label, elem_id=common["elem_id"])
+        return gr.Checkbox(value=default, **common)
     if field.kind == "lines":
         return gr.Textbox(value=default, lines=3, placeholder=DEFAULT_PROMPTS, **common)
     if field.kind in ("int", "float"):
