@@ -23,9 +23,10 @@ PROMPT = "a red circle on a blue background"
 
 
 def _config(tmp_path, name, **overrides) -> TrainConfig:
+    # truncated-bp: the cheapest estimator; the guard does not depend on it
     values = dict(model="tiny", num_steps=8, prompts=[PROMPT], batch_size=4, steps=6, eval_every=2,
                   eval_seeds=list(range(6)), reward="saturation", lr=0.03, seed=0, checkpoint_every=0,
-                  device="cpu", output_dir=str(tmp_path / name))
+                  estimator="truncated-bp", device="cpu", output_dir=str(tmp_path / name))
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -107,16 +108,15 @@ def test_a_hacking_run_trips_the_guard_and_the_kept_lora_reproduces_its_evaluati
 
 
 def test_a_clean_run_is_not_refused(tmp_path):
-    config = _config(tmp_path, "clean", lr=1e-4, keep_best=True, estimator="truncated-bp")
+    config = _config(tmp_path, "clean", lr=1e-4, keep_best=True)
     _, reports = _train(config)
     verdicts = [r.guard for r in reports if r.guard]
     assert verdicts and all(v["accepted"] for v in verdicts), [v["refused"] for v in verdicts]
 
 
 def test_early_stop_and_resume_keep_the_guard_state(tmp_path):
-    # truncated-bp: the cheapest estimator (the guard does not depend on it); the hack sets in by iteration 3
     hack = dict(keep_best=True, steps=6, eval_every=1, checkpoint_every=1, keep_checkpoints=10, num_steps=6,
-                eval_seeds=[0, 1, 2, 3], estimator="truncated-bp", lr=0.05)
+                eval_seeds=[0, 1, 2, 3], lr=0.05)
     _, whole = _train(_config(tmp_path, "straight", **hack))
     verdicts = [(r.guard["accepted"], r.guard["kept_step"]) for r in whole]
     assert not all(accepted for accepted, _ in verdicts), verdicts
