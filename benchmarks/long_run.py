@@ -9,7 +9,7 @@ Per (task, estimator, variant) one run of the bundled tiny model (T = 20, batch 
 (held-out reward, diversity, KL to the base model) and ``keep_best: true``. Tasks: ``saturation`` (the four
 shape prompts; held-out reward: tiny-clip's score of the prompt) and ``star`` (the star preset's reward;
 held-out reward: tiny-clip's plain score of "a red star on a white background", where the run trains the
-contrastive log-probability). Variants: ``plain`` and ``kl`` (``kl_weight`` > 0). The tiny detector
+contrastive log-probability). Variants: ``plain`` and ``kl`` (``kl_weight`` > 0); ``gentle`` (lr / 10) on request. The tiny detector
 (``rlr_core.tiny.detect``) reads each evaluation image: the share whose colour, shape and background are the
 prompt's (saturation) or that are clean stars (star).
 
@@ -45,7 +45,7 @@ STAR_TARGET = "a red star on a white background"
 KL_WEIGHT = 0.01
 TASKS = ("saturation", "star")
 ESTIMATORS = ("rlr", "truncated-bp", "full-bp")
-VARIANTS = ("plain", "kl")
+VARIANTS = ("plain", "kl", "gentle")  # gentle: lr / 10 (not in the default list)
 
 
 def task_config(task: str, estimator: str, variant: str, args: argparse.Namespace, output_dir: str):
@@ -54,7 +54,8 @@ def task_config(task: str, estimator: str, variant: str, args: argparse.Namespac
 
     from rlr_core.config import TrainConfig
 
-    common = dict(model="tiny", num_steps=args.num_steps, batch_size=args.batch_size, lr=args.lr, seed=0,
+    lr = args.lr / 10 if variant == "gentle" else args.lr
+    common = dict(model="tiny", num_steps=args.num_steps, batch_size=args.batch_size, lr=lr, seed=0,
                   steps=args.iterations, eval_every=args.eval_every, eval_seeds=EVAL_SEEDS[: args.eval_images],
                   estimator=estimator, keep_best=True, early_stop_patience=0, checkpoint_every=0, device="cpu",
                   kl_weight=KL_WEIGHT if variant == "kl" else 0.0, output_dir=output_dir)
@@ -110,7 +111,7 @@ def run_one(task: str, estimator: str, variant: str, args: argparse.Namespace) -
                           "train_reward": float(np.mean(train_rewards[-args.eval_every:])),
                           "prompt_read": prompt_read_share(report.eval_images, eval_prompts, task)})
     return {"key": key, "task": task, "estimator": estimator, "variant": variant,
-            "kl_weight": config.kl_weight, "iterations": args.iterations, "batch_size": args.batch_size,
+            "kl_weight": config.kl_weight, "lr_used": config.lr, "iterations": args.iterations, "batch_size": args.batch_size,
             "num_steps": args.num_steps, "lr": args.lr, "eval_images": len(config.eval_seeds),
             "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
             "space": run.trainer.probe.space, "evals": evals}
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work-dir", default="/tmp/rlr-long-run", help="run folders (LoRAs, metrics) of each run")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     p.add_argument("--estimators", nargs="+", default=list(ESTIMATORS))
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--variants", nargs="+", default=["plain", "kl"], choices=VARIANTS)
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--eval-images", type=int, default=16)
