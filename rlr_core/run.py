@@ -151,9 +151,7 @@ def build_heldout_reward(config: TrainConfig, device: Any = None, hosted: bool =
     if name == "none":
         return None
     name = "clip" if name == "auto" else name
-    options = dict(config.heldout_reward_options)
-    if name == "clip" and not options.get("model") and "clip_model" not in options:
-        options["clip_model"] = default_clip_model(config.model)
+    options = _with_clip_model(name, dict(config.heldout_reward_options), config.model)
     try:
         return _named("heldout_reward_options", get_reward, name, options, device=device,
                       hosted=True if hosted else None)
@@ -181,12 +179,18 @@ def build_estimator(config: TrainConfig, chain: Chain | None = None, reward: Rew
 def reward_options_for(config: TrainConfig) -> dict[str, Any]:
     """``config.reward_options`` with the base model's defaults filled in: the CLIP-based rewards
     (``clip``; ``preference`` features "auto") use the bundled tiny-clip when the model is the tiny one."""
-    options = dict(config.reward_options)
+    options = _with_clip_model(config.reward, dict(config.reward_options), config.model)
     clip_default = default_clip_model(config.model)
-    if config.reward == "clip" and not options.get("model") and "clip_model" not in options:
-        options["clip_model"] = clip_default
     if config.reward == "preference" and options.get("features", "auto") == "auto" and clip_default == "tiny-clip":
         options["features"] = "tiny-clip"
+    return options
+
+
+def _with_clip_model(reward: str, options: dict[str, Any], base_model: str) -> dict[str, Any]:
+    """``options`` of reward ``reward`` with the base model's CLIP (tiny-clip for the tiny model) when it is the
+    ``clip`` reward and names no model."""
+    if reward == "clip" and not options.get("model") and "clip_model" not in options:
+        options["clip_model"] = default_clip_model(base_model)
     return options
 
 

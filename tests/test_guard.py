@@ -55,11 +55,11 @@ def test_diversity_is_the_mean_pairwise_distance_per_prompt():
 def test_guard_refuses_a_fallen_heldout_reward_or_diversity_and_keeps_the_best():
     guard = Guard(keep_best=False, tolerance=0.1, min_diversity=0.5, patience=2)
     guard.set_base([1.0, 1.0], heldout=[10.0, 10.0], diversity_raw=0.4)
-    ok = guard.judge(1, [1.5], guard.metrics([9.5], 0.4, None, "x"), chain=None)
+    ok = guard.judge(1, [1.5], guard.metrics([9.5], 0.4, None), chain=None)
     assert ok["accepted"] and ok["kept_step"] == 1 and ok["gain"] == pytest.approx(0.5)
-    fallen = guard.judge(2, [3.0], guard.metrics([8.9], 0.4, None, "x"), chain=None)  # 11% below the base
+    fallen = guard.judge(2, [3.0], guard.metrics([8.9], 0.4, None), chain=None)  # 11% below the base
     assert not fallen["accepted"] and "held-out reward" in fallen["refused"][0] and fallen["kept_step"] == 1
-    narrow = guard.judge(3, [3.0], guard.metrics([10.0], 0.1, None, "x"), chain=None)  # diversity 0.25
+    narrow = guard.judge(3, [3.0], guard.metrics([10.0], 0.1, None), chain=None)  # diversity 0.25
     assert not narrow["accepted"] and "diversity" in narrow["refused"][0] and narrow["stop"]  # patience 2 spent
 
 

@@ -29,17 +29,11 @@ def evaluate(
 
     ``prompts`` are cycled over the seeds. ``adapters=False`` samples with the LoRA disabled (the
     "before" images) when the chain supports ``adapters_disabled()``; otherwise the current
-    parameters are used. The global RNG states are left untouched.
+    parameters are used. The global RNG states are left untouched. (:func:`evaluate_guarded` without
+    the guard's figures.)
     """
-    seeds = [int(s) for s in seeds]
-    prompts = [prompts[i % len(prompts)] for i in range(len(seeds))]
-    lora_off = not adapters and isinstance(chain, LoraChain)
-    context = chain.adapters_disabled() if lora_off else contextlib.nullcontext()
-    with isolated_rng(), torch.no_grad(), context:
-        images = sample(chain, prompts, seeds=seeds)
-        rewards = reward(images, [str(p) for p in prompts])
-    values = [float(r) for r in torch.as_tensor(rewards).detach().double().cpu().reshape(-1)]
-    return to_pil(images), values
+    result = evaluate_guarded(chain, reward, seeds, prompts, probe=None, adapters=adapters)
+    return result.images, result.rewards
 
 
 @dataclass
@@ -51,18 +45,19 @@ class Evaluation:
     heldout: list[float] | None  # the held-out reward of each image (None without one)
     diversity_raw: float | None  # mean pairwise distance of a prompt's images (not yet relative to the base)
     kl: list[float] | None  # per-image trajectory KL to the base model (None: LoRA off, or no base model)
-    space: str  # the feature space of the diversity figure
+    space: str  # the feature space of the diversity figure ("" without a probe)
 
 
 def evaluate_guarded(
-    chain: Chain, reward: Reward, seeds: list[int], prompts: list[Any], probe: FeatureProbe, adapters: bool = True
+    chain: Chain, reward: Reward, seeds: list[int], prompts: list[Any], probe: FeatureProbe | None,
+    adapters: bool = True,
 ) -> Evaluation:
-    """As :func:`evaluate`, plus the held-out reward, the diversity of each prompt's images and (LoRA on) the
-    trajectory KL of the images to the base model, all from the same sampled trajectories."""
+    """As :func:`evaluate`, plus (with a ``probe``) the held-out reward, the diversity of each prompt's images and
+    (LoRA on) the trajectory KL of the images to the base model, all from the same sampled trajectories."""
     seeds = [int(s) for s in seeds]
     prompts = [prompts[i % len(prompts)] for i in range(len(seeds))]
     lora_off = not adapters and isinstance(chain, LoraChain)
-    with_kl = adapters and hasattr(chain, "adapters_disabled")
+    with_kl = probe is not None and adapters and hasattr(chain, "adapters_disabled")
     record: dict[int, Any] | None = {k: None for k in range(int(chain.num_steps))} if with_kl else None
     context = chain.adapters_disabled() if lora_off else contextlib.nullcontext()
     texts = [str(p) for p in prompts]
@@ -71,12 +66,12 @@ def evaluate_guarded(
         with context:
             images = sample(chain, prompts, seeds=seeds, record=record)
         rewards = reward(images, texts)
-        heldout = probe.heldout(images, texts)
-        features = probe.features(images)
+        heldout = probe.heldout(images, texts) if probe is not None else None
+        diversity = diversity_of(probe.features(images), groups, probe.space) if probe is not None else None
         kl = recorded_trajectory_kl(chain, record, chain.condition(list(prompts))) if record is not None else None
     values = [float(r) for r in torch.as_tensor(rewards).detach().double().cpu().reshape(-1)]
-    return Evaluation(images=to_pil(images), rewards=values, heldout=heldout,
-                      diversity_raw=diversity_of(features, groups, probe.space), kl=kl, space=probe.space)
+    return Evaluation(images=to_pil(images), rewards=values, heldout=heldout, diversity_raw=diversity, kl=kl,
+                      space=probe.space if probe is not None else "")
 
 
 def eval_due(step: int, steps: int, every: int) -> bool:

@@ -21,7 +21,7 @@ many evaluations without a better guarded score.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -92,8 +92,6 @@ class GuardMetrics:
     heldout_reward: float | None
     diversity: float | None  # relative to the base model's on the same seeds (base = 1.0)
     kl: float | None  # mean per-image trajectory KL to the base model
-    diversity_raw: float | None = None  # the mean pairwise distance itself
-    space: str = "pixels"
 
     def as_dict(self) -> dict[str, Any]:
         return {"heldout_reward": self.heldout_reward, "diversity": self.diversity, "kl": self.kl}
@@ -122,7 +120,6 @@ class Guard:
     best_lora: dict[str, torch.Tensor] | None = None
     evaluations_since_best: int = 0
     kept_reason: str = "no evaluation yet: the base model (iteration 0)"
-    history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_config(cls, config: Any) -> "Guard":
@@ -139,14 +136,12 @@ class Guard:
         if self.keep_best and chain is not None and self.best_lora is None:
             self.best_lora = lora_state(chain)  # the untrained LoRA: the base model's images
 
-    def metrics(self, heldout: list[float] | None, diversity_raw: float | None, kl: list[float] | None,
-                space: str) -> GuardMetrics:
+    def metrics(self, heldout: list[float] | None, diversity_raw: float | None, kl: list[float] | None) -> GuardMetrics:
         """One evaluation's figures; diversity relative to the base model's."""
         relative = None
         if diversity_raw is not None and self.base_diversity_raw:
             relative = diversity_raw / self.base_diversity_raw
-        return GuardMetrics(heldout_reward=_mean(heldout), diversity=relative, kl=_mean(kl),
-                            diversity_raw=diversity_raw, space=space)
+        return GuardMetrics(heldout_reward=_mean(heldout), diversity=relative, kl=_mean(kl))
 
     # ------------------------------------------------------------------ decisions
     def refusals(self, metrics: GuardMetrics) -> list[str]:
@@ -178,7 +173,6 @@ class Guard:
         stop = self.patience > 0 and self.evaluations_since_best >= self.patience
         verdict = {"step": step, "gain": gain, "accepted": not refused, "refused": refused,
                    "kept_step": self.best_step, "kept_reason": self.kept_reason, "stop": stop}
-        self.history.append({**metrics.as_dict(), "step": step, "gain": gain, "accepted": not refused})
         return verdict
 
     def stop_message(self) -> str:
@@ -190,8 +184,7 @@ class Guard:
         return {"base_eval_reward": self.base_eval_reward, "base_heldout": self.base_heldout,
                 "base_diversity_raw": self.base_diversity_raw, "best_score": self.best_score,
                 "best_step": self.best_step, "best_lora": self.best_lora,
-                "evaluations_since_best": self.evaluations_since_best, "kept_reason": self.kept_reason,
-                "history": list(self.history)}
+                "evaluations_since_best": self.evaluations_since_best, "kept_reason": self.kept_reason}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():

@@ -23,7 +23,7 @@ class GuardMethods:
                                 adapters=False)
         self.before_images, self.before_rewards = base.images, base.rewards
         self.guard.set_base(base.rewards, base.heldout, base.diversity_raw, self.chain)
-        self.before_guard = {**self.guard.metrics(base.heldout, base.diversity_raw, None, base.space).as_dict(),
+        self.before_guard = {**self.guard.metrics(base.heldout, base.diversity_raw, None).as_dict(),
                              "kl": 0.0, "space": base.space}
 
     def evaluate_step(self, report: Any) -> None:
@@ -31,7 +31,7 @@ class GuardMethods:
         end the run: ``early_stop_patience``)."""
         result = evaluate_guarded(self.chain, self.reward, self.config.eval_seeds, self.eval_prompts, self.probe)
         report.eval_images, report.eval_rewards = result.images, result.rewards
-        metrics = self.guard.metrics(result.heldout, result.diversity_raw, result.kl, result.space)
+        metrics = self.guard.metrics(result.heldout, result.diversity_raw, result.kl)
         report.heldout_reward, report.diversity, report.kl = metrics.heldout_reward, metrics.diversity, metrics.kl
         verdict = self.guard.judge(report.step, result.rewards, metrics, self.chain)
         report.guard = {**verdict, "space": result.space, "keep_best": self.guard.keep_best}
