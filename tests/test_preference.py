@@ -327,3 +327,87 @@ def test_learned_round_with_rlr_on_tiny_diffusers_chain(tiny_chain, tmp_path):
     assert max(range(4), key=lambda j: result.rewards[j]) == 0
     assert any(not torch.equal(p.detach(), b) for p, b in zip(params, before))
     assert len(ClickLog(log.path).rounds()) == 1 and trainer.step == 1
+
+
+# ------------------------------------------------------------------ held-out accuracy, head updates, replay
+
+
+def test_head_predicts_each_click_before_it_learns_from_it(tmp_path):
+    """The head's prediction of round r uses rounds < r only; a consistent user is predicted well, a
+    contrary one (clicking the least red) is predicted badly; predictions survive a restart."""
+    def session_for(name, pick):
+        chain = FakeChain()
+        log = ClickLog(tmp_path / name / "clicks.jsonl")
+        session = PreferenceSession(TinyTrainer(chain, FakeEstimator()), log, mode="direct", features="pixels")
+        for i in range(16):
+            rnd = session.new_round(PROMPTS, seed=100 + i)
+            session.click(rnd, chosen=[pick(redness(rnd.images), i)])
+            session.update(rnd)
+        return session
+
+    consistent = session_for("a", lambda red, i: int(red.argmax()))
+    assert len(consistent.predictions) == 15 and all(pairs == 3 for _, pairs in consistent.predictions)
+    assert consistent.held_out_accuracy(last=8) > 0.7
+    # every second click contrary (the least red): no head can predict those rounds
+    contrary = session_for("b", lambda red, i: int(red.argmin()) if i % 2 else int(red.argmax()))
+    assert contrary.held_out_accuracy(last=8) < 0.65
+    restarted = PreferenceSession(TinyTrainer(FakeChain(), FakeEstimator()), ClickLog(consistent.log.path), features="pixels")
+    assert restarted.predictions == consistent.predictions
+
+
+def test_head_updates_add_iterations_scored_by_the_head(tmp_path):
+    estimator = FakeEstimator()
+    trainer = TinyTrainer(FakeChain(), estimator)
+    session = PreferenceSession(trainer, ClickLog(tmp_path / "clicks.jsonl"), mode="direct", features="pixels", head_updates=2)
+    for i in range(3):
+        rnd = session.new_round(PROMPTS, seed=i)
+        session.click(rnd, chosen=[0])
+        update = session.update(rnd)
+        assert len(update.head_reports) == 2
+        assert not estimator.received[-3][1].requires_grad  # the click update: the clicks
+        for rollout, rewards in estimator.received[-2:]:  # fresh images, the head's differentiable scores
+            assert rewards.requires_grad and rollout.differentiable_reward
+            assert torch.allclose(rewards.detach(), session.head(rollout.images.detach(), rollout.prompts))
+    assert trainer.step == 9
+    events = [e for e in ClickLog(tmp_path / "clicks.jsonl").events if e["type"] == "update"]
+    assert [len(e["head_rewards"]) for e in events] == [2, 2, 2] and events[0]["head_updates"] == 2
+
+
+def _click_session(chain, tmp_path, name, **options):
+    from rlr_core.estimators import get_estimator
+
+    trainer = click_trainer(chain, get_estimator("rlr", h=1), tmp_path / name)
+    return PreferenceSession(trainer, ClickLog(tmp_path / name / "clicks.jsonl"), features="pixels", **options)
+
+
+def test_replay_rebuilds_the_lora_bit_for_bit(tiny_sd_dir, tmp_path):
+    """Same start LoRA, same rounds (seeds), same clicks -> the same LoRA, in a fresh model."""
+    from rlr_core.diffusers_chain import load_model
+
+    def fresh_chain():
+        return load_model(str(tiny_sd_dir), num_steps=4, lora_rank=2, guidance_scale=3.0, device="cpu", dtype="float32")
+
+    chain = fresh_chain()
+    start = {k: v + 0.01 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1)) for k, v in chain.lora_state_dict().items()}
+    chain.load_lora_state_dict(start)  # a session that continues a trained LoRA
+    original = _click_session(chain, tmp_path, "a", mode="learned", k=1, head_updates=1)
+    for i, best in enumerate([2, 0, 3]):
+        rnd = original.new_round(PAIR_PROMPTS, seed=50 + i)
+        original.click(rnd, chosen=[best])
+        original.update(rnd)
+    trained = chain.lora_state_dict()
+    assert any(not torch.equal(trained[k], start[k]) for k in trained)
+
+    rebuilt_chain = fresh_chain()
+    rebuilt = _click_session(rebuilt_chain, tmp_path, "b", mode="learned", k=1, head_updates=1)
+    seen = []
+    result = rebuilt.replay(tmp_path / "a" / "clicks.jsonl", on_round=lambda n, u: seen.append(n))
+    assert result.rounds == 3 and result.mismatched_rounds == [] and seen == [0, 1, 2]
+    replayed = rebuilt_chain.lora_state_dict()
+    assert all(torch.equal(replayed[k], trained[k]) for k in trained)
+    assert len(ClickLog(tmp_path / "b" / "clicks.jsonl").rounds()) == 3  # the new log continues where the old ended
+    assert rebuilt.predictions == original.predictions
+
+    other = _click_session(fresh_chain(), tmp_path, "c", mode="learned", k=1, head_updates=0)
+    with pytest.raises(ValueError, match="head_updates"):
+        other.replay(tmp_path / "a" / "clicks.jsonl")

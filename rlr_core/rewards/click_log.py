@@ -148,6 +148,30 @@ class ClickLog:
         self.records.extend(records)
         return records
 
+    @property
+    def start_lora_path(self) -> Path:
+        """Where the LoRA the log's first round was sampled with is kept (a safetensors file)."""
+        return self.path.parent / f"{self.path.stem}_start_lora.safetensors"
+
+    def save_start_lora(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Keep the LoRA the session starts from (once, before the first round), durable on return."""
+        from safetensors.torch import save_file
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.start_lora_path.with_suffix(".tmp")
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.start_lora_path)
+
+    def start_lora(self) -> dict[str, torch.Tensor] | None:
+        """The LoRA kept by :meth:`save_start_lora`, or None."""
+        if not self.start_lora_path.exists():
+            return None
+        from safetensors.torch import load_file
+
+        return load_file(str(self.start_lora_path))
+
     def append_event(self, type: str, **data: Any) -> None:
         """Log a non-click event (e.g. ``update`` with the round id and rewards)."""
         row = {"type": type, "time": time.time(), "version": LOG_VERSION, **data}

@@ -26,7 +26,13 @@ from rlr_core.rewards.preference_head import FEATURES, MODES, PreferenceReward, 
 from rlr_core.rewards.simple import check_images
 
 __all__ = ["ClickLog", "ClickRecord", "ClickReward", "PreferenceReward", "click_rewards", "image_sha256",
-           "pixel_features", "to_uint8", "FEATURES", "LOG_VERSION", "MODES"]
+           "pixel_features", "to_uint8", "FEATURES", "LOG_VERSION", "MODES", "DEFAULT_MODE", "DEFAULT_FEATURES",
+           "DEFAULT_HEAD_UPDATES"]
+
+# The defaults of a click session (the app's Preference tab, PreferenceSession), chosen by benchmarks/clicks.py
+DEFAULT_MODE = "direct"
+DEFAULT_FEATURES = "auto"  # tiny-clip for the tiny model, CLIP otherwise (pixels when CLIP's weights are missing)
+DEFAULT_HEAD_UPDATES = 0
 
 
 # The click session drives training, so it lives a layer up (rlr_core.training.clicks). Users' code that imported

@@ -114,6 +114,13 @@ class PreferenceReward:
             warnings.warn(f"preference reward: using weight-free pixel features ({exc})")
             return "pixels"
 
+    @property
+    def features_name(self) -> str:
+        """The features in use, as a ``features`` value: ``pixels``, ``tiny-clip`` or ``clip``."""
+        if self.features_kind == "pixels":
+            return "pixels"
+        return "tiny-clip" if self._clip_args[0] == "tiny-clip" else "clip"
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Feature vectors [B, D] (float32, differentiable in ``images``)."""
         if self.features_kind == "clip":

@@ -1,10 +1,17 @@
-"""Click sessions of a preference run: rounds of images to click, each turned into one Trainer iteration.
+"""Click sessions of a preference run: rounds of images to click, each turned into Trainer iterations.
 
 A session samples a round with the run's estimator (``estimator.rollout``, keeping what the gradient
 needs), logs the user's click in the click log (``rlr_core.rewards.click_log``, durable before use), and
 updates with the clicks as rewards (direct mode) or with the refitted learned head's rewards on the shown
 images (learned mode, ``rlr_core.rewards.preference_head``) through ``trainer.update_from_rewards``: a step,
-a metrics line and checkpoints when due, like any other iteration. See docs/rewards.md (preference).
+a metrics line and checkpoints when due, like any other iteration. ``head_updates`` more iterations per
+round sample fresh images and score them with the head, without the user.
+
+A Bradley-Terry head is fitted on the clicks in every mode: before it learns from a round it predicts
+the round's click, which is the held-out accuracy the session reports. Everything the updates depend on
+(the starting LoRA, the round seeds, the clicks, the settings) is in the log, and the updates are
+deterministic, so :meth:`PreferenceSession.replay` rebuilds the model from a log. See docs/rewards.md
+(preference).
 """
 
 from __future__ import annotations
@@ -12,15 +19,16 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
 
 from ..rewards.click_log import ClickLog, ClickRecord, click_rewards, image_sha256, to_uint8
 from ..rewards.preference_head import MODES, PreferenceReward
+from ..rewards.registry import default_clip_model
 
-__all__ = ["PreferenceRound", "PreferenceSession", "PreferenceUpdate"]
+__all__ = ["PreferenceRound", "PreferenceSession", "PreferenceUpdate", "ReplayResult"]
 
 
 @dataclass
@@ -52,22 +60,42 @@ class PreferenceRound:
 
 @dataclass
 class PreferenceUpdate:
-    """What ``PreferenceSession.update`` did (``report``: the Trainer's StepReport of the update)."""
+    """What ``PreferenceSession.update`` did.
+
+    ``report``: the Trainer's StepReport of the click update; ``head_reports``: those of the
+    ``head_updates`` iterations that followed it (fresh images scored by the learned head).
+    """
 
     round_id: str
     rewards: list[float]
     update_norm: float
     report: Any
+    head_reports: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class ReplayResult:
+    """What ``PreferenceSession.replay`` did: rounds replayed, and those whose images differed from the log."""
+
+    rounds: int
+    mismatched_rounds: list[str]
+    updates: list[PreferenceUpdate]
+
+
+SETTINGS = ("mode", "features", "head_updates")  # the session settings an update depends on (in every update event)
 
 
 class PreferenceSession:
-    """Rounds of images to click, each turned into one iteration of the run's Trainer.
+    """Rounds of images to click, each turned into iterations of the run's Trainer.
 
-    ``trainer``: the run's ``rlr_core.training.Trainer`` (anything with ``chain``, ``estimator`` and
-    ``update_from_rewards(rollout, rewards) -> StepReport``): its estimator samples the rounds and
-    every click update is a Trainer iteration (a step, a metrics line, checkpoints when due).
-    ``k``: how many images the user must choose per round in ``click(chosen=...)`` (None = any
-    number between 1 and B-1).
+    ``trainer``: the run's ``rlr_core.training.Trainer`` (anything with ``chain``, ``estimator``, ``config``
+    and ``update_from_rewards(rollout, rewards) -> StepReport``): its estimator samples the rounds and
+    every update is a Trainer iteration (a step, a metrics line, checkpoints when due).
+    ``mode``: ``direct`` (the clicks are the rewards of the shown images) or ``learned`` (the head's
+    scores of them). ``k``: how many images the user must choose per round in ``click(chosen=...)``
+    (None = any number between 1 and B-1). ``reward``: the head (a ``PreferenceReward``); built from
+    ``features`` when not given. ``head_updates``: iterations per round on fresh images scored by the
+    head, after the click update (none before the first click).
     """
 
     def __init__(
@@ -77,20 +105,32 @@ class PreferenceSession:
         mode: str = "direct",
         k: int | None = 1,
         reward: PreferenceReward | None = None,
+        features: str = "auto",
+        head_updates: int = 0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not allowed; allowed values: {list(MODES)}")
         if k is not None and int(k) < 1:
             raise ValueError(f"k={k!r} is not allowed; allowed values: an integer >= 1 or None")
+        if int(head_updates) < 0:
+            raise ValueError(f"head_updates={head_updates!r} is not allowed; allowed values: an integer >= 0")
         self.trainer = trainer
         self.log = log if isinstance(log, ClickLog) else ClickLog(log)
         self.mode = mode
         self.k = None if k is None else int(k)
-        self.reward: PreferenceReward | None = None
-        if mode == "learned":
-            self.reward = reward if reward is not None else PreferenceReward(self.log, features="auto")
-            if self.reward.log is not self.log:
-                self.reward.refit(self.log)
+        self.head_updates = int(head_updates)
+        if reward is None and features == "auto":
+            features = "tiny-clip" if default_clip_model(getattr(getattr(trainer, "config", None), "model", "")) == "tiny-clip" else "auto"
+        self.head = reward if reward is not None else PreferenceReward(self.log, features=features)
+        if self.head.log is not self.log:
+            self.head.refit(self.log)
+        self.features = self.head.features_name
+        self.reward: PreferenceReward | None = self.head if mode == "learned" else None
+        self.predictions: list[tuple[int, int]] = [p for p in (_logged_prediction(e) for e in self.log.events) if p]
+
+    def settings(self) -> dict[str, Any]:
+        """The settings the updates depend on, as logged with every update."""
+        return {"mode": self.mode, "features": self.features, "head_updates": self.head_updates}
 
     def new_round(self, prompts: Sequence[str], generator: torch.Generator | None = None, seed: int | None = None) -> PreferenceRound:
         """Sample one batch (one image per prompt) and keep what the update will need."""
@@ -104,23 +144,54 @@ class PreferenceSession:
             generator = torch.Generator().manual_seed(seed)
         else:
             seed = int(generator.initial_seed())
+        self._record_start()
         differentiable = self.mode == "learned"
         rollout = self.trainer.estimator.rollout(self.trainer.chain, prompts, generator, differentiable_reward=differentiable)
         images = rollout.images.detach().float().cpu()
         hashes = [image_sha256(a) for a in to_uint8(images)]
         return PreferenceRound(uuid.uuid4().hex, prompts, seed, images, hashes, rollout)
 
+    def _record_start(self) -> None:
+        """Before the first round of a log: keep the LoRA the session starts from (replay starts there)."""
+        if self.log.start_lora() is not None or not hasattr(self.trainer.chain, "lora_state_dict"):
+            return
+        self.log.save_start_lora(self.trainer.chain.lora_state_dict())
+
+    def predict(self, images: torch.Tensor, prompts: Sequence[str]) -> list[float]:
+        """The head's scores of images (fitted on the clicks so far; all 0 before the first click)."""
+        with torch.no_grad():
+            return [float(v) for v in self.head(images, list(prompts))]
+
     def click(self, round: PreferenceRound, chosen: Sequence[int] | None = None, ranks: Sequence[int] | None = None) -> list[ClickRecord]:
-        """Record the user's choice (logged and fsynced before anything uses it)."""
+        """Record the user's choice (logged and fsynced before anything uses it).
+
+        Before the head refits on it, its prediction of this click is scored (``predictions``).
+        """
         if round.clicked:
             raise ValueError(f"round {round.round_id} was already clicked")
         if chosen is not None and self.k is not None and len(list(chosen)) != self.k:
             raise ValueError(f"chosen={list(chosen)} must pick exactly k={self.k} images")
-        flags, rank_list, _ = click_rewards(round.size, chosen, ranks)
+        flags, rank_list, rewards = click_rewards(round.size, chosen, ranks)
+        prediction = self._prediction(round, rewards) if self.head.weight is not None else None
         round.records = self.log.append_round(round.round_id, round.prompts, round.seed, to_uint8(round.images), flags, rank_list, self.mode)
-        if self.reward is not None:
-            self.reward.refit(self.log)
+        if prediction is not None:
+            self.predictions.append(prediction)
+            self.log.append_event("prediction", round_id=round.round_id, correct=prediction[0], pairs=prediction[1])
+        self.head.refit(self.log)
         return round.records
+
+    def _prediction(self, round: PreferenceRound, rewards: torch.Tensor) -> tuple[int, int]:
+        """(pairs the head orders as the user did, pairs) of one round, before it learns from it."""
+        scores = self.predict(round.images, round.prompts)
+        values = [float(v) for v in rewards]
+        pairs = [(a, b) for a in range(len(values)) for b in range(len(values)) if values[a] > values[b]]
+        return sum(scores[a] > scores[b] for a, b in pairs), len(pairs)
+
+    def held_out_accuracy(self, last: int | None = None) -> float:
+        """Share of click pairs the head predicted before seeing them (over the ``last`` rounds; nan before any)."""
+        chosen = self.predictions[-last:] if last else self.predictions
+        pairs = sum(p for _, p in chosen)
+        return sum(c for c, _ in chosen) / pairs if pairs else float("nan")
 
     def rewards_for(self, round: PreferenceRound) -> torch.Tensor:
         """Rewards of the round: clicks (direct) or the refitted head on the rollout's images (learned)."""
@@ -131,11 +202,11 @@ class PreferenceSession:
             chosen = None if recs[0].rank is not None else [r.index for r in recs if r.chosen]
             ranks = [r.rank for r in recs] if recs[0].rank is not None else None
             return click_rewards(round.size, chosen, ranks)[2]  # type: ignore[arg-type]
-        assert self.reward is not None
-        return self.reward(round.rollout.images, round.prompts)
+        return self.head(round.rollout.images, round.prompts)
 
     def update(self, round: PreferenceRound) -> PreferenceUpdate:
-        """One optimiser step from the round's clicks, through the round's own trajectories."""
+        """One optimiser step from the round's clicks, through the round's own trajectories, then
+        ``head_updates`` steps on fresh images of the round's prompts scored by the head."""
         if round.updated:
             raise ValueError(f"round {round.round_id} was already used for an update")
         if round.rollout is None:
@@ -143,12 +214,74 @@ class PreferenceSession:
         rewards = self.rewards_for(round)
         report = self.trainer.update_from_rewards(round.rollout, rewards)
         round.updated, round.rollout = True, None  # free the kept graph / states
+        head_updates = [self._head_update(round, i) for i in range(self.head_updates if self.head.weight is not None else 0)]
+        head_reports = [report for report, _ in head_updates]
         values = [float(v) for v in rewards.detach().cpu()]
         norm = float(report.update_norm)
-        self.log.append_event("update", round_id=round.round_id, rewards=values, update_norm=norm, mode=self.mode,
-                              step=int(report.step))
-        return PreferenceUpdate(round.round_id, values, norm, report)
+        self.log.append_event("update", round_id=round.round_id, rewards=values, update_norm=norm, step=int(report.step),
+                              head_rewards=[mean for _, mean in head_updates], **self.settings())
+        return PreferenceUpdate(round.round_id, values, norm, report, head_reports)
+
+    def _head_update(self, round: PreferenceRound, index: int) -> tuple[Any, float]:
+        """One iteration on a fresh batch of the round's prompts (its own seed), the head's scores as
+        rewards; returns the StepReport and the mean score."""
+        seed = (int(round.seed or 0) * 7919 + 104_729 * (index + 1)) % (2**63 - 1)
+        generator = torch.Generator().manual_seed(seed)
+        rollout = self.trainer.estimator.rollout(self.trainer.chain, round.prompts, generator, differentiable_reward=True)
+        scores = self.head(rollout.images, round.prompts)
+        return self.trainer.update_from_rewards(rollout, scores), float(scores.detach().mean())
 
     def history(self) -> dict[str, list[ClickRecord]]:
         """Every clicked round in the log (survives restarts)."""
         return self.log.rounds()
+
+    def replay(self, source: ClickLog | str | os.PathLike,
+               on_round: Callable[[int, PreferenceUpdate], None] | None = None) -> ReplayResult:
+        """Rebuild the model from a click log: every round of ``source`` again, same seed, same clicks.
+
+        The session starts from the log's starting LoRA (when it kept one) and must have the settings
+        the log's updates were made with (``mode``, ``features``, ``head_updates``; a ValueError names
+        the one that differs). Rounds whose images differ from the logged ones (another model, another
+        machine's arithmetic) are replayed with the logged clicks and listed in ``mismatched_rounds``.
+        This session's own log receives the replayed rounds, so it continues where ``source`` ended.
+        """
+        source = source if isinstance(source, ClickLog) else ClickLog(source)
+        updates = {e.get("round_id"): e for e in source.events if e.get("type") == "update"}
+        rounds = [(rid, recs) for rid, recs in source.rounds().items() if rid in updates]
+        for rid, _ in rounds:
+            for name in SETTINGS:
+                logged = updates[rid].get(name, {"mode": "direct", "features": self.features, "head_updates": 0}[name])
+                if logged != self.settings()[name]:
+                    raise ValueError(f"{name}={self.settings()[name]!r} differs from the click log's {name}={logged!r} "
+                                     f"(round {rid}); replay with {name}={logged!r}")
+        start = source.start_lora()
+        if start is not None and hasattr(self.trainer.chain, "load_lora_state_dict"):
+            self.trainer.chain.load_lora_state_dict(start)
+        mismatched, done = [], []
+        for number, (rid, records) in enumerate(rounds):
+            records = sorted(records, key=lambda r: r.index)
+            shown = self.new_round([r.prompt for r in records], seed=records[0].seed)
+            if shown.image_hashes != [r.image_sha256 for r in records]:
+                mismatched.append(rid)
+            if records[0].rank is not None:
+                self.click(shown, ranks=[int(r.rank) for r in records])
+            else:
+                self._click_any(shown, [r.index for r in records if r.chosen])
+            done.append(self.update(shown))
+            if on_round is not None:
+                on_round(number, done[-1])
+        return ReplayResult(len(rounds), mismatched, done)
+
+    def _click_any(self, round: PreferenceRound, chosen: list[int]) -> None:
+        """A logged click, whatever this session's ``k`` (the log decided it)."""
+        k, self.k = self.k, None
+        try:
+            self.click(round, chosen=chosen)
+        finally:
+            self.k = k
+
+
+def _logged_prediction(event: dict[str, Any]) -> tuple[int, int] | None:
+    if event.get("type") != "prediction":
+        return None
+    return int(event.get("correct", 0)), int(event.get("pairs", 0))

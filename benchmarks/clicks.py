@@ -1,0 +1,236 @@
+"""Click benchmark: how fast simulated users' clicks move the tiny model toward what they click for.
+
+A simulated user sees rounds of 4 images (one per prompt, T=20) and clicks the one with the most of an
+attribute the prompts do not ask for; with probability ``noise`` the click goes to another image at
+random. Every round is one ``rlr_core.training.clicks.PreferenceSession`` round with the product's
+default estimator (``rlr``). After each round the attribute is measured on 8 fixed seeds (the same
+images every round). Attributes:
+
+* ``red``: mean red minus mean green/blue (the prompts ask for blue, green, yellow, purple shapes);
+* ``spiky``: 1 - solidity of the largest shape the tiny detector finds (stars ~0.5, circles and squares
+  ~0.05; the prompts ask for circles and squares);
+* ``left``: the ``shape-position`` reward toward the left (the prompts say nothing of position).
+
+The reference for each attribute is the attribute itself as the training reward, as many iterations
+of batch 4 as the session has rounds; a session's "rounds to half" is the first round whose gain
+reaches half of the reference's gain on the same seed.
+
+    python benchmarks/clicks.py --out benchmarks/results/clicks --phase screen     # candidates, noise 0, seed 1
+    python benchmarks/clicks.py --out benchmarks/results/clicks --phase full       # the default, 3 noises x 3 seeds
+    python benchmarks/clicks.py --out benchmarks/results/clicks --report
+Results are appended to ``<out>/runs.jsonl`` as they finish; a rerun skips what is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+CLICK_PROMPTS = [
+    "a blue circle on a white background",
+    "a green square on a gray background",
+    "a yellow circle on a black background",
+    "a purple square on a white background",
+]
+EVAL_SEEDS = list(range(3000, 3008))
+# name -> PreferenceSession settings (mode, features, head_updates)
+MODES = {
+    "direct": ("direct", "tiny-clip", 0),  # the head (for the held-out accuracy only) on tiny-clip
+    "learned-pixels": ("learned", "pixels", 0),
+    "learned": ("learned", "tiny-clip", 0),
+    "direct+head2": ("direct", "tiny-clip", 2),
+    "learned+head2": ("learned", "tiny-clip", 2),
+}
+ATTRIBUTES = ("red", "spiky", "left")
+NOISES = (0.0, 0.1, 0.25)
+
+
+class Attribute:
+    """An attribute as a Reward (for the reference runs and for Trainer.evaluate)."""
+
+    def __init__(self, name: str) -> None:
+        from rlr_core import get_reward
+
+        self.name = name
+        self.position = get_reward("shape-position", target="left") if name == "left" else None
+        self.differentiable = name != "spiky"
+
+    def __call__(self, images, prompts):
+        import torch
+
+        if self.name == "red":
+            return images[:, 0].mean((1, 2)) - images[:, 1:].mean((1, 2, 3))
+        if self.name == "left":
+            return self.position(images, prompts)
+        from rlr_core.tiny.detect import detect_batch
+
+        values = [1.0 - float(d.features.get("solidity", 1.0)) for d in detect_batch(images.detach().float().cpu())]
+        return torch.tensor(values, dtype=torch.float32)
+
+
+def _trainer(attribute: Attribute, seed: int, rounds: int, output_dir: str):
+    from benchmarks.compare import _chain
+    from rlr_core import TrainConfig, Trainer, get_estimator
+
+    chain = _chain(20)
+    config = TrainConfig(model="tiny", num_steps=20, prompts=list(CLICK_PROMPTS), steps=rounds, batch_size=4, lr=0.01,
+                         seed=seed, eval_seeds=[], eval_every=0, checkpoint_every=0, output_dir=output_dir)
+    return Trainer(chain, attribute, get_estimator("rlr"), config)
+
+
+def measure(trainer, attribute: Attribute) -> list[float]:
+    """The attribute of the 8 fixed-seed images (prompts cycled)."""
+    _, values = trainer.evaluate(EVAL_SEEDS, [CLICK_PROMPTS[i % 4] for i in range(len(EVAL_SEEDS))])
+    return [float(v) for v in values]
+
+
+def run_session(task: dict) -> dict:
+    """One simulated click session: ``rounds`` rounds of 4, the attribute measured after each."""
+    import numpy as np
+    import torch
+
+    from rlr_core.estimators.base import grouped_prompts
+    from rlr_core.rewards.preference import ClickLog
+    from rlr_core.training.clicks import PreferenceSession
+
+    torch.set_num_threads(1)
+    attribute = Attribute(task["attribute"])
+    mode, features, head_updates = MODES[task["mode"]]
+    wrong = np.random.default_rng([task["seed"], int(task["noise"] * 100), 17])
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = _trainer(attribute, task["seed"], task["rounds"], tmp)
+        session = PreferenceSession(trainer, ClickLog(Path(tmp) / "clicks.jsonl"), mode=mode, k=1, features=features,
+                                    head_updates=head_updates)
+        groups = trainer.estimator.noise_groups(mode == "learned")
+        curve = [measure(trainer, attribute)]
+        accuracy, seconds = [], []
+        for index in range(task["rounds"]):
+            start = time.perf_counter()
+            prompts = grouped_prompts(CLICK_PROMPTS[index % 4:] + CLICK_PROMPTS[: index % 4], 4, groups)
+            shown = session.new_round(prompts, seed=task["seed"] * 100_000 + index)
+            best = int(torch.argmax(attribute(shown.images, shown.prompts)))
+            if wrong.random() < task["noise"]:
+                best = int(wrong.choice([i for i in range(shown.size) if i != best]))
+            session.click(shown, chosen=[best])
+            session.update(shown)
+            seconds.append(time.perf_counter() - start)
+            accuracy.append(session.held_out_accuracy())
+            curve.append(measure(trainer, attribute))
+    return {**task, "curve": curve, "held_out_accuracy": accuracy, "seconds_per_round": seconds}
+
+
+def run_reference(task: dict) -> dict:
+    """The attribute as the reward: ``rounds`` iterations of batch 4, measured after each."""
+    import torch
+
+    torch.set_num_threads(1)
+    attribute = Attribute(task["attribute"])
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = _trainer(attribute, task["seed"], task["rounds"], tmp)
+        curve = [measure(trainer, attribute)]
+        for _ in trainer.run(task["rounds"]):
+            curve.append(measure(trainer, attribute))
+    return {**task, "curve": curve}
+
+
+def _run(task: dict) -> dict:
+    start = time.time()
+    try:
+        result = run_reference(task) if task["mode"] == "reference" else run_session(task)
+    except Exception as error:  # a failed run is recorded, the benchmark goes on
+        result = {**task, "error": f"{type(error).__name__}: {error}"}
+    return {**result, "wall_seconds": time.time() - start}
+
+
+def key(task: dict) -> str:
+    return f"{task['mode']}|{task['attribute']}|{task['noise']}|{task['seed']}|{task['rounds']}"
+
+
+def load_runs(out: Path) -> list[dict]:
+    path = out / "runs.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def plan(phase: str, rounds: int, modes: list[str], default: str) -> list[dict]:
+    """The runs of a phase: screen = every candidate mode at noise 0, seed 1 (and the references);
+    full = the default mode at every noise, 3 seeds (and the references)."""
+    def task(mode, attribute, noise, seed):
+        return {"mode": mode, "attribute": attribute, "noise": noise, "seed": seed, "rounds": rounds}
+
+    seeds = [1] if phase == "screen" else [1, 2, 3]
+    tasks = [task("reference", a, 0.0, s) for a in ATTRIBUTES for s in seeds]
+    if phase == "screen":
+        tasks += [task(m, a, 0.0, 1) for m in modes for a in ATTRIBUTES]
+    else:
+        tasks += [task(default, a, n, s) for n in NOISES for a in ATTRIBUTES for s in seeds]
+    return tasks
+
+
+def execute(tasks: list[dict], out: Path, workers: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    done = {key(r) for r in load_runs(out) if "error" not in r}
+    todo = [t for t in tasks if key(t) not in done]
+    print(f"{len(tasks) - len(todo)} runs already done, {len(todo)} to run", flush=True)
+    if not todo:
+        return
+    with mp.get_context("spawn").Pool(workers) as pool, open(out / "runs.jsonl", "a") as sink:
+        for result in pool.imap_unordered(_run, todo):
+            result["commit"] = _commit()
+            sink.write(json.dumps(result) + "\n")
+            sink.flush()
+            gain = result["curve"][-1] if "curve" in result else None
+            summary = result.get("error") or f"gain {_mean(gain) - _mean(result['curve'][0]):+.4f}"
+            print(f"[{time.strftime('%H:%M:%S')}] {key(result)}: {summary} ({result['wall_seconds']:.0f} s)", flush=True)
+
+
+def default_mode() -> str:
+    """The benchmark mode that is rlr_core's default click session (DEFAULT_MODE / _FEATURES / _HEAD_UPDATES)."""
+    from rlr_core.rewards.preference import DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_MODE
+
+    features = "tiny-clip" if DEFAULT_FEATURES == "auto" else DEFAULT_FEATURES  # auto is tiny-clip for the tiny model
+    for name, settings in MODES.items():
+        if settings == (DEFAULT_MODE, features, DEFAULT_HEAD_UPDATES):
+            return name
+    raise ValueError(f"no benchmark mode has the default settings {(DEFAULT_MODE, features, DEFAULT_HEAD_UPDATES)}")
+
+
+def _commit() -> str:
+    from benchmarks.compare import _commit as commit
+
+    return commit()
+
+
+def _mean(values) -> float:
+    return sum(values) / len(values)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Simulated click sessions (docs/rewards.md, preference).")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/clicks"))
+    p.add_argument("--phase", choices=["screen", "full"], default="screen")
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--default", default=None, choices=list(MODES),
+                   help="the mode of the full phase (default: rlr_core's DEFAULT_MODE)")
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--report", action="store_true", help="only write the report from runs.jsonl")
+    args = p.parse_args(argv)
+    if not args.report:
+        default = args.default or default_mode()
+        execute(plan(args.phase, args.rounds, args.modes, default), args.out, args.workers)
+    from benchmarks.clicks_report import write_report
+
+    print(write_report(args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The report of benchmarks/clicks.py: per (mode, attribute, noise) the attribute's gain after the session's
+rounds on the 8 fixed seeds (mean and per seed), rounds to half the reference's gain, the head's held-out
+accuracy and seconds per round; written to ``<out>/clicks.md`` with a picture ``<out>/clicks.png``."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
+
+
+def gain_curve(run: dict) -> list[float]:
+    """The attribute's mean gain over the fixed seeds after each round (round 0 = 0)."""
+    base = _mean(run["curve"][0])
+    return [_mean(values) - base for values in run["curve"]]
+
+
+def rounds_to_half(curve: list[float], reference_gain: float) -> int | None:
+    """The first round whose gain reaches half the reference's final gain (None: never)."""
+    if not reference_gain > 0:
+        return None
+    return next((i for i, g in enumerate(curve) if i > 0 and g >= 0.5 * reference_gain), None)
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """One row per (mode, attribute, noise) over its seeds."""
+    references = {(r["attribute"], r["seed"]): gain_curve(r)[-1] for r in runs if r["mode"] == "reference"}
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in runs:
+        if r["mode"] != "reference":
+            groups[(r["mode"], r["attribute"], r["noise"])].append(r)
+    rows = []
+    for (mode, attribute, noise), members in sorted(groups.items()):
+        members.sort(key=lambda r: r["seed"])
+        gains = [gain_curve(r)[-1] for r in members]
+        halves = [rounds_to_half(gain_curve(r), references.get((attribute, r["seed"]), float("nan"))) for r in members]
+        last = [r["held_out_accuracy"][-10:] for r in members]
+        rows.append({
+            "mode": mode, "attribute": attribute, "noise": noise, "seeds": [r["seed"] for r in members],
+            "gain": _mean(gains), "gains": gains, "every_seed_up": all(g > 0 for g in gains),
+            "reference_gain": _mean(references.get((attribute, r["seed"]), float("nan")) for r in members),
+            "rounds_to_half": halves,
+            "accuracy_last10": _mean(a for acc in last for a in acc if a == a),
+            "seconds_per_round": _mean(s for r in members for s in r["seconds_per_round"]),
+        })
+    return rows
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if value != value else f"{value:.{digits}f}"
+    return str(value)
+
+
+def write_report(out: Path) -> str:
+    """Write clicks.md (and clicks.png) from runs.jsonl; returns the markdown."""
+    out = Path(out)
+    path = out / "runs.jsonl"
+    runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    runs = [r for r in runs if "error" not in r]
+    rows = summarise(runs)
+    lines = [
+        "| mode | attribute | wrong clicks | seeds | gain (mean) | gain per seed | reference gain | rounds to half | "
+        "head accuracy (last 10 rounds) | s / round |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['mode']} | {row['attribute']} | {row['noise']:.0%} | {len(row['seeds'])} | {row['gain']:+.4f} | "
+            f"{', '.join(f'{g:+.3f}' for g in row['gains'])} | {row['reference_gain']:+.4f} | "
+            f"{', '.join(_fmt(h) for h in row['rounds_to_half'])} | {_fmt(row['accuracy_last10'], 2)} | "
+            f"{row['seconds_per_round']:.1f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    (out / "clicks.md").write_text(text)
+    _picture(runs, out / "clicks.png")
+    return text
+
+
+def _picture(runs: list[dict], target: Path) -> None:
+    """Gain per round for each mode, one panel per attribute (noise-free sessions, mean over seeds)."""
+    if not runs:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attributes = sorted({r["attribute"] for r in runs})
+    fig, axes = plt.subplots(1, len(attributes), figsize=(4.2 * len(attributes), 3.2), squeeze=False)
+    for ax, attribute in zip(axes[0], attributes):
+        curves: dict[str, list[list[float]]] = defaultdict(list)
+        for r in runs:
+            if r["attribute"] == attribute and r["noise"] == 0.0:
+                curves[r["mode"]].append(gain_curve(r))
+        for mode, members in sorted(curves.items()):
+            length = min(len(c) for c in members)
+            mean = [_mean(c[i] for c in members) for i in range(length)]
+            ax.plot(range(length), mean, label=mode, lw=2.2 if mode == "reference" else 1.4,
+                    ls="--" if mode == "reference" else "-")
+        ax.set_title(attribute)
+        ax.set_xlabel("round (one click each; reference: iteration)")
+        ax.axhline(0, color="gray", lw=0.5)
+    axes[0][0].set_ylabel("attribute gain, 8 fixed seeds")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
