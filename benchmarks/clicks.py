@@ -77,12 +77,12 @@ class Attribute:
         return torch.tensor(values, dtype=torch.float32)
 
 
-def _trainer(attribute: Attribute, seed: int, rounds: int, output_dir: str):
+def _trainer(attribute: Attribute, seed: int, rounds: int, output_dir: str, num_steps: int = 20):
     from benchmarks.compare import _chain
     from rlr_core import TrainConfig, Trainer, get_estimator
 
-    chain = _chain(20)
-    config = TrainConfig(model="tiny", num_steps=20, prompts=list(CLICK_PROMPTS), steps=rounds, batch_size=4, lr=0.01,
+    chain = _chain(num_steps)
+    config = TrainConfig(model="tiny", num_steps=num_steps, prompts=list(CLICK_PROMPTS), steps=rounds, batch_size=4, lr=0.01,
                          seed=seed, eval_seeds=[], eval_every=0, checkpoint_every=0, output_dir=output_dir)
     return Trainer(chain, attribute, get_estimator("rlr"), config)
 
@@ -94,7 +94,8 @@ def measure(trainer, attribute: Attribute) -> list[float]:
 
 
 def run_session(task: dict) -> dict:
-    """One simulated click session: ``rounds`` rounds of 4, the attribute measured after each."""
+    """One simulated click session: ``rounds`` rounds of 4, the attribute measured after each (T=20 unless
+    the task says ``num_steps``)."""
     import numpy as np
     import torch
 
@@ -107,7 +108,7 @@ def run_session(task: dict) -> dict:
     mode, features, head_updates = MODES[task["mode"]]
     wrong = np.random.default_rng([task["seed"], int(task["noise"] * 100), 17])
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = _trainer(attribute, task["seed"], task["rounds"], tmp)
+        trainer = _trainer(attribute, task["seed"], task["rounds"], tmp, task.get("num_steps", 20))
         session = PreferenceSession(trainer, ClickLog(Path(tmp) / "clicks.jsonl"), mode=mode, k=1, features=features,
                                     head_updates=head_updates)
         groups = trainer.estimator.noise_groups(mode == "learned")
@@ -135,7 +136,7 @@ def run_reference(task: dict) -> dict:
     torch.set_num_threads(1)
     attribute = Attribute(task["attribute"])
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = _trainer(attribute, task["seed"], task["rounds"], tmp)
+        trainer = _trainer(attribute, task["seed"], task["rounds"], tmp, task.get("num_steps", 20))
         curve = [measure(trainer, attribute)]
         for _ in trainer.run(task["rounds"]):
             curve.append(measure(trainer, attribute))

@@ -19,9 +19,7 @@ changing the default rlr's options makes its runs new):
 1. learning-rate sweep (only with several ``--lrs``): every estimator at each lr on the first task,
    1 seed; the lr with the highest final eval reward is used for that estimator on every task;
 2. main: every (task, estimator) at its lr for ``--seeds`` seeds;
-3. simulated clicker: rounds of 4 images through ``rlr_core.training.clicks.PreferenceSession``;
-   an oracle clicks the reddest image (mean R - mean(G, B)); redness on 8 fixed seeds vs rounds,
-   in direct mode (clicks are the reward) and learned mode (Bradley-Terry head on pixel features).
+(Simulated click sessions have their own benchmark: benchmarks/clicks.py.)
 
 ``--report`` (also run at the end) writes ``<out>/compare.md`` (tables per task: eval-reward gain at
 the budget, mean and 95% t-interval over seeds, ratio to ddpo and truncated-bp, iterations, seconds per
@@ -106,13 +104,6 @@ TASKS = {
     "size-small": {"reward": ("shape-size", {}), "prompts": PROMPTS, "composition": True, "lr": 0.003},
 }
 REWARDS = TASKS  # the old name: --rewards takes task names
-CLICKER = {  # name -> (estimator, options, mode)
-    "rlr direct": ("rlr", {}, "direct"),
-    "rlr learned": ("rlr", {}, "learned"),
-    "rlr-paper direct": ("rlr-paper", {}, "direct"),
-}
-
-
 def task_reward(task_name: str):
     """The reward of task ``task_name`` (built by rlr_core.rewards.get_reward)."""
     from rlr_core import get_reward
@@ -128,19 +119,6 @@ def task_eval(task_name: str) -> tuple[list[int], list[str]]:
     seeds = spec.get("eval_seeds", EVAL_SEEDS)
     prompts = spec["prompts"]
     return list(seeds), [prompts[i % len(prompts)] for i in range(len(seeds))]
-
-
-def redness(images):
-    """Mean red minus mean green/blue, per image (the simulated clicker's attribute)."""
-    return images[:, 0].mean((1, 2)) - images[:, 1:].mean((1, 2, 3))
-
-
-class Redness:
-    name = "redness"
-    differentiable = True
-
-    def __call__(self, images, prompts):
-        return redness(images)
 
 
 # ------------------------------------------------------------------------------------ workers
@@ -217,45 +195,6 @@ def run_training(task: dict) -> dict:
     return {**task, "kind": "train", "curve": curve, "evals": evals, "commit": _commit()}
 
 
-def run_clicker(task: dict) -> dict:
-    """Simulated clicks: each round shows 4 images, the reddest is chosen, one update per round."""
-    import torch
-
-    from rlr_core import get_estimator
-    from rlr_core.estimators.base import grouped_prompts
-    from rlr_core.rewards.preference import ClickLog, PreferenceReward
-    from rlr_core.training.clicks import PreferenceSession
-
-    chain = _chain(task["num_steps"])
-    name, options, mode = CLICKER[task["estimator"]]
-    estimator = get_estimator(name, **options)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = _trainer(chain, Redness(), estimator, {**task, "batch_size": 4}, tmp)
-        log = ClickLog(Path(tmp) / "clicks.jsonl")
-        reward = PreferenceReward(log, features="pixels") if mode == "learned" else None
-        session = PreferenceSession(trainer, log, mode=mode, k=1, reward=reward)
-        groups = estimator.noise_groups(mode == "learned")
-        evals = []
-
-        def evaluate(rounds):
-            _, values = trainer.evaluate(EVAL_SEEDS[:8], [PROMPTS[i % 4] for i in range(8)])
-            evals.append({"round": rounds, "redness": sum(values) / len(values)})
-
-        evaluate(0)
-        seconds = 0.0
-        for index in range(task["rounds"]):
-            start = time.process_time()
-            prompts = grouped_prompts(PROMPTS[index % 4:] + PROMPTS[: index % 4], 4, groups)
-            shown = session.new_round(prompts, seed=task["seed"] * 100_000 + index)
-            best = int(torch.argmax(redness(shown.images)))
-            session.click(shown, chosen=[best])
-            session.update(shown)
-            seconds += time.process_time() - start
-            if (index + 1) % 5 == 0:
-                evaluate(index + 1)
-    return {**task, "kind": "clicker", "evals": evals, "cpu_seconds": seconds}
-
-
 def _commit() -> str:
     """The git commit of the code that ran (with '+' when the tree had changes), or '?'."""
     import subprocess
@@ -279,7 +218,7 @@ def resolved_options(estimator: str) -> dict:
 
 def _run(task: dict) -> dict:
     try:
-        return run_clicker(task) if task["kind"] == "clicker" else run_training(task)
+        return run_training(task)
     except Exception as error:  # a failed run is recorded, the benchmark goes on
         return {**task, "error": f"{type(error).__name__}: {error}"}
 
@@ -313,7 +252,7 @@ def execute(tasks: list[dict], out: Path, workers: int) -> None:
             sink.write(json.dumps(result) + "\n")
             sink.flush()
             final = result.get("evals", [{}])[-1] if result.get("evals") else {}
-            print(f"[{time.strftime('%H:%M:%S')}] {result['phase']} {result.get('reward', 'clicker')} {result['estimator']} "
+            print(f"[{time.strftime('%H:%M:%S')}] {result['phase']} {result['reward']} {result['estimator']} "
                   f"lr={result['lr']} seed={result['seed']}: {result.get('error') or final}", flush=True)
 
 
@@ -340,8 +279,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lrs", type=float, nargs="+", default=[0.003, 0.01, 0.03])
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--num-steps", type=int, default=20)
-    p.add_argument("--rounds", type=int, default=20)
-    p.add_argument("--clicker", nargs="*", default=list(CLICKER), choices=list(CLICKER))
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--report", action="store_true", help="only write the report from runs.jsonl")
     args = p.parse_args(argv)
@@ -366,12 +303,7 @@ def main(argv: list[str] | None = None) -> None:
             for reward in args.rewards for e in args.estimators for seed in range(1, args.seeds + 1)
             if not (e in DIFFERENTIABLE_ONLY and not _differentiable(reward))
         ]
-        clicker = [
-            {**common, "phase": "clicker", "kind": "clicker", "estimator": c, "lr": 0.01, "seed": seed, "rounds": args.rounds,
-             "budget": None}
-            for c in args.clicker for seed in range(1, args.seeds + 1)
-        ]
-        execute(main_tasks + clicker, out, args.workers)
+        execute(main_tasks, out, args.workers)
     from benchmarks.compare_report import write_report
 
     write_report(out, load_runs(out), args)

@@ -79,7 +79,6 @@ def write_report(out: Path, runs: list[dict], args: Any = None) -> Path:
     table = gains(runs)
     for reward in sorted({k[0] for k in table}, key=_reward_order):
         lines += _reward_table(reward, table)
-    lines += _clicker_table(runs)
     # a failed run that a later, successful run of the same task replaced (compare.py reruns failures) is not listed
     succeeded = {task_key(r) for r in runs if "error" not in r}
     errors = [r for r in runs if "error" in r and task_key(r) not in succeeded]
@@ -139,25 +138,6 @@ def _reward_table(reward: str, table: dict) -> list[str]:
     return lines + [f"(seeds per row: {', '.join(f'{n} {len(v)}' for n, v in rows.items())})", ""]
 
 
-def _clicker_table(runs: list[dict]) -> list[str]:
-    clicks = [r for r in runs if r.get("kind") == "clicker" and "error" not in r]
-    if not clicks:
-        return []
-    rounds = sorted({e["round"] for r in clicks for e in r["evals"]})
-    lines = ["## Simulated clicker: redness on 8 fixed seeds vs rounds of 4 images (oracle clicks the reddest)", "",
-             "| mode | " + " | ".join(f"round {k}" for k in rounds) + " | gain | CPU s / round |", "|---" * (len(rounds) + 3) + "|"]
-    for name in dict.fromkeys(r["estimator"] for r in clicks):
-        mine = [r for r in clicks if r["estimator"] == name]
-        cells = []
-        for k in rounds:
-            values = [e["redness"] for r in mine for e in r["evals"] if e["round"] == k]
-            cells.append(_fmt(*mean_interval(values)))
-        gain = mean_interval([r["evals"][-1]["redness"] - r["evals"][0]["redness"] for r in mine])
-        per_round = sum(r["cpu_seconds"] / r["rounds"] for r in mine) / len(mine)
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_fmt(*gain)} | {per_round:.2g} |")
-    return lines + [f"({len(mine)} seeds per row)", ""]
-
-
 def _plots(out: Path, runs: list[dict]) -> None:
     try:
         import matplotlib
@@ -193,23 +173,4 @@ def _plots(out: Path, runs: list[dict]) -> None:
         axes[0].legend(fontsize=8, loc="best")
         fig.tight_layout()
         fig.savefig(out / f"{reward}.png", dpi=90)
-        plt.close(fig)
-    clicks = [r for r in runs if r.get("kind") == "clicker" and "error" not in r]
-    if clicks:
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        for name in dict.fromkeys(r["estimator"] for r in clicks):
-            mine = [r for r in clicks if r["estimator"] == name]
-            rounds = [e["round"] for e in mine[0]["evals"]]
-            stats = [mean_interval([r["evals"][i]["redness"] for r in mine]) for i in range(len(rounds))]
-            means = [m for m, _ in stats]
-            halves = [0.0 if math.isnan(h) else h for _, h in stats]
-            line, = ax.plot(rounds, means, marker="o", label=name)
-            ax.fill_between(rounds, [m - h for m, h in zip(means, halves)], [m + h for m, h in zip(means, halves)],
-                            color=line.get_color(), alpha=0.15)
-        ax.set(title="Simulated clicker: redness on fixed seeds (mean, 95% CI)", xlabel="rounds of 4 images", ylabel="redness")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "clicker.png", dpi=90)
         plt.close(fig)

@@ -24,8 +24,7 @@ def run_and_check(tmp_path):
     from benchmarks import compare
 
     argv = ["--out", str(tmp_path), "--budget", "0.5", "--seeds", "1", "--lrs", "0.01", "--workers", "1",
-            "--num-steps", "4", "--batch-size", "2", "--estimators", "rlr", "refl", "--tasks", "star", "size-small",
-            "--clicker"]
+            "--num-steps", "4", "--batch-size", "2", "--estimators", "rlr", "refl", "--tasks", "star", "size-small"]
     compare.main(argv)
     runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
     assert not [r for r in runs if "error" in r], [r["error"] for r in runs if "error" in r]

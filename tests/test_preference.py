@@ -166,7 +166,7 @@ def test_direct_round_end_to_end_uses_the_shown_trajectories(tmp_path):
     chain = FakeChain()
     log = ClickLog(tmp_path / "clicks.jsonl")
     estimator = FakeEstimator(log)
-    session = PreferenceSession(TinyTrainer(chain, estimator), log, mode="direct", k=1)
+    session = PreferenceSession(TinyTrainer(chain, estimator), log, mode="direct", k=1, features="pixels")
     start_red = float(redness(torch.sigmoid(chain.theta.detach()).unsqueeze(0)))
     for i in range(12):
         rnd = session.new_round(PROMPTS, seed=100 + i)
@@ -193,7 +193,7 @@ def test_direct_round_end_to_end_uses_the_shown_trajectories(tmp_path):
 def test_direct_mode_ranks_and_k(tmp_path):
     chain = FakeChain()
     estimator = FakeEstimator()
-    session = PreferenceSession(TinyTrainer(chain, estimator), tmp_path / "c.jsonl", k=2)
+    session = PreferenceSession(TinyTrainer(chain, estimator), tmp_path / "c.jsonl", k=2, features="pixels")
     rnd = session.new_round(PROMPTS, generator=torch.Generator().manual_seed(5))
     assert rnd.seed == 5
     with pytest.raises(ValueError, match="exactly k=2"):
@@ -292,7 +292,7 @@ def test_direct_round_with_rlr_on_tiny_diffusers_chain(tiny_chain, tmp_path):
 
     params = tiny_chain.trainable_parameters()
     trainer = click_trainer(tiny_chain, get_estimator("rlr", h=1), tmp_path)
-    session = PreferenceSession(trainer, ClickLog(tmp_path / "clicks.jsonl"), mode="direct", k=1)
+    session = PreferenceSession(trainer, ClickLog(tmp_path / "clicks.jsonl"), mode="direct", k=1, features="pixels")
     for round_index, best in enumerate([1, 2]):
         rnd = session.new_round(PAIR_PROMPTS, seed=3 + round_index)
         assert rnd.images.shape[:2] == (4, 3) and 0 <= float(rnd.images.min()) and float(rnd.images.max()) <= 1
@@ -411,3 +411,23 @@ def test_replay_rebuilds_the_lora_bit_for_bit(tiny_sd_dir, tmp_path):
     other = _click_session(fresh_chain(), tmp_path, "c", mode="learned", k=1, head_updates=0)
     with pytest.raises(ValueError, match="head_updates"):
         other.replay(tmp_path / "a" / "clicks.jsonl")
+
+
+def test_click_benchmark_runs_a_session_and_reports(tmp_path, monkeypatch):
+    """benchmarks/clicks.py end to end at its smallest: a reference run, a noisy session, the report."""
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.syspath_prepend(str(root))
+    from benchmarks import clicks, clicks_report
+
+    monkeypatch.setattr(clicks, "EVAL_SEEDS", clicks.EVAL_SEEDS[:2])
+    small = {"seed": 1, "rounds": 2, "num_steps": 4}
+    session = clicks.run_session({**small, "mode": "direct", "attribute": "red", "noise": 0.25})
+    reference = clicks.run_reference({**small, "mode": "reference", "attribute": "red", "noise": 0.0})
+    assert len(session["curve"]) == len(reference["curve"]) == 3 and len(session["curve"][0]) == 2
+    assert len(session["held_out_accuracy"]) == 2 and session["held_out_accuracy"][0] != session["held_out_accuracy"][0]  # nan: no head yet
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (session, reference)))
+    table = clicks_report.write_report(tmp_path)
+    assert "| direct | red | 25% | 1 |" in table and (tmp_path / "clicks.png").exists()
+    assert "benchmarks" in sys.modules
