@@ -1,14 +1,22 @@
 """Preference (click) runs of the app, without Gradio: rounds of images from the session's model, the
-clicks on them, and one Trainer iteration per update (``rlr_core.rewards.preference``). Also the batch of a
-round or a probe: the run's prompts laid out for its estimator's noise groups.
+clicks on them, and the Trainer iterations of each update (``rlr_core.training.clicks.PreferenceSession``);
+after every update a strip of the same fixed seeds shows what the model draws now. A click log can be
+loaded to rebuild a click run after a restart (``PreferenceSession.replay``). Also the batch of a round or
+a probe: the run's prompts laid out for its estimator's noise groups.
 """
 
 from __future__ import annotations
 
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from rlr_core.hub import WeightsUnavailableError
 from rlr_core.rewards import default_clip_model
-from rlr_core.rewards.preference import ClickLog, ClickReward, PreferenceReward
+from rlr_core.rewards.preference import (DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, FEATURES, MODES, ClickLog, ClickReward,
+                                         PreferenceReward)
 from rlr_core.training import TrainingStepError
 from rlr_core.training.clicks import PreferenceSession
 
@@ -18,10 +26,28 @@ from .form import config_from_form, parse_int
 from .runs import Run
 from .settings import caps
 from .training import create_run, record_report, require_run
+from .transfer import unpack_click_log
 
-__all__ = ["PREFERENCE_MODES", "noise_group_batch", "preference_run", "preference_round", "preference_update"]
+__all__ = ["PREFERENCE_MODES", "FEATURE_CHOICES", "MAX_HEAD_UPDATES", "STRIP_IMAGES", "STRIPS_KEPT", "Strip",
+           "noise_group_batch", "preference_run", "preference_round", "preference_update", "strip_seeds", "strips",
+           "load_click_log", "log_settings", "form_features"]
 
-PREFERENCE_MODES = ("direct", "learned")
+PREFERENCE_MODES = MODES
+FEATURE_CHOICES = ("auto", "pixels")  # what the form offers; a loaded log may also name tiny-clip or clip
+MAX_HEAD_UPDATES = 3  # the form's "Updates per round from the head" slider
+STRIP_IMAGES = 4  # images of one strip (the same seeds after every update)
+STRIPS_KEPT = 8  # strips kept after the first ("before") one
+LOG_FIELD = "Click log"
+
+
+@dataclass
+class Strip:
+    """The run's fixed seeds sampled with the LoRA of one moment: ``label`` is "before" or "update n"."""
+
+    label: str
+    images: list[Any]  # PIL
+    prompts: list[str]
+    seeds: list[int]
 
 
 def noise_group_batch(run: Run, size: Any, differentiable_reward: bool, field_name: str, maximum: int) -> list[str]:
@@ -43,43 +69,97 @@ def noise_group_batch(run: Run, size: Any, differentiable_reward: bool, field_na
     return grouped_prompts(list(run.config.prompts), size, groups)
 
 
-def preference_run(session: str, form: dict[str, Any], hosted: bool, mode: str, features: str) -> Run:
-    """The session's click run for ``mode`` / ``features``, created when needed.
+def _kind(mode: str, features: str, head_updates: int, model: str) -> str:
+    """The run kind of a click run: a new click run whenever one of its settings changes."""
+    if features == "auto" and default_clip_model(model) == "tiny-clip":
+        features = "tiny-clip"  # what auto means for the tiny model
+    return f"clicks-{mode}-{features}-{head_updates}"
+
+
+def form_features(features: str) -> str:
+    """The form's features choice that gives ``features`` (a click log's: pixels, tiny-clip or clip)."""
+    return "pixels" if features == "pixels" else "auto"
+
+
+def preference_run(session: str, form: dict[str, Any], hosted: bool, mode: str, features: str,
+                   head_updates: int = DEFAULT_HEAD_UPDATES) -> Run:
+    """The session's click run for ``mode`` / ``features`` / ``head_updates``, created when needed.
 
     A click run is a TrainingRun whose reward is the clicks (direct: ``ClickReward``) or the
     Bradley-Terry head refitted on them (learned); every click update is one of its Trainer
-    iterations. It continues from the session's current LoRA when the model and rank fit.
+    iterations, and ``head_updates`` more follow on fresh images scored by the head. It continues
+    from the session's current LoRA when the model and rank fit.
     """
-    kind = f"clicks-{mode}-{features}"
     run = runs.session_run(session)
+    base = run.config if run is not None else config_from_form(form, hosted)
+    kind = _kind(mode, features, head_updates, base.model)
     if run is not None and run.kind == kind:
         return run
     if run is not None and run.running:
         raise FieldError("preference", "training is running in this session; stop it first")
-    base = run.config if run is not None else config_from_form(form, hosted)
+    continue_lora = (run is not None and run.config.model == base.model and run.config.lora_rank == base.lora_rank
+                     and run.config.lora_targets == base.lora_targets)
+    return _new_click_run(session, base, hosted, mode, features, head_updates, kind, continue_lora)
+
+
+def _new_click_run(session: str, base: Any, hosted: bool, mode: str, features: str, head_updates: int, kind: str,
+                   continue_lora: bool) -> Run:
+    """A new click run from config ``base`` (its "before" strip sampled); FieldError for unusable features."""
     if features == "auto" and default_clip_model(base.model) == "tiny-clip":
         features = "tiny-clip"  # the bundled image-text model: offline CLIP features for the tiny model
     run_id = runs.new_run_id()
     log = ClickLog(runs.run_dir(run_id) / "clicks.jsonl")
-    head = PreferenceReward(log, features=features) if mode == "learned" else None
-    # keep_best off: a click update exports its LoRA at once (the guard's figures are still computed)
-    config = base.replace(reward="preference", reward_options={"mode": mode, "features": features, "log_path": str(log.path)},
-                          eval_every=max(base.eval_every, 1), keep_best=False)
-    continue_lora = (run is not None and run.config.model == config.model and run.config.lora_rank == config.lora_rank
-                     and run.config.lora_targets == config.lora_targets)
-    new = create_run(session, config, hosted, continue_lora, reward=head or ClickReward(), kind=kind, run_id=run_id)
-    new.preference = PreferenceSession(new.trainer, log, mode=mode, k=None, reward=head)
-    new.status = f"click run ({mode}, features {features}) from {'the current LoRA' if continue_lora else 'a fresh LoRA'}"
+    try:  # the head is built once: in learned mode it is the run's reward, in direct mode the session builds it
+        head = PreferenceReward(log, features=features) if mode == "learned" else None
+        # keep_best off: a click update exports its LoRA at once (the guard's figures are still computed)
+        config = base.replace(reward="preference", reward_options={"mode": mode, "features": features,
+                                                                   "log_path": str(log.path)},
+                              eval_every=max(base.eval_every, 1), keep_best=False)
+        new = create_run(session, config, hosted, continue_lora, reward=head or ClickReward(), kind=kind, run_id=run_id)
+        new.preference = PreferenceSession(new.trainer, log, mode=mode, k=None, reward=head, features=features,
+                                           head_updates=head_updates)
+    except WeightsUnavailableError as error:
+        raise FieldError("Learned-head features", f"{error} Pick 'pixels' (weight-free).") from None
+    settings = new.preference.settings()
+    new.status = (f"click run ({mode}, features {settings['features']}, {head_updates} head update(s) per round) "
+                  f"from {'the current LoRA' if continue_lora else 'a fresh LoRA'}")
+    _add_strip(new, "before")
     return new
 
 
+def strip_seeds(config: Any) -> list[int]:
+    """The fixed seeds of a click run's strips: its first evaluation seeds, filled up with 0, 1, 2, ..."""
+    seeds = list(dict.fromkeys(int(s) for s in config.eval_seeds))[:STRIP_IMAGES]
+    return seeds + [s for s in range(2 * STRIP_IMAGES) if s not in seeds][: STRIP_IMAGES - len(seeds)]
+
+
+def _add_strip(run: Run, label: str) -> None:
+    """Sample the run's fixed seeds with its current LoRA (no reward needed) and keep them as a strip;
+    the first strip and the last ``STRIPS_KEPT`` are kept."""
+    seeds, prompts = strip_seeds(run.config), list(run.config.prompts)
+    with runs.using(run):
+        images, _ = run.trainer.evaluate(seeds, prompts)  # a click run's reward scores nothing: ignored
+    run.strips.append(Strip(label, list(images or []), [prompts[i % len(prompts)] for i in range(len(seeds))], seeds))
+    if len(run.strips) > STRIPS_KEPT + 1:
+        del run.strips[1]
+
+
+def strips(run: Run | None) -> list[Strip]:
+    """The run's strips to show, latest first, the "before" strip last (none for a training run)."""
+    kept = list(run.strips) if run is not None else []
+    return kept[:0:-1] + kept[:1]
+
+
 def preference_round(session: str, form: dict[str, Any], hosted: bool, k: int, mode: str,
-                     features: str = "pixels") -> Run:
+                     features: str = DEFAULT_FEATURES, head_updates: Any = DEFAULT_HEAD_UPDATES) -> Run:
     """Show a new round of ``k`` images from the session's current model (a click run is created if needed)."""
     if mode not in PREFERENCE_MODES:
-        raise FieldError("Mode", f"must be 'direct' or 'learned'; got {mode!r}")
+        raise FieldError("Mode", f"must be one of {', '.join(PREFERENCE_MODES)}; got {mode!r}")
+    if features not in FEATURE_CHOICES:
+        raise FieldError("Learned-head features", f"must be one of {', '.join(FEATURE_CHOICES)}; got {features!r}")
+    head_updates = parse_int("Updates per round from the head", head_updates, 0, MAX_HEAD_UPDATES)
     k = parse_int("Images per round", k, 2, caps(hosted)["pref_k"])
-    run = preference_run(session, form, hosted, mode, features)
+    run = preference_run(session, form, hosted, mode, features, head_updates)
     prompts = noise_group_batch(run, k, mode == "learned", "Images per round", caps(hosted)["pref_k"])
     seed = 10_000 + run.config.seed * 1000 + run.counters["rounds"]
     with runs.using(run):
@@ -89,9 +169,10 @@ def preference_round(session: str, form: dict[str, Any], hosted: bool, k: int, m
 
 
 def preference_update(session: str, chosen: list[int], best_only: bool) -> tuple[Run, Any]:
-    """Record the clicks of the round on screen and run one Trainer iteration from them."""
+    """Record the clicks of the round on screen, run the Trainer iterations of one update (the click
+    update, then the head updates) and sample the strip of the fixed seeds."""
     run = require_run(session, "preference")
-    if run.round is None or run.round.updated:
+    if run.preference is None or run.round is None or run.round.updated:
         raise FieldError("preference", "no round on screen: click 'New round' first")
     chosen = sorted({int(i) for i in chosen})
     n = run.round.size
@@ -111,7 +192,140 @@ def preference_update(session: str, chosen: list[int], best_only: bool) -> tuple
             update = run.preference.update(run.round)
         except TrainingStepError as error:
             raise FieldError("preference", str(error)) from None
-    record_report(run, update.report)
-    run.counters["clicks"] += len(chosen)
-    run.counters["updates"] += 1
+    _count_update(run, update, len(chosen))
+    _add_strip(run, f"update {run.counters['updates']}")
     return run, update
+
+
+def _count_update(run: Run, update: Any, clicks: int) -> None:
+    for report in [update.report, *update.head_reports]:
+        record_report(run, report)
+    run.counters["clicks"] += clicks
+    run.counters["updates"] += 1
+
+
+# ------------------------------------------------------------------------------------ loading a click log
+
+
+def log_settings(log: ClickLog) -> dict[str, Any]:
+    """The mode / features / head_updates the log's updates were made with (its last update's);
+    FieldError naming the click log when it has no updated round or names an unknown setting."""
+    updates = [e for e in log.events if e.get("type") == "update"]
+    if not _updated_rounds(log):
+        raise FieldError(LOG_FIELD, "holds no updated round: nothing to replay (click a few rounds, then "
+                                    "download the click log)")
+    last = updates[-1]
+    settings = {"mode": last.get("mode", log.records[-1].mode), "features": last.get("features", DEFAULT_FEATURES),
+                "head_updates": last.get("head_updates", 0)}
+    if settings["mode"] not in MODES or settings["features"] not in FEATURES:
+        raise FieldError(LOG_FIELD, f"names mode {settings['mode']!r} / features {settings['features']!r}; allowed: "
+                                    f"mode {', '.join(MODES)}, features {', '.join(FEATURES)}")
+    if not isinstance(settings["head_updates"], int) or not 0 <= settings["head_updates"] <= MAX_HEAD_UPDATES:
+        raise FieldError(LOG_FIELD, f"names head_updates {settings['head_updates']!r}; allowed: 0 to {MAX_HEAD_UPDATES}")
+    return settings
+
+
+def _updated_rounds(log: ClickLog) -> list[list[Any]]:
+    """The click records of each round of the log that was used for an update (what a replay replays)."""
+    updated = {e.get("round_id") for e in log.events if e.get("type") == "update" and isinstance(e.get("round_id"), str)}
+    return [records for rid, records in log.rounds().items() if rid in updated]
+
+
+def _read_log(path: Path) -> ClickLog:
+    """The uploaded click log, read; FieldError when it is empty or holds no readable click record."""
+    if not any(line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()):
+        raise FieldError(LOG_FIELD, "is empty: it holds no clicks")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unreadable lines are skipped; a log without any record is refused below
+        log = ClickLog(path)
+    if not log.records or not all(isinstance(r.round_id, str) for r in log.records):
+        raise FieldError(LOG_FIELD, f"is not a click log: {path.name!r} has no readable click records "
+                                    "(upload the .zip or .jsonl of 'Download click log')")
+    return log
+
+
+def load_click_log(session: str, path: str, form: dict[str, Any], hosted: bool) -> tuple[Run, str]:
+    """Rebuild a click run from an uploaded click log (.zip of 'Download click log', or its .jsonl).
+
+    The new click run has the log's settings (mode, features, head updates) and the Train form's model,
+    LoRA rank and targets; every round of the log is replayed (same seeds, same clicks) from the log's
+    starting LoRA, and its own log receives them, so the session continues where the log ended.
+    Returns the run and a message for the user.
+    """
+    previous = runs.session_run(session)
+    if previous is not None and previous.running:
+        raise FieldError(LOG_FIELD, "training is running in this session; stop it first")
+    folder = runs.run_dir(runs.new_run_id())  # the upload, unpacked; deleted once replayed
+    try:
+        return _replay_upload(session, unpack_click_log(path, folder, hosted), form, hosted, previous)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _replay_upload(session: str, path: Path, form: dict[str, Any], hosted: bool,
+                   previous: Run | None) -> tuple[Run, str]:
+    """:func:`load_click_log` once the upload is unpacked at ``path``."""
+    log = _read_log(path)
+    settings = log_settings(log)
+    _check_size(log, settings["head_updates"], hosted)
+    config = config_from_form(form, hosted)
+    start = _start_lora(log, config, session)
+    mode, features, head_updates = settings["mode"], settings["features"], settings["head_updates"]
+    continue_lora = (previous is not None and previous.config.model == config.model
+                     and previous.config.lora_rank == config.lora_rank
+                     and previous.config.lora_targets == config.lora_targets)
+    run = _new_click_run(session, config, hosted, mode, features, head_updates,
+                         _kind(mode, form_features(features), head_updates, config.model), continue_lora)
+    rounds = len(_updated_rounds(log))
+
+    def on_round(number: int, update: Any) -> None:
+        shown = run.preference.log.records[-len(update.rewards):]  # the round just replayed: the log's last records
+        _count_update(run, update, sum(1 for r in shown if r.chosen))
+        if number >= rounds - STRIPS_KEPT:
+            _add_strip(run, f"update {number + 1} (replayed)")
+
+    with runs.using(run) as chain:
+        try:
+            if start is not None:  # the "before" strip of the log's starting LoRA
+                chain.load_lora_state_dict(start)
+                run.strips.clear()
+                _add_strip(run, "before")
+            result = run.preference.replay(log, on_round=on_round)
+        except (ValueError, TypeError, TrainingStepError) as error:
+            raise FieldError(LOG_FIELD, str(error)) from None
+    first = 10_000 + run.config.seed * 1000  # the first round seed of this run (preference_round)
+    seeds = [records[0].seed for records in log.rounds().values() if isinstance(records[0].seed, int)]
+    run.counters["rounds"] = max([result.rounds, *(s - first + 1 for s in seeds if first <= s < first + 1000)])
+    message = (f"replayed {result.rounds} rounds; {len(result.mismatched_rounds)} rounds' images differed from the log"
+               + ("" if start is not None else " (the log has no starting LoRA: upload the .zip to replay exactly)"))
+    run.status = message
+    return run, message
+
+
+def _check_size(log: ClickLog, head_updates: int, hosted: bool) -> None:
+    """FieldError naming the click log when replaying it exceeds this server's limits (iterations, images per
+    round, prompt length)."""
+    limits = caps(hosted)
+    rounds = _updated_rounds(log)
+    iterations = len(rounds) * (1 + head_updates)
+    if iterations > limits["steps"]:
+        raise FieldError(LOG_FIELD, f"replaying it takes {iterations} training iterations; at most {limits['steps']} here")
+    if max(len(records) for records in rounds) > limits["pref_k"]:
+        raise FieldError(LOG_FIELD, f"has a round of more than {limits['pref_k']} images, the most per round here")
+    if max(len(str(r.prompt)) for records in rounds for r in records) > limits["prompt_chars"]:
+        raise FieldError(LOG_FIELD, f"has a prompt longer than {limits['prompt_chars']} characters, the most here")
+
+
+def _start_lora(log: ClickLog, config: Any, session: str) -> dict[str, Any] | None:
+    """The log's starting LoRA (None without one); FieldError unless it fits the Train form's model, LoRA rank
+    and targets."""
+    try:
+        start = log.start_lora()
+    except Exception as error:  # a damaged file: safetensors raises its own error type
+        raise FieldError(LOG_FIELD, f"its starting LoRA cannot be read ({error})") from None
+    initial = runs.MODELS.get(config, session).initial_lora
+    if start is not None and (set(start) != set(initial) or any(start[k].shape != initial[k].shape for k in start)):
+        raise FieldError(LOG_FIELD, f"its starting LoRA does not fit {config.model} with LoRA rank {config.lora_rank}, "
+                                    f"targets {config.lora_targets}; set the Train form to the model, LoRA rank and "
+                                    "targets the log was made with")
+    return start

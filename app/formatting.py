@@ -348,12 +348,20 @@ def run_summary(run: Any) -> dict[str, Any]:
     }
 
 
+ACCURACY_ROUNDS = 10
+"""The head's held-out accuracy shown in the Preference tab is over this many last rounds."""
+
+
 def counters_text(run: Any) -> str:
-    if run is None:
+    """The Preference tab's status line: rounds, updates, clicks, the head's held-out accuracy, the settings and
+    the click log (Markdown)."""
+    session = getattr(run, "preference", None)
+    if session is None:
         return "no rounds yet"
     c = run.counters
-    log = getattr(getattr(run.preference, "log", None), "path", None)
-    text = f"rounds {c['rounds']} · updates {c['updates']} · clicks {c['clicks']}"
-    if log is not None:
-        text += f" · click log {log}"
-    return text
+    accuracy = session.held_out_accuracy(last=ACCURACY_ROUNDS)
+    figure = "-" if math.isnan(accuracy) else f"{accuracy:.0%}"
+    return (f"rounds {c['rounds']} · updates {c['updates']} · clicks {c['clicks']} · the head predicted **{figure}** "
+            f"of your last clicks before seeing them (last {ACCURACY_ROUNDS} rounds)  \n"
+            f"mode {session.mode} · features {session.features} · {session.head_updates} update(s) per round from "
+            f"the head · click log `{session.log.path}`")

@@ -1,11 +1,14 @@
 """Files in and out of the app, without Gradio: the Export tab's LoRA and config (with a usage snippet),
-and the uploads that continue from files (a config for the Train form, a LoRA for the session's run).
+the uploads that continue from files (a config for the Train form, a LoRA for the session's run), and the
+click log of a preference run as a .zip (download, and unpacked again for :func:`app.clicks.load_click_log`).
 Uploads are read safely and size-capped (``caps(hosted)``, docs/hosting.md).
 """
 
 from __future__ import annotations
 
+import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from .settings import caps
 from .training import create_run, require_run
 
 __all__ = ["export", "last_lora_beside", "kept_lora_note", "portable_config", "snippet", "load_config_file",
-           "check_upload_size", "upload_lora"]
+           "check_upload_size", "upload_lora", "click_log_zip", "unpack_click_log"]
 
 LAST_LORA_FOLDER = "last-iteration"
 """Where an export puts the last iteration's LoRA of a keep_best run, beside the kept one."""
@@ -141,3 +144,66 @@ def upload_lora(session: str, path: str, form: dict[str, Any], hosted: bool) -> 
     run.uploaded_lora = Path(path).name
     run.status = f"Loaded LoRA {Path(path).name}; tick 'Continue from the current LoRA' and Start to train on"
     return run
+
+
+def click_log_zip(session: str) -> Path:
+    """The session's click log as a .zip: the .jsonl, its ``<stem>_images/`` folder and its
+    ``<stem>_start_lora.safetensors`` (what :func:`unpack_click_log` reads back)."""
+    run = require_run(session, "Download click log")
+    log = getattr(run.preference, "log", None)
+    if log is None or not log.path.is_file():
+        raise FieldError("Download click log", "this session has no clicks yet: click a round and Update first")
+    target = run.output_dir / "click-log" / f"clicks-{run.id}.zip"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    files = [log.path, log.start_lora_path, *sorted(log.image_dir.glob("*.png"))]
+    with zipfile.ZipFile(target.with_suffix(".tmp"), "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in files:
+            if path.is_file():
+                archive.write(path, path.relative_to(log.path.parent).as_posix())
+    target.with_suffix(".tmp").replace(target)
+    return target
+
+
+_HASH_PNG = re.compile(r"[0-9a-f]{64}\.png")
+
+
+def unpack_click_log(path: str, folder: Path, hosted: bool) -> Path:
+    """An uploaded click log (.jsonl, or the .zip of :func:`click_log_zip`) in ``folder``; returns the .jsonl.
+
+    Of a .zip only the one .jsonl, the PNGs of its ``<stem>_images/`` folder (named by their SHA-256) and its
+    ``<stem>_start_lora.safetensors`` are taken, by name, and at most ``caps(hosted)["run_disk_bytes"]``
+    in all; FieldError naming "Click log" otherwise.
+    """
+    label, limit = "Click log", caps(hosted)["run_disk_bytes"]
+    name = Path(str(path or "")).name
+    if not name.endswith((".jsonl", ".zip")):
+        raise FieldError(label, f"must be a .zip (from 'Download click log') or a .jsonl click log; got {name!r}")
+    check_upload_size(label, path, limit)
+    folder.mkdir(parents=True, exist_ok=True)
+    if name.endswith(".jsonl"):
+        return Path(shutil.copyfile(path, folder / "clicks.jsonl"))
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = [e for e in archive.infolist() if not e.is_dir() and not e.filename.startswith("__MACOSX/")]
+            logs = [e for e in entries if e.filename.endswith(".jsonl")]
+            if len(logs) != 1:
+                raise FieldError(label, f"the .zip must hold exactly one .jsonl click log; it holds {len(logs)}")
+            prefix, stem = logs[0].filename.rpartition("/")[0], Path(logs[0].filename).stem
+            base = f"{prefix}/" if prefix else ""
+
+            def wanted(entry: zipfile.ZipInfo) -> bool:
+                rest = entry.filename[len(base):] if entry.filename.startswith(base) else ""
+                image = rest.startswith(f"{stem}_images/") and _HASH_PNG.fullmatch(rest[len(stem) + 8:])
+                return rest in (f"{stem}.jsonl", f"{stem}_start_lora.safetensors") or bool(image)
+
+            taken = [e for e in entries if wanted(e)]
+            if sum(e.file_size for e in taken) > limit:
+                raise FieldError(label, f"unpacked, the .zip must be at most {limit / 2**20:.3g} MB here")
+            for entry in taken:
+                target = folder / ("clicks" + entry.filename[len(base) + len(stem):])  # <stem>... -> clicks...
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(entry) as source, open(target, "wb") as out:
+                    shutil.copyfileobj(source, out)  # reads at most the entry's stated size (CRC checked)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError) as error:
+        raise FieldError(label, f"is not a readable .zip ({error})") from None
+    return folder / "clicks.jsonl"

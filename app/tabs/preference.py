@@ -1,5 +1,7 @@
 """The Preference tab: rounds of images from the session's model; the clicked images are preferred, and
-Update runs one training iteration from the clicks (direct, or a learned Bradley-Terry head)."""
+Update runs the training iterations of one update (direct clicks or a learned Bradley-Terry head). A strip
+of fixed seeds after every update and the head's held-out accuracy show what is learnt; the click log can be
+downloaded and loaded again to continue after a restart."""
 
 from __future__ import annotations
 
@@ -8,7 +10,10 @@ from typing import Any
 
 import gradio as gr
 
-from .. import formatting, runner
+from rlr_core.rewards.preference import DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_MODE
+
+from .. import clicks, formatting, runner
+from ..transfer import click_log_zip
 from .events import GPU, UI_ONLY, Page, form_dict, session_of
 
 __all__ = ["PreferenceTab", "layout", "wire"]
@@ -20,52 +25,80 @@ class PreferenceTab:
     mode: Any
     pick: Any
     features: Any
+    head_updates: Any
     new: Any
     gallery: Any
     choice: Any
     update: Any
     counters: Any
+    strips: Any
+    download: Any
+    log_file: Any
+    upload: Any
 
 
 def layout(page: Page) -> PreferenceTab:
     gr.Markdown(
         "Rounds of images from the current model (this session's LoRA, or a fresh one from the Train "
-        "settings). Click the images you prefer (or tick their numbers), then **Update**: one training "
-        "iteration from your clicks; the next round shows the effect. Clicks are saved to a JSONL log.",
+        "settings). Click the images you prefer (or tick their numbers), then **Update**: a training "
+        "iteration from your clicks (plus the head's updates, if any); the next round shows the effect. "
+        "Clicks are saved to a click log you can download and load again later.",
         elem_classes=["rlr-note"],
     )
     with gr.Row():
         k = gr.Slider(2, page.limit["pref_k"], value=4, step=2, label="Images per round", elem_id="pref-k")
-        mode = gr.Radio(["direct", "learned"], value="direct", label="Mode",
+        mode = gr.Radio(list(clicks.PREFERENCE_MODES), value=DEFAULT_MODE, label="Mode",
                         info="direct: clicks are the reward; learned: a Bradley-Terry head fitted on all clicks")
         pick = gr.Radio(["preferred (several)", "best one"], value="preferred (several)", label="Choose")
-        features = gr.Radio(["pixels", "auto"], value="pixels", label="Learned-mode features",
-                            info="pixels: weight-free; auto: tiny-clip for the tiny model, else CLIP when its weights are available")
+    with gr.Row():
+        features = gr.Radio(list(clicks.FEATURE_CHOICES), value=DEFAULT_FEATURES, label="Learned-head features",
+                            info="auto: tiny-clip for the tiny model, else CLIP when its weights are available; "
+                                 "pixels: weight-free")
+        head_updates = gr.Slider(0, clicks.MAX_HEAD_UPDATES, value=DEFAULT_HEAD_UPDATES, step=1,
+                                 label="Updates per round from the head", elem_id="pref-head-updates",
+                                 info="more iterations per round on fresh images scored by the head (no clicks)")
     new = gr.Button("New round", elem_id="pref-new")
     gallery = gr.Gallery(label="Click the images you prefer", columns=4, height=300, format="png",
                          allow_preview=False, elem_id="pref-gallery", interactive=False)
     choice = gr.CheckboxGroup(choices=[], label="Preferred images", elem_id="pref-choices")
-    update = gr.Button("Update (one training iteration from these clicks)", variant="primary", elem_id="pref-update")
+    update = gr.Button("Update (training iterations from these clicks)", variant="primary", elem_id="pref-update")
     counters = gr.Markdown("no rounds yet", elem_id="pref-counters")
-    return PreferenceTab(k, mode, pick, features, new, gallery, choice, update, counters)
+    strips = gr.Gallery(label="The same seeds after each update (latest first; 'before' last)",
+                        columns=clicks.STRIP_IMAGES, height=320, format="png", allow_preview=True,
+                        elem_id="pref-strips", interactive=False)
+    with gr.Row():
+        download = gr.Button("Download click log", elem_id="pref-download")
+        log_file = gr.File(label="Click log (.zip: the log, its images and its starting LoRA)", interactive=False,
+                           elem_id="pref-log-file")
+        upload = gr.File(label="Continue from a click log (.zip or .jsonl): replays it with the Train form's model",
+                         file_types=[".zip", ".jsonl"], elem_id="pref-upload")
+    return PreferenceTab(k, mode, pick, features, head_updates, new, gallery, choice, update, counters, strips,
+                         download, log_file, upload)
+
+
+def _strip_images(run: Any) -> list[tuple[Any, str]]:
+    """The strips as one gallery, a row per strip: (image, "label · seed s · prompt")."""
+    return [(image, f"{strip.label} · seed {seed} · {prompt}") for strip in clicks.strips(run)
+            for image, seed, prompt in zip(strip.images, strip.seeds, strip.prompts)]
 
 
 def _outputs(run: Any) -> tuple:
     rnd = run.round
     images = [(img, f"#{i + 1} · {p}") for i, (img, p) in enumerate(zip(rnd.pil_images(), rnd.prompts))]
     choices = [str(i + 1) for i in range(rnd.size)]
-    return images, gr.update(choices=choices, value=[]), formatting.counters_text(run)
+    return images, gr.update(choices=choices, value=[]), formatting.counters_text(run), _strip_images(run)
 
 
 def wire(page: Page, tab: PreferenceTab) -> None:
     hosted = page.hosted
-    outputs = [tab.gallery, tab.choice, tab.counters]
+    outputs = [tab.gallery, tab.choice, tab.counters, tab.strips]
+    settings = [tab.mode, tab.features, tab.head_updates]
 
-    def on_pref_new(request: gr.Request, k: int, mode: str, features: str, *values: Any) -> tuple:
-        run = runner.preference_round(session_of(request), form_dict(values), hosted, k, mode, features)
+    def on_pref_new(request: gr.Request, k: int, mode: str, features: str, head_updates: int, *values: Any) -> tuple:
+        run = runner.preference_round(session_of(request), form_dict(values), hosted, k, mode, features, head_updates)
         return _outputs(run)
 
-    page.listen(tab.new.click, on_pref_new, [tab.k, tab.mode, tab.features, *page.form], outputs, **GPU, **UI_ONLY)
+    page.listen(tab.new.click, on_pref_new, [tab.k, *settings, *page.form], outputs, **GPU, **UI_ONLY)
 
     def on_pref_select(current: list[str], evt: gr.SelectData) -> Any:
         label = str(int(evt.index) + 1)
@@ -75,14 +108,32 @@ def wire(page: Page, tab: PreferenceTab) -> None:
 
     tab.gallery.select(on_pref_select, inputs=tab.choice, outputs=tab.choice, queue=False, **UI_ONLY)
 
-    def on_pref_update(chosen: list[str], pick: str, k: int, mode: str, features: str,
+    def on_pref_update(chosen: list[str], pick: str, k: int, mode: str, features: str, head_updates: int,
                        request: gr.Request = None) -> tuple:
         session = session_of(request)
         run, update = runner.preference_update(session, [int(c) - 1 for c in chosen or []], pick == "best one")
+        iterations = 1 + len(update.head_reports)
         gr.Info(f"Iteration {update.report.step} from {sum(1 for r in update.rewards if r > 0)} preferred image(s); "
-                f"update norm {formatting.format_sig(update.update_norm)}", title="Updated")
-        run = runner.preference_round(session, {}, hosted, k, mode, features)
+                f"update norm {formatting.format_sig(update.update_norm)}"
+                + (f"; then {iterations - 1} from the head" if iterations > 1 else ""), title="Updated")
+        run = runner.preference_round(session, {}, hosted, k, mode, features, head_updates)
         return _outputs(run)
 
-    page.listen(tab.update.click, on_pref_update, [tab.choice, tab.pick, tab.k, tab.mode, tab.features],
-                outputs, **GPU, **UI_ONLY)
+    page.listen(tab.update.click, on_pref_update, [tab.choice, tab.pick, tab.k, *settings], outputs, **GPU, **UI_ONLY)
+
+    def on_download(request: gr.Request = None) -> str:
+        return str(click_log_zip(session_of(request)))
+
+    page.listen(tab.download.click, on_download, None, [tab.log_file], **GPU, **UI_ONLY)
+
+    def on_upload(request: gr.Request, path: str | None, *values: Any) -> tuple:
+        if not path:
+            return (gr.skip(),) * 7
+        run, message = clicks.load_click_log(session_of(request), path, form_dict(values), hosted)
+        gr.Info(message, title="Click log loaded")
+        preference = run.preference
+        return ([], gr.update(choices=[], value=[]), f"{message}; click **New round** to continue.  \n"
+                + formatting.counters_text(run), _strip_images(run), preference.mode, clicks.form_features(preference.features),
+                preference.head_updates)
+
+    page.listen(tab.upload.upload, on_upload, [tab.upload, *page.form], [*outputs, *settings], **GPU, **UI_ONLY)

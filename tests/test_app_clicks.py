@@ -1,0 +1,131 @@
+"""The Preference tab's click runs without a server: the head's held-out accuracy and the strips of fixed seeds,
+head updates, and a click log downloaded, loaded after a restart and replayed bit for bit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+
+import pytest
+
+pytest.importorskip("gradio")
+
+
+@pytest.fixture()
+def studio(tmp_path, monkeypatch, tiny_pixel_dir):
+    monkeypatch.setenv("RLR_STUDIO_HOME", str(tmp_path / "home"))
+    from app import state
+
+    yield str(tiny_pixel_dir)
+    state.reset_all()
+
+
+def form(model: str, **kw):
+    # one prompt: 4 evaluation seeds; T = 4; no evaluation due during the test
+    return {"model": model, "prompt": "a red circle", "num_steps": 4, "steps": 100, "eval_every": 100,
+            "keep_best": False, **kw}
+
+
+def click_rounds(session, values, rounds, mode="direct", head_updates=0):
+    """``rounds`` rounds clicked the same way (the first image preferred); the next round is left on screen,
+    as the tab does after an update."""
+    from app import clicks, runs
+
+    run = runs.session_run(session)
+    if run is None or run.round is None:
+        run = clicks.preference_round(session, values, False, 4, mode, "pixels", head_updates)
+    for _ in range(rounds):
+        run, _update = clicks.preference_update(session, [0], best_only=True)
+        run = clicks.preference_round(session, values, False, 4, mode, "pixels", head_updates)
+    return run
+
+
+def test_status_line_and_strips_show_what_is_learnt(studio):
+    from app import clicks, formatting
+
+    values = form(studio)
+    run = clicks.preference_round("a", values, False, 4, "direct", "pixels", 0)
+    assert "predicted **-**" in formatting.counters_text(run)  # no prediction before the first click
+    assert [s.label for s in clicks.strips(run)] == ["before"]
+    run = click_rounds("a", values, 3)
+    text = formatting.counters_text(run)
+    assert run.counters == {"rounds": 4, "clicks": 3, "updates": 3}
+    assert "rounds 4 · updates 3 · clicks 3" in text and "last 10 rounds" in text
+    assert len(run.preference.predictions) == 2  # rounds 2 and 3 were predicted before the head saw them
+    accuracy = run.preference.held_out_accuracy(last=formatting.ACCURACY_ROUNDS)
+    assert f"predicted **{accuracy:.0%}**" in text
+    strips = clicks.strips(run)
+    assert [s.label for s in strips] == ["update 3", "update 2", "update 1", "before"]
+    assert all(len(s.images) == clicks.STRIP_IMAGES and s.seeds == strips[0].seeds for s in strips)
+    assert strips[0].images[0].tobytes() != strips[-1].images[0].tobytes()  # the same seed, another LoRA
+
+
+def test_head_updates_add_trainer_iterations(studio):
+    from app import clicks
+
+    run = click_rounds("b", form(studio), 2, head_updates=1)
+    assert run.step == 4 and len(run.history) == 4  # per round: the click update and one from the head
+    assert run.counters["updates"] == 2 and run.preference.settings()["head_updates"] == 1
+    # another number of head updates is another click run, continuing from the current LoRA
+    other = clicks.preference_round("b", {}, False, 4, "direct", "pixels", 0)
+    assert other is not run and other.step == 0 and other.preference.head_updates == 0
+
+
+def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
+    import torch
+
+    from app import clicks, runs
+    from app.transfer import click_log_zip
+
+    values = form(studio)
+    run = click_rounds("c", values, 3, mode="learned", head_updates=1)
+    trained = runs.current_lora(run)
+    next_seed = run.round.seed  # the round on screen, not clicked: the log holds 3 rounds
+    download = tmp_path / "clicks.zip"
+    shutil.copyfile(click_log_zip("c"), download)
+    with zipfile.ZipFile(download) as archive:
+        names = archive.namelist()
+    assert "clicks.jsonl" in names and "clicks_start_lora.safetensors" in names
+    assert sum(n.startswith("clicks_images/") for n in names) == 12
+
+    runs.reset_all()  # a restart: no run, no model
+    loaded, message = clicks.load_click_log("d", str(download), values, False)
+    assert message == "replayed 3 rounds; 0 rounds' images differed from the log"
+    assert loaded.preference.settings() == {"mode": "learned", "features": "pixels", "head_updates": 1}
+    rebuilt = runs.current_lora(loaded)
+    assert set(rebuilt) == set(trained) and all(torch.equal(rebuilt[k], trained[k]) for k in trained)
+    assert loaded.step == 6 and loaded.counters == {"rounds": 3, "clicks": 3, "updates": 3}
+    assert len(loaded.preference.log.rounds()) == 3  # the new log holds every replayed round
+    assert [s.label for s in clicks.strips(loaded)][-1] == "before" and len(clicks.strips(loaded)) == 4
+    # the same settings in the form continue the loaded run; its next round has the next seed
+    same = clicks.preference_round("d", values, False, 4, "learned", "pixels", 1)
+    assert same is loaded and same.round.seed == next_seed
+
+
+def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
+    from app import clicks
+    from app.state import FieldError
+
+    values = form(studio)
+    click = {"round_id": "x", "index": 0, "prompt": "p", "seed": 1, "image_sha256": "0" * 64, "chosen": True,
+             "rank": None, "time": 0.0}
+    cases = {"notes.txt": "hello", "empty.jsonl": "\n", "junk.jsonl": "not json\n[1, 2]\n",
+             "unclicked.jsonl": json.dumps(click) + "\n",
+             "hostile.jsonl": json.dumps({**click, "round_id": [1]}) + "\n" + json.dumps({"type": "update", "round_id": [1]})}
+    messages = {}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(FieldError, match="^Click log: ") as info:
+            clicks.load_click_log("e", str(tmp_path / name), values, False)
+        messages[name] = str(info.value)
+    assert "must be a .zip" in messages["notes.txt"] and "is empty" in messages["empty.jsonl"]
+    assert "is not a click log" in messages["junk.jsonl"] and "is not a click log" in messages["hostile.jsonl"]
+    assert "no updated round" in messages["unclicked.jsonl"]
+    (tmp_path / "broken.zip").write_bytes(b"PK not really")
+    with pytest.raises(FieldError, match="^Click log: is not a readable .zip"):
+        clicks.load_click_log("e", str(tmp_path / "broken.zip"), values, False)
+    with zipfile.ZipFile(tmp_path / "nolog.zip", "w") as archive:
+        archive.writestr("readme.txt", "no log here")
+    with pytest.raises(FieldError, match="exactly one .jsonl"):
+        clicks.load_click_log("e", str(tmp_path / "nolog.zip"), values, False)
