@@ -9,7 +9,8 @@ images every round). Attributes:
 * ``red``: mean red minus mean green/blue (the prompts ask for blue, green, yellow, purple shapes);
 * ``spiky``: 1 - solidity of the largest shape the tiny detector finds (stars ~0.5, circles and squares
   ~0.05; the prompts ask for circles and squares);
-* ``left``: the ``shape-position`` reward toward the left (the prompts say nothing of position).
+* ``left``: how far left the shape sits, 0.5 minus the x of the centroid of the soft foreground mask
+  (``rlr_core.rewards.composition``; the prompts say nothing of position).
 
 The reference for each attribute is the attribute itself as the training reward, as many iterations
 of batch 4 as the session has rounds; a session's "rounds to half" is the first round whose gain
@@ -51,17 +52,14 @@ MODES = {
     "learned+head2": ("learned", "tiny-clip", 2),
 }
 ATTRIBUTES = ("red", "spiky", "left")
-NOISES = (0.0, 0.1, 0.25)
+NOISES = (0.0, 0.25, 0.1)  # in the order the full phase runs them
 
 
 class Attribute:
     """An attribute as a Reward (for the reference runs and for Trainer.evaluate)."""
 
     def __init__(self, name: str) -> None:
-        from rlr_core import get_reward
-
         self.name = name
-        self.position = get_reward("shape-position", target="left") if name == "left" else None
         self.differentiable = name != "spiky"
 
     def __call__(self, images, prompts):
@@ -70,7 +68,9 @@ class Attribute:
         if self.name == "red":
             return images[:, 0].mean((1, 2)) - images[:, 1:].mean((1, 2, 3))
         if self.name == "left":
-            return self.position(images, prompts)
+            from rlr_core.rewards.composition import foreground, mask_stats
+
+            return 0.5 - mask_stats(foreground(images, prompts))["cx"]
         from rlr_core.tiny.detect import detect_batch
 
         values = [1.0 - float(d.features.get("solidity", 1.0)) for d in detect_batch(images.detach().float().cpu())]

@@ -193,7 +193,7 @@ def test_direct_round_end_to_end_uses_the_shown_trajectories(tmp_path):
 def test_direct_mode_ranks_and_k(tmp_path):
     chain = FakeChain()
     estimator = FakeEstimator()
-    session = PreferenceSession(TinyTrainer(chain, estimator), tmp_path / "c.jsonl", k=2, features="pixels")
+    session = PreferenceSession(TinyTrainer(chain, estimator), tmp_path / "c.jsonl", mode="direct", k=2, features="pixels")
     rnd = session.new_round(PROMPTS, generator=torch.Generator().manual_seed(5))
     assert rnd.seed == 5
     with pytest.raises(ValueError, match="exactly k=2"):
@@ -351,7 +351,7 @@ def test_head_predicts_each_click_before_it_learns_from_it(tmp_path):
     # every second click contrary (the least red): no head can predict those rounds
     contrary = session_for("b", lambda red, i: int(red.argmin()) if i % 2 else int(red.argmax()))
     assert contrary.held_out_accuracy(last=8) < 0.65
-    restarted = PreferenceSession(TinyTrainer(FakeChain(), FakeEstimator()), ClickLog(consistent.log.path), features="pixels")
+    restarted = PreferenceSession(TinyTrainer(FakeChain(), FakeEstimator()), ClickLog(consistent.log.path), mode="direct", features="pixels")
     assert restarted.predictions == consistent.predictions
 
 

@@ -30,7 +30,7 @@ __all__ = ["ClickLog", "ClickRecord", "ClickReward", "PreferenceReward", "click_
            "DEFAULT_HEAD_UPDATES"]
 
 # The defaults of a click session (the app's Preference tab, PreferenceSession), chosen by benchmarks/clicks.py
-DEFAULT_MODE = "direct"
+DEFAULT_MODE = "learned"
 DEFAULT_FEATURES = "auto"  # tiny-clip for the tiny model, CLIP otherwise (pixels when CLIP's weights are missing)
 DEFAULT_HEAD_UPDATES = 0
 

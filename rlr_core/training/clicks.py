@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from ..rewards.click_log import ClickLog, ClickRecord, click_rewards, image_sha256, to_uint8
+from ..rewards.preference import DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_MODE
 from ..rewards.preference_head import MODES, PreferenceReward
 from ..rewards.registry import default_clip_model
 
@@ -95,18 +96,19 @@ class PreferenceSession:
     scores of them). ``k``: how many images the user must choose per round in ``click(chosen=...)``
     (None = any number between 1 and B-1). ``reward``: the head (a ``PreferenceReward``); built from
     ``features`` when not given. ``head_updates``: iterations per round on fresh images scored by the
-    head, after the click update (none before the first click).
+    head, after the click update (none before the first click). The defaults are
+    ``rlr_core.rewards.preference``'s DEFAULT_MODE, DEFAULT_FEATURES and DEFAULT_HEAD_UPDATES.
     """
 
     def __init__(
         self,
         trainer: Any,
         log: ClickLog | str | os.PathLike,
-        mode: str = "direct",
+        mode: str = DEFAULT_MODE,
         k: int | None = 1,
         reward: PreferenceReward | None = None,
-        features: str = "auto",
-        head_updates: int = 0,
+        features: str = DEFAULT_FEATURES,
+        head_updates: int = DEFAULT_HEAD_UPDATES,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not allowed; allowed values: {list(MODES)}")
