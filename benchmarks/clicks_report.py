@@ -94,6 +94,8 @@ def _picture(runs: list[dict], target: Path) -> None:
     import matplotlib.pyplot as plt
 
     attributes = sorted({r["attribute"] for r in runs})
+    modes = sorted({r["mode"] for r in runs})
+    colours = {mode: plt.cm.tab10(i) for i, mode in enumerate(modes)}  # one colour per mode in every panel
     fig, axes = plt.subplots(1, len(attributes), figsize=(4.2 * len(attributes), 3.2), squeeze=False)
     for ax, attribute in zip(axes[0], attributes):
         curves: dict[str, list[list[float]]] = defaultdict(list)
@@ -103,13 +105,13 @@ def _picture(runs: list[dict], target: Path) -> None:
         for mode, members in sorted(curves.items()):
             length = min(len(c) for c in members)
             mean = [_mean(c[i] for c in members) for i in range(length)]
-            ax.plot(range(length), mean, label=mode, lw=2.2 if mode == "reference" else 1.4,
-                    ls="--" if mode == "reference" else "-")
+            ax.plot(range(length), mean, label=f"{mode} ({len(members)} seed{'s' if len(members) > 1 else ''})",
+                    color=colours[mode], lw=2.2 if mode == "reference" else 1.4, ls="--" if mode == "reference" else "-")
         ax.set_title(attribute)
         ax.set_xlabel("round (one click each; reference: iteration)")
         ax.axhline(0, color="gray", lw=0.5)
+        ax.legend(fontsize=7)
     axes[0][0].set_ylabel("attribute gain, 8 fixed seeds")
-    axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(target, dpi=110)
     plt.close(fig)
