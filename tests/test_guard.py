@@ -115,14 +115,17 @@ def test_a_clean_run_is_not_refused(tmp_path):
 
 
 def test_early_stop_and_resume_keep_the_guard_state(tmp_path):
-    hack = dict(keep_best=True, steps=6, eval_every=1, checkpoint_every=1, keep_checkpoints=10, num_steps=6,
+    # 4 iterations (6 before, 2026-12-04: steps 5 and 6 only repeated step 4's verdict): measured verdicts
+    # (accepted, kept step) (T, 1), (T, 1), (F, 1), (F, 1), so the resumed iterations 3 and 4 are both refused
+    # and keep the LoRA of step 1 from before the resume, and the early stop (patience 2) comes at step 3
+    hack = dict(keep_best=True, steps=4, eval_every=1, checkpoint_every=1, keep_checkpoints=10, num_steps=6,
                 eval_seeds=[0, 1, 2, 3], lr=0.05)
     _, whole = _train(_config(tmp_path, "straight", **hack))
     verdicts = [(r.guard["accepted"], r.guard["kept_step"]) for r in whole]
     assert not all(accepted for accepted, _ in verdicts), verdicts
     _train(_config(tmp_path, "resumed", **{**hack, "steps": 2}))
     _, rest = _train(_config(tmp_path, "resumed", **hack, resume=True))
-    assert [r.step for r in rest] == list(range(3, 7))
+    assert [r.step for r in rest] == list(range(3, 5))
     for a, b in zip(whole[2:], rest):  # the same verdicts: base figures, best so far and patience came back
         assert (a.guard["kept_step"], a.guard["accepted"]) == (b.guard["kept_step"], b.guard["accepted"])
         assert a.heldout_reward == pytest.approx(b.heldout_reward, rel=1e-6)
