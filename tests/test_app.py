@@ -292,7 +292,8 @@ def test_zerogpu_chunks_keep_state_on_cpu_between_calls(studio, monkeypatch):
     zerogpu = importlib.reload(zerogpu)
     try:
         assert zerogpu.zerogpu_active()
-        config = runner.config_from_form(form(studio, steps=5, eval_every=0), hosted=False)
+        # 4 sampling steps, not the default 20: the chunking does not depend on T (the test took 16 s)
+        config = runner.config_from_form(form(studio, steps=5, eval_every=0, num_steps=4), hosted=False)
         steps, between = [], []
         for run in runner.train_stream("z", config, hosted=False):
             steps.append(run.step)
