@@ -169,11 +169,12 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def no_rss_sampler():
-    """No resident-memory sampling thread in ``MemoryMeter`` for a module
-    (``pytestmark = pytest.mark.usefixtures("no_rss_sampler")``). Each estimate otherwise starts a thread
-    that wakes every 2 ms: on a busy 2-core machine its start, wake-ups and join cost 3-4x what one estimate
-    on the analytic chain costs. The estimates are bit-identical without it; only ``peak_memory_mb`` reads 0
-    (graph memory is still counted). For modules that assert nothing on peak_memory_mb."""
+    """No resident-memory reading in ``MemoryMeter`` for a module
+    (``pytestmark = pytest.mark.usefixtures("no_rss_sampler")``). On Linux each estimate reads and resets the
+    kernel's peak-RSS mark (~0.1-0.3 ms); elsewhere it starts a thread that wakes every 2 ms, which on a busy 2-core
+    machine cost 3-4x what one estimate on the analytic chain costs. The estimates are bit-identical without it;
+    only ``peak_memory_mb`` reads 0 (graph memory is still counted). For modules that assert nothing on
+    peak_memory_mb."""
     from rlr_core.memory import meter
 
     with pytest.MonkeyPatch.context() as patch:

@@ -88,6 +88,36 @@ def test_live_bytes_tracker_sees_peak_not_final():
     del small
 
 
+def _touch_mb(mb: int) -> None:
+    """Make the process's resident memory rise by about ``mb`` MB for a moment, then fall back."""
+    block = torch.ones(mb * 2**20 // 4)
+    del block
+
+
+@pytest.mark.parametrize("how", ["peak mark", "sampling thread"])
+def test_memory_meter_sees_a_transient_cpu_peak(monkeypatch, how):
+    from rlr_core.memory import meter as meter_module
+
+    if meter_module.psutil is None or (how == "peak mark" and meter_module._peak_mark_bytes() is None):
+        pytest.skip("no resident-memory reading on this platform")
+    if how == "sampling thread":  # the fallback where the kernel's peak mark is not available
+        monkeypatch.setattr(meter_module, "_peak_mark_bytes", lambda: None)
+    with MemoryMeter() as outer:
+        _touch_mb(300)
+        with MemoryMeter() as inner:  # a nested meter resets the mark: the outer one keeps what it saw
+            _touch_mb(100)
+            if how == "sampling thread":
+                import time
+
+                block = torch.ones(100 * 2**20 // 4)
+                time.sleep(0.05)  # the thread samples every 2 ms: give it a look at the held block
+                del block
+    assert 80 <= inner.peak_memory_mb < 250, inner.peak_memory_mb
+    if how == "peak mark":
+        assert outer.peak_memory_mb >= 250, outer.peak_memory_mb
+        assert not meter_module._OPEN_PEAK_MARK_METERS
+
+
 # --- predicted vs measured ------------------------------------------------------------------
 
 
