@@ -50,7 +50,11 @@ MODES = {
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
     "learned+head2": ("learned", "tiny-clip", 2),
+    "learned-global": ("learned", "tiny-clip", 0),
+    "learned-both": ("learned", "tiny-clip", 0),
 }
+# screened head variants: name -> how the head differs from PreferenceReward's defaults
+HEAD_VARIANTS = {"learned-global": "global", "learned-both": "with_pixels"}
 ATTRIBUTES = ("red", "spiky", "left")
 NOISES = (0.0, 0.25, 0.1)  # in the order the full phase runs them
 
@@ -100,7 +104,7 @@ def run_session(task: dict) -> dict:
     import torch
 
     from rlr_core.estimators.base import grouped_prompts
-    from rlr_core.rewards.preference import ClickLog
+    from rlr_core.rewards.preference import ClickLog, PreferenceReward
     from rlr_core.training.clicks import PreferenceSession
 
     torch.set_num_threads(1)
@@ -109,8 +113,13 @@ def run_session(task: dict) -> dict:
     wrong = np.random.default_rng([task["seed"], int(task["noise"] * 100), 17])
     with tempfile.TemporaryDirectory() as tmp:
         trainer = _trainer(attribute, task["seed"], task["rounds"], tmp, task.get("num_steps", 20))
-        session = PreferenceSession(trainer, ClickLog(Path(tmp) / "clicks.jsonl"), mode=mode, k=1, features=features,
-                                    head_updates=head_updates)
+        log = ClickLog(Path(tmp) / "clicks.jsonl")
+        variant = HEAD_VARIANTS.get(task["mode"])
+        if variant == "with_pixels":
+            head = _with_pixels(PreferenceReward)(log, features=features)
+        else:
+            head = PreferenceReward(log, features=features, **({"scaling": "global"} if variant == "global" else {}))
+        session = PreferenceSession(trainer, log, mode=mode, k=1, reward=head, head_updates=head_updates)
         groups = trainer.estimator.noise_groups(mode == "learned")
         curve = [measure(trainer, attribute)]
         accuracy, seconds = [], []
@@ -141,6 +150,19 @@ def run_reference(task: dict) -> dict:
         for _ in trainer.run(task["rounds"]):
             curve.append(measure(trainer, attribute))
     return {**task, "curve": curve}
+
+
+def _with_pixels(base):
+    """A head whose features are the base's followed by the weight-free pixel features (a screened variant)."""
+    import torch
+
+    from rlr_core.rewards.preference_head import pixel_features
+
+    class WithPixels(base):
+        def features(self, images):
+            return torch.cat([super().features(images), pixel_features(images)], dim=1)
+
+    return WithPixels
 
 
 def _run(task: dict) -> dict:
@@ -199,7 +221,7 @@ def default_mode() -> str:
 
     features = "tiny-clip" if DEFAULT_FEATURES == "auto" else DEFAULT_FEATURES  # auto is tiny-clip for the tiny model
     for name, settings in MODES.items():
-        if settings == (DEFAULT_MODE, features, DEFAULT_HEAD_UPDATES):
+        if settings == (DEFAULT_MODE, features, DEFAULT_HEAD_UPDATES) and name not in HEAD_VARIANTS:
             return name
     raise ValueError(f"no benchmark mode has the default settings {(DEFAULT_MODE, features, DEFAULT_HEAD_UPDATES)}")
 

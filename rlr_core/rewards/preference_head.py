@@ -25,6 +25,9 @@ __all__ = ["MODES", "FEATURES", "PreferenceReward", "pixel_features"]
 
 MODES = ("direct", "learned")
 FEATURES = ("auto", "clip", "tiny-clip", "pixels")  # tiny-clip = clip features from the bundled tiny-clip
+# How the head scales the features before the fit: every feature to unit variance over the clicked images
+# ("per-feature"), or one scale for all of them ("global")
+SCALINGS = ("per-feature", "global")
 
 
 def pixel_features(images: torch.Tensor, bins: int = 8) -> torch.Tensor:
@@ -69,13 +72,17 @@ class PreferenceReward:
         pretrained: str = "openai",
         l2: float = 1e-2,
         device: str | torch.device = "cpu",
+        scaling: str = "per-feature",
     ) -> None:
+        if scaling not in SCALINGS:
+            raise ValueError(f"scaling={scaling!r} is not allowed; allowed values: {list(SCALINGS)}")
         if features not in FEATURES:
             raise ValueError(f"features={features!r} is not allowed; allowed values: {list(FEATURES)}")
         if not float(l2) >= 0:
             raise ValueError(f"l2={l2!r} is not allowed; allowed values: a number >= 0")
         self.log = log if isinstance(log, ClickLog) or log is None else ClickLog(log)
         self.l2 = float(l2)
+        self.scaling = scaling
         self.device = torch.device(device)
         if features == "tiny-clip":  # the bundled offline model (rlr_core.tiny.clip_model)
             features, clip_model = "clip", "tiny-clip"
@@ -152,6 +159,8 @@ class PreferenceReward:
         feats = torch.stack([self._stored_features(s) for s in shas])
         mean = feats.mean(dim=0)
         std = feats.std(dim=0, unbiased=False).clamp_min(1e-3) if len(shas) > 1 else torch.ones_like(mean)
+        if self.scaling == "global" and len(shas) > 1:
+            std = torch.full_like(mean, float((feats - mean).pow(2).mean().sqrt().clamp_min(1e-3)))
         z = (feats - mean) / std
         win = torch.tensor([index[a] for a, _ in pairs])
         lose = torch.tensor([index[b] for _, b in pairs])
