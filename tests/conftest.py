@@ -167,6 +167,17 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture()
+def studio(tmp_path, monkeypatch, tiny_pixel_dir):
+    """The app on the tiny pixel model with its own home folder (app state reset afterwards); yields the
+    model's folder."""
+    monkeypatch.setenv("RLR_STUDIO_HOME", str(tmp_path / "home"))
+    from app import state
+
+    yield str(tiny_pixel_dir)
+    state.reset_all()
+
+
 @pytest.fixture(scope="module")
 def no_rss_sampler():
     """No resident-memory reading in ``MemoryMeter`` for a module

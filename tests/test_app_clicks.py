@@ -12,15 +12,6 @@ import pytest
 pytest.importorskip("gradio")
 
 
-@pytest.fixture()
-def studio(tmp_path, monkeypatch, tiny_pixel_dir):
-    monkeypatch.setenv("RLR_STUDIO_HOME", str(tmp_path / "home"))
-    from app import state
-
-    yield str(tiny_pixel_dir)
-    state.reset_all()
-
-
 def form(model: str, **kw):
     # one prompt: 4 evaluation seeds; T = 4; no evaluation due during the test
     return {"model": model, "prompt": "a red circle", "num_steps": 4, "steps": 100, "eval_every": 100,
