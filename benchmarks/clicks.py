@@ -18,7 +18,10 @@ reaches half of the reference's gain on the same seed.
 
     python benchmarks/clicks.py --out benchmarks/results/clicks --phase screen     # candidates, noise 0, seed 1
     python benchmarks/clicks.py --out benchmarks/results/clicks --phase full       # the default, 3 noises x 3 seeds
+    python benchmarks/clicks.py --out benchmarks/results/clicks --phase full --default learned-both   # a candidate
     python benchmarks/clicks.py --out benchmarks/results/clicks --report
+Candidates besides the product's modes (``MODES``): head variants (``HEAD_VARIANTS``: one common feature
+scale, tiny-clip + pixel features) and a session learning rate (``LEARNING_RATES``; every other run uses 0.01).
 Results are appended to ``<out>/runs.jsonl`` as they finish; a rerun skips what is there.
 """
 
@@ -52,7 +55,10 @@ MODES = {
     "learned+head2": ("learned", "tiny-clip", 2),
     "learned-global": ("learned", "tiny-clip", 0),
     "learned-both": ("learned", "tiny-clip", 0),
+    "learned-lr3x": ("learned", "tiny-clip", 0),
 }
+LEARNING_RATE = 0.01  # of every session and reference run, except:
+LEARNING_RATES = {"learned-lr3x": 0.03}
 # screened head variants: name -> how the head differs from PreferenceReward's defaults
 HEAD_VARIANTS = {"learned-global": "global", "learned-both": "with_pixels"}
 ATTRIBUTES = ("red", "spiky", "left")
@@ -81,12 +87,12 @@ class Attribute:
         return torch.tensor(values, dtype=torch.float32)
 
 
-def _trainer(attribute: Attribute, seed: int, rounds: int, output_dir: str, num_steps: int = 20):
+def _trainer(attribute: Attribute, seed: int, rounds: int, output_dir: str, num_steps: int = 20, lr: float = LEARNING_RATE):
     from benchmarks.compare import _chain
     from rlr_core import TrainConfig, Trainer, get_estimator
 
     chain = _chain(num_steps)
-    config = TrainConfig(model="tiny", num_steps=num_steps, prompts=list(CLICK_PROMPTS), steps=rounds, batch_size=4, lr=0.01,
+    config = TrainConfig(model="tiny", num_steps=num_steps, prompts=list(CLICK_PROMPTS), steps=rounds, batch_size=4, lr=lr,
                          seed=seed, eval_seeds=[], eval_every=0, checkpoint_every=0, output_dir=output_dir)
     return Trainer(chain, attribute, get_estimator("rlr"), config)
 
@@ -112,7 +118,8 @@ def run_session(task: dict) -> dict:
     mode, features, head_updates = MODES[task["mode"]]
     wrong = np.random.default_rng([task["seed"], int(task["noise"] * 100), 17])
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = _trainer(attribute, task["seed"], task["rounds"], tmp, task.get("num_steps", 20))
+        trainer = _trainer(attribute, task["seed"], task["rounds"], tmp, task.get("num_steps", 20),
+                           LEARNING_RATES.get(task["mode"], LEARNING_RATE))
         log = ClickLog(Path(tmp) / "clicks.jsonl")
         variant = HEAD_VARIANTS.get(task["mode"])
         if variant == "with_pixels":
@@ -221,7 +228,7 @@ def default_mode() -> str:
 
     features = "tiny-clip" if DEFAULT_FEATURES == "auto" else DEFAULT_FEATURES  # auto is tiny-clip for the tiny model
     for name, settings in MODES.items():
-        if settings == (DEFAULT_MODE, features, DEFAULT_HEAD_UPDATES) and name not in HEAD_VARIANTS:
+        if settings == (DEFAULT_MODE, features, DEFAULT_HEAD_UPDATES) and name not in HEAD_VARIANTS | LEARNING_RATES:
             return name
     raise ValueError(f"no benchmark mode has the default settings {(DEFAULT_MODE, features, DEFAULT_HEAD_UPDATES)}")
 
