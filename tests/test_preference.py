@@ -208,9 +208,10 @@ def test_direct_mode_ranks_and_k(tmp_path):
 # ------------------------------------------------------------------ learned mode
 
 
-def test_learned_head_raises_the_reward_of_clicked_images(tmp_path):
+@pytest.mark.parametrize("scaling", ["per-feature", "global"])
+def test_learned_head_raises_the_reward_of_clicked_images(tmp_path, scaling):
     log = ClickLog(tmp_path / "clicks.jsonl")
-    reward = PreferenceReward(log, features="pixels")
+    reward = PreferenceReward(log, features="pixels", scaling=scaling)
     g = torch.Generator().manual_seed(0)
     shown = []
     for i in range(6):
@@ -235,9 +236,14 @@ def test_learned_head_raises_the_reward_of_clicked_images(tmp_path):
     reward(x, ["a", "b"]).sum().backward()
     assert x.grad.abs().sum() > 0
 
+    # one scale for every feature, or one per feature
+    assert bool((reward.std == reward.std[0]).all()) == (scaling == "global")
+
     # restart: the head refitted from the log alone is the same head
-    restarted = PreferenceReward(ClickLog(tmp_path / "clicks.jsonl"), features="pixels")
+    restarted = PreferenceReward(ClickLog(tmp_path / "clicks.jsonl"), features="pixels", scaling=scaling)
     assert torch.allclose(restarted(red, ["x"]), reward(red, ["x"]), atol=1e-4)
+    with pytest.raises(ValueError, match="scaling='sideways'.*per-feature"):
+        PreferenceReward(log, features="pixels", scaling="sideways")
 
 
 def test_get_reward_preference_learned_and_direct(tmp_path):
