@@ -3,7 +3,7 @@
     python benchmarks/memory.py [--model tiny] [--steps 10 20 40] [--estimators rlr full-bp ...]
 
 Prints graph memory (bytes autograd saved for backward: deterministic) and peak memory (CUDA
-max allocated, or sampled RSS growth on CPU) and the ratio T=40 / T=10 per estimator.
+max allocated, or the growth of the resident set on CPU) and the ratio T=40 / T=10 per estimator.
 RLR's memory should stay flat in T while full-bp grows linearly.
 """
 

@@ -198,6 +198,8 @@ def cpu_run(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     result = estimator.estimate(chain, reward, ["a photo of a lighthouse at dawn"], torch.Generator().manual_seed(0))
     seconds = time.perf_counter() - start
+    # the estimate's MemoryMeter resets the kernel's peak mark when it starts (Linux): this is the peak while
+    # the estimate ran, the loaded weights included, not the loading's own transient
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     settings = (f"T=4, batch 1, h={args.cpu_h}, antithetic=false, baseline=none, dtype={args.cpu_dtype}, "
                 f"gradient_checkpointing={args.cpu_ckpt}, SDPA, CFG 7.5, LoRA r4, {torch.get_num_threads()} threads")
