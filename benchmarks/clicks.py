@@ -22,6 +22,8 @@ reaches half of the reference's gain on the same seed.
     python benchmarks/clicks.py --out benchmarks/results/clicks --report
 Candidates besides the product's modes (``MODES``): head variants (``HEAD_VARIANTS``: one common feature
 scale, tiny-clip + pixel features) and a session learning rate (``LEARNING_RATES``; every other run uses 0.01).
+Each session also records, per round, the cosine between the head's and the attribute's gradients with
+respect to the shown images (``gradient_alignment``; red and left only).
 Results are appended to ``<out>/runs.jsonl`` as they finish; a rerun skips what is there.
 """
 
@@ -129,7 +131,7 @@ def run_session(task: dict) -> dict:
         session = PreferenceSession(trainer, log, mode=mode, k=1, reward=head, head_updates=head_updates)
         groups = trainer.estimator.noise_groups(mode == "learned")
         curve = [measure(trainer, attribute)]
-        accuracy, seconds = [], []
+        accuracy, seconds, alignment = [], [], []
         for index in range(task["rounds"]):
             start = time.perf_counter()
             prompts = grouped_prompts(CLICK_PROMPTS[index % 4:] + CLICK_PROMPTS[: index % 4], 4, groups)
@@ -141,8 +143,25 @@ def run_session(task: dict) -> dict:
             session.update(shown)
             seconds.append(time.perf_counter() - start)
             accuracy.append(session.held_out_accuracy())
+            alignment.append(gradient_alignment(session.head, attribute, shown.images, shown.prompts))
             curve.append(measure(trainer, attribute))
-    return {**task, "curve": curve, "held_out_accuracy": accuracy, "seconds_per_round": seconds}
+    return {**task, "curve": curve, "held_out_accuracy": accuracy, "seconds_per_round": seconds,
+            "gradient_alignment": alignment}
+
+
+def gradient_alignment(head, attribute: Attribute, images, prompts) -> float | None:
+    """Mean over the images of the cosine between the head's and the attribute's gradients with respect to
+    the image (pixels): does pushing the head's score up push the attribute up? None for an attribute
+    without a gradient (spiky) or before the head has a click."""
+    import torch
+
+    if not attribute.differentiable or head.weight is None:
+        return None
+    x = images.detach().clone().requires_grad_(True)
+    (head_grad,) = torch.autograd.grad(head(x, list(prompts)).sum(), x)
+    (attribute_grad,) = torch.autograd.grad(attribute(x, list(prompts)).sum(), x)
+    cosine = torch.nn.functional.cosine_similarity(head_grad.flatten(1), attribute_grad.flatten(1), dim=1)
+    return float(cosine.mean())
 
 
 def run_reference(task: dict) -> dict:

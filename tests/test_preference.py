@@ -419,6 +419,29 @@ def test_replay_rebuilds_the_lora_bit_for_bit(tiny_sd_dir, tmp_path):
         other.replay(tmp_path / "a" / "clicks.jsonl")
 
 
+def test_click_benchmark_gradient_alignment(monkeypatch):
+    """The benchmark's alignment is +1 for a head that is the attribute, -1 for its opposite, None without a gradient."""
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.syspath_prepend(str(root))
+    from benchmarks import clicks
+
+    red = clicks.Attribute("red")
+
+    class Head:
+        weight = torch.ones(1)
+
+        def __init__(self, sign):
+            self.sign = sign
+
+        def __call__(self, images, prompts):
+            return self.sign * red(images, prompts)
+
+    images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert clicks.gradient_alignment(Head(1.0), red, images, ["a"] * 3) == pytest.approx(1.0)
+    assert clicks.gradient_alignment(Head(-1.0), red, images, ["a"] * 3) == pytest.approx(-1.0)
+    assert clicks.gradient_alignment(Head(1.0), clicks.Attribute("spiky"), images, ["a"] * 3) is None
+
+
 def test_click_benchmark_runs_a_session_and_reports(tmp_path, monkeypatch):
     """benchmarks/clicks.py end to end at its smallest: a reference run, a noisy session, the report."""
     import sys
@@ -433,6 +456,7 @@ def test_click_benchmark_runs_a_session_and_reports(tmp_path, monkeypatch):
     reference = clicks.run_reference({**small, "mode": "reference", "attribute": "red", "noise": 0.0})
     assert len(session["curve"]) == len(reference["curve"]) == 3 and len(session["curve"][0]) == 2
     assert len(session["held_out_accuracy"]) == 2 and session["held_out_accuracy"][0] != session["held_out_accuracy"][0]  # nan: no head yet
+    assert len(session["gradient_alignment"]) == 2 and all(-1 <= a <= 1 for a in session["gradient_alignment"])
     (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (session, reference)))
     table = clicks_report.write_report(tmp_path)
     assert "| direct | red | 25% | 1 |" in table and (tmp_path / "clicks.png").exists()
