@@ -419,6 +419,30 @@ def test_replay_rebuilds_the_lora_bit_for_bit(tiny_sd_dir, tmp_path):
         other.replay(tmp_path / "a" / "clicks.jsonl")
 
 
+def test_same_seed_and_clicks_give_the_same_lora_whatever_the_load_time_draw(tiny_sd_dir, tmp_path):
+    """A fresh model's LoRA is drawn from the global RNG when it loads; the session re-draws an untrained one
+    from the run's seed before its first round, so two sessions with the same seed and clicks end equal."""
+    from rlr_core.diffusers_chain import load_model
+
+    def chain_loaded_after(global_seed):
+        torch.manual_seed(global_seed)
+        return load_model(str(tiny_sd_dir), num_steps=4, lora_rank=2, guidance_scale=3.0, device="cpu", dtype="float32")
+
+    chains = [chain_loaded_after(1), chain_loaded_after(2)]
+    drawn = [c.lora_state_dict() for c in chains]
+    assert any(not torch.equal(drawn[0][k], drawn[1][k]) for k in drawn[0])  # different load-time LoRAs
+    finals = []
+    for name, chain in zip("ab", chains):
+        session = _click_session(chain, tmp_path, name, mode="learned", k=1)
+        for i, best in enumerate([1, 3]):
+            rnd = session.new_round(PAIR_PROMPTS, seed=70 + i)
+            session.click(rnd, chosen=[best])
+            session.update(rnd)
+        finals.append(chain.lora_state_dict())
+    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
+    assert any(not torch.equal(finals[0][k], drawn[0][k]) for k in finals[0])  # and it did train
+
+
 def test_click_benchmark_gradient_alignment(monkeypatch):
     """The benchmark's alignment is +1 for a head that is the attribute, -1 for its opposite, None without a gradient."""
     root = Path(__file__).resolve().parent.parent

@@ -154,9 +154,15 @@ class PreferenceSession:
         return PreferenceRound(uuid.uuid4().hex, prompts, seed, images, hashes, rollout)
 
     def _record_start(self) -> None:
-        """Before the first round of a log: keep the LoRA the session starts from (replay starts there)."""
+        """Before the first round of a log: an untrained LoRA is drawn from the run's seed (as a fresh
+        training run's is), so the same seed, rounds and clicks give the same LoRA in any process; then the
+        LoRA the session starts from is kept in the log (replay starts there). A trained or loaded LoRA is
+        kept as it is."""
         if self.log.start_lora() is not None or not hasattr(self.trainer.chain, "lora_state_dict"):
             return
+        initialize_lora = getattr(self.trainer, "initialize_lora", None)
+        if callable(initialize_lora):
+            initialize_lora()  # no-op unless every lora_B is zero: the images a round shows do not change
         self.log.save_start_lora(self.trainer.chain.lora_state_dict())
 
     def predict(self, images: torch.Tensor, prompts: Sequence[str]) -> list[float]:
@@ -259,6 +265,8 @@ class PreferenceSession:
         start = source.start_lora()
         if start is not None and hasattr(self.trainer.chain, "load_lora_state_dict"):
             self.trainer.chain.load_lora_state_dict(start)
+            if self.log.start_lora() is None:  # this log starts where the source did (no re-draw from the seed)
+                self.log.save_start_lora(start)
         mismatched, done = [], []
         for number, (rid, records) in enumerate(rounds):
             records = sorted(records, key=lambda r: r.index)
