@@ -88,10 +88,17 @@ def test_live_bytes_tracker_sees_peak_not_final():
     del small
 
 
-def _touch_mb(mb: int) -> None:
-    """Make the process's resident memory rise by about ``mb`` MB for a moment, then fall back."""
-    block = torch.ones(mb * 2**20 // 4)
-    del block
+def _touch_mb(mb: int, hold_s: float = 0.0) -> None:
+    """Make the process's resident memory rise by about ``mb`` MB for a moment, then fall back (a fresh
+    anonymous mapping, written page by page: the allocator cannot serve it from memory already resident)."""
+    import mmap
+    import time
+
+    block = mmap.mmap(-1, mb * 2**20)
+    for offset in range(0, mb * 2**20, 4096):
+        block[offset] = 1
+    time.sleep(hold_s)
+    block.close()
 
 
 @pytest.mark.parametrize("how", ["peak mark", "sampling thread"])
@@ -105,13 +112,7 @@ def test_memory_meter_sees_a_transient_cpu_peak(monkeypatch, how):
     with MemoryMeter() as outer:
         _touch_mb(300)
         with MemoryMeter() as inner:  # a nested meter resets the mark: the outer one keeps what it saw
-            _touch_mb(100)
-            if how == "sampling thread":
-                import time
-
-                block = torch.ones(100 * 2**20 // 4)
-                time.sleep(0.05)  # the thread samples every 2 ms: give it a look at the held block
-                del block
+            _touch_mb(100, hold_s=0.05)  # the thread samples every 2 ms: give it a look at the held block
     assert 80 <= inner.peak_memory_mb < 250, inner.peak_memory_mb
     if how == "peak mark":
         assert outer.peak_memory_mb >= 250, outer.peak_memory_mb
