@@ -124,10 +124,8 @@ def run_session(task: dict) -> dict:
                            LEARNING_RATES.get(task["mode"], LEARNING_RATE))
         log = ClickLog(Path(tmp) / "clicks.jsonl")
         variant = HEAD_VARIANTS.get(task["mode"])
-        if variant == "with_pixels":
-            head = _with_pixels(PreferenceReward)(log, features=features)
-        else:
-            head = PreferenceReward(log, features=features, **({"scaling": "global"} if variant == "global" else {}))
+        head_class = _with_pixels(PreferenceReward) if variant == "with_pixels" else PreferenceReward
+        head = head_class(log, features=features, **({"scaling": "global"} if variant == "global" else {}))
         session = PreferenceSession(trainer, log, mode=mode, k=1, reward=head, head_updates=head_updates)
         groups = trainer.estimator.noise_groups(mode == "learned")
         curve = [measure(trainer, attribute)]
