@@ -58,11 +58,14 @@ MODES = {
     "learned-global": ("learned", "tiny-clip", 0),
     "learned-both": ("learned", "tiny-clip", 0),
     "learned-lr3x": ("learned", "tiny-clip", 0),
+    "learned-scores": ("learned", "tiny-clip", 0),
+    "learned-scores+head4": ("learned", "tiny-clip", 4),
 }
 LEARNING_RATE = 0.01  # of every session and reference run, except:
 LEARNING_RATES = {"learned-lr3x": 0.03}
 # screened head variants: name -> how the head differs from PreferenceReward's defaults
-HEAD_VARIANTS = {"learned-global": "global", "learned-both": "with_pixels"}
+HEAD_VARIANTS = {"learned-global": "global", "learned-both": "with_pixels", "learned-scores": "scores",
+                 "learned-scores+head4": "scores"}
 ATTRIBUTES = ("red", "spiky", "left")
 NOISES = (0.0, 0.25, 0.1)  # in the order the full phase runs them
 
@@ -70,9 +73,9 @@ NOISES = (0.0, 0.25, 0.1)  # in the order the full phase runs them
 class Attribute:
     """An attribute as a Reward (for the reference runs and for Trainer.evaluate)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, differentiable: bool = True) -> None:
         self.name = name
-        self.differentiable = name != "spiky"
+        self.differentiable = differentiable and name != "spiky"
 
     def __call__(self, images, prompts):
         import torch
@@ -125,9 +128,10 @@ def run_session(task: dict) -> dict:
         log = ClickLog(Path(tmp) / "clicks.jsonl")
         variant = HEAD_VARIANTS.get(task["mode"])
         head_class = _with_pixels(PreferenceReward) if variant == "with_pixels" else PreferenceReward
-        head = head_class(log, features=features, **({"scaling": "global"} if variant == "global" else {}))
+        options = {"scaling": "global"} if variant == "global" else {"differentiable": False} if variant == "scores" else {}
+        head = head_class(log, features=features, **options)
         session = PreferenceSession(trainer, log, mode=mode, k=1, reward=head, head_updates=head_updates)
-        groups = trainer.estimator.noise_groups(mode == "learned")
+        groups = trainer.estimator.noise_groups(mode == "learned" and head.differentiable)
         curve = [measure(trainer, attribute)]
         accuracy, seconds, alignment = [], [], []
         for index in range(task["rounds"]):
@@ -153,7 +157,7 @@ def gradient_alignment(head, attribute: Attribute, images, prompts) -> float | N
     without a gradient (spiky) or before the head has a click."""
     import torch
 
-    if not attribute.differentiable or head.weight is None:
+    if not attribute.differentiable or not head.differentiable or head.weight is None:
         return None
     x = images.detach().clone().requires_grad_(True)
     (head_grad,) = torch.autograd.grad(head(x, list(prompts)).sum(), x)
@@ -163,11 +167,12 @@ def gradient_alignment(head, attribute: Attribute, images, prompts) -> float | N
 
 
 def run_reference(task: dict) -> dict:
-    """The attribute as the reward: ``rounds`` iterations of batch 4, measured after each."""
+    """The attribute as the reward: ``rounds`` iterations of batch 4, measured after each (``reference-scores``:
+    as a non-differentiable reward, so through likelihood ratios only, as a head's scores would be)."""
     import torch
 
     torch.set_num_threads(1)
-    attribute = Attribute(task["attribute"])
+    attribute = Attribute(task["attribute"], differentiable=task["mode"] != "reference-scores")
     with tempfile.TemporaryDirectory() as tmp:
         trainer = _trainer(attribute, task["seed"], task["rounds"], tmp, task.get("num_steps", 20))
         curve = [measure(trainer, attribute)]
@@ -192,7 +197,7 @@ def _with_pixels(base):
 def _run(task: dict) -> dict:
     start = time.time()
     try:
-        result = run_reference(task) if task["mode"] == "reference" else run_session(task)
+        result = run_reference(task) if task["mode"].startswith("reference") else run_session(task)
     except Exception as error:  # a failed run is recorded, the benchmark goes on
         result = {**task, "error": f"{type(error).__name__}: {error}"}
     return {**result, "wall_seconds": time.time() - start}
@@ -264,7 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Simulated click sessions (docs/rewards.md, preference).")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/clicks"))
     p.add_argument("--phase", choices=["screen", "full"], default="screen")
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES) + ["reference-scores"],
+                   help="the screen's candidates (reference-scores: the attribute as a reward without its gradient)")
     p.add_argument("--default", default=None, choices=list(MODES),
                    help="the mode of the full phase (default: rlr_core's DEFAULT_MODE)")
     p.add_argument("--rounds", type=int, default=20)

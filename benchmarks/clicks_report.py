@@ -39,14 +39,14 @@ def summarise(runs: list[dict]) -> list[dict]:
         members.sort(key=lambda r: r["seed"])
         gains = [gain_curve(r)[-1] for r in members]
         halves = [rounds_to_half(gain_curve(r), references.get((attribute, r["seed"]), float("nan"))) for r in members]
-        last = [r["held_out_accuracy"][-10:] for r in members]
+        last = [r.get("held_out_accuracy", [])[-10:] for r in members]  # none in reference-scores runs
         rows.append({
             "mode": mode, "attribute": attribute, "noise": noise, "seeds": [r["seed"] for r in members],
             "gain": _mean(gains), "gains": gains, "every_seed_up": all(g > 0 for g in gains),
             "reference_gain": _mean(references.get((attribute, r["seed"]), float("nan")) for r in members),
             "rounds_to_half": halves,
             "accuracy_last10": _mean(a for acc in last for a in acc if a == a),
-            "seconds_per_round": _mean(s for r in members for s in r["seconds_per_round"]),
+            "seconds_per_round": _mean(s for r in members for s in r.get("seconds_per_round", [])),
         })
     return rows
 
@@ -76,7 +76,7 @@ def write_report(out: Path) -> str:
             f"| {row['mode']} | {row['attribute']} | {row['noise']:.0%} | {len(row['seeds'])} | {row['gain']:+.4f} | "
             f"{', '.join(f'{g:+.3f}' for g in row['gains'])} | {row['reference_gain']:+.4f} | "
             f"{', '.join(_fmt(h) for h in row['rounds_to_half'])} | {_fmt(row['accuracy_last10'], 2)} | "
-            f"{row['seconds_per_round']:.1f} |"
+            f"{_fmt(row['seconds_per_round'], 1)} |"
         )
     text = "\n".join(lines) + "\n"
     (out / "clicks.md").write_text(text)

@@ -278,6 +278,28 @@ def test_learned_session_end_to_end(tmp_path):
     assert end_red > start_red, (start_red, end_red)
 
 
+def test_learned_session_with_a_scores_only_head(tmp_path):
+    """differentiable=False: the rounds and the head updates are sampled without the reward's graph and the
+    update gets the head's scores as constants (likelihood ratios only); the clicked attribute still rises."""
+    torch.manual_seed(0)
+    chain = FakeChain()
+    log = ClickLog(tmp_path / "clicks.jsonl")
+    estimator = FakeEstimator(log)
+    reward = PreferenceReward(log, features="pixels", differentiable=False)
+    session = PreferenceSession(TinyTrainer(chain, estimator, lr=0.05), log, mode="learned", reward=reward, head_updates=1)
+    start_red = float(redness(torch.sigmoid(chain.theta.detach()).unsqueeze(0)))
+    for i in range(12):
+        rnd = session.new_round(PROMPTS, seed=i)
+        assert estimator.rollouts[-1].differentiable_reward is False
+        session.click(rnd, chosen=[int(redness(rnd.images).argmax())])
+        session.update(rnd)
+        for rollout, rewards in estimator.received[-2:]:  # the click update and the head update
+            assert not rollout.differentiable_reward and not rewards.requires_grad
+            assert torch.allclose(rewards, reward(rollout.images, rollout.prompts))
+    end_red = float(redness(torch.sigmoid(chain.theta.detach()).unsqueeze(0)))
+    assert end_red > start_red, (start_red, end_red)
+
+
 def test_pixel_features_are_differentiable_and_finite():
     x = torch.rand(2, 3, 16, 12).requires_grad_(True)
     f = pixel_features(x)

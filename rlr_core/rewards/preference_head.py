@@ -58,7 +58,9 @@ class PreferenceReward:
 
     ``refit()`` fits ``w`` on every pair (preferred, other) in the click log:
     minimise mean log(1 + exp(-(s_preferred - s_other))) + l2 * |w|^2 (L-BFGS, convex). Before any
-    click ``w = 0`` (every image scores 0). Differentiable in the pixels through the features.
+    click ``w = 0`` (every image scores 0). Differentiable in the pixels through the features, unless
+    ``differentiable=False``: then the scores are constants to the estimator (a click session's updates use
+    them through likelihood ratios only, not the head's pixel gradient).
     """
 
     name = "preference"
@@ -73,6 +75,7 @@ class PreferenceReward:
         l2: float = 1e-2,
         device: str | torch.device = "cpu",
         scaling: str = "per-feature",
+        differentiable: bool = True,
     ) -> None:
         if scaling not in SCALINGS:
             raise ValueError(f"scaling={scaling!r} is not allowed; allowed values: {list(SCALINGS)}")
@@ -83,6 +86,7 @@ class PreferenceReward:
         self.log = log if isinstance(log, ClickLog) or log is None else ClickLog(log)
         self.l2 = float(l2)
         self.scaling = scaling
+        self.differentiable = bool(differentiable)
         self.device = torch.device(device)
         if features == "tiny-clip":  # the bundled offline model (rlr_core.tiny.clip_model)
             features, clip_model = "clip", "tiny-clip"
@@ -190,7 +194,10 @@ class PreferenceReward:
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
 
         check_images(images, prompts)
-        feats = self.features(images)
+        if not self.differentiable:
+            images = images.detach()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.differentiable):
+            feats = self.features(images)
         if self.weight is None:
             return (feats * 0.0).sum(dim=1).float()
         dev, dt = feats.device, feats.dtype

@@ -147,7 +147,7 @@ class PreferenceSession:
         else:
             seed = int(generator.initial_seed())
         self._record_start()
-        differentiable = self.mode == "learned"
+        differentiable = self.mode == "learned" and self.head.differentiable
         rollout = self.trainer.estimator.rollout(self.trainer.chain, prompts, generator, differentiable_reward=differentiable)
         images = rollout.images.detach().float().cpu()
         hashes = [image_sha256(a) for a in to_uint8(images)]
@@ -235,7 +235,8 @@ class PreferenceSession:
         rewards; returns the StepReport and the mean score."""
         seed = (int(round.seed or 0) * 7919 + 104_729 * (index + 1)) % (2**63 - 1)
         generator = torch.Generator().manual_seed(seed)
-        rollout = self.trainer.estimator.rollout(self.trainer.chain, round.prompts, generator, differentiable_reward=True)
+        rollout = self.trainer.estimator.rollout(self.trainer.chain, round.prompts, generator,
+                                                 differentiable_reward=self.head.differentiable)
         scores = self.head(rollout.images, round.prompts)
         return self.trainer.update_from_rewards(rollout, scores), float(scores.detach().mean())
 
