@@ -255,6 +255,9 @@ def test_get_reward_preference_learned_and_direct(tmp_path):
         get_reward("preference", mode="direct", log_path=str(path))
     with pytest.raises(ValueError, match=r"features='dreams'.*\['auto', 'clip', 'tiny-clip', 'pixels'\]"):
         get_reward("preference", log_path=str(path), features="dreams")
+    scores_only = get_reward("preference", log_path=str(path), features="pixels", scaling="global", differentiable="false")
+    assert not scores_only.differentiable and scores_only.scaling == "global"
+    assert not scores_only(torch.rand(2, 3, 8, 8, requires_grad=True), ["a", "b"]).requires_grad
 
 
 def test_learned_session_end_to_end(tmp_path):
@@ -475,6 +478,7 @@ def test_click_benchmark_gradient_alignment(monkeypatch):
 
     class Head:
         weight = torch.ones(1)
+        differentiable = True
 
         def __init__(self, sign):
             self.sign = sign
@@ -486,6 +490,9 @@ def test_click_benchmark_gradient_alignment(monkeypatch):
     assert clicks.gradient_alignment(Head(1.0), red, images, ["a"] * 3) == pytest.approx(1.0)
     assert clicks.gradient_alignment(Head(-1.0), red, images, ["a"] * 3) == pytest.approx(-1.0)
     assert clicks.gradient_alignment(Head(1.0), clicks.Attribute("spiky"), images, ["a"] * 3) is None
+    scores_only = Head(1.0)
+    scores_only.differentiable = False
+    assert clicks.gradient_alignment(scores_only, red, images, ["a"] * 3) is None
 
 
 def test_click_benchmark_runs_a_session_and_reports(tmp_path, monkeypatch):

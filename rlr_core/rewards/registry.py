@@ -177,6 +177,8 @@ REGISTRY: dict[str, RewardInfo] = {
                 "clip_model": RewardOption("ViT-L-14-quickgelu", str, "open_clip architecture for features=clip/auto"),
                 "pretrained": RewardOption("openai", str, "open_clip pretrained tag for features=clip/auto"),
                 "l2": RewardOption(1e-2, float, "L2 penalty of the Bradley-Terry fit"),
+                "scaling": RewardOption("per-feature", str, "feature scaling before the fit", ("per-feature", "global")),
+                "differentiable": RewardOption(True, bool, "false: the head's scores reach the update through likelihood ratios only"),
             },
         ),
         RewardInfo("saturation", "Colourfulness (Hasler-Suesstrunk); gray = 0. Weight-free.", True, False, _simple("SaturationReward")),
