@@ -212,7 +212,7 @@ def load_runs(out: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def plan(phase: str, rounds: int, modes: list[str], default: str) -> list[dict]:
+def plan(phase: str, rounds: int, modes: list[str], default: str, noises: tuple[float, ...] = NOISES) -> list[dict]:
     """The runs of a phase: screen = every candidate mode at noise 0, seed 1 (and the references);
     full = the default mode at every noise, 3 seeds (and the references)."""
     def task(mode, attribute, noise, seed):
@@ -223,7 +223,7 @@ def plan(phase: str, rounds: int, modes: list[str], default: str) -> list[dict]:
     if phase == "screen":
         tasks += [task(m, a, 0.0, 1) for m in modes for a in ATTRIBUTES]
     else:
-        tasks += [task(default, a, n, s) for n in NOISES for a in ATTRIBUTES for s in seeds]
+        tasks += [task(default, a, n, s) for n in noises for a in ATTRIBUTES for s in seeds]
     return tasks
 
 
@@ -274,12 +274,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--default", default=None, choices=list(MODES),
                    help="the mode of the full phase (default: rlr_core's DEFAULT_MODE)")
     p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--noises", type=float, nargs="+", default=list(NOISES),
+                   help="wrong-click rates of the full phase (1.0: every click on another image than the best, a control)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--report", action="store_true", help="only write the report from runs.jsonl")
     args = p.parse_args(argv)
     if not args.report:
         default = args.default or default_mode()
-        execute(plan(args.phase, args.rounds, args.modes, default), args.out, args.workers)
+        execute(plan(args.phase, args.rounds, args.modes, default, tuple(args.noises)), args.out, args.workers)
     from benchmarks.clicks_report import write_report
 
     print(write_report(args.out))
