@@ -222,6 +222,9 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
                                     f"mode {', '.join(MODES)}, features {', '.join(FEATURES)}")
     if not isinstance(settings["head_updates"], int) or not 0 <= settings["head_updates"] <= MAX_HEAD_UPDATES:
         raise FieldError(LOG_FIELD, f"names head_updates {settings['head_updates']!r}; allowed: 0 to {MAX_HEAD_UPDATES}")
+    if last.get("head_gradient", True) is not True:
+        raise FieldError(LOG_FIELD, "was made with a scores-only head (head_gradient false, from the Python API); the app "
+                                    "replays logs of its own differentiable head: replay it with PreferenceSession.replay")
     return settings
 
 

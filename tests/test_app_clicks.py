@@ -83,7 +83,7 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
     runs.reset_all()  # a restart: no run, no model
     loaded, message = clicks.load_click_log("d", str(download), values, False)
     assert message == "replayed 3 rounds; 0 rounds' images differed from the log"
-    assert loaded.preference.settings() == {"mode": "learned", "features": "pixels", "head_updates": 1}
+    assert loaded.preference.settings() == {"mode": "learned", "features": "pixels", "head_updates": 1, "head_gradient": True}
     rebuilt = runs.current_lora(loaded)
     assert set(rebuilt) == set(trained) and all(torch.equal(rebuilt[k], trained[k]) for k in trained)
     assert loaded.step == 6 and loaded.counters == {"rounds": 3, "clicks": 3, "updates": 3}
@@ -103,7 +103,10 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
              "rank": None, "time": 0.0}
     cases = {"notes.txt": "hello", "empty.jsonl": "\n", "junk.jsonl": "not json\n[1, 2]\n",
              "unclicked.jsonl": json.dumps(click) + "\n",
-             "hostile.jsonl": json.dumps({**click, "round_id": [1]}) + "\n" + json.dumps({"type": "update", "round_id": [1]})}
+             "hostile.jsonl": json.dumps({**click, "round_id": [1]}) + "\n" + json.dumps({"type": "update", "round_id": [1]}),
+             "scores-only.jsonl": json.dumps(click) + "\n" + json.dumps({"type": "update", "round_id": "x", "mode": "learned",
+                                                                       "features": "pixels", "head_updates": 0,
+                                                                       "head_gradient": False})}
     messages = {}
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
@@ -113,6 +116,7 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
     assert "must be a .zip" in messages["notes.txt"] and "is empty" in messages["empty.jsonl"]
     assert "is not a click log" in messages["junk.jsonl"] and "is not a click log" in messages["hostile.jsonl"]
     assert "no updated round" in messages["unclicked.jsonl"]
+    assert "scores-only head" in messages["scores-only.jsonl"]
     (tmp_path / "broken.zip").write_bytes(b"PK not really")
     with pytest.raises(FieldError, match="^Click log: is not a readable .zip"):
         clicks.load_click_log("e", str(tmp_path / "broken.zip"), values, False)

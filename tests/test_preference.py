@@ -303,6 +303,22 @@ def test_learned_session_with_a_scores_only_head(tmp_path):
     assert end_red > start_red, (start_red, end_red)
 
 
+def test_replay_refuses_a_log_made_with_the_other_kind_of_head(tmp_path):
+    """A scores-only head's log replayed with a differentiable head would give another LoRA: refused, named."""
+    log = ClickLog(tmp_path / "a" / "clicks.jsonl")
+    scores_only = PreferenceReward(log, features="pixels", differentiable=False)
+    session = PreferenceSession(TinyTrainer(FakeChain(), FakeEstimator()), log, mode="learned", reward=scores_only)
+    for i in range(2):
+        rnd = session.new_round(PROMPTS, seed=i)
+        session.click(rnd, chosen=[0])
+        session.update(rnd)
+    assert [e["head_gradient"] for e in log.events if e["type"] == "update"] == [False, False]
+    fresh = PreferenceSession(TinyTrainer(FakeChain(), FakeEstimator()), ClickLog(tmp_path / "b" / "clicks.jsonl"),
+                              mode="learned", features="pixels")
+    with pytest.raises(ValueError, match="head_gradient=True differs.*head_gradient=False"):
+        fresh.replay(log)
+
+
 def test_pixel_features_are_differentiable_and_finite():
     x = torch.rand(2, 3, 16, 12).requires_grad_(True)
     f = pixel_features(x)

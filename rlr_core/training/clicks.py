@@ -83,7 +83,8 @@ class ReplayResult:
     updates: list[PreferenceUpdate]
 
 
-SETTINGS = ("mode", "features", "head_updates")  # the session settings an update depends on (in every update event)
+# the session settings an update depends on (in every update event), and their values in logs older than the setting
+SETTINGS = {"mode": "direct", "features": None, "head_updates": 0, "head_gradient": True}
 
 
 class PreferenceSession:
@@ -132,7 +133,8 @@ class PreferenceSession:
 
     def settings(self) -> dict[str, Any]:
         """The settings the updates depend on, as logged with every update."""
-        return {"mode": self.mode, "features": self.features, "head_updates": self.head_updates}
+        return {"mode": self.mode, "features": self.features, "head_updates": self.head_updates,
+                "head_gradient": bool(self.head.differentiable)}
 
     def new_round(self, prompts: Sequence[str], generator: torch.Generator | None = None, seed: int | None = None) -> PreferenceRound:
         """Sample one batch (one image per prompt) and keep what the update will need."""
@@ -249,7 +251,8 @@ class PreferenceSession:
         """Rebuild the model from a click log: every round of ``source`` again, same seed, same clicks.
 
         The session starts from the log's starting LoRA (when it kept one) and must have the settings
-        the log's updates were made with (``mode``, ``features``, ``head_updates``; a ValueError names
+        the log's updates were made with (``mode``, ``features``, ``head_updates``, ``head_gradient``: whether
+        the head is differentiable; a ValueError names
         the one that differs). Rounds whose images differ from the logged ones (another model, another
         machine's arithmetic) are replayed with the logged clicks and listed in ``mismatched_rounds``.
         This session's own log receives the replayed rounds, so it continues where ``source`` ended.
@@ -259,7 +262,7 @@ class PreferenceSession:
         rounds = [(rid, recs) for rid, recs in source.rounds().items() if rid in updates]
         for rid, _ in rounds:
             for name in SETTINGS:
-                logged = updates[rid].get(name, {"mode": "direct", "features": self.features, "head_updates": 0}[name])
+                logged = updates[rid].get(name, self.features if name == "features" else SETTINGS[name])
                 if logged != self.settings()[name]:
                     raise ValueError(f"{name}={self.settings()[name]!r} differs from the click log's {name}={logged!r} "
                                      f"(round {rid}); replay with {name}={logged!r}")
