@@ -21,7 +21,9 @@ reaches half of the reference's gain on the same seed.
     python benchmarks/clicks.py --out benchmarks/results/clicks --phase full --default learned-both   # a candidate
     python benchmarks/clicks.py --out benchmarks/results/clicks --report
 Candidates besides the product's modes (``MODES``): head variants (``HEAD_VARIANTS``: one common feature
-scale, tiny-clip + pixel features) and a session learning rate (``LEARNING_RATES``; every other run uses 0.01).
+scale, tiny-clip + pixel features, a scores-only head: ``differentiable=False``) and a session learning rate
+(``LEARNING_RATES``; every other run uses 0.01). ``--modes reference-scores`` adds the attribute as a reward
+without its gradient; ``--noises 1.0`` (every click wrong) is the control a real gain must beat.
 Each session also records, per round, the cosine between the head's and the attribute's gradients with
 respect to the shown images (``gradient_alignment``; red and left only).
 Results are appended to ``<out>/runs.jsonl`` as they finish; a rerun skips what is there.
