@@ -194,8 +194,6 @@ class PreferenceReward:
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
 
         check_images(images, prompts)
-        if not self.differentiable:
-            images = images.detach()
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.differentiable):
             feats = self.features(images)
         if self.weight is None:

@@ -84,6 +84,7 @@ class ReplayResult:
 
 
 # the session settings an update depends on (in every update event), and their values in logs older than the setting
+# (features: None = the replaying session's own)
 SETTINGS = {"mode": "direct", "features": None, "head_updates": 0, "head_gradient": True}
 
 
@@ -260,11 +261,13 @@ class PreferenceSession:
         source = source if isinstance(source, ClickLog) else ClickLog(source)
         updates = {e.get("round_id"): e for e in source.events if e.get("type") == "update"}
         rounds = [(rid, recs) for rid, recs in source.rounds().items() if rid in updates]
+        ours = self.settings()
+        older_logs = {**SETTINGS, "features": self.features}  # a log from before features were logged: ours
         for rid, _ in rounds:
             for name in SETTINGS:
-                logged = updates[rid].get(name, self.features if name == "features" else SETTINGS[name])
-                if logged != self.settings()[name]:
-                    raise ValueError(f"{name}={self.settings()[name]!r} differs from the click log's {name}={logged!r} "
+                logged = updates[rid].get(name, older_logs[name])
+                if logged != ours[name]:
+                    raise ValueError(f"{name}={ours[name]!r} differs from the click log's {name}={logged!r} "
                                      f"(round {rid}); replay with {name}={logged!r}")
         start = source.start_lora()
         if start is not None and hasattr(self.trainer.chain, "load_lora_state_dict"):
