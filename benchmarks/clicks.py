@@ -54,6 +54,7 @@ EVAL_SEEDS = list(range(3000, 3008))
 MODES = {
     "direct": ("direct", "tiny-clip", 0),  # the head (for the held-out accuracy only) on tiny-clip
     "learned-pixels": ("learned", "pixels", 0),
+    "learned-layout": ("learned", "layout", 0),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
     "learned+head2": ("learned", "tiny-clip", 2),

@@ -21,10 +21,12 @@ from rlr_core.rewards.click_log import ClickLog
 from rlr_core.rewards.clip_models import encode_images, load_clip
 from rlr_core.rewards.simple import check_images
 
-__all__ = ["MODES", "FEATURES", "PreferenceReward", "pixel_features"]
+__all__ = ["MODES", "FEATURES", "PreferenceReward", "pixel_features", "layout_features"]
 
 MODES = ("direct", "learned")
-FEATURES = ("auto", "clip", "tiny-clip", "pixels")  # tiny-clip = clip features from the bundled tiny-clip
+# tiny-clip = clip features from the bundled tiny-clip; layout = pixels + where the content sits
+FEATURES = ("auto", "clip", "tiny-clip", "pixels", "layout")
+WEIGHT_FREE = ("pixels", "layout")
 # How the head scales the features before the fit: every feature to unit variance over the clicked images
 # ("per-feature"), or one scale for all of them ("global")
 SCALINGS = ("per-feature", "global")
@@ -51,6 +53,24 @@ def pixel_features(images: torch.Tensor, bins: int = 8) -> torch.Tensor:
     gray = x.mean(dim=1)
     edges = ((gray[:, 1:, :] - gray[:, :-1, :]).abs().mean(dim=(1, 2)) + (gray[:, :, 1:] - gray[:, :, :-1]).abs().mean(dim=(1, 2))).unsqueeze(1)
     return torch.cat([hist, thumb, mean, std, chroma, edges], dim=1)
+
+
+def layout_features(images: torch.Tensor, cells: int = 4) -> torch.Tensor:
+    """Weight-free differentiable layout features [B, cells*cells + 2]: where the content sits and its outline.
+
+    The background is taken as the mean colour of the image's one-pixel frame; a pixel's "content" is its
+    colour distance to it. Features: the share of the content in each cell of a ``cells`` x ``cells`` grid
+    (so the content's centre and spread are linear in them), the mean content (how much there is) and the
+    content's edge energy per unit of content (jagged outlines score higher than round ones).
+    """
+    x = images.float().clamp(0, 1)
+    frame = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=2)
+    content = ((x - frame.mean(dim=2)[:, :, None, None]) ** 2).sum(dim=1).add(1e-6).sqrt()  # [B, H, W]
+    grid = F.adaptive_avg_pool2d(content.unsqueeze(1), cells).flatten(1)
+    amount = grid.sum(dim=1, keepdim=True).clamp_min(1e-6)
+    edges = ((content[:, 1:, :] - content[:, :-1, :]).abs().mean(dim=(1, 2))
+             + (content[:, :, 1:] - content[:, :, :-1]).abs().mean(dim=(1, 2))).unsqueeze(1)
+    return torch.cat([grid / amount, amount / grid.shape[1], edges / amount], dim=1)
 
 
 class PreferenceReward:
@@ -113,9 +133,8 @@ class PreferenceReward:
         return cls(ClickLog(log_path), device=device, **options)
 
     def _choose_features(self, features: str) -> str:
-        if features == "pixels":
-            return "pixels"
-
+        if features in WEIGHT_FREE:
+            return features
         try:
             load_clip(*self._clip_args, device=self.device)
             return "clip"
@@ -127,16 +146,17 @@ class PreferenceReward:
 
     @property
     def features_name(self) -> str:
-        """The features in use, as a ``features`` value: ``pixels``, ``tiny-clip`` or ``clip``."""
-        if self.features_kind == "pixels":
-            return "pixels"
+        """The features in use, as a ``features`` value: ``pixels``, ``layout``, ``tiny-clip`` or ``clip``."""
+        if self.features_kind in WEIGHT_FREE:
+            return self.features_kind
         return "tiny-clip" if self._clip_args[0] == "tiny-clip" else "clip"
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Feature vectors [B, D] (float32, differentiable in ``images``)."""
         if self.features_kind == "clip":
-
             return encode_images(load_clip(*self._clip_args, device=images.device), images)
+        if self.features_kind == "layout":
+            return torch.cat([pixel_features(images), layout_features(images)], dim=1)
         return pixel_features(images)
 
     def _stored_features(self, sha: str) -> torch.Tensor:
