@@ -33,7 +33,7 @@ __all__ = ["PREFERENCE_MODES", "FEATURE_CHOICES", "MAX_HEAD_UPDATES", "STRIP_IMA
            "load_click_log", "log_settings", "form_features"]
 
 PREFERENCE_MODES = MODES
-FEATURE_CHOICES = ("auto", "pixels")  # what the form offers; a loaded log may also name tiny-clip or clip
+FEATURE_CHOICES = ("auto", "pixels", "layout")  # what the form offers; a loaded log may also name tiny-clip or clip
 MAX_HEAD_UPDATES = 3  # the form's "Updates per round from the head" slider
 STRIP_IMAGES = 4  # images of one strip (the same seeds after every update)
 STRIPS_KEPT = 8  # strips kept after the first ("before") one
@@ -77,8 +77,8 @@ def _kind(mode: str, features: str, head_updates: int, model: str) -> str:
 
 
 def form_features(features: str) -> str:
-    """The form's features choice that gives ``features`` (a click log's: pixels, tiny-clip or clip)."""
-    return "pixels" if features == "pixels" else "auto"
+    """The form's features choice that gives ``features`` (a click log's: pixels, layout, tiny-clip or clip)."""
+    return features if features in FEATURE_CHOICES else "auto"
 
 
 def preference_run(session: str, form: dict[str, Any], hosted: bool, mode: str, features: str,
@@ -119,7 +119,7 @@ def _new_click_run(session: str, base: Any, hosted: bool, mode: str, features: s
         new.preference = PreferenceSession(new.trainer, log, mode=mode, k=None, reward=head, features=features,
                                            head_updates=head_updates)
     except WeightsUnavailableError as error:
-        raise FieldError("Learned-head features", f"{error} Pick 'pixels' (weight-free).") from None
+        raise FieldError("Learned-head features", f"{error} Pick 'pixels' or 'layout' (weight-free).") from None
     settings = new.preference.settings()
     new.status = (f"click run ({mode}, features {settings['features']}, {head_updates} head update(s) per round) "
                   f"from {'the current LoRA' if continue_lora else 'a fresh LoRA'}")

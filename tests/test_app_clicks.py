@@ -18,17 +18,17 @@ def form(model: str, **kw):
             "keep_best": False, **kw}
 
 
-def click_rounds(session, values, rounds, mode="direct", head_updates=0):
+def click_rounds(session, values, rounds, mode="direct", head_updates=0, features="pixels"):
     """``rounds`` rounds clicked the same way (the first image preferred); the next round is left on screen,
     as the tab does after an update."""
     from app import clicks, runs
 
     run = runs.session_run(session)
     if run is None or run.round is None:
-        run = clicks.preference_round(session, values, False, 4, mode, "pixels", head_updates)
+        run = clicks.preference_round(session, values, False, 4, mode, features, head_updates)
     for _ in range(rounds):
         run, _update = clicks.preference_update(session, [0], best_only=True)
-        run = clicks.preference_round(session, values, False, 4, mode, "pixels", head_updates)
+        run = clicks.preference_round(session, values, False, 4, mode, features, head_updates)
     return run
 
 
@@ -70,7 +70,7 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
     from app.transfer import click_log_zip
 
     values = form(studio)
-    run = click_rounds("c", values, 3, mode="learned", head_updates=1)
+    run = click_rounds("c", values, 3, mode="learned", head_updates=1, features="layout")
     trained = runs.current_lora(run)
     next_seed = run.round.seed  # the round on screen, not clicked: the log holds 3 rounds
     download = tmp_path / "clicks.zip"
@@ -83,14 +83,14 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
     runs.reset_all()  # a restart: no run, no model
     loaded, message = clicks.load_click_log("d", str(download), values, False)
     assert message == "replayed 3 rounds; 0 rounds' images differed from the log"
-    assert loaded.preference.settings() == {"mode": "learned", "features": "pixels", "head_updates": 1, "head_gradient": True}
+    assert loaded.preference.settings() == {"mode": "learned", "features": "layout", "head_updates": 1, "head_gradient": True}
     rebuilt = runs.current_lora(loaded)
     assert set(rebuilt) == set(trained) and all(torch.equal(rebuilt[k], trained[k]) for k in trained)
     assert loaded.step == 6 and loaded.counters == {"rounds": 3, "clicks": 3, "updates": 3}
     assert len(loaded.preference.log.rounds()) == 3  # the new log holds every replayed round
     assert [s.label for s in clicks.strips(loaded)][-1] == "before" and len(clicks.strips(loaded)) == 4
     # the same settings in the form continue the loaded run; its next round has the next seed
-    same = clicks.preference_round("d", values, False, 4, "learned", "pixels", 1)
+    same = clicks.preference_round("d", values, False, 4, "learned", "layout", 1)
     assert same is loaded and same.round.seed == next_seed
 
 

@@ -14,6 +14,7 @@ from rlr_core.rewards.preference import (
     PreferenceReward,
     click_rewards,
     image_sha256,
+    layout_features,
     pixel_features,
     to_uint8,
 )
@@ -253,7 +254,7 @@ def test_get_reward_preference_learned_and_direct(tmp_path):
     assert torch.equal(r(torch.rand(2, 3, 8, 8), ["a", "b"]), torch.zeros(2))  # no clicks yet
     with pytest.raises(ValueError, match="mode='direct' has no reward function.*PreferenceSession"):
         get_reward("preference", mode="direct", log_path=str(path))
-    with pytest.raises(ValueError, match=r"features='dreams'.*\['auto', 'clip', 'tiny-clip', 'pixels'\]"):
+    with pytest.raises(ValueError, match=r"features='dreams'.*\['auto', 'clip', 'tiny-clip', 'pixels', 'layout'\]"):
         get_reward("preference", log_path=str(path), features="dreams")
     scores_only = get_reward("preference", log_path=str(path), features="pixels", scaling="global", differentiable="false")
     assert not scores_only.differentiable and scores_only.scaling == "global"
@@ -323,6 +324,47 @@ def test_pixel_features_are_differentiable_and_finite():
     x = torch.rand(2, 3, 16, 12).requires_grad_(True)
     f = pixel_features(x)
     assert f.shape == (2, 3 * 8 + 48 + 8) and torch.isfinite(f).all()
+    f.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def _square_images(generator: torch.Generator, n: int, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """n images of one 5-pixel square of a random colour at a random place on a random flat background,
+    and how far left each square's centre sits (0.5 - x / size)."""
+    images = torch.rand(n, 3, 1, 1, generator=generator).expand(n, 3, size, size).clone()
+    left = torch.empty(n)
+    for i in range(n):
+        x, y = (int(v) for v in torch.randint(1, size - 6, (2,), generator=generator))
+        images[i, :, y:y + 5, x:x + 5] = torch.rand(3, 1, 1, generator=generator)
+        left[i] = 0.5 - (x + 2.5) / size
+    return images, left
+
+
+def test_layout_head_learns_where_the_clicked_content_sits(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    log = ClickLog(tmp_path / "clicks.jsonl")
+    for i in range(15):  # a user clicks the image whose square sits furthest left
+        images, left = _square_images(g, 4)
+        log.append_round(f"r{i}", PROMPTS, i, to_uint8(images), [j == int(left.argmax()) for j in range(4)], mode="learned")
+    held_out, left = _square_images(g, 64)
+    pairs = [(a, b) for a in range(64) for b in range(64) if left[a] > left[b] + 0.1]
+
+    def ordered(features: str) -> float:
+        head = PreferenceReward(log, features=features)
+        assert head.features_name == features
+        scores = head(held_out, ["x"] * 64).detach()
+        return sum(bool(scores[a] > scores[b]) for a, b in pairs) / len(pairs)
+
+    # colours and backgrounds vary, so only the layout part tells where the square is
+    assert ordered("layout") > 0.8
+    assert ordered("pixels") < 0.7
+
+
+def test_layout_features_are_differentiable_and_finite():
+    x = torch.rand(2, 3, 16, 12).requires_grad_(True)
+    f = layout_features(x)
+    assert f.shape == (2, 18) and torch.isfinite(f).all()
+    assert torch.allclose(f[:, :16].sum(1), torch.ones(2))
     f.sum().backward()
     assert torch.isfinite(x.grad).all()
 

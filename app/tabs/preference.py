@@ -53,7 +53,8 @@ def layout(page: Page) -> PreferenceTab:
     with gr.Row():
         features = gr.Radio(list(clicks.FEATURE_CHOICES), value=DEFAULT_FEATURES, label="Learned-head features",
                             info="auto: tiny-clip for the tiny model, else CLIP when its weights are available; "
-                                 "pixels: weight-free")
+                                 "pixels: weight-free colour statistics; layout: pixels + where the content "
+                                 "sits and how jagged its outline is (weight-free)")
         head_updates = gr.Slider(0, clicks.MAX_HEAD_UPDATES, value=DEFAULT_HEAD_UPDATES, step=1,
                                  label="Updates per round from the head", elem_id="pref-head-updates",
                                  info="more iterations per round on fresh images scored by the head (no clicks)")

@@ -22,11 +22,11 @@ from __future__ import annotations
 import torch
 
 from rlr_core.rewards.click_log import LOG_VERSION, ClickLog, ClickRecord, click_rewards, image_sha256, to_uint8
-from rlr_core.rewards.preference_head import FEATURES, MODES, PreferenceReward, pixel_features
+from rlr_core.rewards.preference_head import FEATURES, MODES, PreferenceReward, layout_features, pixel_features
 from rlr_core.rewards.simple import check_images
 
 __all__ = ["ClickLog", "ClickRecord", "ClickReward", "PreferenceReward", "click_rewards", "image_sha256",
-           "pixel_features", "to_uint8", "FEATURES", "LOG_VERSION", "MODES", "DEFAULT_MODE", "DEFAULT_FEATURES",
+           "pixel_features", "layout_features", "to_uint8", "FEATURES", "LOG_VERSION", "MODES", "DEFAULT_MODE", "DEFAULT_FEATURES",
            "DEFAULT_HEAD_UPDATES"]
 
 # The defaults of a click session (the app's Preference tab, PreferenceSession), chosen by benchmarks/clicks.py
