@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from rlr_core.hub import WeightsUnavailableError
-from rlr_core.rewards import default_clip_model
 from rlr_core.rewards.preference import (DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, FEATURES, MODES, ClickLog, ClickReward,
-                                         PreferenceReward)
+                                         PreferenceReward, features_for)
 from rlr_core.training import TrainingStepError
 from rlr_core.training.clicks import PreferenceSession
 
@@ -33,7 +32,7 @@ __all__ = ["PREFERENCE_MODES", "FEATURE_CHOICES", "MAX_HEAD_UPDATES", "STRIP_IMA
            "load_click_log", "log_settings", "form_features"]
 
 PREFERENCE_MODES = MODES
-FEATURE_CHOICES = ("auto", "pixels", "layout")  # what the form offers; a loaded log may also name tiny-clip or clip
+FEATURE_CHOICES = ("auto", "tiny-clip", "layout", "pixels")  # what the form offers; a loaded log may also name clip
 MAX_HEAD_UPDATES = 3  # the form's "Updates per round from the head" slider
 STRIP_IMAGES = 4  # images of one strip (the same seeds after every update)
 STRIPS_KEPT = 8  # strips kept after the first ("before") one
@@ -71,9 +70,7 @@ def noise_group_batch(run: Run, size: Any, differentiable_reward: bool, field_na
 
 def _kind(mode: str, features: str, head_updates: int, model: str) -> str:
     """The run kind of a click run: a new click run whenever one of its settings changes."""
-    if features == "auto" and default_clip_model(model) == "tiny-clip":
-        features = "tiny-clip"  # what auto means for the tiny model
-    return f"clicks-{mode}-{features}-{head_updates}"
+    return f"clicks-{mode}-{features_for(features, model)}-{head_updates}"
 
 
 def form_features(features: str) -> str:
@@ -105,8 +102,7 @@ def preference_run(session: str, form: dict[str, Any], hosted: bool, mode: str, 
 def _new_click_run(session: str, base: Any, hosted: bool, mode: str, features: str, head_updates: int, kind: str,
                    continue_lora: bool) -> Run:
     """A new click run from config ``base`` (its "before" strip sampled); FieldError for unusable features."""
-    if features == "auto" and default_clip_model(base.model) == "tiny-clip":
-        features = "tiny-clip"  # the bundled image-text model: offline CLIP features for the tiny model
+    features = features_for(features, base.model)
     run_id = runs.new_run_id()
     log = ClickLog(runs.run_dir(run_id) / "clicks.jsonl")
     try:  # the head is built once: in learned mode it is the run's reward, in direct mode the session builds it

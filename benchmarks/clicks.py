@@ -249,9 +249,9 @@ def execute(tasks: list[dict], out: Path, workers: int) -> None:
 
 def default_mode() -> str:
     """The benchmark mode that is rlr_core's default click session (DEFAULT_MODE / _FEATURES / _HEAD_UPDATES)."""
-    from rlr_core.rewards.preference import DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_MODE
+    from rlr_core.rewards.preference import DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_MODE, features_for
 
-    features = "tiny-clip" if DEFAULT_FEATURES == "auto" else DEFAULT_FEATURES  # auto is tiny-clip for the tiny model
+    features = features_for(DEFAULT_FEATURES, "tiny")
     for name, settings in MODES.items():
         if settings == (DEFAULT_MODE, features, DEFAULT_HEAD_UPDATES) and name not in HEAD_VARIANTS | LEARNING_RATES:
             return name

@@ -25,6 +25,7 @@ from .estimators import Estimator, estimator_options, get_estimator
 from .hosted import HOSTED_ESTIMATOR_LIMITS, HOSTED_WORK_LIMIT, check_hosted
 from .hub import WeightsUnavailableError
 from .rewards import Reward, default_clip_model, get_reward
+from .rewards.preference import features_for
 from .tracking import check_report_to
 from .trainer import Trainer
 
@@ -177,12 +178,13 @@ def build_estimator(config: TrainConfig, chain: Chain | None = None, reward: Rew
 
 
 def reward_options_for(config: TrainConfig) -> dict[str, Any]:
-    """``config.reward_options`` with the base model's defaults filled in: the CLIP-based rewards
-    (``clip``; ``preference`` features "auto") use the bundled tiny-clip when the model is the tiny one."""
+    """``config.reward_options`` with the base model's defaults filled in: with the tiny model ``clip`` uses the
+    bundled tiny-clip and ``preference`` features "auto" mean ``TINY_MODEL_FEATURES``."""
     options = _with_clip_model(config.reward, dict(config.reward_options), config.model)
-    clip_default = default_clip_model(config.model)
-    if config.reward == "preference" and options.get("features", "auto") == "auto" and clip_default == "tiny-clip":
-        options["features"] = "tiny-clip"
+    if config.reward == "preference":
+        features = features_for(options.get("features", "auto"), config.model)
+        if features != "auto":
+            options["features"] = features
     return options
 
 

@@ -71,10 +71,16 @@ def test_memory_budget_must_be_positive(tmp_path):
 
 
 def test_clip_based_rewards_default_to_tiny_clip_for_the_tiny_model():
+    from rlr_core.rewards.preference import TINY_MODEL_FEATURES
     from rlr_core.run import reward_options_for
 
     assert reward_options_for(TrainConfig(model="tiny", reward="clip")) == {"clip_model": "tiny-clip"}
-    assert reward_options_for(TrainConfig(model="tiny", reward="preference")) == {"features": "tiny-clip"}
+    # the preference head's "auto" features for the tiny model (a weight-free or bundled set, never CLIP)
+    assert reward_options_for(TrainConfig(model="tiny", reward="preference")) == {"features": TINY_MODEL_FEATURES}
+    assert TINY_MODEL_FEATURES in ("tiny-clip", "layout", "pixels")
+    assert reward_options_for(TrainConfig(model="owner/sd", reward="preference")) == {}
+    assert reward_options_for(TrainConfig(model="tiny", reward="preference", reward_options={"features": "pixels"})) == {
+        "features": "pixels"}
     assert reward_options_for(TrainConfig(model="tiny", reward="clip", reward_options={"clip_model": "ViT-B-32"})) == {
         "clip_model": "ViT-B-32"}
     assert reward_options_for(TrainConfig(model="owner/sd", reward="clip"))["clip_model"] != "tiny-clip"

@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from rlr_core.rewards.preference import DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_MODE
+from rlr_core.rewards.preference import DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_MODE, TINY_MODEL_FEATURES
 
 from .. import clicks, formatting, runner
 from ..transfer import click_log_zip
@@ -52,9 +52,9 @@ def layout(page: Page) -> PreferenceTab:
         pick = gr.Radio(["preferred (several)", "best one"], value="preferred (several)", label="Choose")
     with gr.Row():
         features = gr.Radio(list(clicks.FEATURE_CHOICES), value=DEFAULT_FEATURES, label="Learned-head features",
-                            info="auto: tiny-clip for the tiny model, else CLIP when its weights are available; "
-                                 "pixels: weight-free colour statistics; layout: pixels + where the content "
-                                 "sits and how jagged its outline is (weight-free)")
+                            info=f"auto: {TINY_MODEL_FEATURES} for the tiny model, else CLIP when its weights are "
+                                 "available; tiny-clip: the bundled image-text model; pixels: weight-free colour "
+                                 "statistics; layout: pixels + where the content sits and how jagged its outline is")
         head_updates = gr.Slider(0, clicks.MAX_HEAD_UPDATES, value=DEFAULT_HEAD_UPDATES, step=1,
                                  label="Updates per round from the head", elem_id="pref-head-updates",
                                  info="more iterations per round on fresh images scored by the head (no clicks)")

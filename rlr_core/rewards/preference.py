@@ -27,12 +27,23 @@ from rlr_core.rewards.simple import check_images
 
 __all__ = ["ClickLog", "ClickRecord", "ClickReward", "PreferenceReward", "click_rewards", "image_sha256",
            "pixel_features", "layout_features", "to_uint8", "FEATURES", "LOG_VERSION", "MODES", "DEFAULT_MODE", "DEFAULT_FEATURES",
-           "DEFAULT_HEAD_UPDATES"]
+           "DEFAULT_HEAD_UPDATES", "TINY_MODEL_FEATURES", "features_for"]
 
 # The defaults of a click session (the app's Preference tab, PreferenceSession), chosen by benchmarks/clicks.py
 DEFAULT_MODE = "learned"
-DEFAULT_FEATURES = "auto"  # tiny-clip for the tiny model, CLIP otherwise (pixels when CLIP's weights are missing)
+DEFAULT_FEATURES = "auto"  # TINY_MODEL_FEATURES for the tiny model, CLIP otherwise (pixels when CLIP's weights are missing)
 DEFAULT_HEAD_UPDATES = 0
+TINY_MODEL_FEATURES = "tiny-clip"  # what features "auto" means for the bundled tiny model
+
+
+def features_for(features: str, base_model: str) -> str:
+    """The head features that ``features`` means for ``base_model``: "auto" is :data:`TINY_MODEL_FEATURES` for
+    the bundled tiny model (and stays "auto", CLIP with a pixel fallback, for other models); others are kept."""
+    from rlr_core.rewards.registry import default_clip_model
+
+    if features == "auto" and default_clip_model(base_model) == "tiny-clip":
+        return TINY_MODEL_FEATURES
+    return features
 
 
 # The click session drives training, so it lives a layer up (rlr_core.training.clicks). Users' code that imported

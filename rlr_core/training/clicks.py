@@ -25,9 +25,8 @@ import torch
 from PIL import Image
 
 from ..rewards.click_log import ClickLog, ClickRecord, click_rewards, image_sha256, to_uint8
-from ..rewards.preference import DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_MODE
+from ..rewards.preference import DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_MODE, features_for
 from ..rewards.preference_head import MODES, PreferenceReward
-from ..rewards.registry import default_clip_model
 
 __all__ = ["PreferenceRound", "PreferenceSession", "PreferenceUpdate", "ReplayResult"]
 
@@ -123,8 +122,8 @@ class PreferenceSession:
         self.mode = mode
         self.k = None if k is None else int(k)
         self.head_updates = int(head_updates)
-        if reward is None and features == "auto":
-            features = "tiny-clip" if default_clip_model(getattr(getattr(trainer, "config", None), "model", "")) == "tiny-clip" else "auto"
+        if reward is None:
+            features = features_for(features, getattr(getattr(trainer, "config", None), "model", ""))
         self.head = reward if reward is not None else PreferenceReward(self.log, features=features)
         if self.head.log is not self.log:
             self.head.refit(self.log)
