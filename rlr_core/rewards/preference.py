@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from rlr_core.rewards.click_log import LOG_VERSION, ClickLog, ClickRecord, click_rewards, image_sha256, to_uint8
+from rlr_core.rewards.clip_models import default_clip_model
 from rlr_core.rewards.preference_head import FEATURES, MODES, PreferenceReward, layout_features, pixel_features
 from rlr_core.rewards.simple import check_images
 
@@ -39,8 +40,6 @@ TINY_MODEL_FEATURES = "tiny-clip"  # what features "auto" means for the bundled 
 def features_for(features: str, base_model: str) -> str:
     """The head features that ``features`` means for ``base_model``: "auto" is :data:`TINY_MODEL_FEATURES` for
     the bundled tiny model (and stays "auto", CLIP with a pixel fallback, for other models); others are kept."""
-    from rlr_core.rewards.registry import default_clip_model
-
     if features == "auto" and default_clip_model(base_model) == "tiny-clip":
         return TINY_MODEL_FEATURES
     return features
