@@ -55,6 +55,7 @@ MODES = {
     "direct": ("direct", "tiny-clip", 0),  # the head (for the held-out accuracy only) on tiny-clip
     "learned-pixels": ("learned", "pixels", 0),
     "learned-layout": ("learned", "layout", 0),
+    "learned-layout-lr3x": ("learned", "layout", 0),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
     "learned+head2": ("learned", "tiny-clip", 2),
@@ -65,7 +66,9 @@ MODES = {
     "learned-scores+head4": ("learned", "tiny-clip", 4),
 }
 LEARNING_RATE = 0.01  # of every session and reference run, except:
-LEARNING_RATES = {"learned-lr3x": 0.03}
+LEARNING_RATES = {"learned-lr3x": 0.03, "learned-layout-lr3x": 0.03, "reference-lr3x": 0.03}
+# the reference run (the attribute as the reward) at each sessions' learning rate
+REFERENCES = {LEARNING_RATE: "reference", 0.03: "reference-lr3x"}
 # screened head variants: name -> how the head differs from PreferenceReward's defaults
 HEAD_VARIANTS = {"learned-global": "global", "learned-both": "with_pixels", "learned-scores": "scores",
                  "learned-scores+head4": "scores"}
@@ -127,7 +130,7 @@ def run_session(task: dict) -> dict:
     wrong = np.random.default_rng([task["seed"], int(task["noise"] * 100), 17])
     with tempfile.TemporaryDirectory() as tmp:
         trainer = _trainer(attribute, task["seed"], task["rounds"], tmp, task.get("num_steps", 20),
-                           LEARNING_RATES.get(task["mode"], LEARNING_RATE))
+                           learning_rate(task["mode"]))
         log = ClickLog(Path(tmp) / "clicks.jsonl")
         variant = HEAD_VARIANTS.get(task["mode"])
         head_class = _with_pixels(PreferenceReward) if variant == "with_pixels" else PreferenceReward
@@ -169,6 +172,11 @@ def gradient_alignment(head, attribute: Attribute, images, prompts) -> float | N
     return float(cosine.mean())
 
 
+def learning_rate(mode: str) -> float:
+    """The learning rate of a benchmark mode's runs."""
+    return LEARNING_RATES.get(mode, LEARNING_RATE)
+
+
 def run_reference(task: dict) -> dict:
     """The attribute as the reward: ``rounds`` iterations of batch 4, measured after each (``reference-scores``:
     as a non-differentiable reward, so through likelihood ratios only, as a head's scores would be)."""
@@ -177,7 +185,8 @@ def run_reference(task: dict) -> dict:
     torch.set_num_threads(1)
     attribute = Attribute(task["attribute"], differentiable=task["mode"] != "reference-scores")
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = _trainer(attribute, task["seed"], task["rounds"], tmp, task.get("num_steps", 20))
+        trainer = _trainer(attribute, task["seed"], task["rounds"], tmp, task.get("num_steps", 20),
+                           learning_rate(task["mode"]))
         curve = [measure(trainer, attribute)]
         for _ in trainer.run(task["rounds"]):
             curve.append(measure(trainer, attribute))
@@ -217,12 +226,13 @@ def load_runs(out: Path) -> list[dict]:
 
 def plan(phase: str, rounds: int, modes: list[str], default: str, noises: tuple[float, ...] = NOISES) -> list[dict]:
     """The runs of a phase: screen = every candidate mode at noise 0, seed 1 (and the references);
-    full = the default mode at every noise, 3 seeds (and the references)."""
+    full = the default mode at every noise, 3 seeds (and the references at the modes' learning rates)."""
     def task(mode, attribute, noise, seed):
         return {"mode": mode, "attribute": attribute, "noise": noise, "seed": seed, "rounds": rounds}
 
     seeds = [1] if phase == "screen" else [1, 2, 3]
-    tasks = [task("reference", a, 0.0, s) for a in ATTRIBUTES for s in seeds]
+    references = {REFERENCES[learning_rate(m)] for m in (modes if phase == "screen" else [default])}
+    tasks = [task(r, a, 0.0, s) for r in sorted(references) for a in ATTRIBUTES for s in seeds]
     if phase == "screen":
         tasks += [task(m, a, 0.0, 1) for m in modes for a in ATTRIBUTES]
     else:
@@ -272,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Simulated click sessions (docs/rewards.md, preference).")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/clicks"))
     p.add_argument("--phase", choices=["screen", "full"], default="screen")
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES) + ["reference-scores"],
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES) + ["reference-scores", "reference-lr3x"],
                    help="the screen's candidates (reference-scores: the attribute as a reward without its gradient)")
     p.add_argument("--default", default=None, choices=list(MODES),
                    help="the mode of the full phase (default: rlr_core's DEFAULT_MODE)")

@@ -29,21 +29,25 @@ def rounds_to_half(curve: list[float], reference_gain: float) -> int | None:
 
 def summarise(runs: list[dict]) -> list[dict]:
     """One row per (mode, attribute, noise) over its seeds."""
-    references = {(r["attribute"], r["seed"]): gain_curve(r)[-1] for r in runs if r["mode"] == "reference"}
+    from benchmarks.clicks import REFERENCES, learning_rate
+
+    references = {(learning_rate(r["mode"]), r["attribute"], r["seed"]): gain_curve(r)[-1]
+                  for r in runs if r["mode"] in REFERENCES.values()}
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in runs:
-        if r["mode"] != "reference":
+        if r["mode"] not in REFERENCES.values():
             groups[(r["mode"], r["attribute"], r["noise"])].append(r)
     rows = []
     for (mode, attribute, noise), members in sorted(groups.items()):
         members.sort(key=lambda r: r["seed"])
         gains = [gain_curve(r)[-1] for r in members]
-        halves = [rounds_to_half(gain_curve(r), references.get((attribute, r["seed"]), float("nan"))) for r in members]
+        reference = [references.get((learning_rate(mode), attribute, r["seed"]), float("nan")) for r in members]
+        halves = [rounds_to_half(gain_curve(r), gain) for r, gain in zip(members, reference)]
         last = [r.get("held_out_accuracy", [])[-10:] for r in members]  # none in reference-scores runs
         rows.append({
             "mode": mode, "attribute": attribute, "noise": noise, "seeds": [r["seed"] for r in members],
             "gain": _mean(gains), "gains": gains, "every_seed_up": all(g > 0 for g in gains),
-            "reference_gain": _mean(references.get((attribute, r["seed"]), float("nan")) for r in members),
+            "reference_gain": _mean(reference),
             "rounds_to_half": halves,
             "accuracy_last10": _mean(a for acc in last for a in acc if a == a),
             "seconds_per_round": _mean(s for r in members for s in r.get("seconds_per_round", [])),
@@ -106,7 +110,7 @@ def _picture(runs: list[dict], target: Path) -> None:
             length = min(len(c) for c in members)
             mean = [_mean(c[i] for c in members) for i in range(length)]
             ax.plot(range(length), mean, label=f"{mode} ({len(members)} seed{'s' if len(members) > 1 else ''})",
-                    color=colours[mode], lw=2.2 if mode == "reference" else 1.4, ls="--" if mode == "reference" else "-")
+                    color=colours[mode], lw=2.2 if mode.startswith("reference") else 1.4, ls="--" if mode.startswith("reference") else "-")
         ax.set_title(attribute)
         ax.set_xlabel("round (one click each; reference: iteration)")
         ax.axhline(0, color="gray", lw=0.5)
