@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from rlr_core.hub import WeightsUnavailableError
-from rlr_core.rewards.preference import (DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, FEATURES, MODES, ClickLog, ClickReward,
-                                         PreferenceReward, features_for)
+from rlr_core.rewards.preference import (DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_LEARNING_RATE, FEATURES, MODES,
+                                         ClickLog, ClickReward, PreferenceReward, features_for, learning_rate_for)
 from rlr_core.training import TrainingStepError
 from rlr_core.training.clicks import PreferenceSession
 
 from . import runs
 from .errors import FieldError
-from .form import config_from_form, parse_int
+from .form import config_from_form, parse_float, parse_int
 from .runs import Run
 from .settings import caps
 from .training import create_run, record_report, require_run
@@ -34,9 +34,11 @@ __all__ = ["PREFERENCE_MODES", "FEATURE_CHOICES", "MAX_HEAD_UPDATES", "STRIP_IMA
 PREFERENCE_MODES = MODES
 FEATURE_CHOICES = ("auto", "tiny-clip", "layout", "pixels")  # what the form offers; a loaded log may also name clip
 MAX_HEAD_UPDATES = 3  # the form's "Updates per round from the head" slider
+MAX_LEARNING_RATE = 1.0  # the Preference tab's learning rate (0 = auto), as the Train form's
 STRIP_IMAGES = 4  # images of one strip (the same seeds after every update)
 STRIPS_KEPT = 8  # strips kept after the first ("before") one
 LOG_FIELD = "Click log"
+LEARNING_RATE_FIELD = "Learning rate (0 = auto)"
 
 
 @dataclass
@@ -68,9 +70,9 @@ def noise_group_batch(run: Run, size: Any, differentiable_reward: bool, field_na
     return grouped_prompts(list(run.config.prompts), size, groups)
 
 
-def _kind(mode: str, features: str, head_updates: int, model: str) -> str:
+def _kind(mode: str, features: str, head_updates: int, model: str, learning_rate: float) -> str:
     """The run kind of a click run: a new click run whenever one of its settings changes."""
-    return f"clicks-{mode}-{features_for(features, model)}-{head_updates}"
+    return f"clicks-{mode}-{features_for(features, model)}-{head_updates}-{learning_rate!r}"
 
 
 def form_features(features: str) -> str:
@@ -79,28 +81,31 @@ def form_features(features: str) -> str:
 
 
 def preference_run(session: str, form: dict[str, Any], hosted: bool, mode: str, features: str,
-                   head_updates: int = DEFAULT_HEAD_UPDATES) -> Run:
-    """The session's click run for ``mode`` / ``features`` / ``head_updates``, created when needed.
+                   head_updates: int = DEFAULT_HEAD_UPDATES, learning_rate: float = DEFAULT_LEARNING_RATE) -> Run:
+    """The session's click run for ``mode`` / ``features`` / ``head_updates`` / ``learning_rate``, created when needed.
 
     A click run is a TrainingRun whose reward is the clicks (direct: ``ClickReward``) or the
     Bradley-Terry head refitted on them (learned); every click update is one of its Trainer
-    iterations, and ``head_updates`` more follow on fresh images scored by the head. It continues
-    from the session's current LoRA when the model and rank fit.
+    iterations, and ``head_updates`` more follow on fresh images scored by the head. Its learning rate is
+    ``learning_rate``, or with 0 (auto) ``learning_rate_for``'s: the benchmarked one for the tiny model, the
+    Train settings' otherwise. It continues from the session's current LoRA when the model and rank fit.
     """
     run = runs.session_run(session)
     base = run.config if run is not None else config_from_form(form, hosted)
-    kind = _kind(mode, features, head_updates, base.model)
+    base_lr = run.train_lr if run is not None and run.train_lr is not None else base.lr
+    learning_rate = learning_rate_for(learning_rate, base.model, base_lr)
+    kind = _kind(mode, features, head_updates, base.model, learning_rate)
     if run is not None and run.kind == kind:
         return run
     if run is not None and run.running:
         raise FieldError("preference", "training is running in this session; stop it first")
     continue_lora = (run is not None and run.config.model == base.model and run.config.lora_rank == base.lora_rank
                      and run.config.lora_targets == base.lora_targets)
-    return _new_click_run(session, base, hosted, mode, features, head_updates, kind, continue_lora)
+    return _new_click_run(session, base, hosted, mode, features, head_updates, learning_rate, kind, continue_lora, base_lr)
 
 
-def _new_click_run(session: str, base: Any, hosted: bool, mode: str, features: str, head_updates: int, kind: str,
-                   continue_lora: bool) -> Run:
+def _new_click_run(session: str, base: Any, hosted: bool, mode: str, features: str, head_updates: int,
+                   learning_rate: float, kind: str, continue_lora: bool, train_lr: float) -> Run:
     """A new click run from config ``base`` (its "before" strip sampled); FieldError for unusable features."""
     features = features_for(features, base.model)
     run_id = runs.new_run_id()
@@ -110,14 +115,16 @@ def _new_click_run(session: str, base: Any, hosted: bool, mode: str, features: s
         # keep_best off: a click update exports its LoRA at once (the guard's figures are still computed)
         config = base.replace(reward="preference", reward_options={"mode": mode, "features": features,
                                                                    "log_path": str(log.path)},
-                              eval_every=max(base.eval_every, 1), keep_best=False)
+                              eval_every=max(base.eval_every, 1), keep_best=False, lr=learning_rate)
         new = create_run(session, config, hosted, continue_lora, reward=head or ClickReward(), kind=kind, run_id=run_id)
         new.preference = PreferenceSession(new.trainer, log, mode=mode, k=None, reward=head, features=features,
                                            head_updates=head_updates)
     except WeightsUnavailableError as error:
         raise FieldError("Learned-head features", f"{error} Pick 'pixels' or 'layout' (weight-free).") from None
+    new.train_lr = train_lr  # what "auto" falls back to for a model other than the tiny one
     settings = new.preference.settings()
-    new.status = (f"click run ({mode}, features {settings['features']}, {head_updates} head update(s) per round) "
+    new.status = (f"click run ({mode}, features {settings['features']}, {head_updates} head update(s) per round, "
+                  f"learning rate {learning_rate:g}) "
                   f"from {'the current LoRA' if continue_lora else 'a fresh LoRA'}")
     _add_strip(new, "before")
     return new
@@ -147,15 +154,17 @@ def strips(run: Run | None) -> list[Strip]:
 
 
 def preference_round(session: str, form: dict[str, Any], hosted: bool, k: int, mode: str,
-                     features: str = DEFAULT_FEATURES, head_updates: Any = DEFAULT_HEAD_UPDATES) -> Run:
+                     features: str = DEFAULT_FEATURES, head_updates: Any = DEFAULT_HEAD_UPDATES,
+                     learning_rate: Any = DEFAULT_LEARNING_RATE) -> Run:
     """Show a new round of ``k`` images from the session's current model (a click run is created if needed)."""
     if mode not in PREFERENCE_MODES:
         raise FieldError("Mode", f"must be one of {', '.join(PREFERENCE_MODES)}; got {mode!r}")
     if features not in FEATURE_CHOICES:
         raise FieldError("Learned-head features", f"must be one of {', '.join(FEATURE_CHOICES)}; got {features!r}")
     head_updates = parse_int("Updates per round from the head", head_updates, 0, MAX_HEAD_UPDATES)
+    learning_rate = parse_float(LEARNING_RATE_FIELD, learning_rate, 0.0, MAX_LEARNING_RATE)
     k = parse_int("Images per round", k, 2, caps(hosted)["pref_k"])
-    run = preference_run(session, form, hosted, mode, features, head_updates)
+    run = preference_run(session, form, hosted, mode, features, head_updates, learning_rate)
     prompts = noise_group_batch(run, k, mode == "learned", "Images per round", caps(hosted)["pref_k"])
     seed = 10_000 + run.config.seed * 1000 + run.counters["rounds"]
     with runs.using(run):
@@ -204,7 +213,8 @@ def _count_update(run: Run, update: Any, clicks: int) -> None:
 
 
 def log_settings(log: ClickLog) -> dict[str, Any]:
-    """The mode / features / head_updates the log's updates were made with (its last update's);
+    """The mode / features / head_updates / lr the log's updates were made with (its last update's; lr None in
+    logs older than the setting: they were made with the Train settings' learning rate);
     FieldError naming the click log when it has no updated round or names an unknown setting."""
     updates = [e for e in log.events if e.get("type") == "update"]
     if not _updated_rounds(log):
@@ -212,12 +222,16 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
                                     "download the click log)")
     last = updates[-1]
     settings = {"mode": last.get("mode", log.records[-1].mode), "features": last.get("features", DEFAULT_FEATURES),
-                "head_updates": last.get("head_updates", 0)}
+                "head_updates": last.get("head_updates", 0), "lr": last.get("lr")}
     if settings["mode"] not in MODES or settings["features"] not in FEATURES:
         raise FieldError(LOG_FIELD, f"names mode {settings['mode']!r} / features {settings['features']!r}; allowed: "
                                     f"mode {', '.join(MODES)}, features {', '.join(FEATURES)}")
     if not isinstance(settings["head_updates"], int) or not 0 <= settings["head_updates"] <= MAX_HEAD_UPDATES:
         raise FieldError(LOG_FIELD, f"names head_updates {settings['head_updates']!r}; allowed: 0 to {MAX_HEAD_UPDATES}")
+    learning_rate = settings["lr"]
+    if learning_rate is not None and (isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float))
+                                      or not 0 < learning_rate <= MAX_LEARNING_RATE):
+        raise FieldError(LOG_FIELD, f"names lr {learning_rate!r}; allowed: a number > 0 and at most {MAX_LEARNING_RATE:g}")
     if last.get("head_gradient", True) is not True:
         raise FieldError(LOG_FIELD, "was made with a scores-only head (head_gradient false, from the Python API); the app "
                                     "replays logs of its own differentiable head: replay it with PreferenceSession.replay")
@@ -246,7 +260,7 @@ def _read_log(path: Path) -> ClickLog:
 def load_click_log(session: str, path: str, form: dict[str, Any], hosted: bool) -> tuple[Run, str]:
     """Rebuild a click run from an uploaded click log (.zip of 'Download click log', or its .jsonl).
 
-    The new click run has the log's settings (mode, features, head updates) and the Train form's model,
+    The new click run has the log's settings (mode, features, head updates, learning rate) and the Train form's model,
     LoRA rank and targets; every round of the log is replayed (same seeds, same clicks) from the log's
     starting LoRA, and its own log receives them, so the session continues where the log ended.
     Returns the run and a message for the user.
@@ -270,11 +284,13 @@ def _replay_upload(session: str, path: Path, form: dict[str, Any], hosted: bool,
     config = config_from_form(form, hosted)
     start = _start_lora(log, config, session)
     mode, features, head_updates = settings["mode"], settings["features"], settings["head_updates"]
+    learning_rate = float(settings["lr"] if settings["lr"] is not None else config.lr)
     continue_lora = (previous is not None and previous.config.model == config.model
                      and previous.config.lora_rank == config.lora_rank
                      and previous.config.lora_targets == config.lora_targets)
-    run = _new_click_run(session, config, hosted, mode, features, head_updates,
-                         _kind(mode, form_features(features), head_updates, config.model), continue_lora)
+    run = _new_click_run(session, config, hosted, mode, features, head_updates, learning_rate,
+                         _kind(mode, form_features(features), head_updates, config.model, learning_rate), continue_lora,
+                         config.lr)
     rounds = len(_updated_rounds(log))
 
     def on_round(number: int, update: Any) -> None:

@@ -20,7 +20,7 @@ from rlr_core.hosted import check_hosted
 from rlr_core.models import model_defaults
 from rlr_core.rewards import reward_names
 
-from .form_fields import MAX_JSON_DEPTH, Field, parse_int, parse_seed, parse_value  # noqa: F401 - re-exported
+from .form_fields import MAX_JSON_DEPTH, Field, parse_float, parse_int, parse_seed, parse_value  # noqa: F401 - re-exported
 from .settings import (DEFAULT_PROMPTS, HOSTED_MODELS_ENV, MODEL_PRESETS, TINY_MISSING_MESSAGE, caps, hosted_models,
                        tiny_model_available)
 from .errors import FieldError

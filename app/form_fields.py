@@ -17,7 +17,7 @@ from rlr_core.config import MAX_SEED, field_spec, nested_deeper_than
 from .settings import caps
 from .errors import FieldError
 
-__all__ = ["Field", "parse_value", "parse_int", "parse_seed", "MAX_JSON_DEPTH"]
+__all__ = ["Field", "parse_value", "parse_int", "parse_float", "parse_seed", "MAX_JSON_DEPTH"]
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,11 @@ def parse_seed(label: str, value: Any) -> int:
 def parse_int(label: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
     """An integer input outside the Train form (rounds, repeats, seeds); FieldError naming ``label``."""
     return int(_bounded_number(Field(label, label, "int", None, minimum=minimum, maximum=maximum), value, False))
+
+
+def parse_float(label: str, value: Any, minimum: float | None = None, maximum: float | None = None) -> float:
+    """A number input outside the Train form (a click session's learning rate); FieldError naming ``label``."""
+    return float(_bounded_number(Field(label, label, "float", None, minimum=minimum, maximum=maximum), value, False))
 
 
 def _bounded_number(field: Field, value: Any, hosted: bool) -> int | float:

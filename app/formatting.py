@@ -364,4 +364,4 @@ def counters_text(run: Any) -> str:
     return (f"rounds {c['rounds']} · updates {c['updates']} · clicks {c['clicks']} · the head predicted **{figure}** "
             f"of your last clicks before seeing them (last {ACCURACY_ROUNDS} rounds)  \n"
             f"mode {session.mode} · features {session.features} · {session.head_updates} update(s) per round from "
-            f"the head · click log `{session.log.path}`")
+            f"the head · learning rate {run.config.lr:g} · click log `{session.log.path}`")

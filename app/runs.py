@@ -61,6 +61,7 @@ class Run:
     preference: Any = None  # rlr_core.training.clicks.PreferenceSession
     round: Any = None  # the PreferenceRound on screen
     strips: list[Any] = field(default_factory=list)  # app.clicks.Strip: the fixed seeds after each click update
+    train_lr: float | None = None  # a click run: the Train settings' learning rate (what "auto" means off the tiny model)
     counters: dict[str, int] = field(default_factory=lambda: {"rounds": 0, "clicks": 0, "updates": 0})
     optimizer_state: dict[str, Any] | None = None  # CPU copy between ZeroGPU chunks
     uploaded_lora: str = ""  # name of a LoRA file loaded into the run (Export tab), replacing what it trained

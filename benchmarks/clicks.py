@@ -258,14 +258,17 @@ def execute(tasks: list[dict], out: Path, workers: int) -> None:
 
 
 def default_mode() -> str:
-    """The benchmark mode that is rlr_core's default click session (DEFAULT_MODE / _FEATURES / _HEAD_UPDATES)."""
-    from rlr_core.rewards.preference import DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_MODE, features_for
+    """The benchmark mode that is rlr_core's default click session on the tiny model (DEFAULT_MODE / _FEATURES /
+    _HEAD_UPDATES / _LEARNING_RATE)."""
+    from rlr_core.rewards.preference import (DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_LEARNING_RATE, DEFAULT_MODE,
+                                             features_for, learning_rate_for)
 
-    features = features_for(DEFAULT_FEATURES, "tiny")
-    for name, settings in MODES.items():
-        if settings == (DEFAULT_MODE, features, DEFAULT_HEAD_UPDATES) and name not in HEAD_VARIANTS | LEARNING_RATES:
+    settings = (DEFAULT_MODE, features_for(DEFAULT_FEATURES, "tiny"), DEFAULT_HEAD_UPDATES)
+    rate = learning_rate_for(DEFAULT_LEARNING_RATE, "tiny", LEARNING_RATE)
+    for name, mode_settings in MODES.items():
+        if mode_settings == settings and learning_rate(name) == rate and name not in HEAD_VARIANTS:
             return name
-    raise ValueError(f"no benchmark mode has the default settings {(DEFAULT_MODE, features, DEFAULT_HEAD_UPDATES)}")
+    raise ValueError(f"no benchmark mode has the default settings {settings} at learning rate {rate}")
 
 
 def _commit() -> str:

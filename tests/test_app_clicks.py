@@ -63,14 +63,31 @@ def test_head_updates_add_trainer_iterations(studio):
     assert other is not run and other.step == 0 and other.preference.head_updates == 0
 
 
+
+def test_learning_rate_of_a_click_run(studio):
+    from app import clicks, formatting
+    from app.state import FieldError
+
+    run = clicks.preference_round("g", form(studio, lr=0.003), False, 4, "direct", "pixels", 0)
+    assert run.config.lr == 0.003 and "learning rate 0.003" in formatting.counters_text(run)  # auto: the Train form's
+    chosen = clicks.preference_round("g", {}, False, 4, "direct", "pixels", 0, 0.05)
+    assert chosen is not run and chosen.config.lr == 0.05 and chosen.trainer.optimizer.param_groups[0]["lr"] == 0.05
+    back = clicks.preference_round("g", {}, False, 4, "direct", "pixels", 0, 0)  # auto again: the Train form's, not 0.05
+    assert back is not chosen and back.config.lr == 0.003
+    for bad in (-0.01, 2, "fast"):
+        with pytest.raises(FieldError, match=r"^Learning rate \(0 = auto\): must be"):
+            clicks.preference_round("g", {}, False, 4, "direct", "pixels", 0, bad)
+
+
 def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
     import torch
 
     from app import clicks, runs
     from app.transfer import click_log_zip
 
-    values = form(studio)
+    values = form(studio, lr=0.004)  # auto: off the tiny model, the Train form's learning rate
     run = click_rounds("c", values, 3, mode="learned", head_updates=1, features="layout")
+    assert run.config.lr == 0.004
     trained = runs.current_lora(run)
     next_seed = run.round.seed  # the round on screen, not clicked: the log holds 3 rounds
     download = tmp_path / "clicks.zip"
@@ -80,17 +97,19 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
     assert "clicks.jsonl" in names and "clicks_start_lora.safetensors" in names
     assert sum(n.startswith("clicks_images/") for n in names) == 12
 
-    runs.reset_all()  # a restart: no run, no model
-    loaded, message = clicks.load_click_log("d", str(download), values, False)
+    runs.reset_all()  # a restart: no run, no model; the Train form now has another learning rate
+    loaded, message = clicks.load_click_log("d", str(download), form(studio, lr=0.02), False)
     assert message == "replayed 3 rounds; 0 rounds' images differed from the log"
-    assert loaded.preference.settings() == {"mode": "learned", "features": "layout", "head_updates": 1, "head_gradient": True}
+    assert loaded.preference.settings() == {"mode": "learned", "features": "layout", "head_updates": 1, "head_gradient": True,
+                                            "lr": 0.004}  # the log's
     rebuilt = runs.current_lora(loaded)
     assert set(rebuilt) == set(trained) and all(torch.equal(rebuilt[k], trained[k]) for k in trained)
     assert loaded.step == 6 and loaded.counters == {"rounds": 3, "clicks": 3, "updates": 3}
     assert len(loaded.preference.log.rounds()) == 3  # the new log holds every replayed round
     assert [s.label for s in clicks.strips(loaded)][-1] == "before" and len(clicks.strips(loaded)) == 4
-    # the same settings in the form continue the loaded run; its next round has the next seed
-    same = clicks.preference_round("d", values, False, 4, "learned", "layout", 1)
+    # the same settings in the tab (loading sets its learning rate to the log's) continue the loaded run; its next
+    # round has the next seed
+    same = clicks.preference_round("d", values, False, 4, "learned", "layout", 1, loaded.config.lr)
     assert same is loaded and same.round.seed == next_seed
 
 

@@ -467,10 +467,10 @@ def test_head_updates_add_iterations_scored_by_the_head(tmp_path):
     assert [len(e["head_rewards"]) for e in events] == [2, 2, 2] and events[0]["head_updates"] == 2
 
 
-def _click_session(chain, tmp_path, name, **options):
+def _click_session(chain, tmp_path, name, lr=1e-2, **options):
     from rlr_core.estimators import get_estimator
 
-    trainer = click_trainer(chain, get_estimator("rlr", h=1), tmp_path / name)
+    trainer = click_trainer(chain, get_estimator("rlr", h=1), tmp_path / name, lr=lr)
     return PreferenceSession(trainer, ClickLog(tmp_path / name / "clicks.jsonl"), features="pixels", **options)
 
 
@@ -505,6 +505,9 @@ def test_replay_rebuilds_the_lora_bit_for_bit(tiny_sd_dir, tmp_path):
     other = _click_session(fresh_chain(), tmp_path, "c", mode="learned", k=1, head_updates=0)
     with pytest.raises(ValueError, match="head_updates"):
         other.replay(tmp_path / "a" / "clicks.jsonl")
+    faster = _click_session(fresh_chain(), tmp_path, "d", lr=3e-2, mode="learned", k=1, head_updates=1)
+    with pytest.raises(ValueError, match=r"^lr=0.03 differs from the click log's lr=0.01 .*replay with lr=0.01"):
+        faster.replay(tmp_path / "a" / "clicks.jsonl")
 
 
 def test_same_seed_and_clicks_give_the_same_lora_whatever_the_load_time_draw(tiny_sd_dir, tmp_path):
@@ -577,3 +580,13 @@ def test_click_benchmark_runs_a_session_and_reports(tmp_path, monkeypatch):
     table = clicks_report.write_report(tmp_path)
     assert "| direct | red | 25% | 1 |" in table and (tmp_path / "clicks.png").exists()
     assert "benchmarks" in sys.modules
+
+
+def test_learning_rate_auto_is_the_benchmarked_rate_for_the_tiny_model_only():
+    from rlr_core.rewards.preference import TINY_MODEL_LEARNING_RATE, learning_rate_for
+
+    assert learning_rate_for(0, "tiny", 1e-3) == TINY_MODEL_LEARNING_RATE
+    assert learning_rate_for(0, "runwayml/stable-diffusion-v1-5", 1e-4) == 1e-4  # the training settings' rate
+    assert learning_rate_for(0.05, "tiny", 1e-3) == 0.05 and learning_rate_for(2e-5, "some/sd", 1e-4) == 2e-5
+    with pytest.raises(ValueError, match="learning_rate=-0.1 is not allowed; allowed values: 0 .auto. or a number > 0"):
+        learning_rate_for(-0.1, "tiny", 1e-3)

@@ -10,7 +10,8 @@ from typing import Any
 
 import gradio as gr
 
-from rlr_core.rewards.preference import DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_MODE, TINY_MODEL_FEATURES
+from rlr_core.rewards.preference import (DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_LEARNING_RATE, DEFAULT_MODE,
+                                         TINY_MODEL_FEATURES, TINY_MODEL_LEARNING_RATE)
 
 from .. import clicks, formatting, runner
 from ..transfer import click_log_zip
@@ -26,6 +27,7 @@ class PreferenceTab:
     pick: Any
     features: Any
     head_updates: Any
+    learning_rate: Any
     new: Any
     gallery: Any
     choice: Any
@@ -58,6 +60,10 @@ def layout(page: Page) -> PreferenceTab:
         head_updates = gr.Slider(0, clicks.MAX_HEAD_UPDATES, value=DEFAULT_HEAD_UPDATES, step=1,
                                  label="Updates per round from the head", elem_id="pref-head-updates",
                                  info="more iterations per round on fresh images scored by the head (no clicks)")
+        learning_rate = gr.Number(value=DEFAULT_LEARNING_RATE, minimum=0, maximum=clicks.MAX_LEARNING_RATE,
+                                  label=clicks.LEARNING_RATE_FIELD, elem_id="pref-lr",
+                                  info=f"auto: {TINY_MODEL_LEARNING_RATE:g} for the tiny model (what the click benchmark "
+                                       "measured), the Train form's learning rate for other models")
     new = gr.Button("New round", elem_id="pref-new")
     gallery = gr.Gallery(label="Click the images you prefer", columns=4, height=300, format="png",
                          allow_preview=False, elem_id="pref-gallery", interactive=False)
@@ -73,8 +79,8 @@ def layout(page: Page) -> PreferenceTab:
                            elem_id="pref-log-file")
         upload = gr.File(label="Continue from a click log (.zip or .jsonl): replays it with the Train form's model",
                          file_types=[".zip", ".jsonl"], elem_id="pref-upload")
-    return PreferenceTab(k, mode, pick, features, head_updates, new, gallery, choice, update, counters, strips,
-                         download, log_file, upload)
+    return PreferenceTab(k, mode, pick, features, head_updates, learning_rate, new, gallery, choice, update, counters,
+                         strips, download, log_file, upload)
 
 
 def _strip_images(run: Any) -> list[tuple[Any, str]]:
@@ -93,10 +99,12 @@ def _outputs(run: Any) -> tuple:
 def wire(page: Page, tab: PreferenceTab) -> None:
     hosted = page.hosted
     outputs = [tab.gallery, tab.choice, tab.counters, tab.strips]
-    settings = [tab.mode, tab.features, tab.head_updates]
+    settings = [tab.mode, tab.features, tab.head_updates, tab.learning_rate]
 
-    def on_pref_new(request: gr.Request, k: int, mode: str, features: str, head_updates: int, *values: Any) -> tuple:
-        run = runner.preference_round(session_of(request), form_dict(values), hosted, k, mode, features, head_updates)
+    def on_pref_new(request: gr.Request, k: int, mode: str, features: str, head_updates: int, learning_rate: float,
+                    *values: Any) -> tuple:
+        run = runner.preference_round(session_of(request), form_dict(values), hosted, k, mode, features, head_updates,
+                                      learning_rate)
         return _outputs(run)
 
     page.listen(tab.new.click, on_pref_new, [tab.k, *settings, *page.form], outputs, **GPU, **UI_ONLY)
@@ -110,14 +118,14 @@ def wire(page: Page, tab: PreferenceTab) -> None:
     tab.gallery.select(on_pref_select, inputs=tab.choice, outputs=tab.choice, queue=False, **UI_ONLY)
 
     def on_pref_update(chosen: list[str], pick: str, k: int, mode: str, features: str, head_updates: int,
-                       request: gr.Request = None) -> tuple:
+                       learning_rate: float, request: gr.Request = None) -> tuple:
         session = session_of(request)
         run, update = runner.preference_update(session, [int(c) - 1 for c in chosen or []], pick == "best one")
         iterations = 1 + len(update.head_reports)
         gr.Info(f"Iteration {update.report.step} from {sum(1 for r in update.rewards if r > 0)} preferred image(s); "
                 f"update norm {formatting.format_sig(update.update_norm)}"
                 + (f"; then {iterations - 1} from the head" if iterations > 1 else ""), title="Updated")
-        run = runner.preference_round(session, {}, hosted, k, mode, features, head_updates)
+        run = runner.preference_round(session, {}, hosted, k, mode, features, head_updates, learning_rate)
         return _outputs(run)
 
     page.listen(tab.update.click, on_pref_update, [tab.choice, tab.pick, tab.k, *settings], outputs, **GPU, **UI_ONLY)
@@ -129,12 +137,12 @@ def wire(page: Page, tab: PreferenceTab) -> None:
 
     def on_upload(request: gr.Request, path: str | None, *values: Any) -> tuple:
         if not path:
-            return (gr.skip(),) * 7
+            return (gr.skip(),) * 8
         run, message = clicks.load_click_log(session_of(request), path, form_dict(values), hosted)
         gr.Info(message, title="Click log loaded")
         preference = run.preference
         return ([], gr.update(choices=[], value=[]), f"{message}; click **New round** to continue.  \n"
                 + formatting.counters_text(run), _strip_images(run), preference.mode, clicks.form_features(preference.features),
-                preference.head_updates)
+                preference.head_updates, run.config.lr)
 
     page.listen(tab.upload.upload, on_upload, [tab.upload, *page.form], [*outputs, *settings], **GPU, **UI_ONLY)

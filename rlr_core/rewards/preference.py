@@ -28,21 +28,39 @@ from rlr_core.rewards.simple import check_images
 
 __all__ = ["ClickLog", "ClickRecord", "ClickReward", "PreferenceReward", "click_rewards", "image_sha256",
            "pixel_features", "layout_features", "to_uint8", "FEATURES", "LOG_VERSION", "MODES", "DEFAULT_MODE", "DEFAULT_FEATURES",
-           "DEFAULT_HEAD_UPDATES", "TINY_MODEL_FEATURES", "features_for"]
+           "DEFAULT_HEAD_UPDATES", "DEFAULT_LEARNING_RATE", "TINY_MODEL_FEATURES", "TINY_MODEL_LEARNING_RATE", "features_for",
+           "learning_rate_for"]
 
 # The defaults of a click session (the app's Preference tab, PreferenceSession), chosen by benchmarks/clicks.py
 DEFAULT_MODE = "learned"
 DEFAULT_FEATURES = "auto"  # TINY_MODEL_FEATURES for the tiny model, CLIP otherwise (pixels when CLIP's weights are missing)
 DEFAULT_HEAD_UPDATES = 0
+DEFAULT_LEARNING_RATE = 0.0  # "auto": learning_rate_for
 TINY_MODEL_FEATURES = "tiny-clip"  # what features "auto" means for the bundled tiny model
+TINY_MODEL_LEARNING_RATE = 0.01  # what learning rate "auto" means for the bundled tiny model
+
+
+def _is_tiny(base_model: str) -> bool:
+    return default_clip_model(base_model) == "tiny-clip"
 
 
 def features_for(features: str, base_model: str) -> str:
     """The head features that ``features`` means for ``base_model``: "auto" is :data:`TINY_MODEL_FEATURES` for
     the bundled tiny model (and stays "auto", CLIP with a pixel fallback, for other models); others are kept."""
-    if features == "auto" and default_clip_model(base_model) == "tiny-clip":
+    if features == "auto" and _is_tiny(base_model):
         return TINY_MODEL_FEATURES
     return features
+
+
+def learning_rate_for(learning_rate: float, base_model: str, train_learning_rate: float) -> float:
+    """A click session's learning rate: ``learning_rate`` when it is above 0; 0 ("auto") is
+    :data:`TINY_MODEL_LEARNING_RATE` for the bundled tiny model (the rate benchmarks/clicks.py measured) and
+    the training settings' ``train_learning_rate`` for other models. ValueError for a negative rate."""
+    if not float(learning_rate) >= 0:
+        raise ValueError(f"learning_rate={learning_rate!r} is not allowed; allowed values: 0 (auto) or a number > 0")
+    if float(learning_rate) > 0:
+        return float(learning_rate)
+    return TINY_MODEL_LEARNING_RATE if _is_tiny(base_model) else float(train_learning_rate)
 
 
 # The click session drives training, so it lives a layer up (rlr_core.training.clicks). Users' code that imported

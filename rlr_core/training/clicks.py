@@ -83,8 +83,8 @@ class ReplayResult:
 
 
 # the session settings an update depends on (in every update event), and their values in logs older than the setting
-# (features: None = the replaying session's own)
-SETTINGS = {"mode": "direct", "features": None, "head_updates": 0, "head_gradient": True}
+# (None: the replaying session's own)
+SETTINGS = {"mode": "direct", "features": None, "head_updates": 0, "head_gradient": True, "lr": None}
 
 
 class PreferenceSession:
@@ -133,8 +133,10 @@ class PreferenceSession:
 
     def settings(self) -> dict[str, Any]:
         """The settings the updates depend on, as logged with every update."""
+        learning_rate = getattr(getattr(self.trainer, "config", None), "lr", None)
         return {"mode": self.mode, "features": self.features, "head_updates": self.head_updates,
-                "head_gradient": bool(self.head.differentiable)}
+                "head_gradient": bool(self.head.differentiable),
+                "lr": None if learning_rate is None else float(learning_rate)}
 
     def new_round(self, prompts: Sequence[str], generator: torch.Generator | None = None, seed: int | None = None) -> PreferenceRound:
         """Sample one batch (one image per prompt) and keep what the update will need."""
@@ -252,8 +254,7 @@ class PreferenceSession:
 
         The session starts from the log's starting LoRA (when it kept one) and must have the settings
         the log's updates were made with (``mode``, ``features``, ``head_updates``, ``head_gradient``: whether
-        the head is differentiable; a ValueError names
-        the one that differs). Rounds whose images differ from the logged ones (another model, another
+        the head is differentiable, ``lr``: the trainer's learning rate; a ValueError names the one that differs). Rounds whose images differ from the logged ones (another model, another
         machine's arithmetic) are replayed with the logged clicks and listed in ``mismatched_rounds``.
         This session's own log receives the replayed rounds, so it continues where ``source`` ended.
         """
@@ -261,7 +262,7 @@ class PreferenceSession:
         updates = {e.get("round_id"): e for e in source.events if e.get("type") == "update"}
         rounds = [(rid, recs) for rid, recs in source.rounds().items() if rid in updates]
         ours = self.settings()
-        older_logs = {**SETTINGS, "features": self.features}  # a log from before features were logged: ours
+        older_logs = {name: ours[name] if value is None else value for name, value in SETTINGS.items()}
         for rid, _ in rounds:
             for name in SETTINGS:
                 logged = updates[rid].get(name, older_logs[name])
