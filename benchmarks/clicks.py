@@ -56,6 +56,8 @@ MODES = {
     "learned-pixels": ("learned", "pixels", 0),
     "learned-layout": ("learned", "layout", 0),
     "learned-layout-lr3x": ("learned", "layout", 0),
+    "learned-layout-one": ("learned", "layout", 0),
+    "learned-pixels-one": ("learned", "pixels", 0),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
     "learned+head2": ("learned", "tiny-clip", 2),
@@ -72,6 +74,8 @@ REFERENCES = {LEARNING_RATE: "reference", 0.03: "reference-lr3x"}
 # screened head variants: name -> how the head differs from PreferenceReward's defaults
 HEAD_VARIANTS = {"learned-global": "global", "learned-both": "with_pixels", "learned-scores": "scores",
                  "learned-scores+head4": "scores"}
+# modes whose rounds show one prompt (4 seeds of it; the prompt changes every round) instead of the prompts mixed
+ONE_PROMPT_ROUNDS = {"learned-layout-one", "learned-pixels-one"}
 ATTRIBUTES = ("red", "spiky", "left")
 NOISES = (0.0, 0.25, 0.1)  # in the order the full phase runs them
 
@@ -142,7 +146,7 @@ def run_session(task: dict) -> dict:
         accuracy, seconds, alignment = [], [], []
         for index in range(task["rounds"]):
             start = time.perf_counter()
-            prompts = grouped_prompts(CLICK_PROMPTS[index % 4:] + CLICK_PROMPTS[: index % 4], 4, groups)
+            prompts = grouped_prompts(round_prompts(task["mode"], index), 4, groups)
             shown = session.new_round(prompts, seed=task["seed"] * 100_000 + index)
             best = int(torch.argmax(attribute(shown.images, shown.prompts)))
             if wrong.random() < task["noise"]:
@@ -155,6 +159,13 @@ def run_session(task: dict) -> dict:
             curve.append(measure(trainer, attribute))
     return {**task, "curve": curve, "held_out_accuracy": accuracy, "seconds_per_round": seconds,
             "gradient_alignment": alignment}
+
+
+def round_prompts(mode: str, index: int) -> list[str]:
+    """The prompts of round ``index``: all four, starting at the round's (mixed), or only the round's."""
+    if mode in ONE_PROMPT_ROUNDS:
+        return [CLICK_PROMPTS[index % 4]]
+    return CLICK_PROMPTS[index % 4:] + CLICK_PROMPTS[: index % 4]
 
 
 def gradient_alignment(head, attribute: Attribute, images, prompts) -> float | None:
