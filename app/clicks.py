@@ -17,7 +17,7 @@ from rlr_core.hub import WeightsUnavailableError
 from rlr_core.rewards.preference import (DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_LEARNING_RATE, FEATURES, MODES,
                                          ClickLog, ClickReward, PreferenceReward, features_for, learning_rate_for)
 from rlr_core.training import TrainingStepError
-from rlr_core.training.clicks import PreferenceSession
+from rlr_core.training.clicks import PreferenceSession, round_prompt
 
 from . import runs
 from .errors import FieldError
@@ -51,8 +51,9 @@ class Strip:
     seeds: list[int]
 
 
-def noise_group_batch(run: Run, size: Any, differentiable_reward: bool, field_name: str, maximum: int) -> list[str]:
-    """The run's prompts as a batch of ``size`` for its estimator's noise groups.
+def noise_group_batch(run: Run, size: Any, differentiable_reward: bool, field_name: str, maximum: int,
+                      prompts: list[str] | None = None) -> list[str]:
+    """The run's prompts (or ``prompts``) as a batch of ``size`` for its estimator's noise groups.
 
     The estimator splits the batch in g groups (samples i, i + n, i + 2n, ... share noise, n = size / g),
     and rows that share noise must share the prompt: n prompts, repeated g times
@@ -67,7 +68,7 @@ def noise_group_batch(run: Run, size: Any, differentiable_reward: bool, field_na
         raise FieldError(field_name, f"must be a multiple of {groups} for estimator {run.config.estimator!r} "
                                      f"(its batch is split in {groups} groups that share noise); "
                                      f"allowed: {allowed}; got {size}")
-    return grouped_prompts(list(run.config.prompts), size, groups)
+    return grouped_prompts(list(run.config.prompts) if prompts is None else prompts, size, groups)
 
 
 def _kind(mode: str, features: str, head_updates: int, model: str, learning_rate: float) -> str:
@@ -165,7 +166,8 @@ def preference_round(session: str, form: dict[str, Any], hosted: bool, k: int, m
     learning_rate = parse_float(LEARNING_RATE_FIELD, learning_rate, 0.0, MAX_LEARNING_RATE)
     k = parse_int("Images per round", k, 2, caps(hosted)["pref_k"])
     run = preference_run(session, form, hosted, mode, features, head_updates, learning_rate)
-    prompts = noise_group_batch(run, k, mode == "learned", "Images per round", caps(hosted)["pref_k"])
+    shown = [round_prompt(run.config.prompts, run.counters["rounds"])]  # one prompt per round, in turn
+    prompts = noise_group_batch(run, k, mode == "learned", "Images per round", caps(hosted)["pref_k"], shown)
     seed = 10_000 + run.config.seed * 1000 + run.counters["rounds"]
     with runs.using(run):
         run.round = run.preference.new_round(prompts, seed=seed)

@@ -162,9 +162,12 @@ def run_session(task: dict) -> dict:
 
 
 def round_prompts(mode: str, index: int) -> list[str]:
-    """The prompts of round ``index``: all four, starting at the round's (mixed), or only the round's."""
+    """The prompts of round ``index``: all four, starting at the round's (mixed), or only the round's (as the
+    product's rounds: ``rlr_core.training.clicks.round_prompt``)."""
     if mode in ONE_PROMPT_ROUNDS:
-        return [CLICK_PROMPTS[index % 4]]
+        from rlr_core.training.clicks import round_prompt
+
+        return [round_prompt(CLICK_PROMPTS, index)]
     return CLICK_PROMPTS[index % 4:] + CLICK_PROMPTS[: index % 4]
 
 
@@ -270,14 +273,15 @@ def execute(tasks: list[dict], out: Path, workers: int) -> None:
 
 def default_mode() -> str:
     """The benchmark mode that is rlr_core's default click session on the tiny model (DEFAULT_MODE / _FEATURES /
-    _HEAD_UPDATES / _LEARNING_RATE)."""
+    _HEAD_UPDATES / _LEARNING_RATE, rounds of one prompt as the app shows them)."""
     from rlr_core.rewards.preference import (DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_LEARNING_RATE, DEFAULT_MODE,
                                              features_for, learning_rate_for)
 
     settings = (DEFAULT_MODE, features_for(DEFAULT_FEATURES, "tiny"), DEFAULT_HEAD_UPDATES)
     rate = learning_rate_for(DEFAULT_LEARNING_RATE, "tiny", LEARNING_RATE)
     for name, mode_settings in MODES.items():
-        if mode_settings == settings and learning_rate(name) == rate and name not in HEAD_VARIANTS:
+        if (mode_settings == settings and learning_rate(name) == rate and name not in HEAD_VARIANTS
+                and name in ONE_PROMPT_ROUNDS):
             return name
     raise ValueError(f"no benchmark mode has the default settings {settings} at learning rate {rate}")
 

@@ -64,6 +64,18 @@ def test_head_updates_add_trainer_iterations(studio):
 
 
 
+def test_a_round_shows_one_prompt_the_prompts_in_turn(studio):
+    from app import clicks
+
+    values = form(studio, prompt="a red circle\na blue square\na green star")
+    run = clicks.preference_round("h", values, False, 4, "direct", "pixels", 0)
+    shown = [run.round.prompts]
+    for _ in range(3):
+        clicks.preference_update("h", [0], best_only=True)
+        shown.append(clicks.preference_round("h", {}, False, 4, "direct", "pixels", 0).round.prompts)
+    assert shown == [[p] * 4 for p in ("a red circle", "a blue square", "a green star", "a red circle")]
+
+
 def test_learning_rate_of_a_click_run(studio):
     from app import clicks, formatting
     from app.state import FieldError

@@ -42,7 +42,8 @@ class PreferenceTab:
 def layout(page: Page) -> PreferenceTab:
     gr.Markdown(
         "Rounds of images from the current model (this session's LoRA, or a fresh one from the Train "
-        "settings). Click the images you prefer (or tick their numbers), then **Update**: a training "
+        "settings), one prompt per round (the Train prompts in turn). Click the images you prefer (or tick "
+        "their numbers), then **Update**: a training "
         "iteration from your clicks (plus the head's updates, if any); the next round shows the effect. "
         "Clicks are saved to a click log you can download and load again later.",
         elem_classes=["rlr-note"],

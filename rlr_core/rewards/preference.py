@@ -36,7 +36,7 @@ DEFAULT_MODE = "learned"
 DEFAULT_FEATURES = "auto"  # TINY_MODEL_FEATURES for the tiny model, CLIP otherwise (pixels when CLIP's weights are missing)
 DEFAULT_HEAD_UPDATES = 0
 DEFAULT_LEARNING_RATE = 0.0  # "auto": learning_rate_for
-TINY_MODEL_FEATURES = "tiny-clip"  # what features "auto" means for the bundled tiny model
+TINY_MODEL_FEATURES = "layout"  # what features "auto" means for the bundled tiny model
 TINY_MODEL_LEARNING_RATE = 0.01  # what learning rate "auto" means for the bundled tiny model
 
 

@@ -28,7 +28,19 @@ from ..rewards.click_log import ClickLog, ClickRecord, click_rewards, image_sha2
 from ..rewards.preference import DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_MODE, features_for
 from ..rewards.preference_head import MODES, PreferenceReward
 
-__all__ = ["PreferenceRound", "PreferenceSession", "PreferenceUpdate", "ReplayResult"]
+__all__ = ["PreferenceRound", "PreferenceSession", "PreferenceUpdate", "ReplayResult", "round_prompt"]
+
+
+def round_prompt(prompts: Sequence[str], index: int) -> str:
+    """The prompt round ``index`` shows (all its images), the run's prompts in turn.
+
+    A round of one prompt asks the user to compare what the model can change (the same prompt drawn from
+    other seeds). A round mixing prompts mostly asks which prompt they like: in benchmarks/click_head_probe.py a head
+    fitted on mixed rounds ordered same-prompt pairs by redness at chance (0.49), after one-prompt rounds 0.66.
+    """
+    if not prompts:
+        raise ValueError("prompts must not be empty")
+    return str(prompts[int(index) % len(prompts)])
 
 
 @dataclass

@@ -1,0 +1,132 @@
+"""Offline probe of the click head: what 20 simulated rounds of clicks teach it, before any training.
+
+Images come from the untrained tiny model (T=20, the click benchmark's four prompts, cycled over the seeds).
+A simulated user clicks, in each of 20 rounds of 4, the image with the most of an attribute (red, left,
+spiky: ``benchmarks/clicks.py``'s ``Attribute``); a ``PreferenceReward`` head is fitted on those clicks and
+judged on held-out images of the same draw:
+
+* **within-prompt accuracy**: the share of held-out pairs *of the same prompt* that the head orders as the
+  attribute does. That is what training can use: the model changes the images of a prompt, not which prompt
+  was asked for. 0.5 is chance.
+* **alignment**: the mean cosine between the head's and the attribute's gradients with respect to the
+  pixels of 32 held-out images (red and left; spiky has no gradient).
+
+Rounds are ``mixed`` (the four prompts in every round, as the click benchmark's default sessions) or
+``one-prompt`` (four images of one prompt, the prompt changing every round).
+
+    python benchmarks/click_head_probe.py --cache /tmp/click_probe_images.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+ROUNDS, TRAIN, HELD_OUT, DRAWS = 20, 80, 160, 3
+LAYOUTS = ("mixed", "one-prompt")
+
+
+def sample_draws(cache: Path | None) -> list[tuple]:
+    """``DRAWS`` sets of TRAIN + HELD_OUT images ([N, 3, H, W] in [0, 1], prompts), from fixed seeds."""
+    import numpy as np
+    import torch
+
+    from benchmarks.clicks import CLICK_PROMPTS, Attribute, _trainer
+
+    if cache is not None and cache.exists():
+        return torch.load(cache)
+    draws = []
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = _trainer(Attribute("red"), 1, 1, tmp)
+        for draw in range(DRAWS):
+            seeds = list(range(10_000 * (draw + 1), 10_000 * (draw + 1) + TRAIN + HELD_OUT))
+            prompts = [CLICK_PROMPTS[i % 4] for i in range(len(seeds))]
+            pil, _ = trainer.evaluate(seeds, prompts)
+            images = torch.stack([torch.from_numpy(np.array(p)).permute(2, 0, 1).float() / 255 for p in pil])
+            draws.append((images, prompts))
+    if cache is not None:
+        torch.save(draws, cache)
+    return draws
+
+
+def round_indices(layout: str, index: int) -> list[int]:
+    """The training images of round ``index`` (images i have prompt i % 4)."""
+    if layout == "mixed":
+        return list(range(4 * index, 4 * index + 4))
+    prompt, block = index % 4, index // 4  # 5 rounds per prompt, 4 images each
+    return [prompt + 4 * (4 * block + j) for j in range(4)]
+
+
+def fit_head(images, prompts, attribute, layout: str, features: str, l2: float, folder: str):
+    """The head fitted on ROUNDS rounds of clicks for the attribute's best image."""
+    import torch
+
+    from rlr_core.rewards.preference import ClickLog, PreferenceReward, to_uint8
+
+    values = attribute(images, prompts).detach()
+    log = ClickLog(Path(folder) / "clicks.jsonl")
+    for index in range(ROUNDS):
+        shown = round_indices(layout, index)
+        best = int(torch.argmax(values[shown]))
+        log.append_round(f"r{index}", [prompts[i] for i in shown], index, to_uint8(images[shown]),
+                         [j == best for j in range(4)], None, "learned")
+    return PreferenceReward(log, features=features, l2=l2)
+
+
+def within_prompt_accuracy(head, images, prompts, attribute) -> float:
+    import torch
+
+    with torch.no_grad():
+        scores = head(images, prompts).double()
+    values = attribute(images, prompts).detach().double()
+    same = torch.tensor([[a == b for b in prompts] for a in prompts])
+    ordered = (values[:, None] - values[None]).abs() > 1e-6
+    agree = (scores[:, None] - scores[None]) * (values[:, None] - values[None]) > 0
+    return float(agree[same & ordered].float().mean())
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Offline probe of the click head (docs/rewards.md, preference).")
+    p.add_argument("--cache", type=Path, default=None, help="keep the sampled images here (and reuse them)")
+    p.add_argument("--features", nargs="+", default=["layout", "tiny-clip", "pixels"])
+    p.add_argument("--l2", type=float, default=1e-2)
+    args = p.parse_args(argv)
+    import numpy as np
+    import torch
+
+    from benchmarks.clicks import Attribute, gradient_alignment
+
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "2"))))
+    start = time.time()
+    draws = sample_draws(args.cache)
+    print(f"{DRAWS} draws of {TRAIN} + {HELD_OUT} images ({time.time() - start:.0f} s)\n")
+    print("| attribute | features | rounds | within-prompt accuracy (per draw) | alignment |")
+    print("|---|---|---|---|---|")
+    for name in ("red", "left", "spiky"):
+        attribute = Attribute(name)
+        for features in args.features:
+            for layout in LAYOUTS:
+                accuracy, alignment = [], []
+                for images, prompts in draws:
+                    with tempfile.TemporaryDirectory() as folder:
+                        head = fit_head(images[:TRAIN], prompts[:TRAIN], attribute, layout, features, args.l2, folder)
+                        test, test_prompts = images[TRAIN:], prompts[TRAIN:]
+                        accuracy.append(within_prompt_accuracy(head, test, test_prompts, attribute))
+                        cosine = gradient_alignment(head, attribute, test[:32], test_prompts[:32])
+                        if cosine is not None:
+                            alignment.append(cosine)
+                cosine = f"{np.mean(alignment):+.2f}" if alignment else "-"
+                print(f"| {name} | {features} | {layout} | {np.mean(accuracy):.2f} "
+                      f"({', '.join(f'{a:.2f}' for a in accuracy)}) | {cosine} |", flush=True)
+    print(f"\n{time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
