@@ -38,7 +38,9 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -118,9 +120,10 @@ def measure(trainer, attribute: Attribute) -> list[float]:
     return [float(v) for v in values]
 
 
-def run_session(task: dict) -> dict:
+def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None) -> dict:
     """One simulated click session: ``rounds`` rounds of 4, the attribute measured after each (T=20 unless
-    the task says ``num_steps``)."""
+    the task says ``num_steps``). ``on_round`` receives each round's :class:`RoundTrace` (for
+    benchmarks/click_session_trace.py)."""
     import numpy as np
     import torch
 
@@ -148,17 +151,35 @@ def run_session(task: dict) -> dict:
             start = time.perf_counter()
             prompts = grouped_prompts(round_prompts(task["mode"], index), 4, groups)
             shown = session.new_round(prompts, seed=task["seed"] * 100_000 + index)
-            best = int(torch.argmax(attribute(shown.images, shown.prompts)))
+            values = attribute(shown.images, shown.prompts)
+            best, wrong_click = int(torch.argmax(values)), False
             if wrong.random() < task["noise"]:
-                best = int(wrong.choice([i for i in range(shown.size) if i != best]))
+                best, wrong_click = int(wrong.choice([i for i in range(shown.size) if i != best])), True
             session.click(shown, chosen=[best])
-            session.update(shown)
+            update = session.update(shown)
             seconds.append(time.perf_counter() - start)
             accuracy.append(session.held_out_accuracy())
             alignment.append(gradient_alignment(session.head, attribute, shown.images, shown.prompts))
             curve.append(measure(trainer, attribute))
+            if on_round is not None:
+                on_round(RoundTrace(index, shown.prompts, wrong_click, [float(v) for v in values], update, session.head,
+                                    _mean(curve[-1]) - _mean(curve[0])))
     return {**task, "curve": curve, "held_out_accuracy": accuracy, "seconds_per_round": seconds,
             "gradient_alignment": alignment}
+
+
+@dataclass
+class RoundTrace:
+    """One round of a simulated session: the shown images' attribute, whether the click was wrong, the update,
+    the head after it and the attribute's gain so far on the fixed seeds."""
+
+    index: int
+    prompts: list[str]
+    wrong_click: bool
+    attribute: list[float]
+    update: Any
+    head: Any
+    gain: float
 
 
 def round_prompts(mode: str, index: int) -> list[str]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from rlr_core.rewards.click_log import LOG_VERSION, ClickLog, ClickRecord, click_rewards, image_sha256, to_uint8
-from rlr_core.rewards.clip_models import default_clip_model
+from rlr_core.rewards.clip_models import is_tiny_base_model
 from rlr_core.rewards.preference_head import FEATURES, MODES, PreferenceReward, layout_features, pixel_features
 from rlr_core.rewards.simple import check_images
 
@@ -40,14 +40,10 @@ TINY_MODEL_FEATURES = "layout"  # what features "auto" means for the bundled tin
 TINY_MODEL_LEARNING_RATE = 0.01  # what learning rate "auto" means for the bundled tiny model
 
 
-def _is_tiny(base_model: str) -> bool:
-    return default_clip_model(base_model) == "tiny-clip"
-
-
 def features_for(features: str, base_model: str) -> str:
     """The head features that ``features`` means for ``base_model``: "auto" is :data:`TINY_MODEL_FEATURES` for
     the bundled tiny model (and stays "auto", CLIP with a pixel fallback, for other models); others are kept."""
-    if features == "auto" and _is_tiny(base_model):
+    if features == "auto" and is_tiny_base_model(base_model):
         return TINY_MODEL_FEATURES
     return features
 
@@ -60,7 +56,7 @@ def learning_rate_for(learning_rate: float, base_model: str, train_learning_rate
         raise ValueError(f"learning_rate={learning_rate!r} is not allowed; allowed values: 0 (auto) or a number > 0")
     if float(learning_rate) > 0:
         return float(learning_rate)
-    return TINY_MODEL_LEARNING_RATE if _is_tiny(base_model) else float(train_learning_rate)
+    return TINY_MODEL_LEARNING_RATE if is_tiny_base_model(base_model) else float(train_learning_rate)
 
 
 # The click session drives training, so it lives a layer up (rlr_core.training.clicks). Users' code that imported

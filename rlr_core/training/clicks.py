@@ -35,8 +35,9 @@ def round_prompt(prompts: Sequence[str], index: int) -> str:
     """The prompt round ``index`` shows (all its images), the run's prompts in turn.
 
     A round of one prompt asks the user to compare what the model can change (the same prompt drawn from
-    other seeds). A round mixing prompts mostly asks which prompt they like: in benchmarks/click_head_probe.py a head
-    fitted on mixed rounds ordered same-prompt pairs by redness at chance (0.49), after one-prompt rounds 0.66.
+    other seeds). A round mixing prompts mostly asks which prompt they like: in benchmarks/click_head_probe.py
+    a head fitted on mixed rounds ordered same-prompt pairs by redness at chance (0.49), after one-prompt
+    rounds 0.66.
     """
     if not prompts:
         raise ValueError("prompts must not be empty")
@@ -266,8 +267,9 @@ class PreferenceSession:
 
         The session starts from the log's starting LoRA (when it kept one) and must have the settings
         the log's updates were made with (``mode``, ``features``, ``head_updates``, ``head_gradient``: whether
-        the head is differentiable, ``lr``: the trainer's learning rate; a ValueError names the one that differs). Rounds whose images differ from the logged ones (another model, another
-        machine's arithmetic) are replayed with the logged clicks and listed in ``mismatched_rounds``.
+        the head is differentiable, ``lr``: the trainer's learning rate; a ValueError names the one that differs).
+        Rounds whose images differ from the logged ones (another model, another machine's arithmetic) are replayed
+        with the logged clicks and listed in ``mismatched_rounds``.
         This session's own log receives the replayed rounds, so it continues where ``source`` ended.
         """
         source = source if isinstance(source, ClickLog) else ClickLog(source)
