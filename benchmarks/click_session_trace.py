@@ -2,7 +2,7 @@
 
 Per round: the prompt, whether the click was wrong, the attribute's gain on the 8 fixed seeds, the attribute
 of the 4 shown images, the head's rewards of them, the update's norm, the head's weight norm and its accuracy
-on the clicks so far. Made to look inside a session whose gain collapses late.
+on the clicks so far, and whether the session's check kept the update. Made to look inside a session whose gain collapses late.
 
     python benchmarks/click_session_trace.py --mode learned-layout-one --attribute red --noise 0.1 --seed 1
 """
@@ -32,10 +32,11 @@ def main(argv: list[str] | None = None) -> None:
         update, head = trace.update, trace.head
         print(f"| {trace.index + 1} | {trace.prompts[0]} | {'yes' if trace.wrong_click else ''} | {trace.gain:+.2f} | "
               f"{', '.join(f'{v:+.2f}' for v in trace.attribute)} | {', '.join(f'{r:+.1f}' for r in update.rewards)} | "
-              f"{update.update_norm:.2f} | {float(head.weight.norm()):.1f} | {head.pair_accuracy():.2f} |", flush=True)
+              f"{update.update_norm:.2f} | {float(head.weight.norm()):.1f} | {head.pair_accuracy():.2f} | "
+              f"{'yes' if update.accepted else 'undone'} |", flush=True)
 
-    print("| round | prompt | wrong click | gain | attribute of the shown images | head rewards | update norm | |w| | head accuracy |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| round | prompt | wrong click | gain | attribute of the shown images | head rewards | update norm | |w| | head accuracy | kept |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     task = {"mode": args.mode, "attribute": args.attribute, "noise": args.noise, "seed": args.seed, "rounds": args.rounds}
     clicks.run_session(task, on_round=row)
 

@@ -60,6 +60,7 @@ MODES = {
     "learned-layout-lr3x": ("learned", "layout", 0),
     "learned-layout-one": ("learned", "layout", 0),
     "learned-pixels-one": ("learned", "pixels", 0),
+    "learned-layout-one-checked": ("learned", "layout", 0),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
     "learned+head2": ("learned", "tiny-clip", 2),
@@ -77,7 +78,9 @@ REFERENCES = {LEARNING_RATE: "reference", 0.03: "reference-lr3x"}
 HEAD_VARIANTS = {"learned-global": "global", "learned-both": "with_pixels", "learned-scores": "scores",
                  "learned-scores+head4": "scores"}
 # modes whose rounds show one prompt (4 seeds of it; the prompt changes every round) instead of the prompts mixed
-ONE_PROMPT_ROUNDS = {"learned-layout-one", "learned-pixels-one"}
+ONE_PROMPT_ROUNDS = {"learned-layout-one", "learned-pixels-one", "learned-layout-one-checked"}
+# modes whose updates must raise the head's score of these seeds' images or are undone (PreferenceSession check_seeds)
+CHECKED_MODES = {"learned-layout-one-checked": (9001, 9002, 9003, 9004)}
 ATTRIBUTES = ("red", "spiky", "left")
 NOISES = (0.0, 0.25, 0.1)  # in the order the full phase runs them
 
@@ -143,10 +146,11 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
         head_class = _with_pixels(PreferenceReward) if variant == "with_pixels" else PreferenceReward
         options = {"scaling": "global"} if variant == "global" else {"differentiable": False} if variant == "scores" else {}
         head = head_class(log, features=features, **options)
-        session = PreferenceSession(trainer, log, mode=mode, k=1, reward=head, head_updates=head_updates)
+        session = PreferenceSession(trainer, log, mode=mode, k=1, reward=head, head_updates=head_updates,
+                                    check_seeds=CHECKED_MODES.get(task["mode"], ()))
         groups = trainer.estimator.noise_groups(mode == "learned" and head.differentiable)
         curve = [measure(trainer, attribute)]
-        accuracy, seconds, alignment = [], [], []
+        accuracy, seconds, alignment, accepted = [], [], [], []
         for index in range(task["rounds"]):
             start = time.perf_counter()
             prompts = grouped_prompts(round_prompts(task["mode"], index), 4, groups)
@@ -158,6 +162,7 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
             session.click(shown, chosen=[best])
             update = session.update(shown)
             seconds.append(time.perf_counter() - start)
+            accepted.append(update.accepted)
             accuracy.append(session.held_out_accuracy())
             alignment.append(gradient_alignment(session.head, attribute, shown.images, shown.prompts))
             curve.append(measure(trainer, attribute))
@@ -165,7 +170,7 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
                 on_round(RoundTrace(index, shown.prompts, wrong_click, [float(v) for v in values], update, session.head,
                                     _mean(curve[-1]) - _mean(curve[0])))
     return {**task, "curve": curve, "held_out_accuracy": accuracy, "seconds_per_round": seconds,
-            "gradient_alignment": alignment}
+            "gradient_alignment": alignment, "accepted": accepted}
 
 
 @dataclass
@@ -259,13 +264,14 @@ def load_runs(out: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def plan(phase: str, rounds: int, modes: list[str], default: str, noises: tuple[float, ...] = NOISES) -> list[dict]:
+def plan(phase: str, rounds: int, modes: list[str], default: str, noises: tuple[float, ...] = NOISES,
+         seeds: tuple[int, ...] = (1, 2, 3)) -> list[dict]:
     """The runs of a phase: screen = every candidate mode at noise 0, seed 1 (and the references);
-    full = the default mode at every noise, 3 seeds (and the references at the modes' learning rates)."""
+    full = the default mode at every noise and seed (and the references at the modes' learning rates)."""
     def task(mode, attribute, noise, seed):
         return {"mode": mode, "attribute": attribute, "noise": noise, "seed": seed, "rounds": rounds}
 
-    seeds = [1] if phase == "screen" else [1, 2, 3]
+    seeds = [1] if phase == "screen" else list(seeds)
     references = {REFERENCES[learning_rate(m)] for m in (modes if phase == "screen" else [default])}
     tasks = [task(r, a, 0.0, s) for r in sorted(references) for a in ATTRIBUTES for s in seeds]
     if phase == "screen":
@@ -294,15 +300,15 @@ def execute(tasks: list[dict], out: Path, workers: int) -> None:
 
 def default_mode() -> str:
     """The benchmark mode that is rlr_core's default click session on the tiny model (DEFAULT_MODE / _FEATURES /
-    _HEAD_UPDATES / _LEARNING_RATE, rounds of one prompt as the app shows them)."""
-    from rlr_core.rewards.preference import (DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_LEARNING_RATE, DEFAULT_MODE,
-                                             features_for, learning_rate_for)
+    _HEAD_UPDATES / _LEARNING_RATE / _CHECK_SEEDS, rounds of one prompt as the app shows them)."""
+    from rlr_core.rewards.preference import (DEFAULT_CHECK_SEEDS, DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES,
+                                             DEFAULT_LEARNING_RATE, DEFAULT_MODE, features_for, learning_rate_for)
 
     settings = (DEFAULT_MODE, features_for(DEFAULT_FEATURES, "tiny"), DEFAULT_HEAD_UPDATES)
     rate = learning_rate_for(DEFAULT_LEARNING_RATE, "tiny", LEARNING_RATE)
     for name, mode_settings in MODES.items():
         if (mode_settings == settings and learning_rate(name) == rate and name not in HEAD_VARIANTS
-                and name in ONE_PROMPT_ROUNDS):
+                and name in ONE_PROMPT_ROUNDS and CHECKED_MODES.get(name, ()) == tuple(DEFAULT_CHECK_SEEDS)):
             return name
     raise ValueError(f"no benchmark mode has the default settings {settings} at learning rate {rate}")
 
@@ -328,12 +334,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--noises", type=float, nargs="+", default=list(NOISES),
                    help="wrong-click rates of the full phase (1.0: every click on another image than the best, a control)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="the full phase's seeds")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--report", action="store_true", help="only write the report from runs.jsonl")
     args = p.parse_args(argv)
     if not args.report:
         default = args.default or default_mode()
-        execute(plan(args.phase, args.rounds, args.modes, default, tuple(args.noises)), args.out, args.workers)
+        execute(plan(args.phase, args.rounds, args.modes, default, tuple(args.noises), tuple(args.seeds)), args.out,
+                args.workers)
     from benchmarks.clicks_report import write_report
 
     print(write_report(args.out))

@@ -7,6 +7,11 @@ images (learned mode, ``rlr_core.rewards.preference_head``) through ``trainer.up
 a metrics line and checkpoints when due, like any other iteration. ``head_updates`` more iterations per
 round sample fresh images and score them with the head, without the user.
 
+With ``check_seeds`` an update must also convince the head: the images of those fixed seeds (the run's
+prompts in turn) are sampled before and after it and scored by the head refitted on the round's click; when
+the mean score went down, the update is undone (parameters and optimizer state). A click the model
+misreads, or a step that moves the model off the images the head was fitted on, then costs nothing.
+
 A Bradley-Terry head is fitted on the clicks in every mode: before it learns from a round it predicts
 the round's click, which is the held-out accuracy the session reports. Everything the updates depend on
 (the starting LoRA, the round seeds, the clicks, the settings) is in the log, and the updates are
@@ -25,8 +30,11 @@ import torch
 from PIL import Image
 
 from ..rewards.click_log import ClickLog, ClickRecord, click_rewards, image_sha256, to_uint8
-from ..rewards.preference import DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_MODE, features_for
+from ..rewards.preference import (DEFAULT_CHECK_SEEDS, DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_MODE,
+                                  features_for)
 from ..rewards.preference_head import MODES, PreferenceReward
+from ..sampling import sample
+from .run_folder import isolated_rng
 
 __all__ = ["PreferenceRound", "PreferenceSession", "PreferenceUpdate", "ReplayResult", "round_prompt"]
 
@@ -76,7 +84,9 @@ class PreferenceUpdate:
     """What ``PreferenceSession.update`` did.
 
     ``report``: the Trainer's StepReport of the click update; ``head_reports``: those of the
-    ``head_updates`` iterations that followed it (fresh images scored by the learned head).
+    ``head_updates`` iterations that followed it (fresh images scored by the learned head). ``accepted``:
+    False when the session's check undid them (``check_scores``: the head's mean score of the check images
+    before and after; None without a check).
     """
 
     round_id: str
@@ -84,6 +94,8 @@ class PreferenceUpdate:
     update_norm: float
     report: Any
     head_reports: list[Any] = field(default_factory=list)
+    accepted: bool = True
+    check_scores: tuple[float, float] | None = None  # the head's mean score of the check images before, after
 
 
 @dataclass
@@ -97,7 +109,7 @@ class ReplayResult:
 
 # the session settings an update depends on (in every update event), and their values in logs older than the setting
 # (None: the replaying session's own)
-SETTINGS = {"mode": "direct", "features": None, "head_updates": 0, "head_gradient": True, "lr": None}
+SETTINGS = {"mode": "direct", "features": None, "head_updates": 0, "head_gradient": True, "lr": None, "check_seeds": []}
 
 
 class PreferenceSession:
@@ -110,8 +122,10 @@ class PreferenceSession:
     scores of them). ``k``: how many images the user must choose per round in ``click(chosen=...)``
     (None = any number between 1 and B-1). ``reward``: the head (a ``PreferenceReward``); built from
     ``features`` when not given. ``head_updates``: iterations per round on fresh images scored by the
-    head, after the click update (none before the first click). The defaults are
-    ``rlr_core.rewards.preference``'s DEFAULT_MODE, DEFAULT_FEATURES and DEFAULT_HEAD_UPDATES.
+    head, after the click update (none before the first click). ``check_seeds``: the fixed seeds whose
+    images must score higher with the head after an update than before it, or the update is undone (empty:
+    every update is kept). The defaults are ``rlr_core.rewards.preference``'s DEFAULT_MODE, DEFAULT_FEATURES,
+    DEFAULT_HEAD_UPDATES and DEFAULT_CHECK_SEEDS.
     """
 
     def __init__(
@@ -123,6 +137,7 @@ class PreferenceSession:
         reward: PreferenceReward | None = None,
         features: str = DEFAULT_FEATURES,
         head_updates: int = DEFAULT_HEAD_UPDATES,
+        check_seeds: Sequence[int] = DEFAULT_CHECK_SEEDS,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not allowed; allowed values: {list(MODES)}")
@@ -135,6 +150,8 @@ class PreferenceSession:
         self.mode = mode
         self.k = None if k is None else int(k)
         self.head_updates = int(head_updates)
+        self.check_seeds = [int(seed) for seed in check_seeds]
+        self._check_images: tuple[int, torch.Tensor] | None = None  # (trainer step, images) of the check seeds
         if reward is None:
             features = features_for(features, getattr(getattr(trainer, "config", None), "model", ""))
         self.head = reward if reward is not None else PreferenceReward(self.log, features=features)
@@ -149,7 +166,7 @@ class PreferenceSession:
         learning_rate = getattr(getattr(self.trainer, "config", None), "lr", None)
         return {"mode": self.mode, "features": self.features, "head_updates": self.head_updates,
                 "head_gradient": bool(self.head.differentiable),
-                "lr": None if learning_rate is None else float(learning_rate)}
+                "lr": None if learning_rate is None else float(learning_rate), "check_seeds": list(self.check_seeds)}
 
     def new_round(self, prompts: Sequence[str], generator: torch.Generator | None = None, seed: int | None = None) -> PreferenceRound:
         """Sample one batch (one image per prompt) and keep what the update will need."""
@@ -237,15 +254,42 @@ class PreferenceSession:
         if round.rollout is None:
             raise ValueError(f"round {round.round_id} has no rollout (rounds do not survive a restart; sample a new one)")
         rewards = self.rewards_for(round)
+        checking = bool(self.check_seeds) and self.head.weight is not None
+        if checking:
+            before, snapshot = self._check_score(), self.trainer.snapshot()
+            before_images = self._check_images[1]
         report = self.trainer.update_from_rewards(round.rollout, rewards)
         round.updated, round.rollout = True, None  # free the kept graph / states
         head_updates = [self._head_update(round, i) for i in range(self.head_updates if self.head.weight is not None else 0)]
         head_reports = [report for report, _ in head_updates]
+        accepted, check_scores = True, None
+        if checking:
+            check_scores = (before, self._check_score())
+            accepted = check_scores[1] >= check_scores[0]
+            if not accepted:
+                self.trainer.restore(snapshot)
+                self._check_images = (self.trainer.step, before_images)
         values = [float(v) for v in rewards.detach().cpu()]
         norm = float(report.update_norm)
         self.log.append_event("update", round_id=round.round_id, rewards=values, update_norm=norm, step=int(report.step),
-                              head_rewards=[mean for _, mean in head_updates], **self.settings())
-        return PreferenceUpdate(round.round_id, values, norm, report, head_reports)
+                              head_rewards=[mean for _, mean in head_updates], accepted=accepted,
+                              check_scores=list(check_scores) if check_scores else None, **self.settings())
+        return PreferenceUpdate(round.round_id, values, norm, report, head_reports, accepted, check_scores)
+
+    def _check_score(self) -> float:
+        """The head's mean score of the check seeds' images with the current parameters (the images are sampled
+        once per trainer step and kept; the head is the one fitted now)."""
+        prompts = self._check_prompts()
+        if self._check_images is None or self._check_images[0] != self.trainer.step:
+            with isolated_rng(), torch.no_grad():
+                images = sample(self.trainer.chain, prompts, seeds=self.check_seeds).float().cpu()
+            self._check_images = (self.trainer.step, images)
+        return sum(self.predict(self._check_images[1], prompts)) / len(prompts)
+
+    def _check_prompts(self) -> list[str]:
+        """The run's prompts in turn over the check seeds."""
+        prompts = [str(p) for p in self.trainer.config.prompts]
+        return [prompts[i % len(prompts)] for i in range(len(self.check_seeds))]
 
     def _head_update(self, round: PreferenceRound, index: int) -> tuple[Any, float]:
         """One iteration on a fresh batch of the round's prompts (its own seed), the head's scores as
@@ -286,6 +330,7 @@ class PreferenceSession:
         start = source.start_lora()
         if start is not None and hasattr(self.trainer.chain, "load_lora_state_dict"):
             self.trainer.chain.load_lora_state_dict(start)
+            self._check_images = None
             if self.log.start_lora() is None:  # this log starts where the source did (no re-draw from the seed)
                 self.log.save_start_lora(start)
         mismatched, done = [], []
