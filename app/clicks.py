@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from rlr_core.hub import WeightsUnavailableError
-from rlr_core.rewards.preference import (DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_LEARNING_RATE, FEATURES, MODES,
-                                         ClickLog, ClickReward, PreferenceReward, features_for, learning_rate_for)
+from rlr_core.rewards.preference import (CHECK_SEEDS, DEFAULT_CHECK_SEEDS, DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES,
+                                         DEFAULT_LEARNING_RATE, FEATURES, MODES, ClickLog, ClickReward, PreferenceReward,
+                                         features_for, learning_rate_for)
 from rlr_core.training import TrainingStepError
 from rlr_core.training.clicks import PreferenceSession, round_prompt
 
 from . import runs
 from .errors import FieldError
 from .form import config_from_form, parse_float, parse_int
+from .formatting import check_text
 from .runs import Run
 from .settings import caps
 from .training import create_run, record_report, require_run
@@ -29,16 +31,19 @@ from .transfer import unpack_click_log
 
 __all__ = ["PREFERENCE_MODES", "FEATURE_CHOICES", "MAX_HEAD_UPDATES", "STRIP_IMAGES", "STRIPS_KEPT", "Strip",
            "noise_group_batch", "preference_run", "preference_round", "preference_update", "strip_seeds", "strips",
-           "load_click_log", "log_settings", "form_features"]
+           "load_click_log", "log_settings", "form_features", "check_seeds_for"]
 
 PREFERENCE_MODES = MODES
 FEATURE_CHOICES = ("auto", "tiny-clip", "layout", "pixels")  # what the form offers; a loaded log may also name clip
 MAX_HEAD_UPDATES = 3  # the form's "Updates per round from the head" slider
 MAX_LEARNING_RATE = 1.0  # the Preference tab's learning rate (0 = auto), as the Train form's
+MAX_CHECK_SEEDS = 16  # the most check seeds a loaded click log may name (each is an image sampled per update)
+DEFAULT_CHECK_UPDATES = bool(DEFAULT_CHECK_SEEDS)  # the tab's "Check each update" box
 STRIP_IMAGES = 4  # images of one strip (the same seeds after every update)
 STRIPS_KEPT = 8  # strips kept after the first ("before") one
 LOG_FIELD = "Click log"
 LEARNING_RATE_FIELD = "Learning rate (0 = auto)"
+CHECK_FIELD = "Check each update"
 
 
 @dataclass
@@ -71,9 +76,14 @@ def noise_group_batch(run: Run, size: Any, differentiable_reward: bool, field_na
     return grouped_prompts(list(run.config.prompts) if prompts is None else prompts, size, groups)
 
 
-def _kind(mode: str, features: str, head_updates: int, model: str, learning_rate: float) -> str:
-    """The run kind of a click run: a new click run whenever one of its settings changes."""
-    return f"clicks-{mode}-{features_for(features, model)}-{head_updates}-{learning_rate!r}"
+def _kind(mode: str, features: str, head_updates: int, model: str, learning_rate: float, checked: bool) -> str:
+    """The run kind of a click run: a new click run whenever one of its settings (as the form shows them) changes."""
+    return f"clicks-{mode}-{features_for(features, model)}-{head_updates}-{learning_rate!r}-{'checked' if checked else ''}"
+
+
+def check_seeds_for(check_updates: bool) -> list[int]:
+    """The check seeds of a click run whose "Check each update" box is ``check_updates``."""
+    return list(CHECK_SEEDS) if check_updates else []
 
 
 def form_features(features: str) -> str:
@@ -82,31 +92,36 @@ def form_features(features: str) -> str:
 
 
 def preference_run(session: str, form: dict[str, Any], hosted: bool, mode: str, features: str,
-                   head_updates: int = DEFAULT_HEAD_UPDATES, learning_rate: float = DEFAULT_LEARNING_RATE) -> Run:
-    """The session's click run for ``mode`` / ``features`` / ``head_updates`` / ``learning_rate``, created when needed.
+                   head_updates: int = DEFAULT_HEAD_UPDATES, learning_rate: float = DEFAULT_LEARNING_RATE,
+                   check_seeds: list[int] | None = None) -> Run:
+    """The session's click run for ``mode`` / ``features`` / ``head_updates`` / ``learning_rate`` / ``check_seeds``
+    (None: ``DEFAULT_CHECK_SEEDS``), created when needed.
 
     A click run is a TrainingRun whose reward is the clicks (direct: ``ClickReward``) or the
     Bradley-Terry head refitted on them (learned); every click update is one of its Trainer
     iterations, and ``head_updates`` more follow on fresh images scored by the head. Its learning rate is
     ``learning_rate``, or with 0 (auto) ``learning_rate_for``'s: the benchmarked one for the tiny model, the
-    Train settings' otherwise. It continues from the session's current LoRA when the model and rank fit.
+    Train settings' otherwise. With ``check_seeds`` an update the head scores lower on those seeds' images is
+    undone (``PreferenceSession``). It continues from the session's current LoRA when the model and rank fit.
     """
+    check_seeds = list(DEFAULT_CHECK_SEEDS if check_seeds is None else check_seeds)
     run = runs.session_run(session)
     base = run.config if run is not None else config_from_form(form, hosted)
     base_lr = run.train_lr if run is not None and run.train_lr is not None else base.lr
     learning_rate = learning_rate_for(learning_rate, base.model, base_lr)
-    kind = _kind(mode, features, head_updates, base.model, learning_rate)
+    kind = _kind(mode, features, head_updates, base.model, learning_rate, bool(check_seeds))
     if run is not None and run.kind == kind:
         return run
     if run is not None and run.running:
         raise FieldError("preference", "training is running in this session; stop it first")
     continue_lora = (run is not None and run.config.model == base.model and run.config.lora_rank == base.lora_rank
                      and run.config.lora_targets == base.lora_targets)
-    return _new_click_run(session, base, hosted, mode, features, head_updates, learning_rate, kind, continue_lora, base_lr)
+    return _new_click_run(session, base, hosted, mode, features, head_updates, learning_rate, check_seeds, kind,
+                          continue_lora, base_lr)
 
 
 def _new_click_run(session: str, base: Any, hosted: bool, mode: str, features: str, head_updates: int,
-                   learning_rate: float, kind: str, continue_lora: bool, train_lr: float) -> Run:
+                   learning_rate: float, check_seeds: list[int], kind: str, continue_lora: bool, train_lr: float) -> Run:
     """A new click run from config ``base`` (its "before" strip sampled); FieldError for unusable features."""
     features = features_for(features, base.model)
     run_id = runs.new_run_id()
@@ -119,13 +134,13 @@ def _new_click_run(session: str, base: Any, hosted: bool, mode: str, features: s
                               eval_every=max(base.eval_every, 1), keep_best=False, lr=learning_rate)
         new = create_run(session, config, hosted, continue_lora, reward=head or ClickReward(), kind=kind, run_id=run_id)
         new.preference = PreferenceSession(new.trainer, log, mode=mode, k=None, reward=head, features=features,
-                                           head_updates=head_updates)
+                                           head_updates=head_updates, check_seeds=check_seeds)
     except WeightsUnavailableError as error:
         raise FieldError("Learned-head features", f"{error} Pick 'pixels' or 'layout' (weight-free).") from None
     new.train_lr = train_lr  # what "auto" falls back to for a model other than the tiny one
     settings = new.preference.settings()
     new.status = (f"click run ({mode}, features {settings['features']}, {head_updates} head update(s) per round, "
-                  f"learning rate {learning_rate:g}) "
+                  f"learning rate {learning_rate:g}, {check_text(check_seeds)}) "
                   f"from {'the current LoRA' if continue_lora else 'a fresh LoRA'}")
     _add_strip(new, "before")
     return new
@@ -156,8 +171,9 @@ def strips(run: Run | None) -> list[Strip]:
 
 def preference_round(session: str, form: dict[str, Any], hosted: bool, k: int, mode: str,
                      features: str = DEFAULT_FEATURES, head_updates: Any = DEFAULT_HEAD_UPDATES,
-                     learning_rate: Any = DEFAULT_LEARNING_RATE) -> Run:
-    """Show a new round of ``k`` images from the session's current model (a click run is created if needed)."""
+                     learning_rate: Any = DEFAULT_LEARNING_RATE, check_updates: Any = DEFAULT_CHECK_UPDATES) -> Run:
+    """Show a new round of ``k`` images from the session's current model (a click run is created if needed);
+    ``check_updates``: undo an update the head scores lower on fixed seeds (``CHECK_SEEDS``)."""
     if mode not in PREFERENCE_MODES:
         raise FieldError("Mode", f"must be one of {', '.join(PREFERENCE_MODES)}; got {mode!r}")
     if features not in FEATURE_CHOICES:
@@ -165,7 +181,10 @@ def preference_round(session: str, form: dict[str, Any], hosted: bool, k: int, m
     head_updates = parse_int("Updates per round from the head", head_updates, 0, MAX_HEAD_UPDATES)
     learning_rate = parse_float(LEARNING_RATE_FIELD, learning_rate, 0.0, MAX_LEARNING_RATE)
     k = parse_int("Images per round", k, 2, caps(hosted)["pref_k"])
-    run = preference_run(session, form, hosted, mode, features, head_updates, learning_rate)
+    if not isinstance(check_updates, bool):
+        raise FieldError(CHECK_FIELD, f"must be true or false; got {check_updates!r}")
+    run = preference_run(session, form, hosted, mode, features, head_updates, learning_rate,
+                         check_seeds_for(check_updates))
     shown = [round_prompt(run.config.prompts, run.counters["rounds"])]  # one prompt per round, in turn
     prompts = noise_group_batch(run, k, mode == "learned", "Images per round", caps(hosted)["pref_k"], shown)
     seed = 10_000 + run.config.seed * 1000 + run.counters["rounds"]
@@ -209,14 +228,16 @@ def _count_update(run: Run, update: Any, clicks: int) -> None:
         record_report(run, report)
     run.counters["clicks"] += clicks
     run.counters["updates"] += 1
+    run.counters["undone"] += not update.accepted
 
 
 # ------------------------------------------------------------------------------------ loading a click log
 
 
 def log_settings(log: ClickLog) -> dict[str, Any]:
-    """The mode / features / head_updates / lr the log's updates were made with (its last update's; lr None in
-    logs older than the setting: they were made with the Train settings' learning rate);
+    """The mode / features / head_updates / lr / check_seeds the log's updates were made with (its last update's;
+    lr None in logs older than the setting: they were made with the Train settings' learning rate; check_seeds []
+    in logs older than the check);
     FieldError naming the click log when it has no updated round or names an unknown setting."""
     updates = [e for e in log.events if e.get("type") == "update"]
     if not _updated_rounds(log):
@@ -224,7 +245,8 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
                                     "download the click log)")
     last = updates[-1]
     settings = {"mode": last.get("mode", log.records[-1].mode), "features": last.get("features", DEFAULT_FEATURES),
-                "head_updates": last.get("head_updates", 0), "lr": last.get("lr")}
+                "head_updates": last.get("head_updates", 0), "lr": last.get("lr"),
+                "check_seeds": last.get("check_seeds", [])}
     if settings["mode"] not in MODES or settings["features"] not in FEATURES:
         raise FieldError(LOG_FIELD, f"names mode {settings['mode']!r} / features {settings['features']!r}; allowed: "
                                     f"mode {', '.join(MODES)}, features {', '.join(FEATURES)}")
@@ -234,6 +256,11 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
     if learning_rate is not None and (isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float))
                                       or not 0 < learning_rate <= MAX_LEARNING_RATE):
         raise FieldError(LOG_FIELD, f"names lr {learning_rate!r}; allowed: a number > 0 and at most {MAX_LEARNING_RATE:g}")
+    seeds = settings["check_seeds"]
+    if (not isinstance(seeds, list) or len(seeds) > MAX_CHECK_SEEDS
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in seeds)):
+        raise FieldError(LOG_FIELD, f"names check_seeds {seeds!r}; allowed: a list of at most {MAX_CHECK_SEEDS} "
+                                    "seeds (integers >= 0)")
     if last.get("head_gradient", True) is not True:
         raise FieldError(LOG_FIELD, "was made with a scores-only head (head_gradient false, from the Python API); the app "
                                     "replays logs of its own differentiable head: replay it with PreferenceSession.replay")
@@ -262,7 +289,8 @@ def _read_log(path: Path) -> ClickLog:
 def load_click_log(session: str, path: str, form: dict[str, Any], hosted: bool) -> tuple[Run, str]:
     """Rebuild a click run from an uploaded click log (.zip of 'Download click log', or its .jsonl).
 
-    The new click run has the log's settings (mode, features, head updates, learning rate) and the Train form's model,
+    The new click run has the log's settings (mode, features, head updates, learning rate, check seeds) and the Train
+    form's model,
     LoRA rank and targets; every round of the log is replayed (same seeds, same clicks) from the log's
     starting LoRA, and its own log receives them, so the session continues where the log ended.
     Returns the run and a message for the user.
@@ -290,9 +318,10 @@ def _replay_upload(session: str, path: Path, form: dict[str, Any], hosted: bool,
     continue_lora = (previous is not None and previous.config.model == config.model
                      and previous.config.lora_rank == config.lora_rank
                      and previous.config.lora_targets == config.lora_targets)
-    run = _new_click_run(session, config, hosted, mode, features, head_updates, learning_rate,
-                         _kind(mode, form_features(features), head_updates, config.model, learning_rate), continue_lora,
-                         config.lr)
+    check_seeds = settings["check_seeds"]
+    run = _new_click_run(session, config, hosted, mode, features, head_updates, learning_rate, check_seeds,
+                         _kind(mode, form_features(features), head_updates, config.model, learning_rate, bool(check_seeds)),
+                         continue_lora, config.lr)
     rounds = len(_updated_rounds(log))
 
     def on_round(number: int, update: Any) -> None:

@@ -364,4 +364,12 @@ def counters_text(run: Any) -> str:
     return (f"rounds {c['rounds']} · updates {c['updates']} · clicks {c['clicks']} · the head predicted **{figure}** "
             f"of your last clicks before seeing them (last {ACCURACY_ROUNDS} rounds)  \n"
             f"mode {session.mode} · features {session.features} · {session.head_updates} update(s) per round from "
-            f"the head · learning rate {run.config.lr:g} · click log `{session.log.path}`")
+            f"the head · learning rate {run.config.lr:g} · {check_text(session.check_seeds, c['undone'])} · "
+            f"click log `{session.log.path}`")
+
+
+def check_text(check_seeds: list[int], undone: int = 0) -> str:
+    """How a click run's updates are checked (PreferenceSession check_seeds), and how many were undone."""
+    if not check_seeds:
+        return "every update kept (no check)"
+    return f"updates checked on {len(check_seeds)} fixed seeds, {undone} undone"

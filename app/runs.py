@@ -62,7 +62,7 @@ class Run:
     round: Any = None  # the PreferenceRound on screen
     strips: list[Any] = field(default_factory=list)  # app.clicks.Strip: the fixed seeds after each click update
     train_lr: float | None = None  # a click run: the Train settings' learning rate (what "auto" means off the tiny model)
-    counters: dict[str, int] = field(default_factory=lambda: {"rounds": 0, "clicks": 0, "updates": 0})
+    counters: dict[str, int] = field(default_factory=lambda: {"rounds": 0, "clicks": 0, "updates": 0, "undone": 0})
     optimizer_state: dict[str, Any] | None = None  # CPU copy between ZeroGPU chunks
     uploaded_lora: str = ""  # name of a LoRA file loaded into the run (Export tab), replacing what it trained
     last_used: float = field(default_factory=time.time)  # idle runs expire (settings.idle_seconds)

@@ -80,7 +80,7 @@ HEAD_VARIANTS = {"learned-global": "global", "learned-both": "with_pixels", "lea
 # modes whose rounds show one prompt (4 seeds of it; the prompt changes every round) instead of the prompts mixed
 ONE_PROMPT_ROUNDS = {"learned-layout-one", "learned-pixels-one", "learned-layout-one-checked"}
 # modes whose updates must raise the head's score of these seeds' images or are undone (PreferenceSession check_seeds)
-CHECKED_MODES = {"learned-layout-one-checked": (9001, 9002, 9003, 9004)}
+CHECKED_MODES = {"learned-layout-one-checked": (9001, 9002, 9003, 9004)}  # = rlr_core's CHECK_SEEDS
 ATTRIBUTES = ("red", "spiky", "left")
 NOISES = (0.0, 0.25, 0.1)  # in the order the full phase runs them
 

@@ -228,7 +228,7 @@ def test_preference_diagnostics_export_roundtrip(studio, tmp_path):
         runner.preference_update("s", [0, 1], best_only=True)
     run, update = runner.preference_update("s", [0, 2], best_only=False)
     assert update.rewards == [1.0, 0.0, 1.0, 0.0] and update.update_norm > 0
-    assert run.counters == {"rounds": 1, "clicks": 2, "updates": 1}
+    assert run.counters == {"rounds": 1, "clicks": 2, "updates": 1, "undone": 0}
     assert (run.output_dir / "clicks.jsonl").is_file()
     # a click update is a Trainer iteration: a step, a metrics line, a row in the run's history
     assert update.report.step == run.step == 1 and len(run.history) == 1

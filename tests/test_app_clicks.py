@@ -18,17 +18,17 @@ def form(model: str, **kw):
             "keep_best": False, **kw}
 
 
-def click_rounds(session, values, rounds, mode="direct", head_updates=0, features="pixels"):
+def click_rounds(session, values, rounds, mode="direct", head_updates=0, features="pixels", check=False):
     """``rounds`` rounds clicked the same way (the first image preferred); the next round is left on screen,
     as the tab does after an update."""
     from app import clicks, runs
 
     run = runs.session_run(session)
     if run is None or run.round is None:
-        run = clicks.preference_round(session, values, False, 4, mode, features, head_updates)
+        run = clicks.preference_round(session, values, False, 4, mode, features, head_updates, 0, check)
     for _ in range(rounds):
         run, _update = clicks.preference_update(session, [0], best_only=True)
-        run = clicks.preference_round(session, values, False, 4, mode, features, head_updates)
+        run = clicks.preference_round(session, values, False, 4, mode, features, head_updates, 0, check)
     return run
 
 
@@ -41,7 +41,7 @@ def test_status_line_and_strips_show_what_is_learnt(studio):
     assert [s.label for s in clicks.strips(run)] == ["before"]
     run = click_rounds("a", values, 3)
     text = formatting.counters_text(run)
-    assert run.counters == {"rounds": 4, "clicks": 3, "updates": 3}
+    assert run.counters == {"rounds": 4, "clicks": 3, "updates": 3, "undone": 0}
     assert "rounds 4 · updates 3 · clicks 3" in text and "last 10 rounds" in text
     assert len(run.preference.predictions) == 2  # rounds 2 and 3 were predicted before the head saw them
     accuracy = run.preference.held_out_accuracy(last=formatting.ACCURACY_ROUNDS)
@@ -113,16 +113,48 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
     loaded, message = clicks.load_click_log("d", str(download), form(studio, lr=0.02), False)
     assert message == "replayed 3 rounds; 0 rounds' images differed from the log"
     assert loaded.preference.settings() == {"mode": "learned", "features": "layout", "head_updates": 1, "head_gradient": True,
-                                            "lr": 0.004}  # the log's
+                                            "lr": 0.004, "check_seeds": []}  # the log's
     rebuilt = runs.current_lora(loaded)
     assert set(rebuilt) == set(trained) and all(torch.equal(rebuilt[k], trained[k]) for k in trained)
-    assert loaded.step == 6 and loaded.counters == {"rounds": 3, "clicks": 3, "updates": 3}
+    assert loaded.step == 6 and loaded.counters == {"rounds": 3, "clicks": 3, "updates": 3, "undone": 0}
     assert len(loaded.preference.log.rounds()) == 3  # the new log holds every replayed round
     assert [s.label for s in clicks.strips(loaded)][-1] == "before" and len(clicks.strips(loaded)) == 4
     # the same settings in the tab (loading sets its learning rate to the log's) continue the loaded run; its next
     # round has the next seed
     same = clicks.preference_round("d", values, False, 4, "learned", "layout", 1, loaded.config.lr)
     assert same is loaded and same.round.seed == next_seed
+
+
+def test_checked_click_run_counts_undone_updates_and_replays_them(studio, tmp_path):
+    """"Check each update": the run's session has CHECK_SEEDS, the status line counts the undone updates, and a
+    loaded log replays with the log's check seeds to the same LoRA."""
+    import torch
+
+    from app import clicks, formatting, runs
+    from app.transfer import click_log_zip
+    from rlr_core.rewards.preference import CHECK_SEEDS
+
+    values = form(studio, lr=0.05)
+    run = click_rounds("i", values, 4, mode="learned", features="layout", check=True)
+    events = [e for e in run.preference.log.events if e["type"] == "update"]
+    undone = sum(not e["accepted"] for e in events)
+    assert run.preference.check_seeds == list(CHECK_SEEDS) and all(e["check_seeds"] == list(CHECK_SEEDS) for e in events)
+    assert 0 < undone < 4  # this session undoes some updates and keeps others
+    assert run.counters["undone"] == undone
+    assert f"updates checked on {len(CHECK_SEEDS)} fixed seeds, {undone} undone" in formatting.counters_text(run)
+    trained = runs.current_lora(run)
+    download = tmp_path / "checked.zip"
+    shutil.copyfile(click_log_zip("i"), download)
+
+    runs.reset_all()
+    loaded, _message = clicks.load_click_log("j", str(download), form(studio), False)
+    assert loaded.preference.check_seeds == list(CHECK_SEEDS) and loaded.counters["undone"] == undone
+    rebuilt = runs.current_lora(loaded)
+    assert all(torch.equal(rebuilt[k], trained[k]) for k in trained)
+    # the tab's box (set to the log's: checked) continues the loaded run; unchecked is another click run
+    assert clicks.preference_round("j", {}, False, 4, "learned", "layout", 0, loaded.config.lr, True) is loaded
+    unchecked = clicks.preference_round("j", {}, False, 4, "learned", "layout", 0, loaded.config.lr, False)
+    assert unchecked is not loaded and unchecked.preference.check_seeds == []
 
 
 def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
@@ -137,7 +169,10 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
              "hostile.jsonl": json.dumps({**click, "round_id": [1]}) + "\n" + json.dumps({"type": "update", "round_id": [1]}),
              "scores-only.jsonl": json.dumps(click) + "\n" + json.dumps({"type": "update", "round_id": "x", "mode": "learned",
                                                                        "features": "pixels", "head_updates": 0,
-                                                                       "head_gradient": False})}
+                                                                       "head_gradient": False}),
+             "bad-check.jsonl": json.dumps(click) + "\n" + json.dumps({"type": "update", "round_id": "x", "mode": "learned",
+                                                                     "features": "pixels", "head_updates": 0,
+                                                                     "check_seeds": [1, "two"]})}
     messages = {}
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
@@ -148,6 +183,7 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
     assert "is not a click log" in messages["junk.jsonl"] and "is not a click log" in messages["hostile.jsonl"]
     assert "no updated round" in messages["unclicked.jsonl"]
     assert "scores-only head" in messages["scores-only.jsonl"]
+    assert "names check_seeds [1, 'two']; allowed: a list of at most 16" in messages["bad-check.jsonl"]
     (tmp_path / "broken.zip").write_bytes(b"PK not really")
     with pytest.raises(FieldError, match="^Click log: is not a readable .zip"):
         clicks.load_click_log("e", str(tmp_path / "broken.zip"), values, False)

@@ -484,30 +484,98 @@ def test_replay_rebuilds_the_lora_bit_for_bit(tiny_sd_dir, tmp_path):
     chain = fresh_chain()
     start = {k: v + 0.01 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1)) for k, v in chain.lora_state_dict().items()}
     chain.load_lora_state_dict(start)  # a session that continues a trained LoRA
-    original = _click_session(chain, tmp_path, "a", mode="learned", k=1, head_updates=1)
-    for i, best in enumerate([2, 0, 3]):
+    checked = {"check_seeds": [21, 22]}
+    original = _click_session(chain, tmp_path, "a", mode="learned", k=1, head_updates=1, **checked)
+    kept = []
+    for i, best in enumerate([2, 0, 3, 1]):
         rnd = original.new_round(PAIR_PROMPTS, seed=50 + i)
         original.click(rnd, chosen=[best])
-        original.update(rnd)
+        kept.append(original.update(rnd).accepted)
+    assert kept == [False, True, True, True]  # the check undid one update: replay must undo it too
     trained = chain.lora_state_dict()
     assert any(not torch.equal(trained[k], start[k]) for k in trained)
 
     rebuilt_chain = fresh_chain()
-    rebuilt = _click_session(rebuilt_chain, tmp_path, "b", mode="learned", k=1, head_updates=1)
+    rebuilt = _click_session(rebuilt_chain, tmp_path, "b", mode="learned", k=1, head_updates=1, **checked)
     seen = []
     result = rebuilt.replay(tmp_path / "a" / "clicks.jsonl", on_round=lambda n, u: seen.append(n))
-    assert result.rounds == 3 and result.mismatched_rounds == [] and seen == [0, 1, 2]
+    assert result.rounds == 4 and result.mismatched_rounds == [] and seen == [0, 1, 2, 3]
+    assert [u.accepted for u in result.updates] == kept
     replayed = rebuilt_chain.lora_state_dict()
     assert all(torch.equal(replayed[k], trained[k]) for k in trained)
-    assert len(ClickLog(tmp_path / "b" / "clicks.jsonl").rounds()) == 3  # the new log continues where the old ended
+    assert len(ClickLog(tmp_path / "b" / "clicks.jsonl").rounds()) == 4  # the new log continues where the old ended
     assert rebuilt.predictions == original.predictions
 
-    other = _click_session(fresh_chain(), tmp_path, "c", mode="learned", k=1, head_updates=0)
+    other = _click_session(fresh_chain(), tmp_path, "c", mode="learned", k=1, head_updates=0, **checked)
     with pytest.raises(ValueError, match="head_updates"):
         other.replay(tmp_path / "a" / "clicks.jsonl")
-    faster = _click_session(fresh_chain(), tmp_path, "d", lr=3e-2, mode="learned", k=1, head_updates=1)
+    unchecked = _click_session(fresh_chain(), tmp_path, "e", mode="learned", k=1, head_updates=1)
+    with pytest.raises(ValueError, match=r"^check_seeds=\[\] differs from the click log's check_seeds=\[21, 22\]"):
+        unchecked.replay(tmp_path / "a" / "clicks.jsonl")
+    faster = _click_session(fresh_chain(), tmp_path, "d", lr=3e-2, mode="learned", k=1, head_updates=1, **checked)
     with pytest.raises(ValueError, match=r"^lr=0.03 differs from the click log's lr=0.01 .*replay with lr=0.01"):
         faster.replay(tmp_path / "a" / "clicks.jsonl")
+
+
+def _head_score_of_seeds(session, chain, seeds, prompts) -> float:
+    """The session head's mean score of the images of ``seeds`` (the prompts in turn), sampled here."""
+    from rlr_core.sampling import sample
+
+    prompts = [prompts[i % len(prompts)] for i in range(len(seeds))]
+    with torch.no_grad():
+        images = sample(chain, prompts, seeds=list(seeds)).float().cpu()
+    return sum(session.predict(images, prompts)) / len(seeds)
+
+
+def test_check_seeds_keep_what_the_head_scores_higher_and_undo_the_rest(tiny_sd_dir, tmp_path):
+    """With check_seeds an update stays when the head (refitted on the click) scores the check seeds' images at
+    least as high after it as before; otherwise parameters, optimizer state and the exported LoRA go back."""
+    from rlr_core.diffusers_chain import load_model
+    from rlr_core.training.run_folder import isolated_rng
+
+    chain = load_model(str(tiny_sd_dir), num_steps=4, lora_rank=2, guidance_scale=3.0, device="cpu", dtype="float32")
+    seeds = [11, 12, 13, 14]
+    session = _click_session(chain, tmp_path, "a", lr=0.05, mode="learned", k=1, check_seeds=seeds)
+    trainer, real_restore, undone_scores = session.trainer, session.trainer.restore, []
+
+    def restore_after_scoring(snapshot):  # what the rejected update drew, scored independently before it is undone
+        with isolated_rng():
+            undone_scores.append(_head_score_of_seeds(session, chain, seeds, trainer.config.prompts))
+        real_restore(snapshot)
+
+    trainer.restore = restore_after_scoring
+    outcomes = []
+    for i in range(8):
+        rnd = session.new_round(PAIR_PROMPTS, seed=90 + i)
+        session.click(rnd, chosen=[(3 * i) % 4])
+        lora_before = {k: v.clone() for k, v in chain.lora_state_dict().items()}
+        adam_before = {k: v.clone() for k, v in trainer.optimizer.state_dict()["state"].get(0, {}).items()}
+        before = _head_score_of_seeds(session, chain, seeds, trainer.config.prompts)
+        update = session.update(rnd)
+        lora_after = chain.lora_state_dict()
+        assert update.check_scores is not None and update.check_scores[0] == pytest.approx(before, abs=1e-5)
+        if update.accepted:
+            assert update.check_scores[1] >= update.check_scores[0]
+            assert update.check_scores[1] == pytest.approx(_head_score_of_seeds(session, chain, seeds, trainer.config.prompts), abs=1e-5)
+            assert any(not torch.equal(lora_after[k], lora_before[k]) for k in lora_before)
+        else:
+            assert update.check_scores[1] < update.check_scores[0]
+            assert update.check_scores[1] == pytest.approx(undone_scores[-1], abs=1e-5)
+            assert all(torch.equal(lora_after[k], lora_before[k]) for k in lora_before)
+            adam_after = trainer.optimizer.state_dict()["state"].get(0, {})
+            assert adam_before.keys() == adam_after.keys()
+            assert all(torch.equal(adam_after[k], adam_before[k]) for k in adam_before)
+            from safetensors.torch import load_file
+
+            reference = trainer.export_lora(tmp_path / f"restored-{i}")  # the LoRA as it is now, exported again
+            for exported in (trainer.output_dir / "lora").glob("*.safetensors"):
+                ours, theirs = load_file(str(exported)), load_file(str(reference / exported.name))
+                assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+        outcomes.append(update.accepted)
+    assert True in outcomes and False in outcomes, outcomes  # both branches were exercised
+    events = [e for e in session.log.events if e["type"] == "update"]
+    assert [e["accepted"] for e in events] == outcomes and all(e["check_seeds"] == seeds for e in events)
+    assert trainer.step == 8  # undone iterations keep their metrics lines
 
 
 def test_same_seed_and_clicks_give_the_same_lora_whatever_the_load_time_draw(tiny_sd_dir, tmp_path):

@@ -10,8 +10,8 @@ from typing import Any
 
 import gradio as gr
 
-from rlr_core.rewards.preference import (DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_LEARNING_RATE, DEFAULT_MODE,
-                                         TINY_MODEL_FEATURES, TINY_MODEL_LEARNING_RATE)
+from rlr_core.rewards.preference import (CHECK_SEEDS, DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_LEARNING_RATE,
+                                         DEFAULT_MODE, TINY_MODEL_FEATURES, TINY_MODEL_LEARNING_RATE)
 
 from .. import clicks, formatting, runner
 from ..transfer import click_log_zip
@@ -28,6 +28,7 @@ class PreferenceTab:
     features: Any
     head_updates: Any
     learning_rate: Any
+    check: Any
     new: Any
     gallery: Any
     choice: Any
@@ -65,6 +66,10 @@ def layout(page: Page) -> PreferenceTab:
                                   label=clicks.LEARNING_RATE_FIELD, elem_id="pref-lr",
                                   info=f"auto: {TINY_MODEL_LEARNING_RATE:g} for the tiny model (what the click benchmark "
                                        "measured), the Train form's learning rate for other models")
+        check = gr.Checkbox(value=clicks.DEFAULT_CHECK_UPDATES, label=clicks.CHECK_FIELD, elem_id="pref-check",
+                            info=f"sample {len(CHECK_SEEDS)} fixed seeds before and after each update and undo it when "
+                                 "the head (fitted on your clicks) scores them lower: a misread click or a step off "
+                                 "what you have seen costs nothing; one more batch sampled per update")
     new = gr.Button("New round", elem_id="pref-new")
     gallery = gr.Gallery(label="Click the images you prefer", columns=4, height=300, format="png",
                          allow_preview=False, elem_id="pref-gallery", interactive=False)
@@ -80,8 +85,8 @@ def layout(page: Page) -> PreferenceTab:
                            elem_id="pref-log-file")
         upload = gr.File(label="Continue from a click log (.zip or .jsonl): replays it with the Train form's model",
                          file_types=[".zip", ".jsonl"], elem_id="pref-upload")
-    return PreferenceTab(k, mode, pick, features, head_updates, learning_rate, new, gallery, choice, update, counters,
-                         strips, download, log_file, upload)
+    return PreferenceTab(k, mode, pick, features, head_updates, learning_rate, check, new, gallery, choice, update,
+                         counters, strips, download, log_file, upload)
 
 
 def _strip_images(run: Any) -> list[tuple[Any, str]]:
@@ -100,12 +105,12 @@ def _outputs(run: Any) -> tuple:
 def wire(page: Page, tab: PreferenceTab) -> None:
     hosted = page.hosted
     outputs = [tab.gallery, tab.choice, tab.counters, tab.strips]
-    settings = [tab.mode, tab.features, tab.head_updates, tab.learning_rate]
+    settings = [tab.mode, tab.features, tab.head_updates, tab.learning_rate, tab.check]
 
     def on_pref_new(request: gr.Request, k: int, mode: str, features: str, head_updates: int, learning_rate: float,
-                    *values: Any) -> tuple:
+                    check: bool, *values: Any) -> tuple:
         run = runner.preference_round(session_of(request), form_dict(values), hosted, k, mode, features, head_updates,
-                                      learning_rate)
+                                      learning_rate, check)
         return _outputs(run)
 
     page.listen(tab.new.click, on_pref_new, [tab.k, *settings, *page.form], outputs, **GPU, **UI_ONLY)
@@ -119,14 +124,16 @@ def wire(page: Page, tab: PreferenceTab) -> None:
     tab.gallery.select(on_pref_select, inputs=tab.choice, outputs=tab.choice, queue=False, **UI_ONLY)
 
     def on_pref_update(chosen: list[str], pick: str, k: int, mode: str, features: str, head_updates: int,
-                       learning_rate: float, request: gr.Request = None) -> tuple:
+                       learning_rate: float, check: bool, request: gr.Request = None) -> tuple:
         session = session_of(request)
         run, update = runner.preference_update(session, [int(c) - 1 for c in chosen or []], pick == "best one")
         iterations = 1 + len(update.head_reports)
         gr.Info(f"Iteration {update.report.step} from {sum(1 for r in update.rewards if r > 0)} preferred image(s); "
                 f"update norm {formatting.format_sig(update.update_norm)}"
-                + (f"; then {iterations - 1} from the head" if iterations > 1 else ""), title="Updated")
-        run = runner.preference_round(session, {}, hosted, k, mode, features, head_updates, learning_rate)
+                + (f"; then {iterations - 1} from the head" if iterations > 1 else "")
+                + ("" if update.accepted else "; undone: the head scored the check seeds' images lower after it"),
+                title="Updated" if update.accepted else "Update undone")
+        run = runner.preference_round(session, {}, hosted, k, mode, features, head_updates, learning_rate, check)
         return _outputs(run)
 
     page.listen(tab.update.click, on_pref_update, [tab.choice, tab.pick, tab.k, *settings], outputs, **GPU, **UI_ONLY)
@@ -138,12 +145,12 @@ def wire(page: Page, tab: PreferenceTab) -> None:
 
     def on_upload(request: gr.Request, path: str | None, *values: Any) -> tuple:
         if not path:
-            return (gr.skip(),) * 8
+            return (gr.skip(),) * 9
         run, message = clicks.load_click_log(session_of(request), path, form_dict(values), hosted)
         gr.Info(message, title="Click log loaded")
         preference = run.preference
         return ([], gr.update(choices=[], value=[]), f"{message}; click **New round** to continue.  \n"
                 + formatting.counters_text(run), _strip_images(run), preference.mode, clicks.form_features(preference.features),
-                preference.head_updates, run.config.lr)
+                preference.head_updates, run.config.lr, bool(preference.check_seeds))
 
     page.listen(tab.upload.upload, on_upload, [tab.upload, *page.form], [*outputs, *settings], **GPU, **UI_ONLY)

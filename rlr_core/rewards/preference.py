@@ -28,14 +28,15 @@ from rlr_core.rewards.simple import check_images
 
 __all__ = ["ClickLog", "ClickRecord", "ClickReward", "PreferenceReward", "click_rewards", "image_sha256",
            "pixel_features", "layout_features", "to_uint8", "FEATURES", "LOG_VERSION", "MODES", "DEFAULT_MODE", "DEFAULT_FEATURES",
-           "DEFAULT_HEAD_UPDATES", "DEFAULT_CHECK_SEEDS", "DEFAULT_LEARNING_RATE", "TINY_MODEL_FEATURES", "TINY_MODEL_LEARNING_RATE", "features_for",
+           "DEFAULT_HEAD_UPDATES", "CHECK_SEEDS", "DEFAULT_CHECK_SEEDS", "DEFAULT_LEARNING_RATE", "TINY_MODEL_FEATURES", "TINY_MODEL_LEARNING_RATE", "features_for",
            "learning_rate_for"]
 
 # The defaults of a click session (the app's Preference tab, PreferenceSession), chosen by benchmarks/clicks.py
 DEFAULT_MODE = "learned"
 DEFAULT_FEATURES = "auto"  # TINY_MODEL_FEATURES for the tiny model, CLIP otherwise (pixels when CLIP's weights are missing)
 DEFAULT_HEAD_UPDATES = 0
-DEFAULT_CHECK_SEEDS: tuple[int, ...] = ()  # no check: every update is kept
+CHECK_SEEDS = (9001, 9002, 9003, 9004)  # the fixed seeds of a checked session (PreferenceSession check_seeds)
+DEFAULT_CHECK_SEEDS: tuple[int, ...] = ()  # () = no check: every update is kept
 DEFAULT_LEARNING_RATE = 0.0  # "auto": learning_rate_for
 TINY_MODEL_FEATURES = "layout"  # what features "auto" means for the bundled tiny model
 TINY_MODEL_LEARNING_RATE = 0.01  # what learning rate "auto" means for the bundled tiny model

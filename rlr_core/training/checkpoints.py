@@ -8,11 +8,12 @@ Both are written atomically (:func:`rlr_core.training.run_folder.atomic_director
 (``checkpoint_every``, ``keep_checkpoints``, ``resume``).
 
 :class:`CheckpointMethods` gives the Trainer its LoRA and checkpoint methods (``lora_state``,
-``export_lora``, ``save_checkpoint``, ``load_checkpoint``, ...) on top of these functions.
+``export_lora``, ``snapshot`` / ``restore``, ``save_checkpoint``, ``load_checkpoint``, ...) on top of these functions.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from pathlib import Path
@@ -117,6 +118,21 @@ class CheckpointMethods:
     def lora_state(self) -> dict[str, torch.Tensor]:
         """The trained weights: ``chain.lora_state_dict()`` when available, else the trainable parameters."""
         return lora_state(self.chain)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The trainable parameters and the optimizer state now, for :meth:`restore` (a click session's
+        update that its check rejects)."""
+        return {"params": [p.detach().clone() for p in self.params],
+                "optimizer": copy.deepcopy(self.optimizer.state_dict())}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Parameters and optimizer state back to ``snapshot`` (from :meth:`snapshot`), and the exported LoRA
+        with them. The step counter stays: the undone iterations keep their metrics lines."""
+        with torch.no_grad():
+            for param, saved in zip(self.params, snapshot["params"]):
+                param.copy_(saved)
+        self.optimizer.load_state_dict(snapshot["optimizer"])
+        self.export_lora(self.output_dir / "lora")
 
     def load_lora_state(self, state: dict[str, torch.Tensor]) -> None:
         """Inverse of ``lora_state`` (values are copied into the existing tensors)."""

@@ -26,7 +26,6 @@ it once before constructing it. The pieces live beside this module: ``reports`` 
 from __future__ import annotations
 
 import contextlib
-import copy
 import shutil
 import threading
 import time
@@ -196,21 +195,6 @@ class Trainer(CheckpointMethods, GuardMethods):
         report = self._guarded(self.step + 1, iteration)
         self.export_lora(self.output_dir / "lora")
         return report
-
-    def snapshot(self) -> dict[str, Any]:
-        """The trainable parameters and the optimizer state now, for :meth:`restore` (a click session's
-        update that its check rejects)."""
-        return {"params": [p.detach().clone() for p in self.params],
-                "optimizer": copy.deepcopy(self.optimizer.state_dict())}
-
-    def restore(self, snapshot: dict[str, Any]) -> None:
-        """Parameters and optimizer state back to ``snapshot`` (from :meth:`snapshot`), and the exported LoRA
-        with them. The step counter stays: the undone iterations keep their metrics lines."""
-        with torch.no_grad():
-            for param, saved in zip(self.params, snapshot["params"]):
-                param.copy_(saved)
-        self.optimizer.load_state_dict(snapshot["optimizer"])
-        self.export_lora(self.output_dir / "lora")
 
     def start(self, initialize_lora: bool = True) -> None:
         """First-run setup (once): resume or start over; the "before" evaluation of a fresh run.
