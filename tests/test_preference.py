@@ -644,6 +644,10 @@ def test_click_benchmark_runs_a_session_and_reports(tmp_path, monkeypatch):
     assert len(session["curve"]) == len(reference["curve"]) == 3 and len(session["curve"][0]) == 2
     assert len(session["held_out_accuracy"]) == 2 and session["held_out_accuracy"][0] != session["held_out_accuracy"][0]  # nan: no head yet
     assert len(session["gradient_alignment"]) == 2 and all(-1 <= a <= 1 for a in session["gradient_alignment"])
+    assert session["accepted"] == [True, True]  # no check: every update kept
+    checked = clicks.run_session({**small, "mode": "learned-layout-one-checked", "attribute": "red", "noise": 0.0})
+    assert len(checked["accepted"]) == 2 and all(isinstance(kept, bool) for kept in checked["accepted"])
+    assert clicks.default_mode() == "learned-layout-one"  # the product's default settings, found by the benchmark
     (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (session, reference)))
     table = clicks_report.write_report(tmp_path)
     assert "| direct | red | 25% | 1 |" in table and (tmp_path / "clicks.png").exists()
