@@ -544,7 +544,7 @@ def test_check_seeds_keep_what_the_head_scores_higher_and_undo_the_rest(tiny_sd_
         real_restore(snapshot)
 
     trainer.restore = restore_after_scoring
-    outcomes = []
+    outcomes, undone_checkpoints = [], []
     for i in range(8):
         rnd = session.new_round(PAIR_PROMPTS, seed=90 + i)
         session.click(rnd, chosen=[(3 * i) % 4])
@@ -567,12 +567,19 @@ def test_check_seeds_keep_what_the_head_scores_higher_and_undo_the_rest(tiny_sd_
             assert all(torch.equal(adam_after[k], adam_before[k]) for k in adam_before)
             from safetensors.torch import load_file
 
+            from rlr_core.training.run_folder import latest_checkpoint
+
+            checkpoint = torch.load(latest_checkpoint(trainer.output_dir) / "trainer_state.pt", weights_only=False)
+            assert checkpoint["step"] in (trainer.step - 1, trainer.step)  # checkpoint_every=2: the one before, or rewritten
+            undone_checkpoints.append(checkpoint["step"] == trainer.step)
+            assert all(torch.equal(checkpoint["lora"][k], v) for k, v in trainer.lora_state().items())
             reference = trainer.export_lora(tmp_path / f"restored-{i}")  # the LoRA as it is now, exported again
             for exported in (trainer.output_dir / "lora").glob("*.safetensors"):
                 ours, theirs = load_file(str(exported)), load_file(str(reference / exported.name))
                 assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
         outcomes.append(update.accepted)
     assert True in outcomes and False in outcomes, outcomes  # both branches were exercised
+    assert True in undone_checkpoints  # an undone update had written a checkpoint: it was replaced
     events = [e for e in session.log.events if e["type"] == "update"]
     assert [e["accepted"] for e in events] == outcomes and all(e["check_seeds"] == seeds for e in events)
     assert trainer.step == 8  # undone iterations keep their metrics lines

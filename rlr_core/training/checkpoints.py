@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from ..chain import Chain, LoraChain
-from .run_folder import CHECKPOINT_FILE, atomic_directory, checkpoint_dir, rng_state, set_rng_state
+from .run_folder import CHECKPOINT_FILE, atomic_directory, checkpoint_dir, checkpoint_dirs, rng_state, set_rng_state
 from .updates import zero_grads
 
 __all__ = ["CheckpointMethods", "lora_state", "load_lora_state", "write_lora", "write_checkpoint", "read_checkpoint", "differing_fields"]
@@ -123,16 +124,23 @@ class CheckpointMethods:
         """The trainable parameters and the optimizer state now, for :meth:`restore` (a click session's
         update that its check rejects)."""
         return {"params": [p.detach().clone() for p in self.params],
-                "optimizer": copy.deepcopy(self.optimizer.state_dict())}
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()), "step": self.step}
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         """Parameters and optimizer state back to ``snapshot`` (from :meth:`snapshot`), and the exported LoRA
-        with them. The step counter stays: the undone iterations keep their metrics lines."""
+        with them. The step counter stays: the undone iterations keep their metrics lines. Checkpoints the undone
+        iterations wrote are replaced by one of the restored state at the current step, so a resume does not
+        bring the undone update back."""
         with torch.no_grad():
             for param, saved in zip(self.params, snapshot["params"]):
                 param.copy_(saved)
         self.optimizer.load_state_dict(snapshot["optimizer"])
         self.export_lora(self.output_dir / "lora")
+        undone = [d for d in checkpoint_dirs(self.output_dir) if d.name > checkpoint_dir(self.output_dir, snapshot["step"]).name]
+        if undone and self.world.is_main:
+            for directory in undone:
+                shutil.rmtree(directory, ignore_errors=True)
+            self.save_checkpoint(checkpoint_dir(self.output_dir, self.step))
 
     def load_lora_state(self, state: dict[str, torch.Tensor]) -> None:
         """Inverse of ``lora_state`` (values are copied into the existing tensors)."""
