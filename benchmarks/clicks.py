@@ -61,6 +61,7 @@ MODES = {
     "learned-layout-one": ("learned", "layout", 0),
     "learned-pixels-one": ("learned", "pixels", 0),
     "learned-layout-one-checked": ("learned", "layout", 0),
+    "learned-layout-one+head1": ("learned", "layout", 1),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
     "learned+head2": ("learned", "tiny-clip", 2),
@@ -78,7 +79,7 @@ REFERENCES = {LEARNING_RATE: "reference", 0.03: "reference-lr3x"}
 HEAD_VARIANTS = {"learned-global": "global", "learned-both": "with_pixels", "learned-scores": "scores",
                  "learned-scores+head4": "scores"}
 # modes whose rounds show one prompt (4 seeds of it; the prompt changes every round) instead of the prompts mixed
-ONE_PROMPT_ROUNDS = {"learned-layout-one", "learned-pixels-one", "learned-layout-one-checked"}
+ONE_PROMPT_ROUNDS = {"learned-layout-one", "learned-pixels-one", "learned-layout-one-checked", "learned-layout-one+head1"}
 # modes whose updates must raise the head's score of these seeds' images or are undone (PreferenceSession check_seeds)
 CHECKED_MODES = {"learned-layout-one-checked": (9001, 9002, 9003, 9004)}  # = rlr_core's CHECK_SEEDS
 ATTRIBUTES = ("red", "spiky", "left")
