@@ -123,8 +123,9 @@ class PreferenceSession:
     (None = any number between 1 and B-1). ``reward``: the head (a ``PreferenceReward``); built from
     ``features`` when not given. ``head_updates``: iterations per round on fresh images scored by the
     head, after the click update (none before the first click). ``check_seeds``: the fixed seeds whose
-    images must score higher with the head after an update than before it, or the update is undone (empty:
-    every update is kept). The defaults are ``rlr_core.rewards.preference``'s DEFAULT_MODE, DEFAULT_FEATURES,
+    images (the run's prompts in turn) must score at least as high with the head after an update as before it,
+    or the update is undone (empty: every update is kept; a check needs the trainer's ``step``,
+    ``config.prompts``, ``snapshot()`` and ``restore()``, as ``rlr_core.training.Trainer`` has them). The defaults are ``rlr_core.rewards.preference``'s DEFAULT_MODE, DEFAULT_FEATURES,
     DEFAULT_HEAD_UPDATES and DEFAULT_CHECK_SEEDS.
     """
 
