@@ -125,8 +125,9 @@ class PreferenceSession:
     head, after the click update (none before the first click). ``check_seeds``: the fixed seeds whose
     images (the run's prompts in turn) must score at least as high with the head after an update as before it,
     or the update is undone (empty: every update is kept; a check needs the trainer's ``step``,
-    ``config.prompts``, ``snapshot()`` and ``restore()``, as ``rlr_core.training.Trainer`` has them). The defaults are ``rlr_core.rewards.preference``'s DEFAULT_MODE, DEFAULT_FEATURES,
-    DEFAULT_HEAD_UPDATES and DEFAULT_CHECK_SEEDS.
+    ``config.prompts``, ``snapshot()`` and ``restore()``, as ``rlr_core.training.Trainer`` has them). The
+    defaults are ``rlr_core.rewards.preference``'s DEFAULT_MODE, DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES and
+    DEFAULT_CHECK_SEEDS.
     """
 
     def __init__(
@@ -255,27 +256,34 @@ class PreferenceSession:
         if round.rollout is None:
             raise ValueError(f"round {round.round_id} has no rollout (rounds do not survive a restart; sample a new one)")
         rewards = self.rewards_for(round)
-        checking = bool(self.check_seeds) and self.head.weight is not None
-        if checking:
-            before, snapshot = self._check_score(), self.trainer.snapshot()
-            before_images = self._check_images[1]
+        before = self._check_start() if self.check_seeds and self.head.weight is not None else None
         report = self.trainer.update_from_rewards(round.rollout, rewards)
         round.updated, round.rollout = True, None  # free the kept graph / states
         head_updates = [self._head_update(round, i) for i in range(self.head_updates if self.head.weight is not None else 0)]
         head_reports = [report for report, _ in head_updates]
-        accepted, check_scores = True, None
-        if checking:
-            check_scores = (before, self._check_score())
-            accepted = check_scores[1] >= check_scores[0]
-            if not accepted:
-                self.trainer.restore(snapshot)
-                self._check_images = (self.trainer.step, before_images)
+        accepted, check_scores = self._check_end(before) if before is not None else (True, None)
         values = [float(v) for v in rewards.detach().cpu()]
         norm = float(report.update_norm)
         self.log.append_event("update", round_id=round.round_id, rewards=values, update_norm=norm, step=int(report.step),
                               head_rewards=[mean for _, mean in head_updates], accepted=accepted,
                               check_scores=list(check_scores) if check_scores else None, **self.settings())
         return PreferenceUpdate(round.round_id, values, norm, report, head_reports, accepted, check_scores)
+
+    def _check_start(self) -> tuple[float, torch.Tensor, dict[str, Any]]:
+        """Before an update: the head's mean score of the check images, the images, the trainer's snapshot."""
+        score = self._check_score()
+        return score, self._check_images[1], self.trainer.snapshot()
+
+    def _check_end(self, before: tuple[float, torch.Tensor, dict[str, Any]]) -> tuple[bool, tuple[float, float]]:
+        """After an update: keep it when the check images score at least as high as before, else undo it.
+        Returns (kept, (score before, score after))."""
+        score_before, images_before, snapshot = before
+        scores = (score_before, self._check_score())
+        if scores[1] >= scores[0]:
+            return True, scores
+        self.trainer.restore(snapshot)
+        self._check_images = (self.trainer.step, images_before)  # the restored parameters' images
+        return False, scores
 
     def _check_score(self) -> float:
         """The head's mean score of the check seeds' images with the current parameters (the images are sampled
