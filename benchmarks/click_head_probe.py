@@ -11,8 +11,10 @@ judged on held-out images of the same draw:
 * **alignment**: the mean cosine between the head's and the attribute's gradients with respect to the
   pixels of 32 held-out images (red and left; spiky has no gradient).
 
-Rounds are ``mixed`` (the four prompts in every round, as the click benchmark's default sessions) or
-``one-prompt`` (four images of one prompt, the prompt changing every round).
+Rounds are ``mixed`` (the four prompts in every round, as the click benchmark's first sessions),
+``one-prompt`` (four different images of one prompt, the prompt changing every round) or ``twins`` (one prompt,
+two different images each shown twice: what a round of the default ``rlr`` shows, whose noise groups make near
+twins, benchmarks/click_round_spread.py; here the twins are exact copies).
 
     python benchmarks/click_head_probe.py --cache /tmp/click_probe_images.pt
 """
@@ -30,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 ROUNDS, TRAIN, HELD_OUT, DRAWS = 20, 80, 160, 3
-LAYOUTS = ("mixed", "one-prompt")
+LAYOUTS = ("mixed", "one-prompt", "twins")
 
 
 def sample_draws(cache: Path | None) -> list[tuple]:
@@ -61,7 +63,8 @@ def round_indices(layout: str, index: int) -> list[int]:
     if layout == "mixed":
         return list(range(4 * index, 4 * index + 4))
     prompt, block = index % 4, index // 4  # 5 rounds per prompt, 4 images each
-    return [prompt + 4 * (4 * block + j) for j in range(4)]
+    shown = [prompt + 4 * (4 * block + j) for j in range(4)]
+    return shown[:2] * 2 if layout == "twins" else shown
 
 
 def fit_head(images, prompts, attribute, layout: str, features: str, l2: float, folder: str):
