@@ -2,7 +2,8 @@
 
 Per round: the prompt, whether the click was wrong, the attribute's gain on the 8 fixed seeds, the attribute
 of the 4 shown images, the head's rewards of them, the update's norm, the head's weight norm and its accuracy
-on the clicks so far, and whether the session's check kept the update. Made to look inside a session whose gain collapses late.
+on the clicks so far, and whether the session's check kept the update. Made to look inside a session whose
+gain collapses late.
 
     python benchmarks/click_session_trace.py --mode learned-layout-one --attribute red --noise 0.1 --seed 1
 """

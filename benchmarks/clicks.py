@@ -80,8 +80,9 @@ HEAD_VARIANTS = {"learned-global": "global", "learned-both": "with_pixels", "lea
                  "learned-scores+head4": "scores"}
 # modes whose rounds show one prompt (4 seeds of it; the prompt changes every round) instead of the prompts mixed
 ONE_PROMPT_ROUNDS = {"learned-layout-one", "learned-pixels-one", "learned-layout-one-checked", "learned-layout-one+head1"}
-# modes whose updates must raise the head's score of these seeds' images or are undone (PreferenceSession check_seeds)
-CHECKED_MODES = {"learned-layout-one-checked": (9001, 9002, 9003, 9004)}  # = rlr_core's CHECK_SEEDS
+# modes whose updates must not lower the head's score of rlr_core's CHECK_SEEDS' images or are undone
+# (PreferenceSession check_seeds)
+CHECKED_MODES = {"learned-layout-one-checked"}
 ATTRIBUTES = ("red", "spiky", "left")
 NOISES = (0.0, 0.25, 0.1)  # in the order the full phase runs them
 
@@ -148,7 +149,7 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
         options = {"scaling": "global"} if variant == "global" else {"differentiable": False} if variant == "scores" else {}
         head = head_class(log, features=features, **options)
         session = PreferenceSession(trainer, log, mode=mode, k=1, reward=head, head_updates=head_updates,
-                                    check_seeds=CHECKED_MODES.get(task["mode"], ()))
+                                    check_seeds=check_seeds(task["mode"]))
         groups = trainer.estimator.noise_groups(mode == "learned" and head.differentiable)
         curve = [measure(trainer, attribute)]
         accuracy, seconds, alignment, accepted = [], [], [], []
@@ -211,6 +212,13 @@ def gradient_alignment(head, attribute: Attribute, images, prompts) -> float | N
     (attribute_grad,) = torch.autograd.grad(attribute(x, list(prompts)).sum(), x)
     cosine = torch.nn.functional.cosine_similarity(head_grad.flatten(1), attribute_grad.flatten(1), dim=1)
     return float(cosine.mean())
+
+
+def check_seeds(mode: str) -> tuple[int, ...]:
+    """The check seeds of a benchmark mode's sessions: rlr_core's CHECK_SEEDS for a checked mode, else none."""
+    from rlr_core.rewards.preference import CHECK_SEEDS
+
+    return tuple(CHECK_SEEDS) if mode in CHECKED_MODES else ()
 
 
 def learning_rate(mode: str) -> float:
@@ -309,7 +317,7 @@ def default_mode() -> str:
     rate = learning_rate_for(DEFAULT_LEARNING_RATE, "tiny", LEARNING_RATE)
     for name, mode_settings in MODES.items():
         if (mode_settings == settings and learning_rate(name) == rate and name not in HEAD_VARIANTS
-                and name in ONE_PROMPT_ROUNDS and CHECKED_MODES.get(name, ()) == tuple(DEFAULT_CHECK_SEEDS)):
+                and name in ONE_PROMPT_ROUNDS and check_seeds(name) == tuple(DEFAULT_CHECK_SEEDS)):
             return name
     raise ValueError(f"no benchmark mode has the default settings {settings} at learning rate {rate}")
 

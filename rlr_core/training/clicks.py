@@ -320,7 +320,8 @@ class PreferenceSession:
 
         The session starts from the log's starting LoRA (when it kept one) and must have the settings
         the log's updates were made with (``mode``, ``features``, ``head_updates``, ``head_gradient``: whether
-        the head is differentiable, ``lr``: the trainer's learning rate; a ValueError names the one that differs).
+        the head is differentiable, ``lr``: the trainer's learning rate, ``check_seeds``; a ValueError names the one
+        that differs).
         Rounds whose images differ from the logged ones (another model, another machine's arithmetic) are replayed
         with the logged clicks and listed in ``mismatched_rounds``.
         This session's own log receives the replayed rounds, so it continues where ``source`` ended.
