@@ -62,6 +62,7 @@ MODES = {
     "learned-pixels-one": ("learned", "pixels", 0),
     "learned-layout-one-checked": ("learned", "layout", 0),
     "learned-layout-one+head1": ("learned", "layout", 1),
+    "learned-layout-one-drawings": ("learned", "layout", 0),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
     "learned+head2": ("learned", "tiny-clip", 2),
@@ -79,7 +80,11 @@ REFERENCES = {LEARNING_RATE: "reference", 0.03: "reference-lr3x"}
 HEAD_VARIANTS = {"learned-global": "global", "learned-both": "with_pixels", "learned-scores": "scores",
                  "learned-scores+head4": "scores"}
 # modes whose rounds show one prompt (4 seeds of it; the prompt changes every round) instead of the prompts mixed
-ONE_PROMPT_ROUNDS = {"learned-layout-one", "learned-pixels-one", "learned-layout-one-checked", "learned-layout-one+head1"}
+ONE_PROMPT_ROUNDS = {"learned-layout-one", "learned-pixels-one", "learned-layout-one-checked", "learned-layout-one+head1",
+                     "learned-layout-one-drawings"}
+# modes whose rounds show four drawings from their own seeds (PreferenceSession round_images="drawings"); the others
+# show the update's own batch (rlr's antithetic twins: two drawings, each twice)
+DRAWINGS_MODES = {"learned-layout-one-drawings"}
 # modes whose updates must not lower the head's score of rlr_core's CHECK_SEEDS' images or are undone
 # (PreferenceSession check_seeds)
 CHECKED_MODES = {"learned-layout-one-checked"}
@@ -149,7 +154,7 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
         options = {"scaling": "global"} if variant == "global" else {"differentiable": False} if variant == "scores" else {}
         head = head_class(log, features=features, **options)
         session = PreferenceSession(trainer, log, mode=mode, k=1, reward=head, head_updates=head_updates,
-                                    check_seeds=check_seeds(task["mode"]))
+                                    check_seeds=check_seeds(task["mode"]), round_images=round_images(task["mode"]))
         groups = trainer.estimator.noise_groups(mode == "learned" and head.differentiable)
         curve = [measure(trainer, attribute)]
         accuracy, seconds, alignment, accepted = [], [], [], []
@@ -219,6 +224,11 @@ def check_seeds(mode: str) -> tuple[int, ...]:
     from rlr_core.rewards.preference import CHECK_SEEDS
 
     return tuple(CHECK_SEEDS) if mode in CHECKED_MODES else ()
+
+
+def round_images(mode: str) -> str:
+    """What a benchmark mode's rounds show (PreferenceSession round_images)."""
+    return "drawings" if mode in DRAWINGS_MODES else "batch"
 
 
 def learning_rate(mode: str) -> float:
@@ -309,15 +319,17 @@ def execute(tasks: list[dict], out: Path, workers: int) -> None:
 
 def default_mode() -> str:
     """The benchmark mode that is rlr_core's default click session on the tiny model (DEFAULT_MODE / _FEATURES /
-    _HEAD_UPDATES / _LEARNING_RATE / _CHECK_SEEDS, rounds of one prompt as the app shows them)."""
+    _HEAD_UPDATES / _LEARNING_RATE / _CHECK_SEEDS / _ROUND_IMAGES, rounds of one prompt as the app shows them)."""
     from rlr_core.rewards.preference import (DEFAULT_CHECK_SEEDS, DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES,
-                                             DEFAULT_LEARNING_RATE, DEFAULT_MODE, features_for, learning_rate_for)
+                                             DEFAULT_LEARNING_RATE, DEFAULT_MODE, DEFAULT_ROUND_IMAGES, features_for,
+                                             learning_rate_for, round_images_for)
 
     settings = (DEFAULT_MODE, features_for(DEFAULT_FEATURES, "tiny"), DEFAULT_HEAD_UPDATES)
     rate = learning_rate_for(DEFAULT_LEARNING_RATE, "tiny", LEARNING_RATE)
     for name, mode_settings in MODES.items():
         if (mode_settings == settings and learning_rate(name) == rate and name not in HEAD_VARIANTS
-                and name in ONE_PROMPT_ROUNDS and check_seeds(name) == tuple(DEFAULT_CHECK_SEEDS)):
+                and name in ONE_PROMPT_ROUNDS and check_seeds(name) == tuple(DEFAULT_CHECK_SEEDS)
+                and round_images(name) == round_images_for(DEFAULT_ROUND_IMAGES, DEFAULT_MODE)):
             return name
     raise ValueError(f"no benchmark mode has the default settings {settings} at learning rate {rate}")
 

@@ -28,13 +28,18 @@ from rlr_core.rewards.simple import check_images
 
 __all__ = ["ClickLog", "ClickRecord", "ClickReward", "PreferenceReward", "click_rewards", "image_sha256",
            "pixel_features", "layout_features", "to_uint8", "FEATURES", "LOG_VERSION", "MODES", "DEFAULT_MODE", "DEFAULT_FEATURES",
-           "DEFAULT_HEAD_UPDATES", "CHECK_SEEDS", "DEFAULT_CHECK_SEEDS", "DEFAULT_LEARNING_RATE", "TINY_MODEL_FEATURES", "TINY_MODEL_LEARNING_RATE", "features_for",
-           "learning_rate_for"]
+           "DEFAULT_HEAD_UPDATES", "ROUND_IMAGES", "DEFAULT_ROUND_IMAGES", "CHECK_SEEDS", "DEFAULT_CHECK_SEEDS", "DEFAULT_LEARNING_RATE", "TINY_MODEL_FEATURES", "TINY_MODEL_LEARNING_RATE", "features_for",
+           "learning_rate_for", "round_images_for"]
 
 # The defaults of a click session (the app's Preference tab, PreferenceSession), chosen by benchmarks/clicks.py
 DEFAULT_MODE = "learned"
 DEFAULT_FEATURES = "auto"  # TINY_MODEL_FEATURES for the tiny model, CLIP otherwise (pixels when CLIP's weights are missing)
 DEFAULT_HEAD_UPDATES = 0
+# what a round shows: "batch" = the update's own rollout (with rlr's antithetic twins: two drawings, each twice,
+# near-identical), "drawings" = one drawing per image from its own seed (the update samples its batch after the
+# click; learned mode only, since direct mode's rewards are the clicks on the shown trajectories)
+ROUND_IMAGES = ("batch", "drawings")
+DEFAULT_ROUND_IMAGES = "auto"  # round_images_for
 CHECK_SEEDS = (9001, 9002, 9003, 9004)  # the fixed seeds of a checked session (PreferenceSession check_seeds)
 DEFAULT_CHECK_SEEDS: tuple[int, ...] = ()  # () = no check: every update is kept
 DEFAULT_LEARNING_RATE = 0.0  # "auto": learning_rate_for
@@ -59,6 +64,19 @@ def learning_rate_for(learning_rate: float, base_model: str, train_learning_rate
     if float(learning_rate) > 0:
         return float(learning_rate)
     return TINY_MODEL_LEARNING_RATE if is_tiny_base_model(base_model) else float(train_learning_rate)
+
+
+def round_images_for(round_images: str, mode: str) -> str:
+    """What a round of a ``mode`` session shows: "auto" is "drawings" in learned mode and "batch" in direct mode.
+    ValueError for a value outside "auto" and :data:`ROUND_IMAGES`, or "drawings" in direct mode."""
+    if round_images not in ("auto",) + ROUND_IMAGES:
+        raise ValueError(f"round_images={round_images!r} is not allowed; allowed values: {['auto', *ROUND_IMAGES]}")
+    if round_images == "auto":
+        return "drawings" if mode == "learned" else "batch"
+    if round_images == "drawings" and mode != "learned":
+        raise ValueError(f"round_images='drawings' needs mode='learned' (in mode={mode!r} the clicks are the rewards "
+                         f"of the shown trajectories); allowed values here: ['auto', 'batch']")
+    return round_images
 
 
 # The click session drives training, so it lives a layer up (rlr_core.training.clicks). Users' code that imported

@@ -31,7 +31,7 @@ from PIL import Image
 
 from ..rewards.click_log import ClickLog, ClickRecord, click_rewards, image_sha256, to_uint8
 from ..rewards.preference import (DEFAULT_CHECK_SEEDS, DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_MODE,
-                                  features_for)
+                                  DEFAULT_ROUND_IMAGES, features_for, round_images_for)
 from ..rewards.preference_head import MODES, PreferenceReward
 from ..sampling import sample
 from .run_folder import isolated_rng
@@ -109,7 +109,8 @@ class ReplayResult:
 
 # the session settings an update depends on (in every update event), and their values in logs older than the setting
 # (None: the replaying session's own)
-SETTINGS = {"mode": "direct", "features": None, "head_updates": 0, "head_gradient": True, "lr": None, "check_seeds": []}
+SETTINGS = {"mode": "direct", "features": None, "head_updates": 0, "head_gradient": True, "lr": None, "check_seeds": [],
+            "round_images": "batch"}
 
 
 class PreferenceSession:
@@ -125,9 +126,12 @@ class PreferenceSession:
     head, after the click update (none before the first click). ``check_seeds``: the fixed seeds whose
     images (the run's prompts in turn) must score at least as high with the head after an update as before it,
     or the update is undone (empty: every update is kept; a check needs the trainer's ``step``,
-    ``config.prompts``, ``snapshot()`` and ``restore()``, as ``rlr_core.training.Trainer`` has them). The
-    defaults are ``rlr_core.rewards.preference``'s DEFAULT_MODE, DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES and
-    DEFAULT_CHECK_SEEDS.
+    ``config.prompts``, ``snapshot()`` and ``restore()``, as ``rlr_core.training.Trainer`` has them).
+    ``round_images``: what a round shows, ``batch`` (the update's own rollout; with rlr's antithetic twins two
+    drawings, each shown twice, near-identical) or ``drawings`` (learned mode: every image from its own seed, sampled
+    without gradients; the click update samples its batch after the click and scores it with the refitted head);
+    ``auto``: drawings in learned mode, batch in direct mode. The defaults are ``rlr_core.rewards.preference``'s
+    DEFAULT_MODE, DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_CHECK_SEEDS and DEFAULT_ROUND_IMAGES.
     """
 
     def __init__(
@@ -140,6 +144,7 @@ class PreferenceSession:
         features: str = DEFAULT_FEATURES,
         head_updates: int = DEFAULT_HEAD_UPDATES,
         check_seeds: Sequence[int] = DEFAULT_CHECK_SEEDS,
+        round_images: str = DEFAULT_ROUND_IMAGES,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not allowed; allowed values: {list(MODES)}")
@@ -147,6 +152,7 @@ class PreferenceSession:
             raise ValueError(f"k={k!r} is not allowed; allowed values: an integer >= 1 or None")
         if int(head_updates) < 0:
             raise ValueError(f"head_updates={head_updates!r} is not allowed; allowed values: an integer >= 0")
+        self.round_images = round_images_for(round_images, mode)
         self.trainer = trainer
         self.log = log if isinstance(log, ClickLog) else ClickLog(log)
         self.mode = mode
@@ -168,10 +174,12 @@ class PreferenceSession:
         learning_rate = getattr(getattr(self.trainer, "config", None), "lr", None)
         return {"mode": self.mode, "features": self.features, "head_updates": self.head_updates,
                 "head_gradient": bool(self.head.differentiable),
-                "lr": None if learning_rate is None else float(learning_rate), "check_seeds": list(self.check_seeds)}
+                "lr": None if learning_rate is None else float(learning_rate), "check_seeds": list(self.check_seeds),
+                "round_images": self.round_images}
 
     def new_round(self, prompts: Sequence[str], generator: torch.Generator | None = None, seed: int | None = None) -> PreferenceRound:
-        """Sample one batch (one image per prompt) and keep what the update will need."""
+        """Sample one round (one image per prompt): the update's rollout, kept for it (``round_images`` batch), or
+        one drawing per prompt from its own seed (drawings; the seeds are drawn from the round's seed)."""
         prompts = [str(p) for p in prompts]
         if len(prompts) < 2:
             raise ValueError(f"a round needs at least 2 images to compare, got {len(prompts)} prompts")
@@ -183,11 +191,19 @@ class PreferenceSession:
         else:
             seed = int(generator.initial_seed())
         self._record_start()
-        differentiable = self.mode == "learned" and self.head.differentiable
-        rollout = self.trainer.estimator.rollout(self.trainer.chain, prompts, generator, differentiable_reward=differentiable)
-        images = rollout.images.detach().float().cpu()
+        if self.round_images == "drawings":
+            seeds = torch.randint(0, 2**62, (len(prompts),), generator=generator).tolist()
+            with isolated_rng(), torch.no_grad():
+                images, rollout = sample(self.trainer.chain, prompts, seeds=seeds).float().cpu(), None
+        else:
+            rollout = self._rollout(prompts, generator, self.mode == "learned" and self.head.differentiable)
+            images = rollout.images.detach().float().cpu()
         hashes = [image_sha256(a) for a in to_uint8(images)]
         return PreferenceRound(uuid.uuid4().hex, prompts, seed, images, hashes, rollout)
+
+    def _rollout(self, prompts: Sequence[str], generator: torch.Generator, differentiable_reward: bool) -> Any:
+        return self.trainer.estimator.rollout(self.trainer.chain, list(prompts), generator,
+                                              differentiable_reward=differentiable_reward)
 
     def _record_start(self) -> None:
         """Before the first round of a log: an untrained LoRA is drawn from the run's seed (as a fresh
@@ -237,27 +253,33 @@ class PreferenceSession:
         pairs = sum(p for _, p in chosen)
         return sum(c for c, _ in chosen) / pairs if pairs else float("nan")
 
-    def rewards_for(self, round: PreferenceRound) -> torch.Tensor:
-        """Rewards of the round: clicks (direct) or the refitted head on the rollout's images (learned)."""
+    def rewards_for(self, round: PreferenceRound, rollout: Any = None) -> torch.Tensor:
+        """Rewards of the round's update: its clicks (direct) or the refitted head's scores of ``rollout``'s images
+        (learned; by default the round's own rollout)."""
         if not round.clicked:
             raise ValueError(f"round {round.round_id} has no click yet; call click() first")
+        rollout = round.rollout if rollout is None else rollout
         if self.mode == "direct":
             recs = sorted(round.records or [], key=lambda r: r.index)
             chosen = None if recs[0].rank is not None else [r.index for r in recs if r.chosen]
             ranks = [r.rank for r in recs] if recs[0].rank is not None else None
             return click_rewards(round.size, chosen, ranks)[2]  # type: ignore[arg-type]
-        return self.head(round.rollout.images, round.prompts)
+        return self.head(rollout.images, list(rollout.prompts))
 
     def update(self, round: PreferenceRound) -> PreferenceUpdate:
-        """One optimiser step from the round's clicks, through the round's own trajectories, then
+        """One optimiser step from the round's clicks, through the round's own trajectories (``round_images``
+        batch) or a batch of the round's prompts sampled now and scored by the refitted head (drawings), then
         ``head_updates`` steps on fresh images of the round's prompts scored by the head."""
         if round.updated:
             raise ValueError(f"round {round.round_id} was already used for an update")
-        if round.rollout is None:
+        if not round.clicked:
+            raise ValueError(f"round {round.round_id} has no click yet; call click() first")
+        if round.rollout is None and self.round_images == "batch":
             raise ValueError(f"round {round.round_id} has no rollout (rounds do not survive a restart; sample a new one)")
-        rewards = self.rewards_for(round)
         before = self._check_start() if self.check_seeds and self.head.weight is not None else None
-        report = self.trainer.update_from_rewards(round.rollout, rewards)
+        rollout = round.rollout if round.rollout is not None else self._fresh_rollout(round, 0)
+        rewards = self.rewards_for(round, rollout)
+        report = self.trainer.update_from_rewards(rollout, rewards)
         round.updated, round.rollout = True, None  # free the kept graph / states
         head_updates = [self._head_update(round, i) for i in range(self.head_updates if self.head.weight is not None else 0)]
         head_reports = [report for report, _ in head_updates]
@@ -301,14 +323,16 @@ class PreferenceSession:
         return [prompts[i % len(prompts)] for i in range(len(self.check_seeds))]
 
     def _head_update(self, round: PreferenceRound, index: int) -> tuple[Any, float]:
-        """One iteration on a fresh batch of the round's prompts (its own seed), the head's scores as
-        rewards; returns the StepReport and the mean score."""
-        seed = (int(round.seed or 0) * 7919 + 104_729 * (index + 1)) % (2**63 - 1)
-        generator = torch.Generator().manual_seed(seed)
-        rollout = self.trainer.estimator.rollout(self.trainer.chain, round.prompts, generator,
-                                                 differentiable_reward=self.head.differentiable)
+        """One iteration on a fresh batch of the round's prompts, the head's scores as rewards; returns the
+        StepReport and the mean score."""
+        rollout = self._fresh_rollout(round, index + 1)
         scores = self.head(rollout.images, round.prompts)
         return self.trainer.update_from_rewards(rollout, scores), float(scores.detach().mean())
+
+    def _fresh_rollout(self, round: PreferenceRound, number: int) -> Any:
+        """The ``number``-th batch of the round's prompts sampled after its click (its own seed, from the round's)."""
+        seed = (int(round.seed or 0) * 7919 + 104_729 * number) % (2**63 - 1)
+        return self._rollout(round.prompts, torch.Generator().manual_seed(seed), self.head.differentiable)
 
     def history(self) -> dict[str, list[ClickRecord]]:
         """Every clicked round in the log (survives restarts)."""
