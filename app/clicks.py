@@ -15,8 +15,8 @@ from typing import Any
 
 from rlr_core.hub import WeightsUnavailableError
 from rlr_core.rewards.preference import (CHECK_SEEDS, DEFAULT_CHECK_SEEDS, DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES,
-                                         DEFAULT_LEARNING_RATE, FEATURES, MODES, ClickLog, ClickReward, PreferenceReward,
-                                         features_for, learning_rate_for)
+                                         DEFAULT_LEARNING_RATE, DEFAULT_ROUND_IMAGES, FEATURES, MODES, ROUND_IMAGES,
+                                         ClickLog, ClickReward, PreferenceReward, features_for, learning_rate_for)
 from rlr_core.training import TrainingStepError
 from rlr_core.training.clicks import PreferenceSession, round_prompt
 
@@ -121,8 +121,10 @@ def preference_run(session: str, form: dict[str, Any], hosted: bool, mode: str, 
 
 
 def _new_click_run(session: str, base: Any, hosted: bool, mode: str, features: str, head_updates: int,
-                   learning_rate: float, check_seeds: list[int], kind: str, continue_lora: bool, train_lr: float) -> Run:
-    """A new click run from config ``base`` (its "before" strip sampled); FieldError for unusable features."""
+                   learning_rate: float, check_seeds: list[int], kind: str, continue_lora: bool, train_lr: float,
+                   round_images: str = DEFAULT_ROUND_IMAGES) -> Run:
+    """A new click run from config ``base`` (its "before" strip sampled); FieldError for unusable features.
+    ``round_images``: what its rounds show (PreferenceSession's; a loaded log's own)."""
     features = features_for(features, base.model)
     run_id = runs.new_run_id()
     log = ClickLog(runs.run_dir(run_id) / "clicks.jsonl")
@@ -134,7 +136,8 @@ def _new_click_run(session: str, base: Any, hosted: bool, mode: str, features: s
                               eval_every=max(base.eval_every, 1), keep_best=False, lr=learning_rate)
         new = create_run(session, config, hosted, continue_lora, reward=head or ClickReward(), kind=kind, run_id=run_id)
         new.preference = PreferenceSession(new.trainer, log, mode=mode, k=None, reward=head, features=features,
-                                           head_updates=head_updates, check_seeds=check_seeds)
+                                           head_updates=head_updates, check_seeds=check_seeds,
+                                           round_images=round_images)
     except WeightsUnavailableError as error:
         raise FieldError("Learned-head features", f"{error} Pick 'pixels' or 'layout' (weight-free).") from None
     new.train_lr = train_lr  # what "auto" falls back to for a model other than the tiny one
@@ -235,9 +238,9 @@ def _count_update(run: Run, update: Any, clicks: int) -> None:
 
 
 def log_settings(log: ClickLog) -> dict[str, Any]:
-    """The mode / features / head_updates / lr / check_seeds the log's updates were made with (its last update's;
-    lr None in logs older than the setting: they were made with the Train settings' learning rate; check_seeds []
-    in logs older than the check);
+    """The mode / features / head_updates / lr / check_seeds / round_images the log's updates were made with (its last
+    update's; lr None in logs older than the setting: they were made with the Train settings' learning rate;
+    check_seeds [] in logs older than the check; round_images "batch" in logs older than drawings rounds);
     FieldError naming the click log when it has no updated round or names an unknown setting."""
     updates = [e for e in log.events if e.get("type") == "update"]
     if not _updated_rounds(log):
@@ -246,7 +249,7 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
     last = updates[-1]
     settings = {"mode": last.get("mode", log.records[-1].mode), "features": last.get("features", DEFAULT_FEATURES),
                 "head_updates": last.get("head_updates", 0), "lr": last.get("lr"),
-                "check_seeds": last.get("check_seeds", [])}
+                "check_seeds": last.get("check_seeds", []), "round_images": last.get("round_images", "batch")}
     if settings["mode"] not in MODES or settings["features"] not in FEATURES:
         raise FieldError(LOG_FIELD, f"names mode {settings['mode']!r} / features {settings['features']!r}; allowed: "
                                     f"mode {', '.join(MODES)}, features {', '.join(FEATURES)}")
@@ -261,6 +264,10 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
             or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in seeds)):
         raise FieldError(LOG_FIELD, f"names check_seeds {seeds!r}; allowed: a list of at most {MAX_CHECK_SEEDS} "
                                     "seeds (integers >= 0)")
+    if settings["round_images"] not in ROUND_IMAGES or (settings["round_images"] == "drawings"
+                                                        and settings["mode"] != "learned"):
+        raise FieldError(LOG_FIELD, f"names round_images {settings['round_images']!r} in mode {settings['mode']!r}; "
+                                    f"allowed: batch, or drawings in learned mode")
     if last.get("head_gradient", True) is not True:
         raise FieldError(LOG_FIELD, "was made with a scores-only head (head_gradient false, from the Python API); the app "
                                     "replays logs of its own differentiable head: replay it with PreferenceSession.replay")
@@ -321,7 +328,7 @@ def _replay_upload(session: str, path: Path, form: dict[str, Any], hosted: bool,
     check_seeds = settings["check_seeds"]
     run = _new_click_run(session, config, hosted, mode, features, head_updates, learning_rate, check_seeds,
                          _kind(mode, form_features(features), head_updates, config.model, learning_rate, bool(check_seeds)),
-                         continue_lora, config.lr)
+                         continue_lora, config.lr, settings["round_images"])
     rounds = len(_updated_rounds(log))
 
     def on_round(number: int, update: Any) -> None:

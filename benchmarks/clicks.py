@@ -63,6 +63,7 @@ MODES = {
     "learned-layout-one-checked": ("learned", "layout", 0),
     "learned-layout-one+head1": ("learned", "layout", 1),
     "learned-layout-one-drawings": ("learned", "layout", 0),
+    "learned-layout-one-hidden": ("learned", "layout", 0),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
     "learned+head2": ("learned", "tiny-clip", 2),
@@ -81,7 +82,7 @@ HEAD_VARIANTS = {"learned-global": "global", "learned-both": "with_pixels", "lea
                  "learned-scores+head4": "scores"}
 # modes whose rounds show one prompt (4 seeds of it; the prompt changes every round) instead of the prompts mixed
 ONE_PROMPT_ROUNDS = {"learned-layout-one", "learned-pixels-one", "learned-layout-one-checked", "learned-layout-one+head1",
-                     "learned-layout-one-drawings"}
+                     "learned-layout-one-drawings", "learned-layout-one-hidden"}
 # modes whose rounds show four drawings from their own seeds (PreferenceSession round_images="drawings"); the others
 # show the update's own batch (rlr's antithetic twins: two drawings, each twice)
 DRAWINGS_MODES = {"learned-layout-one-drawings"}
@@ -228,7 +229,7 @@ def check_seeds(mode: str) -> tuple[int, ...]:
 
 def round_images(mode: str) -> str:
     """What a benchmark mode's rounds show (PreferenceSession round_images)."""
-    return "drawings" if mode in DRAWINGS_MODES else "batch"
+    return "drawings" if mode in DRAWINGS_MODES else "hidden-twins" if mode == "learned-layout-one-hidden" else "batch"
 
 
 def learning_rate(mode: str) -> float:

@@ -113,7 +113,7 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
     loaded, message = clicks.load_click_log("d", str(download), form(studio, lr=0.02), False)
     assert message == "replayed 3 rounds; 0 rounds' images differed from the log"
     assert loaded.preference.settings() == {"mode": "learned", "features": "layout", "head_updates": 1, "head_gradient": True,
-                                            "lr": 0.004, "check_seeds": []}  # the log's
+                                            "lr": 0.004, "check_seeds": [], "round_images": "drawings"}  # the log's
     rebuilt = runs.current_lora(loaded)
     assert set(rebuilt) == set(trained) and all(torch.equal(rebuilt[k], trained[k]) for k in trained)
     assert loaded.step == 6 and loaded.counters == {"rounds": 3, "clicks": 3, "updates": 3, "undone": 0}
@@ -123,6 +123,27 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
     # round has the next seed
     same = clicks.preference_round("d", values, False, 4, "learned", "layout", 1, loaded.config.lr)
     assert same is loaded and same.round.seed == next_seed
+
+
+def test_a_click_log_older_than_drawings_rounds_replays_with_the_rounds_it_showed(studio, tmp_path):
+    """Logs written before rounds showed four drawings have no round_images: their rounds showed the update's batch,
+    and the loaded run replays and continues them so (here a drawings log with the setting removed: every round's
+    images then differ from the log's, and are counted)."""
+    from app import clicks, runs
+    from app.transfer import click_log_zip
+
+    run = click_rounds("k", form(studio), 2, mode="learned", features="layout")
+    assert run.preference.round_images == "drawings" and run.round.rollout is None
+    with zipfile.ZipFile(click_log_zip("k")) as archive:
+        lines = archive.read("clicks.jsonl").decode().splitlines()
+    events = [json.loads(line) for line in lines if line.strip()]
+    assert sum(e.pop("round_images", None) == "drawings" for e in events) == 2
+    older = tmp_path / "older.jsonl"
+    older.write_text("".join(json.dumps(e) + "\n" for e in events))
+    runs.reset_all()
+    loaded, message = clicks.load_click_log("l", str(older), form(studio), False)
+    assert loaded.preference.settings()["round_images"] == "batch"
+    assert message.startswith("replayed 2 rounds; 2 rounds' images differed from the log")
 
 
 def test_checked_click_run_counts_undone_updates_and_replays_them(studio, tmp_path):
@@ -172,7 +193,10 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
                                                                        "head_gradient": False}),
              "bad-check.jsonl": json.dumps(click) + "\n" + json.dumps({"type": "update", "round_id": "x", "mode": "learned",
                                                                      "features": "pixels", "head_updates": 0,
-                                                                     "check_seeds": [1, "two"]})}
+                                                                     "check_seeds": [1, "two"]}),
+             "bad-rounds.jsonl": json.dumps(click) + "\n" + json.dumps({"type": "update", "round_id": "x", "mode": "direct",
+                                                                      "features": "pixels", "head_updates": 0,
+                                                                      "round_images": "drawings"})}
     messages = {}
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
@@ -184,6 +208,7 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
     assert "no updated round" in messages["unclicked.jsonl"]
     assert "scores-only head" in messages["scores-only.jsonl"]
     assert "names check_seeds [1, 'two']; allowed: a list of at most 16" in messages["bad-check.jsonl"]
+    assert "names round_images 'drawings' in mode 'direct'; allowed: batch, or drawings in learned" in messages["bad-rounds.jsonl"]
     (tmp_path / "broken.zip").write_bytes(b"PK not really")
     with pytest.raises(FieldError, match="^Click log: is not a readable .zip"):
         clicks.load_click_log("e", str(tmp_path / "broken.zip"), values, False)

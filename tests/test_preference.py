@@ -272,7 +272,8 @@ def test_learned_session_end_to_end(tmp_path):
     log = ClickLog(tmp_path / "clicks.jsonl")
     estimator = FakeEstimator(log)
     reward = PreferenceReward(log, features="pixels")
-    session = PreferenceSession(TinyTrainer(chain, estimator, lr=0.05), log, mode="learned", reward=reward)
+    session = PreferenceSession(TinyTrainer(chain, estimator, lr=0.05), log, mode="learned", reward=reward,
+                                round_images="batch")
     start_red = float(redness(torch.sigmoid(chain.theta.detach()).unsqueeze(0)))
     for i in range(8):
         rnd = session.new_round(PROMPTS, seed=i)
@@ -295,7 +296,8 @@ def test_learned_session_with_a_scores_only_head(tmp_path):
     log = ClickLog(tmp_path / "clicks.jsonl")
     estimator = FakeEstimator(log)
     reward = PreferenceReward(log, features="pixels", differentiable=False)
-    session = PreferenceSession(TinyTrainer(chain, estimator, lr=0.05), log, mode="learned", reward=reward, head_updates=1)
+    session = PreferenceSession(TinyTrainer(chain, estimator, lr=0.05), log, mode="learned", reward=reward, head_updates=1,
+                                round_images="batch")
     start_red = float(redness(torch.sigmoid(chain.theta.detach()).unsqueeze(0)))
     for i in range(12):
         rnd = session.new_round(PROMPTS, seed=i)
@@ -313,14 +315,15 @@ def test_replay_refuses_a_log_made_with_the_other_kind_of_head(tmp_path):
     """A scores-only head's log replayed with a differentiable head would give another LoRA: refused, named."""
     log = ClickLog(tmp_path / "a" / "clicks.jsonl")
     scores_only = PreferenceReward(log, features="pixels", differentiable=False)
-    session = PreferenceSession(TinyTrainer(FakeChain(), FakeEstimator()), log, mode="learned", reward=scores_only)
+    session = PreferenceSession(TinyTrainer(FakeChain(), FakeEstimator()), log, mode="learned", reward=scores_only,
+                                round_images="batch")
     for i in range(2):
         rnd = session.new_round(PROMPTS, seed=i)
         session.click(rnd, chosen=[0])
         session.update(rnd)
     assert [e["head_gradient"] for e in log.events if e["type"] == "update"] == [False, False]
     fresh = PreferenceSession(TinyTrainer(FakeChain(), FakeEstimator()), ClickLog(tmp_path / "b" / "clicks.jsonl"),
-                              mode="learned", features="pixels")
+                              mode="learned", features="pixels", round_images="batch")
     with pytest.raises(ValueError, match="head_gradient=True differs.*head_gradient=False"):
         fresh.replay(log)
 
@@ -412,7 +415,7 @@ def test_learned_round_with_rlr_on_tiny_diffusers_chain(tiny_chain, tmp_path):
     log = ClickLog(tmp_path / "clicks.jsonl")
     head = PreferenceReward(log, features="pixels")
     trainer = click_trainer(tiny_chain, get_estimator("rlr", h=1, remaining="lr"), tmp_path, reward=head)
-    session = PreferenceSession(trainer, log, mode="learned", reward=head)
+    session = PreferenceSession(trainer, log, mode="learned", reward=head, round_images="batch")
     before = [p.detach().clone() for p in params]
     rnd = session.new_round(PAIR_PROMPTS, seed=4)
     session.click(rnd, chosen=[0])
@@ -484,7 +487,7 @@ def test_replay_rebuilds_the_lora_bit_for_bit(tiny_sd_dir, tmp_path):
     chain = fresh_chain()
     start = {k: v + 0.01 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1)) for k, v in chain.lora_state_dict().items()}
     chain.load_lora_state_dict(start)  # a session that continues a trained LoRA
-    checked = {"check_seeds": [21, 22]}
+    checked = {"check_seeds": [21, 22], "round_images": "batch"}
     original = _click_session(chain, tmp_path, "a", mode="learned", k=1, head_updates=1, **checked)
     kept = []
     for i, best in enumerate([2, 0, 3, 1]):
@@ -509,7 +512,7 @@ def test_replay_rebuilds_the_lora_bit_for_bit(tiny_sd_dir, tmp_path):
     other = _click_session(fresh_chain(), tmp_path, "c", mode="learned", k=1, head_updates=0, **checked)
     with pytest.raises(ValueError, match="head_updates"):
         other.replay(tmp_path / "a" / "clicks.jsonl")
-    unchecked = _click_session(fresh_chain(), tmp_path, "e", mode="learned", k=1, head_updates=1)
+    unchecked = _click_session(fresh_chain(), tmp_path, "e", mode="learned", k=1, head_updates=1, round_images="batch")
     with pytest.raises(ValueError, match=r"^check_seeds=\[\] differs from the click log's check_seeds=\[21, 22\]"):
         unchecked.replay(tmp_path / "a" / "clicks.jsonl")
     faster = _click_session(fresh_chain(), tmp_path, "d", lr=3e-2, mode="learned", k=1, head_updates=1, **checked)
@@ -569,10 +572,13 @@ def test_check_seeds_keep_what_the_head_scores_higher_and_undo_the_rest(tiny_sd_
 
             from rlr_core.training.run_folder import latest_checkpoint
 
-            checkpoint = torch.load(latest_checkpoint(trainer.output_dir) / "trainer_state.pt", weights_only=False)
-            assert checkpoint["step"] in (trainer.step - 1, trainer.step)  # checkpoint_every=2: the one before, or rewritten
-            undone_checkpoints.append(checkpoint["step"] == trainer.step)
-            assert all(torch.equal(checkpoint["lora"][k], v) for k, v in trainer.lora_state().items())
+            latest = latest_checkpoint(trainer.output_dir)
+            assert latest is not None or trainer.step < 2  # checkpoint_every=2
+            checkpoint = torch.load(latest / "trainer_state.pt", weights_only=False) if latest else None
+            if checkpoint is not None:
+                assert checkpoint["step"] in (trainer.step - 1, trainer.step)  # the one before, or rewritten
+                undone_checkpoints.append(checkpoint["step"] == trainer.step)
+                assert all(torch.equal(checkpoint["lora"][k], v) for k, v in trainer.lora_state().items())
             reference = trainer.export_lora(tmp_path / f"restored-{i}")  # the LoRA as it is now, exported again
             for exported in (trainer.output_dir / "lora").glob("*.safetensors"):
                 ours, theirs = load_file(str(exported)), load_file(str(reference / exported.name))
@@ -669,3 +675,86 @@ def test_learning_rate_auto_is_the_benchmarked_rate_for_the_tiny_model_only():
     assert learning_rate_for(0.05, "tiny", 1e-3) == 0.05 and learning_rate_for(2e-5, "some/sd", 1e-4) == 2e-5
     with pytest.raises(ValueError, match="learning_rate=-0.1 is not allowed; allowed values: 0 .auto. or a number > 0"):
         learning_rate_for(-0.1, "tiny", 1e-3)
+
+
+def test_drawings_rounds_show_four_drawings_and_update_on_a_batch_sampled_after_the_click(tiny_sd_dir, tmp_path):
+    """Learned mode's rounds (round_images auto = drawings) show an image per seed, not rlr's antithetic twins
+    (images i and i + 2 of the update's batch share all noise but one step's); the update samples its own batch
+    after the click and scores it with the head refitted on the click."""
+    from rlr_core.diffusers_chain import load_model
+
+    from rlr_core.sampling import sample
+    from rlr_core.training.clicks import drawing_seeds
+
+    chain = load_model(str(tiny_sd_dir), num_steps=4, lora_rank=2, guidance_scale=3.0, device="cpu", dtype="float32")
+    prompts = [PAIR_PROMPTS[0]] * 4
+    session = _click_session(chain, tmp_path, "a", mode="learned", k=1)
+    assert session.round_images == "drawings" and session.settings()["round_images"] == "drawings"
+    shown = session.new_round(prompts, seed=3)
+    assert shown.rollout is None  # nothing of a graph is kept while the user looks
+    seeds = drawing_seeds(torch.Generator().manual_seed(3), 4)
+    assert len(set(seeds)) == 4
+    for image, seed in zip(shown.images, seeds):  # each image is its own seed's drawing, alone
+        with torch.no_grad():
+            alone = sample(chain, prompts[:1], seeds=[seed]).float().cpu()[0]
+        assert torch.allclose(image, alone, atol=1e-5)
+    again = _click_session(chain, tmp_path, "b", mode="learned", k=1).new_round(prompts, seed=3)
+    assert again.image_hashes == shown.image_hashes  # the round's seed decides its drawings
+
+    seen = []
+    real_update = session.trainer.update_from_rewards
+
+    def update_from_rewards(rollout, rewards):
+        seen.append((rollout, rewards))
+        return real_update(rollout, rewards)
+
+    session.trainer.update_from_rewards = update_from_rewards
+    session.click(shown, chosen=[1])
+    with torch.no_grad():
+        assert session.predict(shown.images, prompts)[1] == max(session.predict(shown.images, prompts))
+    update = session.update(shown)
+    (rollout, rewards), = seen
+    assert rollout.images.shape == shown.images.shape and not torch.allclose(rollout.images.detach().float(), shown.images)
+    assert rewards.requires_grad  # the head's differentiable scores: rlr's first-order part applies
+    assert torch.allclose(rewards.detach(), session.head(rollout.images.detach(), prompts))
+    assert update.rewards == pytest.approx([float(v) for v in rewards.detach()])
+    with pytest.raises(ValueError, match="already"):
+        session.update(shown)
+    unclicked = session.new_round(prompts, seed=4)
+    with pytest.raises(ValueError, match="no click yet"):
+        session.update(unclicked)
+
+
+def test_replay_of_drawings_rounds_rebuilds_the_lora_and_names_a_log_of_other_rounds(tiny_sd_dir, tmp_path):
+    from rlr_core.diffusers_chain import load_model
+
+    def fresh_chain():
+        return load_model(str(tiny_sd_dir), num_steps=4, lora_rank=2, guidance_scale=3.0, device="cpu", dtype="float32")
+
+    chain = fresh_chain()
+    original = _click_session(chain, tmp_path, "a", mode="learned", k=1, head_updates=1)
+    for i, best in enumerate([2, 0, 3]):
+        rnd = original.new_round([PAIR_PROMPTS[i % 2]] * 4, seed=70 + i)
+        original.click(rnd, chosen=[best])
+        original.update(rnd)
+    trained = chain.lora_state_dict()
+    rebuilt_chain = fresh_chain()
+    result = _click_session(rebuilt_chain, tmp_path, "b", mode="learned", k=1, head_updates=1).replay(
+        tmp_path / "a" / "clicks.jsonl")
+    assert result.rounds == 3 and result.mismatched_rounds == []
+    assert all(torch.equal(rebuilt_chain.lora_state_dict()[k], trained[k]) for k in trained)
+    batch = _click_session(fresh_chain(), tmp_path, "c", mode="learned", k=1, head_updates=1, round_images="batch")
+    with pytest.raises(ValueError, match=r"^round_images='batch' differs from the click log's round_images='drawings'"):
+        batch.replay(tmp_path / "a" / "clicks.jsonl")
+
+
+def test_round_images_values_are_checked(tmp_path):
+    from rlr_core.rewards.preference import round_images_for
+
+    assert round_images_for("auto", "learned") == "drawings" and round_images_for("auto", "direct") == "batch"
+    assert round_images_for("batch", "learned") == "batch"
+    with pytest.raises(ValueError, match=r"round_images='some'.*allowed values: \['auto', 'batch', 'drawings'\]"):
+        round_images_for("some", "learned")
+    with pytest.raises(ValueError, match=r"round_images='drawings' needs mode='learned'.*\['auto', 'batch'\]"):
+        PreferenceSession(TinyTrainer(FakeChain(), FakeEstimator()), tmp_path / "c.jsonl", mode="direct",
+                          round_images="drawings")

@@ -38,7 +38,7 @@ DEFAULT_HEAD_UPDATES = 0
 # what a round shows: "batch" = the update's own rollout (with rlr's antithetic twins: two drawings, each twice,
 # near-identical), "drawings" = one drawing per image from its own seed (the update samples its batch after the
 # click; learned mode only, since direct mode's rewards are the clicks on the shown trajectories)
-ROUND_IMAGES = ("batch", "drawings")
+ROUND_IMAGES = ("batch", "drawings", "hidden-twins")
 DEFAULT_ROUND_IMAGES = "auto"  # round_images_for
 CHECK_SEEDS = (9001, 9002, 9003, 9004)  # the fixed seeds of a checked session (PreferenceSession check_seeds)
 DEFAULT_CHECK_SEEDS: tuple[int, ...] = ()  # () = no check: every update is kept
@@ -73,9 +73,9 @@ def round_images_for(round_images: str, mode: str) -> str:
         raise ValueError(f"round_images={round_images!r} is not allowed; allowed values: {['auto', *ROUND_IMAGES]}")
     if round_images == "auto":
         return "drawings" if mode == "learned" else "batch"
-    if round_images == "drawings" and mode != "learned":
-        raise ValueError(f"round_images='drawings' needs mode='learned' (in mode={mode!r} the clicks are the rewards "
-                         f"of the shown trajectories); allowed values here: ['auto', 'batch']")
+    if round_images != "batch" and mode != "learned":
+        raise ValueError(f"round_images={round_images!r} needs mode='learned' (in mode={mode!r} the clicks are the "
+                         f"rewards of the shown trajectories); allowed values here: ['auto', 'batch']")
     return round_images
 
 

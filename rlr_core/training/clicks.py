@@ -36,7 +36,7 @@ from ..rewards.preference_head import MODES, PreferenceReward
 from ..sampling import sample
 from .run_folder import isolated_rng
 
-__all__ = ["PreferenceRound", "PreferenceSession", "PreferenceUpdate", "ReplayResult", "round_prompt"]
+__all__ = ["PreferenceRound", "PreferenceSession", "PreferenceUpdate", "ReplayResult", "drawing_seeds", "round_prompt"]
 
 
 def round_prompt(prompts: Sequence[str], index: int) -> str:
@@ -50,6 +50,11 @@ def round_prompt(prompts: Sequence[str], index: int) -> str:
     if not prompts:
         raise ValueError("prompts must not be empty")
     return str(prompts[int(index) % len(prompts)])
+
+
+def drawing_seeds(generator: torch.Generator, count: int) -> list[int]:
+    """The seeds of a drawings round's ``count`` images (one each, drawn from the round's generator)."""
+    return [int(v) for v in torch.randint(0, 2**62, (int(count),), generator=generator)]
 
 
 @dataclass
@@ -192,9 +197,13 @@ class PreferenceSession:
             seed = int(generator.initial_seed())
         self._record_start()
         if self.round_images == "drawings":
-            seeds = torch.randint(0, 2**62, (len(prompts),), generator=generator).tolist()
             with isolated_rng(), torch.no_grad():
-                images, rollout = sample(self.trainer.chain, prompts, seeds=seeds).float().cpu(), None
+                images = sample(self.trainer.chain, prompts, seeds=drawing_seeds(generator, len(prompts))).float().cpu()
+            rollout = None
+        elif self.round_images == "hidden-twins":  # a batch of one image per noise set and its twins; the first shown
+            groups = self.trainer.estimator.noise_groups(self.head.differentiable)
+            rollout = self._rollout(list(prompts) * groups, generator, self.head.differentiable)
+            images = rollout.images[: len(prompts)].detach().float().cpu()
         else:
             rollout = self._rollout(prompts, generator, self.mode == "learned" and self.head.differentiable)
             images = rollout.images.detach().float().cpu()
@@ -274,7 +283,7 @@ class PreferenceSession:
             raise ValueError(f"round {round.round_id} was already used for an update")
         if not round.clicked:
             raise ValueError(f"round {round.round_id} has no click yet; call click() first")
-        if round.rollout is None and self.round_images == "batch":
+        if round.rollout is None and self.round_images != "drawings":
             raise ValueError(f"round {round.round_id} has no rollout (rounds do not survive a restart; sample a new one)")
         before = self._check_start() if self.check_seeds and self.head.weight is not None else None
         rollout = round.rollout if round.rollout is not None else self._fresh_rollout(round, 0)
