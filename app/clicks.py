@@ -240,7 +240,7 @@ def _count_update(run: Run, update: Any, clicks: int) -> None:
 def log_settings(log: ClickLog) -> dict[str, Any]:
     """The mode / features / head_updates / lr / check_seeds / round_images the log's updates were made with (its last
     update's; lr None in logs older than the setting: they were made with the Train settings' learning rate;
-    check_seeds [] in logs older than the check; round_images "batch" in logs older than drawings rounds);
+    check_seeds [] in logs older than the check; round_images "batch" in logs older than the setting);
     FieldError naming the click log when it has no updated round or names an unknown setting."""
     updates = [e for e in log.events if e.get("type") == "update"]
     if not _updated_rounds(log):
@@ -264,10 +264,10 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
             or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in seeds)):
         raise FieldError(LOG_FIELD, f"names check_seeds {seeds!r}; allowed: a list of at most {MAX_CHECK_SEEDS} "
                                     "seeds (integers >= 0)")
-    if settings["round_images"] not in ROUND_IMAGES or (settings["round_images"] == "drawings"
+    if settings["round_images"] not in ROUND_IMAGES or (settings["round_images"] != "batch"
                                                         and settings["mode"] != "learned"):
         raise FieldError(LOG_FIELD, f"names round_images {settings['round_images']!r} in mode {settings['mode']!r}; "
-                                    f"allowed: batch, or drawings in learned mode")
+                                    f"allowed: {', '.join(ROUND_IMAGES)} in learned mode, batch in direct mode")
     if last.get("head_gradient", True) is not True:
         raise FieldError(LOG_FIELD, "was made with a scores-only head (head_gradient false, from the Python API); the app "
                                     "replays logs of its own differentiable head: replay it with PreferenceSession.replay")

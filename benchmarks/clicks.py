@@ -62,7 +62,6 @@ MODES = {
     "learned-pixels-one": ("learned", "pixels", 0),
     "learned-layout-one-checked": ("learned", "layout", 0),
     "learned-layout-one+head1": ("learned", "layout", 1),
-    "learned-layout-one-drawings": ("learned", "layout", 0),
     "learned-layout-one-hidden": ("learned", "layout", 0),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
@@ -82,10 +81,10 @@ HEAD_VARIANTS = {"learned-global": "global", "learned-both": "with_pixels", "lea
                  "learned-scores+head4": "scores"}
 # modes whose rounds show one prompt (4 seeds of it; the prompt changes every round) instead of the prompts mixed
 ONE_PROMPT_ROUNDS = {"learned-layout-one", "learned-pixels-one", "learned-layout-one-checked", "learned-layout-one+head1",
-                     "learned-layout-one-drawings", "learned-layout-one-hidden"}
-# modes whose rounds show four drawings from their own seeds (PreferenceSession round_images="drawings"); the others
-# show the update's own batch (rlr's antithetic twins: two drawings, each twice)
-DRAWINGS_MODES = {"learned-layout-one-drawings"}
+                     "learned-layout-one-hidden"}
+# modes whose rounds show one image of each noise set of a batch twice their size (PreferenceSession
+# round_images="hidden-twins"); the others show the update's own batch (rlr's antithetic twins: two drawings, each twice)
+HIDDEN_TWINS_MODES = {"learned-layout-one-hidden"}
 # modes whose updates must not lower the head's score of rlr_core's CHECK_SEEDS' images or are undone
 # (PreferenceSession check_seeds)
 CHECKED_MODES = {"learned-layout-one-checked"}
@@ -229,7 +228,7 @@ def check_seeds(mode: str) -> tuple[int, ...]:
 
 def round_images(mode: str) -> str:
     """What a benchmark mode's rounds show (PreferenceSession round_images)."""
-    return "drawings" if mode in DRAWINGS_MODES else "hidden-twins" if mode == "learned-layout-one-hidden" else "batch"
+    return "hidden-twins" if mode in HIDDEN_TWINS_MODES else "batch"
 
 
 def learning_rate(mode: str) -> float:
@@ -323,14 +322,14 @@ def default_mode() -> str:
     _HEAD_UPDATES / _LEARNING_RATE / _CHECK_SEEDS / _ROUND_IMAGES, rounds of one prompt as the app shows them)."""
     from rlr_core.rewards.preference import (DEFAULT_CHECK_SEEDS, DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES,
                                              DEFAULT_LEARNING_RATE, DEFAULT_MODE, DEFAULT_ROUND_IMAGES, features_for,
-                                             learning_rate_for, round_images_for)
+                                             learning_rate_for)
 
     settings = (DEFAULT_MODE, features_for(DEFAULT_FEATURES, "tiny"), DEFAULT_HEAD_UPDATES)
     rate = learning_rate_for(DEFAULT_LEARNING_RATE, "tiny", LEARNING_RATE)
     for name, mode_settings in MODES.items():
         if (mode_settings == settings and learning_rate(name) == rate and name not in HEAD_VARIANTS
                 and name in ONE_PROMPT_ROUNDS and check_seeds(name) == tuple(DEFAULT_CHECK_SEEDS)
-                and round_images(name) == round_images_for(DEFAULT_ROUND_IMAGES, DEFAULT_MODE)):
+                and round_images(name) == DEFAULT_ROUND_IMAGES):
             return name
     raise ValueError(f"no benchmark mode has the default settings {settings} at learning rate {rate}")
 

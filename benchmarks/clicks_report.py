@@ -1,6 +1,6 @@
 """The report of benchmarks/clicks.py: per (mode, attribute, noise) the attribute's gain after the session's
-rounds on the 8 fixed seeds (mean and per seed), rounds to half the reference's gain, the head's held-out
-accuracy and seconds per round; written to ``<out>/clicks.md`` with a picture ``<out>/clicks.png``."""
+rounds on the 8 fixed seeds (mean and per session seed), how many of the 8 fixed seeds' images gained (per session
+seed), rounds to half the reference's gain, the head's held-out accuracy and seconds per round; written to ``<out>/clicks.md`` with a picture ``<out>/clicks.png``."""
 
 from __future__ import annotations
 
@@ -41,12 +41,14 @@ def summarise(runs: list[dict]) -> list[dict]:
     for (mode, attribute, noise), members in sorted(groups.items()):
         members.sort(key=lambda r: r["seed"])
         gains = [gain_curve(r)[-1] for r in members]
+        fixed_up = [sum(after > before for before, after in zip(r["curve"][0], r["curve"][-1])) for r in members]
         reference = [references.get((learning_rate(mode), attribute, r["seed"]), float("nan")) for r in members]
         halves = [rounds_to_half(gain_curve(r), gain) for r, gain in zip(members, reference)]
         last = [r.get("held_out_accuracy", [])[-10:] for r in members]  # none in reference-scores runs
         rows.append({
             "mode": mode, "attribute": attribute, "noise": noise, "seeds": [r["seed"] for r in members],
             "gain": _mean(gains), "gains": gains, "every_seed_up": all(g > 0 for g in gains),
+            "fixed_seeds_up": fixed_up, "fixed_seeds": [len(r["curve"][0]) for r in members],
             "reference_gain": _mean(reference),
             "rounds_to_half": halves,
             "accuracy_last10": _mean(a for acc in last for a in acc if a == a),
@@ -71,14 +73,15 @@ def write_report(out: Path) -> str:
     runs = [r for r in runs if "error" not in r]
     rows = summarise(runs)
     lines = [
-        "| mode | attribute | wrong clicks | seeds | gain (mean) | gain per seed | reference gain | rounds to half | "
-        "head accuracy (last 10 rounds) | s / round |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| mode | attribute | wrong clicks | seeds | gain (mean) | gain per seed | fixed seeds up | reference gain | "
+        "rounds to half | head accuracy (last 10 rounds) | s / round |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['mode']} | {row['attribute']} | {row['noise']:.0%} | {len(row['seeds'])} | {row['gain']:+.4f} | "
-            f"{', '.join(f'{g:+.3f}' for g in row['gains'])} | {row['reference_gain']:+.4f} | "
+            f"{', '.join(f'{g:+.3f}' for g in row['gains'])} | "
+            f"{', '.join(f'{u}/{n}' for u, n in zip(row['fixed_seeds_up'], row['fixed_seeds']))} | {row['reference_gain']:+.4f} | "
             f"{', '.join(_fmt(h) for h in row['rounds_to_half'])} | {_fmt(row['accuracy_last10'], 2)} | "
             f"{_fmt(row['seconds_per_round'], 1)} |"
         )

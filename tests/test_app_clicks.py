@@ -113,7 +113,7 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
     loaded, message = clicks.load_click_log("d", str(download), form(studio, lr=0.02), False)
     assert message == "replayed 3 rounds; 0 rounds' images differed from the log"
     assert loaded.preference.settings() == {"mode": "learned", "features": "layout", "head_updates": 1, "head_gradient": True,
-                                            "lr": 0.004, "check_seeds": [], "round_images": "drawings"}  # the log's
+                                            "lr": 0.004, "check_seeds": [], "round_images": "batch"}  # the log's
     rebuilt = runs.current_lora(loaded)
     assert set(rebuilt) == set(trained) and all(torch.equal(rebuilt[k], trained[k]) for k in trained)
     assert loaded.step == 6 and loaded.counters == {"rounds": 3, "clicks": 3, "updates": 3, "undone": 0}
@@ -125,25 +125,38 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
     assert same is loaded and same.round.seed == next_seed
 
 
-def test_a_click_log_older_than_drawings_rounds_replays_with_the_rounds_it_showed(studio, tmp_path):
-    """Logs written before rounds showed four drawings have no round_images: their rounds showed the update's batch,
-    and the loaded run replays and continues them so (here a drawings log with the setting removed: every round's
-    images then differ from the log's, and are counted)."""
+def test_a_loaded_click_log_keeps_the_rounds_it_showed(studio, tmp_path):
+    """A log's round_images decide what its replay shows: a log older than the setting showed the update's batch and
+    replays exactly; a log of hidden-twins rounds (Python API) is replayed with them (here the same log relabelled, so
+    every round's images differ from the logged ones, and are counted)."""
+    import torch
+
     from app import clicks, runs
     from app.transfer import click_log_zip
 
     run = click_rounds("k", form(studio), 2, mode="learned", features="layout")
-    assert run.preference.round_images == "drawings" and run.round.rollout is None
-    with zipfile.ZipFile(click_log_zip("k")) as archive:
-        lines = archive.read("clicks.jsonl").decode().splitlines()
-    events = [json.loads(line) for line in lines if line.strip()]
-    assert sum(e.pop("round_images", None) == "drawings" for e in events) == 2
-    older = tmp_path / "older.jsonl"
-    older.write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert run.preference.round_images == "batch"
+    trained = runs.current_lora(run)
+    download = tmp_path / "clicks.zip"
+    shutil.copyfile(click_log_zip("k"), download)
+    with zipfile.ZipFile(download) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    events = [json.loads(line) for line in files["clicks.jsonl"].decode().splitlines() if line.strip()]
+    assert sum(e.pop("round_images", None) == "batch" for e in events) == 2
+    for name, value in (("older", None), ("hidden", "hidden-twins")):
+        lines = [{**e, "round_images": value} if value and e.get("type") == "update" else e for e in events]
+        with zipfile.ZipFile(tmp_path / f"{name}.zip", "w") as archive:
+            for file_name, data in files.items():
+                archive.writestr(file_name, "".join(json.dumps(e) + "\n" for e in lines) if file_name == "clicks.jsonl" else data)
     runs.reset_all()
-    loaded, message = clicks.load_click_log("l", str(older), form(studio), False)
-    assert loaded.preference.settings()["round_images"] == "batch"
-    assert message.startswith("replayed 2 rounds; 2 rounds' images differed from the log")
+    older, message = clicks.load_click_log("l", str(tmp_path / "older.zip"), form(studio), False)
+    assert older.preference.settings()["round_images"] == "batch" and message.endswith("0 rounds' images differed from the log")
+    rebuilt = runs.current_lora(older)
+    assert all(torch.equal(rebuilt[k], trained[k]) for k in trained)
+    hidden, message = clicks.load_click_log("m", str(tmp_path / "hidden.zip"), form(studio), False)
+    assert hidden.preference.settings()["round_images"] == "hidden-twins"
+    assert message.endswith("2 rounds' images differed from the log")
+    assert clicks.preference_round("m", {}, False, 4, "learned", "layout", 0, hidden.config.lr) is hidden  # continues
 
 
 def test_checked_click_run_counts_undone_updates_and_replays_them(studio, tmp_path):
@@ -196,7 +209,7 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
                                                                      "check_seeds": [1, "two"]}),
              "bad-rounds.jsonl": json.dumps(click) + "\n" + json.dumps({"type": "update", "round_id": "x", "mode": "direct",
                                                                       "features": "pixels", "head_updates": 0,
-                                                                      "round_images": "drawings"})}
+                                                                      "round_images": "hidden-twins"})}
     messages = {}
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
@@ -208,7 +221,7 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
     assert "no updated round" in messages["unclicked.jsonl"]
     assert "scores-only head" in messages["scores-only.jsonl"]
     assert "names check_seeds [1, 'two']; allowed: a list of at most 16" in messages["bad-check.jsonl"]
-    assert "names round_images 'drawings' in mode 'direct'; allowed: batch, or drawings in learned" in messages["bad-rounds.jsonl"]
+    assert "names round_images 'hidden-twins' in mode 'direct'; allowed: batch, hidden-twins in learned" in messages["bad-rounds.jsonl"]
     (tmp_path / "broken.zip").write_bytes(b"PK not really")
     with pytest.raises(FieldError, match="^Click log: is not a readable .zip"):
         clicks.load_click_log("e", str(tmp_path / "broken.zip"), values, False)

@@ -272,8 +272,7 @@ def test_learned_session_end_to_end(tmp_path):
     log = ClickLog(tmp_path / "clicks.jsonl")
     estimator = FakeEstimator(log)
     reward = PreferenceReward(log, features="pixels")
-    session = PreferenceSession(TinyTrainer(chain, estimator, lr=0.05), log, mode="learned", reward=reward,
-                                round_images="batch")
+    session = PreferenceSession(TinyTrainer(chain, estimator, lr=0.05), log, mode="learned", reward=reward)
     start_red = float(redness(torch.sigmoid(chain.theta.detach()).unsqueeze(0)))
     for i in range(8):
         rnd = session.new_round(PROMPTS, seed=i)
@@ -296,8 +295,7 @@ def test_learned_session_with_a_scores_only_head(tmp_path):
     log = ClickLog(tmp_path / "clicks.jsonl")
     estimator = FakeEstimator(log)
     reward = PreferenceReward(log, features="pixels", differentiable=False)
-    session = PreferenceSession(TinyTrainer(chain, estimator, lr=0.05), log, mode="learned", reward=reward, head_updates=1,
-                                round_images="batch")
+    session = PreferenceSession(TinyTrainer(chain, estimator, lr=0.05), log, mode="learned", reward=reward, head_updates=1)
     start_red = float(redness(torch.sigmoid(chain.theta.detach()).unsqueeze(0)))
     for i in range(12):
         rnd = session.new_round(PROMPTS, seed=i)
@@ -315,15 +313,14 @@ def test_replay_refuses_a_log_made_with_the_other_kind_of_head(tmp_path):
     """A scores-only head's log replayed with a differentiable head would give another LoRA: refused, named."""
     log = ClickLog(tmp_path / "a" / "clicks.jsonl")
     scores_only = PreferenceReward(log, features="pixels", differentiable=False)
-    session = PreferenceSession(TinyTrainer(FakeChain(), FakeEstimator()), log, mode="learned", reward=scores_only,
-                                round_images="batch")
+    session = PreferenceSession(TinyTrainer(FakeChain(), FakeEstimator()), log, mode="learned", reward=scores_only)
     for i in range(2):
         rnd = session.new_round(PROMPTS, seed=i)
         session.click(rnd, chosen=[0])
         session.update(rnd)
     assert [e["head_gradient"] for e in log.events if e["type"] == "update"] == [False, False]
     fresh = PreferenceSession(TinyTrainer(FakeChain(), FakeEstimator()), ClickLog(tmp_path / "b" / "clicks.jsonl"),
-                              mode="learned", features="pixels", round_images="batch")
+                              mode="learned", features="pixels")
     with pytest.raises(ValueError, match="head_gradient=True differs.*head_gradient=False"):
         fresh.replay(log)
 
@@ -415,7 +412,7 @@ def test_learned_round_with_rlr_on_tiny_diffusers_chain(tiny_chain, tmp_path):
     log = ClickLog(tmp_path / "clicks.jsonl")
     head = PreferenceReward(log, features="pixels")
     trainer = click_trainer(tiny_chain, get_estimator("rlr", h=1, remaining="lr"), tmp_path, reward=head)
-    session = PreferenceSession(trainer, log, mode="learned", reward=head, round_images="batch")
+    session = PreferenceSession(trainer, log, mode="learned", reward=head)
     before = [p.detach().clone() for p in params]
     rnd = session.new_round(PAIR_PROMPTS, seed=4)
     session.click(rnd, chosen=[0])
@@ -487,7 +484,7 @@ def test_replay_rebuilds_the_lora_bit_for_bit(tiny_sd_dir, tmp_path):
     chain = fresh_chain()
     start = {k: v + 0.01 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1)) for k, v in chain.lora_state_dict().items()}
     chain.load_lora_state_dict(start)  # a session that continues a trained LoRA
-    checked = {"check_seeds": [21, 22], "round_images": "batch"}
+    checked = {"check_seeds": [21, 22]}
     original = _click_session(chain, tmp_path, "a", mode="learned", k=1, head_updates=1, **checked)
     kept = []
     for i, best in enumerate([2, 0, 3, 1]):
@@ -512,7 +509,7 @@ def test_replay_rebuilds_the_lora_bit_for_bit(tiny_sd_dir, tmp_path):
     other = _click_session(fresh_chain(), tmp_path, "c", mode="learned", k=1, head_updates=0, **checked)
     with pytest.raises(ValueError, match="head_updates"):
         other.replay(tmp_path / "a" / "clicks.jsonl")
-    unchecked = _click_session(fresh_chain(), tmp_path, "e", mode="learned", k=1, head_updates=1, round_images="batch")
+    unchecked = _click_session(fresh_chain(), tmp_path, "e", mode="learned", k=1, head_updates=1)
     with pytest.raises(ValueError, match=r"^check_seeds=\[\] differs from the click log's check_seeds=\[21, 22\]"):
         unchecked.replay(tmp_path / "a" / "clicks.jsonl")
     faster = _click_session(fresh_chain(), tmp_path, "d", lr=3e-2, mode="learned", k=1, head_updates=1, **checked)
@@ -572,13 +569,10 @@ def test_check_seeds_keep_what_the_head_scores_higher_and_undo_the_rest(tiny_sd_
 
             from rlr_core.training.run_folder import latest_checkpoint
 
-            latest = latest_checkpoint(trainer.output_dir)
-            assert latest is not None or trainer.step < 2  # checkpoint_every=2
-            checkpoint = torch.load(latest / "trainer_state.pt", weights_only=False) if latest else None
-            if checkpoint is not None:
-                assert checkpoint["step"] in (trainer.step - 1, trainer.step)  # the one before, or rewritten
-                undone_checkpoints.append(checkpoint["step"] == trainer.step)
-                assert all(torch.equal(checkpoint["lora"][k], v) for k, v in trainer.lora_state().items())
+            checkpoint = torch.load(latest_checkpoint(trainer.output_dir) / "trainer_state.pt", weights_only=False)
+            assert checkpoint["step"] in (trainer.step - 1, trainer.step)  # checkpoint_every=2: the one before, or rewritten
+            undone_checkpoints.append(checkpoint["step"] == trainer.step)
+            assert all(torch.equal(checkpoint["lora"][k], v) for k, v in trainer.lora_state().items())
             reference = trainer.export_lora(tmp_path / f"restored-{i}")  # the LoRA as it is now, exported again
             for exported in (trainer.output_dir / "lora").glob("*.safetensors"):
                 ours, theirs = load_file(str(exported)), load_file(str(reference / exported.name))
@@ -664,6 +658,8 @@ def test_click_benchmark_runs_a_session_and_reports(tmp_path, monkeypatch):
     (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (session, reference)))
     table = clicks_report.write_report(tmp_path)
     assert "| direct | red | 25% | 1 |" in table and (tmp_path / "clicks.png").exists()
+    up = sum(after > before for before, after in zip(session["curve"][0], session["curve"][-1]))
+    assert f" | {up}/2 | " in table.splitlines()[2]  # how many of the (here 2) fixed seeds gained
     assert "benchmarks" in sys.modules
 
 
@@ -677,29 +673,27 @@ def test_learning_rate_auto_is_the_benchmarked_rate_for_the_tiny_model_only():
         learning_rate_for(-0.1, "tiny", 1e-3)
 
 
-def test_drawings_rounds_show_four_drawings_and_update_on_a_batch_sampled_after_the_click(tiny_sd_dir, tmp_path):
-    """Learned mode's rounds (round_images auto = drawings) show an image per seed, not rlr's antithetic twins
-    (images i and i + 2 of the update's batch share all noise but one step's); the update samples its own batch
-    after the click and scores it with the head refitted on the click."""
+def test_hidden_twins_rounds_show_one_image_per_noise_set_and_update_through_the_whole_batch(tiny_sd_dir, tmp_path):
+    """round_images="hidden-twins": the update's batch is twice the round (rlr's antithetic twins share all noise up
+    to the HO exit); the round shows one image of each twin pair, all four different, and the update goes through
+    the whole batch with the head's scores of every image, the hidden twins included."""
     from rlr_core.diffusers_chain import load_model
-
-    from rlr_core.sampling import sample
-    from rlr_core.training.clicks import drawing_seeds
 
     chain = load_model(str(tiny_sd_dir), num_steps=4, lora_rank=2, guidance_scale=3.0, device="cpu", dtype="float32")
     prompts = [PAIR_PROMPTS[0]] * 4
-    session = _click_session(chain, tmp_path, "a", mode="learned", k=1)
-    assert session.round_images == "drawings" and session.settings()["round_images"] == "drawings"
+    plain = _click_session(chain, tmp_path, "plain", mode="learned", k=1).new_round(prompts, seed=3)
+    session = _click_session(chain, tmp_path, "a", mode="learned", k=1, round_images="hidden-twins")
+    assert session.settings()["round_images"] == "hidden-twins"
     shown = session.new_round(prompts, seed=3)
-    assert shown.rollout is None  # nothing of a graph is kept while the user looks
-    seeds = drawing_seeds(torch.Generator().manual_seed(3), 4)
-    assert len(set(seeds)) == 4
-    for image, seed in zip(shown.images, seeds):  # each image is its own seed's drawing, alone
-        with torch.no_grad():
-            alone = sample(chain, prompts[:1], seeds=[seed]).float().cpu()[0]
-        assert torch.allclose(image, alone, atol=1e-5)
-    again = _click_session(chain, tmp_path, "b", mode="learned", k=1).new_round(prompts, seed=3)
-    assert again.image_hashes == shown.image_hashes  # the round's seed decides its drawings
+
+    def starts(round):  # x[j], where the HO sub-chain starts: equal for twins, different for the rest
+        return round.rollout.data.ho_replay[0]
+
+    assert torch.equal(starts(plain)[0], starts(plain)[2])  # the default round shows twins
+    batch = shown.rollout
+    assert batch.images.shape[0] == 8 and torch.equal(shown.images, batch.images[:4].detach().float())
+    assert all(not torch.equal(starts(shown)[a], starts(shown)[b]) for a in range(4) for b in range(a + 1, 4))
+    assert all(torch.equal(starts(shown)[i], starts(shown)[i + 4]) for i in range(4))  # each shown one's hidden twin
 
     seen = []
     real_update = session.trainer.update_from_rewards
@@ -710,51 +704,42 @@ def test_drawings_rounds_show_four_drawings_and_update_on_a_batch_sampled_after_
 
     session.trainer.update_from_rewards = update_from_rewards
     session.click(shown, chosen=[1])
-    with torch.no_grad():
-        assert session.predict(shown.images, prompts)[1] == max(session.predict(shown.images, prompts))
     update = session.update(shown)
     (rollout, rewards), = seen
-    assert rollout.images.shape == shown.images.shape and not torch.allclose(rollout.images.detach().float(), shown.images)
-    assert rewards.requires_grad  # the head's differentiable scores: rlr's first-order part applies
-    assert torch.allclose(rewards.detach(), session.head(rollout.images.detach(), prompts))
-    assert update.rewards == pytest.approx([float(v) for v in rewards.detach()])
-    with pytest.raises(ValueError, match="already"):
-        session.update(shown)
-    unclicked = session.new_round(prompts, seed=4)
-    with pytest.raises(ValueError, match="no click yet"):
-        session.update(unclicked)
+    assert rollout is batch and rewards.shape == (8,) and rewards.requires_grad
+    assert torch.allclose(rewards.detach(), session.head(batch.images.detach(), batch.prompts))
+    assert len(update.rewards) == 8 and max(range(4), key=lambda i: update.rewards[i]) == 1  # the clicked one leads
 
 
-def test_replay_of_drawings_rounds_rebuilds_the_lora_and_names_a_log_of_other_rounds(tiny_sd_dir, tmp_path):
+def test_replay_of_hidden_twins_rounds_rebuilds_the_lora_and_a_batch_session_refuses_it(tiny_sd_dir, tmp_path):
     from rlr_core.diffusers_chain import load_model
 
     def fresh_chain():
         return load_model(str(tiny_sd_dir), num_steps=4, lora_rank=2, guidance_scale=3.0, device="cpu", dtype="float32")
 
     chain = fresh_chain()
-    original = _click_session(chain, tmp_path, "a", mode="learned", k=1, head_updates=1)
+    original = _click_session(chain, tmp_path, "a", mode="learned", k=1, head_updates=1, round_images="hidden-twins")
     for i, best in enumerate([2, 0, 3]):
         rnd = original.new_round([PAIR_PROMPTS[i % 2]] * 4, seed=70 + i)
         original.click(rnd, chosen=[best])
         original.update(rnd)
     trained = chain.lora_state_dict()
     rebuilt_chain = fresh_chain()
-    result = _click_session(rebuilt_chain, tmp_path, "b", mode="learned", k=1, head_updates=1).replay(
-        tmp_path / "a" / "clicks.jsonl")
+    result = _click_session(rebuilt_chain, tmp_path, "b", mode="learned", k=1, head_updates=1,
+                            round_images="hidden-twins").replay(tmp_path / "a" / "clicks.jsonl")
     assert result.rounds == 3 and result.mismatched_rounds == []
     assert all(torch.equal(rebuilt_chain.lora_state_dict()[k], trained[k]) for k in trained)
-    batch = _click_session(fresh_chain(), tmp_path, "c", mode="learned", k=1, head_updates=1, round_images="batch")
-    with pytest.raises(ValueError, match=r"^round_images='batch' differs from the click log's round_images='drawings'"):
+    batch = _click_session(fresh_chain(), tmp_path, "c", mode="learned", k=1, head_updates=1)
+    with pytest.raises(ValueError, match=r"^round_images='batch' differs from the click log's round_images='hidden-twins'"):
         batch.replay(tmp_path / "a" / "clicks.jsonl")
 
 
 def test_round_images_values_are_checked(tmp_path):
-    from rlr_core.rewards.preference import round_images_for
+    from rlr_core.rewards.preference import DEFAULT_ROUND_IMAGES, check_round_images
 
-    assert round_images_for("auto", "learned") == "drawings" and round_images_for("auto", "direct") == "batch"
-    assert round_images_for("batch", "learned") == "batch"
-    with pytest.raises(ValueError, match=r"round_images='some'.*allowed values: \['auto', 'batch', 'drawings'\]"):
-        round_images_for("some", "learned")
-    with pytest.raises(ValueError, match=r"round_images='drawings' needs mode='learned'.*\['auto', 'batch'\]"):
+    assert DEFAULT_ROUND_IMAGES == "batch" and check_round_images("hidden-twins", "learned") == "hidden-twins"
+    with pytest.raises(ValueError, match=r"round_images='some' is not allowed; allowed values: \['batch', 'hidden-twins'\]"):
+        check_round_images("some", "learned")
+    with pytest.raises(ValueError, match=r"round_images='hidden-twins' needs mode='learned'.*allowed values here: \['batch'\]"):
         PreferenceSession(TinyTrainer(FakeChain(), FakeEstimator()), tmp_path / "c.jsonl", mode="direct",
-                          round_images="drawings")
+                          round_images="hidden-twins")

@@ -29,17 +29,17 @@ from rlr_core.rewards.simple import check_images
 __all__ = ["ClickLog", "ClickRecord", "ClickReward", "PreferenceReward", "click_rewards", "image_sha256",
            "pixel_features", "layout_features", "to_uint8", "FEATURES", "LOG_VERSION", "MODES", "DEFAULT_MODE", "DEFAULT_FEATURES",
            "DEFAULT_HEAD_UPDATES", "ROUND_IMAGES", "DEFAULT_ROUND_IMAGES", "CHECK_SEEDS", "DEFAULT_CHECK_SEEDS", "DEFAULT_LEARNING_RATE", "TINY_MODEL_FEATURES", "TINY_MODEL_LEARNING_RATE", "features_for",
-           "learning_rate_for", "round_images_for"]
+           "learning_rate_for", "check_round_images"]
 
 # The defaults of a click session (the app's Preference tab, PreferenceSession), chosen by benchmarks/clicks.py
 DEFAULT_MODE = "learned"
 DEFAULT_FEATURES = "auto"  # TINY_MODEL_FEATURES for the tiny model, CLIP otherwise (pixels when CLIP's weights are missing)
 DEFAULT_HEAD_UPDATES = 0
-# what a round shows: "batch" = the update's own rollout (with rlr's antithetic twins: two drawings, each twice,
-# near-identical), "drawings" = one drawing per image from its own seed (the update samples its batch after the
-# click; learned mode only, since direct mode's rewards are the clicks on the shown trajectories)
-ROUND_IMAGES = ("batch", "drawings", "hidden-twins")
-DEFAULT_ROUND_IMAGES = "auto"  # round_images_for
+# What a click round shows (PreferenceSession round_images): "batch" = the update's own batch (with rlr's antithetic
+# twins, two drawings each shown twice, nearly alike); "hidden-twins" (learned mode) = one image of each twin pair of
+# a batch twice the round's size, the update through the whole batch
+ROUND_IMAGES = ("batch", "hidden-twins")
+DEFAULT_ROUND_IMAGES = "batch"
 CHECK_SEEDS = (9001, 9002, 9003, 9004)  # the fixed seeds of a checked session (PreferenceSession check_seeds)
 DEFAULT_CHECK_SEEDS: tuple[int, ...] = ()  # () = no check: every update is kept
 DEFAULT_LEARNING_RATE = 0.0  # "auto": learning_rate_for
@@ -66,16 +66,14 @@ def learning_rate_for(learning_rate: float, base_model: str, train_learning_rate
     return TINY_MODEL_LEARNING_RATE if is_tiny_base_model(base_model) else float(train_learning_rate)
 
 
-def round_images_for(round_images: str, mode: str) -> str:
-    """What a round of a ``mode`` session shows: "auto" is "drawings" in learned mode and "batch" in direct mode.
-    ValueError for a value outside "auto" and :data:`ROUND_IMAGES`, or "drawings" in direct mode."""
-    if round_images not in ("auto",) + ROUND_IMAGES:
-        raise ValueError(f"round_images={round_images!r} is not allowed; allowed values: {['auto', *ROUND_IMAGES]}")
-    if round_images == "auto":
-        return "drawings" if mode == "learned" else "batch"
+def check_round_images(round_images: str, mode: str) -> str:
+    """``round_images`` when a ``mode`` session can show such rounds, else ValueError naming the allowed values
+    (:data:`ROUND_IMAGES`; in direct mode only "batch": the clicks are the rewards of the shown trajectories)."""
+    if round_images not in ROUND_IMAGES:
+        raise ValueError(f"round_images={round_images!r} is not allowed; allowed values: {list(ROUND_IMAGES)}")
     if round_images != "batch" and mode != "learned":
         raise ValueError(f"round_images={round_images!r} needs mode='learned' (in mode={mode!r} the clicks are the "
-                         f"rewards of the shown trajectories); allowed values here: ['auto', 'batch']")
+                         f"rewards of the shown trajectories); allowed values here: ['batch']")
     return round_images
 
 

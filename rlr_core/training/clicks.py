@@ -31,12 +31,12 @@ from PIL import Image
 
 from ..rewards.click_log import ClickLog, ClickRecord, click_rewards, image_sha256, to_uint8
 from ..rewards.preference import (DEFAULT_CHECK_SEEDS, DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_MODE,
-                                  DEFAULT_ROUND_IMAGES, features_for, round_images_for)
+                                  DEFAULT_ROUND_IMAGES, check_round_images, features_for)
 from ..rewards.preference_head import MODES, PreferenceReward
 from ..sampling import sample
 from .run_folder import isolated_rng
 
-__all__ = ["PreferenceRound", "PreferenceSession", "PreferenceUpdate", "ReplayResult", "drawing_seeds", "round_prompt"]
+__all__ = ["PreferenceRound", "PreferenceSession", "PreferenceUpdate", "ReplayResult", "round_prompt"]
 
 
 def round_prompt(prompts: Sequence[str], index: int) -> str:
@@ -50,11 +50,6 @@ def round_prompt(prompts: Sequence[str], index: int) -> str:
     if not prompts:
         raise ValueError("prompts must not be empty")
     return str(prompts[int(index) % len(prompts)])
-
-
-def drawing_seeds(generator: torch.Generator, count: int) -> list[int]:
-    """The seeds of a drawings round's ``count`` images (one each, drawn from the round's generator)."""
-    return [int(v) for v in torch.randint(0, 2**62, (int(count),), generator=generator)]
 
 
 @dataclass
@@ -132,10 +127,10 @@ class PreferenceSession:
     images (the run's prompts in turn) must score at least as high with the head after an update as before it,
     or the update is undone (empty: every update is kept; a check needs the trainer's ``step``,
     ``config.prompts``, ``snapshot()`` and ``restore()``, as ``rlr_core.training.Trainer`` has them).
-    ``round_images``: what a round shows, ``batch`` (the update's own rollout; with rlr's antithetic twins two
-    drawings, each shown twice, near-identical) or ``drawings`` (learned mode: every image from its own seed, sampled
-    without gradients; the click update samples its batch after the click and scores it with the refitted head);
-    ``auto``: drawings in learned mode, batch in direct mode. The defaults are ``rlr_core.rewards.preference``'s
+    ``round_images``: what a round shows, ``batch`` (the update's own batch; with rlr's antithetic twins that is two
+    drawings, each shown twice, nearly alike) or ``hidden-twins`` (learned mode: the batch is the estimator's noise
+    groups times the round's size, the round shows its first group, one image of each noise set, and the update uses
+    all of it, scored by the head refitted on the click). The defaults are ``rlr_core.rewards.preference``'s
     DEFAULT_MODE, DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_CHECK_SEEDS and DEFAULT_ROUND_IMAGES.
     """
 
@@ -157,7 +152,7 @@ class PreferenceSession:
             raise ValueError(f"k={k!r} is not allowed; allowed values: an integer >= 1 or None")
         if int(head_updates) < 0:
             raise ValueError(f"head_updates={head_updates!r} is not allowed; allowed values: an integer >= 0")
-        self.round_images = round_images_for(round_images, mode)
+        self.round_images = check_round_images(round_images, mode)
         self.trainer = trainer
         self.log = log if isinstance(log, ClickLog) else ClickLog(log)
         self.mode = mode
@@ -183,8 +178,8 @@ class PreferenceSession:
                 "round_images": self.round_images}
 
     def new_round(self, prompts: Sequence[str], generator: torch.Generator | None = None, seed: int | None = None) -> PreferenceRound:
-        """Sample one round (one image per prompt): the update's rollout, kept for it (``round_images`` batch), or
-        one drawing per prompt from its own seed (drawings; the seeds are drawn from the round's seed)."""
+        """Sample one round (one image per prompt) with what the update will need: the update's batch is the round
+        (``round_images`` batch) or holds the round and its hidden twins (hidden-twins)."""
         prompts = [str(p) for p in prompts]
         if len(prompts) < 2:
             raise ValueError(f"a round needs at least 2 images to compare, got {len(prompts)} prompts")
@@ -196,17 +191,13 @@ class PreferenceSession:
         else:
             seed = int(generator.initial_seed())
         self._record_start()
-        if self.round_images == "drawings":
-            with isolated_rng(), torch.no_grad():
-                images = sample(self.trainer.chain, prompts, seeds=drawing_seeds(generator, len(prompts))).float().cpu()
-            rollout = None
-        elif self.round_images == "hidden-twins":  # a batch of one image per noise set and its twins; the first shown
-            groups = self.trainer.estimator.noise_groups(self.head.differentiable)
-            rollout = self._rollout(list(prompts) * groups, generator, self.head.differentiable)
-            images = rollout.images[: len(prompts)].detach().float().cpu()
+        differentiable = self.mode == "learned" and self.head.differentiable
+        if self.round_images == "hidden-twins":  # rows i, i + n, ... share noise set i: the first n are all different
+            groups = self.trainer.estimator.noise_groups(differentiable)
+            rollout = self._rollout(list(prompts) * groups, generator, differentiable)
         else:
-            rollout = self._rollout(prompts, generator, self.mode == "learned" and self.head.differentiable)
-            images = rollout.images.detach().float().cpu()
+            rollout = self._rollout(prompts, generator, differentiable)
+        images = rollout.images[: len(prompts)].detach().float().cpu()
         hashes = [image_sha256(a) for a in to_uint8(images)]
         return PreferenceRound(uuid.uuid4().hex, prompts, seed, images, hashes, rollout)
 
@@ -262,33 +253,29 @@ class PreferenceSession:
         pairs = sum(p for _, p in chosen)
         return sum(c for c, _ in chosen) / pairs if pairs else float("nan")
 
-    def rewards_for(self, round: PreferenceRound, rollout: Any = None) -> torch.Tensor:
-        """Rewards of the round's update: its clicks (direct) or the refitted head's scores of ``rollout``'s images
-        (learned; by default the round's own rollout)."""
+    def rewards_for(self, round: PreferenceRound) -> torch.Tensor:
+        """Rewards of the round's update: its clicks (direct) or the refitted head's scores of the update's batch
+        (learned: the shown images, and with hidden-twins their twins)."""
         if not round.clicked:
             raise ValueError(f"round {round.round_id} has no click yet; call click() first")
-        rollout = round.rollout if rollout is None else rollout
         if self.mode == "direct":
             recs = sorted(round.records or [], key=lambda r: r.index)
             chosen = None if recs[0].rank is not None else [r.index for r in recs if r.chosen]
             ranks = [r.rank for r in recs] if recs[0].rank is not None else None
             return click_rewards(round.size, chosen, ranks)[2]  # type: ignore[arg-type]
-        return self.head(rollout.images, list(rollout.prompts))
+        return self.head(round.rollout.images, list(round.rollout.prompts))
 
     def update(self, round: PreferenceRound) -> PreferenceUpdate:
-        """One optimiser step from the round's clicks, through the round's own trajectories (``round_images``
-        batch) or a batch of the round's prompts sampled now and scored by the refitted head (drawings), then
-        ``head_updates`` steps on fresh images of the round's prompts scored by the head."""
+        """One optimiser step from the round's clicks, through the round's own trajectories (with hidden-twins also
+        their twins, scored by the refitted head like the shown ones), then ``head_updates`` steps on fresh images of
+        the round's prompts scored by the head."""
         if round.updated:
             raise ValueError(f"round {round.round_id} was already used for an update")
-        if not round.clicked:
-            raise ValueError(f"round {round.round_id} has no click yet; call click() first")
-        if round.rollout is None and self.round_images != "drawings":
+        if round.rollout is None:
             raise ValueError(f"round {round.round_id} has no rollout (rounds do not survive a restart; sample a new one)")
+        rewards = self.rewards_for(round)
         before = self._check_start() if self.check_seeds and self.head.weight is not None else None
-        rollout = round.rollout if round.rollout is not None else self._fresh_rollout(round, 0)
-        rewards = self.rewards_for(round, rollout)
-        report = self.trainer.update_from_rewards(rollout, rewards)
+        report = self.trainer.update_from_rewards(round.rollout, rewards)
         round.updated, round.rollout = True, None  # free the kept graph / states
         head_updates = [self._head_update(round, i) for i in range(self.head_updates if self.head.weight is not None else 0)]
         head_reports = [report for report, _ in head_updates]
@@ -332,16 +319,12 @@ class PreferenceSession:
         return [prompts[i % len(prompts)] for i in range(len(self.check_seeds))]
 
     def _head_update(self, round: PreferenceRound, index: int) -> tuple[Any, float]:
-        """One iteration on a fresh batch of the round's prompts, the head's scores as rewards; returns the
-        StepReport and the mean score."""
-        rollout = self._fresh_rollout(round, index + 1)
+        """One iteration on a fresh batch of the round's prompts (its own seed), the head's scores as
+        rewards; returns the StepReport and the mean score."""
+        seed = (int(round.seed or 0) * 7919 + 104_729 * (index + 1)) % (2**63 - 1)
+        rollout = self._rollout(round.prompts, torch.Generator().manual_seed(seed), self.head.differentiable)
         scores = self.head(rollout.images, round.prompts)
         return self.trainer.update_from_rewards(rollout, scores), float(scores.detach().mean())
-
-    def _fresh_rollout(self, round: PreferenceRound, number: int) -> Any:
-        """The ``number``-th batch of the round's prompts sampled after its click (its own seed, from the round's)."""
-        seed = (int(round.seed or 0) * 7919 + 104_729 * number) % (2**63 - 1)
-        return self._rollout(round.prompts, torch.Generator().manual_seed(seed), self.head.differentiable)
 
     def history(self) -> dict[str, list[ClickRecord]]:
         """Every clicked round in the log (survives restarts)."""
