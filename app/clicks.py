@@ -317,7 +317,7 @@ def _replay_upload(session: str, path: Path, form: dict[str, Any], hosted: bool,
     """:func:`load_click_log` once the upload is unpacked at ``path``."""
     log = _read_log(path)
     settings = log_settings(log)
-    _check_size(log, settings["head_updates"], hosted)
+    _check_size(log, settings, hosted)
     config = config_from_form(form, hosted)
     start = _start_lora(log, config, session)
     mode, features, head_updates = settings["mode"], settings["features"], settings["head_updates"]
@@ -332,7 +332,8 @@ def _replay_upload(session: str, path: Path, form: dict[str, Any], hosted: bool,
     rounds = len(_updated_rounds(log))
 
     def on_round(number: int, update: Any) -> None:
-        shown = run.preference.log.records[-len(update.rewards):]  # the round just replayed: the log's last records
+        last = run.preference.log.records[-caps(hosted)["pref_k"]:]  # the round just replayed is at the end (_check_size)
+        shown = [r for r in last if r.round_id == update.round_id]
         _count_update(run, update, sum(1 for r in shown if r.chosen))
         if number >= rounds - STRIPS_KEPT:
             _add_strip(run, f"update {number + 1} (replayed)")
@@ -355,16 +356,19 @@ def _replay_upload(session: str, path: Path, form: dict[str, Any], hosted: bool,
     return run, message
 
 
-def _check_size(log: ClickLog, head_updates: int, hosted: bool) -> None:
-    """FieldError naming the click log when replaying it exceeds this server's limits (iterations, images per
-    round, prompt length)."""
+def _check_size(log: ClickLog, settings: dict[str, Any], hosted: bool) -> None:
+    """FieldError naming the click log when replaying it with its ``settings`` exceeds this server's limits
+    (iterations, images per round, prompt length)."""
     limits = caps(hosted)
     rounds = _updated_rounds(log)
-    iterations = len(rounds) * (1 + head_updates)
+    iterations = len(rounds) * (1 + settings["head_updates"])
     if iterations > limits["steps"]:
         raise FieldError(LOG_FIELD, f"replaying it takes {iterations} training iterations; at most {limits['steps']} here")
-    if max(len(records) for records in rounds) > limits["pref_k"]:
-        raise FieldError(LOG_FIELD, f"has a round of more than {limits['pref_k']} images, the most per round here")
+    # a hidden-twins round trains on its images and their twins (rlr's antithetic pairs): twice its images
+    most = limits["pref_k"] // (2 if settings["round_images"] == "hidden-twins" else 1)
+    if max(len(records) for records in rounds) > most:
+        raise FieldError(LOG_FIELD, f"has a round of more than {most} images, the most per round here"
+                                    + (" with hidden twins" if settings["round_images"] == "hidden-twins" else ""))
     if max(len(str(r.prompt)) for records in rounds for r in records) > limits["prompt_chars"]:
         raise FieldError(LOG_FIELD, f"has a prompt longer than {limits['prompt_chars']} characters, the most here")
 

@@ -1,6 +1,7 @@
 """The report of benchmarks/clicks.py: per (mode, attribute, noise) the attribute's gain after the session's
 rounds on the 8 fixed seeds (mean and per session seed), how many of the 8 fixed seeds' images gained (per session
-seed), rounds to half the reference's gain, the head's held-out accuracy and seconds per round; written to ``<out>/clicks.md`` with a picture ``<out>/clicks.png``."""
+seed), rounds to half the reference's gain, the head's held-out accuracy and seconds per round; written to
+``<out>/clicks.md`` with a picture ``<out>/clicks.png``."""
 
 from __future__ import annotations
 

@@ -155,6 +155,7 @@ def test_a_loaded_click_log_keeps_the_rounds_it_showed(studio, tmp_path):
     assert all(torch.equal(rebuilt[k], trained[k]) for k in trained)
     hidden, message = clicks.load_click_log("m", str(tmp_path / "hidden.zip"), form(studio), False)
     assert hidden.preference.settings()["round_images"] == "hidden-twins"
+    assert hidden.counters == {"rounds": 2, "clicks": 2, "updates": 2, "undone": 0}  # a round's 4 images, not its 8 rewards
     assert message.endswith("2 rounds' images differed from the log")
     assert clicks.preference_round("m", {}, False, 4, "learned", "layout", 0, hidden.config.lr) is hidden  # continues
 
@@ -222,6 +223,12 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
     assert "scores-only head" in messages["scores-only.jsonl"]
     assert "names check_seeds [1, 'two']; allowed: a list of at most 16" in messages["bad-check.jsonl"]
     assert "names round_images 'hidden-twins' in mode 'direct'; allowed: batch, hidden-twins in learned" in messages["bad-rounds.jsonl"]
+    hidden = "".join(json.dumps({**click, "index": i}) + "\n" for i in range(6)) + json.dumps(
+        {"type": "update", "round_id": "x", "mode": "learned", "features": "pixels", "head_updates": 0,
+         "round_images": "hidden-twins"})
+    (tmp_path / "hidden-six.jsonl").write_text(hidden)  # 6 images and their 6 twins: over a hosted server's 8
+    with pytest.raises(FieldError, match="^Click log: has a round of more than 4 images, the most per round here with hidden twins"):
+        clicks.load_click_log("e", str(tmp_path / "hidden-six.jsonl"), values, True)
     (tmp_path / "broken.zip").write_bytes(b"PK not really")
     with pytest.raises(FieldError, match="^Click log: is not a readable .zip"):
         clicks.load_click_log("e", str(tmp_path / "broken.zip"), values, False)

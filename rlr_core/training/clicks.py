@@ -5,7 +5,9 @@ needs), logs the user's click in the click log (``rlr_core.rewards.click_log``, 
 updates with the clicks as rewards (direct mode) or with the refitted learned head's rewards on the shown
 images (learned mode, ``rlr_core.rewards.preference_head``) through ``trainer.update_from_rewards``: a step,
 a metrics line and checkpoints when due, like any other iteration. ``head_updates`` more iterations per
-round sample fresh images and score them with the head, without the user.
+round sample fresh images and score them with the head, without the user. A round is the update's batch (rlr's
+antithetic twins included: two drawings, each shown twice) or, with ``round_images="hidden-twins"``, one image of
+each twin pair of a batch twice its size.
 
 With ``check_seeds`` an update must also convince the head: the images of those fixed seeds (the run's
 prompts in turn) are sampled before and after it and scored by the head refitted on the round's click; when
