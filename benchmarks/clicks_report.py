@@ -32,22 +32,22 @@ def summarise(runs: list[dict]) -> list[dict]:
     """One row per (mode, attribute, noise) over its seeds."""
     from benchmarks.clicks import REFERENCES, learning_rate
 
-    references = {(learning_rate(r["mode"]), r["attribute"], r["seed"]): gain_curve(r)[-1]
+    references = {(learning_rate(r["mode"]), r["attribute"], r["seed"], r["rounds"]): gain_curve(r)[-1]
                   for r in runs if r["mode"] in REFERENCES.values()}
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in runs:
         if r["mode"] not in REFERENCES.values():
-            groups[(r["mode"], r["attribute"], r["noise"])].append(r)
+            groups[(r["mode"], r["attribute"], r["noise"], r["rounds"])].append(r)
     rows = []
-    for (mode, attribute, noise), members in sorted(groups.items()):
+    for (mode, attribute, noise, rounds), members in sorted(groups.items()):
         members.sort(key=lambda r: r["seed"])
         gains = [gain_curve(r)[-1] for r in members]
         fixed_up = [sum(after > before for before, after in zip(r["curve"][0], r["curve"][-1])) for r in members]
-        reference = [references.get((learning_rate(mode), attribute, r["seed"]), float("nan")) for r in members]
+        reference = [references.get((learning_rate(mode), attribute, r["seed"], rounds), float("nan")) for r in members]
         halves = [rounds_to_half(gain_curve(r), gain) for r, gain in zip(members, reference)]
         last = [r.get("held_out_accuracy", [])[-10:] for r in members]  # none in reference-scores runs
         rows.append({
-            "mode": mode, "attribute": attribute, "noise": noise, "seeds": [r["seed"] for r in members],
+            "mode": mode, "attribute": attribute, "noise": noise, "rounds": rounds, "seeds": [r["seed"] for r in members],
             "gain": _mean(gains), "gains": gains, "every_seed_up": all(g > 0 for g in gains),
             "fixed_seeds_up": fixed_up, "fixed_seeds": [len(r["curve"][0]) for r in members],
             "reference_gain": _mean(reference),
@@ -66,6 +66,11 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
+def _rounds_note(rounds: int) -> str:
+    """What the mode cell adds for sessions of other than the benchmark's default 20 rounds."""
+    return "" if rounds == 20 else f" ({rounds} rounds)"
+
+
 def write_report(out: Path) -> str:
     """Write clicks.md (and clicks.png) from runs.jsonl; returns the markdown."""
     out = Path(out)
@@ -80,7 +85,7 @@ def write_report(out: Path) -> str:
     ]
     for row in rows:
         lines.append(
-            f"| {row['mode']} | {row['attribute']} | {row['noise']:.0%} | {len(row['seeds'])} | {row['gain']:+.4f} | "
+            f"| {row['mode']}{_rounds_note(row['rounds'])} | {row['attribute']} | {row['noise']:.0%} | {len(row['seeds'])} | {row['gain']:+.4f} | "
             f"{', '.join(f'{g:+.3f}' for g in row['gains'])} | "
             f"{', '.join(f'{u}/{n}' for u, n in zip(row['fixed_seeds_up'], row['fixed_seeds']))} | {row['reference_gain']:+.4f} | "
             f"{', '.join(_fmt(h) for h in row['rounds_to_half'])} | {_fmt(row['accuracy_last10'], 2)} | "

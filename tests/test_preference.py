@@ -657,7 +657,8 @@ def test_click_benchmark_runs_a_session_and_reports(tmp_path, monkeypatch):
     assert clicks.default_mode() == "learned-layout-one"  # the product's default settings, found by the benchmark
     (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (session, reference)))
     table = clicks_report.write_report(tmp_path)
-    assert "| direct | red | 25% | 1 |" in table and (tmp_path / "clicks.png").exists()
+    assert "| direct (2 rounds) | red | 25% | 1 |" in table and (tmp_path / "clicks.png").exists()
+    assert "| nan |" not in table.splitlines()[2]  # the reference of as many iterations as rounds is found
     up = sum(after > before for before, after in zip(session["curve"][0], session["curve"][-1]))
     assert f" | {up}/2 | " in table.splitlines()[2]  # how many of the (here 2) fixed seeds gained
     assert "benchmarks" in sys.modules
