@@ -16,7 +16,8 @@ from typing import Any
 from rlr_core.hub import WeightsUnavailableError
 from rlr_core.rewards.preference import (CHECK_SEEDS, DEFAULT_CHECK_SEEDS, DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES,
                                          DEFAULT_LEARNING_RATE, DEFAULT_ROUND_IMAGES, FEATURES, MODES, ROUND_IMAGES,
-                                         ClickLog, ClickReward, PreferenceReward, features_for, learning_rate_for)
+                                         ClickLog, ClickReward, PreferenceReward, check_round_images, features_for,
+                                         learning_rate_for)
 from rlr_core.training import TrainingStepError
 from rlr_core.training.clicks import PreferenceSession, round_prompt
 
@@ -264,10 +265,11 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
             or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in seeds)):
         raise FieldError(LOG_FIELD, f"names check_seeds {seeds!r}; allowed: a list of at most {MAX_CHECK_SEEDS} "
                                     "seeds (integers >= 0)")
-    if settings["round_images"] not in ROUND_IMAGES or (settings["round_images"] != "batch"
-                                                        and settings["mode"] != "learned"):
+    try:
+        check_round_images(settings["round_images"], settings["mode"])
+    except ValueError:
         raise FieldError(LOG_FIELD, f"names round_images {settings['round_images']!r} in mode {settings['mode']!r}; "
-                                    f"allowed: {', '.join(ROUND_IMAGES)} in learned mode, batch in direct mode")
+                                    f"allowed: {', '.join(ROUND_IMAGES)} in learned mode, batch in direct mode") from None
     if last.get("head_gradient", True) is not True:
         raise FieldError(LOG_FIELD, "was made with a scores-only head (head_gradient false, from the Python API); the app "
                                     "replays logs of its own differentiable head: replay it with PreferenceSession.replay")
@@ -364,11 +366,11 @@ def _check_size(log: ClickLog, settings: dict[str, Any], hosted: bool) -> None:
     iterations = len(rounds) * (1 + settings["head_updates"])
     if iterations > limits["steps"]:
         raise FieldError(LOG_FIELD, f"replaying it takes {iterations} training iterations; at most {limits['steps']} here")
-    # a hidden-twins round trains on its images and their twins (rlr's antithetic pairs): twice its images
-    most = limits["pref_k"] // (2 if settings["round_images"] == "hidden-twins" else 1)
+    hidden_twins = settings["round_images"] == "hidden-twins"  # trains on its images and their rlr twins: twice as many
+    most = limits["pref_k"] // (2 if hidden_twins else 1)
     if max(len(records) for records in rounds) > most:
         raise FieldError(LOG_FIELD, f"has a round of more than {most} images, the most per round here"
-                                    + (" with hidden twins" if settings["round_images"] == "hidden-twins" else ""))
+                                    + (" with hidden twins" if hidden_twins else ""))
     if max(len(str(r.prompt)) for records in rounds for r in records) > limits["prompt_chars"]:
         raise FieldError(LOG_FIELD, f"has a prompt longer than {limits['prompt_chars']} characters, the most here")
 

@@ -194,11 +194,9 @@ class PreferenceSession:
             seed = int(generator.initial_seed())
         self._record_start()
         differentiable = self.mode == "learned" and self.head.differentiable
-        if self.round_images == "hidden-twins":  # rows i, i + n, ... share noise set i: the first n are all different
-            groups = self.trainer.estimator.noise_groups(differentiable)
-            rollout = self._rollout(list(prompts) * groups, generator, differentiable)
-        else:
-            rollout = self._rollout(prompts, generator, differentiable)
+        # hidden-twins: rows i, i + n, ... share noise set i, so the first n (the round) are all different
+        groups = self.trainer.estimator.noise_groups(differentiable) if self.round_images == "hidden-twins" else 1
+        rollout = self._rollout(list(prompts) * groups, generator, differentiable)
         images = rollout.images[: len(prompts)].detach().float().cpu()
         hashes = [image_sha256(a) for a in to_uint8(images)]
         return PreferenceRound(uuid.uuid4().hex, prompts, seed, images, hashes, rollout)
@@ -338,8 +336,8 @@ class PreferenceSession:
 
         The session starts from the log's starting LoRA (when it kept one) and must have the settings
         the log's updates were made with (``mode``, ``features``, ``head_updates``, ``head_gradient``: whether
-        the head is differentiable, ``lr``: the trainer's learning rate, ``check_seeds``; a ValueError names the one
-        that differs).
+        the head is differentiable, ``lr``: the trainer's learning rate, ``check_seeds``, ``round_images``; a ValueError
+        names the one that differs).
         Rounds whose images differ from the logged ones (another model, another machine's arithmetic) are replayed
         with the logged clicks and listed in ``mismatched_rounds``.
         This session's own log receives the replayed rounds, so it continues where ``source`` ended.
