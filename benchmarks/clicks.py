@@ -63,6 +63,8 @@ MODES = {
     "learned-layout-one-checked": ("learned", "layout", 0),
     "learned-layout-one+head1": ("learned", "layout", 1),
     "learned-layout-one-hidden": ("learned", "layout", 0),
+    "learned-layout-one-l2=0.1": ("learned", "layout", 0),
+    "learned-layout-one-l2=1": ("learned", "layout", 0),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
     "learned+head2": ("learned", "tiny-clip", 2),
@@ -77,11 +79,12 @@ LEARNING_RATES = {"learned-lr3x": 0.03, "learned-layout-lr3x": 0.03, "reference-
 # the reference run (the attribute as the reward) at each sessions' learning rate
 REFERENCES = {LEARNING_RATE: "reference", 0.03: "reference-lr3x"}
 # screened head variants: name -> how the head differs from PreferenceReward's defaults
-HEAD_VARIANTS = {"learned-global": "global", "learned-both": "with_pixels", "learned-scores": "scores",
-                 "learned-scores+head4": "scores"}
+HEAD_VARIANTS = {"learned-global": {"scaling": "global"}, "learned-both": {"with_pixels": True},
+                 "learned-scores": {"differentiable": False}, "learned-scores+head4": {"differentiable": False},
+                 "learned-layout-one-l2=0.1": {"l2": 0.1}, "learned-layout-one-l2=1": {"l2": 1.0}}
 # modes whose rounds show one prompt (4 seeds of it; the prompt changes every round) instead of the prompts mixed
 ONE_PROMPT_ROUNDS = {"learned-layout-one", "learned-pixels-one", "learned-layout-one-checked", "learned-layout-one+head1",
-                     "learned-layout-one-hidden"}
+                     "learned-layout-one-hidden", "learned-layout-one-l2=0.1", "learned-layout-one-l2=1"}
 # modes whose rounds show one image of each noise set of a batch twice their size (PreferenceSession
 # round_images="hidden-twins"); the others show the update's own batch (rlr's antithetic twins: two drawings, each twice)
 HIDDEN_TWINS_MODES = {"learned-layout-one-hidden"}
@@ -149,9 +152,8 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
         trainer = _trainer(attribute, task["seed"], task["rounds"], tmp, task.get("num_steps", 20),
                            learning_rate(task["mode"]))
         log = ClickLog(Path(tmp) / "clicks.jsonl")
-        variant = HEAD_VARIANTS.get(task["mode"])
-        head_class = _with_pixels(PreferenceReward) if variant == "with_pixels" else PreferenceReward
-        options = {"scaling": "global"} if variant == "global" else {"differentiable": False} if variant == "scores" else {}
+        options = dict(HEAD_VARIANTS.get(task["mode"], {}))
+        head_class = _with_pixels(PreferenceReward) if options.pop("with_pixels", False) else PreferenceReward
         head = head_class(log, features=features, **options)
         session = PreferenceSession(trainer, log, mode=mode, k=1, reward=head, head_updates=head_updates,
                                     check_seeds=check_seeds(task["mode"]), round_images=round_images(task["mode"]))

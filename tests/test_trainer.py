@@ -277,6 +277,31 @@ def test_non_finite_reward_skips_update_and_keeps_params(tmp_path):
     assert line["skipped"] and line["rewards"][1] is None  # NaN written as null: valid JSON
 
 
+@pytest.mark.parametrize("estimator", ["rlr", "ddpo", "truncated-bp"])
+def test_zero_gradient_skips_update_and_keeps_params(tmp_path, estimator):
+    """Equal rewards with no reward gradient carry nothing to learn; AdamW would still move the parameters along
+    its momentum (and weight decay) if it stepped, as it did in click sessions whose images had saturated."""
+
+    class FlatWhenAsked(QuadraticReward):
+        flat = False
+
+        def __call__(self, images, prompts):
+            values = super().__call__(images, prompts)
+            return values * 0.0 + 1.0 if self.flat else values
+
+    chain, _, estimator, config = _analytic(tmp_path, estimator=estimator, steps=3, eval_seeds=[], weight_decay=0.1)
+    reward = FlatWhenAsked()
+    reports = []
+    for report in Trainer(chain, reward, estimator, config).run():
+        reports.append((report, _params(chain)))
+        reward.flat = report.step == 1  # the second iteration's rewards are all equal
+    (r1, p1), (r2, p2), (r3, p3) = reports
+    assert r1.skipped is None and r3.skipped is None and r1.update_norm > 0 and r3.update_norm > 0
+    assert r2.skipped is not None and "zero gradient" in r2.skipped and r2.update_norm == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(p1, p2))  # neither momentum nor weight decay moved them
+    assert not torch.equal(p2[0], p3[0])
+
+
 def _run(chain, reward, estimator, config):
     return list(Trainer(chain, reward, estimator, config).run())
 

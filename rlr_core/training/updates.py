@@ -50,8 +50,10 @@ def apply_update(params: list[torch.Tensor], optimizer: torch.optim.Optimizer, e
                  max_grad_norm: float) -> float:
     """Clip ``p.grad`` and take one optimizer step; return the norm of the parameter change.
 
-    Nothing changes (and 0.0 is returned) when ``estimate.skipped`` is set or the gradient
-    is not finite; the latter sets ``estimate.skipped`` to say why.
+    Nothing changes (and 0.0 is returned) when ``estimate.skipped`` is set, or the gradient is not
+    finite or exactly zero (e.g. every reward of the batch equal, the images saturated: an AdamW step
+    would still move the LoRA along its momentum and weight decay); the latter two set
+    ``estimate.skipped`` to say why.
     """
     if estimate.skipped:
         zero_grads(params)
@@ -68,6 +70,10 @@ def apply_update(params: list[torch.Tensor], optimizer: torch.optim.Optimizer, e
             return 0.0
     if not all(bool(torch.isfinite(g).all()) for g in grads):
         estimate.skipped = "non-finite gradient: update skipped, LoRA kept"
+        zero_grads(params)
+        return 0.0
+    if not any(bool(g.any()) for g in grads):  # AdamW would still move the LoRA along its momentum
+        estimate.skipped = "zero gradient (nothing to learn from these rewards): update skipped, LoRA kept"
         zero_grads(params)
         return 0.0
     if max_grad_norm > 0:
