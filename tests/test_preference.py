@@ -661,7 +661,27 @@ def test_click_benchmark_runs_a_session_and_reports(tmp_path, monkeypatch):
     assert "| nan |" not in table.splitlines()[2]  # the reference of as many iterations as rounds is found
     up = sum(after > before for before, after in zip(session["curve"][0], session["curve"][-1]))
     assert f" | {up}/2 | " in table.splitlines()[2]  # how many of the (here 2) fixed seeds gained
+    reference_up = sum(after > before for before, after in zip(reference["curve"][0], reference["curve"][-1]))
+    assert table.splitlines()[2].split(" | ")[8] == f"{reference_up}/2"  # the reference's own, same seed
     assert "benchmarks" in sys.modules
+
+
+def test_click_report_gives_longer_sessions_gain_after_twenty_rounds(monkeypatch):
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.syspath_prepend(str(root))
+    from benchmarks.clicks_report import summarise
+
+    def run(mode, seed, rounds, step):  # two fixed seeds; the attribute rises by ``step`` per round on both
+        return {"mode": mode, "attribute": "left", "noise": 0.0, "seed": seed, "rounds": rounds,
+                "curve": [[step * i, step * i - 1.0] for i in range(rounds + 1)]}
+
+    runs = [run("learned-layout-one", 1, 24, 0.01), run("learned-layout-one", 2, 24, -0.02),
+            run("learned-layout-one", 1, 20, 0.01), run("reference", 1, 24, 0.05)]
+    long, short = sorted(summarise(runs), key=lambda row: -row["rounds"])
+    assert long["rounds"] == 24 and long["gains_after_compared_rounds"] == pytest.approx([0.20, -0.40])
+    assert long["gains"] == pytest.approx([0.24, -0.48]) and long["fixed_seeds_up"] == [2, 0]
+    assert long["reference_fixed_seeds_up"] == [2, None]  # seed 2 has no reference of 24 iterations
+    assert short["gains_after_compared_rounds"] is None and short["reference_fixed_seeds_up"] == [None]
 
 
 def test_learning_rate_auto_is_the_benchmarked_rate_for_the_tiny_model_only():
