@@ -28,7 +28,7 @@ def fixed_seeds_up(run: dict) -> int:
     return sum(after > before for before, after in zip(run["curve"][0], run["curve"][-1]))
 
 
-COMPARED_ROUNDS = 20  # the session length the issue's bar is about; longer sessions also report their gain there
+COMPARED_ROUNDS = 20  # the benchmark's session length, the one the issue's bar is about; longer sessions also report their gain there
 
 
 def rounds_to_half(curve: list[float], reference_gain: float) -> int | None:
@@ -82,8 +82,8 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def _rounds_note(rounds: int) -> str:
-    """What the mode cell adds for sessions of other than the benchmark's default 20 rounds."""
-    return "" if rounds == 20 else f" ({rounds} rounds)"
+    """What the mode cell adds for sessions of other than the benchmark's COMPARED_ROUNDS."""
+    return "" if rounds == COMPARED_ROUNDS else f" ({rounds} rounds)"
 
 
 def write_report(out: Path) -> str:
