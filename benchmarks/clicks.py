@@ -117,11 +117,12 @@ class Attribute:
         return torch.tensor(values, dtype=torch.float32)
 
 
-def _trainer(attribute: Attribute, seed: int, rounds: int, output_dir: str, num_steps: int = 20, lr: float = LEARNING_RATE):
+def _trainer(attribute: Attribute, seed: int, rounds: int, output_dir: str, num_steps: int = 20, lr: float = LEARNING_RATE,
+             lora_targets: str = "attention"):
     from benchmarks.compare import _chain
     from rlr_core import TrainConfig, Trainer, get_estimator
 
-    chain = _chain(num_steps)
+    chain = _chain(num_steps, lora_targets)
     config = TrainConfig(model="tiny", num_steps=num_steps, prompts=list(CLICK_PROMPTS), steps=rounds, batch_size=4, lr=lr,
                          seed=seed, eval_seeds=[], eval_every=0, checkpoint_every=0, output_dir=output_dir)
     return Trainer(chain, attribute, get_estimator("rlr"), config)
@@ -150,7 +151,7 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
     wrong = np.random.default_rng([task["seed"], int(task["noise"] * 100), 17])
     with tempfile.TemporaryDirectory() as tmp:
         trainer = _trainer(attribute, task["seed"], task["rounds"], tmp, task.get("num_steps", 20),
-                           learning_rate(task["mode"]))
+                           task.get("lr", learning_rate(task["mode"])), task.get("lora_targets", "attention"))
         log = ClickLog(Path(tmp) / "clicks.jsonl")
         options = dict(HEAD_VARIANTS.get(task["mode"], {}))
         head_class = _with_pixels(PreferenceReward) if options.pop("with_pixels", False) else PreferenceReward
@@ -247,7 +248,7 @@ def run_reference(task: dict) -> dict:
     attribute = Attribute(task["attribute"], differentiable=task["mode"] != "reference-scores")
     with tempfile.TemporaryDirectory() as tmp:
         trainer = _trainer(attribute, task["seed"], task["rounds"], tmp, task.get("num_steps", 20),
-                           learning_rate(task["mode"]))
+                           task.get("lr", learning_rate(task["mode"])), task.get("lora_targets", "attention"))
         curve = [measure(trainer, attribute)]
         for _ in trainer.run(task["rounds"]):
             curve.append(measure(trainer, attribute))
@@ -277,7 +278,8 @@ def _run(task: dict) -> dict:
 
 
 def key(task: dict) -> str:
-    return f"{task['mode']}|{task['attribute']}|{task['noise']}|{task['seed']}|{task['rounds']}"
+    extra = "".join(f"|{name}={task[name]}" for name in ("lora_targets", "lr") if name in task)
+    return f"{task['mode']}|{task['attribute']}|{task['noise']}|{task['seed']}|{task['rounds']}{extra}"
 
 
 def load_runs(out: Path) -> list[dict]:
