@@ -108,9 +108,10 @@ FIELDS: list[Field] = [
     Field("lr_schedule", "LR schedule", "choice", "constant", "lr_schedule", section="optimization",
           info="cosine / linear: decay from the learning rate toward 0 over the iterations"),
     Field("lora_rank", "LoRA rank", "int", 4, "lora_rank", cap="lora_rank", section="optimization"),
-    Field("lora_targets", "LoRA targets", "choice", "attention", "lora_targets", section="optimization",
-          info="attention: every attention layer; cross-attention: only what reads the prompt "
-               "(the model keeps drawing its own shapes)"),
+    Field("lora_targets", "LoRA targets", "choice", "auto", "lora_targets", section="optimization",
+          info="auto: the model's own (tiny: attention+conv, others: attention); attention: every attention layer; "
+               "cross-attention: only what reads the prompt (the model keeps drawing its own shapes); "
+               "attention+conv: also the convolutions (can move where things sit)"),
     Field("kl_weight", "KL to the base model", "float", 0.0, "kl_weight", section="optimization",
           info="0 = off; > 0 pulls the run back toward what the base model draws (against reward hacking; needs eta > 0)"),
     Field("steps", "Iterations", "int", 50, "steps", cap="steps", section="optimization"),

@@ -61,9 +61,12 @@ class ModelEntry:
 
 
 def model_key(config: TrainConfig) -> tuple:
-    """Cache key of the weights: model, LoRA rank, alpha and targets, dtype, device."""
-    return (config.model, int(config.lora_rank), config.lora_alpha, tuple(resolve_lora_targets(config.lora_targets)),
-            config.dtype, config.device)
+    """Cache key of the weights: model, LoRA rank, alpha and targets (as the model resolves them: "auto" is its
+    own default), dtype, device."""
+    from rlr_core.models import model_defaults
+
+    targets = resolve_lora_targets(config.lora_targets, auto=model_defaults(config.model)["lora_targets"])
+    return (config.model, int(config.lora_rank), config.lora_alpha, tuple(targets), config.dtype, config.device)
 
 
 def sampler_key(config: TrainConfig) -> tuple:

@@ -86,7 +86,7 @@ def snippet(run: Run) -> str:
         "```python\n"
         "from rlr_core import load_model, sample\n\n"
         f"chain = load_model({config.model!r}, lora_rank={config.lora_rank}, num_steps={config.num_steps}"
-        f"{'' if config.lora_targets == 'attention' else f', lora_targets={config.lora_targets!r}'})\n"
+        f"{'' if config.lora_targets == 'auto' else f', lora_targets={config.lora_targets!r}'})\n"
         "chain.load_lora(\"pytorch_lora_weights.safetensors\")  # the file downloaded here\n"
         f"images = sample(chain, [{prompt!r}] * 4, seeds=[0, 1, 2, 3])  # [4, 3, H, W] in [0, 1]\n"
         "```\n\n"

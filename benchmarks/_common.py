@@ -46,7 +46,9 @@ def load(args, num_steps: int):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    return load_model(args.model, num_steps=num_steps, lora_rank=args.lora_rank, eta=args.eta, device=args.device, dtype=args.dtype)
+    # attention: the targets every published number of these scripts was measured with
+    return load_model(args.model, num_steps=num_steps, lora_rank=args.lora_rank, lora_targets="attention", eta=args.eta,
+                      device=args.device, dtype=args.dtype)
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:

@@ -65,6 +65,7 @@ MODES = {
     "learned-layout-one-hidden": ("learned", "layout", 0),
     "learned-layout-one-l2=0.1": ("learned", "layout", 0),
     "learned-layout-one-l2=1": ("learned", "layout", 0),
+    "learned-layout-one-lr0.003": ("learned", "layout", 0),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
     "learned+head2": ("learned", "tiny-clip", 2),
@@ -75,16 +76,18 @@ MODES = {
     "learned-scores+head4": ("learned", "tiny-clip", 4),
 }
 LEARNING_RATE = 0.01  # of every session and reference run, except:
-LEARNING_RATES = {"learned-lr3x": 0.03, "learned-layout-lr3x": 0.03, "reference-lr3x": 0.03}
+LEARNING_RATES = {"learned-lr3x": 0.03, "learned-layout-lr3x": 0.03, "reference-lr3x": 0.03,
+                  "learned-layout-one-lr0.003": 0.003, "reference-lr0.003": 0.003}
 # the reference run (the attribute as the reward) at each sessions' learning rate
-REFERENCES = {LEARNING_RATE: "reference", 0.03: "reference-lr3x"}
+REFERENCES = {LEARNING_RATE: "reference", 0.03: "reference-lr3x", 0.003: "reference-lr0.003"}
 # screened head variants: name -> how the head differs from PreferenceReward's defaults
 HEAD_VARIANTS = {"learned-global": {"scaling": "global"}, "learned-both": {"with_pixels": True},
                  "learned-scores": {"differentiable": False}, "learned-scores+head4": {"differentiable": False},
                  "learned-layout-one-l2=0.1": {"l2": 0.1}, "learned-layout-one-l2=1": {"l2": 1.0}}
 # modes whose rounds show one prompt (4 seeds of it; the prompt changes every round) instead of the prompts mixed
 ONE_PROMPT_ROUNDS = {"learned-layout-one", "learned-pixels-one", "learned-layout-one-checked", "learned-layout-one+head1",
-                     "learned-layout-one-hidden", "learned-layout-one-l2=0.1", "learned-layout-one-l2=1"}
+                     "learned-layout-one-hidden", "learned-layout-one-l2=0.1", "learned-layout-one-l2=1",
+                     "learned-layout-one-lr0.003"}
 # modes whose rounds show one image of each noise set of a batch twice their size (PreferenceSession
 # round_images="hidden-twins"); the others show the update's own batch (rlr's antithetic twins: two drawings, each twice)
 HIDDEN_TWINS_MODES = {"learned-layout-one-hidden"}
@@ -118,7 +121,7 @@ class Attribute:
 
 
 def _trainer(attribute: Attribute, seed: int, rounds: int, output_dir: str, num_steps: int = 20, lr: float = LEARNING_RATE,
-             lora_targets: str = "attention"):
+             lora_targets: str = "auto"):
     from benchmarks.compare import _chain
     from rlr_core import TrainConfig, Trainer, get_estimator
 
@@ -151,7 +154,7 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
     wrong = np.random.default_rng([task["seed"], int(task["noise"] * 100), 17])
     with tempfile.TemporaryDirectory() as tmp:
         trainer = _trainer(attribute, task["seed"], task["rounds"], tmp, task.get("num_steps", 20),
-                           task.get("lr", learning_rate(task["mode"])), task.get("lora_targets", "attention"))
+                           *task_settings(task))
         log = ClickLog(Path(tmp) / "clicks.jsonl")
         options = dict(HEAD_VARIANTS.get(task["mode"], {}))
         head_class = _with_pixels(PreferenceReward) if options.pop("with_pixels", False) else PreferenceReward
@@ -180,7 +183,7 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
                 on_round(RoundTrace(index, shown.prompts, wrong_click, [float(v) for v in values], update, session.head,
                                     _mean(curve[-1]) - _mean(curve[0])))
     return {**task, "curve": curve, "held_out_accuracy": accuracy, "seconds_per_round": seconds,
-            "gradient_alignment": alignment, "accepted": accepted}
+            "gradient_alignment": alignment, "accepted": accepted, "settings": used_settings(task, trainer)}
 
 
 @dataclass
@@ -248,11 +251,26 @@ def run_reference(task: dict) -> dict:
     attribute = Attribute(task["attribute"], differentiable=task["mode"] != "reference-scores")
     with tempfile.TemporaryDirectory() as tmp:
         trainer = _trainer(attribute, task["seed"], task["rounds"], tmp, task.get("num_steps", 20),
-                           task.get("lr", learning_rate(task["mode"])), task.get("lora_targets", "attention"))
+                           *task_settings(task))
         curve = [measure(trainer, attribute)]
         for _ in trainer.run(task["rounds"]):
             curve.append(measure(trainer, attribute))
-    return {**task, "curve": curve}
+    return {**task, "curve": curve, "settings": used_settings(task, trainer)}
+
+
+def task_settings(task: dict) -> tuple[float, str]:
+    """A task's learning rate and LoRA targets: its own ``lr`` / ``lora_targets`` when it names them, else the
+    mode's learning rate and the model's own targets ("auto")."""
+    return float(task.get("lr", learning_rate(task["mode"]))), str(task.get("lora_targets", "auto"))
+
+
+def used_settings(task: dict, trainer) -> dict:
+    """What a run trained with, as recorded in runs.jsonl: learning rate and the LoRA targets' set name (or list)."""
+    from rlr_core.config import LORA_TARGET_SETS
+
+    targets = list(trainer.chain.lora_targets)
+    name = next((n for n, members in LORA_TARGET_SETS.items() if list(members) == targets), ",".join(targets))
+    return {"lr": task_settings(task)[0], "lora_targets": name}
 
 
 def _with_pixels(base):
@@ -352,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Simulated click sessions (docs/rewards.md, preference).")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/clicks"))
     p.add_argument("--phase", choices=["screen", "full"], default="screen")
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES) + ["reference-scores", "reference-lr3x"],
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES) + ["reference-scores", "reference-lr3x", "reference-lr0.003"],
                    help="the screen's candidates (reference-scores: the attribute as a reward without its gradient)")
     p.add_argument("--default", default=None, choices=list(MODES),
                    help="the mode of the full phase (default: rlr_core's DEFAULT_MODE)")

@@ -38,23 +38,47 @@ def rounds_to_half(curve: list[float], reference_gain: float) -> int | None:
     return next((i for i, g in enumerate(curve) if i > 0 and g >= 0.5 * reference_gain), None)
 
 
+def settings(run: dict) -> tuple[float, str]:
+    """The learning rate and LoRA targets a run trained with (runs before they were recorded: the mode's rate and
+    the attention targets, what every such run used)."""
+    from benchmarks.clicks import learning_rate
+
+    from rlr_core.config import LORA_TARGET_SETS
+
+    recorded = run.get("settings") or run  # runs of tasks that named them carry them as task keys
+    targets = str(recorded.get("lora_targets", "attention"))
+    targets = next((name for name, members in LORA_TARGET_SETS.items() if ",".join(members) == targets), targets)
+    return float(recorded.get("lr", learning_rate(run["mode"]))), targets
+
+
+def label(run: dict) -> str:
+    """A run's mode, with its LoRA targets and learning rate when they are not the mode's usual ones (the attention
+    targets, the mode's rate)."""
+    from benchmarks.clicks import learning_rate
+
+    lr, targets = settings(run)
+    if (lr, targets) == (learning_rate(run["mode"]), "attention"):
+        return run["mode"]
+    return f"{run['mode']} [{targets}, lr {lr:g}]"
+
+
 def summarise(runs: list[dict]) -> list[dict]:
     """One row per (mode, attribute, noise) over its seeds."""
-    from benchmarks.clicks import REFERENCES, learning_rate
+    from benchmarks.clicks import REFERENCES
 
-    reference_runs = {(learning_rate(r["mode"]), r["attribute"], r["seed"], r["rounds"]): r
+    reference_runs = {(*settings(r), r["attribute"], r["seed"], r["rounds"]): r
                       for r in runs if r["mode"] in REFERENCES.values()}
     references = {key: gain_curve(r)[-1] for key, r in reference_runs.items()}
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in runs:
         if r["mode"] not in REFERENCES.values():
-            groups[(r["mode"], r["attribute"], r["noise"], r["rounds"])].append(r)
+            groups[(label(r), r["attribute"], r["noise"], r["rounds"])].append(r)
     rows = []
     for (mode, attribute, noise, rounds), members in sorted(groups.items()):
         members.sort(key=lambda r: r["seed"])
         gains = [gain_curve(r)[-1] for r in members]
         fixed_up = [fixed_seeds_up(r) for r in members]
-        keys = [(learning_rate(mode), attribute, r["seed"], rounds) for r in members]
+        keys = [(*settings(r), attribute, r["seed"], rounds) for r in members]
         reference = [references.get(key, float("nan")) for key in keys]
         reference_up = [fixed_seeds_up(reference_runs[key]) if key in reference_runs else None for key in keys]
         at_compared = [gain_curve(r)[COMPARED_ROUNDS] for r in members] if rounds > COMPARED_ROUNDS else None
@@ -126,14 +150,14 @@ def _picture(runs: list[dict], target: Path) -> None:
     import matplotlib.pyplot as plt
 
     attributes = sorted({r["attribute"] for r in runs})
-    modes = sorted({r["mode"] for r in runs})
+    modes = sorted({label(r) for r in runs})
     colours = {mode: plt.cm.tab10(i) for i, mode in enumerate(modes)}  # one colour per mode in every panel
     fig, axes = plt.subplots(1, len(attributes), figsize=(4.2 * len(attributes), 3.2), squeeze=False)
     for ax, attribute in zip(axes[0], attributes):
         curves: dict[str, list[list[float]]] = defaultdict(list)
         for r in runs:
             if r["attribute"] == attribute and r["noise"] == 0.0:
-                curves[r["mode"]].append(gain_curve(r))
+                curves[label(r)].append(gain_curve(r))
         for mode, members in sorted(curves.items()):
             length = min(len(c) for c in members)
             mean = [_mean(c[i] for c in members) for i in range(length)]

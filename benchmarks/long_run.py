@@ -60,7 +60,7 @@ def task_config(task: str, estimator: str, variant: str, args: argparse.Namespac
                   estimator=estimator, keep_best=True, early_stop_patience=0, checkpoint_every=0, device="cpu",
                   kl_weight=KL_WEIGHT if variant == "kl" else 0.0, output_dir=output_dir)
     if task == "saturation":
-        return TrainConfig(reward="saturation", prompts=list(PROMPTS), **common)
+        return TrainConfig(reward="saturation", prompts=list(PROMPTS), lora_targets="attention", **common)
     if task == "star":
         star = yaml.safe_load(STAR_CONFIG.read_text())
         return TrainConfig(reward=star["reward"], reward_options=star["reward_options"], prompts=star["prompts"],

@@ -318,7 +318,11 @@ def test_lora_targets_field_round_trips_and_keys_the_model_cache():
     from app.errors import FieldError
     from rlr_core.config import TrainConfig
 
-    assert FORM_DEFAULTS["lora_targets"] == "attention"
+    assert FORM_DEFAULTS["lora_targets"] == "auto"
+    # "auto" is the model's own targets: on the tiny model the same weights as attention+conv, not attention's
+    auto, conv, attention = (config_from_form({**FORM_DEFAULTS, "model": "tiny", "lora_targets": name}, hosted=False)
+                             for name in ("auto", "attention+conv", "attention"))
+    assert model_key(auto) == model_key(conv) != model_key(attention)
     cross = config_from_form({**FORM_DEFAULTS, "lora_targets": "cross-attention"}, hosted=False)
     assert cross.lora_targets == "cross-attention"
     listed = TrainConfig(lora_targets=["attn2.to_k", "attn2.to_v"])

@@ -21,7 +21,7 @@ guidance_scale: null
 eta: 1.0
 lora_rank: 4
 lora_alpha: null
-lora_targets: attention
+lora_targets: auto
 gradient_checkpointing: false
 device: auto
 dtype: auto

@@ -371,6 +371,46 @@ def test_bad_model_and_call_inputs(tiny_pixel_chain, tmp_path):
         tiny_pixel_chain.step_mean_std(torch.cat([x, x]), 0, cond)
 
 
+def test_attention_conv_lora_targets_and_auto(tiny_sd_dir, tmp_path):
+    """lora_targets="attention+conv": adapters on the attention projections and the ResNet blocks' conv1 / conv2;
+    the LoRA saves and loads into plain diffusers with the same output. "auto" (the default) is the model folder's
+    rlr_studio.json lora_targets, "attention" for a folder without one; the bundled tiny model's is attention+conv."""
+    from diffusers import StableDiffusionPipeline
+
+    from rlr_core.models import model_defaults
+
+    plain_folder = load_model(str(tiny_sd_dir), num_steps=4, lora_rank=2, device="cpu")
+    assert plain_folder.lora_targets == ["to_q", "to_k", "to_v", "to_out.0"]
+    assert model_defaults(str(tiny_sd_dir))["lora_targets"] == "attention"
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_sd_dir, folder)
+    (folder / "rlr_studio.json").write_text(json.dumps({"lora_targets": "attention+conv"}))
+    assert model_defaults(str(folder))["lora_targets"] == "attention+conv"
+    chain = load_model(str(folder), num_steps=4, lora_rank=2, device="cpu")
+    assert chain.lora_targets == ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]
+    layers = {n.split(".lora_")[0] for n, _ in chain._lora_named}
+    assert any(n.endswith("resnets.0.conv1") for n in layers) and any(n.endswith("resnets.0.conv2") for n in layers)
+    assert {n for n in layers if "attn" in n} == {n.split(".lora_")[0] for n, _ in plain_folder._lora_named}
+    explicit = load_model(str(folder), num_steps=4, lora_rank=2, device="cpu", lora_targets="attention")
+    assert explicit.lora_targets == plain_folder.lora_targets  # an explicit value wins over the folder's
+
+    _randomize_lora(chain, seed=4, scale=0.1)
+    chain.save_lora(tmp_path / "lora")
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None, requires_safety_checker=False)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor(chain.timestep(1))
+    emb = chain.condition(["a red circle"]).phase_embeds[2]
+    with torch.no_grad():
+        base = pipe.unet(x, t, encoder_hidden_states=emb).sample
+        pipe.load_lora_weights(str(tmp_path / "lora"))
+        ours = chain.unet(x, t, encoder_hidden_states=emb).sample
+        assert not torch.allclose(base, ours)
+        torch.testing.assert_close(pipe.unet(x, t, encoder_hidden_states=emb).sample, ours, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="lora_targets"):
+        plain_folder.load_lora(tmp_path / "lora")
+    assert model_defaults("tiny")["lora_targets"] == "attention+conv"
+
+
 def test_cross_attention_lora_targets_only_the_text_projections(tiny_sd_dir, tmp_path):
     """lora_targets="cross-attention": adapters on attn2.to_k / attn2.to_v only; the LoRA saves, loads into plain
     diffusers, and a chain with other targets refuses it by name."""

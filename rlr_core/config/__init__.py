@@ -32,13 +32,14 @@ import yaml
 
 from .files import (MAX_CONFIG_BYTES, MAX_CONFIG_NESTING, nested_deeper_than, parse_json, parse_yaml, read_limited,
                     read_path_or_text, write_text)
-from .schema import (DEFAULT_PROMPT_BOUNDARIES, DEVICES, DTYPES, LORA_TARGET_SETS, LR_SCHEDULES, MAX_SEED, REPORT_TO,
+from .schema import (AUTO_LORA_TARGETS, DEFAULT_PROMPT_BOUNDARIES, DEVICES, DTYPES, LORA_TARGET_SETS, LR_SCHEDULES, MAX_SEED, REPORT_TO,
                      FieldSpec, check_value, lr_factor, resolve_boundaries, resolve_lora_targets, spec)
 from .schema import markdown_table as _markdown_table
 from .rules import FIELD_RULES, check_value_of
 
 __all__ = ["TrainConfig", "ConfigError", "FieldSpec", "FIELD_SPECS", "field_spec", "spec", "markdown_table", "DEVICES",
            "DTYPES", "MAX_CONFIG_BYTES", "MAX_CONFIG_NESTING", "MAX_SEED", "REPORT_TO", "LORA_TARGET_SETS",
+           "AUTO_LORA_TARGETS",
            "LR_SCHEDULES", "DEFAULT_PROMPT_BOUNDARIES", "lr_factor", "resolve_lora_targets", "resolve_boundaries",
            "nested_deeper_than", "parse_yaml", "parse_json"]
 
@@ -68,10 +69,13 @@ class TrainConfig:
     lora_rank: int = field(default=4, metadata=spec("LoRA rank", min=1, max=256))
     lora_alpha: float | None = field(default=None, metadata=spec(
         "LoRA alpha; null = the rank (scale 1)", min=0.0, max=4096.0, min_exclusive=True))
-    lora_targets: str | list[str] = field(default="attention", metadata=spec(
-        "where the LoRA adapters go: `attention` (every attention projection), `cross-attention` (only the keys "
+    lora_targets: str | list[str] = field(default="auto", metadata=spec(
+        "where the LoRA adapters go: `auto` (the model's own default: `attention+conv` for the bundled tiny model, "
+        "`attention` otherwise), `attention` (every attention projection), `cross-attention` (only the keys "
         "and values that read the text: the model keeps drawing what it can draw, it hears the prompt "
-        "differently) or a list of module-name suffixes", choices=tuple(LORA_TARGET_SETS), open_choices=True))
+        "differently), `attention+conv` (every attention projection and the ResNet blocks' convolutions: the LoRA "
+        "can move where things sit) or a list of module-name suffixes", choices=("auto", *LORA_TARGET_SETS),
+        open_choices=True))
     gradient_checkpointing: bool = field(default=False, metadata=spec(
         "recompute activations inside gradient segments (less memory, more time)"))
     device: str = field(default="auto", metadata=spec(

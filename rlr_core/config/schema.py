@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 __all__ = ["FieldSpec", "spec", "check_value", "allowed_text", "markdown_table", "shown", "lr_factor",
            "resolve_lora_targets", "resolve_boundaries", "DTYPES", "DEVICES", "LR_SCHEDULES", "REPORT_TO",
-           "LORA_TARGET_SETS", "MAX_SEED", "DEFAULT_PROMPT_BOUNDARIES"]
+           "LORA_TARGET_SETS", "AUTO_LORA_TARGETS", "MAX_SEED", "DEFAULT_PROMPT_BOUNDARIES"]
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 """Allowed values of ``TrainConfig.dtype`` ("auto": float16 on CUDA, float32 elsewhere, chosen by load_model)."""
@@ -35,8 +35,15 @@ LORA_TARGET_SETS: dict[str, tuple[str, ...]] = {
     # only the two projections that read the text (cross-attention keys and values): the LoRA changes
     # what the UNet hears the prompt say, not how it draws (images tend to stay on the model's distribution)
     "cross-attention": ("attn2.to_k", "attn2.to_v"),
+    # every attention projection and both 3x3 convolutions of every ResNet block: convolutions see where things
+    # are in the image (attention alone is blind to position), so the LoRA can move where a shape sits
+    "attention+conv": ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"),
 }
 """Named values of ``lora_targets`` (module-name suffixes LoRA adapters are added to)."""
+
+AUTO_LORA_TARGETS = "attention"
+"""What ``lora_targets="auto"`` means for a model whose folder names no ``lora_targets`` of its own (its
+``rlr_studio.json``; the bundled tiny model names ``attention+conv``)."""
 
 MAX_SEED = 2**32 - 1
 """Largest ``seed`` / ``eval_seeds`` entry: what torch and numpy generators accept."""
@@ -215,12 +222,14 @@ def lr_factor(schedule: str, step: int, steps: int) -> float:
     raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {schedule!r}")
 
 
-def resolve_lora_targets(lora_targets: str | list[str] | tuple[str, ...]) -> list[str]:
-    """Module-name suffixes of ``lora_targets``: a name of :data:`LORA_TARGET_SETS`, a comma-separated
-    list of module-name suffixes (``"attn2.to_k, attn2.to_v, ff.net.2"``) or a list of them.
-    ValueError naming the field and the allowed values otherwise."""
+def resolve_lora_targets(lora_targets: str | list[str] | tuple[str, ...], auto: str = AUTO_LORA_TARGETS) -> list[str]:
+    """Module-name suffixes of ``lora_targets``: ``"auto"`` (what ``auto`` names: the model's own default), a name
+    of :data:`LORA_TARGET_SETS`, a comma-separated list of module-name suffixes (``"attn2.to_k, attn2.to_v,
+    ff.net.2"``) or a list of them. ValueError naming the field and the allowed values otherwise."""
     if isinstance(lora_targets, str):
         text = lora_targets.strip()
+        if text == "auto":
+            text = auto
         if text in LORA_TARGET_SETS:
             return list(LORA_TARGET_SETS[text])
         items = [part.strip() for part in text.split(",")]
@@ -230,7 +239,7 @@ def resolve_lora_targets(lora_targets: str | list[str] | tuple[str, ...]) -> lis
         items = []
     if not items or not all(isinstance(t, str) and t.strip() and not t.strip().startswith(".") for t in items):
         got = shown("lora_targets", lora_targets, "attention")
-        raise ValueError(f"lora_targets must be one of {list(LORA_TARGET_SETS)} or a list of module-name suffixes "
+        raise ValueError(f"lora_targets must be one of {['auto', *LORA_TARGET_SETS]} or a list of module-name suffixes "
                          f"(e.g. 'attn2.to_k, attn2.to_v'); got {got}")
     return [t.strip() for t in items]
 

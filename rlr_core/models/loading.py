@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..config import AUTO_LORA_TARGETS, resolve_lora_targets
 from ..hub import WeightsUnavailableError, ensure_can_download, hf_endpoint_host
 from .ddim import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_STEPS
 from .devices import resolve_device, resolve_dtype
@@ -85,7 +86,7 @@ def load_model(
     guidance_scale: float | None = None,
     eta: float = 1.0,
     final_eta: float = 0.0,
-    lora_targets: str | Sequence[str] = "attention",
+    lora_targets: str | Sequence[str] = "auto",
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     gradient_checkpointing: bool = False,
@@ -100,9 +101,10 @@ def load_model(
     ``name_or_path``: ``"tiny"`` (the bundled model in ``assets/tiny-shapes``), a local diffusers folder
     (subfolders unet/, text_encoder/, tokenizer/, scheduler/, optional vae/) or a Hugging Face Hub id.
     Arguments left as None take the folder's ``rlr_studio.json`` defaults when present, else
-    num_steps=20 and guidance_scale=7.5. ``lora_targets``: where the LoRA adapters go, "attention"
-    (every attention projection, the default) or "cross-attention" (only the keys and values that read
-    the text) or a list of module-name suffixes. ``device="auto"``: cuda > mps > cpu; ``dtype="auto"``:
+    num_steps=20 and guidance_scale=7.5. ``lora_targets``: where the LoRA adapters go: "auto" (the folder's
+    ``rlr_studio.json`` ``lora_targets``, else "attention"), "attention" (every attention projection),
+    "cross-attention" (only the keys and values that read the text), "attention+conv" (attention and the
+    ResNet blocks' convolutions) or a list of module-name suffixes. ``device="auto"``: cuda > mps > cpu; ``dtype="auto"``:
     float16 on cuda, float32 otherwise. ``attention``, ``autocast``, ``decode_slice_size``, ``tf32`` and
     ``gradient_checkpointing``: the GPU settings of :class:`DiffusersChain`.
     """
@@ -127,6 +129,7 @@ def load_model(
         lora_alpha = defaults["lora_alpha"]
     if prompt_boundaries is None and defaults.get("prompt_boundaries") is not None:
         prompt_boundaries = defaults["prompt_boundaries"]
+    lora_targets = resolve_lora_targets(lora_targets, auto=str(defaults.get("lora_targets", AUTO_LORA_TARGETS)))
 
     unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=torch_dtype)
     text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", dtype=torch_dtype)
@@ -145,9 +148,11 @@ def load_model(
 
 
 def model_defaults(name_or_path: str) -> dict[str, Any]:
-    """The sampler defaults of a model without loading it: ``num_steps`` and ``guidance_scale`` from
-    its folder's ``rlr_studio.json`` ("tiny" and local folders), else 20 and 7.5. Never downloads."""
-    defaults: dict[str, Any] = {"num_steps": DEFAULT_NUM_STEPS, "guidance_scale": DEFAULT_GUIDANCE_SCALE}
+    """The defaults of a model without loading it: ``num_steps``, ``guidance_scale`` and ``lora_targets`` (what
+    "auto" means) from its folder's ``rlr_studio.json`` ("tiny" and local folders), else 20, 7.5 and
+    :data:`AUTO_LORA_TARGETS`. Never downloads."""
+    defaults: dict[str, Any] = {"num_steps": DEFAULT_NUM_STEPS, "guidance_scale": DEFAULT_GUIDANCE_SCALE,
+                                "lora_targets": AUTO_LORA_TARGETS}
     name = str(name_or_path or "").strip()
     folder = TINY_MODEL_DIR if name == "tiny" else Path(name).expanduser()
     studio = folder / STUDIO_CONFIG_NAME
@@ -156,7 +161,9 @@ def model_defaults(name_or_path: str) -> dict[str, Any]:
             saved = json.loads(studio.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             return defaults
-        for key in defaults:
+        for key in ("num_steps", "guidance_scale"):
             if isinstance(saved.get(key), (int, float)) and not isinstance(saved.get(key), bool):
                 defaults[key] = saved[key]
+        if isinstance(saved.get("lora_targets"), str) and saved["lora_targets"].strip():
+            defaults["lora_targets"] = saved["lora_targets"].strip()
     return defaults

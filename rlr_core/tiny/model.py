@@ -12,8 +12,10 @@ IMAGE_SIZE = 32
 TEXT_HIDDEN = 128
 MAX_LENGTH = 32  # tokenizer model_max_length == text encoder max_position_embeddings
 
-# Sampling defaults honoured by load_model (written to rlr_studio.json); train.py may override.
-DEFAULTS = {"guidance_scale": 3.0, "num_steps": 20, "eta": 1.0}
+# Sampling and LoRA defaults honoured by load_model (written to rlr_studio.json); train.py may override. The LoRA
+# covers the ResNet convolutions too: attention sits at 8x8 only and cannot move where a shape is drawn
+# (benchmarks/results/clicks/conv-lora).
+DEFAULTS = {"guidance_scale": 3.0, "num_steps": 20, "eta": 1.0, "lora_targets": "attention+conv"}
 
 
 def unet_config() -> dict:
