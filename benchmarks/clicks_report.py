@@ -52,12 +52,15 @@ def settings(run: dict) -> tuple[float, str]:
 
 
 def label(run: dict) -> str:
-    """A run's mode, with its LoRA targets and learning rate when they are not the mode's usual ones (the attention
-    targets, the mode's rate)."""
+    """A run's mode, with its LoRA targets and learning rate when they are not what the mode runs with today (the
+    mode's rate, the tiny model's own targets); runs from before they were recorded show the mode alone."""
     from benchmarks.clicks import learning_rate
+    from rlr_core.models import model_defaults
 
+    if not (run.get("settings") or "lr" in run or "lora_targets" in run):
+        return run["mode"]
     lr, targets = settings(run)
-    if (lr, targets) == (learning_rate(run["mode"]), "attention"):
+    if (lr, targets) == (learning_rate(run["mode"]), model_defaults("tiny")["lora_targets"]):
         return run["mode"]
     return f"{run['mode']} [{targets}, lr {lr:g}]"
 
