@@ -100,6 +100,33 @@ def summarise(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def reference_lines(runs: list[dict]) -> list[str]:
+    """A table of the reference runs (the attribute as the reward), one row per settings and attribute: the gain
+    per seed at the end and at its best iteration, and how many fixed seeds gained. Empty without references."""
+    from benchmarks.clicks import REFERENCES
+
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in runs:
+        if r["mode"] in REFERENCES.values():
+            lr, targets = settings(r)
+            groups[(targets, lr, r["attribute"], r["rounds"])].append(r)
+    if not groups:
+        return []
+    lines = ["| reference (LoRA targets, lr) | attribute | iterations | seeds | gain per seed | best gain per seed | "
+             "fixed seeds up |", "|---|---|---|---|---|---|---|"]
+    for (targets, lr, attribute, rounds), members in sorted(groups.items()):
+        members.sort(key=lambda r: r["seed"])
+        curves = [gain_curve(r) for r in members]
+        lines.append(f"| {targets}, lr {lr:g} | {attribute} | {rounds} | {', '.join(str(r['seed']) for r in members)} | "
+                     f"{', '.join(f'{c[-1]:+.3f}' for c in curves)} | {', '.join(f'{max(c):+.3f}' for c in curves)} | "
+                     f"{', '.join(_up_text(r) for r in members)} |")
+    return lines
+
+
+def _up_text(run: dict) -> str:
+    return f"{fixed_seeds_up(run)}/{len(run['curve'][0])}"
+
+
 def _fmt(value, digits: int = 3) -> str:
     if value is None:
         return "-"
@@ -137,6 +164,9 @@ def write_report(out: Path) -> str:
             f"{_fmt(row['accuracy_last10'], 2)} | "
             f"{_fmt(row['seconds_per_round'], 1)} |"
         )
+    references = reference_lines(runs)
+    if references:
+        lines += ["", "The attribute as the reward (the references):", "", *references]
     text = "\n".join(lines) + "\n"
     (out / "clicks.md").write_text(text)
     _picture(runs, out / "clicks.png")

@@ -664,6 +664,8 @@ def test_click_benchmark_runs_a_session_and_reports(tmp_path, monkeypatch):
     assert f" | {up}/2 | " in table.splitlines()[2]  # how many of the (here 2) fixed seeds gained
     reference_up = sum(after > before for before, after in zip(reference["curve"][0], reference["curve"][-1]))
     assert table.splitlines()[2].split(" | ")[8] == f"{reference_up}/2"  # the reference's own, same seed
+    reference_gain = sum(reference["curve"][-1]) / 2 - sum(reference["curve"][0]) / 2
+    assert f"| attention+conv, lr 0.01 | red | 2 | 1 | {reference_gain:+.3f} | " in table  # the references' own table
     assert "benchmarks" in sys.modules
 
 
