@@ -767,3 +767,17 @@ def test_round_images_values_are_checked(tmp_path):
     with pytest.raises(ValueError, match=r"round_images='hidden-twins' needs mode='learned'.*allowed values here: \['batch'\]"):
         PreferenceSession(TinyTrainer(FakeChain(), FakeEstimator()), tmp_path / "c.jsonl", mode="direct",
                           round_images="hidden-twins")
+
+
+def test_click_shape_features_correlation_and_candidates(monkeypatch):
+    """benchmarks/click_shape_features.py: its correlation is Pearson's, and every candidate is one value per image."""
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.syspath_prepend(str(root))
+    from benchmarks.click_shape_features import correlation, outline_candidates
+
+    x = torch.tensor([0.0, 1.0, 3.0, 4.0])
+    assert correlation(x, 2 * x + 1) == pytest.approx(1.0) and correlation(x, -x) == pytest.approx(-1.0)
+    assert abs(correlation(x, torch.tensor([1.0, -1.0, -1.0, 1.0]))) < 1e-6
+    images = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    candidates = outline_candidates(images)
+    assert len(candidates) == 4 and all(v.shape == (5,) and torch.isfinite(v).all() for v in candidates.values())

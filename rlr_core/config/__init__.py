@@ -32,8 +32,9 @@ import yaml
 
 from .files import (MAX_CONFIG_BYTES, MAX_CONFIG_NESTING, nested_deeper_than, parse_json, parse_yaml, read_limited,
                     read_path_or_text, write_text)
-from .schema import (AUTO_LORA_TARGETS, DEFAULT_PROMPT_BOUNDARIES, DEVICES, DTYPES, LORA_TARGET_SETS, LR_SCHEDULES, MAX_SEED, REPORT_TO,
-                     FieldSpec, check_value, lr_factor, resolve_boundaries, resolve_lora_targets, spec)
+from .schema import (AUTO_LORA_TARGETS, DEFAULT_PROMPT_BOUNDARIES, DEVICES, DTYPES, LORA_TARGET_SETS, LR_SCHEDULES,
+                     MAX_SEED, REPORT_TO, FieldSpec, check_value, lr_factor, resolve_boundaries, resolve_lora_targets,
+                     spec)
 from .schema import markdown_table as _markdown_table
 from .rules import FIELD_RULES, check_value_of
 
