@@ -26,6 +26,9 @@ scale, tiny-clip + pixel features, a scores-only head: ``differentiable=False``)
 without its gradient; ``--noises 1.0`` (every click wrong) is the control a real gain must beat.
 Each session also records, per round, the cosine between the head's and the attribute's gradients with
 respect to the shown images (``gradient_alignment``; red and left only).
+Runs use the tiny model's own LoRA targets (``lora_targets="auto"``: attention+conv since commit 139527e; the runs
+of earlier pages used attention only) and the mode's learning rate; a task dict may name others (``lora_targets``,
+``lr``). Each run records what it trained with (``settings``), and the report labels and matches references by it.
 Results are appended to ``<out>/runs.jsonl`` as they finish; a rerun skips what is there.
 """
 
