@@ -52,17 +52,16 @@ def settings(run: dict) -> tuple[float, str]:
 
 
 def label(run: dict) -> str:
-    """A run's mode, with its LoRA targets and learning rate when they are not what the mode runs with today (the
-    mode's rate, the tiny model's own targets); runs from before they were recorded show the mode alone."""
-    from benchmarks.clicks import learning_rate
-    from rlr_core.models import model_defaults
+    """A run's mode, with its LoRA targets when they are not attention only (what every run before 139527e used) and
+    its learning rate when it is not the mode's; references (the attribute as the reward) are named by their
+    settings alone, so those of the same settings share one name whatever their mode's name."""
+    from benchmarks.clicks import REFERENCES, learning_rate
 
-    if not (run.get("settings") or "lr" in run or "lora_targets" in run):
-        return run["mode"]
     lr, targets = settings(run)
-    if (lr, targets) == (learning_rate(run["mode"]), model_defaults("tiny")["lora_targets"]):
-        return run["mode"]
-    return f"{run['mode']} [{targets}, lr {lr:g}]"
+    if run["mode"] in REFERENCES.values():
+        return f"reference [{targets}, lr {lr:g}]"
+    notes = ([] if targets == "attention" else [targets]) + ([] if lr == learning_rate(run["mode"]) else [f"lr {lr:g}"])
+    return run["mode"] + (f" [{', '.join(notes)}]" if notes else "")
 
 
 def summarise(runs: list[dict]) -> list[dict]:

@@ -658,7 +658,7 @@ def test_click_benchmark_runs_a_session_and_reports(tmp_path, monkeypatch):
     assert session["settings"] == {"lr": 0.01, "lora_targets": "attention+conv"}  # the tiny model's own targets
     (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (session, reference)))
     table = clicks_report.write_report(tmp_path)
-    assert "| direct (2 rounds) | red | 25% | 1 |" in table and (tmp_path / "clicks.png").exists()
+    assert "| direct [attention+conv] (2 rounds) | red | 25% | 1 |" in table and (tmp_path / "clicks.png").exists()
     assert "| nan |" not in table.splitlines()[2]  # the reference of as many iterations as rounds is found
     up = sum(after > before for before, after in zip(session["curve"][0], session["curve"][-1]))
     assert f" | {up}/2 | " in table.splitlines()[2]  # how many of the (here 2) fixed seeds gained
