@@ -269,11 +269,16 @@ def task_settings(task: dict) -> tuple[float, str]:
 
 def used_settings(task: dict, trainer) -> dict:
     """What a run trained with, as recorded in runs.jsonl: learning rate and the LoRA targets' set name (or list)."""
+    return {"lr": task_settings(task)[0], "lora_targets": target_set_name(trainer.chain.lora_targets)}
+
+
+def target_set_name(targets: str | list[str]) -> str:
+    """The ``LORA_TARGET_SETS`` name of ``targets`` (module-name suffixes, as a list or a comma-separated string),
+    else the suffixes comma-separated; a set's name is returned as it is."""
     from rlr_core.config import LORA_TARGET_SETS
 
-    targets = list(trainer.chain.lora_targets)
-    name = next((n for n, members in LORA_TARGET_SETS.items() if list(members) == targets), ",".join(targets))
-    return {"lr": task_settings(task)[0], "lora_targets": name}
+    items = [t.strip() for t in (targets.split(",") if isinstance(targets, str) else targets)]
+    return next((name for name, members in LORA_TARGET_SETS.items() if list(members) == items), ",".join(items))
 
 
 def _with_pixels(base):

@@ -41,13 +41,10 @@ def rounds_to_half(curve: list[float], reference_gain: float) -> int | None:
 def settings(run: dict) -> tuple[float, str]:
     """The learning rate and LoRA targets a run trained with (runs before they were recorded: the mode's rate and
     the attention targets, what every such run used)."""
-    from benchmarks.clicks import learning_rate
-
-    from rlr_core.config import LORA_TARGET_SETS
+    from benchmarks.clicks import learning_rate, target_set_name
 
     recorded = run.get("settings") or run  # runs of tasks that named them carry them as task keys
-    targets = str(recorded.get("lora_targets", "attention"))
-    targets = next((name for name, members in LORA_TARGET_SETS.items() if ",".join(members) == targets), targets)
+    targets = target_set_name(str(recorded.get("lora_targets", "attention")))
     return float(recorded.get("lr", learning_rate(run["mode"]))), targets
 
 
