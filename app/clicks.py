@@ -24,6 +24,7 @@ from rlr_core.training.clicks import PreferenceSession, round_prompt
 from . import runs
 from .errors import FieldError
 from .form import config_from_form, parse_float, parse_int
+from .model_cache import same_lora_layout
 from .formatting import check_text
 from .runs import Run
 from .settings import caps
@@ -115,8 +116,7 @@ def preference_run(session: str, form: dict[str, Any], hosted: bool, mode: str, 
         return run
     if run is not None and run.running:
         raise FieldError("preference", "training is running in this session; stop it first")
-    continue_lora = (run is not None and run.config.model == base.model and run.config.lora_rank == base.lora_rank
-                     and run.config.lora_targets == base.lora_targets)
+    continue_lora = run is not None and same_lora_layout(run.config, base)
     return _new_click_run(session, base, hosted, mode, features, head_updates, learning_rate, check_seeds, kind,
                           continue_lora, base_lr)
 
@@ -324,9 +324,7 @@ def _replay_upload(session: str, path: Path, form: dict[str, Any], hosted: bool,
     start = _start_lora(log, config, session)
     mode, features, head_updates = settings["mode"], settings["features"], settings["head_updates"]
     learning_rate = float(settings["lr"] if settings["lr"] is not None else config.lr)
-    continue_lora = (previous is not None and previous.config.model == config.model
-                     and previous.config.lora_rank == config.lora_rank
-                     and previous.config.lora_targets == config.lora_targets)
+    continue_lora = previous is not None and same_lora_layout(previous.config, config)
     check_seeds = settings["check_seeds"]
     run = _new_click_run(session, config, hosted, mode, features, head_updates, learning_rate, check_seeds,
                          _kind(mode, form_features(features), head_updates, config.model, learning_rate, bool(check_seeds)),

@@ -60,13 +60,24 @@ class ModelEntry:
         return chain
 
 
+def resolved_lora_targets(config: TrainConfig) -> tuple[str, ...]:
+    """The config's LoRA targets as its model resolves them ("auto" is the model's own default)."""
+    from rlr_core.models import model_defaults
+
+    return tuple(resolve_lora_targets(config.lora_targets, auto=model_defaults(config.model)["lora_targets"]))
+
+
+def same_lora_layout(a: TrainConfig, b: TrainConfig) -> bool:
+    """Whether a LoRA trained under config ``a`` fits a chain built from ``b``: the same model, rank and
+    resolved targets (so "auto" and the target set it stands for are the same)."""
+    return (a.model, int(a.lora_rank), resolved_lora_targets(a)) == (b.model, int(b.lora_rank), resolved_lora_targets(b))
+
+
 def model_key(config: TrainConfig) -> tuple:
     """Cache key of the weights: model, LoRA rank, alpha and targets (as the model resolves them: "auto" is its
     own default), dtype, device."""
-    from rlr_core.models import model_defaults
-
-    targets = resolve_lora_targets(config.lora_targets, auto=model_defaults(config.model)["lora_targets"])
-    return (config.model, int(config.lora_rank), config.lora_alpha, tuple(targets), config.dtype, config.device)
+    return (config.model, int(config.lora_rank), config.lora_alpha, resolved_lora_targets(config), config.dtype,
+            config.device)
 
 
 def sampler_key(config: TrainConfig) -> tuple:

@@ -312,8 +312,10 @@ def test_predict_memory_before_start_and_h_auto(studio):
 
 def test_lora_targets_field_round_trips_and_keys_the_model_cache():
     """The Train form's "LoRA targets": a named set or typed module suffixes reach the config; a config with a
-    list shows as a comma-separated string and parses back; other targets are other weights in the model cache."""
+    list shows as a comma-separated string and parses back; other targets are other weights in the model cache
+    (the same targets by another name are the same weights, and a LoRA carries over between them)."""
     from app.form import FORM_DEFAULTS, config_from_form, form_from_config
+    from app.model_cache import same_lora_layout
     from app.state import model_key
     from app.errors import FieldError
     from rlr_core.config import TrainConfig
@@ -323,6 +325,9 @@ def test_lora_targets_field_round_trips_and_keys_the_model_cache():
     auto, conv, attention = (config_from_form({**FORM_DEFAULTS, "model": "tiny", "lora_targets": name}, hosted=False)
                              for name in ("auto", "attention+conv", "attention"))
     assert model_key(auto) == model_key(conv) != model_key(attention)
+    # and a LoRA trained under one of them continues under the other (a click run after a Train run, a loaded log)
+    assert same_lora_layout(auto, conv) and not same_lora_layout(auto, attention)
+    assert not same_lora_layout(conv, conv.replace(lora_rank=conv.lora_rank * 2))
     cross = config_from_form({**FORM_DEFAULTS, "lora_targets": "cross-attention"}, hosted=False)
     assert cross.lora_targets == "cross-attention"
     listed = TrainConfig(lora_targets=["attn2.to_k", "attn2.to_v"])
