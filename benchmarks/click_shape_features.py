@@ -3,7 +3,10 @@
 Samples the base model (its LoRA untouched) on the click benchmark's four prompts and prints the correlation of
 the tiny detector's spikiness (1 - solidity, ``benchmarks.clicks.Attribute("spiky")``) with the layout head's
 outline feature (edge energy per unit of content, the last of ``layout_features``), with the amount of content,
-and with two scale-free variants of the outline measure: over all images and within each prompt.
+and with two scale-free variants of the outline measure: over all images and within each prompt. Then how much the
+drawings of one prompt differ in spikiness at all (quantiles per prompt, against the model's own stars) and the
+within-prompt pair accuracy of each candidate: the share of same-prompt pairs it orders as spikiness does, the
+most a click head using that feature alone could predict (0.5 is chance).
 
     python benchmarks/click_shape_features.py --images 96
 """
@@ -36,6 +39,17 @@ def outline_candidates(images) -> dict:
             "edges^2 / content": edges_per_content ** 2 * content}
 
 
+def within_prompt_pair_accuracy(values, target, prompts: list[str]) -> float:
+    """The share of pairs of images of the same prompt (with different ``target``) that ``values`` orders as
+    ``target`` does."""
+    import torch
+
+    same = torch.tensor([[a == b for b in prompts] for a in prompts])
+    ordered = (target[:, None] - target[None]).abs() > 1e-9
+    agree = (values[:, None] - values[None]) * (target[:, None] - target[None]) > 0
+    return float(agree[same & ordered].float().mean())
+
+
 def main(argv: list[str] | None = None) -> None:
     import torch
 
@@ -57,6 +71,17 @@ def main(argv: list[str] | None = None) -> None:
     for name, values in candidates.items():
         within = [correlation(values[i::len(CLICK_PROMPTS)], spiky[i::len(CLICK_PROMPTS)]) for i in range(len(CLICK_PROMPTS))]
         print(f"| {name} | {correlation(values, spiky):+.2f} | " + " | ".join(f"{c:+.2f}" for c in within) + " |")
+    stars = [p.replace("circle", "star").replace("square", "star") for p in CLICK_PROMPTS]
+    star_images = sample(chain, [stars[i % len(stars)] for i in range(16)], seeds=list(range(16)))
+    star_spiky = Attribute("spiky")(star_images, stars)
+    print(f"\nspikiness per prompt (10% / 50% / 90% / max); the model's own stars (16, the same colours): "
+          f"{' / '.join(f'{float(q):.3f}' for q in star_spiky.quantile(torch.tensor([0.1, 0.5, 0.9])))}")
+    for i, prompt in enumerate(CLICK_PROMPTS):
+        values = spiky[i::len(CLICK_PROMPTS)]
+        print(f"  {prompt}: " + " / ".join(f"{float(q):.3f}" for q in values.quantile(torch.tensor([0.1, 0.5, 0.9])))
+              + f" / {float(values.max()):.3f}")
+    print("within-prompt pair accuracy (0.5 = chance): " + ", ".join(
+        f"{name} {within_prompt_pair_accuracy(values, spiky, prompts):.2f}" for name, values in candidates.items()))
 
 
 if __name__ == "__main__":

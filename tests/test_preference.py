@@ -770,10 +770,11 @@ def test_round_images_values_are_checked(tmp_path):
 
 
 def test_click_shape_features_correlation_and_candidates(monkeypatch):
-    """benchmarks/click_shape_features.py: its correlation is Pearson's, and every candidate is one value per image."""
+    """benchmarks/click_shape_features.py: its correlation is Pearson's, every candidate is one value per image, and
+    the within-prompt pair accuracy counts only pairs of the same prompt."""
     root = Path(__file__).resolve().parent.parent
     monkeypatch.syspath_prepend(str(root))
-    from benchmarks.click_shape_features import correlation, outline_candidates
+    from benchmarks.click_shape_features import correlation, outline_candidates, within_prompt_pair_accuracy
 
     x = torch.tensor([0.0, 1.0, 3.0, 4.0])
     assert correlation(x, 2 * x + 1) == pytest.approx(1.0) and correlation(x, -x) == pytest.approx(-1.0)
@@ -781,3 +782,8 @@ def test_click_shape_features_correlation_and_candidates(monkeypatch):
     images = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     candidates = outline_candidates(images)
     assert len(candidates) == 4 and all(v.shape == (5,) and torch.isfinite(v).all() for v in candidates.values())
+    # pairs across prompts do not count: the values order 1 of the 3 pairs of "a" right and not the one of "b"
+    target, prompts = torch.tensor([0.1, 0.2, 0.3, 0.5, 0.4]), ["a", "a", "a", "b", "b"]
+    values = torch.tensor([1.0, 2.0, 0.0, 9.0, 9.5])
+    assert within_prompt_pair_accuracy(values, target, prompts) == pytest.approx(1 / 4)
+    assert within_prompt_pair_accuracy(target, target, prompts) == 1.0
