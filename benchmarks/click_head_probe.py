@@ -2,14 +2,14 @@
 
 Images come from the untrained tiny model (T=20, the click benchmark's four prompts, cycled over the seeds).
 A simulated user clicks, in each of 20 rounds of 4, the image with the most of an attribute (red, left,
-spiky: ``benchmarks/clicks.py``'s ``Attribute``); a ``PreferenceReward`` head is fitted on those clicks and
+spiky; with ``--attributes`` also boxy and size: ``benchmarks/clicks.py``'s ``Attribute``); a ``PreferenceReward`` head is fitted on those clicks and
 judged on held-out images of the same draw:
 
 * **within-prompt accuracy**: the share of held-out pairs *of the same prompt* that the head orders as the
   attribute does. That is what training can use: the model changes the images of a prompt, not which prompt
   was asked for. 0.5 is chance.
 * **alignment**: the mean cosine between the head's and the attribute's gradients with respect to the
-  pixels of 32 held-out images (red and left; spiky has no gradient).
+  pixels of 32 held-out images (red and left; the detector's attributes have no gradient).
 
 Rounds are ``mixed`` (the four prompts in every round, as the click benchmark's first sessions),
 ``one-prompt`` (four different images of one prompt, the prompt changing every round) or ``twins`` (one prompt,
@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", type=Path, default=None, help="keep the sampled images here (and reuse them)")
     p.add_argument("--features", nargs="+", default=["layout", "tiny-clip", "pixels"])
     p.add_argument("--l2", type=float, default=1e-2)
+    p.add_argument("--attributes", nargs="+", default=["red", "left", "spiky"],
+                   choices=["red", "left", "spiky", "boxy", "size"])
+    p.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
     args = p.parse_args(argv)
     import numpy as np
     import torch
@@ -112,10 +115,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{DRAWS} draws of {TRAIN} + {HELD_OUT} images ({time.time() - start:.0f} s)\n")
     print("| attribute | features | rounds | within-prompt accuracy (per draw) | alignment |")
     print("|---|---|---|---|---|")
-    for name in ("red", "left", "spiky"):
+    for name in args.attributes:
         attribute = Attribute(name)
         for features in args.features:
-            for layout in LAYOUTS:
+            for layout in args.layouts:
                 accuracy, alignment = [], []
                 for images, prompts in draws:
                     with tempfile.TemporaryDirectory() as folder:

@@ -12,6 +12,10 @@ images every round). Attributes:
 * ``left``: how far left the shape sits, 0.5 minus the x of the centroid of the soft foreground mask
   (``rlr_core.rewards.composition``; the prompts say nothing of position).
 
+Two more detector attributes for the offline head probe (benchmarks/click_head_probe.py; a task may name them):
+``boxy`` (the shape's extent, area / bounding-box area: squares ~1.0, circles ~0.79) and ``size`` (the shape's
+area as a share of the image).
+
 The reference for each attribute is the attribute itself as the training reward, as many iterations
 of batch 4 as the session has rounds; a session's "rounds to half" is the first round whose gain
 reaches half of the reference's gain on the same seed.
@@ -100,6 +104,7 @@ HIDDEN_TWINS_MODES = {"learned-layout-one-hidden"}
 # (PreferenceSession check_seeds)
 CHECKED_MODES = {"learned-layout-one-checked"}
 ATTRIBUTES = ("red", "spiky", "left")
+DETECTOR_ATTRIBUTES = {"spiky": "solidity", "boxy": "extent", "size": "area"}  # attribute -> tiny detector feature
 NOISES = (0.0, 0.25, 0.1)  # in the order the full phase runs them
 
 
@@ -108,7 +113,9 @@ class Attribute:
 
     def __init__(self, name: str, differentiable: bool = True) -> None:
         self.name = name
-        self.differentiable = differentiable and name != "spiky"
+        if name not in (*ATTRIBUTES, *DETECTOR_ATTRIBUTES):
+            raise ValueError(f"attribute={name!r} is not allowed; allowed values: {[*ATTRIBUTES, *DETECTOR_ATTRIBUTES]}")
+        self.differentiable = differentiable and name not in DETECTOR_ATTRIBUTES
 
     def __call__(self, images, prompts):
         import torch
@@ -121,7 +128,13 @@ class Attribute:
             return 0.5 - mask_stats(foreground(images, prompts))["cx"]
         from rlr_core.tiny.detect import detect_batch
 
-        values = [1.0 - float(d.features.get("solidity", 1.0)) for d in detect_batch(images.detach().float().cpu())]
+        detections = detect_batch(images.detach().float().cpu())
+        if self.name == "spiky":
+            values = [1.0 - float(d.features.get("solidity", 1.0)) for d in detections]
+        elif self.name == "boxy":
+            values = [float(d.features.get("extent", 0.0)) for d in detections]
+        else:
+            values = [float(d.features.get("area", 0.0)) / (images.shape[-1] * images.shape[-2]) for d in detections]
         return torch.tensor(values, dtype=torch.float32)
 
 
@@ -218,7 +231,7 @@ def round_prompts(mode: str, index: int) -> list[str]:
 def gradient_alignment(head, attribute: Attribute, images, prompts) -> float | None:
     """Mean over the images of the cosine between the head's and the attribute's gradients with respect to
     the image (pixels): does pushing the head's score up push the attribute up? None for an attribute
-    without a gradient (spiky) or before the head has a click."""
+    without a gradient (the detector's: spiky, boxy, size) or before the head has a click."""
     import torch
 
     if not attribute.differentiable or not head.differentiable or head.weight is None:

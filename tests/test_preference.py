@@ -636,6 +636,27 @@ def test_click_benchmark_gradient_alignment(monkeypatch):
     assert clicks.gradient_alignment(scores_only, red, images, ["a"] * 3) is None
 
 
+def test_click_benchmark_detector_attributes_order_rendered_shapes(monkeypatch):
+    """spiky, boxy and size read the tiny detector: a star is spikier than a circle, a square boxier than a circle,
+    a big circle larger than a small one; an unknown attribute names the allowed ones."""
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.syspath_prepend(str(root))
+    from benchmarks.clicks import Attribute
+    from rlr_core.tiny.data import Sample, ShapeSpec, render
+
+    def image(shape, r=0.3):
+        sample = Sample(0, "", shape, "blue", "white", 1, "", (ShapeSpec(shape, "blue", 0.5, 0.5, r),))
+        return torch.from_numpy(render(sample)).permute(2, 0, 1).float() / 255
+
+    images = torch.stack([image("circle"), image("star"), image("square"), image("circle", 0.15)])
+    spiky, boxy, size = (Attribute(name)(images, ["a"] * 4) for name in ("spiky", "boxy", "size"))
+    assert spiky[1] > spiky[0] + 0.2 and boxy[2] > boxy[0] + 0.1 and size[0] > 3 * size[3]
+    assert 0 < float(size[3]) < float(size[0]) < 1
+    assert not Attribute("boxy").differentiable and Attribute("red").differentiable
+    with pytest.raises(ValueError, match=r"attribute='round' is not allowed; allowed values: \['red'"):
+        Attribute("round")
+
+
 def test_click_benchmark_runs_a_session_and_reports(tmp_path, monkeypatch):
     """benchmarks/clicks.py end to end at its smallest: a reference run, a noisy session, the report."""
     import sys
