@@ -84,14 +84,22 @@ def fit_head(images, prompts, attribute, layout: str, features: str, l2: float, 
 
 
 def within_prompt_accuracy(head, images, prompts, attribute) -> float:
+    """The share of pairs of same-prompt images that the head's scores order as the attribute does."""
     import torch
 
     with torch.no_grad():
         scores = head(images, prompts).double()
-    values = attribute(images, prompts).detach().double()
+    return within_prompt_pair_accuracy(scores, attribute(images, prompts).detach().double(), prompts)
+
+
+def within_prompt_pair_accuracy(values, target, prompts: list[str]) -> float:
+    """The share of pairs of images of the same prompt (with different ``target``) that ``values`` orders as
+    ``target`` does."""
+    import torch
+
     same = torch.tensor([[a == b for b in prompts] for a in prompts])
-    ordered = (values[:, None] - values[None]).abs() > 1e-6
-    agree = (scores[:, None] - scores[None]) * (values[:, None] - values[None]) > 0
+    ordered = (target[:, None] - target[None]).abs() > 1e-6
+    agree = (values[:, None] - values[None]) * (target[:, None] - target[None]) > 0
     return float(agree[same & ordered].float().mean())
 
 

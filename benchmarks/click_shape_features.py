@@ -39,20 +39,10 @@ def outline_candidates(images) -> dict:
             "edges^2 / content": edges_per_content ** 2 * content}
 
 
-def within_prompt_pair_accuracy(values, target, prompts: list[str]) -> float:
-    """The share of pairs of images of the same prompt (with different ``target``) that ``values`` orders as
-    ``target`` does."""
-    import torch
-
-    same = torch.tensor([[a == b for b in prompts] for a in prompts])
-    ordered = (target[:, None] - target[None]).abs() > 1e-9
-    agree = (values[:, None] - values[None]) * (target[:, None] - target[None]) > 0
-    return float(agree[same & ordered].float().mean())
-
-
 def main(argv: list[str] | None = None) -> None:
     import torch
 
+    from benchmarks.click_head_probe import within_prompt_pair_accuracy
     from benchmarks.clicks import CLICK_PROMPTS, Attribute
     from rlr_core import load_model, sample
 
@@ -74,8 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     stars = [p.replace("circle", "star").replace("square", "star") for p in CLICK_PROMPTS]
     star_images = sample(chain, [stars[i % len(stars)] for i in range(16)], seeds=list(range(16)))
     star_spiky = Attribute("spiky")(star_images, stars)
-    print(f"\nspikiness per prompt (10% / 50% / 90% / max); the model's own stars (16, the same colours): "
+    print(f"\nspikiness of the model's own stars (16 images, the same colours; 10% / 50% / 90%): "
           f"{' / '.join(f'{float(q):.3f}' for q in star_spiky.quantile(torch.tensor([0.1, 0.5, 0.9])))}")
+    print("spikiness per prompt (10% / 50% / 90% / max):")
     for i, prompt in enumerate(CLICK_PROMPTS):
         values = spiky[i::len(CLICK_PROMPTS)]
         print(f"  {prompt}: " + " / ".join(f"{float(q):.3f}" for q in values.quantile(torch.tensor([0.1, 0.5, 0.9])))

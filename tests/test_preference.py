@@ -792,10 +792,11 @@ def test_round_images_values_are_checked(tmp_path):
 
 def test_click_shape_features_correlation_and_candidates(monkeypatch):
     """benchmarks/click_shape_features.py: its correlation is Pearson's, every candidate is one value per image, and
-    the within-prompt pair accuracy counts only pairs of the same prompt."""
+    the within-prompt pair accuracy (click_head_probe's, which it uses too) counts only pairs of the same prompt."""
     root = Path(__file__).resolve().parent.parent
     monkeypatch.syspath_prepend(str(root))
-    from benchmarks.click_shape_features import correlation, outline_candidates, within_prompt_pair_accuracy
+    from benchmarks.click_head_probe import within_prompt_pair_accuracy
+    from benchmarks.click_shape_features import correlation, outline_candidates
 
     x = torch.tensor([0.0, 1.0, 3.0, 4.0])
     assert correlation(x, 2 * x + 1) == pytest.approx(1.0) and correlation(x, -x) == pytest.approx(-1.0)
