@@ -2,8 +2,8 @@
 
 Images come from the untrained tiny model (T=20, the click benchmark's four prompts, cycled over the seeds).
 A simulated user clicks, in each of 20 rounds of 4, the image with the most of an attribute (red, left,
-spiky; with ``--attributes`` also boxy and size: ``benchmarks/clicks.py``'s ``Attribute``); a ``PreferenceReward`` head is fitted on those clicks and
-judged on held-out images of the same draw:
+spiky; with ``--attributes`` also boxy and size: ``benchmarks/clicks.py``'s ``Attribute``); a
+``PreferenceReward`` head is fitted on those clicks and judged on held-out images of the same draw:
 
 * **within-prompt accuracy**: the share of held-out pairs *of the same prompt* that the head orders as the
   attribute does. That is what training can use: the model changes the images of a prompt, not which prompt

@@ -104,7 +104,7 @@ HIDDEN_TWINS_MODES = {"learned-layout-one-hidden"}
 # (PreferenceSession check_seeds)
 CHECKED_MODES = {"learned-layout-one-checked"}
 ATTRIBUTES = ("red", "spiky", "left")
-DETECTOR_ATTRIBUTES = {"spiky": "solidity", "boxy": "extent", "size": "area"}  # attribute -> tiny detector feature
+DETECTOR_ATTRIBUTES = ("spiky", "boxy", "size")  # read from the tiny detector's solidity, extent and area
 NOISES = (0.0, 0.25, 0.1)  # in the order the full phase runs them
 
 
