@@ -116,7 +116,7 @@ def preference_run(session: str, form: dict[str, Any], hosted: bool, mode: str, 
         return run
     if run is not None and run.running:
         raise FieldError("preference", "training is running in this session; stop it first")
-    continue_lora = run is not None and same_lora_layout(run.config, base)
+    continue_lora = run is not None  # the new run is built from this run's own config, so its LoRA fits
     return _new_click_run(session, base, hosted, mode, features, head_updates, learning_rate, check_seeds, kind,
                           continue_lora, base_lr)
 

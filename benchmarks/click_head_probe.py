@@ -104,18 +104,17 @@ def within_prompt_pair_accuracy(values, target, prompts: list[str]) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from benchmarks.clicks import ALL_ATTRIBUTES, Attribute, gradient_alignment
+
     p = argparse.ArgumentParser(description="Offline probe of the click head (docs/rewards.md, preference).")
     p.add_argument("--cache", type=Path, default=None, help="keep the sampled images here (and reuse them)")
     p.add_argument("--features", nargs="+", default=["layout", "tiny-clip", "pixels"])
     p.add_argument("--l2", type=float, default=1e-2)
-    p.add_argument("--attributes", nargs="+", default=["red", "left", "spiky"],
-                   choices=["red", "left", "spiky", "boxy", "size"])
+    p.add_argument("--attributes", nargs="+", default=["red", "left", "spiky"], choices=ALL_ATTRIBUTES)
     p.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
     args = p.parse_args(argv)
     import numpy as np
     import torch
-
-    from benchmarks.clicks import Attribute, gradient_alignment
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "2"))))
     start = time.time()

@@ -105,6 +105,7 @@ HIDDEN_TWINS_MODES = {"learned-layout-one-hidden"}
 CHECKED_MODES = {"learned-layout-one-checked"}
 ATTRIBUTES = ("red", "spiky", "left")
 DETECTOR_ATTRIBUTES = ("spiky", "boxy", "size")  # read from the tiny detector's solidity, extent and area
+ALL_ATTRIBUTES = tuple(dict.fromkeys((*ATTRIBUTES, *DETECTOR_ATTRIBUTES)))  # what a task or the head probe may name
 NOISES = (0.0, 0.25, 0.1)  # in the order the full phase runs them
 
 
@@ -113,8 +114,8 @@ class Attribute:
 
     def __init__(self, name: str, differentiable: bool = True) -> None:
         self.name = name
-        if name not in (*ATTRIBUTES, *DETECTOR_ATTRIBUTES):
-            raise ValueError(f"attribute={name!r} is not allowed; allowed values: {[*ATTRIBUTES, *DETECTOR_ATTRIBUTES]}")
+        if name not in ALL_ATTRIBUTES:
+            raise ValueError(f"attribute={name!r} is not allowed; allowed values: {list(ALL_ATTRIBUTES)}")
         self.differentiable = differentiable and name not in DETECTOR_ATTRIBUTES
 
     def __call__(self, images, prompts):
@@ -393,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Simulated click sessions (docs/rewards.md, preference).")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/clicks"))
     p.add_argument("--phase", choices=["screen", "full"], default="screen")
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES) + ["reference-scores", "reference-lr3x", "reference-lr0.003", "reference-lr0.005"],
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=[*MODES, "reference-scores", *(r for r in REFERENCES.values() if r != "reference")],
                    help="the screen's candidates (reference-scores: the attribute as a reward without its gradient)")
     p.add_argument("--default", default=None, choices=list(MODES),
                    help="the mode of the full phase (default: rlr_core's DEFAULT_MODE)")
