@@ -244,3 +244,46 @@ def test_training_resumes_exactly_and_records_its_phases(tmp_path):
     assert "--steps 2 " in cmds[0] and "--weighting eps" in cmds[0] and "--resume" not in cmds[0]
     assert "--steps 4 " in cmds[1] and "--weighting plain" in cmds[1] and cmds[1].endswith("--resume")
     assert all("--batch 2" in c and "--warmup 1" in c and "--decay-start 3" in c for c in cmds)
+
+
+def test_generic_caption_names_no_shape():
+    from rlr_core.tiny.data import GENERIC_SHAPE, generic_caption
+
+    for seed in range(200):
+        sample = sample_spec(seed)
+        caption = generic_caption(sample)
+        assert not any(word in caption.split() for word in (*SHAPES, "circles", "squares", "triangles", "stars"))
+        assert caption == sample.caption.replace(sample.shape + "s " if sample.count > 1 else sample.shape + " ",
+                                                 GENERIC_SHAPE + ("s " if sample.count > 1 else " "))
+
+
+def test_fine_tuning_starts_from_the_exported_weights_and_keeps_their_history(tmp_path):
+    """--init starts from an exported model (not random weights), its steps count from 0 and the export records
+    the earlier commands before its own; --generic-shape changes what the run learns (its captions), and a rate
+    of 0 draws exactly what a run without the option draws."""
+    from safetensors.torch import load_file
+
+    from rlr_core.tiny.train import main
+
+    common = ["--batch", "2", "--threads", "1", "--warmup", "1", "--decay-start", "3"]
+
+    def run(name, *argv):
+        main(["--out", str(tmp_path / name / "out"), "--ckpt", str(tmp_path / name / "ckpt"), *common, *argv])
+        return load_file(str(tmp_path / name / "out" / "unet/diffusion_pytorch_model.safetensors"))
+
+    base = run("base", "--steps", "2")
+    init = str(tmp_path / "base" / "out")
+    other = ["--steps", "1", "--seed", "2"]  # a seed whose random weights differ from the base's
+    plain = run("plain", *other, "--init", init)
+    plain_zero = run("plain-zero", *other, "--init", init, "--generic-shape", "0")
+    generic = run("generic", *other, "--init", init, "--generic-shape", "1")
+    fresh = run("fresh", *other)
+    assert all(torch.equal(plain[k], plain_zero[k]) for k in plain)
+    assert any(not torch.equal(plain[k], generic[k]) for k in plain)
+    distance = lambda a: sum(float((a[k].float() - base[k].float()).norm()) for k in base)  # noqa: E731
+    assert distance(plain) < distance(fresh) / 10  # one step from the exported weights, not from random ones
+    meta = json.loads((tmp_path / "generic" / "out" / "rlr_studio.json").read_text())
+    assert meta["trained_steps"] == 3
+    cmds = meta["train_commands"]
+    assert len(cmds) == 2 and "--init" not in cmds[0]
+    assert f"--init {init}" in cmds[1] and "--generic-shape 1.0" in cmds[1] and "--resume" not in cmds[1]

@@ -15,7 +15,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle", "star")
-PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "star": "stars", "blob": "blobs"}
+GENERIC_SHAPE = "shape"  # the word of a caption that names no particular shape ("a red shape on a white background")
+PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "star": "stars", "blob": "blobs",
+           GENERIC_SHAPE: "shapes"}
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
     "green": (30, 165, 50),
@@ -183,6 +185,12 @@ def render(sample: Sample, size: int = IMAGE_SIZE) -> np.ndarray:
             draw.polygon(_polygon(sp.shape, cx, cy, r), fill=fill)
     img = img.resize((size, size), Image.BOX)
     return np.array(img, dtype=np.uint8)
+
+
+def generic_caption(sample: Sample) -> str:
+    """The sample's caption with its shape word replaced by ``GENERIC_SHAPE`` ("a big red shape on a white
+    background", "two red shapes on a gray background"): a caption any of the shapes fits."""
+    return caption_for(sample.color, GENERIC_SHAPE, sample.background, sample.count, sample.size_word)
 
 
 def make_sample(seed: int, size: int = IMAGE_SIZE) -> tuple[np.ndarray, Sample]:

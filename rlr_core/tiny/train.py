@@ -24,7 +24,8 @@ import torch
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="assets/tiny-shapes")
-    p.add_argument("--ckpt", default="runs/tiny-shapes-train", help="checkpoint folder (resumable state)")
+    p.add_argument("--ckpt", default=None, help="checkpoint folder (resumable state; default runs/<out's name>-train, "
+                                                "runs/<out's name>-finetune with --init)")
     p.add_argument("--steps", type=int, default=6000, help="total optimizer steps")
     p.add_argument("--minutes", type=float, default=None, help="stop this chunk after M minutes")
     p.add_argument("--resume", action="store_true")
@@ -48,6 +49,12 @@ def parse_args(argv=None):
                         "learn the t=999 step, whose epsilon weight is 0)")
     p.add_argument("--offset-noise", type=float, default=0.0)
     p.add_argument("--cfg-dropout", type=float, default=0.1, help="fraction of empty captions")
+    p.add_argument("--generic-shape", type=float, default=0.0,
+                   help="fraction of captions whose shape word becomes 'shape' ('a red shape on a white background'): "
+                        "the model learns that such a caption fits any shape, so its drawings of it vary in shape")
+    p.add_argument("--init", default=None,
+                   help="start from the weights of an exported model folder instead of random ones (a fine-tuning "
+                        "run: its steps count from 0; its data seeds are those of the same steps of the first run)")
     p.add_argument("--export-only", action="store_true", help="export the EMA weights of the checkpoint and exit")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ckpt-minutes", type=float, default=3.0)
@@ -86,12 +93,14 @@ def loss_weights(alphas_cumprod: torch.Tensor, args) -> torch.Tensor:
 
 
 RECIPE_KEYS = ("steps", "decay_start", "weighting", "batch", "lr", "lr_final", "warmup", "ema", "prediction",
-               "min_snr", "snr_floor", "offset_noise", "cfg_dropout", "seed")
+               "min_snr", "snr_floor", "offset_noise", "cfg_dropout", "seed", "generic_shape", "init")
 
 
 def _recipe(args: dict) -> dict:
-    """The arguments that change the weights (not paths, threads or checkpoint timing)."""
-    return {k: args.get(k) for k in RECIPE_KEYS}
+    """The arguments that change the weights (not paths, threads or checkpoint timing); a key an older
+    checkpoint's arguments lack had its default value then."""
+    defaults = vars(parse_args([]))
+    return {k: args.get(k, defaults[k]) for k in RECIPE_KEYS}
 
 
 def _command(out: str, phase: dict, resume: bool) -> str:
@@ -121,13 +130,21 @@ def _save_atomic(obj, path: Path):
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    from .data import make_batch
-    from .model import DEFAULTS, build_models, encode, export
+    import numpy as np
 
-    ckpt_dir = Path(args.ckpt)
+    from .data import generic_caption, make_batch
+    from .model import DEFAULTS, build_models, encode, export, load
+
+    ckpt_dir = Path(args.ckpt or f"runs/{Path(args.out).name}-{'finetune' if args.init else 'train'}")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     unet, text_encoder, tokenizer, scheduler = build_models(args.prediction, tokenizer_dir=str(ckpt_dir / "tokenizer"))
+    earlier = {"trained_steps": 0, "trained_minutes": 0.0, "train_commands": []}
+    if args.init:  # fine-tuning: the exported weights, and the history that made them
+        init_unet, init_text, _, _, init_meta = load(args.init)
+        unet.load_state_dict(init_unet.state_dict())
+        text_encoder.load_state_dict(init_text.state_dict())
+        earlier = {key: init_meta.get(key, value) for key, value in earlier.items()}
     params = [p for p in list(unet.parameters()) + list(text_encoder.parameters())]
     emb = text_encoder.get_input_embeddings().weight
     groups = [{"params": [p for p in params if p is not emb], "weight_decay": 0.01},
@@ -177,8 +194,9 @@ def main(argv=None):
     def do_export():
         defaults = dict(DEFAULTS, guidance_scale=args.guidance)
         export(args.out, ema_unet, ema_text, tokenizer, scheduler, defaults=defaults,
-               extra={"trained_steps": step, "trained_minutes": round(elapsed / 60, 1),
-                      "train_commands": _commands(args.out, phases)})
+               extra={"trained_steps": earlier["trained_steps"] + step,
+                      "trained_minutes": round(earlier["trained_minutes"] + elapsed / 60, 1),
+                      "train_commands": earlier["train_commands"] + _commands(args.out, phases)})
         log_f.flush()
         try:  # loss curve next to the weights (model card)
             from .report import plot_loss
@@ -203,10 +221,13 @@ def main(argv=None):
             break
         t0 = time.time()
         B = args.batch
-        x0, caps, _ = make_batch(range(step * B, step * B + B))
+        x0, caps, samples = make_batch(range(step * B, step * B + B))
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         drop = torch.rand(B, generator=g) < args.cfg_dropout
         caps = ["" if d else c for c, d in zip(caps, drop.tolist())]
+        if args.generic_shape > 0:  # drawn apart from g, so that a run without it draws the noise it always did
+            generic = np.random.default_rng([args.seed, step, 11]).random(B) < args.generic_shape
+            caps = [generic_caption(s) if pick and c else c for c, s, pick in zip(caps, samples, generic)]
         x0 = torch.from_numpy(x0) * 2 - 1
         noise = torch.randn(x0.shape, generator=g)
         if args.offset_noise > 0:
