@@ -32,7 +32,10 @@ Each session also records, per round, the cosine between the head's and the attr
 respect to the shown images (``gradient_alignment``; red and left only).
 Runs use the tiny model's own LoRA targets (``lora_targets="auto"``: attention+conv since commit 139527e; the runs
 of earlier pages used attention only) and the mode's learning rate; a task dict may name others (``lora_targets``,
-``lr``). Each run records what it trained with (``settings``), and the report labels and matches references by it.
+``lr``), another model (``model``: an exported model's folder, e.g. one fine-tuned with ``rlr_core.tiny.train
+--generic-shape``) and the prompts (``prompts``: ``"shape-free"``, the same colours and backgrounds naming no shape,
+``SHAPE_FREE_PROMPTS``). Each run records what it trained with (``settings``), and the report labels and matches
+references by it.
 Results are appended to ``<out>/runs.jsonl`` as they finish; a rerun skips what is there.
 """
 
@@ -58,6 +61,10 @@ CLICK_PROMPTS = [
     "a yellow circle on a black background",
     "a purple square on a white background",
 ]
+# the same colours and backgrounds, naming no shape: for a model fine-tuned with --generic-shape (rlr_core.tiny.train),
+# whose drawings of such a caption vary in shape; a task names them with "prompts": "shape-free"
+SHAPE_FREE_PROMPTS = [prompt.replace(" circle ", " shape ").replace(" square ", " shape ") for prompt in CLICK_PROMPTS]
+PROMPT_SETS = {"shapes-named": CLICK_PROMPTS, "shape-free": SHAPE_FREE_PROMPTS}
 EVAL_SEEDS = list(range(3000, 3008))
 # name -> PreferenceSession settings (mode, features, head_updates)
 MODES = {
@@ -140,19 +147,20 @@ class Attribute:
 
 
 def _trainer(attribute: Attribute, seed: int, rounds: int, output_dir: str, num_steps: int = 20, lr: float = LEARNING_RATE,
-             lora_targets: str = "auto"):
+             lora_targets: str = "auto", model: str = "tiny", prompts: list[str] = CLICK_PROMPTS):
     from benchmarks.compare import _chain
     from rlr_core import TrainConfig, Trainer, get_estimator
 
-    chain = _chain(num_steps, lora_targets)
-    config = TrainConfig(model="tiny", num_steps=num_steps, prompts=list(CLICK_PROMPTS), steps=rounds, batch_size=4, lr=lr,
+    chain = _chain(num_steps, lora_targets, model)
+    config = TrainConfig(model=model, num_steps=num_steps, prompts=list(prompts), steps=rounds, batch_size=4, lr=lr,
                          seed=seed, eval_seeds=[], eval_every=0, checkpoint_every=0, output_dir=output_dir)
     return Trainer(chain, attribute, get_estimator("rlr"), config)
 
 
 def measure(trainer, attribute: Attribute) -> list[float]:
-    """The attribute of the 8 fixed-seed images (prompts cycled)."""
-    _, values = trainer.evaluate(EVAL_SEEDS, [CLICK_PROMPTS[i % 4] for i in range(len(EVAL_SEEDS))])
+    """The attribute of the 8 fixed-seed images (the trainer's four prompts cycled)."""
+    prompts = trainer.config.prompts
+    _, values = trainer.evaluate(EVAL_SEEDS, [prompts[i % len(prompts)] for i in range(len(EVAL_SEEDS))])
     return [float(v) for v in values]
 
 
@@ -185,7 +193,7 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
         accuracy, seconds, alignment, accepted = [], [], [], []
         for index in range(task["rounds"]):
             start = time.perf_counter()
-            prompts = grouped_prompts(round_prompts(task["mode"], index), 4, groups)
+            prompts = grouped_prompts(round_prompts(task["mode"], index, trainer.config.prompts), 4, groups)
             shown = session.new_round(prompts, seed=task["seed"] * 100_000 + index)
             values = attribute(shown.images, shown.prompts)
             best, wrong_click = int(torch.argmax(values)), False
@@ -219,14 +227,14 @@ class RoundTrace:
     gain: float
 
 
-def round_prompts(mode: str, index: int) -> list[str]:
+def round_prompts(mode: str, index: int, prompts: list[str] = CLICK_PROMPTS) -> list[str]:
     """The prompts of round ``index``: all four, starting at the round's (mixed), or only the round's (as the
     product's rounds: ``rlr_core.training.clicks.round_prompt``)."""
     if mode in ONE_PROMPT_ROUNDS:
         from rlr_core.training.clicks import round_prompt
 
-        return [round_prompt(CLICK_PROMPTS, index)]
-    return CLICK_PROMPTS[index % 4:] + CLICK_PROMPTS[: index % 4]
+        return [round_prompt(list(prompts), index)]
+    return list(prompts[index % 4:]) + list(prompts[: index % 4])
 
 
 def gradient_alignment(head, attribute: Attribute, images, prompts) -> float | None:
@@ -277,15 +285,22 @@ def run_reference(task: dict) -> dict:
     return {**task, "curve": curve, "settings": used_settings(task, trainer)}
 
 
-def task_settings(task: dict) -> tuple[float, str]:
-    """A task's learning rate and LoRA targets: its own ``lr`` / ``lora_targets`` when it names them, else the
-    mode's learning rate and the model's own targets ("auto")."""
-    return float(task.get("lr", learning_rate(task["mode"]))), str(task.get("lora_targets", "auto"))
+def task_settings(task: dict) -> tuple[float, str, str, list[str]]:
+    """A task's learning rate, LoRA targets, model and prompts: its own ``lr`` / ``lora_targets`` / ``model`` (an
+    exported model's folder) / ``prompts`` (a ``PROMPT_SETS`` name) when it names them, else the mode's learning
+    rate, the model's own targets ("auto"), the bundled tiny model and the prompts that name a shape."""
+    prompt_set = task.get("prompts", "shapes-named")
+    if prompt_set not in PROMPT_SETS:
+        raise ValueError(f"prompts={prompt_set!r} is not allowed; allowed values: {list(PROMPT_SETS)}")
+    return (float(task.get("lr", learning_rate(task["mode"]))), str(task.get("lora_targets", "auto")),
+            str(task.get("model", "tiny")), PROMPT_SETS[prompt_set])
 
 
 def used_settings(task: dict, trainer) -> dict:
-    """What a run trained with, as recorded in runs.jsonl: learning rate and the LoRA targets' set name (or list)."""
-    return {"lr": task_settings(task)[0], "lora_targets": target_set_name(trainer.chain.lora_targets)}
+    """What a run trained with, as recorded in runs.jsonl: learning rate and the LoRA targets' set name (or list),
+    and the model and prompt set where the task names them."""
+    extra = {name: task[name] for name in ("model", "prompts") if name in task}
+    return {"lr": task_settings(task)[0], "lora_targets": target_set_name(trainer.chain.lora_targets), **extra}
 
 
 def target_set_name(targets: str | list[str]) -> str:
@@ -320,7 +335,7 @@ def _run(task: dict) -> dict:
 
 
 def key(task: dict) -> str:
-    extra = "".join(f"|{name}={task[name]}" for name in ("lora_targets", "lr") if name in task)
+    extra = "".join(f"|{name}={task[name]}" for name in ("lora_targets", "lr", "model", "prompts") if name in task)
     return f"{task['mode']}|{task['attribute']}|{task['noise']}|{task['seed']}|{task['rounds']}{extra}"
 
 

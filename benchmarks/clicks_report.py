@@ -38,14 +38,21 @@ def rounds_to_half(curve: list[float], reference_gain: float) -> int | None:
     return next((i for i, g in enumerate(curve) if i > 0 and g >= 0.5 * reference_gain), None)
 
 
-def settings(run: dict) -> tuple[float, str]:
-    """The learning rate and LoRA targets a run trained with (runs before they were recorded: the mode's rate and
-    the attention targets, what every such run used)."""
+def settings(run: dict) -> tuple[float, str, str, str]:
+    """The learning rate, LoRA targets, model and prompt set a run trained with (runs before they were recorded: the
+    mode's rate and the attention targets, what every such run used; the bundled tiny model, the prompts that name
+    a shape)."""
     from benchmarks.clicks import learning_rate, target_set_name
 
     recorded = run.get("settings") or run  # runs of tasks that named them carry them as task keys
     targets = target_set_name(str(recorded.get("lora_targets", "attention")))
-    return float(recorded.get("lr", learning_rate(run["mode"]))), targets
+    return (float(recorded.get("lr", learning_rate(run["mode"]))), targets, str(recorded.get("model", "tiny")),
+            str(recorded.get("prompts", "shapes-named")))
+
+
+def _model_notes(model: str, prompts: str) -> list[str]:
+    """How a run's model and prompts differ from the bundled tiny model's and the shape-naming prompts."""
+    return ([] if model == "tiny" else [f"model {Path(model).name}"]) + ([] if prompts == "shapes-named" else [prompts])
 
 
 def label(run: dict) -> str:
@@ -54,10 +61,11 @@ def label(run: dict) -> str:
     settings alone, so those of the same settings share one name whatever their mode's name."""
     from benchmarks.clicks import REFERENCES, learning_rate
 
-    lr, targets = settings(run)
+    lr, targets, model, prompts = settings(run)
     if run["mode"] in REFERENCES.values():
-        return f"reference [{targets}, lr {lr:g}]"
+        return f"reference [{', '.join([targets, f'lr {lr:g}', *_model_notes(model, prompts)])}]"
     notes = ([] if targets == "attention" else [targets]) + ([] if lr == learning_rate(run["mode"]) else [f"lr {lr:g}"])
+    notes += _model_notes(model, prompts)
     return run["mode"] + (f" [{', '.join(notes)}]" if notes else "")
 
 
@@ -104,16 +112,16 @@ def reference_lines(runs: list[dict]) -> list[str]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in runs:
         if r["mode"] in REFERENCES.values():
-            lr, targets = settings(r)
-            groups[(targets, lr, r["attribute"], r["rounds"])].append(r)
+            lr, targets, model, prompts = settings(r)
+            groups[(", ".join([targets, f"lr {lr:g}", *_model_notes(model, prompts)]), r["attribute"], r["rounds"])].append(r)
     if not groups:
         return []
-    lines = ["| reference (LoRA targets, lr) | attribute | iterations | seeds | gain per seed | best gain per seed | "
+    lines = ["| reference (LoRA targets, lr, model) | attribute | iterations | seeds | gain per seed | best gain per seed | "
              "fixed seeds up |", "|---|---|---|---|---|---|---|"]
-    for (targets, lr, attribute, rounds), members in sorted(groups.items()):
+    for (trained_with, attribute, rounds), members in sorted(groups.items()):
         members.sort(key=lambda r: r["seed"])
         curves = [gain_curve(r) for r in members]
-        lines.append(f"| {targets}, lr {lr:g} | {attribute} | {rounds} | {', '.join(str(r['seed']) for r in members)} | "
+        lines.append(f"| {trained_with} | {attribute} | {rounds} | {', '.join(str(r['seed']) for r in members)} | "
                      f"{', '.join(f'{c[-1]:+.3f}' for c in curves)} | {', '.join(f'{max(c):+.3f}' for c in curves)} | "
                      f"{', '.join(_up_text(r) for r in members)} |")
     return lines

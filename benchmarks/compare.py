@@ -125,16 +125,17 @@ def task_eval(task_name: str) -> tuple[list[int], list[str]]:
 _CHAINS: dict = {}
 
 
-def _chain(num_steps: int, lora_targets: str = "attention"):
-    """The tiny model with the LoRA every run starts from (one per LoRA target set, cached per worker)."""
+def _chain(num_steps: int, lora_targets: str = "attention", model: str = "tiny"):
+    """The tiny model (or another exported one: ``model`` is a folder) with the LoRA every run starts from (one
+    per model and LoRA target set, cached per worker)."""
     import torch
 
     from rlr_core import load_model
 
-    key = (num_steps, lora_targets)
+    key = (num_steps, lora_targets, model)
     if key not in _CHAINS:
         torch.set_num_threads(1)
-        chain = load_model("tiny", num_steps=num_steps, lora_rank=4, lora_targets=lora_targets, device="cpu")
+        chain = load_model(model, num_steps=num_steps, lora_rank=4, lora_targets=lora_targets, device="cpu")
         _CHAINS[key] = (chain, [p.detach().clone() for p in chain.trainable_parameters()])
     chain, initial = _CHAINS[key]
     with torch.no_grad():

@@ -690,6 +690,28 @@ def test_click_benchmark_runs_a_session_and_reports(tmp_path, monkeypatch):
     assert "benchmarks" in sys.modules
 
 
+def test_click_benchmark_tasks_may_name_a_model_folder_and_the_shape_free_prompts(monkeypatch):
+    """A task's "model" (an exported model's folder) and "prompts" (a prompt set) reach the session: its rounds show
+    those prompts, its fixed seeds are measured on them, and the run, its key and its report label record both."""
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.syspath_prepend(str(root))
+    from benchmarks import clicks, clicks_report
+    from rlr_core.tiny.data import SHAPES
+
+    assert all(not set(SHAPES) & set(prompt.split()) for prompt in clicks.SHAPE_FREE_PROMPTS)
+    with pytest.raises(ValueError, match=r"prompts='shapeless' is not allowed; allowed values: \['shapes-named'"):
+        clicks.task_settings({"mode": "direct", "prompts": "shapeless"})
+    monkeypatch.setattr(clicks, "EVAL_SEEDS", clicks.EVAL_SEEDS[:2])
+    seen = []
+    task = {"seed": 1, "rounds": 2, "num_steps": 4, "mode": "learned-layout-one-lr0.005", "attribute": "spiky",
+            "noise": 0.0, "model": str(root / "assets" / "tiny-shapes"), "prompts": "shape-free"}
+    run = clicks.run_session(task, on_round=lambda trace: seen.extend(trace.prompts))
+    assert set(seen) <= set(clicks.SHAPE_FREE_PROMPTS) and len(set(seen)) == 2  # one prompt per round
+    assert run["settings"]["prompts"] == "shape-free" and run["settings"]["model"].endswith("tiny-shapes")
+    assert clicks.key(task).endswith("|prompts=shape-free")
+    assert clicks_report.label(run) == "learned-layout-one-lr0.005 [attention+conv, model tiny-shapes, shape-free]"
+
+
 def test_click_report_gives_longer_sessions_gain_after_twenty_rounds(monkeypatch):
     root = Path(__file__).resolve().parent.parent
     monkeypatch.syspath_prepend(str(root))
