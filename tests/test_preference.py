@@ -712,6 +712,21 @@ def test_click_benchmark_tasks_may_name_a_model_folder_and_the_shape_free_prompt
     assert clicks_report.label(run) == "learned-layout-one-lr0.005 [attention+conv, model tiny-shapes, shape-free]"
 
 
+def test_shape_variety_prints_each_prompts_shapes(monkeypatch, capsys):
+    """benchmarks/shape_variety.py at its smallest: one row per prompt, with the detector's shape counts adding up to
+    the images drawn."""
+    import re
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    from benchmarks import shape_variety
+
+    shape_variety.main(["--images", "3"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| a ")]
+    assert len(rows) == 5 and rows[-1].startswith(f"| {shape_variety.NAMED_PROMPT} |")
+    for row in rows:
+        assert sum(int(n) for n in re.findall(r"[a-z]+ (\d+)", row.split(" | ")[1])) == 3
+
+
 def test_click_report_gives_longer_sessions_gain_after_twenty_rounds(monkeypatch):
     root = Path(__file__).resolve().parent.parent
     monkeypatch.syspath_prepend(str(root))
