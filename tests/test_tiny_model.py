@@ -287,3 +287,12 @@ def test_fine_tuning_starts_from_the_exported_weights_and_keeps_their_history(tm
     cmds = meta["train_commands"]
     assert len(cmds) == 2 and "--init" not in cmds[0]
     assert f"--init {init}" in cmds[1] and "--generic-shape 1.0" in cmds[1] and "--resume" not in cmds[1]
+
+    # fine-tuning in place, then resuming: the history is the one read at the start, not the overwritten folder's
+    in_place = ["--out", init, "--ckpt", str(tmp_path / "in-place"), *common, "--init", init]
+    main([*in_place, "--steps", "1"])
+    main([*in_place, "--steps", "2", "--resume"])
+    meta = json.loads((tmp_path / "base" / "out" / "rlr_studio.json").read_text())
+    cmds = meta["train_commands"]  # the base's, the fine-tune's first chunk, its resumed chunk
+    assert meta["trained_steps"] == 4 and len(cmds) == 3 and "--init" not in cmds[0]
+    assert "--init" in cmds[1] and "--resume" not in cmds[1] and cmds[2].endswith("--resume")

@@ -162,6 +162,7 @@ def main(argv=None):
         ema_unet.load_state_dict(st["ema_unet"]); ema_text.load_state_dict(st["ema_text"])
         opt.load_state_dict(st["opt"])
         step, elapsed = st["step"], st["elapsed"]
+        earlier = st.get("earlier", earlier)  # as read at the start: a fine-tune in place has overwritten --init since
         # phases saved by an older version lack some recipe keys: those were the saved args' values
         phases = [{**_recipe(st["args"]), **ph} for ph in st.get("phases") or [{"from_step": 0}]]
         print(f"resumed at step {step} ({elapsed / 60:.1f} min trained)", flush=True)
@@ -189,7 +190,7 @@ def main(argv=None):
         _save_atomic({"unet": unet.state_dict(), "text": text_encoder.state_dict(),
                       "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
                       "opt": opt.state_dict(), "step": step, "elapsed": elapsed, "args": vars(args),
-                      "phases": phases}, state_path)
+                      "phases": phases, "earlier": earlier}, state_path)
 
     def do_export():
         defaults = dict(DEFAULTS, guidance_scale=args.guidance)
