@@ -65,6 +65,7 @@ CLICK_PROMPTS = [
 # whose drawings of such a caption vary in shape; a task names them with "prompts": "shape-free"
 SHAPE_FREE_PROMPTS = [prompt.replace(" circle ", " shape ").replace(" square ", " shape ") for prompt in CLICK_PROMPTS]
 PROMPT_SETS = {"shapes-named": CLICK_PROMPTS, "shape-free": SHAPE_FREE_PROMPTS}
+DEFAULT_PROMPT_SET = "shapes-named"  # a task's, unless it names "prompts"
 EVAL_SEEDS = list(range(3000, 3008))
 # name -> PreferenceSession settings (mode, features, head_updates)
 MODES = {
@@ -289,7 +290,7 @@ def task_settings(task: dict) -> tuple[float, str, str, list[str]]:
     """A task's learning rate, LoRA targets, model and prompts: its own ``lr`` / ``lora_targets`` / ``model`` (an
     exported model's folder) / ``prompts`` (a ``PROMPT_SETS`` name) when it names them, else the mode's learning
     rate, the model's own targets ("auto"), the bundled tiny model and the prompts that name a shape."""
-    prompt_set = task.get("prompts", "shapes-named")
+    prompt_set = task.get("prompts", DEFAULT_PROMPT_SET)
     if prompt_set not in PROMPT_SETS:
         raise ValueError(f"prompts={prompt_set!r} is not allowed; allowed values: {list(PROMPT_SETS)}")
     return (float(task.get("lr", learning_rate(task["mode"]))), str(task.get("lora_targets", "auto")),

@@ -42,17 +42,19 @@ def settings(run: dict) -> tuple[float, str, str, str]:
     """The learning rate, LoRA targets, model and prompt set a run trained with (runs before they were recorded: the
     mode's rate and the attention targets, what every such run used; the bundled tiny model, the prompts that name
     a shape)."""
-    from benchmarks.clicks import learning_rate, target_set_name
+    from benchmarks.clicks import DEFAULT_PROMPT_SET, learning_rate, target_set_name
 
     recorded = run.get("settings") or run  # runs of tasks that named them carry them as task keys
     targets = target_set_name(str(recorded.get("lora_targets", "attention")))
     return (float(recorded.get("lr", learning_rate(run["mode"]))), targets, str(recorded.get("model", "tiny")),
-            str(recorded.get("prompts", "shapes-named")))
+            str(recorded.get("prompts", DEFAULT_PROMPT_SET)))
 
 
 def _model_notes(model: str, prompts: str) -> list[str]:
     """How a run's model and prompts differ from the bundled tiny model's and the shape-naming prompts."""
-    return ([] if model == "tiny" else [f"model {Path(model).name}"]) + ([] if prompts == "shapes-named" else [prompts])
+    from benchmarks.clicks import DEFAULT_PROMPT_SET
+
+    return ([] if model == "tiny" else [f"model {Path(model).name}"]) + ([] if prompts == DEFAULT_PROMPT_SET else [prompts])
 
 
 def label(run: dict) -> str:

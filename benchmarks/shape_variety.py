@@ -45,22 +45,21 @@ def main(argv: list[str] | None = None) -> None:
     print(f"model {args.model}, {args.images} images per prompt\n")
     print("| prompt | detector's shapes | mean spikiness | outline feature's within-prompt pair accuracy |")
     print("|---|---|---|---|")
-    rows, all_images, all_prompts = [], [], []
+    rows, spikes, outlines, shape_free = [], [], [], []  # the last three: of the shape-free prompts' images
     for prompt in prompts:
         images = sample(chain, [prompt] * args.images, seeds=list(range(args.images)))
-        spiky = Attribute("spiky")(images, [prompt] * args.images)
+        spiky = Attribute("spiky")(images, [prompt] * args.images).double()
         shapes = Counter(d.shape or "none" for d in detect_batch(images.float()))
-        outline = layout_features(images)[:, -1]
-        accuracy = within_prompt_pair_accuracy(outline.double(), spiky.double(), [prompt] * args.images)
+        outline = layout_features(images)[:, -1].double()
+        accuracy = within_prompt_pair_accuracy(outline, spiky, [prompt] * args.images)
         counts = ", ".join(f"{name} {count}" for name, count in shapes.most_common())
         print(f"| {prompt} | {counts} | {float(spiky.mean()):.3f} | {accuracy:.2f} |", flush=True)
         rows.append(images[:16])
         if prompt != NAMED_PROMPT:
-            all_images.append(images)
-            all_prompts += [prompt] * args.images
-    images = torch.cat(all_images)
-    spiky = Attribute("spiky")(images, all_prompts)
-    accuracy = within_prompt_pair_accuracy(layout_features(images)[:, -1].double(), spiky.double(), all_prompts)
+            spikes.append(spiky)
+            outlines.append(outline)
+            shape_free += [prompt] * args.images
+    accuracy = within_prompt_pair_accuracy(torch.cat(outlines), torch.cat(spikes), shape_free)
     print(f"\nshape-free prompts together: outline feature's within-prompt pair accuracy {accuracy:.2f}")
     if args.grid is not None:
         import torch.nn.functional as F

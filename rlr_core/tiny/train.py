@@ -127,6 +127,15 @@ def _save_atomic(obj, path: Path):
     os.replace(tmp, path)
 
 
+def _history(init: str | None) -> dict:
+    """The trained steps, minutes and commands of the model a fine-tune starts from (nothing for a fresh run)."""
+    history = {"trained_steps": 0, "trained_minutes": 0.0, "train_commands": []}
+    if init:
+        meta = json.loads((Path(init) / "rlr_studio.json").read_text())
+        history = {key: meta.get(key, value) for key, value in history.items()}
+    return history
+
+
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -139,12 +148,13 @@ def main(argv=None):
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     unet, text_encoder, tokenizer, scheduler = build_models(args.prediction, tokenizer_dir=str(ckpt_dir / "tokenizer"))
-    earlier = {"trained_steps": 0, "trained_minutes": 0.0, "train_commands": []}
-    if args.init:  # fine-tuning: the exported weights, and the history that made them
-        init_unet, init_text, _, _, init_meta = load(args.init)
+    state_path = ckpt_dir / "state.pt"
+    resuming = args.resume and state_path.exists()
+    if args.init and not resuming:  # a fine-tune starts from the exported weights (a resumed one from its checkpoint)
+        init_unet, init_text, *_ = load(args.init)
         unet.load_state_dict(init_unet.state_dict())
         text_encoder.load_state_dict(init_text.state_dict())
-        earlier = {key: init_meta.get(key, value) for key, value in earlier.items()}
+    earlier = _history(args.init)
     params = [p for p in list(unet.parameters()) + list(text_encoder.parameters())]
     emb = text_encoder.get_input_embeddings().weight
     groups = [{"params": [p for p in params if p is not emb], "weight_decay": 0.01},
@@ -155,8 +165,7 @@ def main(argv=None):
         p.requires_grad_(False)
     step, elapsed = 0, 0.0
     phases: list[dict] = []
-    state_path = ckpt_dir / "state.pt"
-    if args.resume and state_path.exists():
+    if resuming:
         st = torch.load(state_path, map_location="cpu", weights_only=False)
         unet.load_state_dict(st["unet"]); text_encoder.load_state_dict(st["text"])
         ema_unet.load_state_dict(st["ema_unet"]); ema_text.load_state_dict(st["ema_text"])
