@@ -86,6 +86,7 @@ MODES = {
     "learned-clip-one-lr0.005": ("learned", "tiny-clip", 0),
     "learned-clip-one-hidden-lr0.005": ("learned", "tiny-clip", 0),
     "learned-layout+clip-one-lr0.005": ("learned", "layout", 0),
+    "learned-clip+grid-one-lr0.005": ("learned", "tiny-clip", 0),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
     "learned+head2": ("learned", "tiny-clip", 2),
@@ -100,19 +101,22 @@ LEARNING_RATES = {"learned-lr3x": 0.03, "learned-layout-lr3x": 0.03, "reference-
                   "learned-layout-one-lr0.003": 0.003, "reference-lr0.003": 0.003,
                   "learned-layout-one-lr0.005": 0.005, "reference-lr0.005": 0.005,
                   "learned-layout-one-hidden-lr0.005": 0.005, "learned-clip-one-lr0.005": 0.005,
-                  "learned-clip-one-hidden-lr0.005": 0.005, "learned-layout+clip-one-lr0.005": 0.005}
+                  "learned-clip-one-hidden-lr0.005": 0.005, "learned-layout+clip-one-lr0.005": 0.005,
+                  "learned-clip+grid-one-lr0.005": 0.005}
 # the reference run (the attribute as the reward) at each sessions' learning rate
 REFERENCES = {LEARNING_RATE: "reference", 0.03: "reference-lr3x", 0.003: "reference-lr0.003", 0.005: "reference-lr0.005"}
 # screened head variants: name -> how the head differs from PreferenceReward's defaults
 HEAD_VARIANTS = {"learned-global": {"scaling": "global"}, "learned-both": {"extra_features": "pixels"},
                  "learned-layout+clip-one-lr0.005": {"extra_features": "tiny-clip"},
+                 "learned-clip+grid-one-lr0.005": {"extra_features": "layout-only"},
                  "learned-scores": {"differentiable": False}, "learned-scores+head4": {"differentiable": False},
                  "learned-layout-one-l2=0.1": {"l2": 0.1}, "learned-layout-one-l2=1": {"l2": 1.0}}
 # modes whose rounds show one prompt (4 seeds of it; the prompt changes every round) instead of the prompts mixed
 ONE_PROMPT_ROUNDS = {"learned-layout-one", "learned-pixels-one", "learned-layout-one-checked", "learned-layout-one+head1",
                      "learned-layout-one-hidden", "learned-layout-one-l2=0.1", "learned-layout-one-l2=1",
                      "learned-layout-one-lr0.003", "learned-layout-one-lr0.005", "learned-layout-one-hidden-lr0.005",
-                     "learned-clip-one-lr0.005", "learned-clip-one-hidden-lr0.005", "learned-layout+clip-one-lr0.005"}
+                     "learned-clip-one-lr0.005", "learned-clip-one-hidden-lr0.005", "learned-layout+clip-one-lr0.005",
+                     "learned-clip+grid-one-lr0.005"}
 # modes whose rounds show one image of each noise set of a batch twice their size (PreferenceSession
 # round_images="hidden-twins"); the others show the update's own batch (rlr's antithetic twins: two drawings, each twice)
 HIDDEN_TWINS_MODES = {"learned-layout-one-hidden", "learned-layout-one-hidden-lr0.005", "learned-clip-one-hidden-lr0.005"}
@@ -323,15 +327,19 @@ def target_set_name(targets: str | list[str]) -> str:
 
 
 def _with_features(base, extra: str):
-    """A head whose features are the base's followed by those of the ``extra`` feature set (a screened variant:
-    "pixels", the weight-free pixel features, or "tiny-clip", the bundled CLIP's image embedding)."""
+    """A head whose features are the base's followed by those of ``extra`` (a screened variant): "pixels" (the
+    weight-free pixel features), "layout-only" (``layout_features`` alone: where the content sits and its outline)
+    or "tiny-clip" (the bundled CLIP's image embedding)."""
     import torch
 
-    extra_head = base(features=extra)
+    from rlr_core.rewards.preference_head import layout_features, pixel_features
+
+    extras = {"pixels": pixel_features, "layout-only": layout_features}
+    extra_features = extras[extra] if extra in extras else base(features=extra).features
 
     class WithExtra(base):
         def features(self, images):
-            return torch.cat([super().features(images), extra_head.features(images)], dim=1)
+            return torch.cat([super().features(images), extra_features(images)], dim=1)
 
     return WithExtra
 
