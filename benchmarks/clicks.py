@@ -87,6 +87,7 @@ MODES = {
     "learned-clip-one-hidden-lr0.005": ("learned", "tiny-clip", 0),
     "learned-layout+clip-one-lr0.005": ("learned", "layout", 0),
     "learned-clip+grid-one-lr0.005": ("learned", "tiny-clip", 0),
+    "learned-tiny-clip+grid-one-lr0.005": ("learned", "tiny-clip+grid", 0),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
     "learned+head2": ("learned", "tiny-clip", 2),
@@ -102,7 +103,7 @@ LEARNING_RATES = {"learned-lr3x": 0.03, "learned-layout-lr3x": 0.03, "reference-
                   "learned-layout-one-lr0.005": 0.005, "reference-lr0.005": 0.005,
                   "learned-layout-one-hidden-lr0.005": 0.005, "learned-clip-one-lr0.005": 0.005,
                   "learned-clip-one-hidden-lr0.005": 0.005, "learned-layout+clip-one-lr0.005": 0.005,
-                  "learned-clip+grid-one-lr0.005": 0.005}
+                  "learned-clip+grid-one-lr0.005": 0.005, "learned-tiny-clip+grid-one-lr0.005": 0.005}
 # the reference run (the attribute as the reward) at each sessions' learning rate
 REFERENCES = {LEARNING_RATE: "reference", 0.03: "reference-lr3x", 0.003: "reference-lr0.003", 0.005: "reference-lr0.005"}
 # screened head variants: name -> how the head differs from PreferenceReward's defaults
@@ -116,7 +117,7 @@ ONE_PROMPT_ROUNDS = {"learned-layout-one", "learned-pixels-one", "learned-layout
                      "learned-layout-one-hidden", "learned-layout-one-l2=0.1", "learned-layout-one-l2=1",
                      "learned-layout-one-lr0.003", "learned-layout-one-lr0.005", "learned-layout-one-hidden-lr0.005",
                      "learned-clip-one-lr0.005", "learned-clip-one-hidden-lr0.005", "learned-layout+clip-one-lr0.005",
-                     "learned-clip+grid-one-lr0.005"}
+                     "learned-clip+grid-one-lr0.005", "learned-tiny-clip+grid-one-lr0.005"}
 # modes whose rounds show one image of each noise set of a batch twice their size (PreferenceSession
 # round_images="hidden-twins"); the others show the update's own batch (rlr's antithetic twins: two drawings, each twice)
 HIDDEN_TWINS_MODES = {"learned-layout-one-hidden", "learned-layout-one-hidden-lr0.005", "learned-clip-one-hidden-lr0.005"}

@@ -24,8 +24,9 @@ from rlr_core.rewards.simple import check_images
 __all__ = ["MODES", "FEATURES", "PreferenceReward", "pixel_features", "layout_features"]
 
 MODES = ("direct", "learned")
-# tiny-clip = clip features from the bundled tiny-clip; layout = pixels + where the content sits
-FEATURES = ("auto", "clip", "tiny-clip", "pixels", "layout")
+# tiny-clip = clip features from the bundled tiny-clip; layout = pixels + where the content sits;
+# tiny-clip+grid = tiny-clip's embedding + where the content sits and its outline (layout_features, no pixel statistics)
+FEATURES = ("auto", "clip", "tiny-clip", "pixels", "layout", "tiny-clip+grid")
 WEIGHT_FREE = ("pixels", "layout")
 # How the head scales the features before the fit: every feature to unit variance over the clicked images
 # ("per-feature"), or one scale for all of them ("global")
@@ -108,8 +109,8 @@ class PreferenceReward:
         self.scaling = scaling
         self.differentiable = bool(differentiable)
         self.device = torch.device(device)
-        if features == "tiny-clip":  # the bundled offline model (rlr_core.tiny.clip_model)
-            features, clip_model = "clip", "tiny-clip"
+        if features in ("tiny-clip", "tiny-clip+grid"):  # the bundled offline model (rlr_core.tiny.clip_model)
+            features, clip_model = ("clip" if features == "tiny-clip" else features), "tiny-clip"
         self._clip_args = (clip_model, pretrained)
         self.features_kind = self._choose_features(features)
         self.weight: torch.Tensor | None = None  # [D] float64 on cpu
@@ -137,7 +138,7 @@ class PreferenceReward:
             return features
         try:
             load_clip(*self._clip_args, device=self.device)
-            return "clip"
+            return "tiny-clip+grid" if features == "tiny-clip+grid" else "clip"
         except WeightsUnavailableError as exc:
             if features == "clip":
                 raise
@@ -146,15 +147,17 @@ class PreferenceReward:
 
     @property
     def features_name(self) -> str:
-        """The features in use, as a ``features`` value: ``pixels``, ``layout``, ``tiny-clip`` or ``clip``."""
-        if self.features_kind in WEIGHT_FREE:
+        """The features in use, as a ``features`` value: ``pixels``, ``layout``, ``tiny-clip``, ``tiny-clip+grid`` or
+        ``clip``."""
+        if self.features_kind in (*WEIGHT_FREE, "tiny-clip+grid"):
             return self.features_kind
         return "tiny-clip" if self._clip_args[0] == "tiny-clip" else "clip"
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Feature vectors [B, D] (float32, differentiable in ``images``)."""
-        if self.features_kind == "clip":
-            return encode_images(load_clip(*self._clip_args, device=images.device), images)
+        if self.features_kind in ("clip", "tiny-clip+grid"):
+            embedding = encode_images(load_clip(*self._clip_args, device=images.device), images)
+            return embedding if self.features_kind == "clip" else torch.cat([embedding, layout_features(images)], dim=1)
         if self.features_kind == "layout":
             return torch.cat([pixel_features(images), layout_features(images)], dim=1)
         return pixel_features(images)
