@@ -254,7 +254,7 @@ def test_get_reward_preference_learned_and_direct(tmp_path):
     assert torch.equal(r(torch.rand(2, 3, 8, 8), ["a", "b"]), torch.zeros(2))  # no clicks yet
     with pytest.raises(ValueError, match="mode='direct' has no reward function.*PreferenceSession"):
         get_reward("preference", mode="direct", log_path=str(path))
-    with pytest.raises(ValueError, match=r"features='dreams'.*\['auto', 'clip', 'tiny-clip', 'pixels', 'layout'\]"):
+    with pytest.raises(ValueError, match=r"features='dreams'.*\['auto', 'clip', 'tiny-clip', 'pixels', 'layout', 'tiny-clip\+grid'\]"):
         get_reward("preference", log_path=str(path), features="dreams")
     # the registry lists the choices itself (it imports this module lazily): they are the head's
     from rlr_core.rewards.preference import FEATURES
@@ -677,7 +677,7 @@ def test_click_benchmark_runs_a_session_and_reports(tmp_path, monkeypatch):
     assert session["accepted"] == [True, True]  # no check: every update kept
     checked = clicks.run_session({**small, "mode": "learned-layout-one-checked", "attribute": "red", "noise": 0.0})
     assert len(checked["accepted"]) == 2 and all(isinstance(kept, bool) for kept in checked["accepted"])
-    assert clicks.default_mode() == "learned-layout-one-lr0.005"  # the product's default settings, found by the benchmark
+    assert clicks.default_mode() == "learned-tiny-clip+grid-one-lr0.005"  # the product's default settings, found by the benchmark
     assert session["settings"] == {"lr": 0.01, "lora_targets": "attention+conv"}  # the tiny model's own targets
     (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (session, reference)))
     table = clicks_report.write_report(tmp_path)

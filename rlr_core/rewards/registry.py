@@ -173,7 +173,7 @@ REGISTRY: dict[str, RewardInfo] = {
             {
                 "mode": RewardOption("learned", str, "learned = fitted head; direct = clicks are the reward", ("learned", "direct")),
                 "log_path": RewardOption("clicks.jsonl", str, "JSONL click log to fit on"),
-                "features": RewardOption("auto", str, "image features of the head", ("auto", "clip", "tiny-clip", "pixels", "layout")),
+                "features": RewardOption("auto", str, "image features of the head", ("auto", "clip", "tiny-clip", "pixels", "layout", "tiny-clip+grid")),
                 "clip_model": RewardOption("ViT-L-14-quickgelu", str, "open_clip architecture for features=clip/auto"),
                 "pretrained": RewardOption("openai", str, "open_clip pretrained tag for features=clip/auto"),
                 "l2": RewardOption(1e-2, float, "L2 penalty of the Bradley-Terry fit"),
