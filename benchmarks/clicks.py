@@ -8,7 +8,8 @@ images every round). Attributes:
 
 * ``red``: mean red minus mean green/blue (the prompts ask for blue, green, yellow, purple shapes);
 * ``spiky``: 1 - solidity of the largest shape the tiny detector finds (stars ~0.5, circles and squares
-  ~0.05; the prompts ask for circles and squares);
+  ~0.05); the full phase clicks for it on the prompts that name no shape (``ATTRIBUTE_PROMPTS``; the prompts that
+  do ask for circles and squares);
 * ``left``: how far left the shape sits, 0.5 minus the x of the centroid of the soft foreground mask
   (``rlr_core.rewards.composition``; the prompts say nothing of position).
 
@@ -66,6 +67,10 @@ CLICK_PROMPTS = [
 SHAPE_FREE_PROMPTS = [prompt.replace(" circle ", " shape ").replace(" square ", " shape ") for prompt in CLICK_PROMPTS]
 PROMPT_SETS = {"shapes-named": CLICK_PROMPTS, "shape-free": SHAPE_FREE_PROMPTS}
 DEFAULT_PROMPT_SET = "shapes-named"  # a task's, unless it names "prompts"
+# the prompt set plan() gives an attribute's tasks when it is not the default: prompts that name the shape ask for
+# one, so the shape attribute is clicked for on prompts that name none (the bundled model draws any shape for them
+# since 2026-12-06; pages before that ran spiky on the shapes-named prompts)
+ATTRIBUTE_PROMPTS = {"spiky": "shape-free"}
 EVAL_SEEDS = list(range(3000, 3008))
 # name -> PreferenceSession settings (mode, features, head_updates)
 MODES = {
@@ -369,7 +374,8 @@ def plan(phase: str, rounds: int, modes: list[str], default: str, noises: tuple[
     """The runs of a phase: screen = every candidate mode at noise 0, seed 1 (and the references);
     full = the default mode at every noise and seed (and the references at the modes' learning rates)."""
     def task(mode, attribute, noise, seed):
-        return {"mode": mode, "attribute": attribute, "noise": noise, "seed": seed, "rounds": rounds}
+        prompts = {"prompts": ATTRIBUTE_PROMPTS[attribute]} if attribute in ATTRIBUTE_PROMPTS else {}
+        return {"mode": mode, "attribute": attribute, "noise": noise, "seed": seed, "rounds": rounds, **prompts}
 
     seeds = [1] if phase == "screen" else list(seeds)
     references = {REFERENCES[learning_rate(m)] for m in (modes if phase == "screen" else [default])}

@@ -712,6 +712,10 @@ def test_click_benchmark_tasks_may_name_a_model_folder_and_the_shape_free_prompt
     assert run["settings"]["prompts"] == "shape-free" and run["settings"]["model"].endswith("tiny-shapes")
     assert clicks.key(task).endswith("|prompts=shape-free")
     assert clicks_report.label(run) == "learned-layout-one-lr0.005 [attention+conv, model tiny-shapes, shape-free]"
+    # the full phase clicks for the shape on the prompts that name none, for the other attributes on the default set
+    planned = clicks.plan("full", 20, [], clicks.default_mode(), (0.0,), (1,))
+    assert {t["attribute"]: t.get("prompts", clicks.DEFAULT_PROMPT_SET) for t in planned} == {
+        "red": "shapes-named", "left": "shapes-named", "spiky": "shape-free"}
 
 
 def test_shape_variety_prints_each_prompts_shapes(monkeypatch, capsys):
