@@ -99,8 +99,10 @@ def test_two_processes_give_the_gradient_and_lora_of_one(tmp_path, estimator):
     # the first update starts from the same LoRA: the gradients agree to float32 rounding
     for g1, g2 in zip(one["gradients"][:1], two["gradients"][:1]):
         assert torch.allclose(g2, g1, rtol=1e-5, atol=1e-5 * float(g1.abs().max())), float((g2 - g1).abs().max())
+    # later updates start from LoRAs that differ by float32 rounding amplified by AdamW (below), so their gradients
+    # agree to 1e-3 of their norm (ddpo on the bundled weights: 1.8e-4); a missing all-reduce: ~50%
     for g1, g2 in zip(one["gradients"], two["gradients"]):
-        assert float((g2 - g1).norm()) <= 1e-4 * float(g1.norm())
+        assert float((g2 - g1).norm()) <= 1e-3 * float(g1.norm())
     # after 3 iterations (lr 1e-3) the LoRAs agree: AdamW divides every gradient entry by its own
     # size, so float32 rounding of entries near 0 can move a few weights by a fraction of one step
     # (lr); the training moves as a whole agree to 1% (a missing all-reduce: ~50%)

@@ -86,7 +86,9 @@ def test_base_model_figures_and_every_evaluation_line(tmp_path):
 
 
 def test_a_hacking_run_trips_the_guard_and_the_kept_lora_reproduces_its_evaluation(tmp_path):
-    config = _config(tmp_path, "hack", keep_best=True, early_stop_patience=0)
+    # lr 0.035: on the bundled weights (since 2026-12-06) 0.03 keeps the held-out reward within 5% for 6 iterations;
+    # at 0.035 it is below 90% of the base's from the first evaluation on (69% at the last), so the guard keeps the base
+    config = _config(tmp_path, "hack", keep_best=True, early_stop_patience=0, lr=0.035)
     run, reports = _train(config)
     verdicts = [r.guard for r in reports if r.guard]
     assert [v["step"] for v in verdicts] == [2, 4, 6]
