@@ -91,7 +91,7 @@ MODES = {
     "learned-clip-one-lr0.005": ("learned", "tiny-clip", 0),
     "learned-clip-one-hidden-lr0.005": ("learned", "tiny-clip", 0),
     "learned-layout+clip-one-lr0.005": ("learned", "layout", 0),
-    "learned-clip+grid-one-lr0.005": ("learned", "tiny-clip", 0),
+    "learned-clip+grid-one-lr0.005": ("learned", "tiny-clip", 0),  # = the next one, screened before tiny-clip+grid existed
     "learned-tiny-clip+grid-one-lr0.005": ("learned", "tiny-clip+grid", 0),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
