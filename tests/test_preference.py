@@ -345,6 +345,14 @@ def _square_images(generator: torch.Generator, n: int, size: int = 16) -> tuple[
     return images, left
 
 
+def _ordered_pairs(log: ClickLog, features: str, held_out: torch.Tensor, pairs: list[tuple[int, int]]) -> float:
+    """The share of held-out pairs (preferred, other) that a head with ``features`` fitted on ``log`` orders right."""
+    head = PreferenceReward(log, features=features)
+    assert head.features_name == features
+    scores = head(held_out, ["x"] * len(held_out)).detach()
+    return sum(bool(scores[a] > scores[b]) for a, b in pairs) / len(pairs)
+
+
 def test_layout_head_learns_where_the_clicked_content_sits(tmp_path):
     g = torch.Generator().manual_seed(3)
     log = ClickLog(tmp_path / "clicks.jsonl")
@@ -355,10 +363,7 @@ def test_layout_head_learns_where_the_clicked_content_sits(tmp_path):
     pairs = [(a, b) for a in range(64) for b in range(64) if left[a] > left[b] + 0.1]
 
     def ordered(features: str) -> float:
-        head = PreferenceReward(log, features=features)
-        assert head.features_name == features
-        scores = head(held_out, ["x"] * 64).detach()
-        return sum(bool(scores[a] > scores[b]) for a, b in pairs) / len(pairs)
+        return _ordered_pairs(log, features, held_out, pairs)
 
     # colours and backgrounds vary, so only the layout part tells where the square is
     assert ordered("layout") > 0.8
@@ -878,10 +883,7 @@ def test_tiny_clip_grid_head_learns_the_clicked_shape(tmp_path):
     pairs = [(a, b) for a in range(64) for b in range(64) if shapes[a] == "star" and shapes[b] in ("circle", "square")]
 
     def ordered(features: str) -> float:
-        head = PreferenceReward(log, features=features)
-        assert head.features_name == features
-        scores = head(held_out, ["x"] * 64).detach()
-        return sum(bool(scores[a] > scores[b]) for a, b in pairs) / len(pairs)
+        return _ordered_pairs(log, features, held_out, pairs)
 
     # 20 rounds of such clicks: the tiny-clip embedding tells a star from a round or square shape whatever its colour
     # and place (0.99 here); the layout head's outline measure gets 0.83, the pixel statistics 0.65
