@@ -215,15 +215,19 @@ class ClickLog:
 
     def pairs(self) -> list[tuple[str, str]]:
         """(preferred, other) image hashes: chosen > not chosen, or better rank > worse rank, per round."""
-        out: list[tuple[str, str]] = []
-        for records in self.rounds().values():
+        return [pair for round_pairs in self.round_pairs().values() for pair in round_pairs]
+
+    def round_pairs(self) -> dict[str, list[tuple[str, str]]]:
+        """:meth:`pairs` grouped by round id (in log order); a round without a preference has no entry."""
+        out: dict[str, list[tuple[str, str]]] = {}
+        for round_id, records in self.rounds().items():
             for a in records:
                 for b in records:
                     if a.rank is not None and b.rank is not None:
                         if a.rank < b.rank:
-                            out.append((a.image_sha256, b.image_sha256))
+                            out.setdefault(round_id, []).append((a.image_sha256, b.image_sha256))
                     elif a.chosen and not b.chosen:
-                        out.append((a.image_sha256, b.image_sha256))
+                        out.setdefault(round_id, []).append((a.image_sha256, b.image_sha256))
         return out
 
     def load_image(self, sha: str) -> torch.Tensor:

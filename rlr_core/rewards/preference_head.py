@@ -8,6 +8,7 @@ See docs/rewards.md (preference).
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from typing import Any
@@ -21,12 +22,20 @@ from rlr_core.rewards.click_log import ClickLog
 from rlr_core.rewards.clip_models import encode_images, load_clip
 from rlr_core.rewards.simple import check_images
 
-__all__ = ["MODES", "FEATURES", "PreferenceReward", "pixel_features", "layout_features"]
+__all__ = ["MODES", "FEATURES", "SELECTIONS", "PreferenceReward", "pixel_features", "layout_features", "colour_features"]
 
 MODES = ("direct", "learned")
 # tiny-clip = clip features from the bundled tiny-clip; layout = pixels + where the content sits;
-# tiny-clip+grid = tiny-clip's embedding + where the content sits and its outline (layout_features, no pixel statistics)
-FEATURES = ("auto", "clip", "tiny-clip", "pixels", "layout", "tiny-clip+grid")
+# tiny-clip+grid = tiny-clip's embedding + where the content sits and its outline (layout_features, no pixel statistics);
+# tiny-clip+grid+colour = those and the colour statistics (colour_features)
+FEATURES = ("auto", "clip", "tiny-clip", "pixels", "layout", "tiny-clip+grid", "tiny-clip+grid+colour")
+# the feature groups of each kind (see PreferenceReward.feature_groups), what "cross-validated" selection chooses among
+GROUPS = {"clip": ("embedding",), "pixels": ("pixels",), "layout": ("pixels", "grid"),
+          "tiny-clip+grid": ("embedding", "grid"), "tiny-clip+grid+colour": ("embedding", "grid", "colour")}
+# Which feature groups the head uses: all of them ("all"), or the subset whose heads, fitted on the other rounds,
+# best predict each held-out round's clicks ("cross-validated", folds of rounds; all groups until there are 2 rounds)
+SELECTIONS = ("all", "cross-validated")
+SELECTION_FOLDS = 5
 WEIGHT_FREE = ("pixels", "layout")
 # How the head scales the features before the fit: every feature to unit variance over the clicked images
 # ("per-feature"), or one scale for all of them ("global")
@@ -56,6 +65,16 @@ def pixel_features(images: torch.Tensor, bins: int = 8) -> torch.Tensor:
     return torch.cat([hist, thumb, mean, std, chroma, edges], dim=1)
 
 
+def colour_features(images: torch.Tensor) -> torch.Tensor:
+    """Weight-free differentiable colour statistics [B, 7]: per-channel mean and spread, and mean chroma
+    (max - min channel)."""
+    x = images.float().clamp(0, 1)
+    mean = x.mean(dim=(2, 3))
+    std = (x.var(dim=(2, 3), unbiased=False) + 1e-8).sqrt()
+    chroma = (x.max(dim=1).values - x.min(dim=1).values).mean(dim=(1, 2)).unsqueeze(1)
+    return torch.cat([mean, std, chroma], dim=1)
+
+
 def layout_features(images: torch.Tensor, cells: int = 4) -> torch.Tensor:
     """Weight-free differentiable layout features [B, cells*cells + 2]: where the content sits and its outline.
 
@@ -81,7 +100,9 @@ class PreferenceReward:
     minimise mean log(1 + exp(-(s_preferred - s_other))) + l2 * |w|^2 (L-BFGS, convex). Before any
     click ``w = 0`` (every image scores 0). Differentiable in the pixels through the features, unless
     ``differentiable=False``: then the scores are constants to the estimator (a click session's updates use
-    them through likelihood ratios only, not the head's pixel gradient).
+    them through likelihood ratios only, not the head's pixel gradient). With ``selection="cross-validated"`` the
+    fit uses only the feature groups (:meth:`feature_groups`) that best predict held-out rounds' clicks
+    (``selected_groups``): a few clicks cannot weigh 89 features, but they can tell colour from shape from place.
     """
 
     name = "preference"
@@ -97,7 +118,10 @@ class PreferenceReward:
         device: str | torch.device = "cpu",
         scaling: str = "per-feature",
         differentiable: bool = True,
+        selection: str = "all",
     ) -> None:
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection={selection!r} is not allowed; allowed values: {list(SELECTIONS)}")
         if scaling not in SCALINGS:
             raise ValueError(f"scaling={scaling!r} is not allowed; allowed values: {list(SCALINGS)}")
         if features not in FEATURES:
@@ -108,8 +132,9 @@ class PreferenceReward:
         self.l2 = float(l2)
         self.scaling = scaling
         self.differentiable = bool(differentiable)
+        self.selection = selection
         self.device = torch.device(device)
-        if features in ("tiny-clip", "tiny-clip+grid"):  # the bundled offline model (rlr_core.tiny.clip_model)
+        if features in ("tiny-clip", "tiny-clip+grid", "tiny-clip+grid+colour"):  # the bundled offline model (rlr_core.tiny.clip_model)
             features, clip_model = ("clip" if features == "tiny-clip" else features), "tiny-clip"
         self._clip_args = (clip_model, pretrained)
         self.features_kind = self._choose_features(features)
@@ -117,6 +142,8 @@ class PreferenceReward:
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
         self.num_pairs = 0
+        self.selected_groups: tuple[str, ...] = GROUPS[self.features_kind]
+        self._group_sizes: tuple[int, ...] | None = None
         self._feature_cache: dict[str, torch.Tensor] = {}
         if self.log is not None and self.log.records:
             self.refit()
@@ -138,7 +165,7 @@ class PreferenceReward:
             return features
         try:
             load_clip(*self._clip_args, device=self.device)
-            return "tiny-clip+grid" if features == "tiny-clip+grid" else "clip"
+            return features if features.startswith("tiny-clip+grid") else "clip"
         except WeightsUnavailableError as exc:
             if features == "clip":
                 raise
@@ -147,20 +174,24 @@ class PreferenceReward:
 
     @property
     def features_name(self) -> str:
-        """The features in use, as a ``features`` value: ``pixels``, ``layout``, ``tiny-clip``, ``tiny-clip+grid`` or
-        ``clip``."""
-        if self.features_kind in (*WEIGHT_FREE, "tiny-clip+grid"):
+        """The features in use, as a ``features`` value: ``pixels``, ``layout``, ``tiny-clip``, ``tiny-clip+grid``,
+        ``tiny-clip+grid+colour`` or ``clip``."""
+        if self.features_kind in (*WEIGHT_FREE, "tiny-clip+grid", "tiny-clip+grid+colour"):
             return self.features_kind
         return "tiny-clip" if self._clip_args[0] == "tiny-clip" else "clip"
 
+    def feature_groups(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The features by group (``GROUPS`` of the kind, in order): ``embedding`` (CLIP's image embedding),
+        ``pixels`` (:func:`pixel_features`), ``grid`` (:func:`layout_features`), ``colour`` (:func:`colour_features`)."""
+        compute = {"pixels": pixel_features, "grid": layout_features, "colour": colour_features,
+                   "embedding": lambda x: encode_images(load_clip(*self._clip_args, device=x.device), x)}
+        return {name: compute[name](images) for name in GROUPS[self.features_kind]}
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Feature vectors [B, D] (float32, differentiable in ``images``)."""
-        if self.features_kind in ("clip", "tiny-clip+grid"):
-            embedding = encode_images(load_clip(*self._clip_args, device=images.device), images)
-            return embedding if self.features_kind == "clip" else torch.cat([embedding, layout_features(images)], dim=1)
-        if self.features_kind == "layout":
-            return torch.cat([pixel_features(images), layout_features(images)], dim=1)
-        return pixel_features(images)
+        """Feature vectors [B, D] (float32, differentiable in ``images``): the groups concatenated."""
+        groups = self.feature_groups(images)
+        self._group_sizes = tuple(g.shape[1] for g in groups.values())
+        return torch.cat(list(groups.values()), dim=1)
 
     def _stored_features(self, sha: str) -> torch.Tensor:
         if sha not in self._feature_cache:
@@ -176,8 +207,10 @@ class PreferenceReward:
             self.log = log
         if self.log is None:
             raise ValueError("PreferenceReward.refit needs a click log (log=ClickLog(path))")
-        pairs = self.log.pairs()
+        by_round = self.log.round_pairs()
+        pairs = [pair for round_pairs in by_round.values() for pair in round_pairs]
         self.num_pairs = len(pairs)
+        self.selected_groups = GROUPS[self.features_kind]
         if not pairs:
             self.weight = None
             return 0
@@ -192,7 +225,18 @@ class PreferenceReward:
         win = torch.tensor([index[a] for a, _ in pairs])
         lose = torch.tensor([index[b] for _, b in pairs])
         diff = z[win] - z[lose]  # [P, D]
-        w = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
+        weight = torch.zeros(z.shape[1], dtype=torch.float64)
+        columns = torch.ones(z.shape[1], dtype=torch.bool)
+        if self.selection == "cross-validated" and len(by_round) >= 2:
+            round_of_pair = torch.tensor([r for r, round_pairs in enumerate(by_round.values()) for _ in round_pairs])
+            self.selected_groups, columns = self._cross_validated_groups(diff, round_of_pair)
+        weight[columns] = self._fit(diff[:, columns])
+        self.weight, self.mean, self.std = weight, mean, std
+        return self.num_pairs
+
+    def _fit(self, diff: torch.Tensor) -> torch.Tensor:
+        """Bradley-Terry weights for pair feature differences [P, D] (convex; L-BFGS)."""
+        w = torch.zeros(diff.shape[1], dtype=torch.float64, requires_grad=True)
         opt = torch.optim.LBFGS([w], lr=1.0, max_iter=200, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
         l2 = max(self.l2, 1e-6)
 
@@ -203,8 +247,30 @@ class PreferenceReward:
             return loss
 
         opt.step(closure)
-        self.weight, self.mean, self.std = w.detach(), mean, std
-        return self.num_pairs
+        return w.detach()
+
+    def _cross_validated_groups(self, diff: torch.Tensor, round_of_pair: torch.Tensor) -> tuple[tuple[str, ...], torch.Tensor]:
+        """The subset of feature groups whose head, fitted on the other folds of rounds, has the lowest summed
+        Bradley-Terry loss on each held-out fold; ties go to the larger subset (all groups first)."""
+        names = GROUPS[self.features_kind]
+        assert self._group_sizes is not None and len(self._group_sizes) == len(names)
+        bounds = np.cumsum([0, *self._group_sizes])
+        fold = round_of_pair % SELECTION_FOLDS
+        best: tuple[float, tuple[str, ...], torch.Tensor] | None = None
+        for size in range(len(names), 0, -1):
+            for subset in itertools.combinations(range(len(names)), size):
+                columns = torch.zeros(diff.shape[1], dtype=torch.bool)
+                for g in subset:
+                    columns[int(bounds[g]):int(bounds[g + 1])] = True
+                loss = 0.0
+                for held_out in fold.unique():
+                    train = fold != held_out
+                    w = self._fit(diff[train][:, columns])
+                    loss += float(F.softplus(-(diff[~train][:, columns] @ w)).sum())
+                if best is None or loss < best[0] - 1e-9:
+                    best = (loss, tuple(names[g] for g in subset), columns)
+        assert best is not None
+        return best[1], best[2]
 
     def pair_accuracy(self) -> float:
         """Fraction of logged pairs the current head orders correctly (training accuracy)."""
