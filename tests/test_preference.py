@@ -13,6 +13,7 @@ from rlr_core.rewards.preference import (
     ClickLog,
     PreferenceReward,
     click_rewards,
+    colour_features,
     image_sha256,
     layout_features,
     pixel_features,
@@ -349,6 +350,11 @@ def _ordered_pairs(log: ClickLog, features: str, held_out: torch.Tensor, pairs: 
     """The share of held-out pairs (preferred, other) that a head with ``features`` fitted on ``log`` orders right."""
     head = PreferenceReward(log, features=features)
     assert head.features_name == features
+    return _pairs_in_order(head, held_out, pairs)
+
+
+def _pairs_in_order(head: PreferenceReward, held_out: torch.Tensor, pairs: list[tuple[int, int]]) -> float:
+    """The share of pairs (preferred, other) of ``held_out`` images that ``head`` scores in that order."""
     scores = head(held_out, ["x"] * len(held_out)).detach()
     return sum(bool(scores[a] > scores[b]) for a, b in pairs) / len(pairs)
 
@@ -379,6 +385,59 @@ def test_layout_features_are_differentiable_and_finite():
     assert torch.allclose(f[:, :16].sum(1), torch.ones(2))
     f.sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+def test_colour_features_are_channel_statistics_and_differentiable():
+    flat = torch.tensor([0.9, 0.3, 0.1]).view(1, 3, 1, 1).expand(1, 3, 8, 8)
+    half = torch.cat([torch.zeros(1, 3, 8, 4), torch.ones(1, 3, 8, 4)], dim=3)
+    f = colour_features(torch.cat([flat, half]))
+    assert f.shape == (2, 7)
+    assert torch.allclose(f[0], torch.tensor([0.9, 0.3, 0.1, 0, 0, 0, 0.8]), atol=1e-3)  # means, spreads, chroma
+    assert torch.allclose(f[1], torch.tensor([0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.0]), atol=1e-3)
+    x = torch.rand(2, 3, 16, 12).requires_grad_(True)
+    colour_features(x).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_round_pairs_group_the_logs_pairs_by_round(tmp_path):
+    log = ClickLog(tmp_path / "clicks.jsonl")
+    images = to_uint8(torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)))
+    log.append_round("r0", PROMPTS, 0, images, [True, False, False, False], mode="learned")
+    log.append_round("r1", PROMPTS, 1, images, [False, False, False, False], mode="learned")  # nothing chosen
+    log.append_round("r2", PROMPTS, 2, images, [False, False, True, False], mode="learned")
+    by_round = log.round_pairs()
+    assert list(by_round) == ["r0", "r2"] and all(len(p) == 3 for p in by_round.values())
+    assert [pair for pairs in by_round.values() for pair in pairs] == log.pairs()
+
+
+@pytest.mark.parametrize("attribute", ["red", "left"])
+def test_cross_validated_head_keeps_the_feature_groups_that_predict_the_clicks(tmp_path, attribute):
+    g = torch.Generator().manual_seed(3)
+    log = ClickLog(tmp_path / "clicks.jsonl")
+    for i in range(20):  # the reddest image, or the one whose square sits furthest left
+        images, left = _square_images(g, 4)
+        values = redness(images) if attribute == "red" else left
+        log.append_round(f"r{i}", PROMPTS, i, to_uint8(images), [j == int(values.argmax()) for j in range(4)], mode="learned")
+    held_out, left = _square_images(g, 64)
+    values = redness(held_out) if attribute == "red" else left
+    pairs = [(a, b) for a in range(64) for b in range(64) if values[a] > values[b] + 0.1]
+    every = PreferenceReward(log, features="tiny-clip+grid+colour")
+    chosen = PreferenceReward(log, features="tiny-clip+grid+colour", selection="cross-validated")
+    assert every.selected_groups == ("embedding", "grid", "colour")
+    # 20 rounds cannot weigh 89 features: with all of them the head orders 0.81 (red) / 0.85 (left) of the held-out
+    # pairs; choosing the groups that predict held-out rounds keeps the colour statistics (0.96) / the grid (0.99)
+    assert chosen.selected_groups == (("colour",) if attribute == "red" else ("grid",))
+    ordered = {name: _pairs_in_order(head, held_out, pairs) for name, head in [("all", every), ("chosen", chosen)]}
+    assert ordered["chosen"] > 0.9 and ordered["chosen"] > ordered["all"] + 0.05
+    used = slice(82, 89) if attribute == "red" else slice(64, 82)  # embedding 64, grid 18, colour 7
+    unused = torch.ones(89, dtype=torch.bool)
+    unused[used] = False
+    assert chosen.weight[unused].abs().max() == 0 and chosen.weight[used].abs().max() > 0  # the other groups weigh nothing
+
+
+def test_selection_values_are_checked():
+    with pytest.raises(ValueError, match="selection='best'.*'all', 'cross-validated'"):
+        PreferenceReward(None, features="pixels", selection="best")
 
 
 # ------------------------------------------------------------------ with the real RLR estimator and a tiny diffusers chain
