@@ -30,8 +30,8 @@ scale, tiny-clip + pixel features, a scores-only head: ``differentiable=False``)
 (``LEARNING_RATES``; every other run uses 0.01). ``--modes reference-scores`` adds the attribute as a reward
 without its gradient; ``--noises 1.0`` (every click wrong) is the control a real gain must beat.
 Each session also records, per round, the cosine between the head's and the attribute's gradients with
-respect to the shown images (``gradient_alignment``; red and left only), and the feature groups the head used
-(``selected_groups``: all of its features' groups unless the head selects them, ``selection="cross-validated"``).
+respect to the shown images (``gradient_alignment``; red and left only), and the weights of the head's feature
+groups (``group_weights``: all 1 unless the head weighs them, ``selection="cross-validated"``).
 Runs use the tiny model's own LoRA targets (``lora_targets="auto"``: attention+conv since commit 139527e; the runs
 of earlier pages used attention only) and the mode's learning rate; a task dict may name others (``lora_targets``,
 ``lr``), another model (``model``: an exported model's folder, e.g. one fine-tuned with ``rlr_core.tiny.train
@@ -229,14 +229,14 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
             seconds.append(time.perf_counter() - start)
             accepted.append(update.accepted)
             accuracy.append(session.held_out_accuracy())
-            groups_used.append(list(getattr(session.head, "selected_groups", ())))
+            groups_used.append(dict(getattr(session.head, "group_weights", {})))
             alignment.append(gradient_alignment(session.head, attribute, shown.images, shown.prompts))
             curve.append(measure(trainer, attribute))
             if on_round is not None:
                 on_round(RoundTrace(index, shown.prompts, wrong_click, [float(v) for v in values], update, session.head,
                                     _mean(curve[-1]) - _mean(curve[0])))
     return {**task, "curve": curve, "held_out_accuracy": accuracy, "seconds_per_round": seconds,
-            "gradient_alignment": alignment, "accepted": accepted, "selected_groups": groups_used,
+            "gradient_alignment": alignment, "accepted": accepted, "group_weights": groups_used,
             "settings": used_settings(task, trainer)}
 
 

@@ -414,7 +414,7 @@ def test_round_pairs_group_the_logs_pairs_by_round(tmp_path):
 
 
 @pytest.mark.parametrize("attribute", ["red", "left"])
-def test_cross_validated_head_keeps_the_feature_groups_that_predict_the_clicks(tmp_path, attribute):
+def test_cross_validated_head_weighs_the_feature_groups_that_predict_the_clicks(tmp_path, attribute):
     g = torch.Generator().manual_seed(3)
     log = ClickLog(tmp_path / "clicks.jsonl")
     for i in range(20):  # the reddest image, or the one whose square sits furthest left
@@ -425,17 +425,22 @@ def test_cross_validated_head_keeps_the_feature_groups_that_predict_the_clicks(t
     values = redness(held_out) if attribute == "red" else left
     pairs = [(a, b) for a in range(64) for b in range(64) if values[a] > values[b] + 0.1]
     every = PreferenceReward(log, features="tiny-clip+grid+colour")
-    chosen = PreferenceReward(log, features="tiny-clip+grid+colour", selection="cross-validated")
-    assert every.selected_groups == ("embedding", "grid", "colour")
-    # 20 rounds cannot weigh 89 features: with all of them the head orders 0.81 (red) / 0.85 (left) of the held-out
-    # pairs; choosing the groups that predict held-out rounds keeps the colour statistics (0.96) / the grid (0.99)
-    assert chosen.selected_groups == (("colour",) if attribute == "red" else ("grid",))
-    ordered = {name: _pairs_in_order(head, held_out, pairs) for name, head in [("all", every), ("chosen", chosen)]}
-    assert ordered["chosen"] > 0.9 and ordered["chosen"] > ordered["all"] + 0.05
-    used = slice(82, 89) if attribute == "red" else slice(64, 82)  # embedding 64, grid 18, colour 7
-    unused = torch.ones(89, dtype=torch.bool)
-    unused[used] = False
-    assert chosen.weight[unused].abs().max() == 0 and chosen.weight[used].abs().max() > 0  # the other groups weigh nothing
+    weighed = PreferenceReward(log, features="tiny-clip+grid+colour", selection="cross-validated")
+    assert every.group_weights == {"embedding": 1.0, "grid": 1.0, "colour": 1.0}
+    # 20 rounds cannot weigh 89 features alike: with all at one weight the head orders 0.81 (red) / 0.85 (left) of
+    # the held-out pairs; weighing the groups by how they predict held-out rounds keeps the embedding, leans on the
+    # colour statistics for redness (0.96; the grid dropped) and keeps the grid for the leftmost square (0.97)
+    assert weighed.group_weights["embedding"] == 1.0
+    if attribute == "red":
+        assert weighed.group_weights["colour"] > 1 and weighed.selected_groups == ("embedding", "colour")
+    else:
+        assert weighed.group_weights["grid"] >= 1
+    ordered = {name: _pairs_in_order(head, held_out, pairs) for name, head in [("all", every), ("weighed", weighed)]}
+    assert ordered["weighed"] > 0.9 and ordered["weighed"] > ordered["all"] + 0.05
+    if attribute == "red":
+        assert weighed.weight[64:82].abs().max() == 0  # the dropped grid (embedding 64, grid 18, colour 7) weighs nothing
+    one_group = PreferenceReward(log, features="tiny-clip", selection="cross-validated")
+    assert one_group.group_weights == {"embedding": 1.0}  # nothing to weigh
 
 
 def test_selection_values_are_checked():

@@ -32,9 +32,13 @@ FEATURES = ("auto", "clip", "tiny-clip", "pixels", "layout", "tiny-clip+grid", "
 # the feature groups of each kind (see PreferenceReward.feature_groups), what "cross-validated" selection chooses among
 GROUPS = {"clip": ("embedding",), "pixels": ("pixels",), "layout": ("pixels", "grid"),
           "tiny-clip+grid": ("embedding", "grid"), "tiny-clip+grid+colour": ("embedding", "grid", "colour")}
-# Which feature groups the head uses: all of them ("all"), or the subset whose heads, fitted on the other rounds,
-# best predict each held-out round's clicks ("cross-validated", folds of rounds; all groups until there are 2 rounds)
+# How the head weighs its feature groups: all alike ("all"), or ("cross-validated") the first group (the embedding) at 1
+# and each other group at the weight of GROUP_WEIGHTS whose head, fitted on the other rounds, best predicts each
+# held-out round's clicks (folds of rounds; all alike until there are 2 rounds). A group's weight multiplies its
+# standardised features, so its L2 penalty is divided by the weight squared: 0 drops the group, 10 lets a few
+# clicks lean on it.
 SELECTIONS = ("all", "cross-validated")
+GROUP_WEIGHTS = (0.0, 1.0, 3.0, 10.0)
 SELECTION_FOLDS = 5
 WEIGHT_FREE = ("pixels", "layout")
 # How the head scales the features before the fit: every feature to unit variance over the clicked images
@@ -101,8 +105,11 @@ class PreferenceReward:
     click ``w = 0`` (every image scores 0). Differentiable in the pixels through the features, unless
     ``differentiable=False``: then the scores are constants to the estimator (a click session's updates use
     them through likelihood ratios only, not the head's pixel gradient). With ``selection="cross-validated"`` the
-    fit uses only the feature groups (:meth:`feature_groups`) that best predict held-out rounds' clicks
-    (``selected_groups``): a few clicks cannot weigh 89 features, but they can tell colour from shape from place.
+    fit weighs the feature groups (:meth:`feature_groups`; ``group_weights``) by how well they predict held-out
+    rounds' clicks: twenty clicks cannot weigh 89 features alike, but they can tell whether colour, place or the
+    embedding explains them. The embedding is always kept, at weight 1: another group can predict the clicks as
+    well (colour statistics predict "spikier" clicks, stars cover less) while only the embedding's gradient moves
+    the model toward the shape.
     """
 
     name = "preference"
@@ -142,7 +149,7 @@ class PreferenceReward:
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
         self.num_pairs = 0
-        self.selected_groups: tuple[str, ...] = GROUPS[self.features_kind]
+        self.group_weights: dict[str, float] = dict.fromkeys(GROUPS[self.features_kind], 1.0)
         self._group_sizes: tuple[int, ...] | None = None
         self._feature_cache: dict[str, torch.Tensor] = {}
         if self.log is not None and self.log.records:
@@ -210,7 +217,7 @@ class PreferenceReward:
         by_round = self.log.round_pairs()
         pairs = [pair for round_pairs in by_round.values() for pair in round_pairs]
         self.num_pairs = len(pairs)
-        self.selected_groups = GROUPS[self.features_kind]
+        self.group_weights = dict.fromkeys(GROUPS[self.features_kind], 1.0)
         if not pairs:
             self.weight = None
             return 0
@@ -225,14 +232,29 @@ class PreferenceReward:
         win = torch.tensor([index[a] for a, _ in pairs])
         lose = torch.tensor([index[b] for _, b in pairs])
         diff = z[win] - z[lose]  # [P, D]
-        weight = torch.zeros(z.shape[1], dtype=torch.float64)
-        columns = torch.ones(z.shape[1], dtype=torch.bool)
-        if self.selection == "cross-validated" and len(by_round) >= 2:
+        scale = torch.ones(z.shape[1], dtype=torch.float64)
+        if self.selection == "cross-validated" and len(by_round) >= 2 and len(self.group_weights) > 1:
             round_of_pair = torch.tensor([r for r, round_pairs in enumerate(by_round.values()) for _ in round_pairs])
-            self.selected_groups, columns = self._cross_validated_groups(diff, round_of_pair)
-        weight[columns] = self._fit(diff[:, columns])
+            self.group_weights = self._cross_validated_weights(diff, round_of_pair)
+            scale = self._column_scale(self.group_weights)
+        used = scale > 0
+        weight = torch.zeros(z.shape[1], dtype=torch.float64)
+        weight[used] = self._fit(diff[:, used] * scale[used])
+        std = std.clone()
+        std[used] = std[used] / scale[used]  # so that a new image's (features - mean) / std carries its group's weight
         self.weight, self.mean, self.std = weight, mean, std
         return self.num_pairs
+
+    @property
+    def selected_groups(self) -> tuple[str, ...]:
+        """The feature groups the head uses (weight above 0), in order."""
+        return tuple(name for name, weight in self.group_weights.items() if weight > 0)
+
+    def _column_scale(self, group_weights: dict[str, float]) -> torch.Tensor:
+        """Each feature's group weight, [D] float64."""
+        assert self._group_sizes is not None and len(self._group_sizes) == len(group_weights)
+        return torch.cat([torch.full((size,), float(weight), dtype=torch.float64)
+                          for size, weight in zip(self._group_sizes, group_weights.values())])
 
     def _fit(self, diff: torch.Tensor) -> torch.Tensor:
         """Bradley-Terry weights for pair feature differences [P, D] (convex; L-BFGS)."""
@@ -249,28 +271,28 @@ class PreferenceReward:
         opt.step(closure)
         return w.detach()
 
-    def _cross_validated_groups(self, diff: torch.Tensor, round_of_pair: torch.Tensor) -> tuple[tuple[str, ...], torch.Tensor]:
-        """The subset of feature groups whose head, fitted on the other folds of rounds, has the lowest summed
-        Bradley-Terry loss on each held-out fold; ties go to the larger subset (all groups first)."""
+    def _cross_validated_weights(self, diff: torch.Tensor, round_of_pair: torch.Tensor) -> dict[str, float]:
+        """The group weights (the first group at 1, the others from GROUP_WEIGHTS) whose head, fitted on the other
+        folds of rounds, has the lowest summed Bradley-Terry loss on each held-out fold; ties go to the earlier
+        candidate (all at 1 is tried first)."""
         names = GROUPS[self.features_kind]
-        assert self._group_sizes is not None and len(self._group_sizes) == len(names)
-        bounds = np.cumsum([0, *self._group_sizes])
         fold = round_of_pair % SELECTION_FOLDS
-        best: tuple[float, tuple[str, ...], torch.Tensor] | None = None
-        for size in range(len(names), 0, -1):
-            for subset in itertools.combinations(range(len(names)), size):
-                columns = torch.zeros(diff.shape[1], dtype=torch.bool)
-                for g in subset:
-                    columns[int(bounds[g]):int(bounds[g + 1])] = True
-                loss = 0.0
-                for held_out in fold.unique():
-                    train = fold != held_out
-                    w = self._fit(diff[train][:, columns])
-                    loss += float(F.softplus(-(diff[~train][:, columns] @ w)).sum())
-                if best is None or loss < best[0] - 1e-9:
-                    best = (loss, tuple(names[g] for g in subset), columns)
+        others = sorted(GROUP_WEIGHTS, key=lambda w: w != 1.0)  # 1.0 first
+        best: tuple[float, dict[str, float]] | None = None
+        for rest in itertools.product(others, repeat=len(names) - 1):
+            weights = dict(zip(names, (1.0, *rest)))
+            scale = self._column_scale(weights)
+            used = scale > 0
+            scaled = diff[:, used] * scale[used]
+            loss = 0.0
+            for held_out in fold.unique():
+                train = fold != held_out
+                w = self._fit(scaled[train])
+                loss += float(F.softplus(-(scaled[~train] @ w)).sum())
+            if best is None or loss < best[0] - 1e-9:
+                best = (loss, weights)
         assert best is not None
-        return best[1], best[2]
+        return best[1]
 
     def pair_accuracy(self) -> float:
         """Fraction of logged pairs the current head orders correctly (training accuracy)."""
