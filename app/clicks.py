@@ -36,7 +36,7 @@ __all__ = ["PREFERENCE_MODES", "FEATURE_CHOICES", "MAX_HEAD_UPDATES", "STRIP_IMA
            "load_click_log", "log_settings", "form_features", "check_seeds_for"]
 
 PREFERENCE_MODES = MODES
-FEATURE_CHOICES = ("auto", "tiny-clip+grid", "tiny-clip", "layout", "pixels")  # what the form offers; a loaded log may also name clip
+FEATURE_CHOICES = ("auto", "tiny-clip+grid+colour", "tiny-clip+grid", "tiny-clip", "layout", "pixels")  # what the form offers; a loaded log may also name clip
 MAX_HEAD_UPDATES = 3  # the form's "Updates per round from the head" slider
 MAX_LEARNING_RATE = 1.0  # the Preference tab's learning rate (0 = auto), as the Train form's
 MAX_CHECK_SEEDS = 16  # the most check seeds a loaded click log may name (each is an image sampled per update)
@@ -89,7 +89,8 @@ def check_seeds_for(check_updates: bool) -> list[int]:
 
 
 def form_features(features: str) -> str:
-    """The form's features choice that gives ``features`` (a click log's: pixels, layout, tiny-clip, tiny-clip+grid or clip)."""
+    """The form's features choice that gives ``features`` (a click log's: pixels, layout, tiny-clip, tiny-clip+grid,
+    tiny-clip+grid+colour or clip)."""
     return features if features in FEATURE_CHOICES else "auto"
 
 

@@ -363,9 +363,19 @@ def counters_text(run: Any) -> str:
     figure = "-" if math.isnan(accuracy) else f"{accuracy:.0%}"
     return (f"rounds {c['rounds']} · updates {c['updates']} · clicks {c['clicks']} · the head predicted **{figure}** "
             f"of your last clicks before seeing them (last {ACCURACY_ROUNDS} rounds)  \n"
-            f"mode {session.mode} · features {session.features} · {session.head_updates} update(s) per round from "
+            f"mode {session.mode} · features {session.features}{group_weights_text(session.head)} · "
+            f"{session.head_updates} update(s) per round from "
             f"the head · learning rate {run.config.lr:g} · {check_text(session.check_seeds, c['undone'])} · "
             f"click log `{session.log.path}`")
+
+
+def group_weights_text(head: Any) -> str:
+    """How a head that weighs its feature groups from the clicks (selection cross-validated) weighs them now:
+    " (weighed from your clicks: embedding ×1, grid ×0, colour ×10)"; empty for a head that weighs them alike."""
+    weights = getattr(head, "group_weights", {})
+    if getattr(head, "selection", "all") != "cross-validated" or len(weights) < 2:
+        return ""
+    return f" (weighed from your clicks: {', '.join(f'{name} ×{weight:g}' for name, weight in weights.items())})"
 
 
 def check_text(check_seeds: list[int], undone: int = 0) -> str:

@@ -52,6 +52,18 @@ def test_status_line_and_strips_show_what_is_learnt(studio):
     assert strips[0].images[0].tobytes() != strips[-1].images[0].tobytes()  # the same seed, another LoRA
 
 
+def test_status_line_shows_how_a_cross_validated_head_weighs_its_features(studio):
+    from app import formatting
+
+    run = click_rounds("w", form(studio), 3, mode="learned", features="tiny-clip+grid+colour")
+    weights = run.preference.head.group_weights
+    assert list(weights) == ["embedding", "grid", "colour"] and weights["embedding"] == 1.0
+    text = formatting.counters_text(run)
+    assert "features tiny-clip+grid+colour (weighed from your clicks: embedding ×1, grid ×" in text
+    assert f"colour ×{weights['colour']:g})" in text
+    assert "weighed" not in formatting.counters_text(click_rounds("x", form(studio), 1, mode="learned", features="layout"))
+
+
 def test_head_updates_add_trainer_iterations(studio):
     from app import clicks
 

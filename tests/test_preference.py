@@ -424,8 +424,9 @@ def test_cross_validated_head_weighs_the_feature_groups_that_predict_the_clicks(
     held_out, left = _square_images(g, 64)
     values = redness(held_out) if attribute == "red" else left
     pairs = [(a, b) for a in range(64) for b in range(64) if values[a] > values[b] + 0.1]
-    every = PreferenceReward(log, features="tiny-clip+grid+colour")
-    weighed = PreferenceReward(log, features="tiny-clip+grid+colour", selection="cross-validated")
+    every = PreferenceReward(log, features="tiny-clip+grid+colour", selection="all")
+    weighed = PreferenceReward(log, features="tiny-clip+grid+colour")  # selection "auto": cross-validated for these
+    assert weighed.selection == "cross-validated"
     assert every.group_weights == {"embedding": 1.0, "grid": 1.0, "colour": 1.0}
     # 20 rounds cannot weigh 89 features alike: with all at one weight the head orders 0.81 (red) / 0.85 (left) of
     # the held-out pairs; weighing the groups by how they predict held-out rounds keeps the embedding, leans on the
@@ -441,10 +442,11 @@ def test_cross_validated_head_weighs_the_feature_groups_that_predict_the_clicks(
         assert weighed.weight[64:82].abs().max() == 0  # the dropped grid (embedding 64, grid 18, colour 7) weighs nothing
     one_group = PreferenceReward(log, features="tiny-clip", selection="cross-validated")
     assert one_group.group_weights == {"embedding": 1.0}  # nothing to weigh
+    assert PreferenceReward(log, features="tiny-clip+grid").selection == "all"  # "auto" keeps the older kinds' fit
 
 
 def test_selection_values_are_checked():
-    with pytest.raises(ValueError, match="selection='best'.*'all', 'cross-validated'"):
+    with pytest.raises(ValueError, match="selection='best'.*'auto', 'all', 'cross-validated'"):
         PreferenceReward(None, features="pixels", selection="best")
 
 

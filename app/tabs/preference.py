@@ -57,7 +57,9 @@ def layout(page: Page) -> PreferenceTab:
     with gr.Row():
         features = gr.Radio(list(clicks.FEATURE_CHOICES), value=DEFAULT_FEATURES, label="Learned-head features",
                             info=f"auto: {TINY_MODEL_FEATURES} for the tiny model, else CLIP when its weights are "
-                                 "available; tiny-clip+grid: the bundled image-text model's embedding + where the content sits and "
+                                 "available; tiny-clip+grid+colour: tiny-clip+grid and colour statistics, the groups weighed by "
+                                 "how well they predict your clicks; "
+                                 "tiny-clip+grid: the bundled image-text model's embedding + where the content sits and "
                                  "how jagged its outline is; tiny-clip: the embedding alone; pixels: weight-free colour "
                                  "statistics; layout: pixels + where the content sits and how jagged its outline is")
         head_updates = gr.Slider(0, clicks.MAX_HEAD_UPDATES, value=DEFAULT_HEAD_UPDATES, step=1,

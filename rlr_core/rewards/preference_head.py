@@ -36,8 +36,10 @@ GROUPS = {"clip": ("embedding",), "pixels": ("pixels",), "layout": ("pixels", "g
 # and each other group at the weight of GROUP_WEIGHTS whose head, fitted on the other rounds, best predicts each
 # held-out round's clicks (folds of rounds; all alike until there are 2 rounds). A group's weight multiplies its
 # standardised features, so its L2 penalty is divided by the weight squared: 0 drops the group, 10 lets a few
-# clicks lean on it.
-SELECTIONS = ("all", "cross-validated")
+# clicks lean on it. "auto": cross-validated for the kinds in CROSS_VALIDATED_FEATURES, all alike for the others
+# (whose logs from before the selection existed then replay as they were made).
+SELECTIONS = ("auto", "all", "cross-validated")
+CROSS_VALIDATED_FEATURES = ("tiny-clip+grid+colour",)
 GROUP_WEIGHTS = (0.0, 1.0, 3.0, 10.0)
 SELECTION_FOLDS = 5
 WEIGHT_FREE = ("pixels", "layout")
@@ -125,7 +127,7 @@ class PreferenceReward:
         device: str | torch.device = "cpu",
         scaling: str = "per-feature",
         differentiable: bool = True,
-        selection: str = "all",
+        selection: str = "auto",
     ) -> None:
         if selection not in SELECTIONS:
             raise ValueError(f"selection={selection!r} is not allowed; allowed values: {list(SELECTIONS)}")
@@ -139,12 +141,14 @@ class PreferenceReward:
         self.l2 = float(l2)
         self.scaling = scaling
         self.differentiable = bool(differentiable)
-        self.selection = selection
         self.device = torch.device(device)
         if features in ("tiny-clip", "tiny-clip+grid", "tiny-clip+grid+colour"):  # the bundled offline model (rlr_core.tiny.clip_model)
             features, clip_model = ("clip" if features == "tiny-clip" else features), "tiny-clip"
         self._clip_args = (clip_model, pretrained)
         self.features_kind = self._choose_features(features)
+        if selection == "auto":
+            selection = "cross-validated" if self.features_kind in CROSS_VALIDATED_FEATURES else "all"
+        self.selection = selection  # "all" or "cross-validated"
         self.weight: torch.Tensor | None = None  # [D] float64 on cpu
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None

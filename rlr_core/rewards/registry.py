@@ -179,8 +179,9 @@ REGISTRY: dict[str, RewardInfo] = {
                 "l2": RewardOption(1e-2, float, "L2 penalty of the Bradley-Terry fit"),
                 "scaling": RewardOption("per-feature", str, "feature scaling before the fit", ("per-feature", "global")),
                 "differentiable": RewardOption(True, bool, "false: the head's scores reach the update through likelihood ratios only"),
-                "selection": RewardOption("all", str, "feature groups of the fit: all, or those that predict held-out rounds",
-                                          ("all", "cross-validated")),
+                "selection": RewardOption("auto", str, "weights of the feature groups: all alike, or by how they predict "
+                                          "held-out rounds (auto: cross-validated for tiny-clip+grid+colour)",
+                                          ("auto", "all", "cross-validated")),
             },
         ),
         RewardInfo("saturation", "Colourfulness (Hasler-Suesstrunk); gray = 0. Weight-free.", True, False, _simple("SaturationReward")),
