@@ -94,6 +94,8 @@ MODES = {
     "learned-layout+clip-one-lr0.005": ("learned", "layout", 0),
     "learned-clip+grid-one-lr0.005": ("learned", "tiny-clip", 0),  # = the next one, screened before tiny-clip+grid existed
     "learned-tiny-clip+grid-one-lr0.005": ("learned", "tiny-clip+grid", 0),
+    # the head weighs its feature groups by cross-validation (PreferenceReward selection "auto" for these features;
+    # runs at commit 0e83a57 named selection="cross-validated" as a head variant: the same head)
     "learned-tiny-clip+grid+colour-cv-one-lr0.005": ("learned", "tiny-clip+grid+colour", 0),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
@@ -119,7 +121,6 @@ HEAD_VARIANTS = {"learned-global": {"scaling": "global"}, "learned-both": {"extr
                  "learned-layout+clip-one-lr0.005": {"extra_features": "tiny-clip"},
                  "learned-clip+grid-one-lr0.005": {"extra_features": "layout-only"},
                  "learned-scores": {"differentiable": False}, "learned-scores+head4": {"differentiable": False},
-                 "learned-tiny-clip+grid+colour-cv-one-lr0.005": {"selection": "cross-validated"},
                  "learned-layout-one-l2=0.1": {"l2": 0.1}, "learned-layout-one-l2=1": {"l2": 1.0}}
 # modes whose rounds show one prompt (4 seeds of it; the prompt changes every round) instead of the prompts mixed
 ONE_PROMPT_ROUNDS = {"learned-layout-one", "learned-pixels-one", "learned-layout-one-checked", "learned-layout-one+head1",
