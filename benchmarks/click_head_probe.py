@@ -9,7 +9,13 @@ spiky; with ``--attributes`` also boxy and size: ``benchmarks/clicks.py``'s ``At
   attribute does. That is what training can use: the model changes the images of a prompt, not which prompt
   was asked for. 0.5 is chance.
 * **alignment**: the mean cosine between the head's and the attribute's gradients with respect to the
-  pixels of 32 held-out images (red and left; the detector's attributes have no gradient).
+  pixels of 32 held-out images (red and left). The detector's attributes have no gradient; for ``spiky`` the
+  alignment is with the gradient of tiny-clip's score for the prompt with "star" for "shape" (a reward that does
+  move the model toward stars: benchmarks/results/clicks/tiny-clip-grid), what the head's gradient must resemble
+  for the clicks to make stars.
+
+Spiky is clicked for on the prompts that name no shape (``benchmarks/clicks.py``'s ``ATTRIBUTE_PROMPTS``), the
+others on the four prompts. ``--selections`` adds the head's ``selection`` (how it weighs its feature groups).
 
 Rounds are ``mixed`` (the four prompts in every round, as the click benchmark's first sessions),
 ``one-prompt`` (four different images of one prompt, the prompt changing every round) or ``twins`` (one prompt,
@@ -17,6 +23,8 @@ two different images each shown twice: what a round of the default ``rlr`` shows
 twins, benchmarks/click_round_spread.py; here the twins are exact copies).
 
     python benchmarks/click_head_probe.py --cache /tmp/click_probe_images.pt
+    python benchmarks/click_head_probe.py --cache /tmp/click_probe_images.pt --layouts twins \
+        --features tiny-clip+grid tiny-clip+grid+colour --selections all cross-validated
 """
 
 from __future__ import annotations
@@ -35,13 +43,18 @@ ROUNDS, TRAIN, HELD_OUT, DRAWS = 20, 80, 160, 3
 LAYOUTS = ("mixed", "one-prompt", "twins")
 
 
-def sample_draws(cache: Path | None) -> list[tuple]:
-    """``DRAWS`` sets of TRAIN + HELD_OUT images ([N, 3, H, W] in [0, 1], prompts), from fixed seeds."""
+def sample_draws(cache: Path | None, prompt_set: str = "shapes-named") -> list[tuple]:
+    """``DRAWS`` sets of TRAIN + HELD_OUT images ([N, 3, H, W] in [0, 1], prompts), from fixed seeds, of the
+    prompt set (``benchmarks/clicks.py``'s ``PROMPT_SETS``; the cache of another set than the default is kept
+    beside ``cache`` with the set's name)."""
     import numpy as np
     import torch
 
-    from benchmarks.clicks import CLICK_PROMPTS, Attribute, _trainer
+    from benchmarks.clicks import DEFAULT_PROMPT_SET, PROMPT_SETS, Attribute, _trainer
 
+    prompt_list = PROMPT_SETS[prompt_set]
+    if cache is not None and prompt_set != DEFAULT_PROMPT_SET:
+        cache = cache.with_name(f"{cache.stem}-{prompt_set}{cache.suffix}")
     if cache is not None and cache.exists():
         return torch.load(cache)
     draws = []
@@ -49,7 +62,7 @@ def sample_draws(cache: Path | None) -> list[tuple]:
         trainer = _trainer(Attribute("red"), 1, 1, tmp)
         for draw in range(DRAWS):
             seeds = list(range(10_000 * (draw + 1), 10_000 * (draw + 1) + TRAIN + HELD_OUT))
-            prompts = [CLICK_PROMPTS[i % 4] for i in range(len(seeds))]
+            prompts = [prompt_list[i % 4] for i in range(len(seeds))]
             pil, _ = trainer.evaluate(seeds, prompts)
             images = torch.stack([torch.from_numpy(np.array(p)).permute(2, 0, 1).float() / 255 for p in pil])
             draws.append((images, prompts))
@@ -67,7 +80,7 @@ def round_indices(layout: str, index: int) -> list[int]:
     return shown[:2] * 2 if layout == "twins" else shown
 
 
-def fit_head(images, prompts, attribute, layout: str, features: str, l2: float, folder: str):
+def fit_head(images, prompts, attribute, layout: str, features: str, l2: float, folder: str, selection: str = "auto"):
     """The head fitted on ROUNDS rounds of clicks for the attribute's best image."""
     import torch
 
@@ -80,7 +93,7 @@ def fit_head(images, prompts, attribute, layout: str, features: str, l2: float, 
         best = int(torch.argmax(values[shown]))
         log.append_round(f"r{index}", [prompts[i] for i in shown], index, to_uint8(images[shown]),
                          [j == best for j in range(4)], None, "learned")
-    return PreferenceReward(log, features=features, l2=l2)
+    return PreferenceReward(log, features=features, l2=l2, selection=selection)
 
 
 def within_prompt_accuracy(head, images, prompts, attribute) -> float:
@@ -103,8 +116,27 @@ def within_prompt_pair_accuracy(values, target, prompts: list[str]) -> float:
     return float(agree[same & ordered].float().mean())
 
 
+def star_score(images, prompts):
+    """tiny-clip's score of each image for its prompt with "star" for "shape" (differentiable)."""
+    from rlr_core.rewards.clip_models import encode_images, encode_texts, load_clip
+
+    clip = load_clip("tiny-clip", "openai", device=images.device)
+    texts = encode_texts(clip, [p.replace(" shape ", " star ") for p in prompts], images.device)
+    return (encode_images(clip, images) * texts).sum(dim=1)
+
+
+class StarScore:
+    """``star_score`` as the reference gradient of the spiky attribute (for ``gradient_alignment``)."""
+
+    differentiable = True
+
+    def __call__(self, images, prompts):
+        return star_score(images, prompts)
+
+
 def main(argv: list[str] | None = None) -> None:
-    from benchmarks.clicks import ALL_ATTRIBUTES, Attribute, gradient_alignment
+    from benchmarks.clicks import ALL_ATTRIBUTES, ATTRIBUTE_PROMPTS, DEFAULT_PROMPT_SET, Attribute, gradient_alignment
+    from rlr_core.rewards.preference_head import SELECTIONS
 
     p = argparse.ArgumentParser(description="Offline probe of the click head (docs/rewards.md, preference).")
     p.add_argument("--cache", type=Path, default=None, help="keep the sampled images here (and reuse them)")
@@ -112,32 +144,36 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--l2", type=float, default=1e-2)
     p.add_argument("--attributes", nargs="+", default=["red", "left", "spiky"], choices=ALL_ATTRIBUTES)
     p.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
+    p.add_argument("--selections", nargs="+", default=["auto"], choices=list(SELECTIONS))
     args = p.parse_args(argv)
     import numpy as np
     import torch
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "2"))))
     start = time.time()
-    draws = sample_draws(args.cache)
-    print(f"{DRAWS} draws of {TRAIN} + {HELD_OUT} images ({time.time() - start:.0f} s)\n")
-    print("| attribute | features | rounds | within-prompt accuracy (per draw) | alignment |")
-    print("|---|---|---|---|---|")
+    print(f"{DRAWS} draws of {TRAIN} + {HELD_OUT} images\n")
+    print("| attribute | features | selection | rounds | within-prompt accuracy (per draw) | alignment |")
+    print("|---|---|---|---|---|---|")
     for name in args.attributes:
         attribute = Attribute(name)
+        reference = StarScore() if name == "spiky" else attribute
+        draws = sample_draws(args.cache, ATTRIBUTE_PROMPTS.get(name, DEFAULT_PROMPT_SET))
         for features in args.features:
-            for layout in args.layouts:
-                accuracy, alignment = [], []
-                for images, prompts in draws:
-                    with tempfile.TemporaryDirectory() as folder:
-                        head = fit_head(images[:TRAIN], prompts[:TRAIN], attribute, layout, features, args.l2, folder)
-                        test, test_prompts = images[TRAIN:], prompts[TRAIN:]
-                        accuracy.append(within_prompt_accuracy(head, test, test_prompts, attribute))
-                        cosine = gradient_alignment(head, attribute, test[:32], test_prompts[:32])
-                        if cosine is not None:
-                            alignment.append(cosine)
-                cosine = f"{np.mean(alignment):+.2f}" if alignment else "-"
-                print(f"| {name} | {features} | {layout} | {np.mean(accuracy):.2f} "
-                      f"({', '.join(f'{a:.2f}' for a in accuracy)}) | {cosine} |", flush=True)
+            for selection in args.selections:
+                for layout in args.layouts:
+                    accuracy, alignment = [], []
+                    for images, prompts in draws:
+                        with tempfile.TemporaryDirectory() as folder:
+                            head = fit_head(images[:TRAIN], prompts[:TRAIN], attribute, layout, features, args.l2, folder,
+                                            selection)
+                            test, test_prompts = images[TRAIN:], prompts[TRAIN:]
+                            accuracy.append(within_prompt_accuracy(head, test, test_prompts, attribute))
+                            cosine = gradient_alignment(head, reference, test[:32], test_prompts[:32])
+                            if cosine is not None:
+                                alignment.append(cosine)
+                    cosine = f"{np.mean(alignment):+.2f}" if alignment else "-"
+                    print(f"| {name} | {features} | {head.selection} | {layout} | {np.mean(accuracy):.2f} "
+                          f"({', '.join(f'{a:.2f}' for a in accuracy)}) | {cosine} |", flush=True)
     print(f"\n{time.time() - start:.0f} s")
 
 
