@@ -753,7 +753,7 @@ def test_click_benchmark_runs_a_session_and_reports(tmp_path, monkeypatch):
     assert session["accepted"] == [True, True]  # no check: every update kept
     checked = clicks.run_session({**small, "mode": "learned-layout-one-checked", "attribute": "red", "noise": 0.0})
     assert len(checked["accepted"]) == 2 and all(isinstance(kept, bool) for kept in checked["accepted"])
-    assert clicks.default_mode() == "learned-tiny-clip+grid-one-lr0.005"  # the product's default settings, found by the benchmark
+    assert clicks.default_mode() == "learned-tiny-clip+grid+colour-cv-one-lr0.005"  # the product's default settings, found by the benchmark
     assert session["settings"] == {"lr": 0.01, "lora_targets": "attention+conv"}  # the tiny model's own targets
     (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (session, reference)))
     table = clicks_report.write_report(tmp_path)

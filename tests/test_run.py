@@ -77,7 +77,7 @@ def test_clip_based_rewards_default_to_tiny_clip_for_the_tiny_model():
     assert reward_options_for(TrainConfig(model="tiny", reward="clip")) == {"clip_model": "tiny-clip"}
     # the preference head's "auto" features for the tiny model (a weight-free or bundled set, never CLIP)
     assert reward_options_for(TrainConfig(model="tiny", reward="preference")) == {"features": TINY_MODEL_FEATURES}
-    assert TINY_MODEL_FEATURES in ("tiny-clip", "layout", "pixels", "tiny-clip+grid")
+    assert TINY_MODEL_FEATURES in ("tiny-clip", "layout", "pixels", "tiny-clip+grid", "tiny-clip+grid+colour")
     assert reward_options_for(TrainConfig(model="owner/sd", reward="preference")) == {}
     assert reward_options_for(TrainConfig(model="tiny", reward="preference", reward_options={"features": "pixels"})) == {
         "features": "pixels"}

@@ -44,7 +44,7 @@ DEFAULT_ROUND_IMAGES = "batch"
 CHECK_SEEDS = (9001, 9002, 9003, 9004)  # the fixed seeds of a checked session (PreferenceSession check_seeds)
 DEFAULT_CHECK_SEEDS: tuple[int, ...] = ()  # () = no check: every update is kept
 DEFAULT_LEARNING_RATE = 0.0  # "auto": learning_rate_for
-TINY_MODEL_FEATURES = "tiny-clip+grid"  # what features "auto" means for the bundled tiny model
+TINY_MODEL_FEATURES = "tiny-clip+grid+colour"  # what features "auto" means for the bundled tiny model
 TINY_MODEL_LEARNING_RATE = 0.005  # what learning rate "auto" means for the bundled tiny model (with its attention+conv LoRA)
 
 
