@@ -97,6 +97,7 @@ MODES = {
     # the head weighs its feature groups by cross-validation (PreferenceReward selection "auto" for these features;
     # runs at commit 0e83a57 named selection="cross-validated" as a head variant: the same head)
     "learned-tiny-clip+grid+colour-cv-one-lr0.005": ("learned", "tiny-clip+grid+colour", 0),
+    "learned-tiny-clip+grid+colour-cv3-one-lr0.005": ("learned", "tiny-clip+grid+colour", 0),  # group weights 0, 1, 3
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
     "learned+head2": ("learned", "tiny-clip", 2),
@@ -113,7 +114,7 @@ LEARNING_RATES = {"learned-lr3x": 0.03, "learned-layout-lr3x": 0.03, "reference-
                   "learned-layout-one-hidden-lr0.005": 0.005, "learned-clip-one-lr0.005": 0.005,
                   "learned-clip-one-hidden-lr0.005": 0.005, "learned-layout+clip-one-lr0.005": 0.005,
                   "learned-clip+grid-one-lr0.005": 0.005, "learned-tiny-clip+grid-one-lr0.005": 0.005,
-                  "learned-tiny-clip+grid+colour-cv-one-lr0.005": 0.005}
+                  "learned-tiny-clip+grid+colour-cv-one-lr0.005": 0.005, "learned-tiny-clip+grid+colour-cv3-one-lr0.005": 0.005}
 # the reference run (the attribute as the reward) at each sessions' learning rate
 REFERENCES = {LEARNING_RATE: "reference", 0.03: "reference-lr3x", 0.003: "reference-lr0.003", 0.005: "reference-lr0.005"}
 # screened head variants: name -> how the head differs from PreferenceReward's defaults
@@ -121,6 +122,7 @@ HEAD_VARIANTS = {"learned-global": {"scaling": "global"}, "learned-both": {"extr
                  "learned-layout+clip-one-lr0.005": {"extra_features": "tiny-clip"},
                  "learned-clip+grid-one-lr0.005": {"extra_features": "layout-only"},
                  "learned-scores": {"differentiable": False}, "learned-scores+head4": {"differentiable": False},
+                 "learned-tiny-clip+grid+colour-cv3-one-lr0.005": {"group_weight_choices": (0.0, 1.0, 3.0)},
                  "learned-layout-one-l2=0.1": {"l2": 0.1}, "learned-layout-one-l2=1": {"l2": 1.0}}
 # modes whose rounds show one prompt (4 seeds of it; the prompt changes every round) instead of the prompts mixed
 ONE_PROMPT_ROUNDS = {"learned-layout-one", "learned-pixels-one", "learned-layout-one-checked", "learned-layout-one+head1",
@@ -128,7 +130,7 @@ ONE_PROMPT_ROUNDS = {"learned-layout-one", "learned-pixels-one", "learned-layout
                      "learned-layout-one-lr0.003", "learned-layout-one-lr0.005", "learned-layout-one-hidden-lr0.005",
                      "learned-clip-one-lr0.005", "learned-clip-one-hidden-lr0.005", "learned-layout+clip-one-lr0.005",
                      "learned-clip+grid-one-lr0.005", "learned-tiny-clip+grid-one-lr0.005",
-                     "learned-tiny-clip+grid+colour-cv-one-lr0.005"}
+                     "learned-tiny-clip+grid+colour-cv-one-lr0.005", "learned-tiny-clip+grid+colour-cv3-one-lr0.005"}
 # modes whose rounds show one image of each noise set of a batch twice their size (PreferenceSession
 # round_images="hidden-twins"); the others show the update's own batch (rlr's antithetic twins: two drawings, each twice)
 HIDDEN_TWINS_MODES = {"learned-layout-one-hidden", "learned-layout-one-hidden-lr0.005", "learned-clip-one-hidden-lr0.005"}

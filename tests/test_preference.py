@@ -448,6 +448,8 @@ def test_cross_validated_head_weighs_the_feature_groups_that_predict_the_clicks(
 def test_selection_values_are_checked():
     with pytest.raises(ValueError, match="selection='best'.*'auto', 'all', 'cross-validated'"):
         PreferenceReward(None, features="pixels", selection="best")
+    with pytest.raises(ValueError, match=r"group_weight_choices=\(-1.0, 1.0\).*numbers >= 0"):
+        PreferenceReward(None, features="pixels", group_weight_choices=(-1.0, 1.0))
 
 
 # ------------------------------------------------------------------ with the real RLR estimator and a tiny diffusers chain

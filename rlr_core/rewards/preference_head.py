@@ -111,7 +111,7 @@ class PreferenceReward:
     rounds' clicks: twenty clicks cannot weigh 89 features alike, but they can tell whether colour, place or the
     embedding explains them. The embedding is always kept, at weight 1: another group can predict the clicks as
     well (colour statistics predict "spikier" clicks, stars cover less) while only the embedding's gradient moves
-    the model toward the shape.
+    the model toward the shape. ``group_weight_choices``: the weights the other groups may get.
     """
 
     name = "preference"
@@ -128,6 +128,7 @@ class PreferenceReward:
         scaling: str = "per-feature",
         differentiable: bool = True,
         selection: str = "auto",
+        group_weight_choices: tuple[float, ...] = GROUP_WEIGHTS,
     ) -> None:
         if selection not in SELECTIONS:
             raise ValueError(f"selection={selection!r} is not allowed; allowed values: {list(SELECTIONS)}")
@@ -135,12 +136,16 @@ class PreferenceReward:
             raise ValueError(f"scaling={scaling!r} is not allowed; allowed values: {list(SCALINGS)}")
         if features not in FEATURES:
             raise ValueError(f"features={features!r} is not allowed; allowed values: {list(FEATURES)}")
+        if not group_weight_choices or not all(float(w) >= 0 for w in group_weight_choices):
+            raise ValueError(f"group_weight_choices={group_weight_choices!r} is not allowed; allowed values: numbers >= 0 "
+                             f"(at least one), e.g. {GROUP_WEIGHTS}")
         if not float(l2) >= 0:
             raise ValueError(f"l2={l2!r} is not allowed; allowed values: a number >= 0")
         self.log = log if isinstance(log, ClickLog) or log is None else ClickLog(log)
         self.l2 = float(l2)
         self.scaling = scaling
         self.differentiable = bool(differentiable)
+        self.group_weight_choices = tuple(float(w) for w in group_weight_choices)
         self.device = torch.device(device)
         if features in ("tiny-clip", "tiny-clip+grid", "tiny-clip+grid+colour"):  # the bundled offline model (rlr_core.tiny.clip_model)
             features, clip_model = ("clip" if features == "tiny-clip" else features), "tiny-clip"
@@ -276,12 +281,12 @@ class PreferenceReward:
         return w.detach()
 
     def _cross_validated_weights(self, diff: torch.Tensor, round_of_pair: torch.Tensor) -> dict[str, float]:
-        """The group weights (the first group at 1, the others from GROUP_WEIGHTS) whose head, fitted on the other
+        """The group weights (the first group at 1, the others from ``group_weight_choices``) whose head, fitted on the other
         folds of rounds, has the lowest summed Bradley-Terry loss on each held-out fold; ties go to the earlier
         candidate (all at 1 is tried first)."""
         names = GROUPS[self.features_kind]
         fold = round_of_pair % SELECTION_FOLDS
-        others = sorted(GROUP_WEIGHTS, key=lambda w: w != 1.0)  # 1.0 first
+        others = sorted(self.group_weight_choices, key=lambda w: w != 1.0)  # 1.0 first
         best: tuple[float, dict[str, float]] | None = None
         for rest in itertools.product(others, repeat=len(names) - 1):
             weights = dict(zip(names, (1.0, *rest)))
