@@ -32,7 +32,8 @@ FEATURES = ("auto", "clip", "tiny-clip", "pixels", "layout", "tiny-clip+grid", "
 # the feature groups of each kind (see PreferenceReward.feature_groups), what "cross-validated" selection chooses among
 GROUPS = {"clip": ("embedding",), "pixels": ("pixels",), "layout": ("pixels", "grid"),
           "tiny-clip+grid": ("embedding", "grid"), "tiny-clip+grid+colour": ("embedding", "grid", "colour")}
-# How the head weighs its feature groups: all alike ("all"), or ("cross-validated") the first group (the embedding) at 1
+# How the head weighs its feature groups: all alike ("all"), or ("cross-validated") the first group (the embedding, where
+# the kind has one) at 1
 # and each other group at the weight of GROUP_WEIGHTS whose head, fitted on the other rounds, best predicts each
 # held-out round's clicks (folds of rounds; all alike until there are 2 rounds). A group's weight multiplies its
 # standardised features, so its L2 penalty is divided by the weight squared: 0 drops the group, 10 lets a few
@@ -109,9 +110,10 @@ class PreferenceReward:
     them through likelihood ratios only, not the head's pixel gradient). With ``selection="cross-validated"`` the
     fit weighs the feature groups (:meth:`feature_groups`; ``group_weights``) by how well they predict held-out
     rounds' clicks: twenty clicks cannot weigh 89 features alike, but they can tell whether colour, place or the
-    embedding explains them. The embedding is always kept, at weight 1: another group can predict the clicks as
-    well (colour statistics predict "spikier" clicks, stars cover less) while only the embedding's gradient moves
-    the model toward the shape. ``group_weight_choices``: the weights the other groups may get.
+    embedding explains them. The first group (the embedding) is always kept, at weight 1: another group can
+    predict the clicks as well (colour statistics predict "spikier" clicks, stars cover less) while only the
+    embedding's gradient moves the model toward the shape. ``group_weight_choices``: the weights the other groups
+    may get. ``selection="auto"``: cross-validated for the kinds in ``CROSS_VALIDATED_FEATURES``, else all alike.
     """
 
     name = "preference"
