@@ -95,7 +95,8 @@ MODES = {
     "learned-clip+grid-one-lr0.005": ("learned", "tiny-clip", 0),  # = the next one, screened before tiny-clip+grid existed
     "learned-tiny-clip+grid-one-lr0.005": ("learned", "tiny-clip+grid", 0),
     # the head weighs its feature groups by cross-validation (PreferenceReward selection "auto" for these features;
-    # runs at commit 0e83a57 named selection="cross-validated" as a head variant: the same head)
+    # runs at commit 0e83a57 named selection="cross-validated" as a head variant: the same head; at 65e2010 the name
+    # meant a selection of any subset of the groups, one that could drop the embedding: weighed-groups/screen.jsonl)
     "learned-tiny-clip+grid+colour-cv-one-lr0.005": ("learned", "tiny-clip+grid+colour", 0),
     "learned-tiny-clip+grid+colour-cv3-one-lr0.005": ("learned", "tiny-clip+grid+colour", 0),  # group weights 0, 1, 3
     "learned": ("learned", "tiny-clip", 0),
