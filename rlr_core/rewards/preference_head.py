@@ -64,12 +64,9 @@ def pixel_features(images: torch.Tensor, bins: int = 8) -> torch.Tensor:
     weights = weights / weights.sum(dim=2, keepdim=True).clamp_min(1e-8)
     hist = weights.mean(dim=-1).reshape(b, 3 * bins)
     thumb = F.adaptive_avg_pool2d(x, 4).reshape(b, 48)
-    mean = x.mean(dim=(2, 3))
-    std = (x.var(dim=(2, 3), unbiased=False) + 1e-8).sqrt()
-    chroma = (x.max(dim=1).values - x.min(dim=1).values).mean(dim=(1, 2)).unsqueeze(1)
     gray = x.mean(dim=1)
     edges = ((gray[:, 1:, :] - gray[:, :-1, :]).abs().mean(dim=(1, 2)) + (gray[:, :, 1:] - gray[:, :, :-1]).abs().mean(dim=(1, 2))).unsqueeze(1)
-    return torch.cat([hist, thumb, mean, std, chroma, edges], dim=1)
+    return torch.cat([hist, thumb, colour_features(x), edges], dim=1)
 
 
 def colour_features(images: torch.Tensor) -> torch.Tensor:
