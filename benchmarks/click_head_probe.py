@@ -116,22 +116,19 @@ def within_prompt_pair_accuracy(values, target, prompts: list[str]) -> float:
     return float(agree[same & ordered].float().mean())
 
 
-def star_score(images, prompts):
-    """tiny-clip's score of each image for its prompt with "star" for "shape" (differentiable)."""
-    from rlr_core.rewards.clip_models import encode_images, encode_texts, load_clip
-
-    clip = load_clip("tiny-clip", "openai", device=images.device)
-    texts = encode_texts(clip, [p.replace(" shape ", " star ") for p in prompts], images.device)
-    return (encode_images(clip, images) * texts).sum(dim=1)
-
-
 class StarScore:
-    """``star_score`` as the reference gradient of the spiky attribute (for ``gradient_alignment``)."""
+    """The reference gradient of the spiky attribute (for ``gradient_alignment``): the bundled tiny-clip's CLIP score
+    of each image for its prompt with "star" for "shape" (the ``clip`` reward)."""
 
     differentiable = True
 
+    def __init__(self) -> None:
+        from rlr_core.rewards import get_reward
+
+        self.clip = get_reward("clip", clip_model="tiny-clip")
+
     def __call__(self, images, prompts):
-        return star_score(images, prompts)
+        return self.clip(images, [p.replace(" shape ", " star ") for p in prompts])
 
 
 def main(argv: list[str] | None = None) -> None:
