@@ -99,8 +99,6 @@ MODES = {
     # meant a selection of any subset of the groups, one that could drop the embedding: weighed-groups/screen.jsonl)
     "learned-tiny-clip+grid+colour-cv-one-lr0.005": ("learned", "tiny-clip+grid+colour", 0),
     "learned-tiny-clip+grid+colour-cv3-one-lr0.005": ("learned", "tiny-clip+grid+colour", 0),  # group weights 0, 1, 3
-    # reweighs the groups only when one standard error better than all at 1 (selection_margin 1)
-    "learned-tiny-clip+grid+colour-cv1se-one-lr0.005": ("learned", "tiny-clip+grid+colour", 0),
     "learned-tiny-clip+grid+colour-cv-one-hidden-lr0.005": ("learned", "tiny-clip+grid+colour", 0),
     "learned-tiny-clip+grid+colour-cv-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     "learned": ("learned", "tiny-clip", 0),
@@ -120,7 +118,6 @@ LEARNING_RATES = {"learned-lr3x": 0.03, "learned-layout-lr3x": 0.03, "reference-
                   "learned-clip-one-hidden-lr0.005": 0.005, "learned-layout+clip-one-lr0.005": 0.005,
                   "learned-clip+grid-one-lr0.005": 0.005, "learned-tiny-clip+grid-one-lr0.005": 0.005,
                   "learned-tiny-clip+grid+colour-cv-one-lr0.005": 0.005, "learned-tiny-clip+grid+colour-cv3-one-lr0.005": 0.005,
-                  "learned-tiny-clip+grid+colour-cv1se-one-lr0.005": 0.005,
                   "learned-tiny-clip+grid+colour-cv-one-hidden-lr0.005": 0.005,
                   "learned-tiny-clip+grid+colour-cv-one+head1-lr0.005": 0.005}
 # the reference run (the attribute as the reward) at each sessions' learning rate
@@ -131,7 +128,6 @@ HEAD_VARIANTS = {"learned-global": {"scaling": "global"}, "learned-both": {"extr
                  "learned-clip+grid-one-lr0.005": {"extra_features": "layout-only"},
                  "learned-scores": {"differentiable": False}, "learned-scores+head4": {"differentiable": False},
                  "learned-tiny-clip+grid+colour-cv3-one-lr0.005": {"group_weight_choices": (0.0, 1.0, 3.0)},
-                 "learned-tiny-clip+grid+colour-cv1se-one-lr0.005": {"selection_margin": 1.0},
                  "learned-layout-one-l2=0.1": {"l2": 0.1}, "learned-layout-one-l2=1": {"l2": 1.0}}
 # modes whose rounds show one prompt (4 seeds of it; the prompt changes every round) instead of the prompts mixed
 ONE_PROMPT_ROUNDS = {"learned-layout-one", "learned-pixels-one", "learned-layout-one-checked", "learned-layout-one+head1",
@@ -140,7 +136,7 @@ ONE_PROMPT_ROUNDS = {"learned-layout-one", "learned-pixels-one", "learned-layout
                      "learned-clip-one-lr0.005", "learned-clip-one-hidden-lr0.005", "learned-layout+clip-one-lr0.005",
                      "learned-clip+grid-one-lr0.005", "learned-tiny-clip+grid-one-lr0.005",
                      "learned-tiny-clip+grid+colour-cv-one-lr0.005", "learned-tiny-clip+grid+colour-cv3-one-lr0.005",
-                     "learned-tiny-clip+grid+colour-cv1se-one-lr0.005", "learned-tiny-clip+grid+colour-cv-one-hidden-lr0.005",
+                     "learned-tiny-clip+grid+colour-cv-one-hidden-lr0.005",
                      "learned-tiny-clip+grid+colour-cv-one+head1-lr0.005"}
 # modes whose rounds show one image of each noise set of a batch twice their size (PreferenceSession
 # round_images="hidden-twins"); the others show the update's own batch (rlr's antithetic twins: two drawings, each twice)

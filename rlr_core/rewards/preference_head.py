@@ -110,8 +110,7 @@ class PreferenceReward:
     embedding explains them. The first group (the embedding) is always kept, at weight 1: another group can
     predict the clicks as well (colour statistics predict "spikier" clicks, stars cover less) while only the
     embedding's gradient moves the model toward the shape. ``group_weight_choices``: the weights the other groups
-    may get; ``selection_margin``: how many standard errors better than all-at-1 another weighting must be.
-    ``selection="auto"``: cross-validated for the kinds in ``CROSS_VALIDATED_FEATURES``, else all alike.
+    may get. ``selection="auto"``: cross-validated for the kinds in ``CROSS_VALIDATED_FEATURES``, else all alike.
     """
 
     name = "preference"
@@ -129,7 +128,6 @@ class PreferenceReward:
         differentiable: bool = True,
         selection: str = "auto",
         group_weight_choices: tuple[float, ...] = GROUP_WEIGHTS,
-        selection_margin: float = 0.0,
     ) -> None:
         if selection not in SELECTIONS:
             raise ValueError(f"selection={selection!r} is not allowed; allowed values: {list(SELECTIONS)}")
@@ -140,9 +138,6 @@ class PreferenceReward:
         if not group_weight_choices or not all(float(w) >= 0 for w in group_weight_choices):
             raise ValueError(f"group_weight_choices={group_weight_choices!r} is not allowed; allowed values: numbers >= 0 "
                              f"(at least one), e.g. {GROUP_WEIGHTS}")
-        if not float(selection_margin) >= 0:
-            raise ValueError(f"selection_margin={selection_margin!r} is not allowed; allowed values: a number >= 0 "
-                             "(standard errors)")
         if not float(l2) >= 0:
             raise ValueError(f"l2={l2!r} is not allowed; allowed values: a number >= 0")
         self.log = log if isinstance(log, ClickLog) or log is None else ClickLog(log)
@@ -150,7 +145,6 @@ class PreferenceReward:
         self.scaling = scaling
         self.differentiable = bool(differentiable)
         self.group_weight_choices = tuple(float(w) for w in group_weight_choices)
-        self.selection_margin = float(selection_margin)
         self.device = torch.device(device)
         if features in ("tiny-clip", "tiny-clip+grid", "tiny-clip+grid+colour"):  # the bundled offline model (rlr_core.tiny.clip_model)
             features, clip_model = ("clip" if features == "tiny-clip" else features), "tiny-clip"
@@ -288,37 +282,25 @@ class PreferenceReward:
     def _cross_validated_weights(self, diff: torch.Tensor, round_of_pair: torch.Tensor) -> dict[str, float]:
         """The group weights (the first group at 1, the others from ``group_weight_choices``) whose head, fitted on the other
         folds of rounds, has the lowest summed Bradley-Terry loss on each held-out fold; ties go to the earlier
-        candidate (all at 1 is tried first). With ``selection_margin`` > 0 the best must also beat that first candidate
-        by more than that many standard errors of their per-round difference, else the first is kept: a few rounds'
-        noise then does not reweigh the groups."""
+        candidate (all at 1 is tried first)."""
         names = GROUPS[self.features_kind]
         fold = round_of_pair % SELECTION_FOLDS
-        rounds = int(round_of_pair.max()) + 1
         others = sorted(self.group_weight_choices, key=lambda w: w != 1.0)  # 1.0 first
-        candidates: list[tuple[torch.Tensor, dict[str, float]]] = []  # (held-out loss per round, weights)
+        best: tuple[float, dict[str, float]] | None = None
         for rest in itertools.product(others, repeat=len(names) - 1):
             weights = dict(zip(names, (1.0, *rest)))
             scale = self._column_scale(weights)
             used = scale > 0
             scaled = diff[:, used] * scale[used]
-            loss = torch.zeros(rounds, dtype=torch.float64)
+            loss = 0.0
             for held_out in fold.unique():
                 train = fold != held_out
                 w = self._fit(scaled[train])
-                loss.index_add_(0, round_of_pair[~train], F.softplus(-(scaled[~train] @ w)))
-            candidates.append((loss, weights))
-        best_loss, best = candidates[0]
-        for loss, weights in candidates[1:]:
-            if float(loss.sum()) < float(best_loss.sum()) - 1e-9:
-                best_loss, best = loss, weights
-        first_loss, first = candidates[0]
-        if self.selection_margin > 0 and best is not first:
-            # another weighting must beat the first candidate by more than selection_margin standard errors of the
-            # per-round difference of held-out losses (a "one standard error" rule when the margin is 1)
-            gain = first_loss - best_loss
-            if float(gain.sum()) <= self.selection_margin * float(gain.std()) * rounds ** 0.5:
-                return first
-        return best
+                loss += float(F.softplus(-(scaled[~train] @ w)).sum())
+            if best is None or loss < best[0] - 1e-9:
+                best = (loss, weights)
+        assert best is not None
+        return best[1]
 
     def pair_accuracy(self) -> float:
         """Fraction of logged pairs the current head orders correctly (training accuracy)."""
