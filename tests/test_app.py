@@ -220,7 +220,7 @@ def test_preference_diagnostics_export_roundtrip(studio, tmp_path):
     from app.state import FieldError
     from rlr_core.diffusers_chain import load_model
 
-    run = runner.preference_round("s", form(studio), hosted=False, k=4, mode="direct")
+    run = runner.preference_round("s", form(studio), hosted=False, k=4, mode="direct", head_updates=0)
     assert run.round.size == 4 and len(run.round.pil_images()) == 4
     with pytest.raises(FieldError, match="Preferred images"):
         runner.preference_update("s", [], best_only=False)
@@ -236,7 +236,7 @@ def test_preference_diagnostics_export_roundtrip(studio, tmp_path):
     assert update.report.step == run.step == 1 and len(run.history) == 1
     assert (run.output_dir / "metrics.jsonl").read_text().count("\n") == 1
     with pytest.raises(FieldError, match="Images per round"):
-        runner.preference_round("s", {}, hosted=False, k=3, mode="direct")
+        runner.preference_round("s", {}, hosted=False, k=3, mode="direct", head_updates=0)
 
     rows = runner.diagnostics("s", {}, hosted=False, estimators=["rlr", "zo"], repeats=2)
     names = [r["estimator"] for r in rows]

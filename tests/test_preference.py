@@ -168,7 +168,7 @@ def test_direct_round_end_to_end_uses_the_shown_trajectories(tmp_path):
     chain = FakeChain()
     log = ClickLog(tmp_path / "clicks.jsonl")
     estimator = FakeEstimator(log)
-    session = PreferenceSession(TinyTrainer(chain, estimator), log, mode="direct", k=1, features="pixels")
+    session = PreferenceSession(TinyTrainer(chain, estimator), log, mode="direct", k=1, features="pixels", head_updates=0)
     start_red = float(redness(torch.sigmoid(chain.theta.detach()).unsqueeze(0)))
     for i in range(12):
         rnd = session.new_round(PROMPTS, seed=100 + i)
@@ -195,7 +195,8 @@ def test_direct_round_end_to_end_uses_the_shown_trajectories(tmp_path):
 def test_direct_mode_ranks_and_k(tmp_path):
     chain = FakeChain()
     estimator = FakeEstimator()
-    session = PreferenceSession(TinyTrainer(chain, estimator), tmp_path / "c.jsonl", mode="direct", k=2, features="pixels")
+    session = PreferenceSession(TinyTrainer(chain, estimator), tmp_path / "c.jsonl", mode="direct", k=2, features="pixels",
+                                head_updates=0)
     rnd = session.new_round(PROMPTS, generator=torch.Generator().manual_seed(5))
     assert rnd.seed == 5
     with pytest.raises(ValueError, match="exactly k=2"):
@@ -464,7 +465,7 @@ def test_direct_round_with_rlr_on_tiny_diffusers_chain(tiny_chain, tmp_path):
 
     params = tiny_chain.trainable_parameters()
     trainer = click_trainer(tiny_chain, get_estimator("rlr", h=1), tmp_path)
-    session = PreferenceSession(trainer, ClickLog(tmp_path / "clicks.jsonl"), mode="direct", k=1, features="pixels")
+    session = PreferenceSession(trainer, ClickLog(tmp_path / "clicks.jsonl"), mode="direct", k=1, features="pixels", head_updates=0)
     for round_index, best in enumerate([1, 2]):
         rnd = session.new_round(PAIR_PROMPTS, seed=3 + round_index)
         assert rnd.images.shape[:2] == (4, 3) and 0 <= float(rnd.images.min()) and float(rnd.images.max()) <= 1
@@ -490,7 +491,7 @@ def test_learned_round_with_rlr_on_tiny_diffusers_chain(tiny_chain, tmp_path):
     log = ClickLog(tmp_path / "clicks.jsonl")
     head = PreferenceReward(log, features="pixels")
     trainer = click_trainer(tiny_chain, get_estimator("rlr", h=1, remaining="lr"), tmp_path, reward=head)
-    session = PreferenceSession(trainer, log, mode="learned", reward=head)
+    session = PreferenceSession(trainer, log, mode="learned", reward=head, head_updates=0)
     before = [p.detach().clone() for p in params]
     rnd = session.new_round(PAIR_PROMPTS, seed=4)
     session.click(rnd, chosen=[0])
@@ -615,7 +616,7 @@ def test_check_seeds_keep_what_the_head_scores_higher_and_undo_the_rest(tiny_sd_
 
     chain = load_model(str(tiny_sd_dir), num_steps=4, lora_rank=2, guidance_scale=3.0, device="cpu", dtype="float32")
     seeds = [11, 12, 13, 14]
-    session = _click_session(chain, tmp_path, "a", lr=0.05, mode="learned", k=1, check_seeds=seeds)
+    session = _click_session(chain, tmp_path, "a", lr=0.05, mode="learned", k=1, check_seeds=seeds, head_updates=0)
     trainer, real_restore, undone_scores = session.trainer, session.trainer.restore, []
 
     def restore_after_scoring(snapshot):  # what the rejected update drew, scored independently before it is undone
@@ -755,7 +756,7 @@ def test_click_benchmark_runs_a_session_and_reports(tmp_path, monkeypatch):
     assert session["accepted"] == [True, True]  # no check: every update kept
     checked = clicks.run_session({**small, "mode": "learned-layout-one-checked", "attribute": "red", "noise": 0.0})
     assert len(checked["accepted"]) == 2 and all(isinstance(kept, bool) for kept in checked["accepted"])
-    assert clicks.default_mode() == "learned-tiny-clip+grid+colour-cv-one-lr0.005"  # the product's default settings, found by the benchmark
+    assert clicks.default_mode() == "learned-tiny-clip+grid+colour-cv-one+head1-lr0.005"  # the product's default settings, found by the benchmark
     assert session["settings"] == {"lr": 0.01, "lora_targets": "attention+conv"}  # the tiny model's own targets
     (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (session, reference)))
     table = clicks_report.write_report(tmp_path)
@@ -848,7 +849,7 @@ def test_hidden_twins_rounds_show_one_image_per_noise_set_and_update_through_the
     chain = load_model(str(tiny_sd_dir), num_steps=4, lora_rank=2, guidance_scale=3.0, device="cpu", dtype="float32")
     prompts = [PAIR_PROMPTS[0]] * 4
     plain = _click_session(chain, tmp_path, "plain", mode="learned", k=1).new_round(prompts, seed=3)
-    session = _click_session(chain, tmp_path, "a", mode="learned", k=1, round_images="hidden-twins")
+    session = _click_session(chain, tmp_path, "a", mode="learned", k=1, round_images="hidden-twins", head_updates=0)
     assert session.settings()["round_images"] == "hidden-twins"
     shown = session.new_round(prompts, seed=3)
 

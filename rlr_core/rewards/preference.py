@@ -35,7 +35,7 @@ __all__ = ["ClickLog", "ClickRecord", "ClickReward", "PreferenceReward", "click_
 # The defaults of a click session (the app's Preference tab, PreferenceSession), chosen by benchmarks/clicks.py
 DEFAULT_MODE = "learned"
 DEFAULT_FEATURES = "auto"  # TINY_MODEL_FEATURES for the tiny model, CLIP otherwise (pixels when CLIP's weights are missing)
-DEFAULT_HEAD_UPDATES = 0
+DEFAULT_HEAD_UPDATES = 1  # one more iteration per round on fresh images the head scores (benchmarks/clicks.py, 2026-12-06)
 # What a click round shows (PreferenceSession round_images): "batch" = the update's own batch (with rlr's antithetic
 # twins, two drawings each shown twice, nearly alike); "hidden-twins" (learned mode) = one image of each twin pair of
 # a batch twice the round's size, the update through the whole batch
