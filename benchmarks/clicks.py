@@ -101,6 +101,7 @@ MODES = {
     "learned-tiny-clip+grid+colour-cv3-one-lr0.005": ("learned", "tiny-clip+grid+colour", 0),  # group weights 0, 1, 3
     "learned-tiny-clip+grid+colour-cv-one-hidden-lr0.005": ("learned", "tiny-clip+grid+colour", 0),
     "learned-tiny-clip+grid+colour-cv-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
+    "learned-tiny-clip+grid+colour-cv-one-hidden+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
     "learned+head2": ("learned", "tiny-clip", 2),
@@ -119,7 +120,7 @@ LEARNING_RATES = {"learned-lr3x": 0.03, "learned-layout-lr3x": 0.03, "reference-
                   "learned-clip+grid-one-lr0.005": 0.005, "learned-tiny-clip+grid-one-lr0.005": 0.005,
                   "learned-tiny-clip+grid+colour-cv-one-lr0.005": 0.005, "learned-tiny-clip+grid+colour-cv3-one-lr0.005": 0.005,
                   "learned-tiny-clip+grid+colour-cv-one-hidden-lr0.005": 0.005,
-                  "learned-tiny-clip+grid+colour-cv-one+head1-lr0.005": 0.005}
+                  "learned-tiny-clip+grid+colour-cv-one+head1-lr0.005": 0.005, "learned-tiny-clip+grid+colour-cv-one-hidden+head1-lr0.005": 0.005}
 # the reference run (the attribute as the reward) at each sessions' learning rate
 REFERENCES = {LEARNING_RATE: "reference", 0.03: "reference-lr3x", 0.003: "reference-lr0.003", 0.005: "reference-lr0.005"}
 # screened head variants: name -> how the head differs from PreferenceReward's defaults
@@ -137,11 +138,11 @@ ONE_PROMPT_ROUNDS = {"learned-layout-one", "learned-pixels-one", "learned-layout
                      "learned-clip+grid-one-lr0.005", "learned-tiny-clip+grid-one-lr0.005",
                      "learned-tiny-clip+grid+colour-cv-one-lr0.005", "learned-tiny-clip+grid+colour-cv3-one-lr0.005",
                      "learned-tiny-clip+grid+colour-cv-one-hidden-lr0.005",
-                     "learned-tiny-clip+grid+colour-cv-one+head1-lr0.005"}
+                     "learned-tiny-clip+grid+colour-cv-one+head1-lr0.005", "learned-tiny-clip+grid+colour-cv-one-hidden+head1-lr0.005"}
 # modes whose rounds show one image of each noise set of a batch twice their size (PreferenceSession
 # round_images="hidden-twins"); the others show the update's own batch (rlr's antithetic twins: two drawings, each twice)
 HIDDEN_TWINS_MODES = {"learned-layout-one-hidden", "learned-layout-one-hidden-lr0.005", "learned-clip-one-hidden-lr0.005",
-                      "learned-tiny-clip+grid+colour-cv-one-hidden-lr0.005"}
+                      "learned-tiny-clip+grid+colour-cv-one-hidden-lr0.005", "learned-tiny-clip+grid+colour-cv-one-hidden+head1-lr0.005"}
 # modes whose updates must not lower the head's score of rlr_core's CHECK_SEEDS' images or are undone
 # (PreferenceSession check_seeds)
 CHECKED_MODES = {"learned-layout-one-checked"}
