@@ -27,7 +27,7 @@ reaches half of the reference's gain on the same seed.
     python benchmarks/clicks.py --out benchmarks/results/clicks --report
 Candidates besides the product's modes (``MODES``): head variants (``HEAD_VARIANTS``: one common feature
 scale, tiny-clip + pixel features, a scores-only head: ``differentiable=False``) and a session learning rate
-(``LEARNING_RATES``; every other run uses 0.01). ``--modes reference-scores`` adds the attribute as a reward
+(named in the mode, ``-lr0.005``; every other run uses 0.01). ``--modes reference-scores`` adds the attribute as a reward
 without its gradient; ``--noises 1.0`` (every click wrong) is the control a real gain must beat.
 Each session also records, per round, the cosine between the head's and the attribute's gradients with
 respect to the shown images (``gradient_alignment``; red and left only), and the weights of the head's feature
@@ -47,6 +47,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import re
 import sys
 import tempfile
 import time
@@ -111,16 +112,12 @@ MODES = {
     "learned-scores": ("learned", "tiny-clip", 0),
     "learned-scores+head4": ("learned", "tiny-clip", 4),
 }
-LEARNING_RATE = 0.01  # of every session and reference run, except:
-LEARNING_RATES = {"learned-lr3x": 0.03, "learned-layout-lr3x": 0.03, "reference-lr3x": 0.03,
-                  "learned-layout-one-lr0.003": 0.003, "reference-lr0.003": 0.003,
-                  "learned-layout-one-lr0.005": 0.005, "reference-lr0.005": 0.005,
-                  "learned-layout-one-hidden-lr0.005": 0.005, "learned-clip-one-lr0.005": 0.005,
-                  "learned-clip-one-hidden-lr0.005": 0.005, "learned-layout+clip-one-lr0.005": 0.005,
-                  "learned-clip+grid-one-lr0.005": 0.005, "learned-tiny-clip+grid-one-lr0.005": 0.005,
-                  "learned-tiny-clip+grid+colour-cv-one-lr0.005": 0.005, "learned-tiny-clip+grid+colour-cv3-one-lr0.005": 0.005,
-                  "learned-tiny-clip+grid+colour-cv-one-hidden-lr0.005": 0.005,
-                  "learned-tiny-clip+grid+colour-cv-one+head1-lr0.005": 0.005, "learned-tiny-clip+grid+colour-cv-one-hidden+head1-lr0.005": 0.005}
+LEARNING_RATE = 0.01  # of every session and reference run whose name names no other ("-lr0.005"; "-lr3x": 0.03)
+# A mode's name states its settings beyond MODES' (mode, features, head updates): "-one" rounds of one prompt (4
+# seeds of it; the prompt changes every round) instead of the prompts mixed; "-hidden" rounds of one image of each
+# noise set of a batch twice their size (PreferenceSession round_images="hidden-twins"; else the update's own batch:
+# rlr's antithetic twins, two drawings each twice); "-checked" updates that must not lower the head's score of
+# rlr_core's CHECK_SEEDS' images or are undone (PreferenceSession check_seeds); "-lr<rate>" the learning rate.
 # the reference run (the attribute as the reward) at each sessions' learning rate
 REFERENCES = {LEARNING_RATE: "reference", 0.03: "reference-lr3x", 0.003: "reference-lr0.003", 0.005: "reference-lr0.005"}
 # screened head variants: name -> how the head differs from PreferenceReward's defaults
@@ -130,22 +127,6 @@ HEAD_VARIANTS = {"learned-global": {"scaling": "global"}, "learned-both": {"extr
                  "learned-scores": {"differentiable": False}, "learned-scores+head4": {"differentiable": False},
                  "learned-tiny-clip+grid+colour-cv3-one-lr0.005": {"group_weight_choices": (0.0, 1.0, 3.0)},
                  "learned-layout-one-l2=0.1": {"l2": 0.1}, "learned-layout-one-l2=1": {"l2": 1.0}}
-# modes whose rounds show one prompt (4 seeds of it; the prompt changes every round) instead of the prompts mixed
-ONE_PROMPT_ROUNDS = {"learned-layout-one", "learned-pixels-one", "learned-layout-one-checked", "learned-layout-one+head1",
-                     "learned-layout-one-hidden", "learned-layout-one-l2=0.1", "learned-layout-one-l2=1",
-                     "learned-layout-one-lr0.003", "learned-layout-one-lr0.005", "learned-layout-one-hidden-lr0.005",
-                     "learned-clip-one-lr0.005", "learned-clip-one-hidden-lr0.005", "learned-layout+clip-one-lr0.005",
-                     "learned-clip+grid-one-lr0.005", "learned-tiny-clip+grid-one-lr0.005",
-                     "learned-tiny-clip+grid+colour-cv-one-lr0.005", "learned-tiny-clip+grid+colour-cv3-one-lr0.005",
-                     "learned-tiny-clip+grid+colour-cv-one-hidden-lr0.005",
-                     "learned-tiny-clip+grid+colour-cv-one+head1-lr0.005", "learned-tiny-clip+grid+colour-cv-one-hidden+head1-lr0.005"}
-# modes whose rounds show one image of each noise set of a batch twice their size (PreferenceSession
-# round_images="hidden-twins"); the others show the update's own batch (rlr's antithetic twins: two drawings, each twice)
-HIDDEN_TWINS_MODES = {"learned-layout-one-hidden", "learned-layout-one-hidden-lr0.005", "learned-clip-one-hidden-lr0.005",
-                      "learned-tiny-clip+grid+colour-cv-one-hidden-lr0.005", "learned-tiny-clip+grid+colour-cv-one-hidden+head1-lr0.005"}
-# modes whose updates must not lower the head's score of rlr_core's CHECK_SEEDS' images or are undone
-# (PreferenceSession check_seeds)
-CHECKED_MODES = {"learned-layout-one-checked"}
 ATTRIBUTES = ("red", "spiky", "left")
 DETECTOR_ATTRIBUTES = ("spiky", "boxy", "size")  # read from the tiny detector's solidity, extent and area
 ALL_ATTRIBUTES = tuple(dict.fromkeys((*ATTRIBUTES, *DETECTOR_ATTRIBUTES)))  # what a task or the head probe may name
@@ -269,7 +250,7 @@ class RoundTrace:
 def round_prompts(mode: str, index: int, prompts: list[str] = CLICK_PROMPTS) -> list[str]:
     """The prompts of round ``index``: all four, starting at the round's (mixed), or only the round's (as the
     product's rounds: ``rlr_core.training.clicks.round_prompt``)."""
-    if mode in ONE_PROMPT_ROUNDS:
+    if "-one" in mode:
         from rlr_core.training.clicks import round_prompt
 
         return [round_prompt(list(prompts), index)]
@@ -295,17 +276,21 @@ def check_seeds(mode: str) -> tuple[int, ...]:
     """The check seeds of a benchmark mode's sessions: rlr_core's CHECK_SEEDS for a checked mode, else none."""
     from rlr_core.rewards.preference import CHECK_SEEDS
 
-    return tuple(CHECK_SEEDS) if mode in CHECKED_MODES else ()
+    return tuple(CHECK_SEEDS) if "-checked" in mode else ()
 
 
 def round_images(mode: str) -> str:
     """What a benchmark mode's rounds show (PreferenceSession round_images)."""
-    return "hidden-twins" if mode in HIDDEN_TWINS_MODES else "batch"
+    return "hidden-twins" if "-hidden" in mode else "batch"
 
 
 def learning_rate(mode: str) -> float:
-    """The learning rate of a benchmark mode's runs."""
-    return LEARNING_RATES.get(mode, LEARNING_RATE)
+    """The learning rate of a benchmark mode's runs: the one its name states ("-lr0.005", "-lr3x": 0.03), else
+    LEARNING_RATE."""
+    rate = re.search(r"-lr(3x|[0-9.]+)", mode)
+    if rate is None:
+        return LEARNING_RATE
+    return 0.03 if rate.group(1) == "3x" else float(rate.group(1))
 
 
 def run_reference(task: dict) -> dict:
@@ -434,7 +419,7 @@ def default_mode() -> str:
     rate = learning_rate_for(DEFAULT_LEARNING_RATE, "tiny", LEARNING_RATE)
     for name, mode_settings in MODES.items():
         if (mode_settings == settings and learning_rate(name) == rate and name not in HEAD_VARIANTS
-                and name in ONE_PROMPT_ROUNDS and check_seeds(name) == tuple(DEFAULT_CHECK_SEEDS)
+                and "-one" in name and check_seeds(name) == tuple(DEFAULT_CHECK_SEEDS)
                 and round_images(name) == DEFAULT_ROUND_IMAGES):
             return name
     raise ValueError(f"no benchmark mode has the default settings {settings} at learning rate {rate}")
