@@ -103,6 +103,7 @@ MODES = {
     "learned-tiny-clip+grid+colour-cv-one-hidden-lr0.005": ("learned", "tiny-clip+grid+colour", 0),
     "learned-tiny-clip+grid+colour-cv-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     "learned-tiny-clip+grid+colour-cv-one-hidden+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
+    "learned-tiny-clip+grid+colour-cv-one+head2-lr0.005": ("learned", "tiny-clip+grid+colour", 2),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
     "learned+head2": ("learned", "tiny-clip", 2),
