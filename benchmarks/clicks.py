@@ -74,6 +74,7 @@ DEFAULT_PROMPT_SET = "shapes-named"  # a task's, unless it names "prompts"
 # since 2026-12-06; pages before that ran spiky on the shapes-named prompts)
 ATTRIBUTE_PROMPTS = {"spiky": "shape-free"}
 EVAL_SEEDS = list(range(3000, 3008))
+WIDE_SEEDS_START = 5000  # a task's "wide_seeds" are 5000, 5001, ... (see wide_seeds)
 # name -> PreferenceSession settings (mode, features, head_updates)
 MODES = {
     "direct": ("direct", "tiny-clip", 0),  # the head (for the held-out accuracy only) on tiny-clip
@@ -175,11 +176,18 @@ def _trainer(attribute: Attribute, seed: int, rounds: int, output_dir: str, num_
     return Trainer(chain, attribute, get_estimator("rlr"), config)
 
 
-def measure(trainer, attribute: Attribute) -> list[float]:
-    """The attribute of the 8 fixed-seed images (the trainer's four prompts cycled)."""
-    prompts = trainer.config.prompts
-    _, values = trainer.evaluate(EVAL_SEEDS, [prompts[i % len(prompts)] for i in range(len(EVAL_SEEDS))])
+def measure(trainer, attribute: Attribute, seeds: list[int] | None = None) -> list[float]:
+    """The attribute of the fixed-seed images (the 8 of ``EVAL_SEEDS`` unless told; the trainer's four prompts
+    cycled)."""
+    prompts, seeds = trainer.config.prompts, EVAL_SEEDS if seeds is None else seeds
+    _, values = trainer.evaluate(seeds, [prompts[i % len(prompts)] for i in range(len(seeds))])
     return [float(v) for v in values]
+
+
+def wide_seeds(task: dict) -> list[int]:
+    """A task's ``wide_seeds`` more fixed seeds (none unless it names them), measured at the start and the end only:
+    a finer figure of the session's gain than the 8 of ``EVAL_SEEDS``, which one image's change moves by 1/8."""
+    return list(range(WIDE_SEEDS_START, WIDE_SEEDS_START + int(task.get("wide_seeds", 0))))
 
 
 def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None) -> dict:
@@ -209,6 +217,7 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
                                     check_seeds=check_seeds(task["mode"]), round_images=round_images(task["mode"]))
         groups = trainer.estimator.noise_groups(mode == "learned" and head.differentiable)
         curve = [measure(trainer, attribute)]
+        wide = [measure(trainer, attribute, wide_seeds(task))] if wide_seeds(task) else []
         accuracy, seconds, alignment, accepted, groups_used = [], [], [], [], []
         for index in range(task["rounds"]):
             start = time.perf_counter()
@@ -229,7 +238,9 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
             if on_round is not None:
                 on_round(RoundTrace(index, shown.prompts, wrong_click, [float(v) for v in values], update, session.head,
                                     _mean(curve[-1]) - _mean(curve[0])))
-    return {**task, "curve": curve, "held_out_accuracy": accuracy, "seconds_per_round": seconds,
+        if wide:
+            wide.append(measure(trainer, attribute, wide_seeds(task)))
+    return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}), "held_out_accuracy": accuracy, "seconds_per_round": seconds,
             "gradient_alignment": alignment, "accepted": accepted, "group_weights": groups_used,
             "settings": used_settings(task, trainer)}
 
@@ -305,9 +316,12 @@ def run_reference(task: dict) -> dict:
         trainer = _trainer(attribute, task["seed"], task["rounds"], tmp, task.get("num_steps", 20),
                            *task_settings(task))
         curve = [measure(trainer, attribute)]
+        wide = [measure(trainer, attribute, wide_seeds(task))] if wide_seeds(task) else []
         for _ in trainer.run(task["rounds"]):
             curve.append(measure(trainer, attribute))
-    return {**task, "curve": curve, "settings": used_settings(task, trainer)}
+        if wide:
+            wide.append(measure(trainer, attribute, wide_seeds(task)))
+    return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}), "settings": used_settings(task, trainer)}
 
 
 def task_settings(task: dict) -> tuple[float, str, str, list[str]]:
@@ -365,7 +379,8 @@ def _run(task: dict) -> dict:
 
 
 def key(task: dict) -> str:
-    extra = "".join(f"|{name}={task[name]}" for name in ("lora_targets", "lr", "model", "prompts") if name in task)
+    extra = "".join(f"|{name}={task[name]}" for name in ("lora_targets", "lr", "model", "prompts", "wide_seeds")
+                    if name in task)
     return f"{task['mode']}|{task['attribute']}|{task['noise']}|{task['seed']}|{task['rounds']}{extra}"
 
 
