@@ -191,7 +191,8 @@ def _picture(runs: list[dict], target: Path) -> None:
     attributes = sorted({r["attribute"] for r in runs})
     modes = sorted({label(r) for r in runs})
     colours = {mode: plt.cm.tab10(i) for i, mode in enumerate(modes)}  # one colour per mode in every panel
-    fig, axes = plt.subplots(1, len(attributes), figsize=(4.2 * len(attributes), 3.2), squeeze=False)
+    legend_height = 0.2 * (len(modes) + 1)  # one legend below the panels, a line per mode: long names fit
+    fig, axes = plt.subplots(1, len(attributes), figsize=(4.2 * len(attributes), 3.2 + legend_height), squeeze=False)
     for ax, attribute in zip(axes[0], attributes):
         curves: dict[str, list[list[float]]] = defaultdict(list)
         for r in runs:
@@ -205,8 +206,9 @@ def _picture(runs: list[dict], target: Path) -> None:
         ax.set_title(attribute)
         ax.set_xlabel("round (one click each; reference: iteration)")
         ax.axhline(0, color="gray", lw=0.5)
-        ax.legend(fontsize=7)
     axes[0][0].set_ylabel("attribute gain, 8 fixed seeds")
-    fig.tight_layout()
+    entries = {text: handle for ax in axes[0] for handle, text in zip(*ax.get_legend_handles_labels())}
+    fig.legend(list(entries.values()), list(entries), loc="lower center", fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, legend_height / (3.2 + legend_height), 1, 1))
     fig.savefig(target, dpi=110)
     plt.close(fig)
