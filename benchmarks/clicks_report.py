@@ -129,6 +129,27 @@ def reference_lines(runs: list[dict]) -> list[str]:
     return lines
 
 
+def wide_lines(runs: list[dict]) -> list[str]:
+    """A table of the runs measured on more fixed seeds at the start and the end (a task's ``wide_seeds``): the gain
+    on the 8 fixed seeds beside the gain on the wide ones, its standard error, and how many of them rose and fell.
+    Empty without such runs."""
+    wide = sorted((r for r in runs if r.get("wide_curve")),
+                  key=lambda r: (label(r), r["attribute"], r["noise"], r["seed"]))
+    if not wide:
+        return []
+    lines = ["| run | attribute | wrong clicks | seed | gain, 8 fixed seeds | gain, wide seeds (± s.e.) | wide seeds up / down |",
+             "|---|---|---|---|---|---|---|"]
+    for r in wide:
+        before, after = r["wide_curve"][0], r["wide_curve"][-1]
+        changes = [b - a for a, b in zip(before, after)]
+        mean = _mean(changes)
+        error = (sum((c - mean) ** 2 for c in changes) / max(len(changes) - 1, 1) / len(changes)) ** 0.5
+        lines.append(f"| {label(r)} | {r['attribute']} | {r['noise']:.0%} | {r['seed']} | {gain_curve(r)[-1]:+.3f} | "
+                     f"{mean:+.3f} ± {error:.3f} ({len(changes)} seeds) | "
+                     f"{sum(c > 0 for c in changes)} / {sum(c < 0 for c in changes)} |")
+    return lines
+
+
 def _up_text(run: dict) -> str:
     return f"{fixed_seeds_up(run)}/{len(run['curve'][0])}"
 
@@ -173,6 +194,9 @@ def write_report(out: Path) -> str:
     references = reference_lines(runs)
     if references:
         lines += ["", "The attribute as the reward (the references):", "", *references]
+    wide = wide_lines(runs)
+    if wide:
+        lines += ["", "Runs measured on more fixed seeds at the start and the end (`wide_seeds`):", "", *wide]
     text = "\n".join(lines) + "\n"
     (out / "clicks.md").write_text(text)
     _picture(runs, out / "clicks.png")

@@ -749,8 +749,11 @@ def test_click_benchmark_runs_a_session_and_reports(tmp_path, monkeypatch):
     monkeypatch.setattr(clicks, "EVAL_SEEDS", clicks.EVAL_SEEDS[:2])
     small = {"seed": 1, "rounds": 2, "num_steps": 4}
     session = clicks.run_session({**small, "mode": "direct", "attribute": "red", "noise": 0.25})
-    reference = clicks.run_reference({**small, "mode": "reference", "attribute": "red", "noise": 0.0})
+    reference = clicks.run_reference({**small, "mode": "reference", "attribute": "red", "noise": 0.0, "wide_seeds": 3})
     assert len(session["curve"]) == len(reference["curve"]) == 3 and len(session["curve"][0]) == 2
+    assert [len(values) for values in reference["wide_curve"]] == [3, 3] and "wide_curve" not in session  # start, end
+    assert reference["wide_curve"][0] != reference["wide_curve"][1]  # the end is measured after the training
+    assert clicks.key(reference).endswith("|wide_seeds=3")
     assert len(session["held_out_accuracy"]) == 2 and session["held_out_accuracy"][0] != session["held_out_accuracy"][0]  # nan: no head yet
     assert len(session["gradient_alignment"]) == 2 and all(-1 <= a <= 1 for a in session["gradient_alignment"])
     assert session["accepted"] == [True, True]  # no check: every update kept
@@ -768,6 +771,8 @@ def test_click_benchmark_runs_a_session_and_reports(tmp_path, monkeypatch):
     assert table.splitlines()[2].split(" | ")[8] == f"{reference_up}/2"  # the reference's own, same seed
     reference_gain = sum(reference["curve"][-1]) / 2 - sum(reference["curve"][0]) / 2
     assert f"| attention+conv, lr 0.01 | red | 2 | 1 | {reference_gain:+.3f} | " in table  # the references' own table
+    wide_gain = sum(reference["wide_curve"][1]) / 3 - sum(reference["wide_curve"][0]) / 3
+    assert f"| red | 0% | 1 | {reference_gain:+.3f} | {wide_gain:+.3f} ± " in table  # the wide seeds' own table
     assert "benchmarks" in sys.modules
 
 
