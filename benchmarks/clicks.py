@@ -37,7 +37,8 @@ of earlier pages used attention only) and the mode's learning rate; a task dict 
 ``lr``), another model (``model``: an exported model's folder, e.g. one fine-tuned with ``rlr_core.tiny.train
 --generic-shape``) and the prompts (``prompts``: ``"shape-free"``, the same colours and backgrounds naming no shape,
 ``SHAPE_FREE_PROMPTS``). Each run records what it trained with (``settings``), and the report labels and matches
-references by it.
+references by it. A task's ``wide_seeds`` (a count) also measures the attribute on that many more fixed seeds at the
+start and the end (``wide_curve``; the report's wide-seeds table): a finer figure of the gain than the 8 seeds.
 Results are appended to ``<out>/runs.jsonl`` as they finish; a rerun skips what is there.
 """
 
@@ -242,8 +243,8 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
                                     _mean(curve[-1]) - _mean(curve[0])))
         if wide:
             wide.append(measure(trainer, attribute, wide_seeds(task)))
-    return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}), "held_out_accuracy": accuracy, "seconds_per_round": seconds,
-            "gradient_alignment": alignment, "accepted": accepted, "group_weights": groups_used,
+    return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}), "held_out_accuracy": accuracy,
+            "seconds_per_round": seconds, "gradient_alignment": alignment, "accepted": accepted, "group_weights": groups_used,
             "settings": used_settings(task, trainer)}
 
 
