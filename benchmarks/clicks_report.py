@@ -212,6 +212,9 @@ def _picture(runs: list[dict], target: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    runs = [r for r in runs if r["noise"] == 0.0]  # the picture is of the noise-free sessions
+    if not runs:
+        return
     attributes = sorted({r["attribute"] for r in runs})
     modes = sorted({label(r) for r in runs})
     colours = {mode: plt.cm.tab10(i) for i, mode in enumerate(modes)}  # one colour per mode in every panel
@@ -220,7 +223,7 @@ def _picture(runs: list[dict], target: Path) -> None:
     for ax, attribute in zip(axes[0], attributes):
         curves: dict[str, list[list[float]]] = defaultdict(list)
         for r in runs:
-            if r["attribute"] == attribute and r["noise"] == 0.0:
+            if r["attribute"] == attribute:
                 curves[label(r)].append(gain_curve(r))
         for mode, members in sorted(curves.items()):
             length = min(len(c) for c in members)
