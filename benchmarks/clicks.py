@@ -220,7 +220,8 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
                                     check_seeds=check_seeds(task["mode"]), round_images=round_images(task["mode"]))
         groups = trainer.estimator.noise_groups(mode == "learned" and head.differentiable)
         curve = [measure(trainer, attribute)]
-        wide = [measure(trainer, attribute, wide_seeds(task))] if wide_seeds(task) else []
+        more_seeds = wide_seeds(task)
+        wide = [measure(trainer, attribute, more_seeds)] if more_seeds else []
         accuracy, seconds, alignment, accepted, groups_used = [], [], [], [], []
         for index in range(task["rounds"]):
             start = time.perf_counter()
@@ -241,8 +242,8 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
             if on_round is not None:
                 on_round(RoundTrace(index, shown.prompts, wrong_click, [float(v) for v in values], update, session.head,
                                     _mean(curve[-1]) - _mean(curve[0])))
-        if wide:
-            wide.append(measure(trainer, attribute, wide_seeds(task)))
+        if more_seeds:
+            wide.append(measure(trainer, attribute, more_seeds))
     return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}), "held_out_accuracy": accuracy,
             "seconds_per_round": seconds, "gradient_alignment": alignment, "accepted": accepted, "group_weights": groups_used,
             "settings": used_settings(task, trainer)}
@@ -319,11 +320,12 @@ def run_reference(task: dict) -> dict:
         trainer = _trainer(attribute, task["seed"], task["rounds"], tmp, task.get("num_steps", 20),
                            *task_settings(task))
         curve = [measure(trainer, attribute)]
-        wide = [measure(trainer, attribute, wide_seeds(task))] if wide_seeds(task) else []
+        more_seeds = wide_seeds(task)
+        wide = [measure(trainer, attribute, more_seeds)] if more_seeds else []
         for _ in trainer.run(task["rounds"]):
             curve.append(measure(trainer, attribute))
-        if wide:
-            wide.append(measure(trainer, attribute, wide_seeds(task)))
+        if more_seeds:
+            wide.append(measure(trainer, attribute, more_seeds))
     return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}), "settings": used_settings(task, trainer)}
 
 

@@ -8,6 +8,7 @@ accuracy and seconds per round; written to
 from __future__ import annotations
 
 import json
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -143,7 +144,7 @@ def wide_lines(runs: list[dict]) -> list[str]:
         before, after = r["wide_curve"][0], r["wide_curve"][-1]
         changes = [b - a for a, b in zip(before, after)]
         mean = _mean(changes)
-        error = (sum((c - mean) ** 2 for c in changes) / max(len(changes) - 1, 1) / len(changes)) ** 0.5
+        error = statistics.stdev(changes) / len(changes) ** 0.5 if len(changes) > 1 else 0.0
         lines.append(f"| {label(r)} | {r['attribute']} | {r['noise']:.0%} | {r['seed']} | {gain_curve(r)[-1]:+.3f} | "
                      f"{mean:+.3f} ± {error:.3f} ({len(changes)} seeds) | "
                      f"{sum(c > 0 for c in changes)} / {sum(c < 0 for c in changes)} |")
@@ -205,6 +206,7 @@ def write_report(out: Path) -> str:
 
 def _picture(runs: list[dict], target: Path) -> None:
     """Gain per round for each mode, one panel per attribute (noise-free sessions, mean over seeds)."""
+    runs = [r for r in runs if r["noise"] == 0.0]
     if not runs:
         return
     import matplotlib
@@ -212,9 +214,6 @@ def _picture(runs: list[dict], target: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [r for r in runs if r["noise"] == 0.0]  # the picture is of the noise-free sessions
-    if not runs:
-        return
     attributes = sorted({r["attribute"] for r in runs})
     modes = sorted({label(r) for r in runs})
     colours = {mode: plt.cm.tab10(i) for i, mode in enumerate(modes)}  # one colour per mode in every panel
