@@ -107,6 +107,8 @@ MODES = {
     "learned-tiny-clip+grid+colour-cv-one-hidden+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     "learned-tiny-clip+grid+colour-cv-one+head2-lr0.005": ("learned", "tiny-clip+grid+colour", 2),
     "learned-tiny-clip+grid+colour-cvkeep-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),  # no group dropped
+    "learned-tiny-clip+grid+colour-cv-one+head1-fullbp-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
+    "learned-tiny-clip+grid+colour-cv-one-fullbp-lr0.005": ("learned", "tiny-clip+grid+colour", 0),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
     "learned+head2": ("learned", "tiny-clip", 2),
@@ -121,7 +123,9 @@ LEARNING_RATE = 0.01  # of every session and reference run whose name names no o
 # seeds of it; the prompt changes every round) instead of the prompts mixed; "-hidden" rounds of one image of each
 # noise set of a batch twice their size (PreferenceSession round_images="hidden-twins"; else the update's own batch:
 # rlr's antithetic twins, two drawings each twice); "-checked" updates that must not lower the head's score of
-# rlr_core's CHECK_SEEDS' images or are undone (PreferenceSession check_seeds); "-lr<rate>" the learning rate.
+# rlr_core's CHECK_SEEDS' images or are undone (PreferenceSession check_seeds); "-fullbp" the sessions' estimator is
+# full-bp (the head's exact gradient through every step; rounds of four different drawings), else rlr; "-lr<rate>"
+# the learning rate.
 # the reference run (the attribute as the reward) at each sessions' learning rate
 REFERENCES = {LEARNING_RATE: "reference", 0.03: "reference-lr3x", 0.003: "reference-lr0.003", 0.005: "reference-lr0.005"}
 # screened head variants: name -> how the head differs from PreferenceReward's defaults
@@ -169,14 +173,14 @@ class Attribute:
 
 
 def _trainer(attribute: Attribute, seed: int, rounds: int, output_dir: str, num_steps: int = 20, lr: float = LEARNING_RATE,
-             lora_targets: str = "auto", model: str = "tiny", prompts: list[str] = CLICK_PROMPTS):
+             lora_targets: str = "auto", model: str = "tiny", prompts: list[str] = CLICK_PROMPTS, estimator: str = "rlr"):
     from benchmarks.compare import _chain
     from rlr_core import TrainConfig, Trainer, get_estimator
 
     chain = _chain(num_steps, lora_targets, model)
     config = TrainConfig(model=model, num_steps=num_steps, prompts=list(prompts), steps=rounds, batch_size=4, lr=lr,
                          seed=seed, eval_seeds=[], eval_every=0, checkpoint_every=0, output_dir=output_dir)
-    return Trainer(chain, attribute, get_estimator("rlr"), config)
+    return Trainer(chain, attribute, get_estimator(estimator), config)
 
 
 def measure(trainer, attribute: Attribute, seeds: list[int] | None = None) -> list[float]:
@@ -210,7 +214,7 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
     wrong = np.random.default_rng([task["seed"], int(task["noise"] * 100), 17])
     with tempfile.TemporaryDirectory() as tmp:
         trainer = _trainer(attribute, task["seed"], task["rounds"], tmp, task.get("num_steps", 20),
-                           *task_settings(task))
+                           *task_settings(task), estimator=estimator_name(task["mode"]))
         log = ClickLog(Path(tmp) / "clicks.jsonl")
         options = dict(HEAD_VARIANTS.get(task["mode"], {}))
         extra = options.pop("extra_features", None)
@@ -293,6 +297,11 @@ def check_seeds(mode: str) -> tuple[int, ...]:
     from rlr_core.rewards.preference import CHECK_SEEDS
 
     return tuple(CHECK_SEEDS) if "-checked" in mode else ()
+
+
+def estimator_name(mode: str) -> str:
+    """The estimator of a benchmark mode's sessions: full-bp for a "-fullbp" mode, else the default rlr."""
+    return "full-bp" if "-fullbp" in mode else "rlr"
 
 
 def round_images(mode: str) -> str:
