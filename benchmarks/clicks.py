@@ -172,7 +172,7 @@ class Attribute:
         return torch.tensor(values, dtype=torch.float32)
 
 
-def _trainer(attribute: Attribute, seed: int, rounds: int, output_dir: str, num_steps: int = 20, lr: float = LEARNING_RATE,
+def _trainer(reward, seed: int, rounds: int, output_dir: str, num_steps: int = 20, lr: float = LEARNING_RATE,
              lora_targets: str = "auto", model: str = "tiny", prompts: list[str] = CLICK_PROMPTS, estimator: str = "rlr"):
     from benchmarks.compare import _chain
     from rlr_core import TrainConfig, Trainer, get_estimator
@@ -180,14 +180,16 @@ def _trainer(attribute: Attribute, seed: int, rounds: int, output_dir: str, num_
     chain = _chain(num_steps, lora_targets, model)
     config = TrainConfig(model=model, num_steps=num_steps, prompts=list(prompts), steps=rounds, batch_size=4, lr=lr,
                          seed=seed, eval_seeds=[], eval_every=0, checkpoint_every=0, output_dir=output_dir)
-    return Trainer(chain, attribute, get_estimator(estimator), config)
+    return Trainer(chain, reward, get_estimator(estimator), config)
 
 
 def measure(trainer, attribute: Attribute, seeds: list[int] | None = None) -> list[float]:
     """The attribute of the fixed-seed images (the 8 of ``EVAL_SEEDS`` unless told; the trainer's four prompts
     cycled)."""
+    from rlr_core.training.evaluation import evaluate
+
     prompts, seeds = trainer.config.prompts, EVAL_SEEDS if seeds is None else seeds
-    _, values = trainer.evaluate(seeds, [prompts[i % len(prompts)] for i in range(len(seeds))])
+    _, values = evaluate(trainer.chain, attribute, seeds, [prompts[i % len(prompts)] for i in range(len(seeds))])
     return [float(v) for v in values]
 
 
@@ -213,13 +215,14 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
     mode, features, head_updates = MODES[task["mode"]]
     wrong = np.random.default_rng([task["seed"], int(task["noise"] * 100), 17])
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = _trainer(attribute, task["seed"], task["rounds"], tmp, task.get("num_steps", 20),
-                           *task_settings(task), estimator=estimator_name(task["mode"]))
         log = ClickLog(Path(tmp) / "clicks.jsonl")
         options = dict(HEAD_VARIANTS.get(task["mode"], {}))
         extra = options.pop("extra_features", None)
         head_class = _with_features(PreferenceReward, extra) if extra else PreferenceReward
         head = head_class(log, features=features, **options)
+        # the head is the session's reward (as in the app); the attribute is only measured
+        trainer = _trainer(head, task["seed"], task["rounds"], tmp, task.get("num_steps", 20),
+                           *task_settings(task), estimator=estimator_name(task["mode"]))
         session = PreferenceSession(trainer, log, mode=mode, k=1, reward=head, head_updates=head_updates,
                                     check_seeds=check_seeds(task["mode"]), round_images=round_images(task["mode"]))
         groups = trainer.estimator.noise_groups(mode == "learned" and head.differentiable)
