@@ -39,8 +39,8 @@ def tiny_saturation():
 
 def test_default_rlr_single_estimate_points_at_full_bp(tiny_saturation):
     """Tiny model + saturation, batch 8: one default estimate has cosine >= 0.3 to the full-bp mean,
-    the mean of 8 estimates >= 0.6 (the unbiased rlr-paper gives ~0.01 and ~0.03 here, the default ~0.81
-    and ~0.89; measured 2026-12-04)."""
+    the mean of 4 estimates >= 0.6 (the unbiased rlr-paper gives ~0.01 and ~0.03 here, the default ~0.81
+    and ~0.89 for the mean of 8; measured 2026-12-04)."""
     chain, reward = tiny_saturation
     estimator = get_estimator("rlr")
     batch = grouped_prompts(TINY_PROMPTS, 8, estimator.noise_groups(True))
@@ -49,10 +49,10 @@ def test_default_rlr_single_estimate_points_at_full_bp(tiny_saturation):
     # reference lowers the cosines checked below rather than raising them (rlr measured 0.81 / 0.88 against
     # the mean of 2, 0.81 / 0.89 against the mean of 8; rlr-paper 0.010 / 0.028 against the mean of 2).
     reference = collect_estimates(chain, reward, get_estimator("full-bp"), batch, 2, seed=1).mean
-    stats = collect_estimates(chain, reward, estimator, batch, 8, seed=2)
+    stats = collect_estimates(chain, reward, estimator, batch, 4, seed=2)  # 8 made this the slowest test again
     singles = [cosine(s, reference) for s in stats.samples]
     mean_single = sum(singles) / len(singles)
-    print(f"default rlr: single-estimate cosine {mean_single:.3f}, mean-of-8 cosine {cosine(stats.mean, reference):.3f}")
+    print(f"default rlr: single-estimate cosine {mean_single:.3f}, mean-of-4 cosine {cosine(stats.mean, reference):.3f}")
     assert mean_single >= 0.3, singles
     assert cosine(stats.mean, reference) >= 0.6
 
