@@ -220,7 +220,7 @@ def test_preference_diagnostics_export_roundtrip(studio, tmp_path):
     from app.state import FieldError
     from rlr_core.diffusers_chain import load_model
 
-    run = runner.preference_round("s", form(studio), hosted=False, k=4, mode="direct", head_updates=0)
+    run = runner.preference_round("s", form(studio, num_steps=6), hosted=False, k=4, mode="direct", head_updates=0)  # T = 6: the probe below is the slow part
     assert run.round.size == 4 and len(run.round.pil_images()) == 4
     with pytest.raises(FieldError, match="Preferred images"):
         runner.preference_update("s", [], best_only=False)
