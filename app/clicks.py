@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlr_core.estimators import list_estimators
 from rlr_core.hub import WeightsUnavailableError
 from rlr_core.rewards.preference import (CHECK_SEEDS, DEFAULT_CHECK_SEEDS, DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES,
                                          DEFAULT_LEARNING_RATE, DEFAULT_ROUND_IMAGES, FEATURES, MODES, ROUND_IMAGES,
@@ -124,10 +125,13 @@ def preference_run(session: str, form: dict[str, Any], hosted: bool, mode: str, 
 
 def _new_click_run(session: str, base: Any, hosted: bool, mode: str, features: str, head_updates: int,
                    learning_rate: float, check_seeds: list[int], kind: str, continue_lora: bool, train_lr: float,
-                   round_images: str = DEFAULT_ROUND_IMAGES) -> Run:
+                   round_images: str = DEFAULT_ROUND_IMAGES, estimator: str | None = None) -> Run:
     """A new click run from config ``base`` (its "before" strip sampled); FieldError for unusable features.
-    ``round_images``: what its rounds show (PreferenceSession's; a loaded log's own)."""
+    ``round_images``: what its rounds show (PreferenceSession's; a loaded log's own). ``estimator``: a loaded log's
+    (None: ``base``'s, the Train settings'); ``base``'s estimator options go with ``base``'s estimator only."""
     features = features_for(features, base.model)
+    estimator = estimator or base.estimator
+    options = dict(base.estimator_options) if estimator == base.estimator else {}
     run_id = runs.new_run_id()
     log = ClickLog(runs.run_dir(run_id) / "clicks.jsonl")
     try:  # the head is built once: in learned mode it is the run's reward, in direct mode the session builds it
@@ -135,7 +139,8 @@ def _new_click_run(session: str, base: Any, hosted: bool, mode: str, features: s
         # keep_best off: a click update exports its LoRA at once (the guard's figures are still computed)
         config = base.replace(reward="preference", reward_options={"mode": mode, "features": features,
                                                                    "log_path": str(log.path)},
-                              eval_every=max(base.eval_every, 1), keep_best=False, lr=learning_rate)
+                              eval_every=max(base.eval_every, 1), keep_best=False, lr=learning_rate,
+                              estimator=estimator, estimator_options=options)
         new = create_run(session, config, hosted, continue_lora, reward=head or ClickReward(), kind=kind, run_id=run_id)
         new.preference = PreferenceSession(new.trainer, log, mode=mode, k=None, reward=head, features=features,
                                            head_updates=head_updates, check_seeds=check_seeds,
@@ -144,7 +149,8 @@ def _new_click_run(session: str, base: Any, hosted: bool, mode: str, features: s
         raise FieldError("Learned-head features", f"{error} Pick 'pixels' or 'layout' (weight-free).") from None
     new.train_lr = train_lr  # what "auto" falls back to for a model other than the tiny one
     settings = new.preference.settings()
-    new.status = (f"click run ({mode}, features {settings['features']}, {head_updates} head update(s) per round, "
+    new.status = (f"click run ({mode}, estimator {estimator}, features {settings['features']}, "
+                  f"{head_updates} head update(s) per round, "
                   f"learning rate {learning_rate:g}, {check_text(check_seeds)}) "
                   f"from {'the current LoRA' if continue_lora else 'a fresh LoRA'}")
     _add_strip(new, "before")
@@ -240,8 +246,8 @@ def _count_update(run: Run, update: Any, clicks: int) -> None:
 
 
 def log_settings(log: ClickLog) -> dict[str, Any]:
-    """The mode / features / head_updates / lr / check_seeds / round_images the log's updates were made with (its last
-    update's; lr None in logs older than the setting: they were made with the Train settings' learning rate;
+    """The mode / features / head_updates / lr / check_seeds / round_images / estimator the log's updates were made with
+    (its last update's; lr and estimator None in logs older than the setting: they were made with the Train settings';
     check_seeds [] in logs older than the check; round_images "batch" in logs older than the setting);
     FieldError naming the click log when it has no updated round or names an unknown setting."""
     updates = [e for e in log.events if e.get("type") == "update"]
@@ -251,7 +257,8 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
     last = updates[-1]
     settings = {"mode": last.get("mode", log.records[-1].mode), "features": last.get("features", DEFAULT_FEATURES),
                 "head_updates": last.get("head_updates", 0), "lr": last.get("lr"),
-                "check_seeds": last.get("check_seeds", []), "round_images": last.get("round_images", "batch")}
+                "check_seeds": last.get("check_seeds", []), "round_images": last.get("round_images", "batch"),
+                "estimator": last.get("estimator")}
     if settings["mode"] not in MODES or settings["features"] not in FEATURES:
         raise FieldError(LOG_FIELD, f"names mode {settings['mode']!r} / features {settings['features']!r}; allowed: "
                                     f"mode {', '.join(MODES)}, features {', '.join(FEATURES)}")
@@ -271,6 +278,8 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
     except ValueError:
         raise FieldError(LOG_FIELD, f"names round_images {settings['round_images']!r} in mode {settings['mode']!r}; "
                                     f"allowed: {', '.join(ROUND_IMAGES)} in learned mode, batch in direct mode") from None
+    if settings["estimator"] is not None and settings["estimator"] not in list_estimators():
+        raise FieldError(LOG_FIELD, f"names estimator {settings['estimator']!r}; allowed: {', '.join(list_estimators())}")
     if last.get("head_gradient", True) is not True:
         raise FieldError(LOG_FIELD, "was made with a scores-only head (head_gradient false, from the Python API); the app "
                                     "replays logs of its own differentiable head: replay it with PreferenceSession.replay")
@@ -299,8 +308,8 @@ def _read_log(path: Path) -> ClickLog:
 def load_click_log(session: str, path: str, form: dict[str, Any], hosted: bool) -> tuple[Run, str]:
     """Rebuild a click run from an uploaded click log (.zip of 'Download click log', or its .jsonl).
 
-    The new click run has the log's settings (mode, features, head updates, learning rate, check seeds) and the Train
-    form's model,
+    The new click run has the log's settings (mode, features, head updates, learning rate, check seeds, estimator) and
+    the Train form's model,
     LoRA rank and targets; every round of the log is replayed (same seeds, same clicks) from the log's
     starting LoRA, and its own log receives them, so the session continues where the log ended.
     Returns the run and a message for the user.
@@ -329,7 +338,7 @@ def _replay_upload(session: str, path: Path, form: dict[str, Any], hosted: bool,
     check_seeds = settings["check_seeds"]
     run = _new_click_run(session, config, hosted, mode, features, head_updates, learning_rate, check_seeds,
                          _kind(mode, form_features(features), head_updates, config.model, learning_rate, bool(check_seeds)),
-                         continue_lora, config.lr, settings["round_images"])
+                         continue_lora, config.lr, settings["round_images"], settings["estimator"])
     rounds = len(_updated_rounds(log))
 
     def on_round(number: int, update: Any) -> None:

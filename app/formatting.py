@@ -365,7 +365,8 @@ def counters_text(run: Any) -> str:
             f"of your last clicks before seeing them (last {ACCURACY_ROUNDS} rounds)  \n"
             f"mode {session.mode} · features {session.features}{group_weights_text(session.head)} · "
             f"{session.head_updates} update(s) per round from "
-            f"the head · learning rate {run.config.lr:g} · {check_text(session.check_seeds, c['undone'])} · "
+            f"the head · estimator {run.config.estimator} · learning rate {run.config.lr:g} · "
+            f"{check_text(session.check_seeds, c['undone'])} · "
             f"click log `{session.log.path}`")
 
 

@@ -125,7 +125,8 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
     loaded, message = clicks.load_click_log("d", str(download), form(studio, lr=0.02), False)
     assert message == "replayed 3 rounds; 0 rounds' images differed from the log"
     assert loaded.preference.settings() == {"mode": "learned", "features": "layout", "head_updates": 1, "head_gradient": True,
-                                            "lr": 0.004, "check_seeds": [], "round_images": "batch"}  # the log's
+                                            "lr": 0.004, "check_seeds": [], "round_images": "batch",
+                                            "estimator": "rlr"}  # the log's
     rebuilt = runs.current_lora(loaded)
     assert set(rebuilt) == set(trained) and all(torch.equal(rebuilt[k], trained[k]) for k in trained)
     assert loaded.step == 6 and loaded.counters == {"rounds": 3, "clicks": 3, "updates": 3, "undone": 0}
@@ -135,6 +136,34 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
     # round has the next seed
     same = clicks.preference_round("d", values, False, 4, "learned", "layout", 1, loaded.config.lr)
     assert same is loaded and same.round.seed == next_seed
+
+
+def test_a_click_log_replays_with_its_own_estimator(studio, tmp_path):
+    """A click run trains with the Train form's estimator and options, and its log records the estimator: loaded into
+    a Train form with another estimator, the log is replayed with its own and rebuilds the same LoRA."""
+    import torch
+
+    from app import clicks, formatting, runs
+    from app.transfer import click_log_zip
+
+    values = form(studio, estimator="full-bp")
+    run = click_rounds("t", values, 2, mode="learned", features="layout")
+    assert run.config.estimator == "full-bp" and run.trainer.estimator.name == "full-bp"
+    assert "estimator full-bp" in formatting.counters_text(run)
+    assert [e["estimator"] for e in run.preference.log.events if e.get("type") == "update"] == ["full-bp", "full-bp"]
+    trained = runs.current_lora(run)
+    download = tmp_path / "clicks.zip"
+    shutil.copyfile(click_log_zip("t"), download)
+
+    runs.reset_all()
+    other = form(studio, estimator="rlr", estimator_options='{"h": 2}')
+    loaded, message = clicks.load_click_log("u", str(download), other, False)
+    assert message == "replayed 2 rounds; 0 rounds' images differed from the log"
+    assert loaded.config.estimator == "full-bp" and loaded.config.estimator_options == {}  # rlr's options left out
+    rebuilt = runs.current_lora(loaded)
+    assert set(rebuilt) == set(trained) and all(torch.equal(rebuilt[k], trained[k]) for k in trained)
+    direct = clicks.preference_round("v", other, False, 4, "direct", "pixels", 0)  # a new run: the Train form's
+    assert direct.config.estimator == "rlr" and direct.config.estimator_options == {"h": 2}
 
 
 def test_a_loaded_click_log_keeps_the_rounds_it_showed(studio, tmp_path):
@@ -222,7 +251,10 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
                                                                      "check_seeds": [1, "two"]}),
              "bad-rounds.jsonl": json.dumps(click) + "\n" + json.dumps({"type": "update", "round_id": "x", "mode": "direct",
                                                                       "features": "pixels", "head_updates": 0,
-                                                                      "round_images": "hidden-twins"})}
+                                                                      "round_images": "hidden-twins"}),
+             "bad-estimator.jsonl": json.dumps(click) + "\n" + json.dumps({"type": "update", "round_id": "x", "mode": "learned",
+                                                                         "features": "pixels", "head_updates": 0,
+                                                                         "estimator": "guesswork"})}
     messages = {}
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
@@ -235,6 +267,7 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
     assert "scores-only head" in messages["scores-only.jsonl"]
     assert "names check_seeds [1, 'two']; allowed: a list of at most 16" in messages["bad-check.jsonl"]
     assert "names round_images 'hidden-twins' in mode 'direct'; allowed: batch, hidden-twins in learned" in messages["bad-rounds.jsonl"]
+    assert "names estimator 'guesswork'; allowed: " in messages["bad-estimator.jsonl"] and "full-bp" in messages["bad-estimator.jsonl"]
     hidden = "".join(json.dumps({**click, "index": i}) + "\n" for i in range(6)) + json.dumps(
         {"type": "update", "round_id": "x", "mode": "learned", "features": "pixels", "head_updates": 0,
          "round_images": "hidden-twins"})

@@ -546,10 +546,10 @@ def test_head_updates_add_iterations_scored_by_the_head(tmp_path):
     assert [len(e["head_rewards"]) for e in events] == [2, 2, 2] and events[0]["head_updates"] == 2
 
 
-def _click_session(chain, tmp_path, name, lr=1e-2, **options):
+def _click_session(chain, tmp_path, name, lr=1e-2, estimator="rlr", **options):
     from rlr_core.estimators import get_estimator
 
-    trainer = click_trainer(chain, get_estimator("rlr", h=1), tmp_path / name, lr=lr)
+    trainer = click_trainer(chain, get_estimator(estimator, **({"h": 1} if estimator == "rlr" else {})), tmp_path / name, lr=lr)
     return PreferenceSession(trainer, ClickLog(tmp_path / name / "clicks.jsonl"), features="pixels", **options)
 
 
@@ -596,6 +596,9 @@ def test_replay_rebuilds_the_lora_bit_for_bit(tiny_sd_dir, tmp_path):
     faster = _click_session(fresh_chain(), tmp_path, "d", lr=3e-2, mode="learned", k=1, head_updates=1, **checked)
     with pytest.raises(ValueError, match=r"^lr=0.03 differs from the click log's lr=0.01 .*replay with lr=0.01"):
         faster.replay(tmp_path / "a" / "clicks.jsonl")
+    other_estimator = _click_session(fresh_chain(), tmp_path, "f", estimator="zo", mode="learned", k=1, head_updates=1, **checked)
+    with pytest.raises(ValueError, match=r"^estimator='zo' differs from the click log's estimator='rlr'"):
+        other_estimator.replay(tmp_path / "a" / "clicks.jsonl")
 
 
 def _head_score_of_seeds(session, chain, seeds, prompts) -> float:
@@ -796,6 +799,9 @@ def test_click_benchmark_tasks_may_name_a_model_folder_and_the_shape_free_prompt
     assert run["settings"]["prompts"] == "shape-free" and run["settings"]["model"].endswith("tiny-shapes")
     assert clicks.key(task).endswith("|prompts=shape-free")
     assert clicks_report.label(run) == "learned-layout-one-lr0.005 [attention+conv, model tiny-shapes, shape-free]"
+    # a full-bp session clicks for the detector's shape too (the head, not the attribute, is what it backpropagates)
+    exact = clicks.run_session({**task, "mode": "learned-tiny-clip+grid+colour-cv-one-fullbp-lr0.005", "rounds": 1})
+    assert clicks.estimator_name(exact["mode"]) == "full-bp" and len(exact["curve"]) == 2
     # the full phase clicks for the shape on the prompts that name none, for the other attributes on the default set
     planned = clicks.plan("full", 20, [], clicks.default_mode(), (0.0,), (1,))
     assert {t["attribute"]: t.get("prompts", clicks.DEFAULT_PROMPT_SET) for t in planned} == {
