@@ -437,8 +437,15 @@ def test_cross_validated_head_weighs_the_feature_groups_that_predict_the_clicks(
         assert weighed.group_weights["colour"] > 1 and weighed.selected_groups == ("embedding", "colour")
     else:
         assert weighed.group_weights["grid"] >= 1
-    ordered = {name: _pairs_in_order(head, held_out, pairs) for name, head in [("all", every), ("weighed", weighed)]}
+    averaged = PreferenceReward(log, features="tiny-clip+grid+colour", selection="averaged")
+    ordered = {name: _pairs_in_order(head, held_out, pairs)
+               for name, head in [("all", every), ("weighed", weighed), ("averaged", averaged)]}
     assert ordered["weighed"] > 0.9 and ordered["weighed"] > ordered["all"] + 0.05
+    # the average of every weighting's head, each by how well it predicts held-out rounds, orders them as well
+    assert ordered["averaged"] > 0.9 and averaged.group_weights["embedding"] == 1.0
+    leaned_on, other = ("colour", "grid") if attribute == "red" else ("grid", "colour")
+    # the expected weights: near 10 for the group the clicks follow (red 9.9, left 9.3), low for the other (0.4, 1.6)
+    assert averaged.group_weights[leaned_on] < 10 and averaged.group_weights[leaned_on] > averaged.group_weights[other] + 5
     if attribute == "red":
         assert weighed.weight[64:82].abs().max() == 0  # the dropped grid (embedding 64, grid 18, colour 7) weighs nothing
     one_group = PreferenceReward(log, features="tiny-clip", selection="cross-validated")

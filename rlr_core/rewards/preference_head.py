@@ -37,9 +37,12 @@ GROUPS = {"clip": ("embedding",), "pixels": ("pixels",), "layout": ("pixels", "g
 # and each other group at the weight of GROUP_WEIGHTS whose head, fitted on the other rounds, best predicts each
 # held-out round's clicks (folds of rounds; all alike until there are 2 rounds). A group's weight multiplies its
 # standardised features, so its L2 penalty is divided by the weight squared: 0 drops the group, 10 lets a few
-# clicks lean on it. "auto": cross-validated for the kinds in CROSS_VALIDATED_FEATURES, all alike for the others
+# clicks lean on it. "averaged": no one weighting is chosen; the head is the average of every weighting's head, each
+# weighed by how well it predicts the held-out rounds (exp(-held-out loss), pseudo Bayesian model averaging), so a
+# few clicks that tip the choice move the head a little, not from one weighting to another.
+# "auto": cross-validated for the kinds in CROSS_VALIDATED_FEATURES, all alike for the others
 # (whose logs from before the selection existed then replay as they were made).
-SELECTIONS = ("auto", "all", "cross-validated")
+SELECTIONS = ("auto", "all", "cross-validated", "averaged")
 CROSS_VALIDATED_FEATURES = ("tiny-clip+grid+colour",)
 GROUP_WEIGHTS = (0.0, 1.0, 3.0, 10.0)
 SELECTION_FOLDS = 5
@@ -152,7 +155,7 @@ class PreferenceReward:
         self.features_kind = self._choose_features(features)
         if selection == "auto":
             selection = "cross-validated" if self.features_kind in CROSS_VALIDATED_FEATURES else "all"
-        self.selection = selection  # "all" or "cross-validated"
+        self.selection = selection  # "all", "cross-validated" or "averaged"
         self.weight: torch.Tensor | None = None  # [D] float64 on cpu
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
@@ -241,9 +244,13 @@ class PreferenceReward:
         lose = torch.tensor([index[b] for _, b in pairs])
         diff = z[win] - z[lose]  # [P, D]
         scale = torch.ones(z.shape[1], dtype=torch.float64)
-        if self.selection == "cross-validated" and len(by_round) >= 2 and len(self.group_weights) > 1:
+        if self.selection != "all" and len(by_round) >= 2 and len(self.group_weights) > 1:
             round_of_pair = torch.tensor([r for r, round_pairs in enumerate(by_round.values()) for _ in round_pairs])
-            self.group_weights = self._cross_validated_weights(diff, round_of_pair)
+            candidates = self._held_out_losses(diff, round_of_pair)
+            if self.selection == "averaged":
+                self.weight, self.mean, self.std = self._averaged_weight(diff, candidates), mean, std
+                return self.num_pairs
+            self.group_weights = _lowest_loss(candidates)
             scale = self._column_scale(self.group_weights)
         used = scale > 0
         weight = torch.zeros(z.shape[1], dtype=torch.float64)
@@ -279,14 +286,14 @@ class PreferenceReward:
         opt.step(closure)
         return w.detach()
 
-    def _cross_validated_weights(self, diff: torch.Tensor, round_of_pair: torch.Tensor) -> dict[str, float]:
-        """The group weights (the first group at 1, the others from ``group_weight_choices``) whose head, fitted on the other
-        folds of rounds, has the lowest summed Bradley-Terry loss on each held-out fold; ties go to the earlier
-        candidate (all at 1 is tried first)."""
+    def _held_out_losses(self, diff: torch.Tensor, round_of_pair: torch.Tensor) -> list[tuple[dict[str, float], float]]:
+        """Every candidate group weighting (the first group at 1, the others from ``group_weight_choices``; all at 1
+        first) with the summed Bradley-Terry loss of its heads, each fitted on the other folds of rounds, on the
+        held-out fold."""
         names = GROUPS[self.features_kind]
         fold = round_of_pair % SELECTION_FOLDS
         others = sorted(self.group_weight_choices, key=lambda w: w != 1.0)  # 1.0 first
-        best: tuple[float, dict[str, float]] | None = None
+        candidates = []
         for rest in itertools.product(others, repeat=len(names) - 1):
             weights = dict(zip(names, (1.0, *rest)))
             scale = self._column_scale(weights)
@@ -297,10 +304,26 @@ class PreferenceReward:
                 train = fold != held_out
                 w = self._fit(scaled[train])
                 loss += float(F.softplus(-(scaled[~train] @ w)).sum())
-            if best is None or loss < best[0] - 1e-9:
-                best = (loss, weights)
-        assert best is not None
-        return best[1]
+            candidates.append((weights, loss))
+        return candidates
+
+    def _averaged_weight(self, diff: torch.Tensor, candidates: list[tuple[dict[str, float], float]]) -> torch.Tensor:
+        """The average of every candidate weighting's head fitted on all pairs, as a weight on the standardised
+        features, each weighed by exp(-its held-out loss) (normalised); ``group_weights`` becomes the expected weight
+        of each group."""
+        losses = torch.tensor([loss for _, loss in candidates], dtype=torch.float64)
+        probabilities = torch.softmax(-losses, dim=0)
+        weight = torch.zeros(diff.shape[1], dtype=torch.float64)
+        for (weights, _), probability in zip(candidates, probabilities):
+            scale = self._column_scale(weights)
+            used = scale > 0
+            head = torch.zeros_like(weight)
+            head[used] = self._fit(diff[:, used] * scale[used]) * scale[used]
+            weight += probability * head
+        shares = probabilities.tolist()
+        self.group_weights = {name: round(sum(p * weights[name] for (weights, _), p in zip(candidates, shares)), 9)
+                              for name in candidates[0][0]}
+        return weight
 
     def pair_accuracy(self) -> float:
         """Fraction of logged pairs the current head orders correctly (training accuracy)."""
@@ -320,3 +343,12 @@ class PreferenceReward:
         dev, dt = feats.device, feats.dtype
         z = (feats - self.mean.to(dev, dt)) / self.std.to(dev, dt)
         return (z @ self.weight.to(dev, dt)).float()
+
+
+def _lowest_loss(candidates: list[tuple[dict[str, float], float]]) -> dict[str, float]:
+    """The group weights of the candidate with the lowest held-out loss; near ties (1e-9) go to the earlier one."""
+    best = candidates[0]
+    for candidate in candidates[1:]:
+        if candidate[1] < best[1] - 1e-9:
+            best = candidate
+    return best[0]
