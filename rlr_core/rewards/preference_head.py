@@ -113,7 +113,9 @@ class PreferenceReward:
     embedding explains them. The first group (the embedding) is always kept, at weight 1: another group can
     predict the clicks as well (colour statistics predict "spikier" clicks, stars cover less) while only the
     embedding's gradient moves the model toward the shape. ``group_weight_choices``: the weights the other groups
-    may get. ``selection="auto"``: cross-validated for the kinds in ``CROSS_VALIDATED_FEATURES``, else all alike.
+    may get. ``selection="averaged"``: no weighting is chosen; the head is the average of every weighting's head,
+    each weighed by exp(-its held-out loss), and ``group_weights`` are the expected weights.
+    ``selection="auto"``: cross-validated for the kinds in ``CROSS_VALIDATED_FEATURES``, else all alike.
     """
 
     name = "preference"
