@@ -371,12 +371,13 @@ def counters_text(run: Any) -> str:
 
 
 def group_weights_text(head: Any) -> str:
-    """How a head that weighs its feature groups from the clicks (selection cross-validated) weighs them now:
+    """How a head that weighs its feature groups from the clicks (selection cross-validated, or averaged: the expected
+    weights) weighs them now:
     " (weighed from your clicks: embedding ×1, grid ×0, colour ×10)"; empty for a head that weighs them alike."""
     weights = getattr(head, "group_weights", {})
-    if getattr(head, "selection", "all") != "cross-validated" or len(weights) < 2:
+    if getattr(head, "selection", "all") not in ("cross-validated", "averaged") or len(weights) < 2:
         return ""
-    return f" (weighed from your clicks: {', '.join(f'{name} ×{weight:g}' for name, weight in weights.items())})"
+    return f" (weighed from your clicks: {', '.join(f'{name} ×{weight:.2g}' for name, weight in weights.items())})"
 
 
 def check_text(check_seeds: list[int], undone: int = 0) -> str:

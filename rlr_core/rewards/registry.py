@@ -180,8 +180,9 @@ REGISTRY: dict[str, RewardInfo] = {
                 "scaling": RewardOption("per-feature", str, "feature scaling before the fit", ("per-feature", "global")),
                 "differentiable": RewardOption(True, bool, "false: the head's scores reach the update through likelihood ratios only"),
                 "selection": RewardOption("auto", str, "weights of the feature groups: all alike, or by how they predict "
-                                          "held-out rounds (auto: cross-validated for tiny-clip+grid+colour)",
-                                          ("auto", "all", "cross-validated")),
+                                          "held-out rounds, the best weighting or all blended (auto: cross-validated for "
+                                          "tiny-clip+grid+colour)",
+                                          ("auto", "all", "cross-validated", "averaged")),
             },
         ),
         RewardInfo("saturation", "Colourfulness (Hasler-Suesstrunk); gray = 0. Weight-free.", True, False, _simple("SaturationReward")),
