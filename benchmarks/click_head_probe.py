@@ -80,7 +80,8 @@ def round_indices(layout: str, index: int) -> list[int]:
     return shown[:2] * 2 if layout == "twins" else shown
 
 
-def fit_head(images, prompts, attribute, layout: str, features: str, l2: float, folder: str, selection: str = "auto"):
+def fit_head(images, prompts, attribute, layout: str, features: str, l2: float, folder: str, selection: str = "auto",
+             scaling: str = "per-feature", group_weights: tuple[float, ...] | None = None):
     """The head fitted on ROUNDS rounds of clicks for the attribute's best image."""
     import torch
 
@@ -93,7 +94,8 @@ def fit_head(images, prompts, attribute, layout: str, features: str, l2: float, 
         best = int(torch.argmax(values[shown]))
         log.append_round(f"r{index}", [prompts[i] for i in shown], index, to_uint8(images[shown]),
                          [j == best for j in range(4)], None, "learned")
-    return PreferenceReward(log, features=features, l2=l2, selection=selection)
+    options = {"group_weight_choices": tuple(group_weights)} if group_weights else {}
+    return PreferenceReward(log, features=features, l2=l2, selection=selection, scaling=scaling, **options)
 
 
 def within_prompt_accuracy(head, images, prompts, attribute) -> float:
@@ -133,7 +135,7 @@ class StarScore:
 
 def main(argv: list[str] | None = None) -> None:
     from benchmarks.clicks import ALL_ATTRIBUTES, ATTRIBUTE_PROMPTS, DEFAULT_PROMPT_SET, Attribute, gradient_alignment
-    from rlr_core.rewards.preference_head import SELECTIONS
+    from rlr_core.rewards.preference_head import SCALINGS, SELECTIONS
 
     p = argparse.ArgumentParser(description="Offline probe of the click head (docs/rewards.md, preference).")
     p.add_argument("--cache", type=Path, default=None, help="keep the sampled images here (and reuse them)")
@@ -142,6 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--attributes", nargs="+", default=["red", "left", "spiky"], choices=ALL_ATTRIBUTES)
     p.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
     p.add_argument("--selections", nargs="+", default=["auto"], choices=list(SELECTIONS))
+    p.add_argument("--scalings", nargs="+", default=["per-feature"], choices=list(SCALINGS))
+    p.add_argument("--group-weights", nargs="+", type=float, default=None,
+                   help="the weights a cross-validated head may give its groups besides the first (default: the head's)")
     args = p.parse_args(argv)
     import numpy as np
     import torch
@@ -149,27 +154,27 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "2"))))
     start = time.time()
     print(f"{DRAWS} draws of {TRAIN} + {HELD_OUT} images\n")
-    print("| attribute | features | selection | rounds | within-prompt accuracy (per draw) | alignment |")
-    print("|---|---|---|---|---|---|")
+    print("| attribute | features | selection | scaling | rounds | within-prompt accuracy (per draw) | alignment |")
+    print("|---|---|---|---|---|---|---|")
     for name in args.attributes:
         attribute = Attribute(name)
         reference = StarScore() if name == "spiky" else attribute
         draws = sample_draws(args.cache, ATTRIBUTE_PROMPTS.get(name, DEFAULT_PROMPT_SET))
         for features in args.features:
-            for selection in args.selections:
+            for selection, scaling in [(sel, sc) for sel in args.selections for sc in args.scalings]:
                 for layout in args.layouts:
                     accuracy, alignment = [], []
                     for images, prompts in draws:
                         with tempfile.TemporaryDirectory() as folder:
                             head = fit_head(images[:TRAIN], prompts[:TRAIN], attribute, layout, features, args.l2, folder,
-                                            selection)
+                                            selection, scaling, args.group_weights)
                             test, test_prompts = images[TRAIN:], prompts[TRAIN:]
                             accuracy.append(within_prompt_accuracy(head, test, test_prompts, attribute))
                             cosine = gradient_alignment(head, reference, test[:32], test_prompts[:32])
                             if cosine is not None:
                                 alignment.append(cosine)
                     cosine = f"{np.mean(alignment):+.2f}" if alignment else "-"
-                    print(f"| {name} | {features} | {head.selection} | {layout} | {np.mean(accuracy):.2f} "
+                    print(f"| {name} | {features} | {head.selection} | {scaling} | {layout} | {np.mean(accuracy):.2f} "
                           f"({', '.join(f'{a:.2f}' for a in accuracy)}) | {cosine} |", flush=True)
     print(f"\n{time.time() - start:.0f} s")
 

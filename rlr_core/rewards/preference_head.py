@@ -49,7 +49,7 @@ SELECTION_FOLDS = 5
 WEIGHT_FREE = ("pixels", "layout")
 # How the head scales the features before the fit: every feature to unit variance over the clicked images
 # ("per-feature"), or one scale for all of them ("global")
-SCALINGS = ("per-feature", "global")
+SCALINGS = ("per-feature", "global", "pairs")
 
 
 def pixel_features(images: torch.Tensor, bins: int = 8) -> torch.Tensor:
@@ -241,9 +241,11 @@ class PreferenceReward:
         std = feats.std(dim=0, unbiased=False).clamp_min(1e-3) if len(shas) > 1 else torch.ones_like(mean)
         if self.scaling == "global" and len(shas) > 1:
             std = torch.full_like(mean, float((feats - mean).pow(2).mean().sqrt().clamp_min(1e-3)))
-        z = (feats - mean) / std
         win = torch.tensor([index[a] for a, _ in pairs])
         lose = torch.tensor([index[b] for _, b in pairs])
+        if self.scaling == "pairs":  # by how much a feature differs between the images a user compared
+            std = (feats[win] - feats[lose]).pow(2).mean(dim=0).sqrt().clamp_min(1e-3)
+        z = (feats - mean) / std
         diff = z[win] - z[lose]  # [P, D]
         scale = torch.ones(z.shape[1], dtype=torch.float64)
         if self.selection != "all" and len(by_round) >= 2 and len(self.group_weights) > 1:
