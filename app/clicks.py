@@ -20,7 +20,7 @@ from rlr_core.rewards.preference import (CHECK_SEEDS, DEFAULT_CHECK_SEEDS, DEFAU
                                          ClickLog, ClickReward, PreferenceReward, check_round_images, features_for,
                                          learning_rate_for)
 from rlr_core.training import TrainingStepError
-from rlr_core.training.clicks import PreferenceSession, round_prompt
+from rlr_core.training.clicks import SETTINGS, PreferenceSession, round_prompt
 
 from . import runs
 from .errors import FieldError
@@ -41,6 +41,8 @@ FEATURE_CHOICES = ("auto", "tiny-clip+grid+colour", "tiny-clip+grid", "tiny-clip
 MAX_HEAD_UPDATES = 3  # the form's "Updates per round from the head" slider
 MAX_LEARNING_RATE = 1.0  # the Preference tab's learning rate (0 = auto), as the Train form's
 MAX_CHECK_SEEDS = 16  # the most check seeds a loaded click log may name (each is an image sampled per update)
+MAX_GROUP_WEIGHTS = 8  # the most head group weights a loaded click log may name (the head fits their square per fold)
+MAX_HEAD_FIT_NUMBER = 1e6  # the largest head_l2 or group weight a loaded click log may name
 DEFAULT_CHECK_UPDATES = bool(DEFAULT_CHECK_SEEDS)  # the tab's "Check each update" box
 STRIP_IMAGES = 4  # images of one strip (the same seeds after every update)
 STRIPS_KEPT = 8  # strips kept after the first ("before") one
@@ -125,23 +127,26 @@ def preference_run(session: str, form: dict[str, Any], hosted: bool, mode: str, 
 
 def _new_click_run(session: str, base: Any, hosted: bool, mode: str, features: str, head_updates: int,
                    learning_rate: float, check_seeds: list[int], kind: str, continue_lora: bool, train_lr: float,
-                   round_images: str = DEFAULT_ROUND_IMAGES, estimator: str | None = None) -> Run:
+                   round_images: str = DEFAULT_ROUND_IMAGES, estimator: str | None = None,
+                   head_fit: dict[str, Any] | None = None) -> Run:
     """A new click run from config ``base`` (its "before" strip sampled); FieldError for unusable features.
     ``round_images``: what its rounds show (PreferenceSession's; a loaded log's own). ``estimator``: a loaded log's
-    (None: ``base``'s, the Train settings'); ``base``'s estimator options go with ``base``'s estimator only."""
+    (None: ``base``'s, the Train settings'); ``base``'s estimator options go with ``base``'s estimator only.
+    ``head_fit``: a loaded log's head ``l2`` and ``group_weight_choices`` (None: the head's defaults)."""
     features = features_for(features, base.model)
     estimator = estimator or base.estimator
     options = dict(base.estimator_options) if estimator == base.estimator else {}
     run_id = runs.new_run_id()
     log = ClickLog(runs.run_dir(run_id) / "clicks.jsonl")
-    try:  # the head is built once: in learned mode it is the run's reward, in direct mode the session builds it
-        head = PreferenceReward(log, features=features) if mode == "learned" else None
+    try:  # the head is built once: in learned mode it is the run's reward, in direct mode it predicts the clicks
+        head = PreferenceReward(log, features=features, **(head_fit or {}))
         # keep_best off: a click update exports its LoRA at once (the guard's figures are still computed)
         config = base.replace(reward="preference", reward_options={"mode": mode, "features": features,
                                                                    "log_path": str(log.path)},
                               eval_every=max(base.eval_every, 1), keep_best=False, lr=learning_rate,
                               estimator=estimator, estimator_options=options)
-        new = create_run(session, config, hosted, continue_lora, reward=head or ClickReward(), kind=kind, run_id=run_id)
+        new = create_run(session, config, hosted, continue_lora, reward=head if mode == "learned" else ClickReward(),
+                         kind=kind, run_id=run_id)
         new.preference = PreferenceSession(new.trainer, log, mode=mode, k=None, reward=head, features=features,
                                            head_updates=head_updates, check_seeds=check_seeds,
                                            round_images=round_images)
@@ -246,9 +251,9 @@ def _count_update(run: Run, update: Any, clicks: int) -> None:
 
 
 def log_settings(log: ClickLog) -> dict[str, Any]:
-    """The mode / features / head_updates / lr / check_seeds / round_images / estimator the log's updates were made with
-    (its last update's; lr and estimator None in logs older than the setting: they were made with the Train settings';
-    check_seeds [] in logs older than the check; round_images "batch" in logs older than the setting);
+    """The mode / features / head_updates / lr / check_seeds / round_images / estimator / head_l2 / head_group_weights the
+    log's updates were made with (its last update's; lr and estimator None in logs older than the setting: they were made
+    with the Train settings'; the others as PreferenceSession's SETTINGS says for logs older than the setting);
     FieldError naming the click log when it has no updated round or names an unknown setting."""
     updates = [e for e in log.events if e.get("type") == "update"]
     if not _updated_rounds(log):
@@ -258,7 +263,8 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
     settings = {"mode": last.get("mode", log.records[-1].mode), "features": last.get("features", DEFAULT_FEATURES),
                 "head_updates": last.get("head_updates", 0), "lr": last.get("lr"),
                 "check_seeds": last.get("check_seeds", []), "round_images": last.get("round_images", "batch"),
-                "estimator": last.get("estimator")}
+                "estimator": last.get("estimator"), "head_l2": last.get("head_l2", SETTINGS["head_l2"]),
+                "head_group_weights": last.get("head_group_weights", SETTINGS["head_group_weights"])}
     if settings["mode"] not in MODES or settings["features"] not in FEATURES:
         raise FieldError(LOG_FIELD, f"names mode {settings['mode']!r} / features {settings['features']!r}; allowed: "
                                     f"mode {', '.join(MODES)}, features {', '.join(FEATURES)}")
@@ -280,10 +286,21 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
                                     f"allowed: {', '.join(ROUND_IMAGES)} in learned mode, batch in direct mode") from None
     if settings["estimator"] is not None and settings["estimator"] not in list_estimators():
         raise FieldError(LOG_FIELD, f"names estimator {settings['estimator']!r}; allowed: {', '.join(list_estimators())}")
+    weights = settings["head_group_weights"]
+    if not _head_fit_number(settings["head_l2"]):
+        raise FieldError(LOG_FIELD, f"names head_l2 {settings['head_l2']!r}; allowed: a number >= 0 and at most "
+                                    f"{MAX_HEAD_FIT_NUMBER:g}")
+    if not isinstance(weights, list) or not 0 < len(weights) <= MAX_GROUP_WEIGHTS or not all(map(_head_fit_number, weights)):
+        raise FieldError(LOG_FIELD, f"names head_group_weights {weights!r}; allowed: a list of 1 to {MAX_GROUP_WEIGHTS} "
+                                    f"numbers >= 0 and at most {MAX_HEAD_FIT_NUMBER:g}")
     if last.get("head_gradient", True) is not True:
         raise FieldError(LOG_FIELD, "was made with a scores-only head (head_gradient false, from the Python API); the app "
                                     "replays logs of its own differentiable head: replay it with PreferenceSession.replay")
     return settings
+
+
+def _head_fit_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_HEAD_FIT_NUMBER
 
 
 def _updated_rounds(log: ClickLog) -> list[list[Any]]:
@@ -338,7 +355,8 @@ def _replay_upload(session: str, path: Path, form: dict[str, Any], hosted: bool,
     check_seeds = settings["check_seeds"]
     run = _new_click_run(session, config, hosted, mode, features, head_updates, learning_rate, check_seeds,
                          _kind(mode, form_features(features), head_updates, config.model, learning_rate, bool(check_seeds)),
-                         continue_lora, config.lr, settings["round_images"], settings["estimator"])
+                         continue_lora, config.lr, settings["round_images"], settings["estimator"],
+                         {"l2": settings["head_l2"], "group_weight_choices": tuple(settings["head_group_weights"])})
     rounds = len(_updated_rounds(log))
 
     def on_round(number: int, update: Any) -> None:

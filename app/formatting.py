@@ -377,7 +377,8 @@ def group_weights_text(head: Any) -> str:
     weights = getattr(head, "group_weights", {})
     if getattr(head, "selection", "all") not in ("cross-validated", "averaged") or len(weights) < 2:
         return ""
-    return f" (weighed from your clicks: {', '.join(f'{name} ×{weight:.2g}' for name, weight in weights.items())})"
+    shown = {name: f"{round(weight)}" if weight >= 10 else f"{weight:.2g}" for name, weight in weights.items()}
+    return f" (weighed from your clicks: {', '.join(f'{name} ×{text}' for name, text in shown.items())})"
 
 
 def check_text(check_seeds: list[int], undone: int = 0) -> str:

@@ -20,6 +20,7 @@ from rlr_core.rewards.preference import (
     to_uint8,
 )
 from rlr_core.rewards import get_reward
+from rlr_core.rewards.preference_head import DEFAULT_L2, GROUP_WEIGHTS, WEIGHED_GROUPS_L2
 from rlr_core.training.clicks import PreferenceSession
 
 
@@ -330,6 +331,51 @@ def test_replay_refuses_a_log_made_with_the_other_kind_of_head(tmp_path):
         fresh.replay(log)
 
 
+def test_the_heads_ridge_follows_how_it_weighs_its_groups(tmp_path):
+    """l2=None: 0.3 on the first group of a head that weighs its groups by held-out clicks (the others' ridge divided by
+    their weight squared, weights up to 100), 0.01 for a head that weighs every feature alike; a given l2 is kept."""
+    assert GROUP_WEIGHTS == (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
+    weighed = PreferenceReward(None, features="tiny-clip+grid+colour")
+    assert weighed.selection == "cross-validated" and weighed.l2 == WEIGHED_GROUPS_L2 == 0.3
+    assert PreferenceReward(None, features="tiny-clip+grid+colour", selection="averaged").l2 == 0.3
+    assert PreferenceReward(None, features="tiny-clip+grid+colour", selection="all").l2 == DEFAULT_L2 == 0.01
+    assert PreferenceReward(None, features="pixels").l2 == 0.01  # one group: nothing to weigh
+    assert PreferenceReward(None, features="tiny-clip+grid+colour", l2=0.05).l2 == 0.05
+    with pytest.raises(ValueError, match=r"l2=-1 is not allowed; allowed values: a number >= 0 or None"):
+        PreferenceReward(None, features="pixels", l2=-1)
+    assert get_reward("preference", log_path=str(tmp_path / "c.jsonl"), features="layout").l2 == 0.01
+
+
+def test_replay_needs_the_heads_fit_of_the_log(tmp_path):
+    """The head's l2 and group weights are in every update; a log older than them was made with l2 0.01 and group
+    weights 0, 1, 3, 10: a session whose head fits otherwise refuses to replay it, one whose head fits so replays it."""
+    log = ClickLog(tmp_path / "a" / "clicks.jsonl")
+    session = PreferenceSession(TinyTrainer(FakeChain(), FakeEstimator()), log, mode="learned", features="pixels")
+    for i in range(2):
+        rnd = session.new_round(PROMPTS, seed=i)
+        session.click(rnd, chosen=[0])
+        session.update(rnd)
+    updates = [e for e in log.events if e["type"] == "update"]
+    assert [(e["head_l2"], e["head_group_weights"]) for e in updates] == [(0.01, [0.0, 1.0, 3.0, 10.0, 30.0, 100.0])] * 2
+    older = tmp_path / "older.jsonl"
+    lines = [json.loads(line) for line in (tmp_path / "a" / "clicks.jsonl").read_text().splitlines() if line.strip()]
+    older.write_text("".join(json.dumps({k: v for k, v in e.items() if not k.startswith("head_l2")
+                                         and k != "head_group_weights"}) + "\n" for e in lines))
+
+    def fresh(name: str, **head_options) -> PreferenceSession:
+        folder_log = ClickLog(tmp_path / name / "clicks.jsonl")
+        head = PreferenceReward(folder_log, features="pixels", **head_options)
+        return PreferenceSession(TinyTrainer(FakeChain(), FakeEstimator()), folder_log, mode="learned", reward=head)
+
+    with pytest.raises(ValueError, match=r"^head_group_weights=\[0.0, 1.0, 3.0, 10.0, 30.0, 100.0\] differs from the click log's "
+                                         r"head_group_weights=\[0.0, 1.0, 3.0, 10.0\]"):
+        fresh("b").replay(older)
+    with pytest.raises(ValueError, match=r"^head_l2=0.3 differs from the click log's head_l2=0.01"):
+        fresh("c", l2=0.3, group_weight_choices=(0, 1, 3, 10)).replay(older)
+    assert fresh("d", group_weight_choices=(0, 1, 3, 10)).replay(older).rounds == 2
+    assert fresh("e").replay(log).rounds == 2
+
+
 def test_pixel_features_are_differentiable_and_finite():
     x = torch.rand(2, 3, 16, 12).requires_grad_(True)
     f = pixel_features(x)
@@ -431,7 +477,7 @@ def test_cross_validated_head_weighs_the_feature_groups_that_predict_the_clicks(
     assert every.group_weights == {"embedding": 1.0, "grid": 1.0, "colour": 1.0}
     # 20 rounds cannot weigh 89 features alike: with all at one weight the head orders 0.81 (red) / 0.85 (left) of
     # the held-out pairs; weighing the groups by how they predict held-out rounds keeps the embedding, leans on the
-    # colour statistics for redness (0.96; the grid dropped) and keeps the grid for the leftmost square (0.97)
+    # colour statistics for redness (0.97; the grid dropped) and keeps the grid for the leftmost square (0.95)
     assert weighed.group_weights["embedding"] == 1.0
     if attribute == "red":
         assert weighed.group_weights["colour"] > 1 and weighed.selected_groups == ("embedding", "colour")
@@ -444,8 +490,9 @@ def test_cross_validated_head_weighs_the_feature_groups_that_predict_the_clicks(
     # the average of every weighting's head, each by how well it predicts held-out rounds, orders them as well
     assert ordered["averaged"] > 0.9 and averaged.group_weights["embedding"] == 1.0
     leaned_on, other = ("colour", "grid") if attribute == "red" else ("grid", "colour")
-    # the expected weights: near 10 for the group the clicks follow (red 9.9, left 9.3), low for the other (0.4, 1.6)
-    assert averaged.group_weights[leaned_on] < 10 and averaged.group_weights[leaned_on] > averaged.group_weights[other] + 5
+    # the expected weights: high for the group the clicks follow (red: colour 50, left: grid 75), low for the other
+    # (1.6, 9.6)
+    assert averaged.group_weights[leaned_on] < 100 and averaged.group_weights[leaned_on] > averaged.group_weights[other] + 30
     if attribute == "red":
         assert weighed.weight[64:82].abs().max() == 0  # the dropped grid (embedding 64, grid 18, colour 7) weighs nothing
     one_group = PreferenceReward(log, features="tiny-clip", selection="cross-validated")

@@ -44,12 +44,18 @@ GROUPS = {"clip": ("embedding",), "pixels": ("pixels",), "layout": ("pixels", "g
 # (whose logs from before the selection existed then replay as they were made).
 SELECTIONS = ("auto", "all", "cross-validated", "averaged")
 CROSS_VALIDATED_FEATURES = ("tiny-clip+grid+colour",)
-GROUP_WEIGHTS = (0.0, 1.0, 3.0, 10.0)
+GROUP_WEIGHTS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
 SELECTION_FOLDS = 5
+# The ridge of the Bradley-Terry fit (l2=None): DEFAULT_L2 for a head that weighs all its features alike; for one that
+# weighs its groups by held-out clicks WEIGHED_GROUPS_L2, which is the first group's (the embedding's): another group at
+# weight g has WEIGHED_GROUPS_L2 / g^2, so with GROUP_WEIGHTS up to 100 the many embedding features stay shrunk while
+# the few that explain the clicks (colour statistics for "redder") are nearly free.
+DEFAULT_L2 = 1e-2
+WEIGHED_GROUPS_L2 = 0.3
 WEIGHT_FREE = ("pixels", "layout")
 # How the head scales the features before the fit: every feature to unit variance over the clicked images
 # ("per-feature"), or one scale for all of them ("global")
-SCALINGS = ("per-feature", "global", "pairs")
+SCALINGS = ("per-feature", "global")
 
 
 def pixel_features(images: torch.Tensor, bins: int = 8) -> torch.Tensor:
@@ -116,6 +122,7 @@ class PreferenceReward:
     may get. ``selection="averaged"``: no weighting is chosen; the head is the average of every weighting's head,
     each weighed by exp(-its held-out loss), and ``group_weights`` are the expected weights.
     ``selection="auto"``: cross-validated for the kinds in ``CROSS_VALIDATED_FEATURES``, else all alike.
+    ``l2``: the ridge; None: ``WEIGHED_GROUPS_L2`` for a head that weighs its groups, else ``DEFAULT_L2``.
     """
 
     name = "preference"
@@ -127,7 +134,7 @@ class PreferenceReward:
         features: str = "auto",
         clip_model: str = "ViT-L-14-quickgelu",
         pretrained: str = "openai",
-        l2: float = 1e-2,
+        l2: float | None = None,
         device: str | torch.device = "cpu",
         scaling: str = "per-feature",
         differentiable: bool = True,
@@ -143,10 +150,10 @@ class PreferenceReward:
         if not group_weight_choices or not all(float(w) >= 0 for w in group_weight_choices):
             raise ValueError(f"group_weight_choices={group_weight_choices!r} is not allowed; allowed values: numbers >= 0 "
                              f"(at least one), e.g. {GROUP_WEIGHTS}")
-        if not float(l2) >= 0:
-            raise ValueError(f"l2={l2!r} is not allowed; allowed values: a number >= 0")
+        if l2 is not None and not float(l2) >= 0:
+            raise ValueError(f"l2={l2!r} is not allowed; allowed values: a number >= 0 or None (DEFAULT_L2 or "
+                             f"WEIGHED_GROUPS_L2)")
         self.log = log if isinstance(log, ClickLog) or log is None else ClickLog(log)
-        self.l2 = float(l2)
         self.scaling = scaling
         self.differentiable = bool(differentiable)
         self.group_weight_choices = tuple(float(w) for w in group_weight_choices)
@@ -158,6 +165,8 @@ class PreferenceReward:
         if selection == "auto":
             selection = "cross-validated" if self.features_kind in CROSS_VALIDATED_FEATURES else "all"
         self.selection = selection  # "all", "cross-validated" or "averaged"
+        weighs_groups = selection != "all" and len(GROUPS[self.features_kind]) > 1
+        self.l2 = float(l2) if l2 is not None else WEIGHED_GROUPS_L2 if weighs_groups else DEFAULT_L2
         self.weight: torch.Tensor | None = None  # [D] float64 on cpu
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
@@ -243,8 +252,6 @@ class PreferenceReward:
             std = torch.full_like(mean, float((feats - mean).pow(2).mean().sqrt().clamp_min(1e-3)))
         win = torch.tensor([index[a] for a, _ in pairs])
         lose = torch.tensor([index[b] for _, b in pairs])
-        if self.scaling == "pairs":  # by how much a feature differs between the images a user compared
-            std = (feats[win] - feats[lose]).pow(2).mean(dim=0).sqrt().clamp_min(1e-3)
         z = (feats - mean) / std
         diff = z[win] - z[lose]  # [P, D]
         scale = torch.ones(z.shape[1], dtype=torch.float64)

@@ -176,7 +176,8 @@ REGISTRY: dict[str, RewardInfo] = {
                 "features": RewardOption("auto", str, "image features of the head", ("auto", "clip", "tiny-clip", "pixels", "layout", "tiny-clip+grid", "tiny-clip+grid+colour")),
                 "clip_model": RewardOption("ViT-L-14-quickgelu", str, "open_clip architecture for features=clip/auto"),
                 "pretrained": RewardOption("openai", str, "open_clip pretrained tag for features=clip/auto"),
-                "l2": RewardOption(1e-2, float, "L2 penalty of the Bradley-Terry fit"),
+                "l2": RewardOption(None, float, "L2 penalty of the Bradley-Terry fit (none: 0.3 for a head that weighs its "
+                                                  "feature groups, else 0.01)"),
                 "scaling": RewardOption("per-feature", str, "feature scaling before the fit", ("per-feature", "global")),
                 "differentiable": RewardOption(True, bool, "false: the head's scores reach the update through likelihood ratios only"),
                 "selection": RewardOption("auto", str, "weights of the feature groups: all alike, or by how they predict "
