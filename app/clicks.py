@@ -13,19 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlr_core.estimators import list_estimators
 from rlr_core.hub import WeightsUnavailableError
 from rlr_core.rewards.preference import (CHECK_SEEDS, DEFAULT_CHECK_SEEDS, DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES,
-                                         DEFAULT_LEARNING_RATE, DEFAULT_ROUND_IMAGES, FEATURES, MODES, ROUND_IMAGES,
-                                         ClickLog, ClickReward, PreferenceReward, check_round_images, features_for,
+                                         DEFAULT_LEARNING_RATE, DEFAULT_ROUND_IMAGES, MODES,
+                                         ClickLog, ClickReward, PreferenceReward, features_for,
                                          learning_rate_for)
 from rlr_core.training import TrainingStepError
-from rlr_core.training.clicks import SETTINGS, PreferenceSession, round_prompt
+from rlr_core.training.clicks import PreferenceSession, round_prompt
 
 from . import runs
 from .errors import FieldError
 from .form import config_from_form, parse_float, parse_int
 from .model_cache import same_lora_layout
+from .click_log_settings import LOG_FIELD, MAX_HEAD_UPDATES, MAX_LEARNING_RATE, log_settings, updated_rounds
 from .formatting import check_text
 from .runs import Run
 from .settings import caps
@@ -38,15 +38,9 @@ __all__ = ["PREFERENCE_MODES", "FEATURE_CHOICES", "MAX_HEAD_UPDATES", "STRIP_IMA
 
 PREFERENCE_MODES = MODES
 FEATURE_CHOICES = ("auto", "tiny-clip+grid+colour", "tiny-clip+grid", "tiny-clip", "layout", "pixels")  # what the form offers; a loaded log may also name clip
-MAX_HEAD_UPDATES = 3  # the form's "Updates per round from the head" slider
-MAX_LEARNING_RATE = 1.0  # the Preference tab's learning rate (0 = auto), as the Train form's
-MAX_CHECK_SEEDS = 16  # the most check seeds a loaded click log may name (each is an image sampled per update)
-MAX_GROUP_WEIGHTS = 8  # the most head group weights a loaded click log may name (the head fits their square per fold)
-MAX_HEAD_FIT_NUMBER = 1e6  # the largest head_l2 or group weight a loaded click log may name
 DEFAULT_CHECK_UPDATES = bool(DEFAULT_CHECK_SEEDS)  # the tab's "Check each update" box
 STRIP_IMAGES = 4  # images of one strip (the same seeds after every update)
 STRIPS_KEPT = 8  # strips kept after the first ("before") one
-LOG_FIELD = "Click log"
 LEARNING_RATE_FIELD = "Learning rate (0 = auto)"
 CHECK_FIELD = "Check each update"
 
@@ -250,65 +244,6 @@ def _count_update(run: Run, update: Any, clicks: int) -> None:
 # ------------------------------------------------------------------------------------ loading a click log
 
 
-def log_settings(log: ClickLog) -> dict[str, Any]:
-    """The mode / features / head_updates / lr / check_seeds / round_images / estimator / head_l2 / head_group_weights the
-    log's updates were made with (its last update's; lr and estimator None in logs older than the setting: they were made
-    with the Train settings'; the others as PreferenceSession's SETTINGS says for logs older than the setting);
-    FieldError naming the click log when it has no updated round or names an unknown setting."""
-    updates = [e for e in log.events if e.get("type") == "update"]
-    if not _updated_rounds(log):
-        raise FieldError(LOG_FIELD, "holds no updated round: nothing to replay (click a few rounds, then "
-                                    "download the click log)")
-    last = updates[-1]
-    settings = {"mode": last.get("mode", log.records[-1].mode), "features": last.get("features", DEFAULT_FEATURES),
-                "head_updates": last.get("head_updates", 0), "lr": last.get("lr"),
-                "check_seeds": last.get("check_seeds", []), "round_images": last.get("round_images", "batch"),
-                "estimator": last.get("estimator"), "head_l2": last.get("head_l2", SETTINGS["head_l2"]),
-                "head_group_weights": last.get("head_group_weights", SETTINGS["head_group_weights"])}
-    if settings["mode"] not in MODES or settings["features"] not in FEATURES:
-        raise FieldError(LOG_FIELD, f"names mode {settings['mode']!r} / features {settings['features']!r}; allowed: "
-                                    f"mode {', '.join(MODES)}, features {', '.join(FEATURES)}")
-    if not isinstance(settings["head_updates"], int) or not 0 <= settings["head_updates"] <= MAX_HEAD_UPDATES:
-        raise FieldError(LOG_FIELD, f"names head_updates {settings['head_updates']!r}; allowed: 0 to {MAX_HEAD_UPDATES}")
-    learning_rate = settings["lr"]
-    if learning_rate is not None and (isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float))
-                                      or not 0 < learning_rate <= MAX_LEARNING_RATE):
-        raise FieldError(LOG_FIELD, f"names lr {learning_rate!r}; allowed: a number > 0 and at most {MAX_LEARNING_RATE:g}")
-    seeds = settings["check_seeds"]
-    if (not isinstance(seeds, list) or len(seeds) > MAX_CHECK_SEEDS
-            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in seeds)):
-        raise FieldError(LOG_FIELD, f"names check_seeds {seeds!r}; allowed: a list of at most {MAX_CHECK_SEEDS} "
-                                    "seeds (integers >= 0)")
-    try:
-        check_round_images(settings["round_images"], settings["mode"])
-    except ValueError:
-        raise FieldError(LOG_FIELD, f"names round_images {settings['round_images']!r} in mode {settings['mode']!r}; "
-                                    f"allowed: {', '.join(ROUND_IMAGES)} in learned mode, batch in direct mode") from None
-    if settings["estimator"] is not None and settings["estimator"] not in list_estimators():
-        raise FieldError(LOG_FIELD, f"names estimator {settings['estimator']!r}; allowed: {', '.join(list_estimators())}")
-    weights = settings["head_group_weights"]
-    if not _head_fit_number(settings["head_l2"]):
-        raise FieldError(LOG_FIELD, f"names head_l2 {settings['head_l2']!r}; allowed: a number >= 0 and at most "
-                                    f"{MAX_HEAD_FIT_NUMBER:g}")
-    if not isinstance(weights, list) or not 0 < len(weights) <= MAX_GROUP_WEIGHTS or not all(map(_head_fit_number, weights)):
-        raise FieldError(LOG_FIELD, f"names head_group_weights {weights!r}; allowed: a list of 1 to {MAX_GROUP_WEIGHTS} "
-                                    f"numbers >= 0 and at most {MAX_HEAD_FIT_NUMBER:g}")
-    if last.get("head_gradient", True) is not True:
-        raise FieldError(LOG_FIELD, "was made with a scores-only head (head_gradient false, from the Python API); the app "
-                                    "replays logs of its own differentiable head: replay it with PreferenceSession.replay")
-    return settings
-
-
-def _head_fit_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_HEAD_FIT_NUMBER
-
-
-def _updated_rounds(log: ClickLog) -> list[list[Any]]:
-    """The click records of each round of the log that was used for an update (what a replay replays)."""
-    updated = {e.get("round_id") for e in log.events if e.get("type") == "update" and isinstance(e.get("round_id"), str)}
-    return [records for rid, records in log.rounds().items() if rid in updated]
-
-
 def _read_log(path: Path) -> ClickLog:
     """The uploaded click log, read; FieldError when it is empty or holds no readable click record."""
     if not any(line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()):
@@ -357,7 +292,7 @@ def _replay_upload(session: str, path: Path, form: dict[str, Any], hosted: bool,
                          _kind(mode, form_features(features), head_updates, config.model, learning_rate, bool(check_seeds)),
                          continue_lora, config.lr, settings["round_images"], settings["estimator"],
                          {"l2": settings["head_l2"], "group_weight_choices": tuple(settings["head_group_weights"])})
-    rounds = len(_updated_rounds(log))
+    rounds = len(updated_rounds(log))
 
     def on_round(number: int, update: Any) -> None:
         last = run.preference.log.records[-caps(hosted)["pref_k"]:]  # the round just replayed is at the end (_check_size)
@@ -388,7 +323,7 @@ def _check_size(log: ClickLog, settings: dict[str, Any], hosted: bool) -> None:
     """FieldError naming the click log when replaying it with its ``settings`` exceeds this server's limits
     (iterations, images per round, prompt length)."""
     limits = caps(hosted)
-    rounds = _updated_rounds(log)
+    rounds = updated_rounds(log)
     iterations = len(rounds) * (1 + settings["head_updates"])
     if iterations > limits["steps"]:
         raise FieldError(LOG_FIELD, f"replaying it takes {iterations} training iterations; at most {limits['steps']} here")

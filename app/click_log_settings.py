@@ -1,0 +1,81 @@
+"""What a loaded click log's updates were made with (its settings, checked before a replay) and which of its rounds
+were used for an update. Split from app/clicks.py, which replays the log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rlr_core.estimators import list_estimators
+from rlr_core.rewards.preference import DEFAULT_FEATURES, FEATURES, MODES, ROUND_IMAGES, ClickLog, check_round_images
+from rlr_core.training.clicks import SETTINGS
+
+from .errors import FieldError
+
+__all__ = ["LOG_FIELD", "MAX_HEAD_UPDATES", "MAX_LEARNING_RATE", "MAX_CHECK_SEEDS", "MAX_GROUP_WEIGHTS", "log_settings",
+           "updated_rounds"]
+
+LOG_FIELD = "Click log"
+MAX_HEAD_UPDATES = 3  # the form's "Updates per round from the head" slider
+MAX_LEARNING_RATE = 1.0  # the Preference tab's learning rate (0 = auto), as the Train form's
+MAX_CHECK_SEEDS = 16  # the most check seeds a loaded click log may name (each is an image sampled per update)
+MAX_GROUP_WEIGHTS = 8  # the most head group weights a loaded click log may name (the head fits their square per fold)
+MAX_HEAD_FIT_NUMBER = 1e6  # the largest head_l2 or group weight a loaded click log may name
+
+
+def log_settings(log: ClickLog) -> dict[str, Any]:
+    """The mode / features / head_updates / lr / check_seeds / round_images / estimator / head_l2 / head_group_weights the
+    log's updates were made with (its last update's; lr and estimator None in logs older than the setting: they were made
+    with the Train settings'; the others as PreferenceSession's SETTINGS says for logs older than the setting);
+    FieldError naming the click log when it has no updated round or names an unknown setting."""
+    updates = [e for e in log.events if e.get("type") == "update"]
+    if not updated_rounds(log):
+        raise FieldError(LOG_FIELD, "holds no updated round: nothing to replay (click a few rounds, then "
+                                    "download the click log)")
+    last = updates[-1]
+    settings = {"mode": last.get("mode", log.records[-1].mode), "features": last.get("features", DEFAULT_FEATURES),
+                "head_updates": last.get("head_updates", 0), "lr": last.get("lr"),
+                "check_seeds": last.get("check_seeds", []), "round_images": last.get("round_images", "batch"),
+                "estimator": last.get("estimator"), "head_l2": last.get("head_l2", SETTINGS["head_l2"]),
+                "head_group_weights": last.get("head_group_weights", SETTINGS["head_group_weights"])}
+    if settings["mode"] not in MODES or settings["features"] not in FEATURES:
+        raise FieldError(LOG_FIELD, f"names mode {settings['mode']!r} / features {settings['features']!r}; allowed: "
+                                    f"mode {', '.join(MODES)}, features {', '.join(FEATURES)}")
+    if not isinstance(settings["head_updates"], int) or not 0 <= settings["head_updates"] <= MAX_HEAD_UPDATES:
+        raise FieldError(LOG_FIELD, f"names head_updates {settings['head_updates']!r}; allowed: 0 to {MAX_HEAD_UPDATES}")
+    learning_rate = settings["lr"]
+    if learning_rate is not None and (isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float))
+                                      or not 0 < learning_rate <= MAX_LEARNING_RATE):
+        raise FieldError(LOG_FIELD, f"names lr {learning_rate!r}; allowed: a number > 0 and at most {MAX_LEARNING_RATE:g}")
+    seeds = settings["check_seeds"]
+    if (not isinstance(seeds, list) or len(seeds) > MAX_CHECK_SEEDS
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in seeds)):
+        raise FieldError(LOG_FIELD, f"names check_seeds {seeds!r}; allowed: a list of at most {MAX_CHECK_SEEDS} "
+                                    "seeds (integers >= 0)")
+    try:
+        check_round_images(settings["round_images"], settings["mode"])
+    except ValueError:
+        raise FieldError(LOG_FIELD, f"names round_images {settings['round_images']!r} in mode {settings['mode']!r}; "
+                                    f"allowed: {', '.join(ROUND_IMAGES)} in learned mode, batch in direct mode") from None
+    if settings["estimator"] is not None and settings["estimator"] not in list_estimators():
+        raise FieldError(LOG_FIELD, f"names estimator {settings['estimator']!r}; allowed: {', '.join(list_estimators())}")
+    weights = settings["head_group_weights"]
+    if not _head_fit_number(settings["head_l2"]):
+        raise FieldError(LOG_FIELD, f"names head_l2 {settings['head_l2']!r}; allowed: a number >= 0 and at most "
+                                    f"{MAX_HEAD_FIT_NUMBER:g}")
+    if not isinstance(weights, list) or not 0 < len(weights) <= MAX_GROUP_WEIGHTS or not all(map(_head_fit_number, weights)):
+        raise FieldError(LOG_FIELD, f"names head_group_weights {weights!r}; allowed: a list of 1 to {MAX_GROUP_WEIGHTS} "
+                                    f"numbers >= 0 and at most {MAX_HEAD_FIT_NUMBER:g}")
+    if last.get("head_gradient", True) is not True:
+        raise FieldError(LOG_FIELD, "was made with a scores-only head (head_gradient false, from the Python API); the app "
+                                    "replays logs of its own differentiable head: replay it with PreferenceSession.replay")
+    return settings
+
+
+def _head_fit_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_HEAD_FIT_NUMBER
+
+
+def updated_rounds(log: ClickLog) -> list[list[Any]]:
+    """The click records of each round of the log that was used for an update (what a replay replays)."""
+    updated = {e.get("round_id") for e in log.events if e.get("type") == "update" and isinstance(e.get("round_id"), str)}
+    return [records for rid, records in log.rounds().items() if rid in updated]
