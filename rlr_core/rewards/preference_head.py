@@ -250,9 +250,9 @@ class PreferenceReward:
         std = feats.std(dim=0, unbiased=False).clamp_min(1e-3) if len(shas) > 1 else torch.ones_like(mean)
         if self.scaling == "global" and len(shas) > 1:
             std = torch.full_like(mean, float((feats - mean).pow(2).mean().sqrt().clamp_min(1e-3)))
+        z = (feats - mean) / std
         win = torch.tensor([index[a] for a, _ in pairs])
         lose = torch.tensor([index[b] for _, b in pairs])
-        z = (feats - mean) / std
         diff = z[win] - z[lose]  # [P, D]
         scale = torch.ones(z.shape[1], dtype=torch.float64)
         if self.selection != "all" and len(by_round) >= 2 and len(self.group_weights) > 1:
