@@ -7,6 +7,7 @@ from typing import Any
 
 from rlr_core.estimators import list_estimators
 from rlr_core.rewards.preference import DEFAULT_FEATURES, FEATURES, MODES, ROUND_IMAGES, ClickLog, check_round_images
+from rlr_core.rewards.preference_head import SOLVERS
 from rlr_core.training.clicks import SETTINGS
 
 from .errors import FieldError
@@ -23,9 +24,10 @@ MAX_HEAD_FIT_NUMBER = 1e6  # the largest head_l2 or group weight a loaded click 
 
 
 def log_settings(log: ClickLog) -> dict[str, Any]:
-    """The mode / features / head_updates / lr / check_seeds / round_images / estimator / head_l2 / head_group_weights the
-    log's updates were made with (its last update's; lr and estimator None in logs older than the setting: they were made
-    with the Train settings'; the others as PreferenceSession's SETTINGS says for logs older than the setting);
+    """The mode / features / head_updates / lr / check_seeds / round_images / estimator / head_l2 / head_group_weights /
+    head_solver the log's updates were made with (its last update's; lr and estimator None in logs older than the
+    setting: they were made with the Train settings'; the others as PreferenceSession's SETTINGS says for logs older
+    than the setting);
     FieldError naming the click log when it has no updated round or names an unknown setting."""
     updates = [e for e in log.events if e.get("type") == "update"]
     if not updated_rounds(log):
@@ -36,7 +38,8 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
                 "head_updates": last.get("head_updates", 0), "lr": last.get("lr"),
                 "check_seeds": last.get("check_seeds", []), "round_images": last.get("round_images", "batch"),
                 "estimator": last.get("estimator"), "head_l2": last.get("head_l2", SETTINGS["head_l2"]),
-                "head_group_weights": last.get("head_group_weights", SETTINGS["head_group_weights"])}
+                "head_group_weights": last.get("head_group_weights", SETTINGS["head_group_weights"]),
+                "head_solver": last.get("head_solver", SETTINGS["head_solver"])}
     if settings["mode"] not in MODES or settings["features"] not in FEATURES:
         raise FieldError(LOG_FIELD, f"names mode {settings['mode']!r} / features {settings['features']!r}; allowed: "
                                     f"mode {', '.join(MODES)}, features {', '.join(FEATURES)}")
@@ -65,6 +68,8 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
     if not isinstance(weights, list) or not 0 < len(weights) <= MAX_GROUP_WEIGHTS or not all(map(_head_fit_number, weights)):
         raise FieldError(LOG_FIELD, f"names head_group_weights {weights!r}; allowed: a list of 1 to {MAX_GROUP_WEIGHTS} "
                                     f"numbers >= 0 and at most {MAX_HEAD_FIT_NUMBER:g}")
+    if settings["head_solver"] not in SOLVERS:
+        raise FieldError(LOG_FIELD, f"names head_solver {settings['head_solver']!r}; allowed: {', '.join(SOLVERS)}")
     if last.get("head_gradient", True) is not True:
         raise FieldError(LOG_FIELD, "was made with a scores-only head (head_gradient false, from the Python API); the app "
                                     "replays logs of its own differentiable head: replay it with PreferenceSession.replay")

@@ -126,7 +126,7 @@ def _new_click_run(session: str, base: Any, hosted: bool, mode: str, features: s
     """A new click run from config ``base`` (its "before" strip sampled); FieldError for unusable features.
     ``round_images``: what its rounds show (PreferenceSession's; a loaded log's own). ``estimator``: a loaded log's
     (None: ``base``'s, the Train settings'); ``base``'s estimator options go with ``base``'s estimator only.
-    ``head_fit``: a loaded log's head ``l2`` and ``group_weight_choices`` (None: the head's defaults)."""
+    ``head_fit``: a loaded log's head ``l2``, ``group_weight_choices`` and ``solver`` (None: the head's defaults)."""
     features = features_for(features, base.model)
     estimator = estimator or base.estimator
     options = dict(base.estimator_options) if estimator == base.estimator else {}
@@ -291,7 +291,8 @@ def _replay_upload(session: str, path: Path, form: dict[str, Any], hosted: bool,
     run = _new_click_run(session, config, hosted, mode, features, head_updates, learning_rate, check_seeds,
                          _kind(mode, form_features(features), head_updates, config.model, learning_rate, bool(check_seeds)),
                          continue_lora, config.lr, settings["round_images"], settings["estimator"],
-                         {"l2": settings["head_l2"], "group_weight_choices": tuple(settings["head_group_weights"])})
+                         {"l2": settings["head_l2"], "group_weight_choices": tuple(settings["head_group_weights"]),
+                          "solver": settings["head_solver"]})
     rounds = len(updated_rounds(log))
 
     def on_round(number: int, update: Any) -> None:

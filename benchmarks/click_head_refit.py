@@ -2,11 +2,12 @@
 
 Procedural rounds of 4 images (squares of random colours at random places on flat backgrounds, 64x64), one click
 per round for the reddest; the head is ``PreferenceReward`` with the given features, its defaults unless ``--l2`` /
-``--group-weights`` say otherwise. Features are computed once per image and cached by the head, as in a session,
+``--group-weights`` / ``--solver`` say otherwise. Features are computed once per image and cached by the head, as in a session,
 so the figure is the fit: the cross-validation over the group weightings and the final fit.
 
     python benchmarks/click_head_refit.py --rounds 20 50 100
-    python benchmarks/click_head_refit.py --rounds 20 50 100 --l2 0.01 --group-weights 0 1 3 10   # the head before
+    python benchmarks/click_head_refit.py --rounds 20 50 100 --solver lbfgs   # the solver before Newton's
+    python benchmarks/click_head_refit.py --rounds 20 50 100 --l2 0.01 --group-weights 0 1 3 10 --solver lbfgs   # the head before
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--features", default="tiny-clip+grid+colour")
     p.add_argument("--l2", type=float, default=None, help="the head's l2 (default: its own)")
     p.add_argument("--group-weights", nargs="+", type=float, default=None, help="the head's group_weight_choices")
+    p.add_argument("--solver", default=None, help="the head's solver (default: its own)")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
     import torch
@@ -47,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     options = {"features": args.features, "l2": args.l2}
+    if args.solver:
+        options["solver"] = args.solver
     if args.group_weights:
         options["group_weight_choices"] = tuple(args.group_weights)
     print("| rounds | head | seconds per refit (each of the repeats) |")
@@ -66,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
                 start = time.perf_counter()
                 head.refit()
                 seconds.append(time.perf_counter() - start)
-        described = f"l2 {head.l2:g}, group weights {', '.join(f'{w:g}' for w in head.group_weight_choices)}"
+        described = (f"l2 {head.l2:g}, group weights {', '.join(f'{w:g}' for w in head.group_weight_choices)}, "
+                     f"{head.solver}")
         print(f"| {rounds} | {described} | {min(seconds):.2f} ({', '.join(f'{s:.2f}' for s in seconds)}) |", flush=True)
 
 

@@ -114,6 +114,7 @@ MODES = {
     "learned-tiny-clip+grid+colour-cvavg-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),  # weightings averaged
     "learned-tiny-clip+grid+colour-cvw100-l2=0.3-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     "learned-tiny-clip+grid+colour-cv100-l2=0.3-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
+    "learned-tiny-clip+grid+colour-cvw100-l2=0.3-newton-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
     "learned+head2": ("learned", "tiny-clip", 2),
@@ -144,10 +145,13 @@ HEAD_VARIANTS = {"learned-global": {"scaling": "global"}, "learned-both": {"extr
                  "learned-tiny-clip+grid+colour-cvavg-one-fullbp-lr0.005": {"selection": "averaged"},
                  "learned-tiny-clip+grid+colour-cvavg-one+head1-lr0.005": {"selection": "averaged"},
                  # group weights up to 100 with a stronger ridge (l2 0.3): the embedding shrinks, a group may go nearly free
+                 # (fitted by L-BFGS, the head's solver when it ran; "-newton": the same head by Newton's method)
                  "learned-tiny-clip+grid+colour-cvw100-l2=0.3-one+head1-lr0.005":
-                     {"l2": 0.3, "group_weight_choices": (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)},
+                     {"l2": 0.3, "group_weight_choices": (0.0, 1.0, 3.0, 10.0, 30.0, 100.0), "solver": "lbfgs"},
+                 "learned-tiny-clip+grid+colour-cvw100-l2=0.3-newton-one+head1-lr0.005":
+                     {"l2": 0.3, "group_weight_choices": (0.0, 1.0, 3.0, 10.0, 30.0, 100.0), "solver": "newton"},
                  "learned-tiny-clip+grid+colour-cv100-l2=0.3-one+head1-lr0.005":
-                     {"l2": 0.3, "group_weight_choices": (0.0, 1.0, 10.0, 100.0)},
+                     {"l2": 0.3, "group_weight_choices": (0.0, 1.0, 10.0, 100.0), "solver": "lbfgs"},
                  "learned-layout-one-l2=0.1": {"l2": 0.1}, "learned-layout-one-l2=1": {"l2": 1.0}}
 ATTRIBUTES = ("red", "spiky", "left")
 DETECTOR_ATTRIBUTES = ("spiky", "boxy", "size")  # read from the tiny detector's solidity, extent and area

@@ -127,7 +127,8 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
     assert loaded.preference.settings() == {"mode": "learned", "features": "layout", "head_updates": 1, "head_gradient": True,
                                             "lr": 0.004, "check_seeds": [], "round_images": "batch",
                                             "estimator": "rlr", "head_l2": 0.01,
-                                            "head_group_weights": [0.0, 1.0, 3.0, 10.0, 30.0, 100.0]}  # the log's
+                                            "head_group_weights": [0.0, 1.0, 3.0, 10.0, 30.0, 100.0],
+                                            "head_solver": "newton"}  # the log's
     rebuilt = runs.current_lora(loaded)
     assert set(rebuilt) == set(trained) and all(torch.equal(rebuilt[k], trained[k]) for k in trained)
     assert loaded.step == 6 and loaded.counters == {"rounds": 3, "clicks": 3, "updates": 3, "undone": 0}
@@ -167,16 +168,22 @@ def test_a_click_log_replays_with_its_own_estimator(studio, tmp_path):
     assert direct.config.estimator == "rlr" and direct.config.estimator_options == {"h": 2}
 
 
-def test_a_loaded_click_log_keeps_the_rounds_it_showed(studio, tmp_path):
+def test_a_loaded_click_log_keeps_the_rounds_it_showed(studio, tmp_path, monkeypatch):
     """A log's round_images decide what its replay shows: a log older than the setting showed the update's batch and
-    replays exactly (with the head's fit of then: l2 0.01, group weights 0, 1, 3, 10); a log of hidden-twins rounds (Python API) is replayed with them (here the same log relabelled, so
-    every round's images differ from the logged ones, and are counted)."""
+    replays exactly (with the head's fit of then: l2 0.01, group weights 0, 1, 3, 10, L-BFGS; here a session whose head
+    was made so, the settings then removed from its log); a log of hidden-twins rounds (Python API) is replayed with
+    them (here the same log relabelled, so every round's images differ from the logged ones, and are counted)."""
+    import functools
+
     import torch
 
     from app import clicks, runs
     from app.transfer import click_log_zip
+    from rlr_core.rewards.preference import PreferenceReward
 
-    run = click_rounds("k", form(studio), 2, mode="learned", features="layout")
+    with monkeypatch.context() as patch:
+        patch.setattr(clicks, "PreferenceReward", functools.partial(PreferenceReward, solver="lbfgs"))
+        run = click_rounds("k", form(studio), 2, mode="learned", features="layout")
     assert run.preference.round_images == "batch"
     trained = runs.current_lora(run)
     download = tmp_path / "clicks.zip"
@@ -185,7 +192,8 @@ def test_a_loaded_click_log_keeps_the_rounds_it_showed(studio, tmp_path):
         files = {name: archive.read(name) for name in archive.namelist()}
     events = [json.loads(line) for line in files["clicks.jsonl"].decode().splitlines() if line.strip()]
     assert sum(e.pop("round_images", None) == "batch" for e in events) == 2
-    assert sum(e.pop("head_l2", None) == 0.01 and e.pop("head_group_weights", None) == [0, 1, 3, 10, 30, 100] for e in events) == 2
+    assert sum(e.pop("head_l2", None) == 0.01 and e.pop("head_group_weights", None) == [0, 1, 3, 10, 30, 100]
+               and e.pop("head_solver", None) == "lbfgs" for e in events) == 2
     for name, value in (("older", None), ("hidden", "hidden-twins")):
         lines = [{**e, "round_images": value} if value and e.get("type") == "update" else e for e in events]
         with zipfile.ZipFile(tmp_path / f"{name}.zip", "w") as archive:
@@ -194,7 +202,8 @@ def test_a_loaded_click_log_keeps_the_rounds_it_showed(studio, tmp_path):
     runs.reset_all()
     older, message = clicks.load_click_log("l", str(tmp_path / "older.zip"), form(studio), False)
     assert older.preference.settings()["round_images"] == "batch" and message.endswith("0 rounds' images differed from the log")
-    assert older.preference.head.l2 == 0.01 and older.preference.head.group_weight_choices == (0, 1, 3, 10)  # as then
+    head = older.preference.head
+    assert head.l2 == 0.01 and head.group_weight_choices == (0, 1, 3, 10) and head.solver == "lbfgs"  # as then
     rebuilt = runs.current_lora(older)
     assert all(torch.equal(rebuilt[k], trained[k]) for k in trained)
     hidden, message = clicks.load_click_log("m", str(tmp_path / "hidden.zip"), form(studio), False)
@@ -262,7 +271,10 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
                                                                   "features": "pixels", "head_updates": 0, "head_l2": -1}),
              "bad-weights.jsonl": json.dumps(click) + "\n" + json.dumps({"type": "update", "round_id": "x", "mode": "learned",
                                                                        "features": "pixels", "head_updates": 0,
-                                                                       "head_group_weights": list(range(100))})}
+                                                                       "head_group_weights": list(range(100))}),
+             "bad-solver.jsonl": json.dumps(click) + "\n" + json.dumps({"type": "update", "round_id": "x", "mode": "learned",
+                                                                      "features": "pixels", "head_updates": 0,
+                                                                      "head_solver": "adam"})}
     messages = {}
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
@@ -279,6 +291,7 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
     assert "names head_l2 -1; allowed: a number >= 0 and at most 1e+06" in messages["bad-l2.jsonl"]
     assert "names head_group_weights [0, 1, 2," in messages["bad-weights.jsonl"]
     assert "allowed: a list of 1 to 8 numbers >= 0" in messages["bad-weights.jsonl"]
+    assert "names head_solver 'adam'; allowed: newton, lbfgs" in messages["bad-solver.jsonl"]
     hidden = "".join(json.dumps({**click, "index": i}) + "\n" for i in range(6)) + json.dumps(
         {"type": "update", "round_id": "x", "mode": "learned", "features": "pixels", "head_updates": 0,
          "round_images": "hidden-twins"})

@@ -20,6 +20,7 @@ from rlr_core.rewards.preference import (
     to_uint8,
 )
 from rlr_core.rewards import get_reward
+from rlr_core.rewards.bradley_terry import bradley_terry_loss, fit_bradley_terry_lbfgs, fit_bradley_terry_newton
 from rlr_core.rewards.preference_head import DEFAULT_L2, GROUP_WEIGHTS, WEIGHED_GROUPS_L2
 from rlr_core.training.clicks import PreferenceSession
 
@@ -347,8 +348,9 @@ def test_the_heads_ridge_follows_how_it_weighs_its_groups(tmp_path):
 
 
 def test_replay_needs_the_heads_fit_of_the_log(tmp_path):
-    """The head's l2 and group weights are in every update; a log older than them was made with l2 0.01 and group
-    weights 0, 1, 3, 10: a session whose head fits otherwise refuses to replay it, one whose head fits so replays it."""
+    """The head's l2, group weights and solver are in every update; a log older than them was made with l2 0.01, group
+    weights 0, 1, 3, 10 and L-BFGS: a session whose head fits otherwise refuses to replay it, one whose head fits so
+    replays it."""
     log = ClickLog(tmp_path / "a" / "clicks.jsonl")
     session = PreferenceSession(TinyTrainer(FakeChain(), FakeEstimator()), log, mode="learned", features="pixels")
     for i in range(2):
@@ -356,11 +358,12 @@ def test_replay_needs_the_heads_fit_of_the_log(tmp_path):
         session.click(rnd, chosen=[0])
         session.update(rnd)
     updates = [e for e in log.events if e["type"] == "update"]
-    assert [(e["head_l2"], e["head_group_weights"]) for e in updates] == [(0.01, [0.0, 1.0, 3.0, 10.0, 30.0, 100.0])] * 2
+    assert ([(e["head_l2"], e["head_group_weights"], e["head_solver"]) for e in updates]
+            == [(0.01, [0.0, 1.0, 3.0, 10.0, 30.0, 100.0], "newton")] * 2)
     older = tmp_path / "older.jsonl"
     lines = [json.loads(line) for line in (tmp_path / "a" / "clicks.jsonl").read_text().splitlines() if line.strip()]
-    older.write_text("".join(json.dumps({k: v for k, v in e.items() if not k.startswith("head_l2")
-                                         and k != "head_group_weights"}) + "\n" for e in lines))
+    older.write_text("".join(json.dumps({k: v for k, v in e.items()
+                                         if k not in ("head_l2", "head_group_weights", "head_solver")}) + "\n" for e in lines))
 
     def fresh(name: str, **head_options) -> PreferenceSession:
         folder_log = ClickLog(tmp_path / name / "clicks.jsonl")
@@ -369,11 +372,35 @@ def test_replay_needs_the_heads_fit_of_the_log(tmp_path):
 
     with pytest.raises(ValueError, match=r"^head_group_weights=\[0.0, 1.0, 3.0, 10.0, 30.0, 100.0\] differs from the click log's "
                                          r"head_group_weights=\[0.0, 1.0, 3.0, 10.0\]"):
-        fresh("b").replay(older)
+        fresh("b", solver="lbfgs").replay(older)
     with pytest.raises(ValueError, match=r"^head_l2=0.3 differs from the click log's head_l2=0.01"):
-        fresh("c", l2=0.3, group_weight_choices=(0, 1, 3, 10)).replay(older)
-    assert fresh("d", group_weight_choices=(0, 1, 3, 10)).replay(older).rounds == 2
-    assert fresh("e").replay(log).rounds == 2
+        fresh("c", l2=0.3, group_weight_choices=(0, 1, 3, 10), solver="lbfgs").replay(older)
+    with pytest.raises(ValueError, match=r"^head_solver='newton' differs from the click log's head_solver='lbfgs'"):
+        fresh("d", group_weight_choices=(0, 1, 3, 10)).replay(older)
+    assert fresh("e", group_weight_choices=(0, 1, 3, 10), solver="lbfgs").replay(older).rounds == 2
+    assert fresh("f").replay(log).rounds == 2
+
+
+def test_newton_fit_reaches_the_minimiser_of_the_ridge_bradley_terry_loss():
+    """Newton's fit has zero gradient (to 1e-6) and a loss no higher than L-BFGS's, on well-posed pairs, on nearly
+    separable ones with a ridge as small as a group at weight 100 gets, and with more features than pairs; both
+    solvers agree on the weights where L-BFGS converges; no pairs fit zero weights."""
+    generator = torch.Generator().manual_seed(0)
+    for pairs, size, l2, separable in ((60, 89, 0.3, False), (40, 89, 0.3 / 100**2, True), (200, 10, 0.01, False)):
+        diff = torch.randn(pairs, size, generator=generator, dtype=torch.float64)
+        if separable:  # every pair's winner is ahead along one direction: weights grow until the ridge stops them
+            diff[:, 0] = diff[:, 0].abs() + 0.5
+        newton = fit_bradley_terry_newton(diff, l2)
+        weight = newton.clone().requires_grad_(True)
+        bradley_terry_loss(diff, weight, l2).backward()
+        assert float(weight.grad.norm()) < 1e-6
+        lbfgs = fit_bradley_terry_lbfgs(diff, l2)
+        assert float(bradley_terry_loss(diff, newton, l2)) <= float(bradley_terry_loss(diff, lbfgs, l2)) + 1e-12
+        if not separable:
+            torch.testing.assert_close(newton, lbfgs, rtol=1e-4, atol=1e-6)
+    assert fit_bradley_terry_newton(torch.zeros(0, 5, dtype=torch.float64), 0.01).eq(0).all()
+    with pytest.raises(ValueError, match=r"solver='adam' is not allowed; allowed values: \['newton', 'lbfgs'\]"):
+        PreferenceReward(features="pixels", solver="adam")
 
 
 def test_pixel_features_are_differentiable_and_finite():

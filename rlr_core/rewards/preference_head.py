@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from rlr_core.hub import WeightsUnavailableError
+from rlr_core.rewards.bradley_terry import fit_bradley_terry_lbfgs, fit_bradley_terry_newton
 from rlr_core.rewards.click_log import ClickLog
 from rlr_core.rewards.clip_models import encode_images, load_clip
 from rlr_core.rewards.simple import check_images
 
-__all__ = ["MODES", "FEATURES", "SELECTIONS", "PreferenceReward", "pixel_features", "layout_features", "colour_features"]
+__all__ = ["MODES", "FEATURES", "SELECTIONS", "SOLVERS", "PreferenceReward", "pixel_features", "layout_features", "colour_features"]
 
 MODES = ("direct", "learned")
 # tiny-clip = clip features from the bundled tiny-clip; layout = pixels + where the content sits;
@@ -56,6 +57,9 @@ WEIGHT_FREE = ("pixels", "layout")
 # How the head scales the features before the fit: every feature to unit variance over the clicked images
 # ("per-feature"), or one scale for all of them ("global")
 SCALINGS = ("per-feature", "global")
+# How the head solves its (convex) fit: Newton's method (exact to ~1e-12 in the loss, fast), or L-BFGS (at most 200
+# iterations; the solver of click logs made before Newton's, which replay with it)
+SOLVERS = ("newton", "lbfgs")
 
 
 def pixel_features(images: torch.Tensor, bins: int = 8) -> torch.Tensor:
@@ -110,7 +114,8 @@ class PreferenceReward:
     """Learned preference reward: ``w . standardise(features(image))`` fitted by Bradley-Terry.
 
     ``refit()`` fits ``w`` on every pair (preferred, other) in the click log:
-    minimise mean log(1 + exp(-(s_preferred - s_other))) + l2 * |w|^2 (L-BFGS, convex). Before any
+    minimise mean log(1 + exp(-(s_preferred - s_other))) + l2 * |w|^2 (convex; ``solver``: Newton's method, or
+    L-BFGS for click logs made before it). Before any
     click ``w = 0`` (every image scores 0). Differentiable in the pixels through the features, unless
     ``differentiable=False``: then the scores are constants to the estimator (a click session's updates use
     them through likelihood ratios only, not the head's pixel gradient). With ``selection="cross-validated"`` the
@@ -140,7 +145,10 @@ class PreferenceReward:
         differentiable: bool = True,
         selection: str = "auto",
         group_weight_choices: tuple[float, ...] = GROUP_WEIGHTS,
+        solver: str = "newton",
     ) -> None:
+        if solver not in SOLVERS:
+            raise ValueError(f"solver={solver!r} is not allowed; allowed values: {list(SOLVERS)}")
         if selection not in SELECTIONS:
             raise ValueError(f"selection={selection!r} is not allowed; allowed values: {list(SELECTIONS)}")
         if scaling not in SCALINGS:
@@ -155,6 +163,7 @@ class PreferenceReward:
                              f"WEIGHED_GROUPS_L2)")
         self.log = log if isinstance(log, ClickLog) or log is None else ClickLog(log)
         self.scaling = scaling
+        self.solver = solver
         self.differentiable = bool(differentiable)
         self.group_weight_choices = tuple(float(w) for w in group_weight_choices)
         self.device = torch.device(device)
@@ -283,19 +292,10 @@ class PreferenceReward:
                           for size, weight in zip(self._group_sizes, group_weights.values())])
 
     def _fit(self, diff: torch.Tensor) -> torch.Tensor:
-        """Bradley-Terry weights for pair feature differences [P, D] (convex; L-BFGS)."""
-        w = torch.zeros(diff.shape[1], dtype=torch.float64, requires_grad=True)
-        opt = torch.optim.LBFGS([w], lr=1.0, max_iter=200, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+        """Bradley-Terry weights for pair feature differences [P, D]: the minimiser of the mean logistic loss plus
+        ``l2`` times the squared norm (convex), by ``self.solver``."""
         l2 = max(self.l2, 1e-6)
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = F.softplus(-(diff @ w)).mean() + l2 * (w * w).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        return w.detach()
+        return fit_bradley_terry_newton(diff, l2) if self.solver == "newton" else fit_bradley_terry_lbfgs(diff, l2)
 
     def _held_out_losses(self, diff: torch.Tensor, round_of_pair: torch.Tensor) -> list[tuple[dict[str, float], float]]:
         """Every candidate group weighting (the first group at 1, the others from ``group_weight_choices``; all at 1
@@ -363,3 +363,4 @@ def _lowest_loss(candidates: list[tuple[dict[str, float], float]]) -> dict[str, 
         if candidate[1] < best[1] - 1e-9:
             best = candidate
     return best[0]
+

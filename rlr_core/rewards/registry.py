@@ -184,6 +184,8 @@ REGISTRY: dict[str, RewardInfo] = {
                                           "held-out rounds, the best weighting or all blended (auto: cross-validated for "
                                           "tiny-clip+grid+colour)",
                                           ("auto", "all", "cross-validated", "averaged")),
+                "solver": RewardOption("newton", str, "how the fit is solved: Newton's method, or L-BFGS (the solver of "
+                                       "click logs made before Newton's)", ("newton", "lbfgs")),
             },
         ),
         RewardInfo("saturation", "Colourfulness (Hasler-Suesstrunk); gray = 0. Weight-free.", True, False, _simple("SaturationReward")),
