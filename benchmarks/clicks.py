@@ -115,6 +115,7 @@ MODES = {
     "learned-tiny-clip+grid+colour-cvw100-l2=0.3-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     "learned-tiny-clip+grid+colour-cv100-l2=0.3-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     "learned-tiny-clip+grid+colour-cvw100-l2=0.3-newton-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
+    "learned-tiny-clip+grid+colour-cv-l2=0.01-lbfgs-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
     "learned+head2": ("learned", "tiny-clip", 2),
@@ -152,6 +153,9 @@ HEAD_VARIANTS = {"learned-global": {"scaling": "global"}, "learned-both": {"extr
                      {"l2": 0.3, "group_weight_choices": (0.0, 1.0, 3.0, 10.0, 30.0, 100.0), "solver": "newton"},
                  "learned-tiny-clip+grid+colour-cv100-l2=0.3-one+head1-lr0.005":
                      {"l2": 0.3, "group_weight_choices": (0.0, 1.0, 10.0, 100.0), "solver": "lbfgs"},
+                 # the default head before the stronger ridge and Newton's method (stop 49), for timing
+                 "learned-tiny-clip+grid+colour-cv-l2=0.01-lbfgs-one+head1-lr0.005":
+                     {"l2": 0.01, "group_weight_choices": (0.0, 1.0, 3.0, 10.0), "solver": "lbfgs"},
                  "learned-layout-one-l2=0.1": {"l2": 0.1}, "learned-layout-one-l2=1": {"l2": 1.0}}
 ATTRIBUTES = ("red", "spiky", "left")
 DETECTOR_ATTRIBUTES = ("spiky", "boxy", "size")  # read from the tiny detector's solidity, extent and area
@@ -218,8 +222,8 @@ def wide_seeds(task: dict) -> list[int]:
 
 def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None) -> dict:
     """One simulated click session: ``rounds`` rounds of 4, the attribute measured after each (T=20 unless
-    the task says ``num_steps``). ``on_round`` receives each round's :class:`RoundTrace` (for
-    benchmarks/click_session_trace.py)."""
+    the task says ``num_steps``), on one CPU thread unless it says ``threads``. ``on_round`` receives each round's
+    :class:`RoundTrace` (for benchmarks/click_session_trace.py)."""
     import numpy as np
     import torch
 
@@ -227,7 +231,7 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
     from rlr_core.rewards.preference import ClickLog, PreferenceReward
     from rlr_core.training.clicks import PreferenceSession
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(task.get("threads", 1))
     attribute = Attribute(task["attribute"])
     mode, features, head_updates = MODES[task["mode"]]
     wrong = np.random.default_rng([task["seed"], int(task["noise"] * 100), 17])

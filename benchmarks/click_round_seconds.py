@@ -1,0 +1,50 @@
+"""Seconds per click round (sample the round's images, click, refit the head, update the LoRA, and the head's own
+updates) of simulated sessions on the bundled tiny model, one session at a time, on this CPU.
+
+Each mode runs one session of benchmarks/clicks.py (red, noise-free, seed 1) alone; the table gives the mean of the
+first three rounds, of the last three and of all, with every round's seconds. ``--threads``: torch's CPU threads (the
+benchmark's sessions use 1, two at a time; the app uses what torch chooses, all cores).
+
+    python benchmarks/click_round_seconds.py --rounds 10 --threads 1 2
+    python benchmarks/click_round_seconds.py --modes direct learned-tiny-clip+grid+colour-cv-l2=0.01-lbfgs-one+head1-lr0.005
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from benchmarks import clicks
+
+    p = argparse.ArgumentParser(description="Seconds per click round of simulated sessions (docs/rewards.md).")
+    p.add_argument("--modes", nargs="+", default=None, choices=sorted(clicks.MODES),
+                   help="benchmarks/clicks.py modes (default: the default mode)")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--threads", nargs="+", type=int, default=[1])
+    p.add_argument("--attribute", default="red", choices=clicks.ATTRIBUTES)
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
+    modes = args.modes or [clicks.default_mode()]
+    print(f"commit {clicks._commit()}; {args.attribute}, seed {args.seed}, {args.rounds} rounds of 4, one session at a time")
+    print("| mode | threads | first 3 rounds | last 3 rounds | all rounds | each round |")
+    print("|---|---|---|---|---|---|")
+    for threads in args.threads:
+        for mode in modes:
+            task = {"mode": mode, "attribute": args.attribute, "noise": 0.0, "seed": args.seed, "rounds": args.rounds,
+                    "threads": threads}
+            seconds = clicks.run_session(task)["seconds_per_round"]
+            print(f"| {mode} | {threads} | {clicks._mean(seconds[:3]):.2f} | {clicks._mean(seconds[-3:]):.2f} | "
+                  f"{clicks._mean(seconds):.2f} | {', '.join(f'{s:.2f}' for s in seconds)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
