@@ -250,7 +250,7 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
         curve = [measure(trainer, attribute)]
         more_seeds = wide_seeds(task)
         wide = [measure(trainer, attribute, more_seeds)] if more_seeds else []
-        accuracy, seconds, alignment, accepted, groups_used = [], [], [], [], []
+        accuracy, seconds, click_seconds, alignment, accepted, groups_used = [], [], [], [], [], []
         for index in range(task["rounds"]):
             start = time.perf_counter()
             prompts = grouped_prompts(round_prompts(task["mode"], index, trainer.config.prompts), 4, groups)
@@ -259,7 +259,9 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
             best, wrong_click = int(torch.argmax(values)), False
             if wrong.random() < task["noise"]:
                 best, wrong_click = int(wrong.choice([i for i in range(shown.size) if i != best])), True
-            session.click(shown, chosen=[best])
+            clicked = time.perf_counter()
+            session.click(shown, chosen=[best])  # logs the click and refits the head on every click so far
+            click_seconds.append(time.perf_counter() - clicked)
             update = session.update(shown)
             seconds.append(time.perf_counter() - start)
             accepted.append(update.accepted)
@@ -273,7 +275,7 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
         if more_seeds:
             wide.append(measure(trainer, attribute, more_seeds))
     return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}), "held_out_accuracy": accuracy,
-            "seconds_per_round": seconds, "gradient_alignment": alignment, "accepted": accepted, "group_weights": groups_used,
+            "seconds_per_round": seconds, "click_seconds_per_round": click_seconds, "gradient_alignment": alignment, "accepted": accepted, "group_weights": groups_used,
             "settings": used_settings(task, trainer)}
 
 

@@ -840,6 +840,8 @@ def test_click_benchmark_runs_a_session_and_reports(tmp_path, monkeypatch):
     assert clicks.key(reference).endswith("|wide_seeds=3")
     assert len(session["held_out_accuracy"]) == 2 and session["held_out_accuracy"][0] != session["held_out_accuracy"][0]  # nan: no head yet
     assert len(session["gradient_alignment"]) == 2 and all(-1 <= a <= 1 for a in session["gradient_alignment"])
+    assert len(session["click_seconds_per_round"]) == 2
+    assert all(0 < c < s for c, s in zip(session["click_seconds_per_round"], session["seconds_per_round"]))
     assert session["accepted"] == [True, True]  # no check: every update kept
     checked = clicks.run_session({**small, "mode": "learned-layout-one-checked", "attribute": "red", "noise": 0.0})
     assert len(checked["accepted"]) == 2 and all(isinstance(kept, bool) for kept in checked["accepted"])
@@ -1053,3 +1055,28 @@ def test_tiny_clip_grid_head_learns_the_clicked_shape(tmp_path):
     # and place (0.99 here); the layout head's outline measure gets 0.83, the pixel statistics 0.65
     assert ordered("tiny-clip+grid") > 0.95
     assert ordered("pixels") < 0.8
+
+
+def test_click_timing_benchmarks_print_their_tables(monkeypatch, capsys):
+    """click_head_refit.py fits the head for real and prints one row per number of rounds; click_round_seconds.py runs
+    one session per mode and thread count (each with the task's threads) and prints its rounds' seconds."""
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.syspath_prepend(str(root))
+    from benchmarks import click_head_refit, click_round_seconds, clicks
+
+    click_head_refit.main(["--rounds", "2", "3", "--repeats", "1", "--solver", "lbfgs"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 2 |") or line.startswith("| 3 |")]
+    assert len(rows) == 2 and all("l2 0.3, group weights 0, 1, 3, 10, 30, 100, lbfgs |" in row for row in rows)
+    tasks = []
+
+    def fake_session(task):
+        tasks.append(task)
+        return {"seconds_per_round": [float(task["threads"])] * 2 + [9.0] * (task["rounds"] - 2),
+                "click_seconds_per_round": [0.5] * task["rounds"]}
+
+    monkeypatch.setattr(clicks, "run_session", fake_session)
+    monkeypatch.setattr(clicks, "_commit", lambda: "abc1234")
+    click_round_seconds.main(["--rounds", "4", "--threads", "1", "2", "--modes", "direct"])
+    assert [(t["mode"], t["threads"], t["rounds"], t["noise"]) for t in tasks] == [("direct", 1, 4, 0.0), ("direct", 2, 4, 0.0)]
+    out = capsys.readouterr().out
+    assert "| direct | 2 | 4.33 | 6.67 | 5.50 | 0.50 | 2.00, 2.00, 9.00, 9.00 |" in out and out.startswith("commit abc1234;")
