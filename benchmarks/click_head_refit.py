@@ -3,10 +3,13 @@
 Procedural rounds of 4 images (squares of random colours at random places on flat backgrounds, 64x64), one click
 per round for the reddest; the head is ``PreferenceReward`` with the given features, its defaults unless ``--l2`` /
 ``--group-weights`` / ``--solver`` say otherwise. Features are computed once per image and cached by the head, as in a session,
-so the figure is the fit: the cross-validation over the group weightings and the final fit.
+so the figure is the fit: the cross-validation over the group weightings and the final fit. ``--compare-solver``:
+also fit the same clicks with the other solver and print whether both heads chose the same group weights and how
+far apart their weights are (relative norm of the difference) and their pair accuracies.
 
     python benchmarks/click_head_refit.py --rounds 20 50 100
     python benchmarks/click_head_refit.py --rounds 20 50 100 --solver lbfgs   # the solver before Newton's
+    python benchmarks/click_head_refit.py --rounds 5 20 50 100 --repeats 1 --compare-solver
     python benchmarks/click_head_refit.py --rounds 20 50 100 --l2 0.01 --group-weights 0 1 3 10 --solver lbfgs   # the head before
 """
 
@@ -42,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--group-weights", nargs="+", type=float, default=None, help="the head's group_weight_choices")
     p.add_argument("--solver", default=None, help="the head's solver (default: its own)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--compare-solver", action="store_true", help="also fit with the other solver and compare the heads")
     args = p.parse_args(argv)
     import torch
 
@@ -53,8 +57,9 @@ def main(argv: list[str] | None = None) -> None:
         options["solver"] = args.solver
     if args.group_weights:
         options["group_weight_choices"] = tuple(args.group_weights)
-    print("| rounds | head | seconds per refit (each of the repeats) |")
-    print("|---|---|---|")
+    compared = " | the other solver: same group weights | relative weight difference | pair accuracy (this, other) |"
+    print("| rounds | head | seconds per refit (each of the repeats) |" + (compared if args.compare_solver else ""))
+    print("|---|---|---|" + ("---|---|---|" if args.compare_solver else ""))
     for rounds in args.rounds:
         generator = torch.Generator().manual_seed(rounds)
         with tempfile.TemporaryDirectory() as folder:
@@ -70,9 +75,16 @@ def main(argv: list[str] | None = None) -> None:
                 start = time.perf_counter()
                 head.refit()
                 seconds.append(time.perf_counter() - start)
+            comparison = ""
+            if args.compare_solver:
+                other = PreferenceReward(log, **{**options, "solver": "lbfgs" if head.solver == "newton" else "newton"})
+                difference = float((head.weight - other.weight).norm() / head.weight.norm())
+                comparison = (f" {'yes' if head.group_weights == other.group_weights else 'no'} | {difference:.1e} | "
+                              f"{head.pair_accuracy():.3f}, {other.pair_accuracy():.3f} |")
         described = (f"l2 {head.l2:g}, group weights {', '.join(f'{w:g}' for w in head.group_weight_choices)}, "
                      f"{head.solver}")
-        print(f"| {rounds} | {described} | {min(seconds):.2f} ({', '.join(f'{s:.2f}' for s in seconds)}) |", flush=True)
+        print(f"| {rounds} | {described} | {min(seconds):.2f} ({', '.join(f'{s:.2f}' for s in seconds)}) |{comparison}",
+              flush=True)
 
 
 if __name__ == "__main__":

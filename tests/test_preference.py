@@ -1064,9 +1064,10 @@ def test_click_timing_benchmarks_print_their_tables(monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(root))
     from benchmarks import click_head_refit, click_round_seconds, clicks
 
-    click_head_refit.main(["--rounds", "2", "3", "--repeats", "1", "--solver", "lbfgs"])
+    click_head_refit.main(["--rounds", "2", "3", "--repeats", "1", "--solver", "lbfgs", "--compare-solver"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 2 |") or line.startswith("| 3 |")]
     assert len(rows) == 2 and all("l2 0.3, group weights 0, 1, 3, 10, 30, 100, lbfgs |" in row for row in rows)
+    assert all(row.split(" | ")[3] == "yes" and float(row.split(" | ")[4]) < 1e-3 for row in rows)  # Newton's head alike
     tasks = []
 
     def fake_session(task):
