@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         options["solver"] = args.solver
     if args.group_weights:
         options["group_weight_choices"] = tuple(args.group_weights)
-    compared = " | the other solver: same group weights | relative weight difference | pair accuracy (this, other) |"
+    compared = " the other solver: same group weights | relative weight difference | pair accuracy (this, other) |"
     print("| rounds | head | seconds per refit (each of the repeats) |" + (compared if args.compare_solver else ""))
     print("|---|---|---|" + ("---|---|---|" if args.compare_solver else ""))
     for rounds in args.rounds:
