@@ -23,7 +23,8 @@ from rlr_core.rewards.click_log import ClickLog
 from rlr_core.rewards.clip_models import encode_images, load_clip
 from rlr_core.rewards.simple import check_images
 
-__all__ = ["MODES", "FEATURES", "SELECTIONS", "SOLVERS", "PreferenceReward", "pixel_features", "layout_features", "colour_features"]
+__all__ = ["MODES", "FEATURES", "SELECTIONS", "SOLVERS", "PreferenceReward", "pixel_features", "layout_features",
+           "colour_features"]
 
 MODES = ("direct", "learned")
 # tiny-clip = clip features from the bundled tiny-clip; layout = pixels + where the content sits;
@@ -363,4 +364,3 @@ def _lowest_loss(candidates: list[tuple[dict[str, float], float]]) -> dict[str, 
         if candidate[1] < best[1] - 1e-9:
             best = candidate
     return best[0]
-
