@@ -115,6 +115,7 @@ MODES = {
     "learned-tiny-clip+grid+colour-cvw100-l2=0.3-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     "learned-tiny-clip+grid+colour-cv100-l2=0.3-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     "learned-tiny-clip+grid+colour-cvw100-l2=0.3-newton-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
+    "learned-tiny-clip+grid+colour-cvavg-w100-l2=0.3-newton-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     "learned-tiny-clip+grid+colour-cv-l2=0.01-lbfgs-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
@@ -151,6 +152,10 @@ HEAD_VARIANTS = {"learned-global": {"scaling": "global"}, "learned-both": {"extr
                      {"l2": 0.3, "group_weight_choices": (0.0, 1.0, 3.0, 10.0, 30.0, 100.0), "solver": "lbfgs"},
                  "learned-tiny-clip+grid+colour-cvw100-l2=0.3-newton-one+head1-lr0.005":
                      {"l2": 0.3, "group_weight_choices": (0.0, 1.0, 3.0, 10.0, 30.0, 100.0), "solver": "newton"},
+                 # the same ridge and weights with every weighting's head averaged by its held-out loss
+                 "learned-tiny-clip+grid+colour-cvavg-w100-l2=0.3-newton-one+head1-lr0.005":
+                     {"selection": "averaged", "l2": 0.3, "group_weight_choices": (0.0, 1.0, 3.0, 10.0, 30.0, 100.0),
+                      "solver": "newton"},
                  "learned-tiny-clip+grid+colour-cv100-l2=0.3-one+head1-lr0.005":
                      {"l2": 0.3, "group_weight_choices": (0.0, 1.0, 10.0, 100.0), "solver": "lbfgs"},
                  # the default head before the stronger ridge and Newton's method (stop 49), for timing
