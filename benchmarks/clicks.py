@@ -136,6 +136,8 @@ LEARNING_RATE = 0.01  # of every session and reference run whose name names no o
 # the learning rate.
 # the reference run (the attribute as the reward) at each sessions' learning rate
 REFERENCES = {LEARNING_RATE: "reference", 0.03: "reference-lr3x", 0.003: "reference-lr0.003", 0.005: "reference-lr0.005"}
+# the group weights of the variants that weigh a group up to 100 (what they ran with, whatever GROUP_WEIGHTS becomes)
+WEIGHTS_TO_100 = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
 # screened head variants: name -> how the head differs from PreferenceReward's defaults
 HEAD_VARIANTS = {"learned-global": {"scaling": "global"}, "learned-both": {"extra_features": "pixels"},
                  "learned-layout+clip-one-lr0.005": {"extra_features": "tiny-clip"},
@@ -149,12 +151,12 @@ HEAD_VARIANTS = {"learned-global": {"scaling": "global"}, "learned-both": {"extr
                  # group weights up to 100 with a stronger ridge (l2 0.3): the embedding shrinks, a group may go nearly free
                  # (fitted by L-BFGS, the head's solver when it ran; "-newton": the same head by Newton's method)
                  "learned-tiny-clip+grid+colour-cvw100-l2=0.3-one+head1-lr0.005":
-                     {"l2": 0.3, "group_weight_choices": (0.0, 1.0, 3.0, 10.0, 30.0, 100.0), "solver": "lbfgs"},
+                     {"l2": 0.3, "group_weight_choices": WEIGHTS_TO_100, "solver": "lbfgs"},
                  "learned-tiny-clip+grid+colour-cvw100-l2=0.3-newton-one+head1-lr0.005":
-                     {"l2": 0.3, "group_weight_choices": (0.0, 1.0, 3.0, 10.0, 30.0, 100.0), "solver": "newton"},
+                     {"l2": 0.3, "group_weight_choices": WEIGHTS_TO_100, "solver": "newton"},
                  # the same ridge and weights with every weighting's head averaged by its held-out loss
                  "learned-tiny-clip+grid+colour-cvavg-w100-l2=0.3-newton-one+head1-lr0.005":
-                     {"selection": "averaged", "l2": 0.3, "group_weight_choices": (0.0, 1.0, 3.0, 10.0, 30.0, 100.0),
+                     {"selection": "averaged", "l2": 0.3, "group_weight_choices": WEIGHTS_TO_100,
                       "solver": "newton"},
                  "learned-tiny-clip+grid+colour-cv100-l2=0.3-one+head1-lr0.005":
                      {"l2": 0.3, "group_weight_choices": (0.0, 1.0, 10.0, 100.0), "solver": "lbfgs"},
@@ -280,8 +282,8 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
         if more_seeds:
             wide.append(measure(trainer, attribute, more_seeds))
     return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}), "held_out_accuracy": accuracy,
-            "seconds_per_round": seconds, "click_seconds_per_round": click_seconds, "gradient_alignment": alignment, "accepted": accepted, "group_weights": groups_used,
-            "settings": used_settings(task, trainer)}
+            "seconds_per_round": seconds, "click_seconds_per_round": click_seconds, "gradient_alignment": alignment,
+            "accepted": accepted, "group_weights": groups_used, "settings": used_settings(task, trainer)}
 
 
 @dataclass
