@@ -117,6 +117,8 @@ MODES = {
     "learned-tiny-clip+grid+colour-cvw100-l2=0.3-newton-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     "learned-tiny-clip+grid+colour-cvavg-w100-l2=0.3-newton-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     "learned-tiny-clip+grid+colour-cv-l2=0.01-lbfgs-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
+    # the default's head without the colour statistics (weighed by cross-validation like the default's)
+    "learned-tiny-clip+grid-cvw100-l2=0.3-newton-one+head1-lr0.005": ("learned", "tiny-clip+grid", 1),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
     "learned+head2": ("learned", "tiny-clip", 2),
@@ -160,6 +162,9 @@ HEAD_VARIANTS = {"learned-global": {"scaling": "global"}, "learned-both": {"extr
                       "solver": "newton"},
                  "learned-tiny-clip+grid+colour-cv100-l2=0.3-one+head1-lr0.005":
                      {"l2": 0.3, "group_weight_choices": (0.0, 1.0, 10.0, 100.0), "solver": "lbfgs"},
+                 "learned-tiny-clip+grid-cvw100-l2=0.3-newton-one+head1-lr0.005":
+                     {"selection": "cross-validated", "l2": 0.3, "group_weight_choices": WEIGHTS_TO_100,
+                      "solver": "newton"},
                  # the default head before the stronger ridge and Newton's method (stop 49), for timing
                  "learned-tiny-clip+grid+colour-cv-l2=0.01-lbfgs-one+head1-lr0.005":
                      {"l2": 0.01, "group_weight_choices": (0.0, 1.0, 3.0, 10.0), "solver": "lbfgs"},
