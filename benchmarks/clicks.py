@@ -117,6 +117,8 @@ MODES = {
     "learned-tiny-clip+grid+colour-cvw100-l2=0.3-newton-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     "learned-tiny-clip+grid+colour-cvavg-w100-l2=0.3-newton-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     "learned-tiny-clip+grid+colour-cv-l2=0.01-lbfgs-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
+    # the default's head with the colour of the content and of the background for the colour statistics
+    "learned-tiny-clip+grid+object-colour-cv-one+head1-lr0.005": ("learned", "tiny-clip+grid+object-colour", 1),
     # the default's head without the colour statistics (weighed by cross-validation like the default's)
     "learned-tiny-clip+grid-cvw100-l2=0.3-newton-one+head1-lr0.005": ("learned", "tiny-clip+grid", 1),
     "learned": ("learned", "tiny-clip", 0),

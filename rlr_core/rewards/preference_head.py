@@ -24,16 +24,19 @@ from rlr_core.rewards.clip_models import encode_images, load_clip
 from rlr_core.rewards.simple import check_images
 
 __all__ = ["MODES", "FEATURES", "SELECTIONS", "SOLVERS", "PreferenceReward", "pixel_features", "layout_features",
-           "colour_features"]
+           "colour_features", "object_colour_features"]
 
 MODES = ("direct", "learned")
 # tiny-clip = clip features from the bundled tiny-clip; layout = pixels + where the content sits;
 # tiny-clip+grid = tiny-clip's embedding + where the content sits and its outline (layout_features, no pixel statistics);
-# tiny-clip+grid+colour = those and the colour statistics (colour_features)
-FEATURES = ("auto", "clip", "tiny-clip", "pixels", "layout", "tiny-clip+grid", "tiny-clip+grid+colour")
+# tiny-clip+grid+colour = those and the colour statistics (colour_features); tiny-clip+grid+object-colour = tiny-clip+grid
+# and the colour of the content and of the background, not how much of each (object_colour_features)
+FEATURES = ("auto", "clip", "tiny-clip", "pixels", "layout", "tiny-clip+grid", "tiny-clip+grid+colour",
+            "tiny-clip+grid+object-colour")
 # the feature groups of each kind (see PreferenceReward.feature_groups), what "cross-validated" selection chooses among
 GROUPS = {"clip": ("embedding",), "pixels": ("pixels",), "layout": ("pixels", "grid"),
-          "tiny-clip+grid": ("embedding", "grid"), "tiny-clip+grid+colour": ("embedding", "grid", "colour")}
+          "tiny-clip+grid": ("embedding", "grid"), "tiny-clip+grid+colour": ("embedding", "grid", "colour"),
+          "tiny-clip+grid+object-colour": ("embedding", "grid", "object-colour")}
 # How the head weighs its feature groups: all alike ("all"), or ("cross-validated") the first group (the embedding, where
 # the kind has one) at 1
 # and each other group at the weight of GROUP_WEIGHTS whose head, fitted on the other rounds, best predicts each
@@ -45,7 +48,7 @@ GROUPS = {"clip": ("embedding",), "pixels": ("pixels",), "layout": ("pixels", "g
 # "auto": cross-validated for the kinds in CROSS_VALIDATED_FEATURES, all alike for the others
 # (whose logs from before the selection existed then replay as they were made).
 SELECTIONS = ("auto", "all", "cross-validated", "averaged")
-CROSS_VALIDATED_FEATURES = ("tiny-clip+grid+colour",)
+CROSS_VALIDATED_FEATURES = ("tiny-clip+grid+colour", "tiny-clip+grid+object-colour")
 GROUP_WEIGHTS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
 SELECTION_FOLDS = 5
 # The ridge of the Bradley-Terry fit (l2=None): DEFAULT_L2 for a head that weighs all its features alike; for one that
@@ -91,6 +94,23 @@ def colour_features(images: torch.Tensor) -> torch.Tensor:
     std = (x.var(dim=(2, 3), unbiased=False) + 1e-8).sqrt()
     chroma = (x.max(dim=1).values - x.min(dim=1).values).mean(dim=(1, 2)).unsqueeze(1)
     return torch.cat([mean, std, chroma], dim=1)
+
+
+def object_colour_features(images: torch.Tensor) -> torch.Tensor:
+    """Weight-free differentiable colours [B, 8]: the content's mean colour and the background's (the one-pixel
+    frame's, as in :func:`layout_features`), each with its chroma (max - min channel).
+
+    Unlike :func:`colour_features` these do not change with how much of the image the content covers, so a head
+    that reads "redder" from them pushes the content or the background toward red, not the shape's size or outline.
+    """
+    x = images.float().clamp(0, 1)
+    frame = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=2)
+    background = frame.mean(dim=2)  # [B, 3]
+    content = ((x - background[:, :, None, None]) ** 2).sum(dim=1).add(1e-6).sqrt()  # [B, H, W]
+    share = content / content.sum(dim=(1, 2), keepdim=True)
+    foreground = (x * share.unsqueeze(1)).sum(dim=(2, 3))  # [B, 3]
+    chroma = [c.max(dim=1).values - c.min(dim=1).values for c in (foreground, background)]
+    return torch.cat([foreground, background, chroma[0][:, None], chroma[1][:, None]], dim=1)
 
 
 def layout_features(images: torch.Tensor, cells: int = 4) -> torch.Tensor:
@@ -168,7 +188,7 @@ class PreferenceReward:
         self.differentiable = bool(differentiable)
         self.group_weight_choices = tuple(float(w) for w in group_weight_choices)
         self.device = torch.device(device)
-        if features in ("tiny-clip", "tiny-clip+grid", "tiny-clip+grid+colour"):  # the bundled offline model (rlr_core.tiny.clip_model)
+        if features.startswith("tiny-clip"):  # the bundled offline model (rlr_core.tiny.clip_model)
             features, clip_model = ("clip" if features == "tiny-clip" else features), "tiny-clip"
         self._clip_args = (clip_model, pretrained)
         self.features_kind = self._choose_features(features)
@@ -215,14 +235,16 @@ class PreferenceReward:
     def features_name(self) -> str:
         """The features in use, as a ``features`` value: ``pixels``, ``layout``, ``tiny-clip``, ``tiny-clip+grid``,
         ``tiny-clip+grid+colour`` or ``clip``."""
-        if self.features_kind in (*WEIGHT_FREE, "tiny-clip+grid", "tiny-clip+grid+colour"):
+        if self.features_kind.startswith("tiny-clip+grid") or self.features_kind in WEIGHT_FREE:
             return self.features_kind
         return "tiny-clip" if self._clip_args[0] == "tiny-clip" else "clip"
 
     def feature_groups(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The features by group (``GROUPS`` of the kind, in order): ``embedding`` (CLIP's image embedding),
-        ``pixels`` (:func:`pixel_features`), ``grid`` (:func:`layout_features`), ``colour`` (:func:`colour_features`)."""
+        ``pixels`` (:func:`pixel_features`), ``grid`` (:func:`layout_features`), ``colour`` (:func:`colour_features`),
+        ``object-colour`` (:func:`object_colour_features`)."""
         compute = {"pixels": pixel_features, "grid": layout_features, "colour": colour_features,
+                   "object-colour": object_colour_features,
                    "embedding": lambda x: encode_images(load_clip(*self._clip_args, device=x.device), x)}
         return {name: compute[name](images) for name in GROUPS[self.features_kind]}
 

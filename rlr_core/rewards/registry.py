@@ -173,7 +173,8 @@ REGISTRY: dict[str, RewardInfo] = {
             {
                 "mode": RewardOption("learned", str, "learned = fitted head; direct = clicks are the reward", ("learned", "direct")),
                 "log_path": RewardOption("clicks.jsonl", str, "JSONL click log to fit on"),
-                "features": RewardOption("auto", str, "image features of the head", ("auto", "clip", "tiny-clip", "pixels", "layout", "tiny-clip+grid", "tiny-clip+grid+colour")),
+                "features": RewardOption("auto", str, "image features of the head", ("auto", "clip", "tiny-clip", "pixels", "layout", "tiny-clip+grid", "tiny-clip+grid+colour",
+                                                                                           "tiny-clip+grid+object-colour")),
                 "clip_model": RewardOption("ViT-L-14-quickgelu", str, "open_clip architecture for features=clip/auto"),
                 "pretrained": RewardOption("openai", str, "open_clip pretrained tag for features=clip/auto"),
                 "l2": RewardOption(None, float, "L2 penalty of the Bradley-Terry fit (none: 0.3 for a head that weighs its "
