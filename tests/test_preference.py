@@ -16,6 +16,7 @@ from rlr_core.rewards.preference import (
     colour_features,
     image_sha256,
     layout_features,
+    object_colour_features,
     pixel_features,
     to_uint8,
 )
@@ -474,6 +475,39 @@ def test_colour_features_are_channel_statistics_and_differentiable():
     x = torch.rand(2, 3, 16, 12).requires_grad_(True)
     colour_features(x).sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+def _square_on_background(size: int, colour: tuple[float, float, float], background: float = 1.0) -> torch.Tensor:
+    """A 32x32 image: a centred square of ``size`` pixels in ``colour`` on a grey level ``background``."""
+    image = torch.full((3, 32, 32), background)
+    start = (32 - size) // 2
+    image[:, start:start + size, start:start + size] = torch.tensor(colour).view(3, 1, 1)
+    return image
+
+
+def test_object_colour_features_read_the_contents_colour_not_how_much_it_covers():
+    red, blue = (0.9, 0.1, 0.1), (0.1, 0.2, 0.9)
+    images = torch.stack([_square_on_background(6, red), _square_on_background(20, red), _square_on_background(20, blue),
+                          _square_on_background(20, red, background=0.0)])
+    f = object_colour_features(images)
+    assert f.shape == (4, 8)
+    assert torch.allclose(f[0], f[1], atol=0.02)  # a small and a large red square: the same colours
+    assert torch.allclose(f[1, :3], torch.tensor(red), atol=0.02) and torch.allclose(f[1, 3:6], torch.ones(3))
+    assert torch.allclose(f[2, :3], torch.tensor(blue), atol=0.02) and f[1, 6] > 0.7 and f[1, 7] < 1e-6  # chroma
+    assert torch.allclose(f[3, :3], torch.tensor(red), atol=0.02) and torch.allclose(f[3, 3:6], torch.zeros(3))
+    # the image-wide statistics move with the square's size: what the object colours are built to avoid
+    assert (colour_features(images[:1]) - colour_features(images[1:2])).abs().max() > 0.2
+    x = torch.rand(2, 3, 16, 12).requires_grad_(True)
+    object_colour_features(x).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_object_colour_head_weighs_its_groups_like_the_colour_head(tmp_path):
+    head = PreferenceReward(None, features="tiny-clip+grid+object-colour")
+    assert head.features_name == "tiny-clip+grid+object-colour" and head.selection == "cross-validated"
+    assert head.l2 == WEIGHED_GROUPS_L2
+    groups = head.feature_groups(torch.rand(2, 3, 32, 32))
+    assert list(groups) == ["embedding", "grid", "object-colour"] and groups["object-colour"].shape == (2, 8)
 
 
 def test_round_pairs_group_the_logs_pairs_by_round(tmp_path):

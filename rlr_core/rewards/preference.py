@@ -24,11 +24,11 @@ import torch
 from rlr_core.rewards.click_log import LOG_VERSION, ClickLog, ClickRecord, click_rewards, image_sha256, to_uint8
 from rlr_core.rewards.clip_models import is_tiny_base_model
 from rlr_core.rewards.preference_head import (FEATURES, MODES, SELECTIONS, PreferenceReward, colour_features, layout_features,
-                                              pixel_features)
+                                              object_colour_features, pixel_features)
 from rlr_core.rewards.simple import check_images
 
 __all__ = ["ClickLog", "ClickRecord", "ClickReward", "PreferenceReward", "click_rewards", "image_sha256",
-           "pixel_features", "layout_features", "colour_features", "to_uint8", "FEATURES", "SELECTIONS", "LOG_VERSION", "MODES", "DEFAULT_MODE", "DEFAULT_FEATURES",
+           "pixel_features", "layout_features", "colour_features", "object_colour_features", "to_uint8", "FEATURES", "SELECTIONS", "LOG_VERSION", "MODES", "DEFAULT_MODE", "DEFAULT_FEATURES",
            "DEFAULT_HEAD_UPDATES", "ROUND_IMAGES", "DEFAULT_ROUND_IMAGES", "CHECK_SEEDS", "DEFAULT_CHECK_SEEDS", "DEFAULT_LEARNING_RATE", "TINY_MODEL_FEATURES", "TINY_MODEL_LEARNING_RATE", "features_for",
            "learning_rate_for", "check_round_images"]
 
