@@ -37,7 +37,9 @@ __all__ = ["PREFERENCE_MODES", "FEATURE_CHOICES", "MAX_HEAD_UPDATES", "STRIP_IMA
            "load_click_log", "log_settings", "form_features", "check_seeds_for"]
 
 PREFERENCE_MODES = MODES
-FEATURE_CHOICES = ("auto", "tiny-clip+grid+colour", "tiny-clip+grid", "tiny-clip", "layout", "pixels")  # what the form offers; a loaded log may also name clip
+# what the form offers; a loaded log may also name clip
+FEATURE_CHOICES = ("auto", "tiny-clip+grid+colour", "tiny-clip+grid+object-colour", "tiny-clip+grid", "tiny-clip", "layout",
+                   "pixels")
 DEFAULT_CHECK_UPDATES = bool(DEFAULT_CHECK_SEEDS)  # the tab's "Check each update" box
 STRIP_IMAGES = 4  # images of one strip (the same seeds after every update)
 STRIPS_KEPT = 8  # strips kept after the first ("before") one

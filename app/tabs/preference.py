@@ -58,7 +58,8 @@ def layout(page: Page) -> PreferenceTab:
         features = gr.Radio(list(clicks.FEATURE_CHOICES), value=DEFAULT_FEATURES, label="Learned-head features",
                             info=f"auto: {TINY_MODEL_FEATURES} for the tiny model, else CLIP when its weights are "
                                  "available; tiny-clip+grid+colour: tiny-clip+grid and colour statistics, the groups weighed by "
-                                 "how well they predict your clicks; "
+                                 "how well they predict your clicks; tiny-clip+grid+object-colour: the same with the colour of "
+                                 "the content and of the background instead (they do not change with the shape's size); "
                                  "tiny-clip+grid: the bundled image-text model's embedding + where the content sits and "
                                  "how jagged its outline is; tiny-clip: the embedding alone; pixels: weight-free colour "
                                  "statistics; layout: pixels + where the content sits and how jagged its outline is")
