@@ -259,7 +259,7 @@ def test_get_reward_preference_learned_and_direct(tmp_path):
     assert torch.equal(r(torch.rand(2, 3, 8, 8), ["a", "b"]), torch.zeros(2))  # no clicks yet
     with pytest.raises(ValueError, match="mode='direct' has no reward function.*PreferenceSession"):
         get_reward("preference", mode="direct", log_path=str(path))
-    with pytest.raises(ValueError, match=r"features='dreams'.*\['auto', 'clip', 'tiny-clip', 'pixels', 'layout', 'tiny-clip\+grid', 'tiny-clip\+grid\+colour'\]"):
+    with pytest.raises(ValueError, match=r"features='dreams'.*\['auto', 'clip', 'tiny-clip', 'pixels', 'layout', 'tiny-clip\+grid', 'tiny-clip\+grid\+colour', 'tiny-clip\+grid\+object-colour'\]"):
         get_reward("preference", log_path=str(path), features="dreams")
     # the registry lists the choices itself (it imports this module lazily): they are the head's
     from rlr_core.rewards.preference import FEATURES, SELECTIONS
