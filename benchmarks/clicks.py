@@ -117,6 +117,8 @@ MODES = {
     "learned-tiny-clip+grid+colour-cvw100-l2=0.3-newton-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     "learned-tiny-clip+grid+colour-cvavg-w100-l2=0.3-newton-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     "learned-tiny-clip+grid+colour-cv-l2=0.01-lbfgs-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
+    # the default's head, its group weights the simplest within one standard error of the best held-out loss
+    "learned-tiny-clip+grid+colour-cv1se-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     # the default's head with the colour of the content and of the background for the colour statistics
     "learned-tiny-clip+grid+object-colour-cv-one+head1-lr0.005": ("learned", "tiny-clip+grid+object-colour", 1),
     # the default's head without the colour statistics (weighed by cross-validation like the default's)
@@ -164,6 +166,7 @@ HEAD_VARIANTS = {"learned-global": {"scaling": "global"}, "learned-both": {"extr
                       "solver": "newton"},
                  "learned-tiny-clip+grid+colour-cv100-l2=0.3-one+head1-lr0.005":
                      {"l2": 0.3, "group_weight_choices": (0.0, 1.0, 10.0, 100.0), "solver": "lbfgs"},
+                 "learned-tiny-clip+grid+colour-cv1se-one+head1-lr0.005": {"selection": "cross-validated-1se"},
                  "learned-tiny-clip+grid-cvw100-l2=0.3-newton-one+head1-lr0.005":
                      {"selection": "cross-validated", "l2": 0.3, "group_weight_choices": WEIGHTS_TO_100,
                       "solver": "newton"},

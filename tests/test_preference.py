@@ -561,6 +561,31 @@ def test_cross_validated_head_weighs_the_feature_groups_that_predict_the_clicks(
     assert PreferenceReward(log, features="tiny-clip+grid").selection == "all"  # "auto" keeps the older kinds' fit
 
 
+def test_one_standard_error_selection_weighs_a_group_up_only_when_the_clicks_clearly_ask(tmp_path):
+    from rlr_core.rewards.preference_head import _lowest_loss, _within_one_se
+
+    noise = torch.tensor([0.3, -0.2, 0.25, -0.3, 0.1, -0.15, 0.2, -0.1])  # pair-by-pair spread of the differences
+    plain = torch.full((8,), 0.6)
+    candidates = [({"embedding": 1.0, "colour": 0.0}, float(plain.sum()), plain),
+                  ({"embedding": 1.0, "colour": 30.0}, float((plain - 0.02 + noise).sum()), plain - 0.02 + noise)]
+    # 0.06 lower in total, but the standard error of the difference is about 0.64: not clearly better
+    assert _lowest_loss(candidates)["colour"] == 30.0 and _within_one_se(candidates)["colour"] == 0.0
+    clearly = plain - 0.3 + 0.1 * noise  # 2.39 lower, standard error 0.06
+    candidates[1] = ({"embedding": 1.0, "colour": 30.0}, float(clearly.sum()), clearly)
+    assert _within_one_se(candidates)["colour"] == 30.0
+    # on clicks for the reddest square the rule still weighs colour up, and never above plain cross-validation
+    g = torch.Generator().manual_seed(3)
+    log = ClickLog(tmp_path / "clicks.jsonl")
+    for i in range(20):
+        images, _ = _square_images(g, 4)
+        log.append_round(f"r{i}", PROMPTS, i, to_uint8(images), [j == int(redness(images).argmax()) for j in range(4)],
+                         mode="learned")
+    one_se = PreferenceReward(log, features="tiny-clip+grid+colour", selection="cross-validated-1se")
+    best = PreferenceReward(log, features="tiny-clip+grid+colour", selection="cross-validated")
+    assert one_se.group_weights["colour"] > 1 and one_se.group_weights["embedding"] == 1.0
+    assert sum(one_se.group_weights.values()) <= sum(best.group_weights.values())
+
+
 def test_selection_values_are_checked():
     with pytest.raises(ValueError, match="selection='best'.*'auto', 'all', 'cross-validated'"):
         PreferenceReward(None, features="pixels", selection="best")

@@ -21,6 +21,7 @@ from rlr_core.hub import WeightsUnavailableError
 from rlr_core.rewards.bradley_terry import fit_bradley_terry_lbfgs, fit_bradley_terry_newton
 from rlr_core.rewards.click_log import ClickLog
 from rlr_core.rewards.clip_models import encode_images, load_clip
+from rlr_core.rewards.image_features import colour_features, layout_features, object_colour_features, pixel_features
 from rlr_core.rewards.simple import check_images
 
 __all__ = ["MODES", "FEATURES", "SELECTIONS", "SOLVERS", "PreferenceReward", "pixel_features", "layout_features",
@@ -44,10 +45,12 @@ GROUPS = {"clip": ("embedding",), "pixels": ("pixels",), "layout": ("pixels", "g
 # standardised features, so its L2 penalty is divided by the weight squared: 0 drops the group, 10 lets a few
 # clicks lean on it. "averaged": no one weighting is chosen; the head is the average of every weighting's head, each
 # weighed by how well it predicts the held-out rounds (exp(-held-out loss), pseudo Bayesian model averaging), so a
-# few clicks that tip the choice move the head a little, not from one weighting to another.
+# few clicks that tip the choice move the head a little, not from one weighting to another. "cross-validated-1se": of the
+# weightings whose held-out loss is within one standard error (over the held-out pairs) of the best one's, the one
+# with the smallest sum of weights, so a group is weighed up only when the clicks clearly ask for it.
 # "auto": cross-validated for the kinds in CROSS_VALIDATED_FEATURES, all alike for the others
 # (whose logs from before the selection existed then replay as they were made).
-SELECTIONS = ("auto", "all", "cross-validated", "averaged")
+SELECTIONS = ("auto", "all", "cross-validated", "averaged", "cross-validated-1se")
 CROSS_VALIDATED_FEATURES = ("tiny-clip+grid+colour", "tiny-clip+grid+object-colour")
 GROUP_WEIGHTS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
 SELECTION_FOLDS = 5
@@ -64,71 +67,6 @@ SCALINGS = ("per-feature", "global")
 # How the head solves its (convex) fit: Newton's method (exact to ~1e-12 in the loss, fast), or L-BFGS (at most 200
 # iterations; the solver of click logs made before Newton's, which replay with it)
 SOLVERS = ("newton", "lbfgs")
-
-
-def pixel_features(images: torch.Tensor, bins: int = 8) -> torch.Tensor:
-    """Weight-free differentiable image features [B, 3*bins + 48 + 8].
-
-    Soft per-channel colour histograms (Gaussian soft binning), a 4x4 average-pooled thumbnail,
-    per-channel mean and std, mean chroma (max - min channel) and edge energy.
-    """
-    x = images.float().clamp(0, 1)
-    b = x.shape[0]
-    centers = torch.linspace(0, 1, bins, device=x.device).view(1, 1, bins, 1)
-    width = 1.0 / bins
-    flat = x.flatten(2).unsqueeze(2)  # [B, 3, 1, HW]
-    weights = torch.exp(-0.5 * ((flat - centers) / width) ** 2)
-    weights = weights / weights.sum(dim=2, keepdim=True).clamp_min(1e-8)
-    hist = weights.mean(dim=-1).reshape(b, 3 * bins)
-    thumb = F.adaptive_avg_pool2d(x, 4).reshape(b, 48)
-    gray = x.mean(dim=1)
-    edges = ((gray[:, 1:, :] - gray[:, :-1, :]).abs().mean(dim=(1, 2)) + (gray[:, :, 1:] - gray[:, :, :-1]).abs().mean(dim=(1, 2))).unsqueeze(1)
-    return torch.cat([hist, thumb, colour_features(x), edges], dim=1)
-
-
-def colour_features(images: torch.Tensor) -> torch.Tensor:
-    """Weight-free differentiable colour statistics [B, 7]: per-channel mean and spread, and mean chroma
-    (max - min channel)."""
-    x = images.float().clamp(0, 1)
-    mean = x.mean(dim=(2, 3))
-    std = (x.var(dim=(2, 3), unbiased=False) + 1e-8).sqrt()
-    chroma = (x.max(dim=1).values - x.min(dim=1).values).mean(dim=(1, 2)).unsqueeze(1)
-    return torch.cat([mean, std, chroma], dim=1)
-
-
-def object_colour_features(images: torch.Tensor) -> torch.Tensor:
-    """Weight-free differentiable colours [B, 8]: the content's mean colour and the background's (the one-pixel
-    frame's, as in :func:`layout_features`), each with its chroma (max - min channel).
-
-    Unlike :func:`colour_features` these do not change with how much of the image the content covers, so a head
-    that reads "redder" from them pushes the content or the background toward red, not the shape's size or outline.
-    """
-    x = images.float().clamp(0, 1)
-    frame = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=2)
-    background = frame.mean(dim=2)  # [B, 3]
-    content = ((x - background[:, :, None, None]) ** 2).sum(dim=1).add(1e-6).sqrt()  # [B, H, W]
-    share = content / content.sum(dim=(1, 2), keepdim=True)
-    foreground = (x * share.unsqueeze(1)).sum(dim=(2, 3))  # [B, 3]
-    chroma = [c.max(dim=1).values - c.min(dim=1).values for c in (foreground, background)]
-    return torch.cat([foreground, background, chroma[0][:, None], chroma[1][:, None]], dim=1)
-
-
-def layout_features(images: torch.Tensor, cells: int = 4) -> torch.Tensor:
-    """Weight-free differentiable layout features [B, cells*cells + 2]: where the content sits and its outline.
-
-    The background is taken as the mean colour of the image's one-pixel frame; a pixel's "content" is its
-    colour distance to it. Features: the share of the content in each cell of a ``cells`` x ``cells`` grid
-    (so the content's centre and spread are linear in them), the mean content (how much there is) and the
-    content's edge energy per unit of content (jagged outlines score higher than round ones).
-    """
-    x = images.float().clamp(0, 1)
-    frame = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=2)
-    content = ((x - frame.mean(dim=2)[:, :, None, None]) ** 2).sum(dim=1).add(1e-6).sqrt()  # [B, H, W]
-    grid = F.adaptive_avg_pool2d(content.unsqueeze(1), cells).flatten(1)
-    amount = grid.sum(dim=1, keepdim=True).clamp_min(1e-6)
-    edges = ((content[:, 1:, :] - content[:, :-1, :]).abs().mean(dim=(1, 2))
-             + (content[:, :, 1:] - content[:, :, :-1]).abs().mean(dim=(1, 2))).unsqueeze(1)
-    return torch.cat([grid / amount, amount / grid.shape[1], edges / amount], dim=1)
 
 
 class PreferenceReward:
@@ -293,7 +231,7 @@ class PreferenceReward:
             if self.selection == "averaged":
                 self.weight, self.mean, self.std = self._averaged_weight(diff, candidates), mean, std
                 return self.num_pairs
-            self.group_weights = _lowest_loss(candidates)
+            self.group_weights = _lowest_loss(candidates) if self.selection == "cross-validated" else _within_one_se(candidates)
             scale = self._column_scale(self.group_weights)
         used = scale > 0
         weight = torch.zeros(z.shape[1], dtype=torch.float64)
@@ -320,10 +258,10 @@ class PreferenceReward:
         l2 = max(self.l2, 1e-6)
         return fit_bradley_terry_newton(diff, l2) if self.solver == "newton" else fit_bradley_terry_lbfgs(diff, l2)
 
-    def _held_out_losses(self, diff: torch.Tensor, round_of_pair: torch.Tensor) -> list[tuple[dict[str, float], float]]:
+    def _held_out_losses(self, diff: torch.Tensor, round_of_pair: torch.Tensor) -> list[tuple[dict[str, float], float, torch.Tensor]]:
         """Every candidate group weighting (the first group at 1, the others from ``group_weight_choices``; all at 1
         first) with the summed Bradley-Terry loss of its heads, each fitted on the other folds of rounds, on the
-        held-out fold."""
+        held-out fold, and that loss pair by pair [P]."""
         names = GROUPS[self.features_kind]
         fold = round_of_pair % SELECTION_FOLDS
         others = sorted(self.group_weight_choices, key=lambda w: w != 1.0)  # 1.0 first
@@ -333,29 +271,30 @@ class PreferenceReward:
             scale = self._column_scale(weights)
             used = scale > 0
             scaled = diff[:, used] * scale[used]
-            loss = 0.0
+            loss, per_pair = 0.0, torch.zeros(len(diff), dtype=torch.float64)
             for held_out in fold.unique():
                 train = fold != held_out
                 w = self._fit(scaled[train])
-                loss += float(F.softplus(-(scaled[~train] @ w)).sum())
-            candidates.append((weights, loss))
+                per_pair[~train] = F.softplus(-(scaled[~train] @ w))
+                loss += float(per_pair[~train].sum())
+            candidates.append((weights, loss, per_pair))
         return candidates
 
-    def _averaged_weight(self, diff: torch.Tensor, candidates: list[tuple[dict[str, float], float]]) -> torch.Tensor:
+    def _averaged_weight(self, diff: torch.Tensor, candidates: list[tuple[dict[str, float], float, torch.Tensor]]) -> torch.Tensor:
         """The average of every candidate weighting's head fitted on all pairs, as a weight on the standardised
         features, each weighed by exp(-its held-out loss) (normalised); ``group_weights`` becomes the expected weight
         of each group."""
-        losses = torch.tensor([loss for _, loss in candidates], dtype=torch.float64)
+        losses = torch.tensor([candidate[1] for candidate in candidates], dtype=torch.float64)
         probabilities = torch.softmax(-losses, dim=0)
         weight = torch.zeros(diff.shape[1], dtype=torch.float64)
-        for (weights, _), probability in zip(candidates, probabilities):
+        for (weights, _, _), probability in zip(candidates, probabilities):
             scale = self._column_scale(weights)
             used = scale > 0
             head = torch.zeros_like(weight)
             head[used] = self._fit(diff[:, used] * scale[used]) * scale[used]
             weight += probability * head
         shares = probabilities.tolist()
-        self.group_weights = {name: round(sum(p * weights[name] for (weights, _), p in zip(candidates, shares)), 9)
+        self.group_weights = {name: round(sum(p * weights[name] for (weights, _, _), p in zip(candidates, shares)), 9)
                               for name in candidates[0][0]}
         return weight
 
@@ -379,10 +318,23 @@ class PreferenceReward:
         return (z @ self.weight.to(dev, dt)).float()
 
 
-def _lowest_loss(candidates: list[tuple[dict[str, float], float]]) -> dict[str, float]:
+def _lowest_loss(candidates: list[tuple[dict[str, float], float, torch.Tensor]]) -> dict[str, float]:
     """The group weights of the candidate with the lowest held-out loss; near ties (1e-9) go to the earlier one."""
     best = candidates[0]
     for candidate in candidates[1:]:
         if candidate[1] < best[1] - 1e-9:
             best = candidate
     return best[0]
+
+
+def _within_one_se(candidates: list[tuple[dict[str, float], float, torch.Tensor]]) -> dict[str, float]:
+    """The group weights of the simplest candidate (the smallest sum of weights; then the lower loss) whose held-out
+    loss exceeds the lowest by at most one standard error of the pair-by-pair difference between the two."""
+    best = min(candidates, key=lambda candidate: candidate[1])
+    eligible = []
+    for weights, loss, per_pair in candidates:
+        difference = per_pair - best[2]
+        standard_error = float(difference.std() * len(difference) ** 0.5) if len(difference) > 1 else 0.0
+        if loss - best[1] <= standard_error:
+            eligible.append((sum(weights.values()), loss, weights))
+    return min(eligible, key=lambda entry: entry[:2])[2]

@@ -184,7 +184,7 @@ REGISTRY: dict[str, RewardInfo] = {
                 "selection": RewardOption("auto", str, "weights of the feature groups: all alike, or by how they predict "
                                           "held-out rounds, the best weighting or all blended (auto: cross-validated for "
                                           "tiny-clip+grid+colour and tiny-clip+grid+object-colour)",
-                                          ("auto", "all", "cross-validated", "averaged")),
+                                          ("auto", "all", "cross-validated", "averaged", "cross-validated-1se")),
                 "solver": RewardOption("newton", str, "how the fit is solved: Newton's method, or L-BFGS (the solver of "
                                        "click logs made before Newton's)", ("newton", "lbfgs")),
             },
