@@ -13,7 +13,8 @@ HERE = Path(__file__).resolve().parent
 SOURCES = {"the default (newton page)": HERE.parent / "newton" / "runs.jsonl",
            "two head updates per round": HERE / "head2.jsonl",
            "without the colour statistics": HERE / "no-colour.jsonl",
-           "object colours": HERE / "object-colour.jsonl"}
+           "object colours": HERE / "object-colour.jsonl",
+           "one-standard-error weights": HERE / "one-standard-error.jsonl"}
 SESSIONS = [(0.0, 2), (0.0, 8), (0.25, 3)]  # (wrong clicks, seed)
 
 
