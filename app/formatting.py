@@ -375,7 +375,7 @@ def group_weights_text(head: Any) -> str:
     weights) weighs them now:
     " (weighed from your clicks: embedding ×1, grid ×0, colour ×10)"; empty for a head that weighs them alike."""
     weights = getattr(head, "group_weights", {})
-    if getattr(head, "selection", "all") not in ("cross-validated", "averaged", "cross-validated-1se") or len(weights) < 2:
+    if getattr(head, "selection", "all") == "all" or len(weights) < 2:
         return ""
     shown = {name: f"{round(weight)}" if weight >= 10 else f"{weight:.2g}" for name, weight in weights.items()}
     return f" (weighed from your clicks: {', '.join(f'{name} ×{text}' for name, text in shown.items())})"

@@ -48,9 +48,7 @@ def object_colour_features(images: torch.Tensor) -> torch.Tensor:
     that reads "redder" from them pushes the content or the background toward red, not the shape's size or outline.
     """
     x = images.float().clamp(0, 1)
-    frame = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=2)
-    background = frame.mean(dim=2)  # [B, 3]
-    content = ((x - background[:, :, None, None]) ** 2).sum(dim=1).add(1e-6).sqrt()  # [B, H, W]
+    background, content = _background_and_content(x)
     share = content / content.sum(dim=(1, 2), keepdim=True)
     foreground = (x * share.unsqueeze(1)).sum(dim=(2, 3))  # [B, 3]
     chroma = [c.max(dim=1).values - c.min(dim=1).values for c in (foreground, background)]
@@ -66,10 +64,17 @@ def layout_features(images: torch.Tensor, cells: int = 4) -> torch.Tensor:
     content's edge energy per unit of content (jagged outlines score higher than round ones).
     """
     x = images.float().clamp(0, 1)
-    frame = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=2)
-    content = ((x - frame.mean(dim=2)[:, :, None, None]) ** 2).sum(dim=1).add(1e-6).sqrt()  # [B, H, W]
+    _, content = _background_and_content(x)
     grid = F.adaptive_avg_pool2d(content.unsqueeze(1), cells).flatten(1)
     amount = grid.sum(dim=1, keepdim=True).clamp_min(1e-6)
     edges = ((content[:, 1:, :] - content[:, :-1, :]).abs().mean(dim=(1, 2))
              + (content[:, :, 1:] - content[:, :, :-1]).abs().mean(dim=(1, 2))).unsqueeze(1)
     return torch.cat([grid / amount, amount / grid.shape[1], edges / amount], dim=1)
+
+
+def _background_and_content(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The background colour [B, 3] (the mean of the one-pixel frame) and each pixel's content [B, H, W] (its colour
+    distance to the background) of images ``x`` in [0, 1]."""
+    frame = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=2)
+    background = frame.mean(dim=2)
+    return background, ((x - background[:, :, None, None]) ** 2).sum(dim=1).add(1e-6).sqrt()
