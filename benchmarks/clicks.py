@@ -28,7 +28,9 @@ reaches half of the reference's gain on the same seed.
 Candidates besides the product's modes (``MODES``): head variants (``HEAD_VARIANTS``: one common feature
 scale, tiny-clip + pixel features, a scores-only head: ``differentiable=False``) and a session learning rate
 (named in the mode, ``-lr0.005``; every other run uses 0.01). ``--modes reference-scores`` adds the attribute as a reward
-without its gradient; ``--noises 1.0`` (every click wrong) is the control a real gain must beat.
+without its gradient; ``--noises 1.0`` (every click wrong) is the control a real gain must beat; a task's ``"clicker": "worst"``
+clicks the image with the LEAST of the attribute instead (the stricter control: a random wrong click is often the
+best image's near twin).
 Each session also records, per round, the cosine between the head's and the attribute's gradients with
 respect to the shown images (``gradient_alignment``; red and left only), and the weights of the head's feature
 groups (``group_weights``: all 1 unless the head weighs them, ``selection="cross-validated"``).
@@ -252,6 +254,7 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
     attribute = Attribute(task["attribute"])
     mode, features, head_updates = MODES[task["mode"]]
     wrong = np.random.default_rng([task["seed"], int(task["noise"] * 100), 17])
+    pick = torch.argmin if task.get("clicker") == "worst" else torch.argmax
     with tempfile.TemporaryDirectory() as tmp:
         log = ClickLog(Path(tmp) / "clicks.jsonl")
         options = dict(HEAD_VARIANTS.get(task["mode"], {}))
@@ -273,7 +276,7 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
             prompts = grouped_prompts(round_prompts(task["mode"], index, trainer.config.prompts), 4, groups)
             shown = session.new_round(prompts, seed=task["seed"] * 100_000 + index)
             values = attribute(shown.images, shown.prompts)
-            best, wrong_click = int(torch.argmax(values)), False
+            best, wrong_click = int(pick(values)), False
             if wrong.random() < task["noise"]:
                 best, wrong_click = int(wrong.choice([i for i in range(shown.size) if i != best])), True
             clicked = time.perf_counter()
@@ -287,7 +290,7 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
             alignment.append(gradient_alignment(session.head, attribute, shown.images, shown.prompts))
             curve.append(measure(trainer, attribute))
             if on_round is not None:
-                on_round(RoundTrace(index, shown.prompts, wrong_click, [float(v) for v in values], update, session.head,
+                on_round(RoundTrace(index, shown.prompts, best, wrong_click, [float(v) for v in values], update, session.head,
                                     _mean(curve[-1]) - _mean(curve[0])))
         if more_seeds:
             wide.append(measure(trainer, attribute, more_seeds))
@@ -298,11 +301,12 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
 
 @dataclass
 class RoundTrace:
-    """One round of a simulated session: the shown images' attribute, whether the click was wrong, the update,
+    """One round of a simulated session: the shown images' attribute, the clicked image and whether the click was wrong, the update,
     the head after it and the attribute's gain so far on the fixed seeds."""
 
     index: int
     prompts: list[str]
+    clicked: int
     wrong_click: bool
     attribute: list[float]
     update: Any
@@ -436,7 +440,7 @@ def _run(task: dict) -> dict:
 
 
 def key(task: dict) -> str:
-    extra = "".join(f"|{name}={task[name]}" for name in ("lora_targets", "lr", "model", "prompts", "wide_seeds")
+    extra = "".join(f"|{name}={task[name]}" for name in ("lora_targets", "lr", "model", "prompts", "wide_seeds", "clicker")
                     if name in task)
     return f"{task['mode']}|{task['attribute']}|{task['noise']}|{task['seed']}|{task['rounds']}{extra}"
 

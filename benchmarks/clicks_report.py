@@ -68,7 +68,7 @@ def label(run: dict) -> str:
     if run["mode"] in REFERENCES.values():
         return f"reference [{', '.join([targets, f'lr {lr:g}', *_model_notes(model, prompts)])}]"
     notes = ([] if targets == "attention" else [targets]) + ([] if lr == learning_rate(run["mode"]) else [f"lr {lr:g}"])
-    notes += _model_notes(model, prompts)
+    notes += _model_notes(model, prompts) + (["clicks the least"] if run.get("clicker") == "worst" else [])
     return run["mode"] + (f" [{', '.join(notes)}]" if notes else "")
 
 

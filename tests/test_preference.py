@@ -902,6 +902,11 @@ def test_click_benchmark_runs_a_session_and_reports(tmp_path, monkeypatch):
     assert len(session["click_seconds_per_round"]) == 2
     assert all(0 < c < s for c, s in zip(session["click_seconds_per_round"], session["seconds_per_round"]))
     assert session["accepted"] == [True, True]  # no check: every update kept
+    traces = []
+    worst = clicks.run_session({**small, "mode": "direct", "attribute": "red", "noise": 0.0, "clicker": "worst", "rounds": 1},
+                               on_round=traces.append)
+    assert traces[0].clicked == min(range(4), key=lambda i: traces[0].attribute[i])  # the control clicks the least red
+    assert clicks.key(worst).endswith("|clicker=worst") and clicks_report.label(worst).endswith("clicks the least]")
     checked = clicks.run_session({**small, "mode": "learned-layout-one-checked", "attribute": "red", "noise": 0.0})
     assert len(checked["accepted"]) == 2 and all(isinstance(kept, bool) for kept in checked["accepted"])
     assert clicks.default_mode() == "learned-tiny-clip+grid+colour-cv-one+head1-lr0.005"  # the product's default settings, found by the benchmark
