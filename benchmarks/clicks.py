@@ -125,6 +125,8 @@ MODES = {
     "learned-tiny-clip+grid+object-colour-cv-one+head1-lr0.005": ("learned", "tiny-clip+grid+object-colour", 1),
     # the default's head without the colour statistics (weighed by cross-validation like the default's)
     "learned-tiny-clip+grid-cvw100-l2=0.3-newton-one+head1-lr0.005": ("learned", "tiny-clip+grid", 1),
+    "learned-tiny-clip+grid+colour-cvw100-l2=0.3-newton-cap1-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
+    "learned-tiny-clip+grid+colour-cvw100-l2=0.3-newton-cap3-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
     "learned+head2": ("learned", "tiny-clip", 2),
@@ -169,6 +171,11 @@ HEAD_VARIANTS = {"learned-global": {"scaling": "global"}, "learned-both": {"extr
                  "learned-tiny-clip+grid+colour-cv100-l2=0.3-one+head1-lr0.005":
                      {"l2": 0.3, "group_weight_choices": (0.0, 1.0, 10.0, 100.0), "solver": "lbfgs"},
                  "learned-tiny-clip+grid+colour-cv1se-one+head1-lr0.005": {"selection": "cross-validated-1se"},
+                 # the colour group's pixel gradient at most 1 or 3 times the embedding's (PreferenceReward colour_cap)
+                 "learned-tiny-clip+grid+colour-cvw100-l2=0.3-newton-cap1-one+head1-lr0.005":
+                     {"l2": 0.3, "group_weight_choices": WEIGHTS_TO_100, "solver": "newton", "colour_cap": 1.0},
+                 "learned-tiny-clip+grid+colour-cvw100-l2=0.3-newton-cap3-one+head1-lr0.005":
+                     {"l2": 0.3, "group_weight_choices": WEIGHTS_TO_100, "solver": "newton", "colour_cap": 3.0},
                  "learned-tiny-clip+grid-cvw100-l2=0.3-newton-one+head1-lr0.005":
                      {"selection": "cross-validated", "l2": 0.3, "group_weight_choices": WEIGHTS_TO_100,
                       "solver": "newton"},
@@ -270,7 +277,7 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
         curve = [measure(trainer, attribute)]
         more_seeds = wide_seeds(task)
         wide = [measure(trainer, attribute, more_seeds)] if more_seeds else []
-        accuracy, seconds, click_seconds, alignment, accepted, groups_used = [], [], [], [], [], []
+        accuracy, seconds, click_seconds, alignment, accepted, groups_used, colour_scales = [], [], [], [], [], [], []
         for index in range(task["rounds"]):
             start = time.perf_counter()
             prompts = grouped_prompts(round_prompts(task["mode"], index, trainer.config.prompts), 4, groups)
@@ -287,6 +294,7 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
             accepted.append(update.accepted)
             accuracy.append(session.held_out_accuracy())
             groups_used.append(dict(getattr(session.head, "group_weights", {})))
+            colour_scales.append(getattr(session.head, "colour_scale", 1.0))
             alignment.append(gradient_alignment(session.head, attribute, shown.images, shown.prompts))
             curve.append(measure(trainer, attribute))
             if on_round is not None:
@@ -296,7 +304,7 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
             wide.append(measure(trainer, attribute, more_seeds))
     return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}), "held_out_accuracy": accuracy,
             "seconds_per_round": seconds, "click_seconds_per_round": click_seconds, "gradient_alignment": alignment,
-            "accepted": accepted, "group_weights": groups_used, "settings": used_settings(task, trainer)}
+            "accepted": accepted, "group_weights": groups_used, "colour_scale": colour_scales, "settings": used_settings(task, trainer)}
 
 
 @dataclass

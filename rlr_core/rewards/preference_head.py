@@ -54,6 +54,11 @@ SELECTIONS = ("auto", "all", "cross-validated", "averaged", "cross-validated-1se
 CROSS_VALIDATED_FEATURES = ("tiny-clip+grid+colour", "tiny-clip+grid+object-colour")
 GROUP_WEIGHTS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
 SELECTION_FOLDS = 5
+# colour_cap: the colour groups' pixel gradient, measured on the latest CAP_ROUNDS rounds' clicked images, is scaled down
+# to at most colour_cap times the embedding's. The training step (AdamW) follows the direction of the whole gradient,
+# and a colour gradient many times the embedding's takes the step even where the embedding explains the clicks.
+CAPPED_GROUPS = ("colour", "object-colour")
+CAP_ROUNDS = 4
 # The ridge of the Bradley-Terry fit (l2=None): DEFAULT_L2 for a head that weighs all its features alike; for one that
 # weighs its groups by held-out clicks WEIGHED_GROUPS_L2, which is the first group's (the embedding's): another group at
 # weight g has WEIGHED_GROUPS_L2 / g^2, so with GROUP_WEIGHTS up to 100 the many embedding features stay shrunk while
@@ -105,6 +110,7 @@ class PreferenceReward:
         selection: str = "auto",
         group_weight_choices: tuple[float, ...] = GROUP_WEIGHTS,
         solver: str = "newton",
+        colour_cap: float | None = None,
     ) -> None:
         if solver not in SOLVERS:
             raise ValueError(f"solver={solver!r} is not allowed; allowed values: {list(SOLVERS)}")
@@ -120,6 +126,10 @@ class PreferenceReward:
         if l2 is not None and not float(l2) >= 0:
             raise ValueError(f"l2={l2!r} is not allowed; allowed values: a number >= 0 or None (DEFAULT_L2 or "
                              f"WEIGHED_GROUPS_L2)")
+        if colour_cap is not None and not float(colour_cap) >= 0:
+            raise ValueError(f"colour_cap={colour_cap!r} is not allowed; allowed values: a number >= 0 or None (uncapped)")
+        self.colour_cap = None if colour_cap is None else float(colour_cap)
+        self.colour_scale = 1.0  # what colour_cap multiplied the colour group's weights by at the last refit
         self.log = log if isinstance(log, ClickLog) or log is None else ClickLog(log)
         self.scaling = scaling
         self.solver = solver
@@ -230,6 +240,7 @@ class PreferenceReward:
             candidates = self._held_out_losses(diff, round_of_pair)
             if self.selection == "averaged":
                 self.weight, self.mean, self.std = self._averaged_weight(diff, candidates), mean, std
+                self._cap_colour_gradient(by_round)
                 return self.num_pairs
             self.group_weights = _lowest_loss(candidates) if self.selection == "cross-validated" else _within_one_se(candidates)
             scale = self._column_scale(self.group_weights)
@@ -239,7 +250,35 @@ class PreferenceReward:
         std = std.clone()
         std[used] = std[used] / scale[used]  # so that a new image's (features - mean) / std carries its group's weight
         self.weight, self.mean, self.std = weight, mean, std
+        self._cap_colour_gradient(by_round)
         return self.num_pairs
+
+    def _cap_colour_gradient(self, by_round: dict[str, list[tuple[str, str]]]) -> None:
+        """With ``colour_cap``: scale the colour group's weights so that its gradient with respect to the pixels of the
+        latest ``CAP_ROUNDS`` rounds' clicked images is at most ``colour_cap`` times the embedding's (``colour_scale``)."""
+        self.colour_scale = 1.0
+        names = GROUPS[self.features_kind]
+        capped = [name for name in names if name in CAPPED_GROUPS]
+        if self.colour_cap is None or self.weight is None or not capped or "embedding" not in names:
+            return
+        assert self.log is not None and self._group_sizes is not None
+        ends = dict(zip(names, itertools.accumulate(self._group_sizes)))
+        columns = {name: slice(ends[name] - size, ends[name]) for name, size in zip(names, self._group_sizes)}
+        if not float(self.weight[columns[capped[0]]].abs().sum()) > 0:
+            return
+        shas = sorted({sha for pairs in list(by_round.values())[-CAP_ROUNDS:] for pair in pairs for sha in pair})
+        images = torch.stack([self.log.load_image(sha) for sha in shas]).to(self.device).requires_grad_(True)
+        with torch.enable_grad():
+            z = (self.features(images).double() - self.mean.to(self.device)) / self.std.to(self.device)
+            weight = self.weight.to(self.device)
+            norms = {}
+            for name in ("embedding", capped[0]):
+                term = (z[:, columns[name]] @ weight[columns[name]]).sum()
+                norms[name] = float(torch.autograd.grad(term, images, retain_graph=True)[0].norm())
+        if norms[capped[0]] > self.colour_cap * norms["embedding"]:
+            self.colour_scale = self.colour_cap * norms["embedding"] / norms[capped[0]]
+            self.weight = self.weight.clone()
+            self.weight[columns[capped[0]]] *= self.colour_scale
 
     @property
     def selected_groups(self) -> tuple[str, ...]:
