@@ -7,7 +7,7 @@ from typing import Any
 
 from rlr_core.estimators import list_estimators
 from rlr_core.rewards.preference import DEFAULT_FEATURES, FEATURES, MODES, ROUND_IMAGES, ClickLog, check_round_images
-from rlr_core.rewards.preference_head import SOLVERS
+from rlr_core.rewards.preference_head import SELECTIONS, SOLVERS
 from rlr_core.training.clicks import SETTINGS
 
 from .errors import FieldError
@@ -25,7 +25,7 @@ MAX_HEAD_FIT_NUMBER = 1e6  # the largest head_l2 or group weight a loaded click 
 
 def log_settings(log: ClickLog) -> dict[str, Any]:
     """The mode / features / head_updates / lr / check_seeds / round_images / estimator / head_l2 / head_group_weights /
-    head_solver the log's updates were made with (its last update's; lr and estimator None in logs older than the
+    head_solver / head_selection / head_colour_cap the log's updates were made with (its last update's; lr and estimator None in logs older than the
     setting: they were made with the Train settings'; the others as PreferenceSession's SETTINGS says for logs older
     than the setting);
     FieldError naming the click log when it has no updated round or names an unknown setting."""
@@ -39,7 +39,9 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
                 "check_seeds": last.get("check_seeds", []), "round_images": last.get("round_images", "batch"),
                 "estimator": last.get("estimator"), "head_l2": last.get("head_l2", SETTINGS["head_l2"]),
                 "head_group_weights": last.get("head_group_weights", SETTINGS["head_group_weights"]),
-                "head_solver": last.get("head_solver", SETTINGS["head_solver"])}
+                "head_solver": last.get("head_solver", SETTINGS["head_solver"]),
+                "head_selection": last.get("head_selection", "auto"),
+                "head_colour_cap": last.get("head_colour_cap", SETTINGS["head_colour_cap"])}
     if settings["mode"] not in MODES or settings["features"] not in FEATURES:
         raise FieldError(LOG_FIELD, f"names mode {settings['mode']!r} / features {settings['features']!r}; allowed: "
                                     f"mode {', '.join(MODES)}, features {', '.join(FEATURES)}")
@@ -70,6 +72,11 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
                                     f"numbers >= 0 and at most {MAX_HEAD_FIT_NUMBER:g}")
     if settings["head_solver"] not in SOLVERS:
         raise FieldError(LOG_FIELD, f"names head_solver {settings['head_solver']!r}; allowed: {', '.join(SOLVERS)}")
+    if settings["head_selection"] not in SELECTIONS:
+        raise FieldError(LOG_FIELD, f"names head_selection {settings['head_selection']!r}; allowed: {', '.join(SELECTIONS)}")
+    if settings["head_colour_cap"] is not None and not _head_fit_number(settings["head_colour_cap"]):
+        raise FieldError(LOG_FIELD, f"names head_colour_cap {settings['head_colour_cap']!r}; allowed: null (uncapped) or a "
+                                    f"number >= 0 and at most {MAX_HEAD_FIT_NUMBER:g}")
     if last.get("head_gradient", True) is not True:
         raise FieldError(LOG_FIELD, "was made with a scores-only head (head_gradient false, from the Python API); the app "
                                     "replays logs of its own differentiable head: replay it with PreferenceSession.replay")

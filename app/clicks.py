@@ -294,7 +294,8 @@ def _replay_upload(session: str, path: Path, form: dict[str, Any], hosted: bool,
                          _kind(mode, form_features(features), head_updates, config.model, learning_rate, bool(check_seeds)),
                          continue_lora, config.lr, settings["round_images"], settings["estimator"],
                          {"l2": settings["head_l2"], "group_weight_choices": tuple(settings["head_group_weights"]),
-                          "solver": settings["head_solver"]})
+                          "solver": settings["head_solver"], "selection": settings["head_selection"],
+                          "colour_cap": settings["head_colour_cap"]})
     rounds = len(updated_rounds(log))
 
     def on_round(number: int, update: Any) -> None:

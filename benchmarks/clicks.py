@@ -13,9 +13,11 @@ images every round). Attributes:
 * ``left``: how far left the shape sits, 0.5 minus the x of the centroid of the soft foreground mask
   (``rlr_core.rewards.composition``; the prompts say nothing of position).
 
-Two more detector attributes for the offline head probe (benchmarks/click_head_probe.py; a task may name them):
-``boxy`` (the shape's extent, area / bounding-box area: squares ~1.0, circles ~0.79) and ``size`` (the shape's
-area as a share of the image).
+Three more detector attributes for the offline head probe (benchmarks/click_head_probe.py; a task may name them):
+``boxy`` (the shape's extent, area / bounding-box area: squares ~1.0, circles ~0.79), ``size`` (the shape's
+area as a share of the image) and ``star`` (1 for a clean five-pointed star, ``rlr_core.tiny.detect.is_clean_star``,
+else 0). A spiky session also records the clean stars of its fixed seeds after each round (``star_curve``): a
+ragged outline raises spiky without drawing a star.
 
 The reference for each attribute is the attribute itself as the training reward, as many iterations
 of batch 4 as the session has rounds; a session's "rounds to half" is the first round whose gain
@@ -184,7 +186,7 @@ HEAD_VARIANTS = {"learned-global": {"scaling": "global"}, "learned-both": {"extr
                      {"l2": 0.01, "group_weight_choices": (0.0, 1.0, 3.0, 10.0), "solver": "lbfgs"},
                  "learned-layout-one-l2=0.1": {"l2": 0.1}, "learned-layout-one-l2=1": {"l2": 1.0}}
 ATTRIBUTES = ("red", "spiky", "left")
-DETECTOR_ATTRIBUTES = ("spiky", "boxy", "size")  # read from the tiny detector's solidity, extent and area
+DETECTOR_ATTRIBUTES = ("spiky", "boxy", "size", "star")  # read from the tiny detector's solidity, extent, area, stars
 ALL_ATTRIBUTES = tuple(dict.fromkeys((*ATTRIBUTES, *DETECTOR_ATTRIBUTES)))  # what a task or the head probe may name
 NOISES = (0.0, 0.25, 0.1)  # in the order the full phase runs them
 
@@ -214,6 +216,10 @@ class Attribute:
             values = [1.0 - float(d.features.get("solidity", 1.0)) for d in detections]
         elif self.name == "boxy":
             values = [float(d.features.get("extent", 0.0)) for d in detections]
+        elif self.name == "star":
+            from rlr_core.tiny.detect import is_clean_star
+
+            values = [float(is_clean_star(d)) for d in detections]
         else:
             values = [float(d.features.get("area", 0.0)) / (images.shape[-1] * images.shape[-2]) for d in detections]
         return torch.tensor(values, dtype=torch.float32)
@@ -275,6 +281,8 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
                                     check_seeds=check_seeds(task["mode"]), round_images=round_images(task["mode"]))
         groups = trainer.estimator.noise_groups(mode == "learned" and head.differentiable)
         curve = [measure(trainer, attribute)]
+        stars = Attribute("star") if attribute.name == "spiky" else None  # ragged outlines raise spiky, not stars
+        star_curve = [measure(trainer, stars)] if stars else []
         more_seeds = wide_seeds(task)
         wide = [measure(trainer, attribute, more_seeds)] if more_seeds else []
         accuracy, seconds, click_seconds, alignment, accepted, groups_used, colour_scales = [], [], [], [], [], [], []
@@ -297,12 +305,13 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
             colour_scales.append(getattr(session.head, "colour_scale", 1.0))
             alignment.append(gradient_alignment(session.head, attribute, shown.images, shown.prompts))
             curve.append(measure(trainer, attribute))
+            star_curve += [measure(trainer, stars)] if stars else []
             if on_round is not None:
                 on_round(RoundTrace(index, shown.prompts, best, wrong_click, [float(v) for v in values], update, session.head,
                                     _mean(curve[-1]) - _mean(curve[0])))
         if more_seeds:
             wide.append(measure(trainer, attribute, more_seeds))
-    return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}), "held_out_accuracy": accuracy,
+    return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}), **({"star_curve": star_curve} if stars else {}), "held_out_accuracy": accuracy,
             "seconds_per_round": seconds, "click_seconds_per_round": click_seconds, "gradient_alignment": alignment,
             "accepted": accepted, "group_weights": groups_used, "colour_scale": colour_scales, "settings": used_settings(task, trainer)}
 
@@ -384,13 +393,15 @@ def run_reference(task: dict) -> dict:
         trainer = _trainer(attribute, task["seed"], task["rounds"], tmp, task.get("num_steps", 20),
                            *task_settings(task))
         curve = [measure(trainer, attribute)]
+        stars = Attribute("star") if attribute.name == "spiky" else None  # ragged outlines raise spiky, not stars
+        star_curve = [measure(trainer, stars)] if stars else []
         more_seeds = wide_seeds(task)
         wide = [measure(trainer, attribute, more_seeds)] if more_seeds else []
         for _ in trainer.run(task["rounds"]):
             curve.append(measure(trainer, attribute))
         if more_seeds:
             wide.append(measure(trainer, attribute, more_seeds))
-    return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}), "settings": used_settings(task, trainer)}
+    return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}), **({"star_curve": star_curve} if stars else {}), "settings": used_settings(task, trainer)}
 
 
 def task_settings(task: dict) -> tuple[float, str, str, list[str]]:

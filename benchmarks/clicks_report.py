@@ -151,6 +151,34 @@ def wide_lines(runs: list[dict]) -> list[str]:
     return lines
 
 
+def click_effect_lines(runs: list[dict]) -> list[str]:
+    """A table of the click effect: each session that clicked the image with the least of the attribute (a task's
+    ``"clicker": "worst"``) beside the noise-free session of the same mode, settings, attribute, seed and length that
+    clicked the most; the gain of each, their difference, and per mode and attribute the mean difference and on how
+    many seeds clicking the most gained more. A gain that does not come from the clicks shows in both. Empty without
+    such sessions."""
+    def pairing(run: dict) -> tuple:
+        return (run["mode"], settings(run), run["attribute"], run["seed"], run["rounds"])
+
+    most = {pairing(r): r for r in runs if r.get("clicker", "best") == "best" and r["noise"] == 0.0}
+    pairs = sorted(((most[pairing(r)], r) for r in runs if r.get("clicker") == "worst" and pairing(r) in most),
+                   key=lambda pair: (label(pair[0]), pair[0]["attribute"], pair[0]["seed"]))
+    if not pairs:
+        return []
+    lines = ["| mode | attribute | seed | gain, clicking the most | gain, clicking the least | difference |",
+             "|---|---|---|---|---|---|"]
+    groups: dict[tuple, list[float]] = defaultdict(list)
+    for best, worst in pairs:
+        difference = gain_curve(best)[-1] - gain_curve(worst)[-1]
+        groups[(label(best), best["attribute"])].append(difference)
+        lines.append(f"| {label(best)} | {best['attribute']} | {best['seed']} | {gain_curve(best)[-1]:+.3f} | "
+                     f"{gain_curve(worst)[-1]:+.3f} | {difference:+.3f} |")
+    for (mode, attribute), differences in sorted(groups.items()):
+        lines.append(f"| {mode} | {attribute} | all {len(differences)} | | | {_mean(differences):+.3f} mean; the most "
+                     f"gained more on {sum(d > 0 for d in differences)} of {len(differences)} |")
+    return lines
+
+
 def _up_text(run: dict) -> str:
     return f"{fixed_seeds_up(run)}/{len(run['curve'][0])}"
 
@@ -198,6 +226,10 @@ def write_report(out: Path) -> str:
     wide = wide_lines(runs)
     if wide:
         lines += ["", "Runs measured on more fixed seeds at the start and the end (`wide_seeds`):", "", *wide]
+    effect = click_effect_lines(runs)
+    if effect:
+        lines += ["", "The click effect: sessions clicking the image with the most of the attribute against sessions "
+                      "clicking the least (`clicker: worst`), same seeds:", "", *effect]
     text = "\n".join(lines) + "\n"
     (out / "clicks.md").write_text(text)
     _picture(runs, out / "clicks.png")

@@ -128,7 +128,8 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
                                             "lr": 0.004, "check_seeds": [], "round_images": "batch",
                                             "estimator": "rlr", "head_l2": 0.01,
                                             "head_group_weights": [0.0, 1.0, 3.0, 10.0, 30.0, 100.0],
-                                            "head_solver": "newton"}  # the log's
+                                            "head_solver": "newton", "head_selection": "all",
+                                            "head_colour_cap": None}  # the log's
     rebuilt = runs.current_lora(loaded)
     assert set(rebuilt) == set(trained) and all(torch.equal(rebuilt[k], trained[k]) for k in trained)
     assert loaded.step == 6 and loaded.counters == {"rounds": 3, "clicks": 3, "updates": 3, "undone": 0}
@@ -193,7 +194,8 @@ def test_a_loaded_click_log_keeps_the_rounds_it_showed(studio, tmp_path, monkeyp
     events = [json.loads(line) for line in files["clicks.jsonl"].decode().splitlines() if line.strip()]
     assert sum(e.pop("round_images", None) == "batch" for e in events) == 2
     assert sum(e.pop("head_l2", None) == 0.01 and e.pop("head_group_weights", None) == [0, 1, 3, 10, 30, 100]
-               and e.pop("head_solver", None) == "lbfgs" for e in events) == 2
+               and e.pop("head_solver", None) == "lbfgs" and e.pop("head_selection", None) == "all"
+               and e.pop("head_colour_cap", 0) is None for e in events) == 2
     for name, value in (("older", None), ("hidden", "hidden-twins")):
         lines = [{**e, "round_images": value} if value and e.get("type") == "update" else e for e in events]
         with zipfile.ZipFile(tmp_path / f"{name}.zip", "w") as archive:
@@ -274,7 +276,13 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
                                                                        "head_group_weights": list(range(100))}),
              "bad-solver.jsonl": json.dumps(click) + "\n" + json.dumps({"type": "update", "round_id": "x", "mode": "learned",
                                                                       "features": "pixels", "head_updates": 0,
-                                                                      "head_solver": "adam"})}
+                                                                      "head_solver": "adam"}),
+             "bad-selection.jsonl": json.dumps(click) + "\n" + json.dumps({"type": "update", "round_id": "x", "mode": "learned",
+                                                                         "features": "pixels", "head_updates": 0,
+                                                                         "head_selection": "best"}),
+             "bad-cap.jsonl": json.dumps(click) + "\n" + json.dumps({"type": "update", "round_id": "x", "mode": "learned",
+                                                                   "features": "pixels", "head_updates": 0,
+                                                                   "head_colour_cap": "half"})}
     messages = {}
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
@@ -292,6 +300,8 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
     assert "names head_group_weights [0, 1, 2," in messages["bad-weights.jsonl"]
     assert "allowed: a list of 1 to 8 numbers >= 0" in messages["bad-weights.jsonl"]
     assert "names head_solver 'adam'; allowed: newton, lbfgs" in messages["bad-solver.jsonl"]
+    assert "names head_selection 'best'; allowed: auto, all, cross-validated" in messages["bad-selection.jsonl"]
+    assert "names head_colour_cap 'half'; allowed: null (uncapped) or a number >= 0" in messages["bad-cap.jsonl"]
     hidden = "".join(json.dumps({**click, "index": i}) + "\n" for i in range(6)) + json.dumps(
         {"type": "update", "round_id": "x", "mode": "learned", "features": "pixels", "head_updates": 0,
          "round_images": "hidden-twins"})

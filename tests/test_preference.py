@@ -349,9 +349,9 @@ def test_the_heads_ridge_follows_how_it_weighs_its_groups(tmp_path):
 
 
 def test_replay_needs_the_heads_fit_of_the_log(tmp_path):
-    """The head's l2, group weights and solver are in every update; a log older than them was made with l2 0.01, group
-    weights 0, 1, 3, 10 and L-BFGS: a session whose head fits otherwise refuses to replay it, one whose head fits so
-    replays it."""
+    """The head's l2, group weights, solver, selection and colour cap are in every update; a log older than them was made
+    with l2 0.01, group weights 0, 1, 3, 10, L-BFGS and no colour cap: a session whose head fits otherwise refuses to
+    replay it, one whose head fits so replays it."""
     log = ClickLog(tmp_path / "a" / "clicks.jsonl")
     session = PreferenceSession(TinyTrainer(FakeChain(), FakeEstimator()), log, mode="learned", features="pixels")
     for i in range(2):
@@ -364,7 +364,8 @@ def test_replay_needs_the_heads_fit_of_the_log(tmp_path):
     older = tmp_path / "older.jsonl"
     lines = [json.loads(line) for line in (tmp_path / "a" / "clicks.jsonl").read_text().splitlines() if line.strip()]
     older.write_text("".join(json.dumps({k: v for k, v in e.items()
-                                         if k not in ("head_l2", "head_group_weights", "head_solver")}) + "\n" for e in lines))
+                                         if k not in ("head_l2", "head_group_weights", "head_solver", "head_selection",
+                                                      "head_colour_cap")}) + "\n" for e in lines))
 
     def fresh(name: str, **head_options) -> PreferenceSession:
         folder_log = ClickLog(tmp_path / name / "clicks.jsonl")
@@ -380,6 +381,14 @@ def test_replay_needs_the_heads_fit_of_the_log(tmp_path):
         fresh("d", group_weight_choices=(0, 1, 3, 10)).replay(older)
     assert fresh("e", group_weight_choices=(0, 1, 3, 10), solver="lbfgs").replay(older).rounds == 2
     assert fresh("f").replay(log).rounds == 2
+    # the selection and the colour cap too; a log older than them: the session's own selection, no colour cap
+    assert [(e["head_selection"], e["head_colour_cap"]) for e in updates] == [("all", None)] * 2
+    with pytest.raises(ValueError, match=r"^head_selection='cross-validated' differs from the click log's head_selection='all'"):
+        fresh("g", selection="cross-validated").replay(log)
+    with pytest.raises(ValueError, match=r"^head_colour_cap=1.0 differs from the click log's head_colour_cap=None"):
+        fresh("h", colour_cap=1.0).replay(log)
+    with pytest.raises(ValueError, match=r"^head_colour_cap=1.0 differs from the click log's head_colour_cap=None"):
+        fresh("i", group_weight_choices=(0, 1, 3, 10), solver="lbfgs", colour_cap=1.0).replay(older)
 
 
 def test_newton_fit_reaches_the_minimiser_of_the_ridge_bradley_terry_loss():
@@ -584,6 +593,46 @@ def test_one_standard_error_selection_weighs_a_group_up_only_when_the_clicks_cle
     best = PreferenceReward(log, features="tiny-clip+grid+colour", selection="cross-validated")
     assert one_se.group_weights["colour"] > 1 and one_se.group_weights["embedding"] == 1.0
     assert sum(one_se.group_weights.values()) <= sum(best.group_weights.values())
+
+
+def _group_gradient_norms(head: PreferenceReward, images: torch.Tensor) -> dict[str, float]:
+    """The norm of each feature group's part of the head's score, differentiated with respect to the pixels."""
+    x = images.clone().requires_grad_(True)
+    groups = head.feature_groups(x)
+    z = (torch.cat(list(groups.values()), 1).double() - head.mean) / head.std
+    norms, start = {}, 0
+    for name, values in groups.items():
+        part = (z[:, start:start + values.shape[1]] @ head.weight[start:start + values.shape[1]]).sum()
+        norms[name] = float(torch.autograd.grad(part, x, retain_graph=True)[0].norm())
+        start += values.shape[1]
+    return norms
+
+
+def test_colour_cap_bounds_the_colour_groups_gradient_by_the_embeddings(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    log = ClickLog(tmp_path / "clicks.jsonl")
+    for i in range(20):  # clicks for the reddest square: cross-validation leans on the colour statistics
+        images, _ = _square_images(g, 4)
+        log.append_round(f"r{i}", PROMPTS, i, to_uint8(images), [j == int(redness(images).argmax()) for j in range(4)],
+                         mode="learned")
+    latest = torch.stack([log.load_image(r.image_sha256) for rid in list(log.rounds())[-4:] for r in log.rounds()[rid]])
+    free = PreferenceReward(log, features="tiny-clip+grid+colour")
+    capped = PreferenceReward(log, features="tiny-clip+grid+colour", colour_cap=1.0)
+    before, after = _group_gradient_norms(free, latest), _group_gradient_norms(capped, latest)
+    assert free.colour_cap is None and free.colour_scale == 1.0
+    assert before["colour"] > 3 * before["embedding"]  # uncapped, colour steers the update
+    assert after["colour"] == pytest.approx(after["embedding"], rel=1e-4) and capped.colour_scale < 1 / 3
+    colour = slice(-7, None)  # the seven colour statistics come last; the other groups' weights are untouched
+    assert torch.equal(capped.weight[:-7], free.weight[:-7])
+    assert torch.allclose(capped.weight[colour], free.weight[colour] * capped.colour_scale)
+    held_out, _ = _square_images(g, 64)
+    values, scores = redness(held_out), capped(held_out, ["a"] * 64).detach()
+    pairs = [(a, b) for a in range(64) for b in range(64) if values[a] > values[b] + 0.1]
+    assert sum(scores[a] > scores[b] for a, b in pairs) / len(pairs) > 0.9  # it still reads redness
+    loose = PreferenceReward(log, features="tiny-clip+grid+colour", colour_cap=1e6)
+    assert loose.colour_scale == 1.0 and torch.equal(loose.weight, free.weight)  # a cap that does not bind changes nothing
+    with pytest.raises(ValueError, match=r"colour_cap=-1.0 is not allowed; allowed values: a number >= 0 or None"):
+        PreferenceReward(None, features="pixels", colour_cap=-1.0)
 
 
 def test_selection_values_are_checked():
@@ -861,8 +910,9 @@ def test_click_benchmark_gradient_alignment(monkeypatch):
 
 
 def test_click_benchmark_detector_attributes_order_rendered_shapes(monkeypatch):
-    """spiky, boxy and size read the tiny detector: a star is spikier than a circle, a square boxier than a circle,
-    a big circle larger than a small one; an unknown attribute names the allowed ones."""
+    """spiky, boxy, size and star read the tiny detector: a star is spikier than a circle, a square boxier than a circle,
+    a big circle larger than a small one, only the star a clean star (a ragged circle is spikier, not a star); an unknown
+    attribute names the allowed ones."""
     root = Path(__file__).resolve().parent.parent
     monkeypatch.syspath_prepend(str(root))
     from benchmarks.clicks import Attribute
@@ -876,6 +926,11 @@ def test_click_benchmark_detector_attributes_order_rendered_shapes(monkeypatch):
     spiky, boxy, size = (Attribute(name)(images, ["a"] * 4) for name in ("spiky", "boxy", "size"))
     assert spiky[1] > spiky[0] + 0.2 and boxy[2] > boxy[0] + 0.1 and size[0] > 3 * size[3]
     assert 0 < float(size[3]) < float(size[0]) < 1
+    assert Attribute("star")(images, ["a"] * 4).tolist() == [0.0, 1.0, 0.0, 0.0]  # one clean five-pointed star
+    ragged = images[:1].clone()
+    ragged[:, :, ::3, ::3] = 1.0  # white dots through the circle: spikier by solidity, still no star
+    assert float(Attribute("spiky")(ragged, ["a"])[0]) > float(spiky[0]) + 0.05
+    assert float(Attribute("star")(ragged, ["a"])[0]) == 0.0
     assert not Attribute("boxy").differentiable and Attribute("red").differentiable
     with pytest.raises(ValueError, match=r"attribute='round' is not allowed; allowed values: \['red'"):
         Attribute("round")
@@ -926,6 +981,25 @@ def test_click_benchmark_runs_a_session_and_reports(tmp_path, monkeypatch):
     assert "benchmarks" in sys.modules
 
 
+def test_click_benchmark_report_pairs_each_least_clicking_session_with_its_most_clicking_one(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    from benchmarks import clicks_report
+
+    def run(seed, end, clicker=None, noise=0.0, mode="learned-layout-one"):
+        extra = {"clicker": clicker} if clicker else {}
+        return {"mode": mode, "attribute": "red", "noise": noise, "seed": seed, "rounds": 20,
+                "curve": [[0.0, 0.0], [end, end]], "settings": {"lr": 0.01, "lora_targets": "attention+conv"}, **extra}
+
+    runs = [run(1, 0.5), run(1, -0.2, "worst"), run(2, 0.1), run(2, 0.3, "worst"), run(2, 0.9, noise=0.25),
+            run(3, 0.4, "worst"), run(1, 0.7, mode="direct")]  # seed 3 has no session clicking the most
+    lines = clicks_report.click_effect_lines(runs)
+    assert len(lines) == 2 + 2 + 1
+    assert lines[2].endswith("| red | 1 | +0.500 | -0.200 | +0.700 |") and lines[2].startswith("| learned-layout-one [")
+    assert lines[3].endswith("| red | 2 | +0.100 | +0.300 | -0.200 |")  # the noise-free session, not the 25% one
+    assert lines[4].endswith("| red | all 2 | | | +0.250 mean; the most gained more on 1 of 2 |")
+    assert clicks_report.click_effect_lines(runs[:1]) == []
+
+
 def test_click_benchmark_tasks_may_name_a_model_folder_and_the_shape_free_prompts(monkeypatch):
     """A task's "model" (an exported model's folder) and "prompts" (a prompt set) reach the session: its rounds show
     those prompts, its fixed seeds are measured on them, and the run, its key and its report label record both."""
@@ -943,6 +1017,7 @@ def test_click_benchmark_tasks_may_name_a_model_folder_and_the_shape_free_prompt
             "noise": 0.0, "model": str(root / "assets" / "tiny-shapes"), "prompts": "shape-free"}
     run = clicks.run_session(task, on_round=lambda trace: seen.extend(trace.prompts))
     assert set(seen) <= set(clicks.SHAPE_FREE_PROMPTS) and len(set(seen)) == 2  # one prompt per round
+    assert len(run["star_curve"]) == 3 and all(v in (0.0, 1.0) for values in run["star_curve"] for v in values)
     assert run["settings"]["prompts"] == "shape-free" and run["settings"]["model"].endswith("tiny-shapes")
     assert clicks.key(task).endswith("|prompts=shape-free")
     assert clicks_report.label(run) == "learned-layout-one-lr0.005 [attention+conv, model tiny-shapes, shape-free]"

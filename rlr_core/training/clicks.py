@@ -110,10 +110,11 @@ class ReplayResult:
 
 
 # the session settings an update depends on (in every update event), and their values in logs older than the setting
-# (None: the replaying session's own)
+# (those of SESSIONS_OWN: the replaying session's own; head_colour_cap None: uncapped)
 SETTINGS = {"mode": "direct", "features": None, "head_updates": 0, "head_gradient": True, "lr": None, "check_seeds": [],
             "round_images": "batch", "estimator": None, "head_l2": 0.01, "head_group_weights": [0.0, 1.0, 3.0, 10.0],
-            "head_solver": "lbfgs"}
+            "head_solver": "lbfgs", "head_selection": None, "head_colour_cap": None}
+SESSIONS_OWN = ("features", "lr", "estimator", "head_selection")
 
 
 class PreferenceSession:
@@ -180,7 +181,8 @@ class PreferenceSession:
                 "lr": None if learning_rate is None else float(learning_rate), "check_seeds": list(self.check_seeds),
                 "round_images": self.round_images, "estimator": getattr(self.trainer.estimator, "name", None),
                 "head_l2": self.head.l2, "head_group_weights": list(self.head.group_weight_choices),
-                "head_solver": self.head.solver}
+                "head_solver": self.head.solver, "head_selection": self.head.selection,
+                "head_colour_cap": self.head.colour_cap}
 
     def new_round(self, prompts: Sequence[str], generator: torch.Generator | None = None, seed: int | None = None) -> PreferenceRound:
         """Sample one round (one image per prompt) with what the update will need: the update's batch is the round
@@ -340,8 +342,9 @@ class PreferenceSession:
         The session starts from the log's starting LoRA (when it kept one) and must have the settings
         the log's updates were made with (``mode``, ``features``, ``head_updates``, ``head_gradient``: whether
         the head is differentiable, ``lr``: the trainer's learning rate, ``check_seeds``, ``round_images``, ``estimator``:
-        the trainer's estimator's name, ``head_l2``, ``head_group_weights`` and ``head_solver``: the head's ``l2``,
-        ``group_weight_choices`` and ``solver``; a ValueError names the one that differs).
+        the trainer's estimator's name, ``head_l2``, ``head_group_weights``, ``head_solver``, ``head_selection`` and
+        ``head_colour_cap``: the head's ``l2``, ``group_weight_choices``, ``solver``, ``selection`` and ``colour_cap``;
+        a ValueError names the one that differs).
         Rounds whose images differ from the logged ones (another model, another machine's arithmetic) are replayed
         with the logged clicks and listed in ``mismatched_rounds``.
         This session's own log receives the replayed rounds, so it continues where ``source`` ended.
@@ -350,7 +353,7 @@ class PreferenceSession:
         updates = {e.get("round_id"): e for e in source.events if e.get("type") == "update"}
         rounds = [(rid, recs) for rid, recs in source.rounds().items() if rid in updates]
         ours = self.settings()
-        older_logs = {name: ours[name] if value is None else value for name, value in SETTINGS.items()}
+        older_logs = {name: ours[name] if name in SESSIONS_OWN else value for name, value in SETTINGS.items()}
         for rid, _ in rounds:
             for name in SETTINGS:
                 logged = updates[rid].get(name, older_logs[name])
