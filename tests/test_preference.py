@@ -385,10 +385,12 @@ def test_replay_needs_the_heads_fit_of_the_log(tmp_path):
     assert [(e["head_selection"], e["head_colour_cap"]) for e in updates] == [("all", None)] * 2
     with pytest.raises(ValueError, match=r"^head_selection='cross-validated' differs from the click log's head_selection='all'"):
         fresh("g", selection="cross-validated").replay(log)
-    with pytest.raises(ValueError, match=r"^head_colour_cap=1.0 differs from the click log's head_colour_cap=None"):
-        fresh("h", colour_cap=1.0).replay(log)
-    with pytest.raises(ValueError, match=r"^head_colour_cap=1.0 differs from the click log's head_colour_cap=None"):
-        fresh("i", group_weight_choices=(0, 1, 3, 10), solver="lbfgs", colour_cap=1.0).replay(older)
+    assert fresh("h", colour_cap=1.0).replay(log).rounds == 2  # pixel features have no colour group to cap: no cap
+    capped = tmp_path / "capped.jsonl"
+    capped.write_text("".join(json.dumps({**e, "head_colour_cap": 2.0} if e["type"] == "update" else e) + "\n"
+                              for e in lines))
+    with pytest.raises(ValueError, match=r"^head_colour_cap=None differs from the click log's head_colour_cap=2.0"):
+        fresh("i").replay(capped)
 
 
 def test_newton_fit_reaches_the_minimiser_of_the_ridge_bradley_terry_loss():
@@ -631,6 +633,7 @@ def test_colour_cap_bounds_the_colour_groups_gradient_by_the_embeddings(tmp_path
     assert sum(scores[a] > scores[b] for a, b in pairs) / len(pairs) > 0.9  # it still reads redness
     loose = PreferenceReward(log, features="tiny-clip+grid+colour", colour_cap=1e6)
     assert loose.colour_scale == 1.0 and torch.equal(loose.weight, free.weight)  # a cap that does not bind changes nothing
+    assert PreferenceReward(None, features="layout", colour_cap=1.0).colour_cap is None  # no colour group: nothing to cap
     with pytest.raises(ValueError, match=r"colour_cap=-1.0 is not allowed; allowed values: a number >= 0 or None"):
         PreferenceReward(None, features="pixels", colour_cap=-1.0)
 

@@ -128,7 +128,6 @@ class PreferenceReward:
                              f"WEIGHED_GROUPS_L2)")
         if colour_cap is not None and not float(colour_cap) >= 0:
             raise ValueError(f"colour_cap={colour_cap!r} is not allowed; allowed values: a number >= 0 or None (uncapped)")
-        self.colour_cap = None if colour_cap is None else float(colour_cap)
         self.colour_scale = 1.0  # what colour_cap multiplied the colour group's weights by at the last refit
         self.log = log if isinstance(log, ClickLog) or log is None else ClickLog(log)
         self.scaling = scaling
@@ -140,6 +139,8 @@ class PreferenceReward:
             features, clip_model = ("clip" if features == "tiny-clip" else features), "tiny-clip"
         self._clip_args = (clip_model, pretrained)
         self.features_kind = self._choose_features(features)
+        capped = any(name in CAPPED_GROUPS for name in GROUPS[self.features_kind])
+        self.colour_cap = None if colour_cap is None or not capped else float(colour_cap)  # None: nothing to cap
         if selection == "auto":
             selection = "cross-validated" if self.features_kind in CROSS_VALIDATED_FEATURES else "all"
         self.selection = selection  # "all", "cross-validated" or "averaged"
