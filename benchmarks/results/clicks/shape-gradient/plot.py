@@ -23,7 +23,8 @@ def main() -> None:
     for ax, (noise, seed) in zip(axes, SESSIONS):
         for label, path in SOURCES.items():
             for run in map(json.loads, path.read_text().splitlines()):
-                if run["attribute"] == "spiky" and run["noise"] == noise and run["seed"] == seed:
+                if (run["attribute"] == "spiky" and run["noise"] == noise and run["seed"] == seed
+                        and run.get("clicker", "best") == "best"):
                     curve = [sum(values) / len(values) for values in run["curve"]]
                     ax.plot(range(len(curve)), [value - curve[0] for value in curve], label=label)
         ax.axhline(0, color="gray", lw=0.8)
