@@ -373,12 +373,15 @@ def counters_text(run: Any) -> str:
 def group_weights_text(head: Any) -> str:
     """How a head that weighs its feature groups from the clicks (selection cross-validated, or averaged: the expected
     weights) weighs them now:
-    " (weighed from your clicks: embedding ×1, grid ×0, colour ×10)"; empty for a head that weighs them alike."""
+    " (weighed from your clicks: embedding ×1, grid ×0, colour ×10)", with the colour cap's factor where it binds
+    ("; colour's pull capped ×0.25"); empty for a head that weighs them alike."""
     weights = getattr(head, "group_weights", {})
     if getattr(head, "selection", "all") == "all" or len(weights) < 2:
         return ""
     shown = {name: f"{round(weight)}" if weight >= 10 else f"{weight:.2g}" for name, weight in weights.items()}
-    return f" (weighed from your clicks: {', '.join(f'{name} ×{text}' for name, text in shown.items())})"
+    scale = getattr(head, "colour_scale", 1.0)
+    capped = f"; colour's pull capped ×{scale:.2g}" if scale < 1 else ""
+    return f" (weighed from your clicks: {', '.join(f'{name} ×{text}' for name, text in shown.items())}{capped})"
 
 
 def check_text(check_seeds: list[int], undone: int = 0) -> str:

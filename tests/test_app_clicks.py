@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
+from types import SimpleNamespace
 
 import pytest
 
@@ -62,6 +63,10 @@ def test_status_line_shows_how_a_cross_validated_head_weighs_its_features(studio
     assert "features tiny-clip+grid+colour (weighed from your clicks: embedding ×1, grid ×" in text
     assert f"colour ×{weights['colour']:g})" in text
     assert "weighed" not in formatting.counters_text(click_rounds("x", form(studio), 1, mode="learned", features="layout"))
+    capped = SimpleNamespace(group_weights={"embedding": 1.0, "grid": 0.0, "colour": 30.0}, selection="cross-validated",
+                             colour_scale=0.25)
+    assert formatting.group_weights_text(capped) == (" (weighed from your clicks: embedding ×1, grid ×0, colour ×30; "
+                                                      "colour's pull capped ×0.25)")
 
 
 def test_head_updates_add_trainer_iterations(studio):
