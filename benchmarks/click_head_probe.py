@@ -25,6 +25,8 @@ twins, benchmarks/click_round_spread.py; here the twins are exact copies).
     python benchmarks/click_head_probe.py --cache /tmp/click_probe_images.pt
     python benchmarks/click_head_probe.py --cache /tmp/click_probe_images.pt --layouts twins \
         --features tiny-clip+grid tiny-clip+grid+colour --selections all cross-validated
+    python benchmarks/click_head_probe.py --cache /tmp/click_probe_images.pt --layouts twins \
+        --features tiny-clip+grid+colour --l2 0.3 --colour-caps none 3 1
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def round_indices(layout: str, index: int) -> list[int]:
 
 
 def fit_head(images, prompts, attribute, layout: str, features: str, l2: float, folder: str, selection: str = "auto",
-             scaling: str = "per-feature", group_weights: tuple[float, ...] | None = None):
+             scaling: str = "per-feature", group_weights: tuple[float, ...] | None = None, colour_cap: float | None = None):
     """The head fitted on ROUNDS rounds of clicks for the attribute's best image."""
     import torch
 
@@ -95,7 +97,8 @@ def fit_head(images, prompts, attribute, layout: str, features: str, l2: float, 
         log.append_round(f"r{index}", [prompts[i] for i in shown], index, to_uint8(images[shown]),
                          [j == best for j in range(4)], None, "learned")
     options = {"group_weight_choices": tuple(group_weights)} if group_weights else {}
-    return PreferenceReward(log, features=features, l2=l2, selection=selection, scaling=scaling, **options)
+    return PreferenceReward(log, features=features, l2=l2, selection=selection, scaling=scaling, colour_cap=colour_cap,
+                            **options)
 
 
 def within_prompt_accuracy(head, images, prompts, attribute) -> float:
@@ -147,35 +150,41 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scalings", nargs="+", default=["per-feature"], choices=list(SCALINGS))
     p.add_argument("--group-weights", nargs="+", type=float, default=None,
                    help="the weights a cross-validated head may give its groups besides the first (default: the head's)")
+    p.add_argument("--colour-caps", nargs="+", default=["none"],
+                   help="the head's colour_cap: numbers, or none (uncapped); the table adds the colour scale it applied")
     args = p.parse_args(argv)
+    caps = [None if c == "none" else float(c) for c in args.colour_caps]
     import numpy as np
     import torch
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "2"))))
     start = time.time()
     print(f"{DRAWS} draws of {TRAIN} + {HELD_OUT} images\n")
-    print("| attribute | features | selection | scaling | rounds | within-prompt accuracy (per draw) | alignment |")
-    print("|---|---|---|---|---|---|---|")
+    print("| attribute | features | selection | scaling | colour cap | rounds | within-prompt accuracy (per draw) | alignment "
+          "| colour scale (per draw) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.attributes:
         attribute = Attribute(name)
         reference = StarScore() if name == "spiky" else attribute
         draws = sample_draws(args.cache, ATTRIBUTE_PROMPTS.get(name, DEFAULT_PROMPT_SET))
         for features in args.features:
-            for selection, scaling in [(sel, sc) for sel in args.selections for sc in args.scalings]:
+            for selection, scaling, cap in [(sel, sc, c) for sel in args.selections for sc in args.scalings for c in caps]:
                 for layout in args.layouts:
-                    accuracy, alignment = [], []
+                    accuracy, alignment, scales = [], [], []
                     for images, prompts in draws:
                         with tempfile.TemporaryDirectory() as folder:
                             head = fit_head(images[:TRAIN], prompts[:TRAIN], attribute, layout, features, args.l2, folder,
-                                            selection, scaling, args.group_weights)
+                                            selection, scaling, args.group_weights, cap)
+                            scales.append(head.colour_scale)
                             test, test_prompts = images[TRAIN:], prompts[TRAIN:]
                             accuracy.append(within_prompt_accuracy(head, test, test_prompts, attribute))
                             cosine = gradient_alignment(head, reference, test[:32], test_prompts[:32])
                             if cosine is not None:
                                 alignment.append(cosine)
                     cosine = f"{np.mean(alignment):+.2f}" if alignment else "-"
-                    print(f"| {name} | {features} | {head.selection} | {scaling} | {layout} | {np.mean(accuracy):.2f} "
-                          f"({', '.join(f'{a:.2f}' for a in accuracy)}) | {cosine} |", flush=True)
+                    print(f"| {name} | {features} | {head.selection} | {scaling} | {cap if cap is not None else 'none'} | "
+                          f"{layout} | {np.mean(accuracy):.2f} ({', '.join(f'{a:.2f}' for a in accuracy)}) | {cosine} | "
+                          f"{', '.join(f'{v:.2f}' for v in scales)} |", flush=True)
     print(f"\n{time.time() - start:.0f} s")
 
 

@@ -14,7 +14,8 @@ SOURCES = {"the default (newton page)": HERE.parent / "newton" / "runs.jsonl",
            "two head updates per round": HERE / "head2.jsonl",
            "without the colour statistics": HERE / "no-colour.jsonl",
            "object colours": HERE / "object-colour.jsonl",
-           "one-standard-error weights": HERE / "one-standard-error.jsonl"}
+           "one-standard-error weights": HERE / "one-standard-error.jsonl",
+           "colour cap 1 (colour-cap page)": HERE.parent / "colour-cap" / "runs.jsonl"}
 SESSIONS = [(0.0, 2), (0.0, 8), (0.25, 3)]  # (wrong clicks, seed)
 
 
