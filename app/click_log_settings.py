@@ -25,9 +25,9 @@ MAX_HEAD_FIT_NUMBER = 1e6  # the largest head_l2 or group weight a loaded click 
 
 def log_settings(log: ClickLog) -> dict[str, Any]:
     """The mode / features / head_updates / lr / check_seeds / round_images / estimator / head_l2 / head_group_weights /
-    head_solver / head_selection / head_colour_cap the log's updates were made with (its last update's; lr and estimator None in logs older than the
-    setting: they were made with the Train settings'; the others as PreferenceSession's SETTINGS says for logs older
-    than the setting);
+    head_solver / head_selection / head_colour_cap the log's updates were made with (its last update's; lr and
+    estimator None in logs older than the setting: they were made with the Train settings'; head_selection "auto" in
+    those older than it; the others as PreferenceSession's SETTINGS says for logs older than the setting);
     FieldError naming the click log when it has no updated round or names an unknown setting."""
     updates = [e for e in log.events if e.get("type") == "update"]
     if not updated_rounds(log):
