@@ -16,7 +16,7 @@ images every round). Attributes:
 Three more detector attributes for the offline head probe (benchmarks/click_head_probe.py; a task may name them):
 ``boxy`` (the shape's extent, area / bounding-box area: squares ~1.0, circles ~0.79), ``size`` (the shape's
 area as a share of the image) and ``star`` (1 for a clean five-pointed star, ``rlr_core.tiny.detect.is_clean_star``,
-else 0). A spiky session also records the clean stars of its fixed seeds after each round (``star_curve``): a
+else 0). A spiky session (and reference) also records the clean stars of its fixed seeds after each round (``star_curve``): a
 ragged outline raises spiky without drawing a star.
 
 The reference for each attribute is the attribute itself as the training reward, as many iterations
@@ -311,9 +311,10 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
                                     _mean(curve[-1]) - _mean(curve[0])))
         if more_seeds:
             wide.append(measure(trainer, attribute, more_seeds))
-    return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}), **({"star_curve": star_curve} if stars else {}), "held_out_accuracy": accuracy,
-            "seconds_per_round": seconds, "click_seconds_per_round": click_seconds, "gradient_alignment": alignment,
-            "accepted": accepted, "group_weights": groups_used, "colour_scale": colour_scales, "settings": used_settings(task, trainer)}
+    return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}), **({"star_curve": star_curve} if stars else {}),
+            "held_out_accuracy": accuracy, "seconds_per_round": seconds, "click_seconds_per_round": click_seconds,
+            "gradient_alignment": alignment, "accepted": accepted, "group_weights": groups_used,
+            "colour_scale": colour_scales, "settings": used_settings(task, trainer)}
 
 
 @dataclass
@@ -399,9 +400,11 @@ def run_reference(task: dict) -> dict:
         wide = [measure(trainer, attribute, more_seeds)] if more_seeds else []
         for _ in trainer.run(task["rounds"]):
             curve.append(measure(trainer, attribute))
+            star_curve += [measure(trainer, stars)] if stars else []
         if more_seeds:
             wide.append(measure(trainer, attribute, more_seeds))
-    return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}), **({"star_curve": star_curve} if stars else {}), "settings": used_settings(task, trainer)}
+    return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}), **({"star_curve": star_curve} if stars else {}),
+            "settings": used_settings(task, trainer)}
 
 
 def task_settings(task: dict) -> tuple[float, str, str, list[str]]:
