@@ -38,8 +38,8 @@ respect to the shown images (``gradient_alignment``; red and left only), and the
 groups (``group_weights``: all 1 unless the head weighs them, ``selection="cross-validated"``).
 Runs use the tiny model's own LoRA targets (``lora_targets="auto"``: attention+conv since commit 139527e; the runs
 of earlier pages used attention only) and the mode's learning rate; a task dict may name others (``lora_targets``,
-``lr``), another model (``model``: an exported model's folder, e.g. one fine-tuned with ``rlr_core.tiny.train
---generic-shape``) and the prompts (``prompts``: ``"shape-free"``, the same colours and backgrounds naming no shape,
+``lr``, ``kl_weight``: the KL to the base model, docs/config.md), another model (``model``: an exported model's
+folder, e.g. one fine-tuned with ``rlr_core.tiny.train --generic-shape``) and the prompts (``prompts``: ``"shape-free"``, the same colours and backgrounds naming no shape,
 ``SHAPE_FREE_PROMPTS``). Each run records what it trained with (``settings``), and the report labels and matches
 references by it. A task's ``wide_seeds`` (a count) also measures the attribute on that many more fixed seeds at the
 start and the end (``wide_curve``; the report's wide-seeds table): a finer figure of the gain than the 8 seeds.
@@ -226,13 +226,15 @@ class Attribute:
 
 
 def _trainer(reward, seed: int, rounds: int, output_dir: str, num_steps: int = 20, lr: float = LEARNING_RATE,
-             lora_targets: str = "auto", model: str = "tiny", prompts: list[str] = CLICK_PROMPTS, estimator: str = "rlr"):
+             lora_targets: str = "auto", model: str = "tiny", prompts: list[str] = CLICK_PROMPTS, estimator: str = "rlr",
+             kl_weight: float = 0.0):
     from benchmarks.compare import _chain
     from rlr_core import TrainConfig, Trainer, get_estimator
 
     chain = _chain(num_steps, lora_targets, model)
     config = TrainConfig(model=model, num_steps=num_steps, prompts=list(prompts), steps=rounds, batch_size=4, lr=lr,
-                         seed=seed, eval_seeds=[], eval_every=0, checkpoint_every=0, output_dir=output_dir)
+                         seed=seed, eval_seeds=[], eval_every=0, checkpoint_every=0, output_dir=output_dir,
+                         kl_weight=kl_weight)
     return Trainer(chain, reward, get_estimator(estimator), config)
 
 
@@ -276,7 +278,8 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
         head = head_class(log, features=features, **options)
         # the head is the session's reward (as in the app); the attribute is only measured
         trainer = _trainer(head, task["seed"], task["rounds"], tmp, task.get("num_steps", 20),
-                           *task_settings(task), estimator=estimator_name(task["mode"]))
+                           *task_settings(task), estimator=estimator_name(task["mode"]),
+                           kl_weight=float(task.get("kl_weight", 0.0)))
         session = PreferenceSession(trainer, log, mode=mode, k=1, reward=head, head_updates=head_updates,
                                     check_seeds=check_seeds(task["mode"]), round_images=round_images(task["mode"]))
         groups = trainer.estimator.noise_groups(mode == "learned" and head.differentiable)
@@ -392,7 +395,7 @@ def run_reference(task: dict) -> dict:
     attribute = Attribute(task["attribute"], differentiable=task["mode"] != "reference-scores")
     with tempfile.TemporaryDirectory() as tmp:
         trainer = _trainer(attribute, task["seed"], task["rounds"], tmp, task.get("num_steps", 20),
-                           *task_settings(task))
+                           *task_settings(task), kl_weight=float(task.get("kl_weight", 0.0)))
         curve = [measure(trainer, attribute)]
         stars = Attribute("star") if attribute.name == "spiky" else None  # ragged outlines raise spiky, not stars
         star_curve = [measure(trainer, stars)] if stars else []
@@ -421,7 +424,7 @@ def task_settings(task: dict) -> tuple[float, str, str, list[str]]:
 def used_settings(task: dict, trainer) -> dict:
     """What a run trained with, as recorded in runs.jsonl: learning rate and the LoRA targets' set name (or list),
     and the model and prompt set where the task names them."""
-    extra = {name: task[name] for name in ("model", "prompts") if name in task}
+    extra = {name: task[name] for name in ("model", "prompts", "kl_weight") if name in task}
     return {"lr": task_settings(task)[0], "lora_targets": target_set_name(trainer.chain.lora_targets), **extra}
 
 
@@ -462,8 +465,8 @@ def _run(task: dict) -> dict:
 
 
 def key(task: dict) -> str:
-    extra = "".join(f"|{name}={task[name]}" for name in ("lora_targets", "lr", "model", "prompts", "wide_seeds", "clicker")
-                    if name in task)
+    named = ("lora_targets", "lr", "model", "prompts", "wide_seeds", "clicker", "kl_weight")
+    extra = "".join(f"|{name}={task[name]}" for name in named if name in task)
     return f"{task['mode']}|{task['attribute']}|{task['noise']}|{task['seed']}|{task['rounds']}{extra}"
 
 

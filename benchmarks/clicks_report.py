@@ -69,6 +69,7 @@ def label(run: dict) -> str:
         return f"reference [{', '.join([targets, f'lr {lr:g}', *_model_notes(model, prompts)])}]"
     notes = ([] if targets == "attention" else [targets]) + ([] if lr == learning_rate(run["mode"]) else [f"lr {lr:g}"])
     notes += _model_notes(model, prompts) + (["clicks the least"] if run.get("clicker") == "worst" else [])
+    notes += [f"KL {run['kl_weight']:g}"] if run.get("kl_weight") else []
     return run["mode"] + (f" [{', '.join(notes)}]" if notes else "")
 
 
@@ -158,7 +159,7 @@ def click_effect_lines(runs: list[dict]) -> list[str]:
     many seeds clicking the most gained more. A gain that does not come from the clicks shows in both. Empty without
     such sessions."""
     def pairing(run: dict) -> tuple:
-        return (run["mode"], settings(run), run["attribute"], run["seed"], run["rounds"])
+        return (run["mode"], settings(run), run.get("kl_weight", 0.0), run["attribute"], run["seed"], run["rounds"])
 
     most = {pairing(r): r for r in runs if r.get("clicker", "best") == "best" and r["noise"] == 0.0}
     pairs = sorted(((most[pairing(r)], r) for r in runs if r.get("clicker") == "worst" and pairing(r) in most),

@@ -995,6 +995,8 @@ def test_click_benchmark_report_pairs_each_least_clicking_session_with_its_most_
 
     runs = [run(1, 0.5), run(1, -0.2, "worst"), run(2, 0.1), run(2, 0.3, "worst"), run(2, 0.9, noise=0.25),
             run(3, 0.4, "worst"), run(1, 0.7, mode="direct")]  # seed 3 has no session clicking the most
+    runs.append({**run(3, 0.8), "kl_weight": 0.01})  # another KL to the base model: not seed 3's partner either
+    assert clicks_report.label(runs[-1]).endswith("KL 0.01]")
     lines = clicks_report.click_effect_lines(runs)
     assert len(lines) == 2 + 2 + 1
     assert lines[2].endswith("| red | 1 | +0.500 | -0.200 | +0.700 |") and lines[2].startswith("| learned-layout-one [")
