@@ -251,7 +251,8 @@ def _picture(runs: list[dict], target: Path) -> None:
     modes = sorted({label(r) for r in runs})
     colours = {mode: plt.cm.tab10(i) for i, mode in enumerate(modes)}  # one colour per mode in every panel
     legend_height = 0.2 * (len(modes) + 1)  # one legend below the panels, a line per mode: long names fit
-    fig, axes = plt.subplots(1, len(attributes), figsize=(4.2 * len(attributes), 3.2 + legend_height), squeeze=False)
+    width = max(4.2 * len(attributes), 0.055 * max(len(mode) for mode in modes) + 1)  # the legend's longest line fits
+    fig, axes = plt.subplots(1, len(attributes), figsize=(width, 3.2 + legend_height), squeeze=False)
     for ax, attribute in zip(axes[0], attributes):
         curves: dict[str, list[list[float]]] = defaultdict(list)
         for r in runs:
