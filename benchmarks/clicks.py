@@ -16,8 +16,8 @@ images every round). Attributes:
 Three more detector attributes for the offline head probe (benchmarks/click_head_probe.py; a task may name them):
 ``boxy`` (the shape's extent, area / bounding-box area: squares ~1.0, circles ~0.79), ``size`` (the shape's
 area as a share of the image) and ``star`` (1 for a clean five-pointed star, ``rlr_core.tiny.detect.is_clean_star``,
-else 0). A spiky session (and reference) also records the clean stars of its fixed seeds after each round (``star_curve``): a
-ragged outline raises spiky without drawing a star.
+else 0). A spiky session (and reference) also records the clean stars of its fixed seeds after each round
+(``star_curve``): a ragged outline raises spiky without drawing a star.
 
 The reference for each attribute is the attribute itself as the training reward, as many iterations
 of batch 4 as the session has rounds; a session's "rounds to half" is the first round whose gain
@@ -30,19 +30,20 @@ reaches half of the reference's gain on the same seed.
 Candidates besides the product's modes (``MODES``): head variants (``HEAD_VARIANTS``: one common feature
 scale, tiny-clip + pixel features, a scores-only head: ``differentiable=False``) and a session learning rate
 (named in the mode, ``-lr0.005``; every other run uses 0.01). ``--modes reference-scores`` adds the attribute as a reward
-without its gradient; ``--noises 1.0`` (every click wrong) is the control a real gain must beat; a task's ``"clicker": "worst"``
-clicks the image with the LEAST of the attribute instead (the stricter control: a random wrong click is often the
-best image's near twin).
+without its gradient; ``--noises 1.0`` (every click wrong) is the control a real gain must beat; a task's
+``"clicker": "worst"`` clicks the image with the LEAST of the attribute instead (the stricter control: a random wrong
+click is often the best image's near twin).
 Each session also records, per round, the cosine between the head's and the attribute's gradients with
 respect to the shown images (``gradient_alignment``; red and left only), and the weights of the head's feature
 groups (``group_weights``: all 1 unless the head weighs them, ``selection="cross-validated"``).
 Runs use the tiny model's own LoRA targets (``lora_targets="auto"``: attention+conv since commit 139527e; the runs
 of earlier pages used attention only) and the mode's learning rate; a task dict may name others (``lora_targets``,
 ``lr``, ``kl_weight``: the KL to the base model, docs/config.md), another model (``model``: an exported model's
-folder, e.g. one fine-tuned with ``rlr_core.tiny.train --generic-shape``) and the prompts (``prompts``: ``"shape-free"``, the same colours and backgrounds naming no shape,
-``SHAPE_FREE_PROMPTS``). Each run records what it trained with (``settings``), and the report labels and matches
-references by it. A task's ``wide_seeds`` (a count) also measures the attribute on that many more fixed seeds at the
-start and the end (``wide_curve``; the report's wide-seeds table): a finer figure of the gain than the 8 seeds.
+folder, e.g. one fine-tuned with ``rlr_core.tiny.train --generic-shape``) and the prompts (``prompts``:
+``"shape-free"``, the same colours and backgrounds naming no shape, ``SHAPE_FREE_PROMPTS``). Each run records what it
+trained with (``settings``), and the report labels and matches references by it. A task's ``wide_seeds`` (a count)
+also measures the attribute on that many more fixed seeds at the start and the end (``wide_curve``; the report's
+wide-seeds table): a finer figure of the gain than the 8 seeds.
 Results are appended to ``<out>/runs.jsonl`` as they finish; a rerun skips what is there.
 """
 
@@ -310,20 +311,21 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
             curve.append(measure(trainer, attribute))
             star_curve += [measure(trainer, stars)] if stars else []
             if on_round is not None:
-                on_round(RoundTrace(index, shown.prompts, best, wrong_click, [float(v) for v in values], update, session.head,
-                                    _mean(curve[-1]) - _mean(curve[0])))
+                on_round(RoundTrace(index, shown.prompts, best, wrong_click, [float(v) for v in values], update,
+                                    session.head, _mean(curve[-1]) - _mean(curve[0])))
         if more_seeds:
             wide.append(measure(trainer, attribute, more_seeds))
-    return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}), **({"star_curve": star_curve} if stars else {}),
-            "held_out_accuracy": accuracy, "seconds_per_round": seconds, "click_seconds_per_round": click_seconds,
-            "gradient_alignment": alignment, "accepted": accepted, "group_weights": groups_used,
-            "colour_scale": colour_scales, "settings": used_settings(task, trainer)}
+    return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}),
+            **({"star_curve": star_curve} if stars else {}), "held_out_accuracy": accuracy,
+            "seconds_per_round": seconds, "click_seconds_per_round": click_seconds, "gradient_alignment": alignment,
+            "accepted": accepted, "group_weights": groups_used, "colour_scale": colour_scales,
+            "settings": used_settings(task, trainer)}
 
 
 @dataclass
 class RoundTrace:
-    """One round of a simulated session: the shown images' attribute, the clicked image and whether the click was wrong, the update,
-    the head after it and the attribute's gain so far on the fixed seeds."""
+    """One round of a simulated session: the shown images' attribute, the clicked image and whether the click was
+    wrong, the update, the head after it and the attribute's gain so far on the fixed seeds."""
 
     index: int
     prompts: list[str]
@@ -406,8 +408,8 @@ def run_reference(task: dict) -> dict:
             star_curve += [measure(trainer, stars)] if stars else []
         if more_seeds:
             wide.append(measure(trainer, attribute, more_seeds))
-    return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}), **({"star_curve": star_curve} if stars else {}),
-            "settings": used_settings(task, trainer)}
+    return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}),
+            **({"star_curve": star_curve} if stars else {}), "settings": used_settings(task, trainer)}
 
 
 def task_settings(task: dict) -> tuple[float, str, str, list[str]]:
