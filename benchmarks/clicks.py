@@ -249,6 +249,22 @@ def measure(trainer, attribute: Attribute, seeds: list[int] | None = None) -> li
     return [float(v) for v in values]
 
 
+def measure_point(trainer, attribute: Attribute, curve: list, star_curve: list) -> None:
+    """Append the attribute of the fixed-seed images to ``curve``; for spiky also, from the same sampled images, whether
+    each holds a clean star to ``star_curve`` (ragged outlines raise spiky, not stars)."""
+    if attribute.name != "spiky":
+        curve.append(measure(trainer, attribute))
+        return
+    star, stars = Attribute("star"), []
+
+    def spiky_and_stars(images, prompts):
+        stars.extend(float(v) for v in star(images, prompts))
+        return attribute(images, prompts)
+
+    curve.append(measure(trainer, spiky_and_stars))
+    star_curve.append(stars)
+
+
 def wide_seeds(task: dict) -> list[int]:
     """A task's ``wide_seeds`` more fixed seeds (none unless it names them), measured at the start and the end only:
     a finer figure of the session's gain than the 8 of ``EVAL_SEEDS``, which one image's change moves by 1/8."""
@@ -284,9 +300,8 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
         session = PreferenceSession(trainer, log, mode=mode, k=1, reward=head, head_updates=head_updates,
                                     check_seeds=check_seeds(task["mode"]), round_images=round_images(task["mode"]))
         groups = trainer.estimator.noise_groups(mode == "learned" and head.differentiable)
-        curve = [measure(trainer, attribute)]
-        stars = Attribute("star") if attribute.name == "spiky" else None  # ragged outlines raise spiky, not stars
-        star_curve = [measure(trainer, stars)] if stars else []
+        curve, star_curve = [], []
+        measure_point(trainer, attribute, curve, star_curve)
         more_seeds = wide_seeds(task)
         wide = [measure(trainer, attribute, more_seeds)] if more_seeds else []
         accuracy, seconds, click_seconds, alignment, accepted, groups_used, colour_scales = [], [], [], [], [], [], []
@@ -308,15 +323,14 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
             groups_used.append(dict(getattr(session.head, "group_weights", {})))
             colour_scales.append(getattr(session.head, "colour_scale", 1.0))
             alignment.append(gradient_alignment(session.head, attribute, shown.images, shown.prompts))
-            curve.append(measure(trainer, attribute))
-            star_curve += [measure(trainer, stars)] if stars else []
+            measure_point(trainer, attribute, curve, star_curve)
             if on_round is not None:
                 on_round(RoundTrace(index, shown.prompts, best, wrong_click, [float(v) for v in values], update,
                                     session.head, _mean(curve[-1]) - _mean(curve[0])))
         if more_seeds:
             wide.append(measure(trainer, attribute, more_seeds))
     return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}),
-            **({"star_curve": star_curve} if stars else {}), "held_out_accuracy": accuracy,
+            **({"star_curve": star_curve} if star_curve else {}), "held_out_accuracy": accuracy,
             "seconds_per_round": seconds, "click_seconds_per_round": click_seconds, "gradient_alignment": alignment,
             "accepted": accepted, "group_weights": groups_used, "colour_scale": colour_scales,
             "settings": used_settings(task, trainer)}
@@ -398,18 +412,16 @@ def run_reference(task: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = _trainer(attribute, task["seed"], task["rounds"], tmp, task.get("num_steps", 20),
                            *task_settings(task), kl_weight=float(task.get("kl_weight", 0.0)))
-        curve = [measure(trainer, attribute)]
-        stars = Attribute("star") if attribute.name == "spiky" else None  # ragged outlines raise spiky, not stars
-        star_curve = [measure(trainer, stars)] if stars else []
+        curve, star_curve = [], []
+        measure_point(trainer, attribute, curve, star_curve)
         more_seeds = wide_seeds(task)
         wide = [measure(trainer, attribute, more_seeds)] if more_seeds else []
         for _ in trainer.run(task["rounds"]):
-            curve.append(measure(trainer, attribute))
-            star_curve += [measure(trainer, stars)] if stars else []
+            measure_point(trainer, attribute, curve, star_curve)
         if more_seeds:
             wide.append(measure(trainer, attribute, more_seeds))
     return {**task, "curve": curve, **({"wide_curve": wide} if wide else {}),
-            **({"star_curve": star_curve} if stars else {}), "settings": used_settings(task, trainer)}
+            **({"star_curve": star_curve} if star_curve else {}), "settings": used_settings(task, trainer)}
 
 
 def task_settings(task: dict) -> tuple[float, str, str, list[str]]:

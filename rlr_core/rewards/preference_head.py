@@ -139,8 +139,9 @@ class PreferenceReward:
             features, clip_model = ("clip" if features == "tiny-clip" else features), "tiny-clip"
         self._clip_args = (clip_model, pretrained)
         self.features_kind = self._choose_features(features)
-        capped = any(name in CAPPED_GROUPS for name in GROUPS[self.features_kind])
-        self.colour_cap = None if colour_cap is None or not capped else float(colour_cap)  # None: nothing to cap
+        # the group colour_cap scales (None for kinds without one; their colour_cap is then None: nothing to cap)
+        self._capped_group = next((name for name in GROUPS[self.features_kind] if name in CAPPED_GROUPS), None)
+        self.colour_cap = None if colour_cap is None or self._capped_group is None else float(colour_cap)
         if selection == "auto":
             selection = "cross-validated" if self.features_kind in CROSS_VALIDATED_FEATURES else "all"
         self.selection = selection  # "all", "cross-validated" or "averaged"
@@ -258,14 +259,13 @@ class PreferenceReward:
         """With ``colour_cap``: scale the colour group's weights so that its gradient with respect to the pixels of the
         latest ``CAP_ROUNDS`` rounds' clicked images is at most ``colour_cap`` times the embedding's (``colour_scale``)."""
         self.colour_scale = 1.0
-        names = GROUPS[self.features_kind]
-        capped = [name for name in names if name in CAPPED_GROUPS]
-        if self.colour_cap is None or self.weight is None or not capped or "embedding" not in names:
+        names, capped = GROUPS[self.features_kind], self._capped_group
+        if self.colour_cap is None or self.weight is None or "embedding" not in names:
             return
         assert self.log is not None and self._group_sizes is not None
         ends = dict(zip(names, itertools.accumulate(self._group_sizes)))
         columns = {name: slice(ends[name] - size, ends[name]) for name, size in zip(names, self._group_sizes)}
-        if not float(self.weight[columns[capped[0]]].abs().sum()) > 0:
+        if not float(self.weight[columns[capped]].abs().sum()) > 0:
             return
         shas = sorted({sha for pairs in list(by_round.values())[-CAP_ROUNDS:] for pair in pairs for sha in pair})
         images = torch.stack([self.log.load_image(sha) for sha in shas]).to(self.device).requires_grad_(True)
@@ -273,13 +273,13 @@ class PreferenceReward:
             z = (self.features(images).double() - self.mean.to(self.device)) / self.std.to(self.device)
             weight = self.weight.to(self.device)
             norms = {}
-            for name in ("embedding", capped[0]):
+            for name in ("embedding", capped):
                 term = (z[:, columns[name]] @ weight[columns[name]]).sum()
                 norms[name] = float(torch.autograd.grad(term, images, retain_graph=True)[0].norm())
-        if norms[capped[0]] > self.colour_cap * norms["embedding"]:
-            self.colour_scale = self.colour_cap * norms["embedding"] / norms[capped[0]]
+        if norms[capped] > self.colour_cap * norms["embedding"]:
+            self.colour_scale = self.colour_cap * norms["embedding"] / norms[capped]
             self.weight = self.weight.clone()
-            self.weight[columns[capped[0]]] *= self.colour_scale
+            self.weight[columns[capped]] *= self.colour_scale
 
     @property
     def selected_groups(self) -> tuple[str, ...]:
