@@ -12,7 +12,8 @@ from rlr_core.training.clicks import SETTINGS
 
 from .errors import FieldError
 
-__all__ = ["LOG_FIELD", "MAX_HEAD_UPDATES", "MAX_LEARNING_RATE", "MAX_CHECK_SEEDS", "MAX_GROUP_WEIGHTS", "log_settings",
+__all__ = ["LOG_FIELD", "MAX_HEAD_UPDATES", "MAX_LEARNING_RATE", "MAX_CHECK_SEEDS", "MAX_GROUP_WEIGHTS", "MAX_KL_WEIGHT",
+           "log_settings",
            "updated_rounds"]
 
 LOG_FIELD = "Click log"
@@ -21,12 +22,13 @@ MAX_LEARNING_RATE = 1.0  # the Preference tab's learning rate (0 = auto), as the
 MAX_CHECK_SEEDS = 16  # the most check seeds a loaded click log may name (each is an image sampled per update)
 MAX_GROUP_WEIGHTS = 8  # the most head group weights a loaded click log may name (the head fits their square per fold)
 MAX_HEAD_FIT_NUMBER = 1e6  # the largest head_l2 or group weight a loaded click log may name
+MAX_KL_WEIGHT = 1000.0  # the Preference tab's KL to the base model, as TrainConfig's kl_weight
 
 
 def log_settings(log: ClickLog) -> dict[str, Any]:
     """The mode / features / head_updates / lr / check_seeds / round_images / estimator / head_l2 / head_group_weights /
-    head_solver / head_selection / head_colour_cap the log's updates were made with (its last update's; lr and
-    estimator None in logs older than the setting: they were made with the Train settings'; head_selection "auto" in
+    head_solver / head_selection / head_colour_cap / kl_weight the log's updates were made with (its last update's; lr
+    and estimator None in logs older than the setting: they were made with the Train settings'; head_selection "auto" in
     those older than it; the others as PreferenceSession's SETTINGS says for logs older than the setting);
     FieldError naming the click log when it has no updated round or names an unknown setting."""
     updates = [e for e in log.events if e.get("type") == "update"]
@@ -41,7 +43,8 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
                 "head_group_weights": last.get("head_group_weights", SETTINGS["head_group_weights"]),
                 "head_solver": last.get("head_solver", SETTINGS["head_solver"]),
                 "head_selection": last.get("head_selection", "auto"),
-                "head_colour_cap": last.get("head_colour_cap", SETTINGS["head_colour_cap"])}
+                "head_colour_cap": last.get("head_colour_cap", SETTINGS["head_colour_cap"]),
+                "kl_weight": last.get("kl_weight", SETTINGS["kl_weight"])}
     if settings["mode"] not in MODES or settings["features"] not in FEATURES:
         raise FieldError(LOG_FIELD, f"names mode {settings['mode']!r} / features {settings['features']!r}; allowed: "
                                     f"mode {', '.join(MODES)}, features {', '.join(FEATURES)}")
@@ -77,6 +80,9 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
     if settings["head_colour_cap"] is not None and not _head_fit_number(settings["head_colour_cap"]):
         raise FieldError(LOG_FIELD, f"names head_colour_cap {settings['head_colour_cap']!r}; allowed: null (uncapped) or a "
                                     f"number >= 0 and at most {MAX_HEAD_FIT_NUMBER:g}")
+    if not _number_at_most(settings["kl_weight"], MAX_KL_WEIGHT):
+        raise FieldError(LOG_FIELD, f"names kl_weight {settings['kl_weight']!r}; allowed: a number >= 0 and at most "
+                                    f"{MAX_KL_WEIGHT:g}")
     if last.get("head_gradient", True) is not True:
         raise FieldError(LOG_FIELD, "was made with a scores-only head (head_gradient false, from the Python API); the app "
                                     "replays logs of its own differentiable head: replay it with PreferenceSession.replay")
@@ -84,7 +90,11 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
 
 
 def _head_fit_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_HEAD_FIT_NUMBER
+    return _number_at_most(value, MAX_HEAD_FIT_NUMBER)
+
+
+def _number_at_most(value: Any, maximum: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= maximum
 
 
 def updated_rounds(log: ClickLog) -> list[list[Any]]:

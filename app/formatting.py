@@ -366,6 +366,7 @@ def counters_text(run: Any) -> str:
             f"mode {session.mode} · features {session.features}{group_weights_text(session.head)} · "
             f"{session.head_updates} update(s) per round from "
             f"the head · estimator {run.config.estimator} · learning rate {run.config.lr:g} · "
+            f"KL to the base model {run.config.kl_weight:g} · "
             f"{check_text(session.check_seeds, c['undone'])} · "
             f"click log `{session.log.path}`")
 

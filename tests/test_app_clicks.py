@@ -19,17 +19,17 @@ def form(model: str, **kw):
             "keep_best": False, **kw}
 
 
-def click_rounds(session, values, rounds, mode="direct", head_updates=0, features="pixels", check=False):
+def click_rounds(session, values, rounds, mode="direct", head_updates=0, features="pixels", check=False, kl_weight=0.0):
     """``rounds`` rounds clicked the same way (the first image preferred); the next round is left on screen,
     as the tab does after an update."""
     from app import clicks, runs
 
     run = runs.session_run(session)
     if run is None or run.round is None:
-        run = clicks.preference_round(session, values, False, 4, mode, features, head_updates, 0, check)
+        run = clicks.preference_round(session, values, False, 4, mode, features, head_updates, 0, check, kl_weight)
     for _ in range(rounds):
         run, _update = clicks.preference_update(session, [0], best_only=True)
-        run = clicks.preference_round(session, values, False, 4, mode, features, head_updates, 0, check)
+        run = clicks.preference_round(session, values, False, 4, mode, features, head_updates, 0, check, kl_weight)
     return run
 
 
@@ -108,6 +108,28 @@ def test_learning_rate_of_a_click_run(studio):
             clicks.preference_round("g", {}, False, 4, "direct", "pixels", 0, bad)
 
 
+def test_kl_to_the_base_model_of_a_click_run(studio):
+    """The tab's KL weight is the click run's (whatever the Train form says), shown in its status line and logged with
+    every update; a changed weight makes a new click run; a weight the Train settings cannot use is refused by name."""
+    from app import clicks, formatting
+    from app.state import FieldError
+
+    values = form(studio, kl_weight=0.5)
+    run = click_rounds("q", values, 1, kl_weight=0.0)
+    assert run.config.kl_weight == 0.0 and "KL to the base model 0 ·" in formatting.counters_text(run)
+    assert [e["kl_weight"] for e in run.preference.log.events if e.get("type") == "update"] == [0.0]
+    weighted = clicks.preference_round("q", {}, False, 4, "direct", "pixels", 0, 0, False, 0.01)
+    assert weighted is not run and weighted.config.kl_weight == 0.01
+    assert "KL to the base model 0.01 ·" in formatting.counters_text(weighted)
+    for bad in (-1, 1e4, "strong"):
+        with pytest.raises(FieldError, match=r"^KL to the base model: must be"):
+            clicks.preference_round("q", {}, False, 4, "direct", "pixels", 0, 0, False, bad)
+    deterministic = form(studio, eta=0.0, estimator="full-bp")  # rlr needs eta > 0 anyway
+    with pytest.raises(FieldError, match=r"^KL to the base model: needs stochastic steps: set it to 0, or eta above 0"):
+        clicks.preference_round("r", deterministic, False, 4, "learned", "pixels", 0, 0, False, 0.01)
+    assert clicks.preference_round("r", deterministic, False, 4, "learned", "pixels", 0, 0, False, 0.0).config.eta == 0
+
+
 def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
     import torch
 
@@ -115,8 +137,11 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
     from app.transfer import click_log_zip
 
     values = form(studio, lr=0.004)  # auto: off the tiny model, the Train form's learning rate
-    run = click_rounds("c", values, 3, mode="learned", head_updates=1, features="layout")
-    assert run.config.lr == 0.004
+    run = click_rounds("c", values, 2, mode="learned", head_updates=1, features="layout", kl_weight=0.02)
+    run, update = clicks.preference_update("c", [0], best_only=True)
+    assert update.report.grad_norms["kl"] > 0  # the update added the gradient of the KL to the base model
+    run = clicks.preference_round("c", values, False, 4, "learned", "layout", 1, 0, False, 0.02)
+    assert run.config.lr == 0.004 and run.config.kl_weight == 0.02
     trained = runs.current_lora(run)
     next_seed = run.round.seed  # the round on screen, not clicked: the log holds 3 rounds
     download = tmp_path / "clicks.zip"
@@ -126,7 +151,7 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
     assert "clicks.jsonl" in names and "clicks_start_lora.safetensors" in names
     assert sum(n.startswith("clicks_images/") for n in names) == 12
 
-    runs.reset_all()  # a restart: no run, no model; the Train form now has another learning rate
+    runs.reset_all()  # a restart: no run, no model; the Train form now has another learning rate (and no KL)
     loaded, message = clicks.load_click_log("d", str(download), form(studio, lr=0.02), False)
     assert message == "replayed 3 rounds; 0 rounds' images differed from the log"
     assert loaded.preference.settings() == {"mode": "learned", "features": "layout", "head_updates": 1, "head_gradient": True,
@@ -134,7 +159,8 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
                                             "estimator": "rlr", "head_l2": 0.01,
                                             "head_group_weights": [0.0, 1.0, 3.0, 10.0, 30.0, 100.0],
                                             "head_solver": "newton", "head_selection": "all",
-                                            "head_colour_cap": None}  # the log's
+                                            "head_colour_cap": None, "kl_weight": 0.02}  # the log's
+    assert loaded.config.kl_weight == 0.02
     rebuilt = runs.current_lora(loaded)
     assert set(rebuilt) == set(trained) and all(torch.equal(rebuilt[k], trained[k]) for k in trained)
     assert loaded.step == 6 and loaded.counters == {"rounds": 3, "clicks": 3, "updates": 3, "undone": 0}
@@ -142,7 +168,8 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
     assert [s.label for s in clicks.strips(loaded)][-1] == "before" and len(clicks.strips(loaded)) == 4
     # the same settings in the tab (loading sets its learning rate to the log's) continue the loaded run; its next
     # round has the next seed
-    same = clicks.preference_round("d", values, False, 4, "learned", "layout", 1, loaded.config.lr)
+    same = clicks.preference_round("d", values, False, 4, "learned", "layout", 1, loaded.config.lr, False,
+                                   loaded.config.kl_weight)
     assert same is loaded and same.round.seed == next_seed
 
 
@@ -200,7 +227,7 @@ def test_a_loaded_click_log_keeps_the_rounds_it_showed(studio, tmp_path, monkeyp
     assert sum(e.pop("round_images", None) == "batch" for e in events) == 2
     assert sum(e.pop("head_l2", None) == 0.01 and e.pop("head_group_weights", None) == [0, 1, 3, 10, 30, 100]
                and e.pop("head_solver", None) == "lbfgs" and e.pop("head_selection", None) == "all"
-               and e.pop("head_colour_cap", 0) is None for e in events) == 2
+               and e.pop("head_colour_cap", 0) is None and e.pop("kl_weight", None) == 0.0 for e in events) == 2
     for name, value in (("older", None), ("hidden", "hidden-twins")):
         lines = [{**e, "round_images": value} if value and e.get("type") == "update" else e for e in events]
         with zipfile.ZipFile(tmp_path / f"{name}.zip", "w") as archive:
@@ -287,7 +314,10 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
                                                                          "head_selection": "best"}),
              "bad-cap.jsonl": json.dumps(click) + "\n" + json.dumps({"type": "update", "round_id": "x", "mode": "learned",
                                                                    "features": "pixels", "head_updates": 0,
-                                                                   "head_colour_cap": "half"})}
+                                                                   "head_colour_cap": "half"}),
+             "bad-kl.jsonl": json.dumps(click) + "\n" + json.dumps({"type": "update", "round_id": "x", "mode": "learned",
+                                                                  "features": "pixels", "head_updates": 0,
+                                                                  "kl_weight": True})}
     messages = {}
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
@@ -307,6 +337,7 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
     assert "names head_solver 'adam'; allowed: newton, lbfgs" in messages["bad-solver.jsonl"]
     assert "names head_selection 'best'; allowed: auto, all, cross-validated" in messages["bad-selection.jsonl"]
     assert "names head_colour_cap 'half'; allowed: null (uncapped) or a number >= 0" in messages["bad-cap.jsonl"]
+    assert "names kl_weight True; allowed: a number >= 0 and at most 1000" in messages["bad-kl.jsonl"]
     hidden = "".join(json.dumps({**click, "index": i}) + "\n" for i in range(6)) + json.dumps(
         {"type": "update", "round_id": "x", "mode": "learned", "features": "pixels", "head_updates": 0,
          "round_images": "hidden-twins"})

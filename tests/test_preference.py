@@ -393,6 +393,37 @@ def test_replay_needs_the_heads_fit_of_the_log(tmp_path):
         fresh("i").replay(capped)
 
 
+def test_replay_needs_the_kl_weight_of_the_log(tmp_path):
+    """The trainer's KL to the base model is in every update (0 in a log older than it, and for a trainer config without
+    the setting); a session whose trainer weighs the KL otherwise refuses to replay the log."""
+    log = ClickLog(tmp_path / "a" / "clicks.jsonl")
+    trainer = TinyTrainer(FakeChain(), FakeEstimator())
+    trainer.config = SimpleNamespace(lr=0.1, kl_weight=0.01)
+    session = PreferenceSession(trainer, log, mode="direct", features="pixels", head_updates=0)
+    for i in range(2):
+        rnd = session.new_round(PROMPTS, seed=i)
+        session.click(rnd, chosen=[0])
+        session.update(rnd)
+    assert [e["kl_weight"] for e in log.events if e["type"] == "update"] == [0.01, 0.01]
+
+    def fresh(name: str, kl_weight: float | None) -> PreferenceSession:
+        other = TinyTrainer(FakeChain(), FakeEstimator())  # None: a config without the setting
+        other.config = SimpleNamespace(lr=0.1, **({} if kl_weight is None else {"kl_weight": kl_weight}))
+        return PreferenceSession(other, ClickLog(tmp_path / name / "clicks.jsonl"), mode="direct", features="pixels",
+                                 head_updates=0)
+
+    assert fresh("b", 0.01).replay(log).rounds == 2
+    with pytest.raises(ValueError, match=r"^kl_weight=0.0 differs from the click log's kl_weight=0.01"):
+        fresh("c", None).replay(log)
+    older = tmp_path / "older.jsonl"
+    lines = [json.loads(line) for line in (tmp_path / "a" / "clicks.jsonl").read_text().splitlines() if line.strip()]
+    older.write_text("".join(json.dumps({k: v for k, v in e.items() if k != "kl_weight"}) + "\n"
+                             for e in lines))
+    assert fresh("d", None).replay(older).rounds == 2
+    with pytest.raises(ValueError, match=r"^kl_weight=0.01 differs from the click log's kl_weight=0.0"):
+        fresh("e", 0.01).replay(older)
+
+
 def test_newton_fit_reaches_the_minimiser_of_the_ridge_bradley_terry_loss():
     """Newton's fit has zero gradient (to 1e-6) and a loss no higher than L-BFGS's, on well-posed pairs, on nearly
     separable ones with a ridge as small as a group at weight 100 gets, and with more features than pairs; both

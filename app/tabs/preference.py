@@ -10,8 +10,8 @@ from typing import Any
 
 import gradio as gr
 
-from rlr_core.rewards.preference import (CHECK_SEEDS, DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_LEARNING_RATE,
-                                         DEFAULT_MODE, TINY_MODEL_FEATURES, TINY_MODEL_LEARNING_RATE)
+from rlr_core.rewards.preference import (CHECK_SEEDS, DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES, DEFAULT_KL_WEIGHT,
+                                         DEFAULT_LEARNING_RATE, DEFAULT_MODE, TINY_MODEL_FEATURES, TINY_MODEL_LEARNING_RATE)
 
 from .. import clicks, formatting, runner
 from ..transfer import click_log_zip
@@ -29,6 +29,7 @@ class PreferenceTab:
     head_updates: Any
     learning_rate: Any
     check: Any
+    kl_weight: Any
     new: Any
     gallery: Any
     choice: Any
@@ -74,6 +75,11 @@ def layout(page: Page) -> PreferenceTab:
                             info=f"sample {len(CHECK_SEEDS)} fixed seeds before and after each update and undo it when "
                                  "the head (fitted on your clicks) scores them lower: a misread click or a step off "
                                  "what you have seen costs nothing; one more batch sampled per update")
+        kl_weight = gr.Number(value=DEFAULT_KL_WEIGHT, minimum=0, maximum=clicks.MAX_KL_WEIGHT, label=clicks.KL_FIELD,
+                              elem_id="pref-kl",
+                              info="keeps each update near what the base model draws (0 = off; needs eta > 0): the "
+                                   "clicks move what they ask for and less of the rest drifts; one more batch "
+                                   "sampled per update")
     new = gr.Button("New round", elem_id="pref-new")
     gallery = gr.Gallery(label="Click the images you prefer", columns=4, height=300, format="png",
                          allow_preview=False, elem_id="pref-gallery", interactive=False)
@@ -89,7 +95,8 @@ def layout(page: Page) -> PreferenceTab:
                            elem_id="pref-log-file")
         upload = gr.File(label="Continue from a click log (.zip or .jsonl): replays it with the Train form's model",
                          file_types=[".zip", ".jsonl"], elem_id="pref-upload")
-    return PreferenceTab(k, mode, pick, features, head_updates, learning_rate, check, new, gallery, choice, update,
+    return PreferenceTab(k, mode, pick, features, head_updates, learning_rate, check, kl_weight, new, gallery, choice,
+                         update,
                          counters, strips, download, log_file, upload)
 
 
@@ -109,12 +116,12 @@ def _outputs(run: Any) -> tuple:
 def wire(page: Page, tab: PreferenceTab) -> None:
     hosted = page.hosted
     outputs = [tab.gallery, tab.choice, tab.counters, tab.strips]
-    settings = [tab.mode, tab.features, tab.head_updates, tab.learning_rate, tab.check]
+    settings = [tab.mode, tab.features, tab.head_updates, tab.learning_rate, tab.check, tab.kl_weight]
 
     def on_pref_new(request: gr.Request, k: int, mode: str, features: str, head_updates: int, learning_rate: float,
-                    check: bool, *values: Any) -> tuple:
+                    check: bool, kl_weight: float, *values: Any) -> tuple:
         run = runner.preference_round(session_of(request), form_dict(values), hosted, k, mode, features, head_updates,
-                                      learning_rate, check)
+                                      learning_rate, check, kl_weight)
         return _outputs(run)
 
     page.listen(tab.new.click, on_pref_new, [tab.k, *settings, *page.form], outputs, **GPU, **UI_ONLY)
@@ -128,7 +135,7 @@ def wire(page: Page, tab: PreferenceTab) -> None:
     tab.gallery.select(on_pref_select, inputs=tab.choice, outputs=tab.choice, queue=False, **UI_ONLY)
 
     def on_pref_update(chosen: list[str], pick: str, k: int, mode: str, features: str, head_updates: int,
-                       learning_rate: float, check: bool, request: gr.Request = None) -> tuple:
+                       learning_rate: float, check: bool, kl_weight: float, request: gr.Request = None) -> tuple:
         session = session_of(request)
         run, update = runner.preference_update(session, [int(c) - 1 for c in chosen or []], pick == "best one")
         iterations = 1 + len(update.head_reports)
@@ -137,7 +144,8 @@ def wire(page: Page, tab: PreferenceTab) -> None:
                 + (f"; then {iterations - 1} from the head" if iterations > 1 else "")
                 + ("" if update.accepted else "; undone: the head scored the check seeds' images lower after it"),
                 title="Updated" if update.accepted else "Update undone")
-        run = runner.preference_round(session, {}, hosted, k, mode, features, head_updates, learning_rate, check)
+        run = runner.preference_round(session, {}, hosted, k, mode, features, head_updates, learning_rate, check,
+                                      kl_weight)
         return _outputs(run)
 
     page.listen(tab.update.click, on_pref_update, [tab.choice, tab.pick, tab.k, *settings], outputs, **GPU, **UI_ONLY)
@@ -149,12 +157,12 @@ def wire(page: Page, tab: PreferenceTab) -> None:
 
     def on_upload(request: gr.Request, path: str | None, *values: Any) -> tuple:
         if not path:
-            return (gr.skip(),) * 9
+            return (gr.skip(),) * 10
         run, message = clicks.load_click_log(session_of(request), path, form_dict(values), hosted)
         gr.Info(message, title="Click log loaded")
         preference = run.preference
         return ([], gr.update(choices=[], value=[]), f"{message}; click **New round** to continue.  \n"
                 + formatting.counters_text(run), _strip_images(run), preference.mode, clicks.form_features(preference.features),
-                preference.head_updates, run.config.lr, bool(preference.check_seeds))
+                preference.head_updates, run.config.lr, bool(preference.check_seeds), run.config.kl_weight)
 
     page.listen(tab.upload.upload, on_upload, [tab.upload, *page.form], [*outputs, *settings], **GPU, **UI_ONLY)

@@ -29,7 +29,8 @@ from rlr_core.rewards.simple import check_images
 
 __all__ = ["ClickLog", "ClickRecord", "ClickReward", "PreferenceReward", "click_rewards", "image_sha256",
            "pixel_features", "layout_features", "colour_features", "object_colour_features", "to_uint8", "FEATURES", "SELECTIONS", "LOG_VERSION", "MODES", "DEFAULT_MODE", "DEFAULT_FEATURES",
-           "DEFAULT_HEAD_UPDATES", "ROUND_IMAGES", "DEFAULT_ROUND_IMAGES", "CHECK_SEEDS", "DEFAULT_CHECK_SEEDS", "DEFAULT_LEARNING_RATE", "TINY_MODEL_FEATURES", "TINY_MODEL_LEARNING_RATE", "features_for",
+           "DEFAULT_HEAD_UPDATES", "ROUND_IMAGES", "DEFAULT_ROUND_IMAGES", "CHECK_SEEDS", "DEFAULT_CHECK_SEEDS", "DEFAULT_LEARNING_RATE", "TINY_MODEL_FEATURES", "TINY_MODEL_LEARNING_RATE",
+           "DEFAULT_KL_WEIGHT", "features_for",
            "learning_rate_for", "check_round_images"]
 
 # The defaults of a click session (the app's Preference tab, PreferenceSession), chosen by benchmarks/clicks.py
@@ -46,6 +47,8 @@ DEFAULT_CHECK_SEEDS: tuple[int, ...] = ()  # () = no check: every update is kept
 DEFAULT_LEARNING_RATE = 0.0  # "auto": learning_rate_for
 TINY_MODEL_FEATURES = "tiny-clip+grid+colour"  # what features "auto" means for the bundled tiny model
 TINY_MODEL_LEARNING_RATE = 0.005  # what learning rate "auto" means for the bundled tiny model (with its attention+conv LoRA)
+# the KL to the base model of a click session's updates (its TrainConfig.kl_weight; 0 = off)
+DEFAULT_KL_WEIGHT = 0.0
 
 
 def features_for(features: str, base_model: str) -> str:

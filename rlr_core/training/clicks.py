@@ -113,7 +113,7 @@ class ReplayResult:
 # (those of SESSIONS_OWN: the replaying session's own; head_colour_cap None: uncapped)
 SETTINGS = {"mode": "direct", "features": None, "head_updates": 0, "head_gradient": True, "lr": None, "check_seeds": [],
             "round_images": "batch", "estimator": None, "head_l2": 0.01, "head_group_weights": [0.0, 1.0, 3.0, 10.0],
-            "head_solver": "lbfgs", "head_selection": None, "head_colour_cap": None}
+            "head_solver": "lbfgs", "head_selection": None, "head_colour_cap": None, "kl_weight": 0.0}
 SESSIONS_OWN = ("features", "lr", "estimator", "head_selection")
 
 
@@ -175,14 +175,15 @@ class PreferenceSession:
 
     def settings(self) -> dict[str, Any]:
         """The settings the updates depend on, as logged with every update."""
-        learning_rate = getattr(getattr(self.trainer, "config", None), "lr", None)
+        config = getattr(self.trainer, "config", None)
+        learning_rate = getattr(config, "lr", None)
         return {"mode": self.mode, "features": self.features, "head_updates": self.head_updates,
                 "head_gradient": bool(self.head.differentiable),
                 "lr": None if learning_rate is None else float(learning_rate), "check_seeds": list(self.check_seeds),
                 "round_images": self.round_images, "estimator": getattr(self.trainer.estimator, "name", None),
                 "head_l2": self.head.l2, "head_group_weights": list(self.head.group_weight_choices),
                 "head_solver": self.head.solver, "head_selection": self.head.selection,
-                "head_colour_cap": self.head.colour_cap}
+                "head_colour_cap": self.head.colour_cap, "kl_weight": float(getattr(config, "kl_weight", 0.0))}
 
     def new_round(self, prompts: Sequence[str], generator: torch.Generator | None = None, seed: int | None = None) -> PreferenceRound:
         """Sample one round (one image per prompt) with what the update will need: the update's batch is the round
@@ -344,6 +345,7 @@ class PreferenceSession:
         the head is differentiable, ``lr``: the trainer's learning rate, ``check_seeds``, ``round_images``, ``estimator``:
         the trainer's estimator's name, ``head_l2``, ``head_group_weights``, ``head_solver``, ``head_selection`` and
         ``head_colour_cap``: the head's ``l2``, ``group_weight_choices``, ``solver``, ``selection`` and ``colour_cap``;
+        ``kl_weight``: the trainer's KL to the base model, 0 in logs older than it;
         a ValueError names the one that differs).
         Rounds whose images differ from the logged ones (another model, another machine's arithmetic) are replayed
         with the logged clicks and listed in ``mismatched_rounds``.
