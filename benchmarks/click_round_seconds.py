@@ -7,6 +7,7 @@ the head on every click so far), and every round's seconds. ``--threads``: torch
 benchmark's sessions use 1, two at a time; the app uses what torch chooses, all cores).
 
     python benchmarks/click_round_seconds.py --rounds 10 --threads 1 2
+    python benchmarks/click_round_seconds.py --rounds 5 --kl-weight 0 0.01     # the KL to the base model's cost
     python benchmarks/click_round_seconds.py --modes direct learned-tiny-clip+grid+colour-cv-l2=0.01-lbfgs-one+head1-lr0.005
 """
 
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main(argv: list[str] | None = None) -> None:
     from benchmarks import clicks
+    from rlr_core.rewards.preference import DEFAULT_KL_WEIGHT
 
     p = argparse.ArgumentParser(description="Seconds per click round of simulated sessions (docs/rewards.md).")
     p.add_argument("--modes", nargs="+", default=None, choices=sorted(clicks.MODES),
@@ -31,20 +33,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", nargs="+", type=int, default=[1])
     p.add_argument("--attribute", default="red", choices=clicks.ATTRIBUTES)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--kl-weight", type=float, nargs="+", default=None,
+                   help="the sessions' KL to the base model, each one a row (default: rlr_core's DEFAULT_KL_WEIGHT)")
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
     modes = args.modes or [clicks.default_mode()]
+    kl_weights = args.kl_weight or [DEFAULT_KL_WEIGHT]
     print(f"commit {clicks._commit()}; {args.attribute}, seed {args.seed}, {args.rounds} rounds of 4, one session at a time")
-    print("| mode | threads | first 3 rounds | last 3 rounds | all rounds | of which the click | each round |")
-    print("|---|---|---|---|---|---|---|")
+    print("| mode | KL weight | threads | first 3 rounds | last 3 rounds | all rounds | of which the click | each round |")
+    print("|---|---|---|---|---|---|---|---|")
     for threads in args.threads:
-        for mode in modes:
+        for mode, kl_weight in ((m, w) for m in modes for w in kl_weights):
             task = {"mode": mode, "attribute": args.attribute, "noise": 0.0, "seed": args.seed, "rounds": args.rounds,
-                    "threads": threads}
+                    "threads": threads, "kl_weight": kl_weight}
             session = clicks.run_session(task)
             seconds = session["seconds_per_round"]
-            print(f"| {mode} | {threads} | {clicks._mean(seconds[:3]):.2f} | {clicks._mean(seconds[-3:]):.2f} | "
+            print(f"| {mode} | {kl_weight:g} | {threads} | {clicks._mean(seconds[:3]):.2f} | {clicks._mean(seconds[-3:]):.2f} | "
                   f"{clicks._mean(seconds):.2f} | {clicks._mean(session['click_seconds_per_round']):.2f} | "
                   f"{', '.join(f'{s:.2f}' for s in seconds)} |", flush=True)
 

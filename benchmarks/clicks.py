@@ -7,15 +7,16 @@ default estimator (``rlr``). After each round the attribute is measured on 8 fix
 images every round). Attributes:
 
 * ``red``: mean red minus mean green/blue (the prompts ask for blue, green, yellow, purple shapes);
-* ``spiky``: 1 - solidity of the largest shape the tiny detector finds (stars ~0.5, circles and squares
-  ~0.05); the full phase clicks for it on the prompts that name no shape (``ATTRIBUTE_PROMPTS``; the prompts that
-  do ask for circles and squares);
+* ``boxy``: the extent of the largest shape the tiny detector finds (its area over its bounding box's: a square 1.0,
+  a circle 0.75, a star 0.41; a ragged or broken outline lowers it); the full phase clicks for it on the prompts that
+  name no shape (``ATTRIBUTE_PROMPTS``; the prompts that do ask for circles and squares);
 * ``left``: how far left the shape sits, 0.5 minus the x of the centroid of the soft foreground mask
   (``rlr_core.rewards.composition``; the prompts say nothing of position).
 
 Three more detector attributes for the offline head probe (benchmarks/click_head_probe.py; a task may name them):
-``boxy`` (the shape's extent, area / bounding-box area: squares ~1.0, circles ~0.79), ``size`` (the shape's
-area as a share of the image) and ``star`` (1 for a clean five-pointed star, ``rlr_core.tiny.detect.is_clean_star``,
+``spiky`` (1 - solidity of the largest shape: stars ~0.5, circles and squares ~0.05; the full phase's shape until
+2026-12-07, when ragged and broken outlines were found to raise it too), ``size`` (the shape's area as a share of the
+image) and ``star`` (1 for a clean five-pointed star, ``rlr_core.tiny.detect.is_clean_star``,
 else 0). A spiky session (and reference) also records the clean stars of its fixed seeds after each round
 (``star_curve``): a ragged outline raises spiky without drawing a star.
 
@@ -38,7 +39,7 @@ respect to the shown images (``gradient_alignment``; red and left only), and the
 groups (``group_weights``: all 1 unless the head weighs them, ``selection="cross-validated"``).
 Runs use the tiny model's own LoRA targets (``lora_targets="auto"``: attention+conv since commit 139527e; the runs
 of earlier pages used attention only) and the mode's learning rate; a task dict may name others (``lora_targets``,
-``lr``, ``kl_weight``: the KL to the base model, docs/config.md), another model (``model``: an exported model's
+``lr``, ``kl_weight`` and ``kl_steps``: the KL to the base model, docs/config.md), another model (``model``: an exported model's
 folder, e.g. one fine-tuned with ``rlr_core.tiny.train --generic-shape``) and the prompts (``prompts``:
 ``"shape-free"``, the same colours and backgrounds naming no shape, ``SHAPE_FREE_PROMPTS``). Each run records what it
 trained with (``settings``), and the report labels and matches references by it. A task's ``wide_seeds`` (a count)
@@ -78,7 +79,7 @@ DEFAULT_PROMPT_SET = "shapes-named"  # a task's, unless it names "prompts"
 # the prompt set plan() gives an attribute's tasks when it is not the default: prompts that name the shape ask for
 # one, so the shape attribute is clicked for on prompts that name none (the bundled model draws any shape for them
 # since 2026-12-06; pages before that ran spiky on the shapes-named prompts)
-ATTRIBUTE_PROMPTS = {"spiky": "shape-free"}
+ATTRIBUTE_PROMPTS = {"spiky": "shape-free", "boxy": "shape-free"}
 EVAL_SEEDS = list(range(3000, 3008))
 WIDE_SEEDS_START = 5000  # a task's "wide_seeds" are 5000, 5001, ... (see wide_seeds)
 # name -> PreferenceSession settings (mode, features, head_updates)
@@ -186,7 +187,7 @@ HEAD_VARIANTS = {"learned-global": {"scaling": "global"}, "learned-both": {"extr
                  "learned-tiny-clip+grid+colour-cv-l2=0.01-lbfgs-one+head1-lr0.005":
                      {"l2": 0.01, "group_weight_choices": (0.0, 1.0, 3.0, 10.0), "solver": "lbfgs"},
                  "learned-layout-one-l2=0.1": {"l2": 0.1}, "learned-layout-one-l2=1": {"l2": 1.0}}
-ATTRIBUTES = ("red", "spiky", "left")
+ATTRIBUTES = ("red", "boxy", "left")  # the full phase's (spiky until 2026-12-07: ragged outlines raise it)
 DETECTOR_ATTRIBUTES = ("spiky", "boxy", "size", "star")  # read from the tiny detector's solidity, extent, area, stars
 ALL_ATTRIBUTES = tuple(dict.fromkeys((*ATTRIBUTES, *DETECTOR_ATTRIBUTES)))  # what a task or the head probe may name
 NOISES = (0.0, 0.25, 0.1)  # in the order the full phase runs them
@@ -228,14 +229,14 @@ class Attribute:
 
 def _trainer(reward, seed: int, rounds: int, output_dir: str, num_steps: int = 20, lr: float = LEARNING_RATE,
              lora_targets: str = "auto", model: str = "tiny", prompts: list[str] = CLICK_PROMPTS, estimator: str = "rlr",
-             kl_weight: float = 0.0):
+             kl_weight: float = 0.0, kl_steps: int = 4):
     from benchmarks.compare import _chain
     from rlr_core import TrainConfig, Trainer, get_estimator
 
     chain = _chain(num_steps, lora_targets, model)
     config = TrainConfig(model=model, num_steps=num_steps, prompts=list(prompts), steps=rounds, batch_size=4, lr=lr,
                          seed=seed, eval_seeds=[], eval_every=0, checkpoint_every=0, output_dir=output_dir,
-                         kl_weight=kl_weight)
+                         kl_weight=kl_weight, kl_steps=kl_steps)
     return Trainer(chain, reward, get_estimator(estimator), config)
 
 
@@ -295,8 +296,7 @@ def run_session(task: dict, on_round: Callable[[RoundTrace], None] | None = None
         head = head_class(log, features=features, **options)
         # the head is the session's reward (as in the app); the attribute is only measured
         trainer = _trainer(head, task["seed"], task["rounds"], tmp, task.get("num_steps", 20),
-                           *task_settings(task), estimator=estimator_name(task["mode"]),
-                           kl_weight=float(task.get("kl_weight", 0.0)))
+                           *task_settings(task), estimator=estimator_name(task["mode"]), **kl_settings(task))
         session = PreferenceSession(trainer, log, mode=mode, k=1, reward=head, head_updates=head_updates,
                                     check_seeds=check_seeds(task["mode"]), round_images=round_images(task["mode"]))
         groups = trainer.estimator.noise_groups(mode == "learned" and head.differentiable)
@@ -411,7 +411,7 @@ def run_reference(task: dict) -> dict:
     attribute = Attribute(task["attribute"], differentiable=task["mode"] != "reference-scores")
     with tempfile.TemporaryDirectory() as tmp:
         trainer = _trainer(attribute, task["seed"], task["rounds"], tmp, task.get("num_steps", 20),
-                           *task_settings(task), kl_weight=float(task.get("kl_weight", 0.0)))
+                           *task_settings(task), **kl_settings(task))
         curve, star_curve = [], []
         measure_point(trainer, attribute, curve, star_curve)
         more_seeds = wide_seeds(task)
@@ -435,10 +435,16 @@ def task_settings(task: dict) -> tuple[float, str, str, list[str]]:
             str(task.get("model", "tiny")), PROMPT_SETS[prompt_set])
 
 
+def kl_settings(task: dict) -> dict:
+    """The KL to the base model a task trains with: ``kl_weight`` (0: none) and ``kl_steps`` (the chain steps drawn
+    per iteration for its gradient, TrainConfig's 4 unless the task says)."""
+    return {"kl_weight": float(task.get("kl_weight", 0.0)), "kl_steps": int(task.get("kl_steps", 4))}
+
+
 def used_settings(task: dict, trainer) -> dict:
     """What a run trained with, as recorded in runs.jsonl: learning rate and the LoRA targets' set name (or list),
     and the model and prompt set where the task names them."""
-    extra = {name: task[name] for name in ("model", "prompts", "kl_weight") if name in task}
+    extra = {name: task[name] for name in ("model", "prompts", "kl_weight", "kl_steps") if name in task}
     return {"lr": task_settings(task)[0], "lora_targets": target_set_name(trainer.chain.lora_targets), **extra}
 
 
@@ -479,7 +485,7 @@ def _run(task: dict) -> dict:
 
 
 def key(task: dict) -> str:
-    named = ("lora_targets", "lr", "model", "prompts", "wide_seeds", "clicker", "kl_weight")
+    named = ("lora_targets", "lr", "model", "prompts", "wide_seeds", "clicker", "kl_weight", "kl_steps")
     extra = "".join(f"|{name}={task[name]}" for name in named if name in task)
     return f"{task['mode']}|{task['attribute']}|{task['noise']}|{task['seed']}|{task['rounds']}{extra}"
 
@@ -490,12 +496,19 @@ def load_runs(out: Path) -> list[dict]:
 
 
 def plan(phase: str, rounds: int, modes: list[str], default: str, noises: tuple[float, ...] = NOISES,
-         seeds: tuple[int, ...] = (1, 2, 3)) -> list[dict]:
+         seeds: tuple[int, ...] = (1, 2, 3), kl_weight: float | None = None) -> list[dict]:
     """The runs of a phase: screen = every candidate mode at noise 0, seed 1 (and the references);
-    full = the default mode at every noise and seed (and the references at the modes' learning rates)."""
+    full = the default mode at every noise and seed (and the references at the modes' learning rates).
+    ``kl_weight``: the click sessions' KL to the base model (None: ``DEFAULT_KL_WEIGHT``, the app's; the references
+    train without one)."""
+    from rlr_core.rewards.preference import DEFAULT_KL_WEIGHT
+
+    kl_weight = DEFAULT_KL_WEIGHT if kl_weight is None else float(kl_weight)
+
     def task(mode, attribute, noise, seed):
         prompts = {"prompts": ATTRIBUTE_PROMPTS[attribute]} if attribute in ATTRIBUTE_PROMPTS else {}
-        return {"mode": mode, "attribute": attribute, "noise": noise, "seed": seed, "rounds": rounds, **prompts}
+        kl = {"kl_weight": kl_weight} if kl_weight > 0 and mode not in REFERENCES.values() else {}
+        return {"mode": mode, "attribute": attribute, "noise": noise, "seed": seed, "rounds": rounds, **prompts, **kl}
 
     seeds = [1] if phase == "screen" else list(seeds)
     references = {REFERENCES[learning_rate(m)] for m in (modes if phase == "screen" else [default])}
@@ -563,13 +576,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--noises", type=float, nargs="+", default=list(NOISES),
                    help="wrong-click rates of the full phase (1.0: every click on another image than the best, a control)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="the full phase's seeds")
+    p.add_argument("--kl-weight", type=float, default=None,
+                   help="the click sessions' KL to the base model (default: rlr_core's DEFAULT_KL_WEIGHT)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--report", action="store_true", help="only write the report from runs.jsonl")
     args = p.parse_args(argv)
     if not args.report:
         default = args.default or default_mode()
-        execute(plan(args.phase, args.rounds, args.modes, default, tuple(args.noises), tuple(args.seeds)), args.out,
-                args.workers)
+        execute(plan(args.phase, args.rounds, args.modes, default, tuple(args.noises), tuple(args.seeds),
+                     args.kl_weight), args.out, args.workers)
     from benchmarks.clicks_report import write_report
 
     print(write_report(args.out))

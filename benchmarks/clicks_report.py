@@ -70,6 +70,7 @@ def label(run: dict) -> str:
     notes = ([] if targets == "attention" else [targets]) + ([] if lr == learning_rate(run["mode"]) else [f"lr {lr:g}"])
     notes += _model_notes(model, prompts) + (["clicks the least"] if run.get("clicker") == "worst" else [])
     notes += [f"KL {run['kl_weight']:g}"] if run.get("kl_weight") else []
+    notes += [f"KL steps {run['kl_steps']}"] if run.get("kl_steps") else []
     return run["mode"] + (f" [{', '.join(notes)}]" if notes else "")
 
 
@@ -159,7 +160,8 @@ def click_effect_lines(runs: list[dict]) -> list[str]:
     many seeds clicking the most gained more. A gain that does not come from the clicks shows in both. Empty without
     such sessions."""
     def pairing(run: dict) -> tuple:
-        return (run["mode"], settings(run), run.get("kl_weight", 0.0), run["attribute"], run["seed"], run["rounds"])
+        return (run["mode"], settings(run), run.get("kl_weight", 0.0), run.get("kl_steps"), run["attribute"], run["seed"],
+                run["rounds"])
 
     most = {pairing(r): r for r in runs if r.get("clicker", "best") == "best" and r["noise"] == 0.0}
     pairs = sorted(((most[pairing(r)], r) for r in runs if r.get("clicker") == "worst" and pairing(r) in most),

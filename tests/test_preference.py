@@ -1063,7 +1063,19 @@ def test_click_benchmark_tasks_may_name_a_model_folder_and_the_shape_free_prompt
     # the full phase clicks for the shape on the prompts that name none, for the other attributes on the default set
     planned = clicks.plan("full", 20, [], clicks.default_mode(), (0.0,), (1,))
     assert {t["attribute"]: t.get("prompts", clicks.DEFAULT_PROMPT_SET) for t in planned} == {
-        "red": "shapes-named", "left": "shapes-named", "spiky": "shape-free"}
+        "red": "shapes-named", "left": "shapes-named", "boxy": "shape-free"}
+    # its click sessions run with the app's KL to the base model unless told; the references (the attribute as the
+    # reward) without one
+    from rlr_core.rewards.preference import DEFAULT_KL_WEIGHT
+
+    sessions = [t for t in planned if t["mode"] == clicks.default_mode()]
+    assert len(sessions) == 3 and all(t.get("kl_weight", 0.0) == DEFAULT_KL_WEIGHT for t in sessions)
+    weighed = clicks.plan("full", 20, [], clicks.default_mode(), (0.0,), (1,), kl_weight=0.5)
+    assert [t.get("kl_weight") for t in weighed] == [None if t["mode"].startswith("reference") else 0.5 for t in weighed]
+    assert all(t.get("kl_weight") is None for t in clicks.plan("full", 20, [], clicks.default_mode(), (0.0,), (1,), 0.0))
+    assert clicks.key({**sessions[0], "kl_weight": 0.01, "kl_steps": 1}).endswith("|kl_weight=0.01|kl_steps=1")
+    assert clicks.kl_settings({"kl_weight": 0.01, "kl_steps": 1}) == {"kl_weight": 0.01, "kl_steps": 1}
+    assert clicks.kl_settings({}) == {"kl_weight": 0.0, "kl_steps": 4}
 
 
 def test_shape_variety_prints_each_prompts_shapes(monkeypatch, capsys):
@@ -1253,6 +1265,13 @@ def test_click_timing_benchmarks_print_their_tables(monkeypatch, capsys):
     monkeypatch.setattr(clicks, "run_session", fake_session)
     monkeypatch.setattr(clicks, "_commit", lambda: "abc1234")
     click_round_seconds.main(["--rounds", "4", "--threads", "1", "2", "--modes", "direct"])
-    assert [(t["mode"], t["threads"], t["rounds"], t["noise"]) for t in tasks] == [("direct", 1, 4, 0.0), ("direct", 2, 4, 0.0)]
+    from rlr_core.rewards.preference import DEFAULT_KL_WEIGHT
+
+    assert [(t["mode"], t["threads"], t["rounds"], t["noise"], t["kl_weight"]) for t in tasks] == [
+        ("direct", 1, 4, 0.0, DEFAULT_KL_WEIGHT), ("direct", 2, 4, 0.0, DEFAULT_KL_WEIGHT)]
     out = capsys.readouterr().out
-    assert "| direct | 2 | 4.33 | 6.67 | 5.50 | 0.50 | 2.00, 2.00, 9.00, 9.00 |" in out and out.startswith("commit abc1234;")
+    assert (f"| direct | {DEFAULT_KL_WEIGHT:g} | 2 | 4.33 | 6.67 | 5.50 | 0.50 | 2.00, 2.00, 9.00, 9.00 |" in out
+            and out.startswith("commit abc1234;"))
+    tasks.clear()
+    click_round_seconds.main(["--rounds", "3", "--modes", "direct", "--kl-weight", "0", "0.01"])
+    assert [(t["threads"], t["kl_weight"]) for t in tasks] == [(1, 0.0), (1, 0.01)]
