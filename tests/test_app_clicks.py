@@ -19,10 +19,13 @@ def form(model: str, **kw):
             "keep_best": False, **kw}
 
 
-def click_rounds(session, values, rounds, mode="direct", head_updates=0, features="pixels", check=False, kl_weight=0.0):
+def click_rounds(session, values, rounds, mode="direct", head_updates=0, features="pixels", check=False, kl_weight=None):
     """``rounds`` rounds clicked the same way (the first image preferred); the next round is left on screen,
-    as the tab does after an update."""
+    as the tab does after an update. ``kl_weight`` None: the tab's default."""
     from app import clicks, runs
+    from rlr_core.rewards.preference import DEFAULT_KL_WEIGHT
+
+    kl_weight = DEFAULT_KL_WEIGHT if kl_weight is None else kl_weight
 
     run = runs.session_run(session)
     if run is None or run.round is None:
@@ -216,7 +219,7 @@ def test_a_loaded_click_log_keeps_the_rounds_it_showed(studio, tmp_path, monkeyp
 
     with monkeypatch.context() as patch:
         patch.setattr(clicks, "PreferenceReward", functools.partial(PreferenceReward, solver="lbfgs"))
-        run = click_rounds("k", form(studio), 2, mode="learned", features="layout")
+        run = click_rounds("k", form(studio), 2, mode="learned", features="layout", kl_weight=0.0)  # as then
     assert run.preference.round_images == "batch"
     trained = runs.current_lora(run)
     download = tmp_path / "clicks.zip"
@@ -244,7 +247,8 @@ def test_a_loaded_click_log_keeps_the_rounds_it_showed(studio, tmp_path, monkeyp
     assert hidden.preference.settings()["round_images"] == "hidden-twins"
     assert hidden.counters == {"rounds": 2, "clicks": 2, "updates": 2, "undone": 0}  # a round's 4 images, not its 8 rewards
     assert message.endswith("2 rounds' images differed from the log")
-    assert clicks.preference_round("m", {}, False, 4, "learned", "layout", 0, hidden.config.lr) is hidden  # continues
+    assert clicks.preference_round("m", {}, False, 4, "learned", "layout", 0, hidden.config.lr, False,
+                                   hidden.config.kl_weight) is hidden  # continues
 
 
 def test_checked_click_run_counts_undone_updates_and_replays_them(studio, tmp_path):

@@ -47,7 +47,8 @@ DEFAULT_CHECK_SEEDS: tuple[int, ...] = ()  # () = no check: every update is kept
 DEFAULT_LEARNING_RATE = 0.0  # "auto": learning_rate_for
 TINY_MODEL_FEATURES = "tiny-clip+grid+colour"  # what features "auto" means for the bundled tiny model
 TINY_MODEL_LEARNING_RATE = 0.005  # what learning rate "auto" means for the bundled tiny model (with its attention+conv LoRA)
-# the KL to the base model of a click session's updates (its TrainConfig.kl_weight; 0 = off)
+# the KL to the base model of a click session's updates (its TrainConfig.kl_weight; 0 = off). 0.01 let the tiny model
+# learn a shape from the clicks, but held colour back and lost it to wrong clicks (benchmarks/clicks.py, 2026-12-07)
 DEFAULT_KL_WEIGHT = 0.0
 
 
