@@ -182,6 +182,34 @@ def click_effect_lines(runs: list[dict]) -> list[str]:
     return lines
 
 
+def round_accuracies(run: dict) -> list[float]:
+    """The head's accuracy on each predicted round's clicks alone, from the session's running accuracy
+    (``held_out_accuracy``: the share of the pairs of every round so far it predicted; the first round has no
+    prediction). Exact for one click per round (the benchmark's): every round then counts the same pairs."""
+    running = [a for a in run.get("held_out_accuracy", []) if a == a]
+    return [a * n - (running[n - 2] * (n - 1) if n > 1 else 0.0) for n, a in enumerate(running, start=1)]
+
+
+def accuracy_stage_lines(runs: list[dict]) -> list[str]:
+    """A table of the head's accuracy per stage of the session (rounds 2-6, 7-13, 14-20 of a 20-round session: each
+    round's clicks predicted before the head saw them), per mode, attribute and wrong-click rate, over its seeds.
+    The running accuracy of the main table mixes the early rounds (few clicks to learn from) with the late ones (the
+    drawings have moved away from those the head learnt on). Empty without sessions of 14 rounds or more."""
+    groups: dict[tuple, list[list[float]]] = defaultdict(list)
+    for r in runs:
+        per_round = round_accuracies(r)
+        if len(per_round) >= 13 and r.get("clicker", "best") == "best":
+            groups[(label(r), r["attribute"], r["noise"])].append(per_round)
+    if not groups:
+        return []
+    lines = ["| mode | attribute | wrong clicks | sessions | rounds 2-6 | rounds 7-13 | rounds 14 on |", "|---|---|---|---|---|---|---|"]
+    for (mode, attribute, noise), members in sorted(groups.items()):
+        stages = [_mean(a for m in members for a in m[start:stop]) for start, stop in ((0, 5), (5, 12), (12, None))]
+        lines.append(f"| {mode} | {attribute} | {noise:.0%} | {len(members)} | "
+                     + " | ".join(f"{stage:.2f}" for stage in stages) + " |")
+    return lines
+
+
 def _up_text(run: dict) -> str:
     return f"{fixed_seeds_up(run)}/{len(run['curve'][0])}"
 
@@ -229,6 +257,10 @@ def write_report(out: Path) -> str:
     wide = wide_lines(runs)
     if wide:
         lines += ["", "Runs measured on more fixed seeds at the start and the end (`wide_seeds`):", "", *wide]
+    stages = accuracy_stage_lines(runs)
+    if stages:
+        lines += ["", "The head's accuracy on each round's clicks before it saw them, by stage of the session (mean over "
+                      "rounds and seeds; wrong clicks count as the user's clicks):", "", *stages]
     effect = click_effect_lines(runs)
     if effect:
         lines += ["", "The click effect: sessions clicking the image with the most of the attribute against sessions "

@@ -1036,6 +1036,29 @@ def test_click_benchmark_report_pairs_each_least_clicking_session_with_its_most_
     assert clicks_report.click_effect_lines(runs[:1]) == []
 
 
+def test_click_benchmark_report_gives_the_heads_accuracy_per_stage_of_a_session(monkeypatch):
+    """Each round's accuracy is recovered from the running one (one click per round: the same pairs every round), and
+    the stage table averages rounds 2-6, 7-13 and 14 on over the seeds; short sessions and clicking-the-least ones are
+    left out."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    from benchmarks import clicks_report
+
+    def run(per_round, seed=1, **extra):
+        running, correct = [float("nan")], 0.0
+        for n, accuracy in enumerate(per_round, start=1):
+            correct += accuracy
+            running.append(correct / n)
+        return {"mode": "learned-layout-one", "attribute": "boxy", "noise": 0.0, "seed": seed, "rounds": len(per_round) + 1,
+                "held_out_accuracy": running, "settings": {"lr": 0.01, "lora_targets": "attention+conv"}, **extra}
+
+    per_round = [1 / 3] * 5 + [2 / 3] * 7 + [1.0] * 7
+    assert clicks_report.round_accuracies(run(per_round)) == pytest.approx(per_round)
+    runs = [run(per_round), run([0.0] * 19, seed=2), run([1.0] * 5, seed=3), run([1.0] * 19, seed=4, clicker="worst")]
+    lines = clicks_report.accuracy_stage_lines(runs)
+    assert len(lines) == 3 and lines[2].endswith("| boxy | 0% | 2 | 0.17 | 0.33 | 0.50 |")
+    assert clicks_report.accuracy_stage_lines(runs[2:]) == []
+
+
 def test_click_benchmark_tasks_may_name_a_model_folder_and_the_shape_free_prompts(monkeypatch):
     """A task's "model" (an exported model's folder) and "prompts" (a prompt set) reach the session: its rounds show
     those prompts, its fixed seeds are measured on them, and the run, its key and its report label record both."""
