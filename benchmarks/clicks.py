@@ -131,6 +131,8 @@ MODES = {
     "learned-tiny-clip+grid-cvw100-l2=0.3-newton-one+head1-lr0.005": ("learned", "tiny-clip+grid", 1),
     "learned-tiny-clip+grid+colour-cvw100-l2=0.3-newton-cap1-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     "learned-tiny-clip+grid+colour-cvw100-l2=0.3-newton-cap3-one+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
+    # the default's head on rounds of four different drawings (no twin pairs to click between or fit on)
+    "learned-tiny-clip+grid+colour-cvw100-l2=0.3-newton-one-hidden+head1-lr0.005": ("learned", "tiny-clip+grid+colour", 1),
     "learned": ("learned", "tiny-clip", 0),
     "direct+head2": ("direct", "tiny-clip", 2),
     "learned+head2": ("learned", "tiny-clip", 2),
@@ -176,6 +178,8 @@ HEAD_VARIANTS = {"learned-global": {"scaling": "global"}, "learned-both": {"extr
                      {"l2": 0.3, "group_weight_choices": (0.0, 1.0, 10.0, 100.0), "solver": "lbfgs"},
                  "learned-tiny-clip+grid+colour-cv1se-one+head1-lr0.005": {"selection": "cross-validated-1se"},
                  # the colour group's pixel gradient at most 1 or 3 times the embedding's (PreferenceReward colour_cap)
+                 "learned-tiny-clip+grid+colour-cvw100-l2=0.3-newton-one-hidden+head1-lr0.005":
+                     {"l2": 0.3, "group_weight_choices": WEIGHTS_TO_100, "solver": "newton"},
                  "learned-tiny-clip+grid+colour-cvw100-l2=0.3-newton-cap1-one+head1-lr0.005":
                      {"l2": 0.3, "group_weight_choices": WEIGHTS_TO_100, "solver": "newton", "colour_cap": 1.0},
                  "learned-tiny-clip+grid+colour-cvw100-l2=0.3-newton-cap3-one+head1-lr0.005":
