@@ -13,8 +13,7 @@ from rlr_core.training.clicks import SETTINGS
 from .errors import FieldError
 
 __all__ = ["LOG_FIELD", "MAX_HEAD_UPDATES", "MAX_LEARNING_RATE", "MAX_CHECK_SEEDS", "MAX_GROUP_WEIGHTS", "MAX_KL_WEIGHT",
-           "log_settings",
-           "updated_rounds"]
+           "log_settings", "updated_rounds"]
 
 LOG_FIELD = "Click log"
 MAX_HEAD_UPDATES = 3  # the form's "Updates per round from the head" slider

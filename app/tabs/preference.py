@@ -97,8 +97,7 @@ def layout(page: Page) -> PreferenceTab:
         upload = gr.File(label="Continue from a click log (.zip or .jsonl): replays it with the Train form's model",
                          file_types=[".zip", ".jsonl"], elem_id="pref-upload")
     return PreferenceTab(k, mode, pick, features, head_updates, learning_rate, check, kl_weight, new, gallery, choice,
-                         update,
-                         counters, strips, download, log_file, upload)
+                         update, counters, strips, download, log_file, upload)
 
 
 def _strip_images(run: Any) -> list[tuple[Any, str]]:
