@@ -233,14 +233,15 @@ class Attribute:
 
 def _trainer(reward, seed: int, rounds: int, output_dir: str, num_steps: int = 20, lr: float = LEARNING_RATE,
              lora_targets: str = "auto", model: str = "tiny", prompts: list[str] = CLICK_PROMPTS, estimator: str = "rlr",
-             kl_weight: float = 0.0, kl_steps: int = 4):
+             **kl_options: Any):
+    """The Trainer of a session or reference; ``kl_options``: ``kl_settings``' (else TrainConfig's defaults)."""
     from benchmarks.compare import _chain
     from rlr_core import TrainConfig, Trainer, get_estimator
 
     chain = _chain(num_steps, lora_targets, model)
     config = TrainConfig(model=model, num_steps=num_steps, prompts=list(prompts), steps=rounds, batch_size=4, lr=lr,
                          seed=seed, eval_seeds=[], eval_every=0, checkpoint_every=0, output_dir=output_dir,
-                         kl_weight=kl_weight, kl_steps=kl_steps)
+                         **kl_options)
     return Trainer(chain, reward, get_estimator(estimator), config)
 
 
@@ -441,8 +442,11 @@ def task_settings(task: dict) -> tuple[float, str, str, list[str]]:
 
 def kl_settings(task: dict) -> dict:
     """The KL to the base model a task trains with: ``kl_weight`` (0: none) and ``kl_steps`` (the chain steps drawn
-    per iteration for its gradient, TrainConfig's 4 unless the task says)."""
-    return {"kl_weight": float(task.get("kl_weight", 0.0)), "kl_steps": int(task.get("kl_steps", 4))}
+    per iteration for its gradient, TrainConfig's default unless the task says)."""
+    from rlr_core import TrainConfig
+
+    default_steps = TrainConfig.__dataclass_fields__["kl_steps"].default
+    return {"kl_weight": float(task.get("kl_weight", 0.0)), "kl_steps": int(task.get("kl_steps", default_steps))}
 
 
 def used_settings(task: dict, trainer) -> dict:
