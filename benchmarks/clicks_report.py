@@ -71,6 +71,7 @@ def label(run: dict) -> str:
     notes += _model_notes(model, prompts) + (["clicks the least"] if run.get("clicker") == "worst" else [])
     notes += [f"KL {run['kl_weight']:g}"] if run.get("kl_weight") else []
     notes += [f"KL steps {run['kl_steps']}"] if run.get("kl_steps") else []
+    notes += [f"KL {run['kl_kind']}"] if run.get("kl_kind", "trajectory") != "trajectory" else []
     return run["mode"] + (f" [{', '.join(notes)}]" if notes else "")
 
 
@@ -160,7 +161,7 @@ def click_effect_lines(runs: list[dict]) -> list[str]:
     many seeds clicking the most gained more. A gain that does not come from the clicks shows in both. Empty without
     such sessions."""
     def pairing(run: dict) -> tuple:
-        return (run["mode"], settings(run), run.get("kl_weight", 0.0), run.get("kl_steps"), run["attribute"], run["seed"],
+        return (run["mode"], settings(run), run.get("kl_weight", 0.0), run.get("kl_steps"), run.get("kl_kind"), run["attribute"], run["seed"],
                 run["rounds"])
 
     most = {pairing(r): r for r in runs if r.get("clicker", "best") == "best" and r["noise"] == 0.0}

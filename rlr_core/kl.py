@@ -13,6 +13,12 @@ the gradient flows through mu_theta only. ``kl_steps`` steps k are drawn per ite
 without replacement) and scaled by T / kl_steps, so the sum over the steps is estimated without bias.
 Deterministic steps (std 0: DDIM's last step, or eta = 0) have no density and no KL term; the config
 refuses kl_weight > 0 with eta = 0.
+
+``kind="local"`` counts only the local part of each step's mean difference: its average over the image, per
+channel, is taken out before squaring. A uniform shift of a channel (a colour change of a pixel-space model such
+as the tiny one, a brightness or tint change in a latent model) is then free, while a shape that turns ragged,
+moves or changes costs as much as before. It is not a KL any more: a regulariser for runs whose reward asks for a
+colour while the drawing itself should stay as the base model draws it (click sessions, docs/app.md).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 import torch
 
 from .chain import Chain, step_std_is_zero
+from .config.schema import KL_KINDS
 from .sampling import RecordedStep, draw_noise, run_steps
 
 
@@ -32,6 +39,7 @@ def trajectory_kl_gradient(
     generator: torch.Generator,
     kl_steps: int,
     global_batch_size: int | None = None,
+    kind: str = "trajectory",
 ) -> tuple[list[torch.Tensor | None], float]:
     """Gradient (per trainable parameter) and value of the per-image trajectory KL to the base model.
 
@@ -41,7 +49,11 @@ def trajectory_kl_gradient(
     parallelism every process passes the global size and the caller sums over processes), is
     differentiated through the fine-tuned mean. ``chain`` must have ``adapters_disabled`` (a LoRA
     chain). Deterministic steps (std 0, such as DDIM's last step) carry no KL term and add nothing.
+    ``kind``: "trajectory" (the KL) or "local" (each step's mean difference less its per-channel average over the
+    image; see the module's docstring).
     """
+    if kind not in KL_KINDS:
+        raise ValueError(f"kl_kind={kind!r} is not allowed; allowed values: {list(KL_KINDS)}")
     if not hasattr(chain, "adapters_disabled"):
         raise ValueError("kl_weight > 0 needs a chain with a base model to compare to (a LoRA chain); "
                          "allowed: kl_weight = 0 for this chain")
@@ -65,7 +77,10 @@ def trajectory_kl_gradient(
             continue
         with torch.no_grad(), chain.adapters_disabled():
             base_mean, _ = chain.step_mean_std(x_k, k, cond)
-        kl = ((mean - base_mean) ** 2 / (2 * torch.as_tensor(std, dtype=mean.dtype) ** 2)).flatten(1).sum(dim=1)
+        difference = mean - base_mean
+        if kind == "local":  # [B, C, H, W]: the per-channel average over the image is free
+            difference = difference - difference.mean(dim=(-2, -1), keepdim=True)
+        kl = (difference ** 2 / (2 * torch.as_tensor(std, dtype=mean.dtype) ** 2)).flatten(1).sum(dim=1)
         loss = kl.sum() * scale
         total += float(loss.detach())
         step_grads = torch.autograd.grad(loss, params, allow_unused=True)

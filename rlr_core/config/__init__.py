@@ -32,7 +32,7 @@ import yaml
 
 from .files import (MAX_CONFIG_BYTES, MAX_CONFIG_NESTING, nested_deeper_than, parse_json, parse_yaml, read_limited,
                     read_path_or_text, write_text)
-from .schema import (AUTO_LORA_TARGETS, DEFAULT_PROMPT_BOUNDARIES, DEVICES, DTYPES, LORA_TARGET_SETS, LR_SCHEDULES,
+from .schema import (AUTO_LORA_TARGETS, DEFAULT_PROMPT_BOUNDARIES, DEVICES, DTYPES, KL_KINDS, LORA_TARGET_SETS, LR_SCHEDULES,
                      MAX_SEED, REPORT_TO, FieldSpec, check_value, lr_factor, resolve_boundaries, resolve_lora_targets,
                      spec)
 from .schema import markdown_table as _markdown_table
@@ -41,7 +41,7 @@ from .rules import FIELD_RULES, check_value_of
 __all__ = ["TrainConfig", "ConfigError", "FieldSpec", "FIELD_SPECS", "field_spec", "spec", "markdown_table", "DEVICES",
            "DTYPES", "MAX_CONFIG_BYTES", "MAX_CONFIG_NESTING", "MAX_SEED", "REPORT_TO", "LORA_TARGET_SETS",
            "AUTO_LORA_TARGETS",
-           "LR_SCHEDULES", "DEFAULT_PROMPT_BOUNDARIES", "lr_factor", "resolve_lora_targets", "resolve_boundaries",
+           "LR_SCHEDULES", "KL_KINDS", "DEFAULT_PROMPT_BOUNDARIES", "lr_factor", "resolve_lora_targets", "resolve_boundaries",
            "nested_deeper_than", "parse_yaml", "parse_json"]
 
 
@@ -124,6 +124,9 @@ class TrainConfig:
         min=0.0, max=1000.0))
     kl_steps: int = field(default=4, metadata=spec(
         "chain steps drawn per iteration for the KL estimate (scaled to all T steps)", min=1, max=1000))
+    kl_kind: str = field(default="trajectory", metadata=spec(
+        "what the KL regulariser counts: `trajectory` = the whole KL; `local` = its part that is not a uniform shift "
+        "of a channel over the image (a colour change of a pixel-space model is then free)", choices=KL_KINDS))
     seed: int = field(default=0, metadata=spec(
         "seed of prompts, noises, perturbations and the fresh LoRA (iteration k uses seed (seed, k))",
         min=0, max=MAX_SEED, interval=True))

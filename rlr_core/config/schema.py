@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 __all__ = ["FieldSpec", "spec", "check_value", "allowed_text", "markdown_table", "shown", "lr_factor",
-           "resolve_lora_targets", "resolve_boundaries", "DTYPES", "DEVICES", "LR_SCHEDULES", "REPORT_TO",
+           "resolve_lora_targets", "resolve_boundaries", "DTYPES", "DEVICES", "LR_SCHEDULES", "KL_KINDS", "REPORT_TO",
            "LORA_TARGET_SETS", "AUTO_LORA_TARGETS", "MAX_SEED", "DEFAULT_PROMPT_BOUNDARIES"]
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -24,6 +24,9 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
 """Allowed forms of ``TrainConfig.device``."""
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
+# what the KL regulariser counts (rlr_core.kl): the whole trajectory KL, or only its local part (a uniform shift of a
+# channel over the image, a colour change in a pixel-space model, is free)
+KL_KINDS = ("trajectory", "local")
 """Allowed values of ``TrainConfig.lr_schedule`` (see :func:`lr_factor`)."""
 
 REPORT_TO = ("none", "tensorboard", "wandb")
