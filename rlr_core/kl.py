@@ -78,8 +78,11 @@ def trajectory_kl_gradient(
         with torch.no_grad(), chain.adapters_disabled():
             base_mean, _ = chain.step_mean_std(x_k, k, cond)
         difference = mean - base_mean
-        if kind == "local":  # [B, C, H, W]: the per-channel average over the image is free
-            difference = difference - difference.mean(dim=(-2, -1), keepdim=True)
+        if kind == "local":  # [B, C, *spatial]: the per-channel average over the image is free
+            if difference.dim() < 3:
+                raise ValueError(f"kl_kind='local' needs image-shaped states [batch, channels, ...]; this chain's are "
+                                 f"{list(difference.shape)}; allowed here: kl_kind='trajectory'")
+            difference = difference - difference.mean(dim=tuple(range(2, difference.dim())), keepdim=True)
         kl = (difference ** 2 / (2 * torch.as_tensor(std, dtype=mean.dtype) ** 2)).flatten(1).sum(dim=1)
         loss = kl.sum() * scale
         total += float(loss.detach())

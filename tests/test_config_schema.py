@@ -44,6 +44,7 @@ weight_decay: 0.0001
 max_grad_norm: 1.0
 kl_weight: 0.0
 kl_steps: 4
+kl_kind: trajectory
 seed: 0
 eval_seeds: [0, 1, 2, 3]
 eval_every: 10

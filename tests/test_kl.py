@@ -170,3 +170,72 @@ def test_train_form_has_the_kl_weight():
     assert runner.config_from_form({"model": "some/model"}, hosted=False).kl_weight == 0.0
     with pytest.raises(ValueError, match="KL to the base model"):
         runner.config_from_form({"model": "some/model", "kl_weight": -1}, hosted=False)
+
+
+class ImageChain:
+    """A chain of image-shaped states [B, 2, 4, 4]: the fine-tuned mean adds a uniform shift per channel
+    (``shift``, a colour change) and a pattern (``pattern``); the base model adds neither."""
+
+    num_steps = 3
+
+    def __init__(self, shift: list[float], pattern: torch.Tensor) -> None:
+        self.shift = torch.nn.Parameter(torch.tensor(shift, dtype=torch.float64))
+        self.pattern = torch.nn.Parameter(pattern.double())
+        self.adapted = True
+
+    def initial(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(batch_size, 2, 4, 4, generator=generator, dtype=torch.float64)
+
+    def condition(self, prompts):
+        return None
+
+    def trainable_parameters(self) -> list[torch.Tensor]:
+        return [self.shift, self.pattern]
+
+    def step_mean_std(self, x, k, cond):
+        added = self.shift[:, None, None] + self.pattern if self.adapted else 0.0
+        return 0.9 * x + added, 0.5
+
+    @contextlib.contextmanager
+    def adapters_disabled(self) -> Iterator[None]:
+        self.adapted = False
+        try:
+            yield
+        finally:
+            self.adapted = True
+
+
+def _kl(chain, kind: str):
+    return trajectory_kl_gradient(chain, ["a", "b"], torch.Generator().manual_seed(0), 3, kind=kind)
+
+
+def test_local_kl_leaves_a_uniform_colour_shift_free():
+    """kind "local": a per-channel shift over the image costs nothing (value and gradient 0), a pattern with zero
+    mean per channel costs what the whole KL charges for it, and with both only the pattern counts."""
+    pattern = torch.zeros(2, 4, 4)
+    pattern[0, :2] = 0.3
+    pattern[0, 2:] = -0.3  # zero mean in each channel
+    shifted = ImageChain([0.4, -0.2], torch.zeros(2, 4, 4))
+    grads, value = _kl(shifted, "local")
+    assert value == pytest.approx(0.0, abs=1e-12) and all(float(g.abs().max()) < 1e-12 for g in grads)
+    grads, value = _kl(shifted, "trajectory")
+    assert value > 0.1 and float(grads[0].abs().max()) > 0  # the whole KL charges for the shift
+    drawn = ImageChain([0.0, 0.0], pattern)
+    both = ImageChain([0.4, -0.2], pattern)
+    expected = 3 * 16 * 0.3**2 / (2 * 0.5**2)  # 3 steps, 16 pixels of 0.3 in channel 0, per image
+    assert _kl(drawn, "trajectory")[1] == pytest.approx(expected) and _kl(drawn, "local")[1] == pytest.approx(expected)
+    grads, value = _kl(both, "local")
+    assert value == pytest.approx(expected) and float(grads[0].abs().max()) < 1e-12
+    assert torch.allclose(grads[1], _kl(drawn, "local")[0][1])
+
+
+def test_local_kl_needs_image_states_and_a_known_kind():
+    with pytest.raises(ValueError, match="kl_kind='local' needs image-shaped states"):
+        trajectory_kl_gradient(BaseChain(num_steps=4), ["a"], torch.Generator().manual_seed(0), 2, kind="local")
+    with pytest.raises(ValueError, match="allowed values"):
+        _kl(ImageChain([0.1, 0.1], torch.zeros(2, 4, 4)), "global")
+    from rlr_core.config import TrainConfig
+
+    with pytest.raises(ValueError, match="kl_kind"):
+        TrainConfig(kl_kind="global").validate()
+    assert TrainConfig().kl_kind == "trajectory"
