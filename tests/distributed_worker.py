@@ -1,9 +1,9 @@
 """A short data-parallel training run for tests/test_distributed.py (started under torchrun, or called in-process).
 
-``python -m torch.distributed.run --nproc_per_node 2 tests/distributed_worker.py ESTIMATOR OUT_DIR``
-trains the tiny model for 3 iterations with a global batch of 8 and writes, on rank 0,
-``OUT_DIR/result.pt``: the gradient of every update (flat, before clipping), the LoRA before
-and after training and every rank's LoRA checksum (they must be equal).
+``python -m torch.distributed.run --nproc_per_node 2 tests/distributed_worker.py OUT_DIR ESTIMATOR...``
+trains the tiny model for 3 iterations with a global batch of 8 per estimator, one after the other in the same
+processes (one launch), and writes, on rank 0, ``OUT_DIR/ESTIMATOR/result.pt``: the gradient of every update (flat,
+before clipping), the LoRA before and after training and every rank's LoRA checksum (they must be equal).
 """
 
 from __future__ import annotations
@@ -62,12 +62,13 @@ def train(estimator: str, output_dir: str | os.PathLike) -> dict[str, Any]:
 
 def main() -> int:
     torch.set_num_threads(1)
-    estimator, out = sys.argv[1], Path(sys.argv[2])
-    result = train(estimator, out / "run")
+    out = Path(sys.argv[1])
     from rlr_core import distributed
 
-    if distributed.current_world().is_main:
-        torch.save(result, out / "result.pt")
+    for estimator in sys.argv[2:]:
+        result = train(estimator, out / estimator / "run")
+        if distributed.current_world().is_main:
+            torch.save(result, out / estimator / "result.pt")
     distributed.shutdown()
     return 0
 

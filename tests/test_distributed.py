@@ -86,11 +86,21 @@ def test_batch_shard_keeps_noise_sets_whole():
 
 
 # ------------------------------------------------------------------------------ 2 processes = 1 process
-@pytest.mark.parametrize("estimator", ["rlr", "ddpo"])
-def test_two_processes_give_the_gradient_and_lora_of_one(tmp_path, estimator):
-    done = _torchrun("tests/distributed_worker.py", estimator, str(tmp_path))
+TWO_PROCESS_ESTIMATORS = ["rlr", "ddpo"]
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One 2-process launch trains every estimator in turn (each launch starts 2 fresh Pythons: seconds of imports)."""
+    out = tmp_path_factory.mktemp("two-processes")
+    return out, _torchrun("tests/distributed_worker.py", str(out), *TWO_PROCESS_ESTIMATORS)
+
+
+@pytest.mark.parametrize("estimator", TWO_PROCESS_ESTIMATORS)
+def test_two_processes_give_the_gradient_and_lora_of_one(tmp_path, two_process_runs, estimator):
+    out, done = two_process_runs
     assert done.returncode == 0, done.stderr[-3000:]
-    two = torch.load(tmp_path / "result.pt", weights_only=False)
+    two = torch.load(out / estimator / "result.pt", weights_only=False)
     torch.set_num_threads(1)
     one = train(estimator, tmp_path / "one")
     assert two["world_size"] == 2 and one["world_size"] == 1
@@ -109,9 +119,9 @@ def test_two_processes_give_the_gradient_and_lora_of_one(tmp_path, estimator):
     assert _lora_close(one["lora"], two["lora"]) < 1e-3
     assert _movement_error(one["initial"], two["lora"], one["lora"]) < 1e-2
     # only rank 0 wrote: one metrics line per iteration, the files of a 1-process run
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    lines = (out / estimator / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
-    files_two = sorted(str(p.relative_to(tmp_path / "run")) for p in (tmp_path / "run").rglob("*"))
+    files_two = sorted(str(p.relative_to(out / estimator / "run")) for p in (out / estimator / "run").rglob("*"))
     files_one = sorted(str(p.relative_to(tmp_path / "one")) for p in (tmp_path / "one").rglob("*"))
     assert files_two == files_one
     rewards_two = [json.loads(line)["rewards"] for line in lines]

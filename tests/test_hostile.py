@@ -73,6 +73,14 @@ def idle_generate_seconds(c, prompt: str) -> float:
     return min(timed_generate(c, prompt, seed) for seed in range(3))
 
 
+@pytest.fixture(scope="module")
+def idle_probe(hosted):
+    """A client and its idle ``/generate`` seconds, measured once for the module (three generates, ~7 s) while
+    nothing else runs: the timing tests' bounds are multiples of it."""
+    probe = client(hosted)
+    return probe, idle_generate_seconds(probe, "a red circle")
+
+
 # ------------------------------------------------------------------------------------ raw HTTP
 def raw_call(server, api_name: str, data: list, session: str, timeout: float = 120.0) -> dict:
     """Join the queue with ``data`` for the event ``api_name`` and read the SSE stream to the end:
@@ -174,13 +182,12 @@ def test_2_unbounded_work_is_refused_naming_the_field(hosted):
         runner.create_run("s-work", runner.config_from_form({**TINY, "steps": 500, "batch_size": 8, "num_steps": 50}, True), True)
 
 
-def test_2_cancel_frees_the_queue_within_one_model_call_and_keeps_the_lora(hosted):
+def test_2_cancel_frees_the_queue_within_one_model_call_and_keeps_the_lora(hosted, idle_probe):
     """A cancel in the middle of a long iteration (8 PPO epochs, batch 8, 20 steps: many seconds)
     must release the worker within about one model call, not at the end of the iteration."""
     from app import state
 
-    probe = client(hosted)
-    idle_time = idle_generate_seconds(probe, "a red circle")
+    probe, idle_time = idle_probe
     long_client = client(hosted)
     job = long_client.submit(**{**TINY, "reward": "saturation", "estimator": "ddpo", "inner_epochs": 8, "steps": 60,
                                 "batch_size": 8, "num_steps": 20, "eval_every": 0}, api_name="/train")
@@ -359,9 +366,8 @@ def test_6_metrics_lines_do_not_repeat_the_prompts(hosted):
 
 
 # ------------------------------------------------------------------------------------ 7. starvation
-def test_7_generate_goes_between_training_iterations(hosted):
-    c = client(hosted)
-    idle_time = idle_generate_seconds(c, "a blue square")
+def test_7_generate_goes_between_training_iterations(hosted, idle_probe):
+    c, idle_time = idle_probe
     trainers = [client(hosted) for _ in range(3)]
     jobs = [t.submit(**{**TINY, "reward": "saturation", "estimator": "rlr", "steps": 40, "batch_size": 4, "num_steps": 8},
                      api_name="/train") for t in trainers]
@@ -417,7 +423,7 @@ def test_9_identical_headless_runs_are_identical(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ load
-def test_load_eight_clients_mixing_train_generate_uploads_and_cancels(hosted, tmp_path):
+def test_load_eight_clients_mixing_train_generate_uploads_and_cancels(hosted, idle_probe, tmp_path):
     """8 clients for 40 s: trainings (some cancelled), generates and config uploads at once. No
     /generate hangs (each finishes within a generous bound of its idle time and the longest iteration),
     server RSS stays under a bound, and every finished training's LoRA exports and matches."""
@@ -425,8 +431,7 @@ def test_load_eight_clients_mixing_train_generate_uploads_and_cancels(hosted, tm
 
     from app import runner, state
 
-    probe = client(hosted)
-    idle_time = idle_generate_seconds(probe, "a green star")
+    _, idle_time = idle_probe
     rss_before = rss_mb()
     config_file = tmp_path / "ok.yaml"
     config_file.write_text("model: tiny\nsteps: 3\nnum_steps: 4\n")
