@@ -189,9 +189,13 @@ def run_training(task: dict) -> dict:
                 "grad_norms": report.grad_norms, "signal": report.signal, "info": report.info, "skipped": report.skipped,
                 "graph_memory_mb": report.graph_memory_mb,
             })
+            passed = 0
             while marks and cpu >= marks[0]:
                 marks.pop(0)
+                passed += 1
+            if passed:  # marks passed in one iteration share its LoRA, so one evaluation (fixed seeds) serves them all
                 evaluate(report.step, cpu, wall)
+                evals.extend(dict(evals[-1]) for _ in range(passed - 1))
         iterator.close()
     return {**task, "kind": "train", "curve": curve, "evals": evals, "commit": _commit()}
 
