@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlr_core.config import KL_KINDS
 from rlr_core.estimators import list_estimators
 from rlr_core.rewards.preference import DEFAULT_FEATURES, FEATURES, MODES, ROUND_IMAGES, ClickLog, check_round_images
 from rlr_core.rewards.preference_head import SELECTIONS, SOLVERS
-from rlr_core.training.clicks import SETTINGS
+from rlr_core.training.click_settings import SETTINGS
 
 from .errors import FieldError
 
@@ -26,7 +27,7 @@ MAX_KL_WEIGHT = 1000.0  # the Preference tab's KL to the base model, as TrainCon
 
 def log_settings(log: ClickLog) -> dict[str, Any]:
     """The mode / features / head_updates / lr / check_seeds / round_images / estimator / head_l2 / head_group_weights /
-    head_solver / head_selection / head_colour_cap / kl_weight the log's updates were made with (its last update's; lr
+    head_solver / head_selection / head_colour_cap / kl_weight / kl_kind the log's updates were made with (its last update's; lr
     and estimator None in logs older than the setting: they were made with the Train settings'; head_selection "auto" in
     those older than it; the others as PreferenceSession's SETTINGS says for logs older than the setting);
     FieldError naming the click log when it has no updated round or names an unknown setting."""
@@ -43,7 +44,8 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
                 "head_solver": last.get("head_solver", SETTINGS["head_solver"]),
                 "head_selection": last.get("head_selection", "auto"),
                 "head_colour_cap": last.get("head_colour_cap", SETTINGS["head_colour_cap"]),
-                "kl_weight": last.get("kl_weight", SETTINGS["kl_weight"])}
+                "kl_weight": last.get("kl_weight", SETTINGS["kl_weight"]),
+                "kl_kind": last.get("kl_kind", SETTINGS["kl_kind"])}
     if settings["mode"] not in MODES or settings["features"] not in FEATURES:
         raise FieldError(LOG_FIELD, f"names mode {settings['mode']!r} / features {settings['features']!r}; allowed: "
                                     f"mode {', '.join(MODES)}, features {', '.join(FEATURES)}")
@@ -82,6 +84,8 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
     if not _number_at_most(settings["kl_weight"], MAX_KL_WEIGHT):
         raise FieldError(LOG_FIELD, f"names kl_weight {settings['kl_weight']!r}; allowed: a number >= 0 and at most "
                                     f"{MAX_KL_WEIGHT:g}")
+    if settings["kl_kind"] not in KL_KINDS:
+        raise FieldError(LOG_FIELD, f"names kl_kind {settings['kl_kind']!r}; allowed: {', '.join(KL_KINDS)}")
     if last.get("head_gradient", True) is not True:
         raise FieldError(LOG_FIELD, "was made with a scores-only head (head_gradient false, from the Python API); the app "
                                     "replays logs of its own differentiable head: replay it with PreferenceSession.replay")

@@ -366,7 +366,7 @@ def counters_text(run: Any) -> str:
             f"mode {session.mode} · features {session.features}{group_weights_text(session.head)} · "
             f"{session.head_updates} update(s) per round from "
             f"the head · estimator {run.config.estimator} · learning rate {run.config.lr:g} · "
-            f"KL to the base model {run.config.kl_weight:g} · "
+            f"KL to the base model {kl_text(run.config.kl_weight, run.config.kl_kind)} · "
             f"{check_text(session.check_seeds, c['undone'])} · "
             f"click log `{session.log.path}`")
 
@@ -383,6 +383,11 @@ def group_weights_text(head: Any) -> str:
     scale = getattr(head, "colour_scale", 1.0)
     capped = f"; colour's pull capped ×{scale:.2g}" if scale < 1 else ""
     return f" (weighed from your clicks: {', '.join(f'{name} ×{text}' for name, text in shown.items())}{capped})"
+
+
+def kl_text(kl_weight: float, kl_kind: str) -> str:
+    """A click run's KL to the base model: its weight, and what it counts when it is on and not the whole KL."""
+    return f"{kl_weight:g}" + (f" ({kl_kind}: a uniform colour shift is free)" if kl_weight > 0 and kl_kind == "local" else "")
 
 
 def check_text(check_seeds: list[int], undone: int = 0) -> str:

@@ -506,18 +506,20 @@ def load_runs(out: Path) -> list[dict]:
 
 
 def plan(phase: str, rounds: int, modes: list[str], default: str, noises: tuple[float, ...] = NOISES,
-         seeds: tuple[int, ...] = (1, 2, 3), kl_weight: float | None = None) -> list[dict]:
+         seeds: tuple[int, ...] = (1, 2, 3), kl_weight: float | None = None, kl_kind: str | None = None) -> list[dict]:
     """The runs of a phase: screen = every candidate mode at noise 0, seed 1 (and the references);
     full = the default mode at every noise and seed (and the references at the modes' learning rates).
-    ``kl_weight``: the click sessions' KL to the base model (None: ``DEFAULT_KL_WEIGHT``, the app's; the references
-    train without one)."""
-    from rlr_core.rewards.preference import DEFAULT_KL_WEIGHT
+    ``kl_weight`` / ``kl_kind``: the click sessions' KL to the base model and what it counts (None:
+    ``DEFAULT_KL_WEIGHT`` / ``DEFAULT_KL_KIND``, the app's; the references train without one)."""
+    from rlr_core.rewards.preference import DEFAULT_KL_KIND, DEFAULT_KL_WEIGHT
 
     kl_weight = DEFAULT_KL_WEIGHT if kl_weight is None else float(kl_weight)
+    kl_kind = DEFAULT_KL_KIND if kl_kind is None else kl_kind
 
     def task(mode, attribute, noise, seed):
         prompts = {"prompts": ATTRIBUTE_PROMPTS[attribute]} if attribute in ATTRIBUTE_PROMPTS else {}
         kl = {"kl_weight": kl_weight} if kl_weight > 0 and mode not in REFERENCES.values() else {}
+        kl.update({"kl_kind": kl_kind} if kl and kl_kind != "trajectory" else {})
         return {"mode": mode, "attribute": attribute, "noise": noise, "seed": seed, "rounds": rounds, **prompts, **kl}
 
     seeds = [1] if phase == "screen" else list(seeds)
@@ -588,13 +590,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="the full phase's seeds")
     p.add_argument("--kl-weight", type=float, default=None,
                    help="the click sessions' KL to the base model (default: rlr_core's DEFAULT_KL_WEIGHT)")
+    p.add_argument("--kl-kind", default=None, choices=["trajectory", "local"],
+                   help="what that KL counts (default: rlr_core's DEFAULT_KL_KIND)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--report", action="store_true", help="only write the report from runs.jsonl")
     args = p.parse_args(argv)
     if not args.report:
         default = args.default or default_mode()
         execute(plan(args.phase, args.rounds, args.modes, default, tuple(args.noises), tuple(args.seeds),
-                     args.kl_weight), args.out, args.workers)
+                     args.kl_weight, args.kl_kind), args.out, args.workers)
     from benchmarks.clicks_report import write_report
 
     print(write_report(args.out))

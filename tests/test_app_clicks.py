@@ -116,14 +116,17 @@ def test_kl_to_the_base_model_of_a_click_run(studio):
     every update; a changed weight makes a new click run; a weight the Train settings cannot use is refused by name."""
     from app import clicks, formatting
     from app.state import FieldError
+    from rlr_core.rewards.preference import DEFAULT_KL_KIND
 
     values = form(studio, kl_weight=0.5)
     run = click_rounds("q", values, 1, kl_weight=0.0)
     assert run.config.kl_weight == 0.0 and "KL to the base model 0 ·" in formatting.counters_text(run)
     assert [e["kl_weight"] for e in run.preference.log.events if e.get("type") == "update"] == [0.0]
     weighted = clicks.preference_round("q", {}, False, 4, "direct", "pixels", 0, 0, False, 0.01)
-    assert weighted is not run and weighted.config.kl_weight == 0.01
-    assert "KL to the base model 0.01 ·" in formatting.counters_text(weighted)
+    assert weighted is not run and weighted.config.kl_weight == 0.01 and weighted.config.kl_kind == DEFAULT_KL_KIND
+    assert f"KL to the base model {formatting.kl_text(0.01, DEFAULT_KL_KIND)} ·" in formatting.counters_text(weighted)
+    assert formatting.kl_text(0.01, "local") == "0.01 (local: a uniform colour shift is free)"
+    assert formatting.kl_text(0.01, "trajectory") == "0.01" and formatting.kl_text(0.0, "local") == "0"
     for bad in (-1, 1e4, "strong"):
         with pytest.raises(FieldError, match=r"^KL to the base model: must be"):
             clicks.preference_round("q", {}, False, 4, "direct", "pixels", 0, 0, False, bad)
@@ -138,6 +141,7 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
 
     from app import clicks, runs
     from app.transfer import click_log_zip
+    from rlr_core.rewards.preference import DEFAULT_KL_KIND
 
     values = form(studio, lr=0.004)  # auto: off the tiny model, the Train form's learning rate
     run = click_rounds("c", values, 2, mode="learned", head_updates=1, features="layout", kl_weight=0.02)
@@ -162,8 +166,9 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
                                             "estimator": "rlr", "head_l2": 0.01,
                                             "head_group_weights": [0.0, 1.0, 3.0, 10.0, 30.0, 100.0],
                                             "head_solver": "newton", "head_selection": "all",
-                                            "head_colour_cap": None, "kl_weight": 0.02}  # the log's
-    assert loaded.config.kl_weight == 0.02
+                                            "head_colour_cap": None, "kl_weight": 0.02,
+                                            "kl_kind": DEFAULT_KL_KIND}  # the log's
+    assert loaded.config.kl_weight == 0.02 and loaded.config.kl_kind == DEFAULT_KL_KIND
     rebuilt = runs.current_lora(loaded)
     assert set(rebuilt) == set(trained) and all(torch.equal(rebuilt[k], trained[k]) for k in trained)
     assert loaded.step == 6 and loaded.counters == {"rounds": 3, "clicks": 3, "updates": 3, "undone": 0}
@@ -230,7 +235,8 @@ def test_a_loaded_click_log_keeps_the_rounds_it_showed(studio, tmp_path, monkeyp
     assert sum(e.pop("round_images", None) == "batch" for e in events) == 2
     assert sum(e.pop("head_l2", None) == 0.01 and e.pop("head_group_weights", None) == [0, 1, 3, 10, 30, 100]
                and e.pop("head_solver", None) == "lbfgs" and e.pop("head_selection", None) == "all"
-               and e.pop("head_colour_cap", 0) is None and e.pop("kl_weight", None) == 0.0 for e in events) == 2
+               and e.pop("head_colour_cap", 0) is None and e.pop("kl_weight", None) == 0.0
+               and e.pop("kl_kind", None) is not None for e in events) == 2
     for name, value in (("older", None), ("hidden", "hidden-twins")):
         lines = [{**e, "round_images": value} if value and e.get("type") == "update" else e for e in events]
         with zipfile.ZipFile(tmp_path / f"{name}.zip", "w") as archive:
@@ -241,6 +247,7 @@ def test_a_loaded_click_log_keeps_the_rounds_it_showed(studio, tmp_path, monkeyp
     assert older.preference.settings()["round_images"] == "batch" and message.endswith("0 rounds' images differed from the log")
     head = older.preference.head
     assert head.l2 == 0.01 and head.group_weight_choices == (0, 1, 3, 10) and head.solver == "lbfgs"  # as then
+    assert older.config.kl_kind == "trajectory"
     rebuilt = runs.current_lora(older)
     assert all(torch.equal(rebuilt[k], trained[k]) for k in trained)
     hidden, message = clicks.load_click_log("m", str(tmp_path / "hidden.zip"), form(studio), False)
@@ -321,7 +328,10 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
                                                                    "head_colour_cap": "half"}),
              "bad-kl.jsonl": json.dumps(click) + "\n" + json.dumps({"type": "update", "round_id": "x", "mode": "learned",
                                                                   "features": "pixels", "head_updates": 0,
-                                                                  "kl_weight": True})}
+                                                                  "kl_weight": True}),
+             "bad-kind.jsonl": json.dumps(click) + "\n" + json.dumps({"type": "update", "round_id": "x", "mode": "learned",
+                                                                    "features": "pixels", "head_updates": 0,
+                                                                    "kl_kind": "global"})}
     messages = {}
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
@@ -342,6 +352,7 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
     assert "names head_selection 'best'; allowed: auto, all, cross-validated" in messages["bad-selection.jsonl"]
     assert "names head_colour_cap 'half'; allowed: null (uncapped) or a number >= 0" in messages["bad-cap.jsonl"]
     assert "names kl_weight True; allowed: a number >= 0 and at most 1000" in messages["bad-kl.jsonl"]
+    assert "names kl_kind 'global'; allowed: trajectory, local" in messages["bad-kind.jsonl"]
     hidden = "".join(json.dumps({**click, "index": i}) + "\n" for i in range(6)) + json.dumps(
         {"type": "update", "round_id": "x", "mode": "learned", "features": "pixels", "head_updates": 0,
          "round_images": "hidden-twins"})

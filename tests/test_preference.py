@@ -393,35 +393,41 @@ def test_replay_needs_the_heads_fit_of_the_log(tmp_path):
         fresh("i").replay(capped)
 
 
-def test_replay_needs_the_kl_weight_of_the_log(tmp_path):
-    """The trainer's KL to the base model is in every update (0 in a log older than it, and for a trainer config without
-    the setting); a session whose trainer weighs the KL otherwise refuses to replay the log."""
+def test_replay_needs_the_kl_weight_and_kind_of_the_log(tmp_path):
+    """The trainer's KL to the base model and what it counts are in every update (0 and "trajectory" in a log older
+    than them, and for a trainer config without the settings); a session whose trainer weighs the KL otherwise, or
+    counts another kind, refuses to replay the log."""
     log = ClickLog(tmp_path / "a" / "clicks.jsonl")
     trainer = TinyTrainer(FakeChain(), FakeEstimator())
-    trainer.config = SimpleNamespace(lr=0.1, kl_weight=0.01)
+    trainer.config = SimpleNamespace(lr=0.1, kl_weight=0.01, kl_kind="local")
     session = PreferenceSession(trainer, log, mode="direct", features="pixels", head_updates=0)
     for i in range(2):
         rnd = session.new_round(PROMPTS, seed=i)
         session.click(rnd, chosen=[0])
         session.update(rnd)
-    assert [e["kl_weight"] for e in log.events if e["type"] == "update"] == [0.01, 0.01]
+    assert [(e["kl_weight"], e["kl_kind"]) for e in log.events if e["type"] == "update"] == [(0.01, "local")] * 2
 
-    def fresh(name: str, kl_weight: float | None) -> PreferenceSession:
+    def fresh(name: str, kl_weight: float | None, kl_kind: str | None = None) -> PreferenceSession:
         other = TinyTrainer(FakeChain(), FakeEstimator())  # None: a config without the setting
-        other.config = SimpleNamespace(lr=0.1, **({} if kl_weight is None else {"kl_weight": kl_weight}))
+        other.config = SimpleNamespace(lr=0.1, **({} if kl_weight is None else {"kl_weight": kl_weight}),
+                                       **({} if kl_kind is None else {"kl_kind": kl_kind}))
         return PreferenceSession(other, ClickLog(tmp_path / name / "clicks.jsonl"), mode="direct", features="pixels",
                                  head_updates=0)
 
-    assert fresh("b", 0.01).replay(log).rounds == 2
+    assert fresh("b", 0.01, "local").replay(log).rounds == 2
     with pytest.raises(ValueError, match=r"^kl_weight=0.0 differs from the click log's kl_weight=0.01"):
-        fresh("c", None).replay(log)
+        fresh("c", None, "local").replay(log)
+    with pytest.raises(ValueError, match=r"^kl_kind='trajectory' differs from the click log's kl_kind='local'"):
+        fresh("c2", 0.01).replay(log)
     older = tmp_path / "older.jsonl"
     lines = [json.loads(line) for line in (tmp_path / "a" / "clicks.jsonl").read_text().splitlines() if line.strip()]
-    older.write_text("".join(json.dumps({k: v for k, v in e.items() if k != "kl_weight"}) + "\n"
+    older.write_text("".join(json.dumps({k: v for k, v in e.items() if k not in ("kl_weight", "kl_kind")}) + "\n"
                              for e in lines))
     assert fresh("d", None).replay(older).rounds == 2
     with pytest.raises(ValueError, match=r"^kl_weight=0.01 differs from the click log's kl_weight=0.0"):
         fresh("e", 0.01).replay(older)
+    with pytest.raises(ValueError, match=r"^kl_kind='local' differs from the click log's kl_kind='trajectory'"):
+        fresh("f", 0.0, "local").replay(older)
 
 
 def test_newton_fit_reaches_the_minimiser_of_the_ridge_bradley_terry_loss():

@@ -30,7 +30,7 @@ from rlr_core.rewards.simple import check_images
 __all__ = ["ClickLog", "ClickRecord", "ClickReward", "PreferenceReward", "click_rewards", "image_sha256",
            "pixel_features", "layout_features", "colour_features", "object_colour_features", "to_uint8", "FEATURES", "SELECTIONS", "LOG_VERSION", "MODES", "DEFAULT_MODE", "DEFAULT_FEATURES",
            "DEFAULT_HEAD_UPDATES", "ROUND_IMAGES", "DEFAULT_ROUND_IMAGES", "CHECK_SEEDS", "DEFAULT_CHECK_SEEDS", "DEFAULT_LEARNING_RATE", "TINY_MODEL_FEATURES", "TINY_MODEL_LEARNING_RATE",
-           "DEFAULT_KL_WEIGHT", "features_for",
+           "DEFAULT_KL_WEIGHT", "DEFAULT_KL_KIND", "features_for",
            "learning_rate_for", "check_round_images"]
 
 # The defaults of a click session (the app's Preference tab, PreferenceSession), chosen by benchmarks/clicks.py
@@ -50,6 +50,8 @@ TINY_MODEL_LEARNING_RATE = 0.005  # what learning rate "auto" means for the bund
 # the KL to the base model of a click session's updates (its TrainConfig.kl_weight; 0 = off). 0.01 let the tiny model
 # learn a shape from the clicks, but held colour back and lost it to wrong clicks (benchmarks/clicks.py, 2026-12-07)
 DEFAULT_KL_WEIGHT = 0.0
+# what that KL counts (TrainConfig.kl_kind): "local" leaves a uniform colour shift free (rlr_core.kl)
+DEFAULT_KL_KIND = "trajectory"
 
 
 def features_for(features: str, base_model: str) -> str:

@@ -36,6 +36,7 @@ from ..rewards.preference import (DEFAULT_CHECK_SEEDS, DEFAULT_FEATURES, DEFAULT
                                   DEFAULT_ROUND_IMAGES, check_round_images, features_for)
 from ..rewards.preference_head import MODES, PreferenceReward
 from ..sampling import sample
+from .click_settings import check_replay_settings
 from .run_folder import isolated_rng
 
 __all__ = ["PreferenceRound", "PreferenceSession", "PreferenceUpdate", "ReplayResult", "round_prompt"]
@@ -109,12 +110,6 @@ class ReplayResult:
     updates: list[PreferenceUpdate]
 
 
-# the session settings an update depends on (in every update event), and their values in logs older than the setting
-# (those of SESSIONS_OWN: the replaying session's own; head_colour_cap None: uncapped)
-SETTINGS = {"mode": "direct", "features": None, "head_updates": 0, "head_gradient": True, "lr": None, "check_seeds": [],
-            "round_images": "batch", "estimator": None, "head_l2": 0.01, "head_group_weights": [0.0, 1.0, 3.0, 10.0],
-            "head_solver": "lbfgs", "head_selection": None, "head_colour_cap": None, "kl_weight": 0.0}
-SESSIONS_OWN = ("features", "lr", "estimator", "head_selection")
 
 
 class PreferenceSession:
@@ -183,7 +178,8 @@ class PreferenceSession:
                 "round_images": self.round_images, "estimator": getattr(self.trainer.estimator, "name", None),
                 "head_l2": self.head.l2, "head_group_weights": list(self.head.group_weight_choices),
                 "head_solver": self.head.solver, "head_selection": self.head.selection,
-                "head_colour_cap": self.head.colour_cap, "kl_weight": float(getattr(config, "kl_weight", 0.0))}
+                "head_colour_cap": self.head.colour_cap, "kl_weight": float(getattr(config, "kl_weight", 0.0)),
+                "kl_kind": str(getattr(config, "kl_kind", "trajectory"))}
 
     def new_round(self, prompts: Sequence[str], generator: torch.Generator | None = None, seed: int | None = None) -> PreferenceRound:
         """Sample one round (one image per prompt) with what the update will need: the update's batch is the round
@@ -345,8 +341,8 @@ class PreferenceSession:
         the head is differentiable, ``lr``: the trainer's learning rate, ``check_seeds``, ``round_images``, ``estimator``:
         the trainer's estimator's name, ``head_l2``, ``head_group_weights``, ``head_solver``, ``head_selection`` and
         ``head_colour_cap``: the head's ``l2``, ``group_weight_choices``, ``solver``, ``selection`` and ``colour_cap``;
-        ``kl_weight``: the trainer's KL to the base model, 0 in logs older than it;
-        a ValueError names the one that differs).
+        ``kl_weight`` and ``kl_kind``: the trainer's KL to the base model and what it counts, 0 and "trajectory" in
+        logs older than them; a ValueError names the one that differs).
         Rounds whose images differ from the logged ones (another model, another machine's arithmetic) are replayed
         with the logged clicks and listed in ``mismatched_rounds``.
         This session's own log receives the replayed rounds, so it continues where ``source`` ended.
@@ -354,14 +350,7 @@ class PreferenceSession:
         source = source if isinstance(source, ClickLog) else ClickLog(source)
         updates = {e.get("round_id"): e for e in source.events if e.get("type") == "update"}
         rounds = [(rid, recs) for rid, recs in source.rounds().items() if rid in updates]
-        ours = self.settings()
-        older_logs = {name: ours[name] if name in SESSIONS_OWN else value for name, value in SETTINGS.items()}
-        for rid, _ in rounds:
-            for name in SETTINGS:
-                logged = updates[rid].get(name, older_logs[name])
-                if logged != ours[name]:
-                    raise ValueError(f"{name}={ours[name]!r} differs from the click log's {name}={logged!r} "
-                                     f"(round {rid}); replay with {name}={logged!r}")
+        check_replay_settings(self.settings(), {rid: updates[rid] for rid, _ in rounds})
         start = source.start_lora()
         if start is not None and hasattr(self.trainer.chain, "load_lora_state_dict"):
             self.trainer.chain.load_lora_state_dict(start)
