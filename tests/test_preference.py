@@ -1102,6 +1102,10 @@ def test_click_benchmark_tasks_may_name_a_model_folder_and_the_shape_free_prompt
     weighed = clicks.plan("full", 20, [], clicks.default_mode(), (0.0,), (1,), kl_weight=0.5)
     assert [t.get("kl_weight") for t in weighed] == [None if t["mode"].startswith("reference") else 0.5 for t in weighed]
     assert all(t.get("kl_weight") is None for t in clicks.plan("full", 20, [], clicks.default_mode(), (0.0,), (1,), 0.0))
+    local = clicks.plan("full", 20, [], clicks.default_mode(), (0.0,), (1,), 0.5, "local")
+    assert [t.get("kl_kind") for t in local] == [None if t["mode"].startswith("reference") else "local" for t in local]
+    assert all("kl_kind" not in t for t in clicks.plan("full", 20, [], clicks.default_mode(), (0.0,), (1,), 0.5,
+                                                        "trajectory"))
     assert clicks.key({**sessions[0], "kl_weight": 0.01, "kl_steps": 1}).endswith("|kl_weight=0.01|kl_steps=1")
     assert clicks.key({**sessions[0], "kl_kind": "local"}).endswith("|kl_kind=local")
     assert clicks.kl_settings({"kl_weight": 0.01, "kl_steps": 1, "kl_kind": "local"}) == {
