@@ -23,12 +23,13 @@ MAX_CHECK_SEEDS = 16  # the most check seeds a loaded click log may name (each i
 MAX_GROUP_WEIGHTS = 8  # the most head group weights a loaded click log may name (the head fits their square per fold)
 MAX_HEAD_FIT_NUMBER = 1e6  # the largest head_l2 or group weight a loaded click log may name
 MAX_KL_WEIGHT = 1000.0  # the Preference tab's KL to the base model, as TrainConfig's kl_weight
+MAX_KL_STEPS = 1000  # TrainConfig's kl_steps bound
 
 
 def log_settings(log: ClickLog) -> dict[str, Any]:
     """The mode / features / head_updates / lr / check_seeds / round_images / estimator / head_l2 / head_group_weights /
-    head_solver / head_selection / head_colour_cap / kl_weight / kl_kind the log's updates were made with (its last update's; lr
-    and estimator None in logs older than the setting: they were made with the Train settings'; head_selection "auto" in
+    head_solver / head_selection / head_colour_cap / kl_weight / kl_kind / kl_steps the log's updates were made with (its
+    last update's; lr and estimator None in logs older than the setting: they were made with the Train settings'; head_selection "auto" in
     those older than it; the others as PreferenceSession's SETTINGS says for logs older than the setting);
     FieldError naming the click log when it has no updated round or names an unknown setting."""
     updates = [e for e in log.events if e.get("type") == "update"]
@@ -45,7 +46,7 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
                 "head_selection": last.get("head_selection", "auto"),
                 "head_colour_cap": last.get("head_colour_cap", SETTINGS["head_colour_cap"]),
                 "kl_weight": last.get("kl_weight", SETTINGS["kl_weight"]),
-                "kl_kind": last.get("kl_kind", SETTINGS["kl_kind"])}
+                "kl_kind": last.get("kl_kind", SETTINGS["kl_kind"]), "kl_steps": last.get("kl_steps", SETTINGS["kl_steps"])}
     if settings["mode"] not in MODES or settings["features"] not in FEATURES:
         raise FieldError(LOG_FIELD, f"names mode {settings['mode']!r} / features {settings['features']!r}; allowed: "
                                     f"mode {', '.join(MODES)}, features {', '.join(FEATURES)}")
@@ -86,6 +87,9 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
                                     f"{MAX_KL_WEIGHT:g}")
     if settings["kl_kind"] not in KL_KINDS:
         raise FieldError(LOG_FIELD, f"names kl_kind {settings['kl_kind']!r}; allowed: {', '.join(KL_KINDS)}")
+    steps = settings["kl_steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_KL_STEPS:
+        raise FieldError(LOG_FIELD, f"names kl_steps {steps!r}; allowed: an integer from 1 to {MAX_KL_STEPS}")
     if last.get("head_gradient", True) is not True:
         raise FieldError(LOG_FIELD, "was made with a scores-only head (head_gradient false, from the Python API); the app "
                                     "replays logs of its own differentiable head: replay it with PreferenceSession.replay")

@@ -15,8 +15,9 @@ from typing import Any
 
 from rlr_core.hub import WeightsUnavailableError
 from rlr_core.rewards.preference import (CHECK_SEEDS, DEFAULT_CHECK_SEEDS, DEFAULT_FEATURES, DEFAULT_HEAD_UPDATES,
-                                         DEFAULT_KL_KIND, DEFAULT_KL_WEIGHT, DEFAULT_LEARNING_RATE, DEFAULT_ROUND_IMAGES,
-                                         MODES, ClickLog, ClickReward, PreferenceReward, features_for, learning_rate_for)
+                                         DEFAULT_KL_KIND, DEFAULT_KL_STEPS, DEFAULT_KL_WEIGHT, DEFAULT_LEARNING_RATE,
+                                         DEFAULT_ROUND_IMAGES, MODES, ClickLog, ClickReward, PreferenceReward,
+                                         features_for, learning_rate_for)
 from rlr_core.training import TrainingStepError
 from rlr_core.training.clicks import PreferenceSession, round_prompt
 
@@ -79,10 +80,11 @@ def noise_group_batch(run: Run, size: Any, differentiable_reward: bool, field_na
 
 
 def _kind(mode: str, features: str, head_updates: int, model: str, learning_rate: float, checked: bool,
-          kl_weight: float, kl_kind: str = DEFAULT_KL_KIND) -> str:
-    """The run kind of a click run: a new click run whenever one of its settings (as the form shows them) changes."""
+          kl_weight: float) -> str:
+    """The run kind of a click run: a new click run whenever one of its settings (as the form shows them) changes.
+    What the KL counts and its steps are not on the form: a loaded log's run continues with its own."""
     return (f"clicks-{mode}-{features_for(features, model)}-{head_updates}-{learning_rate!r}-{'checked' if checked else ''}"
-            f"-kl{kl_weight!r}-{kl_kind}")
+            f"-kl{kl_weight!r}")
 
 
 def check_seeds_for(check_updates: bool) -> list[int]:
@@ -99,9 +101,9 @@ def form_features(features: str) -> str:
 def preference_run(session: str, form: dict[str, Any], hosted: bool, mode: str, features: str,
                    head_updates: int = DEFAULT_HEAD_UPDATES, learning_rate: float = DEFAULT_LEARNING_RATE,
                    check_seeds: list[int] | None = None, kl_weight: float = DEFAULT_KL_WEIGHT,
-                   kl_kind: str = DEFAULT_KL_KIND) -> Run:
+                   kl_kind: str = DEFAULT_KL_KIND, kl_steps: int = DEFAULT_KL_STEPS) -> Run:
     """The session's click run for ``mode`` / ``features`` / ``head_updates`` / ``learning_rate`` / ``check_seeds``
-    (None: ``DEFAULT_CHECK_SEEDS``) / ``kl_weight`` / ``kl_kind``, created when needed.
+    (None: ``DEFAULT_CHECK_SEEDS``) / ``kl_weight`` / ``kl_kind`` / ``kl_steps``, created when needed.
 
     A click run is a TrainingRun whose reward is the clicks (direct: ``ClickReward``) or the
     Bradley-Terry head refitted on them (learned); every click update is one of its Trainer
@@ -109,8 +111,8 @@ def preference_run(session: str, form: dict[str, Any], hosted: bool, mode: str, 
     ``learning_rate``, or with 0 (auto) ``learning_rate_for``'s: the benchmarked one for the tiny model, the
     Train settings' otherwise. With ``check_seeds`` an update the head scores lower on those seeds' images is
     undone (``PreferenceSession``). Its updates add ``kl_weight`` x the gradient of the KL to the base model
-    (``TrainConfig.kl_weight`` and ``kl_kind``, whatever the Train settings say; FieldError when the weight is above 0
-    and their eta is 0).
+    (``TrainConfig.kl_weight``, ``kl_kind`` and ``kl_steps``, whatever the Train settings say; FieldError when the
+    weight is above 0 and their eta is 0).
     It continues from the session's current LoRA when the model and rank fit.
     """
     check_seeds = list(DEFAULT_CHECK_SEEDS if check_seeds is None else check_seeds)
@@ -118,27 +120,27 @@ def preference_run(session: str, form: dict[str, Any], hosted: bool, mode: str, 
     base = run.config if run is not None else config_from_form(form, hosted)
     base_lr = run.train_lr if run is not None and run.train_lr is not None else base.lr
     learning_rate = learning_rate_for(learning_rate, base.model, base_lr)
-    kind = _kind(mode, features, head_updates, base.model, learning_rate, bool(check_seeds), float(kl_weight), kl_kind)
+    kind = _kind(mode, features, head_updates, base.model, learning_rate, bool(check_seeds), float(kl_weight))
     if run is not None and run.kind == kind:
         return run
     if run is not None and run.running:
         raise FieldError("preference", "training is running in this session; stop it first")
     continue_lora = run is not None  # the new run is built from this run's own config, so its LoRA fits
     return _new_click_run(session, base, hosted, mode, features, head_updates, learning_rate, check_seeds, kind,
-                          continue_lora, base_lr, kl_weight=float(kl_weight), kl_kind=kl_kind)
+                          continue_lora, base_lr, kl_weight=float(kl_weight), kl_kind=kl_kind, kl_steps=kl_steps)
 
 
 def _new_click_run(session: str, base: Any, hosted: bool, mode: str, features: str, head_updates: int,
                    learning_rate: float, check_seeds: list[int], kind: str, continue_lora: bool, train_lr: float,
                    round_images: str = DEFAULT_ROUND_IMAGES, estimator: str | None = None,
                    head_fit: dict[str, Any] | None = None, kl_weight: float = DEFAULT_KL_WEIGHT,
-                   kl_kind: str = DEFAULT_KL_KIND) -> Run:
+                   kl_kind: str = DEFAULT_KL_KIND, kl_steps: int = DEFAULT_KL_STEPS) -> Run:
     """A new click run from config ``base`` (its "before" strip sampled); FieldError for unusable features.
     ``round_images``: what its rounds show (PreferenceSession's; a loaded log's own). ``estimator``: a loaded log's
     (None: ``base``'s, the Train settings'); ``base``'s estimator options go with ``base``'s estimator only.
     ``head_fit``: a loaded log's head ``l2``, ``group_weight_choices`` and ``solver`` (None: the head's defaults).
-    ``kl_weight`` / ``kl_kind``: the KL to the base model of its updates and what it counts (the tab's or a loaded
-    log's)."""
+    ``kl_weight`` / ``kl_kind`` / ``kl_steps``: the KL to the base model of its updates, what it counts and the steps
+    drawn for it (the tab's or a loaded log's)."""
     if kl_weight > 0 and base.eta <= 0:
         raise FieldError(KL_FIELD, f"needs stochastic steps: set it to 0, or eta above 0 in the Train settings (eta is "
                                    f"{base.eta:g}); got {kl_weight:g}")
@@ -154,7 +156,7 @@ def _new_click_run(session: str, base: Any, hosted: bool, mode: str, features: s
                                                                    "log_path": str(log.path)},
                               eval_every=max(base.eval_every, 1), keep_best=False, lr=learning_rate,
                               estimator=estimator, estimator_options=options, kl_weight=float(kl_weight),
-                              kl_kind=kl_kind)
+                              kl_kind=kl_kind, kl_steps=int(kl_steps))
         new = create_run(session, config, hosted, continue_lora, reward=head if mode == "learned" else ClickReward(),
                          kind=kind, run_id=run_id)
         new.preference = PreferenceSession(new.trainer, log, mode=mode, k=None, reward=head, features=features,
@@ -308,13 +310,14 @@ def _replay_upload(session: str, path: Path, form: dict[str, Any], hosted: bool,
     learning_rate = float(settings["lr"] if settings["lr"] is not None else config.lr)
     continue_lora = previous is not None and same_lora_layout(previous.config, config)
     check_seeds, kl_weight, kl_kind = settings["check_seeds"], float(settings["kl_weight"]), settings["kl_kind"]
+    kl_steps = settings["kl_steps"]
     run = _new_click_run(session, config, hosted, mode, features, head_updates, learning_rate, check_seeds,
                          _kind(mode, form_features(features), head_updates, config.model, learning_rate, bool(check_seeds),
-                               kl_weight, kl_kind),
+                               kl_weight),
                          continue_lora, config.lr, settings["round_images"], settings["estimator"],
                          {"l2": settings["head_l2"], "group_weight_choices": tuple(settings["head_group_weights"]),
                           "solver": settings["head_solver"], "selection": settings["head_selection"],
-                          "colour_cap": settings["head_colour_cap"]}, kl_weight, kl_kind)
+                          "colour_cap": settings["head_colour_cap"]}, kl_weight, kl_kind, kl_steps)
     rounds = len(updated_rounds(log))
 
     def on_round(number: int, update: Any) -> None:

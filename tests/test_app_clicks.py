@@ -116,14 +116,16 @@ def test_kl_to_the_base_model_of_a_click_run(studio):
     every update; a changed weight makes a new click run; a weight the Train settings cannot use is refused by name."""
     from app import clicks, formatting
     from app.state import FieldError
-    from rlr_core.rewards.preference import DEFAULT_KL_KIND
+    from rlr_core.rewards.preference import DEFAULT_KL_KIND, DEFAULT_KL_STEPS
 
     values = form(studio, kl_weight=0.5)
     run = click_rounds("q", values, 1, kl_weight=0.0)
     assert run.config.kl_weight == 0.0 and "KL to the base model 0 ·" in formatting.counters_text(run)
-    assert [e["kl_weight"] for e in run.preference.log.events if e.get("type") == "update"] == [0.0]
+    assert [(e["kl_weight"], e["kl_steps"]) for e in run.preference.log.events if e.get("type") == "update"] == [
+        (0.0, DEFAULT_KL_STEPS)]
     weighted = clicks.preference_round("q", {}, False, 4, "direct", "pixels", 0, 0, False, 0.01)
     assert weighted is not run and weighted.config.kl_weight == 0.01 and weighted.config.kl_kind == DEFAULT_KL_KIND
+    assert weighted.config.kl_steps == DEFAULT_KL_STEPS
     assert f"KL to the base model {formatting.kl_text(0.01, DEFAULT_KL_KIND)} ·" in formatting.counters_text(weighted)
     assert formatting.kl_text(0.01, "local") == "0.01 (local: a uniform colour shift is free)"
     assert formatting.kl_text(0.01, "trajectory") == "0.01" and formatting.kl_text(0.0, "local") == "0"
@@ -141,7 +143,7 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
 
     from app import clicks, runs
     from app.transfer import click_log_zip
-    from rlr_core.rewards.preference import DEFAULT_KL_KIND
+    from rlr_core.rewards.preference import DEFAULT_KL_KIND, DEFAULT_KL_STEPS
 
     values = form(studio, lr=0.004)  # auto: off the tiny model, the Train form's learning rate
     run = click_rounds("c", values, 2, mode="learned", head_updates=1, features="layout", kl_weight=0.02)
@@ -167,7 +169,7 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
                                             "head_group_weights": [0.0, 1.0, 3.0, 10.0, 30.0, 100.0],
                                             "head_solver": "newton", "head_selection": "all",
                                             "head_colour_cap": None, "kl_weight": 0.02,
-                                            "kl_kind": DEFAULT_KL_KIND}  # the log's
+                                            "kl_kind": DEFAULT_KL_KIND, "kl_steps": DEFAULT_KL_STEPS}  # the log's
     assert loaded.config.kl_weight == 0.02 and loaded.config.kl_kind == DEFAULT_KL_KIND
     rebuilt = runs.current_lora(loaded)
     assert set(rebuilt) == set(trained) and all(torch.equal(rebuilt[k], trained[k]) for k in trained)
@@ -236,7 +238,7 @@ def test_a_loaded_click_log_keeps_the_rounds_it_showed(studio, tmp_path, monkeyp
     assert sum(e.pop("head_l2", None) == 0.01 and e.pop("head_group_weights", None) == [0, 1, 3, 10, 30, 100]
                and e.pop("head_solver", None) == "lbfgs" and e.pop("head_selection", None) == "all"
                and e.pop("head_colour_cap", 0) is None and e.pop("kl_weight", None) == 0.0
-               and e.pop("kl_kind", None) is not None for e in events) == 2
+               and e.pop("kl_kind", None) is not None and e.pop("kl_steps", None) is not None for e in events) == 2
     for name, value in (("older", None), ("hidden", "hidden-twins")):
         lines = [{**e, "round_images": value} if value and e.get("type") == "update" else e for e in events]
         with zipfile.ZipFile(tmp_path / f"{name}.zip", "w") as archive:
@@ -247,7 +249,10 @@ def test_a_loaded_click_log_keeps_the_rounds_it_showed(studio, tmp_path, monkeyp
     assert older.preference.settings()["round_images"] == "batch" and message.endswith("0 rounds' images differed from the log")
     head = older.preference.head
     assert head.l2 == 0.01 and head.group_weight_choices == (0, 1, 3, 10) and head.solver == "lbfgs"  # as then
-    assert older.config.kl_kind == "trajectory"
+    assert older.config.kl_kind == "trajectory" and older.config.kl_steps == 4
+    again = clicks.preference_round("l", {}, False, 4, "learned", "layout", 0, older.config.lr, False,
+                                    older.config.kl_weight)  # the tab's settings are the log's: the loaded run goes on
+    assert again is older and again.config.kl_kind == "trajectory"
     rebuilt = runs.current_lora(older)
     assert all(torch.equal(rebuilt[k], trained[k]) for k in trained)
     hidden, message = clicks.load_click_log("m", str(tmp_path / "hidden.zip"), form(studio), False)
@@ -331,7 +336,10 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
                                                                   "kl_weight": True}),
              "bad-kind.jsonl": json.dumps(click) + "\n" + json.dumps({"type": "update", "round_id": "x", "mode": "learned",
                                                                     "features": "pixels", "head_updates": 0,
-                                                                    "kl_kind": "global"})}
+                                                                    "kl_kind": "global"}),
+             "bad-steps.jsonl": json.dumps(click) + "\n" + json.dumps({"type": "update", "round_id": "x", "mode": "learned",
+                                                                     "features": "pixels", "head_updates": 0,
+                                                                     "kl_steps": 0})}
     messages = {}
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
@@ -353,6 +361,7 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
     assert "names head_colour_cap 'half'; allowed: null (uncapped) or a number >= 0" in messages["bad-cap.jsonl"]
     assert "names kl_weight True; allowed: a number >= 0 and at most 1000" in messages["bad-kl.jsonl"]
     assert "names kl_kind 'global'; allowed: trajectory, local" in messages["bad-kind.jsonl"]
+    assert "names kl_steps 0; allowed: an integer from 1 to 1000" in messages["bad-steps.jsonl"]
     hidden = "".join(json.dumps({**click, "index": i}) + "\n" for i in range(6)) + json.dumps(
         {"type": "update", "round_id": "x", "mode": "learned", "features": "pixels", "head_updates": 0,
          "round_images": "hidden-twins"})

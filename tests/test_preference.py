@@ -393,41 +393,46 @@ def test_replay_needs_the_heads_fit_of_the_log(tmp_path):
         fresh("i").replay(capped)
 
 
-def test_replay_needs_the_kl_weight_and_kind_of_the_log(tmp_path):
-    """The trainer's KL to the base model and what it counts are in every update (0 and "trajectory" in a log older
-    than them, and for a trainer config without the settings); a session whose trainer weighs the KL otherwise, or
-    counts another kind, refuses to replay the log."""
+def test_replay_needs_the_kl_weight_kind_and_steps_of_the_log(tmp_path):
+    """The trainer's KL to the base model, what it counts and its steps are in every update (0, "trajectory" and 4 in a
+    log older than them, and for a trainer config without the settings); a session whose trainer weighs the KL
+    otherwise, counts another kind or draws other steps refuses to replay the log."""
     log = ClickLog(tmp_path / "a" / "clicks.jsonl")
     trainer = TinyTrainer(FakeChain(), FakeEstimator())
-    trainer.config = SimpleNamespace(lr=0.1, kl_weight=0.01, kl_kind="local")
+    trainer.config = SimpleNamespace(lr=0.1, kl_weight=0.01, kl_kind="local", kl_steps=2)
     session = PreferenceSession(trainer, log, mode="direct", features="pixels", head_updates=0)
     for i in range(2):
         rnd = session.new_round(PROMPTS, seed=i)
         session.click(rnd, chosen=[0])
         session.update(rnd)
-    assert [(e["kl_weight"], e["kl_kind"]) for e in log.events if e["type"] == "update"] == [(0.01, "local")] * 2
+    assert [(e["kl_weight"], e["kl_kind"], e["kl_steps"]) for e in log.events if e["type"] == "update"] == [
+        (0.01, "local", 2)] * 2
 
-    def fresh(name: str, kl_weight: float | None, kl_kind: str | None = None) -> PreferenceSession:
+    def fresh(name: str, kl_weight: float | None, kl_kind: str | None = None, kl_steps: int | None = None) -> PreferenceSession:
         other = TinyTrainer(FakeChain(), FakeEstimator())  # None: a config without the setting
-        other.config = SimpleNamespace(lr=0.1, **({} if kl_weight is None else {"kl_weight": kl_weight}),
-                                       **({} if kl_kind is None else {"kl_kind": kl_kind}))
+        named = {"kl_weight": kl_weight, "kl_kind": kl_kind, "kl_steps": kl_steps}
+        other.config = SimpleNamespace(lr=0.1, **{name: value for name, value in named.items() if value is not None})
         return PreferenceSession(other, ClickLog(tmp_path / name / "clicks.jsonl"), mode="direct", features="pixels",
                                  head_updates=0)
 
-    assert fresh("b", 0.01, "local").replay(log).rounds == 2
+    assert fresh("b", 0.01, "local", 2).replay(log).rounds == 2
     with pytest.raises(ValueError, match=r"^kl_weight=0.0 differs from the click log's kl_weight=0.01"):
-        fresh("c", None, "local").replay(log)
+        fresh("c", None, "local", 2).replay(log)
     with pytest.raises(ValueError, match=r"^kl_kind='trajectory' differs from the click log's kl_kind='local'"):
-        fresh("c2", 0.01).replay(log)
+        fresh("c2", 0.01, None, 2).replay(log)
+    with pytest.raises(ValueError, match=r"^kl_steps=4 differs from the click log's kl_steps=2"):
+        fresh("c3", 0.01, "local").replay(log)
     older = tmp_path / "older.jsonl"
     lines = [json.loads(line) for line in (tmp_path / "a" / "clicks.jsonl").read_text().splitlines() if line.strip()]
-    older.write_text("".join(json.dumps({k: v for k, v in e.items() if k not in ("kl_weight", "kl_kind")}) + "\n"
+    older.write_text("".join(json.dumps({k: v for k, v in e.items() if k not in ("kl_weight", "kl_kind", "kl_steps")}) + "\n"
                              for e in lines))
     assert fresh("d", None).replay(older).rounds == 2
     with pytest.raises(ValueError, match=r"^kl_weight=0.01 differs from the click log's kl_weight=0.0"):
         fresh("e", 0.01).replay(older)
     with pytest.raises(ValueError, match=r"^kl_kind='local' differs from the click log's kl_kind='trajectory'"):
         fresh("f", 0.0, "local").replay(older)
+    with pytest.raises(ValueError, match=r"^kl_steps=1 differs from the click log's kl_steps=4"):
+        fresh("g", 0.0, None, 1).replay(older)
 
 
 def test_newton_fit_reaches_the_minimiser_of_the_ridge_bradley_terry_loss():
@@ -1095,7 +1100,7 @@ def test_click_benchmark_tasks_may_name_a_model_folder_and_the_shape_free_prompt
         "red": "shapes-named", "left": "shapes-named", "boxy": "shape-free"}
     # its click sessions run with the app's KL to the base model unless told; the references (the attribute as the
     # reward) without one
-    from rlr_core.rewards.preference import DEFAULT_KL_WEIGHT
+    from rlr_core.rewards.preference import DEFAULT_KL_KIND, DEFAULT_KL_WEIGHT
 
     sessions = [t for t in planned if t["mode"] == clicks.default_mode()]
     assert len(sessions) == 3 and all(t.get("kl_weight", 0.0) == DEFAULT_KL_WEIGHT for t in sessions)
@@ -1106,7 +1111,9 @@ def test_click_benchmark_tasks_may_name_a_model_folder_and_the_shape_free_prompt
     assert [t.get("kl_kind") for t in local] == [None if t["mode"].startswith("reference") else "local" for t in local]
     assert all("kl_kind" not in t for t in clicks.plan("full", 20, [], clicks.default_mode(), (0.0,), (1,), 0.5,
                                                         "trajectory"))
-    assert clicks.key({**sessions[0], "kl_weight": 0.01, "kl_steps": 1}).endswith("|kl_weight=0.01|kl_steps=1")
+    assert sessions[0].get("kl_kind", "trajectory") == DEFAULT_KL_KIND
+    whole = {name: value for name, value in sessions[0].items() if name != "kl_kind"}
+    assert clicks.key({**whole, "kl_weight": 0.01, "kl_steps": 1}).endswith("|kl_weight=0.01|kl_steps=1")
     assert clicks.key({**sessions[0], "kl_kind": "local"}).endswith("|kl_kind=local")
     assert clicks.kl_settings({"kl_weight": 0.01, "kl_steps": 1, "kl_kind": "local"}) == {
         "kl_weight": 0.01, "kl_steps": 1, "kl_kind": "local"}
@@ -1303,13 +1310,14 @@ def test_click_timing_benchmarks_print_their_tables(monkeypatch, capsys):
     monkeypatch.setattr(clicks, "run_session", fake_session)
     monkeypatch.setattr(clicks, "_commit", lambda: "abc1234")
     click_round_seconds.main(["--rounds", "4", "--threads", "1", "2", "--modes", "direct"])
-    from rlr_core.rewards.preference import DEFAULT_KL_WEIGHT
+    from rlr_core.rewards.preference import DEFAULT_KL_KIND, DEFAULT_KL_WEIGHT
 
     assert [(t["mode"], t["threads"], t["rounds"], t["noise"], t["kl_weight"]) for t in tasks] == [
         ("direct", 1, 4, 0.0, DEFAULT_KL_WEIGHT), ("direct", 2, 4, 0.0, DEFAULT_KL_WEIGHT)]
+    assert all(t["kl_kind"] == DEFAULT_KL_KIND for t in tasks)
     out = capsys.readouterr().out
     assert (f"| direct | {DEFAULT_KL_WEIGHT:g} | 2 | 4.33 | 6.67 | 5.50 | 0.50 | 2.00, 2.00, 9.00, 9.00 |" in out
             and out.startswith("commit abc1234;"))
     tasks.clear()
-    click_round_seconds.main(["--rounds", "3", "--modes", "direct", "--kl-weight", "0", "0.01"])
-    assert [(t["threads"], t["kl_weight"]) for t in tasks] == [(1, 0.0), (1, 0.01)]
+    click_round_seconds.main(["--rounds", "3", "--modes", "direct", "--kl-weight", "0", "0.01", "--kl-kind", "trajectory"])
+    assert [(t["threads"], t["kl_weight"], t["kl_kind"]) for t in tasks] == [(1, 0.0, "trajectory"), (1, 0.01, "trajectory")]

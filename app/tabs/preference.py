@@ -77,10 +77,10 @@ def layout(page: Page) -> PreferenceTab:
                                  "what you have seen costs nothing; one more batch sampled per update")
         kl_weight = gr.Number(value=DEFAULT_KL_WEIGHT, minimum=0, maximum=clicks.MAX_KL_WEIGHT, label=clicks.KL_FIELD,
                               elem_id="pref-kl",
-                              info="keeps each update near what the base model draws (0 = off; needs eta > 0): "
-                                   "what you click for moves and less of the rest drifts; 0.01 lets the tiny model "
-                                   "learn a shape from your clicks, but holds colour back; a round takes about "
-                                   "twice as long")
+                              info="keeps each update near what the base model draws (0 = off; needs eta > 0), "
+                                   "leaving a uniform colour change free: what you click for moves and less of the "
+                                   "rest drifts; 0.01 lets the tiny model learn a shape from your clicks; a round "
+                                   "takes about twice as long as with 0")
     new = gr.Button("New round", elem_id="pref-new")
     gallery = gr.Gallery(label="Click the images you prefer", columns=4, height=300, format="png",
                          allow_preview=False, elem_id="pref-gallery", interactive=False)

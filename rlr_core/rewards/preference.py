@@ -30,7 +30,7 @@ from rlr_core.rewards.simple import check_images
 __all__ = ["ClickLog", "ClickRecord", "ClickReward", "PreferenceReward", "click_rewards", "image_sha256",
            "pixel_features", "layout_features", "colour_features", "object_colour_features", "to_uint8", "FEATURES", "SELECTIONS", "LOG_VERSION", "MODES", "DEFAULT_MODE", "DEFAULT_FEATURES",
            "DEFAULT_HEAD_UPDATES", "ROUND_IMAGES", "DEFAULT_ROUND_IMAGES", "CHECK_SEEDS", "DEFAULT_CHECK_SEEDS", "DEFAULT_LEARNING_RATE", "TINY_MODEL_FEATURES", "TINY_MODEL_LEARNING_RATE",
-           "DEFAULT_KL_WEIGHT", "DEFAULT_KL_KIND", "features_for",
+           "DEFAULT_KL_WEIGHT", "DEFAULT_KL_KIND", "DEFAULT_KL_STEPS", "features_for",
            "learning_rate_for", "check_round_images"]
 
 # The defaults of a click session (the app's Preference tab, PreferenceSession), chosen by benchmarks/clicks.py
@@ -47,11 +47,13 @@ DEFAULT_CHECK_SEEDS: tuple[int, ...] = ()  # () = no check: every update is kept
 DEFAULT_LEARNING_RATE = 0.0  # "auto": learning_rate_for
 TINY_MODEL_FEATURES = "tiny-clip+grid+colour"  # what features "auto" means for the bundled tiny model
 TINY_MODEL_LEARNING_RATE = 0.005  # what learning rate "auto" means for the bundled tiny model (with its attention+conv LoRA)
-# the KL to the base model of a click session's updates (its TrainConfig.kl_weight; 0 = off). 0.01 let the tiny model
-# learn a shape from the clicks, but held colour back and lost it to wrong clicks (benchmarks/clicks.py, 2026-12-07)
-DEFAULT_KL_WEIGHT = 0.0
-# what that KL counts (TrainConfig.kl_kind): "local" leaves a uniform colour shift free (rlr_core.kl)
-DEFAULT_KL_KIND = "trajectory"
+# the KL to the base model of a click session's updates (its TrainConfig.kl_weight; 0 = off) and what it counts
+# (TrainConfig.kl_kind). Without it the tiny model's drawings drifted away from the shape clicked for; the whole KL
+# (0.01) let it learn the shape but held colour back; its local part ("local": a uniform colour shift is free, rlr_core.kl)
+# kept shape, colour and position rising, with and without wrong clicks (benchmarks/clicks.py, 2026-12-07)
+DEFAULT_KL_WEIGHT = 0.01
+DEFAULT_KL_KIND = "local"
+DEFAULT_KL_STEPS = 4  # the chain steps drawn per update for that KL's gradient (TrainConfig.kl_steps)
 
 
 def features_for(features: str, base_model: str) -> str:

@@ -1,7 +1,8 @@
 """The settings a click session's updates depend on: logged with every update, checked before a replay.
 
 ``SETTINGS`` names them, with the value each has in click logs older than the setting; those of ``SESSIONS_OWN``
-take the replaying session's own value there (head_colour_cap None: uncapped; kl_weight 0: no KL).
+take the replaying session's own value there (head_colour_cap None: uncapped; kl_weight 0: no KL; kl_steps 4:
+TrainConfig's default, which every click run used before it was logged).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 SETTINGS = {"mode": "direct", "features": None, "head_updates": 0, "head_gradient": True, "lr": None, "check_seeds": [],
             "round_images": "batch", "estimator": None, "head_l2": 0.01, "head_group_weights": [0.0, 1.0, 3.0, 10.0],
             "head_solver": "lbfgs", "head_selection": None, "head_colour_cap": None, "kl_weight": 0.0,
-            "kl_kind": "trajectory"}
+            "kl_kind": "trajectory", "kl_steps": 4}
 SESSIONS_OWN = ("features", "lr", "estimator", "head_selection")
 
 
