@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlr_core.config import KL_KINDS
+from rlr_core.config import KL_KINDS, field_spec
 from rlr_core.estimators import list_estimators
 from rlr_core.rewards.preference import DEFAULT_FEATURES, FEATURES, MODES, ROUND_IMAGES, ClickLog, check_round_images
 from rlr_core.rewards.preference_head import SELECTIONS, SOLVERS
@@ -22,16 +22,16 @@ MAX_LEARNING_RATE = 1.0  # the Preference tab's learning rate (0 = auto), as the
 MAX_CHECK_SEEDS = 16  # the most check seeds a loaded click log may name (each is an image sampled per update)
 MAX_GROUP_WEIGHTS = 8  # the most head group weights a loaded click log may name (the head fits their square per fold)
 MAX_HEAD_FIT_NUMBER = 1e6  # the largest head_l2 or group weight a loaded click log may name
-MAX_KL_WEIGHT = 1000.0  # the Preference tab's KL to the base model, as TrainConfig's kl_weight
-MAX_KL_STEPS = 1000  # TrainConfig's kl_steps bound
+MAX_KL_WEIGHT = float(field_spec("kl_weight").max)  # the Preference tab's KL to the base model, as TrainConfig's bound
+MAX_KL_STEPS = int(field_spec("kl_steps").max)
 
 
 def log_settings(log: ClickLog) -> dict[str, Any]:
     """The mode / features / head_updates / lr / check_seeds / round_images / estimator / head_l2 / head_group_weights /
     head_solver / head_selection / head_colour_cap / kl_weight / kl_kind / kl_steps the log's updates were made with (its
-    last update's; lr and estimator None in logs older than the setting: they were made with the Train settings'; head_selection "auto" in
-    those older than it; the others as PreferenceSession's SETTINGS says for logs older than the setting);
-    FieldError naming the click log when it has no updated round or names an unknown setting."""
+    last update's; lr and estimator None in logs older than the setting: they were made with the Train settings';
+    head_selection "auto" in those older than it; the others as PreferenceSession's SETTINGS says for logs older than
+    the setting); FieldError naming the click log when it has no updated round or names an unknown setting."""
     updates = [e for e in log.events if e.get("type") == "update"]
     if not updated_rounds(log):
         raise FieldError(LOG_FIELD, "holds no updated round: nothing to replay (click a few rounds, then "

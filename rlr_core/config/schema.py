@@ -24,10 +24,12 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
 """Allowed forms of ``TrainConfig.device``."""
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
-# what the KL regulariser counts (rlr_core.kl): the whole trajectory KL, or only its local part (a uniform shift of a
-# channel over the image, a colour change in a pixel-space model, is free)
-KL_KINDS = ("trajectory", "local")
 """Allowed values of ``TrainConfig.lr_schedule`` (see :func:`lr_factor`)."""
+
+KL_KINDS = ("trajectory", "local")
+"""Allowed values of ``TrainConfig.kl_kind``: what the KL regulariser counts (``rlr_core.kl``), the whole trajectory
+KL, or only its local part (a uniform shift of a channel over the image, a colour change of a pixel-space model, is
+free)."""
 
 REPORT_TO = ("none", "tensorboard", "wandb")
 """Allowed values of ``TrainConfig.report_to`` (the same tuple as ``rlr_core.tracking.REPORT_TO``)."""

@@ -110,8 +110,6 @@ class ReplayResult:
     updates: list[PreferenceUpdate]
 
 
-
-
 class PreferenceSession:
     """Rounds of images to click, each turned into iterations of the run's Trainer.
 
