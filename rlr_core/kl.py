@@ -11,6 +11,8 @@ and the Trainer adds ``kl_weight`` times its gradient to the estimator's (part "
 the upper bound DPOK uses: trajectories are sampled from p_theta without autograd and held fixed,
 the gradient flows through mu_theta only. ``kl_steps`` steps k are drawn per iteration (uniformly,
 without replacement) and scaled by T / kl_steps, so the sum over the steps is estimated without bias.
+The trajectories are the estimate's own when its rollout kept their states (``Rollout.states``: rlr without
+ZO steps, sampled at the current theta), so the KL costs no sampling; otherwise a batch is sampled for it.
 Deterministic steps (std 0: DDIM's last step, or eta = 0) have no density and no KL term; the config
 refuses kl_weight > 0 with eta = 0.
 
@@ -40,6 +42,7 @@ def trajectory_kl_gradient(
     kl_steps: int,
     global_batch_size: int | None = None,
     kind: str = "trajectory",
+    states: dict[int, torch.Tensor] | None = None,
 ) -> tuple[list[torch.Tensor | None], float]:
     """Gradient (per trainable parameter) and value of the per-image trajectory KL to the base model.
 
@@ -50,7 +53,9 @@ def trajectory_kl_gradient(
     differentiated through the fine-tuned mean. ``chain`` must have ``adapters_disabled`` (a LoRA
     chain). Deterministic steps (std 0, such as DDIM's last step) carry no KL term and add nothing.
     ``kind``: "trajectory" (the KL) or "local" (each step's mean difference less its per-channel average over the
-    image; see the module's docstring).
+    image; see the module's docstring). ``states``: the batch's state entering each step, sampled with the current
+    LoRA, one row per prompt (``Rollout.states``): the chosen steps are read off those trajectories instead of a
+    batch sampled here (the same expectation, without the sampling's cost).
     """
     if kind not in KL_KINDS:
         raise ValueError(f"kl_kind={kind!r} is not allowed; allowed values: {list(KL_KINDS)}")
@@ -64,14 +69,20 @@ def trajectory_kl_gradient(
     scale = num_steps / kl_steps / float(global_batch_size or batch)
     chosen = sorted(random.Random(int(torch.randint(2**62, (1,), generator=generator))).sample(range(num_steps), kl_steps))
     cond = chain.condition(list(prompts))
-    noise = draw_noise(chain, batch, generator)
-    record: dict[int, RecordedStep | None] = {k: None for k in chosen}
-    with torch.no_grad():
-        run_steps(chain, noise.x0, range(max(chosen) + 1), cond, noise, record=record)
+    if states is None:
+        noise = draw_noise(chain, batch, generator)
+        record: dict[int, RecordedStep | None] = {k: None for k in chosen}
+        with torch.no_grad():
+            run_steps(chain, noise.x0, range(max(chosen) + 1), cond, noise, record=record)
+        states = {k: record[k].x for k in chosen}
+    missing = [k for k in chosen if k not in states or states[k].shape[0] != batch]
+    if missing:
+        raise ValueError(f"states must hold every step's state, one row per prompt ({batch}); steps {missing} "
+                         f"are missing or of another batch size")
     grads: list[torch.Tensor | None] = [None] * len(params)
     total = 0.0
     for k in chosen:
-        x_k = record[k].x
+        x_k = states[k]
         mean, std = chain.step_mean_std(x_k, k, cond)
         if step_std_is_zero(std):  # a deterministic step (DDIM's last one) has no density: no KL term
             continue

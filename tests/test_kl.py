@@ -239,3 +239,78 @@ def test_local_kl_needs_image_states_and_a_known_kind():
     with pytest.raises(ValueError, match="kl_kind"):
         TrainConfig(kl_kind="global").validate()
     assert TrainConfig().kl_kind == "trajectory"
+
+
+def _rlr_states(chain, calls: int, batch: int, **options) -> list[dict]:
+    from rlr_core.estimators import get_estimator
+
+    estimator = get_estimator("rlr", **options)
+    estimator.keep_states = True
+    rollouts = [estimator.rollout(chain, ["p"] * batch, torch.Generator().manual_seed(500 + i), True, QuadraticReward())
+                for i in range(calls)]
+    return [r.states for r in rollouts]
+
+
+def test_kl_read_off_rlr_rollouts_matches_the_closed_form():
+    """The KL and its gradient read off rlr's own trajectories (Rollout.states, antithetic twins and all) are the
+    closed form's, as from trajectories sampled for the KL. Fails for states shifted by a step (x[k + 1] for x[k])
+    or taken after the HO exit's noise flip."""
+    chain = BaseChain(num_steps=8, dim=3, num_params=4, step_std=0.5)
+    kl, surrogate = exact_kl_terms(chain)
+    (exact_grad,) = torch.autograd.grad(surrogate, [chain.theta])
+    values, grads = [], []
+    for i, states in enumerate(_rlr_states(chain, calls=40, batch=400, h=3)):
+        assert sorted(states) == list(range(8)) and all(s.shape == (400, 3) for s in states.values())
+        g, value = trajectory_kl_gradient(chain, ["p"] * 400, torch.Generator().manual_seed(i), 2, states=states)
+        values.append(value)
+        grads.append(g[0].detach())
+    v, g = torch.tensor(values, dtype=torch.float64), torch.stack(grads)
+    value_se, grad_se = v.std() / 40**0.5, g.std(0) / 40**0.5
+    assert abs(float(v.mean()) - float(kl.detach())) < 4 * float(value_se) + 1e-3 * float(kl.detach())
+    assert bool(((g.mean(0) - exact_grad).abs() <= 4 * grad_se + 1e-3 * exact_grad.abs().max()).all())
+
+
+def test_rlr_keeps_its_trajectories_states_only_when_asked_and_at_theta():
+    """Every step's input, as a plain run of the chain on the rollout's own noise gives it (h 1 and h 3); none
+    without keep_states, and none when the batch runs at perturbed weights (ZO steps)."""
+    from rlr_core.estimators import get_estimator
+    from rlr_core.sampling import run_steps
+
+    chain = BaseChain(num_steps=6)
+    for h in (1, 3):
+        estimator = get_estimator("rlr", h=h)
+        estimator.keep_states = True
+        rollout = estimator.rollout(chain, ["a", "b"] * 2, torch.Generator().manual_seed(h), True, QuadraticReward())
+        _, _, cond, noise = rollout.data.ho_replay
+        record = {k: None for k in range(6)}
+        with torch.no_grad():
+            run_steps(chain, noise.x0, range(6), cond, noise, record=record)
+        assert all(torch.allclose(rollout.states[k], record[k].x) for k in range(6))
+    assert get_estimator("rlr").rollout(chain, ["a"] * 2, torch.Generator().manual_seed(0), True).states is None
+    zo = get_estimator("rlr", remaining="zo")
+    zo.keep_states = True
+    assert zo.rollout(chain, ["a"] * 4, torch.Generator().manual_seed(0), True).states is None
+
+
+def test_trainer_reads_the_kl_off_the_estimates_own_trajectories(tmp_path, monkeypatch):
+    """kl_weight > 0 with rlr: the estimator keeps its states and the KL samples nothing of its own."""
+    import rlr_core.kl
+    from rlr_core.config import TrainConfig
+    from rlr_core.estimators import get_estimator
+    from rlr_core.trainer import Trainer
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("the KL sampled a batch of its own")
+
+    chain = BaseChain(num_steps=6)
+    config = TrainConfig(steps=2, batch_size=4, lr=0.05, num_steps=6, prompts=["a", "b"], eval_seeds=[0], eval_every=0,
+                         checkpoint_every=0, output_dir=str(tmp_path / "run"), seed=3, kl_weight=1.0)
+    trainer = Trainer(chain, QuadraticReward(), get_estimator("rlr"), config)
+    assert trainer.estimator.keep_states
+    monkeypatch.setattr(rlr_core.kl, "draw_noise", no_sampling)
+    reports = list(trainer.run())
+    assert reports[-1].info["kl"] > 0 and reports[-1].grad_norms["kl"] > 0
+    free = Trainer(BaseChain(num_steps=6), QuadraticReward(), get_estimator("rlr"), TrainConfig(
+        steps=1, batch_size=4, num_steps=6, prompts=["a"], eval_seeds=[0], eval_every=0, checkpoint_every=0,
+        output_dir=str(tmp_path / "free")))
+    assert not free.estimator.keep_states

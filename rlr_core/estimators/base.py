@@ -68,6 +68,7 @@ class Estimator:
     ui_options: tuple[str, ...] = ()  # options a form shows as their own fields (the others go in JSON)
     option_choices: dict[str, tuple] = {}  # allowed values of string options, for dropdowns (from Options)
     shard: BatchShard | None = None  # this process's rows of the global batch (data parallelism); None = all
+    keep_states: bool = False  # set by the Trainer when its KL reads Rollout.states (estimators that can fill it)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -54,7 +54,7 @@ from .control_variate import ControlVariateSlope, stand_in_available, stand_in_d
 from .memory_pieces import Graph, MemoryPieces, first_order
 from .part_weights import PartStatistics, weigh_parts
 from .rlr_options import J_SAMPLING, PART_WEIGHTS, REMAINING, ZO_DIRECTIONS, RLROptions, check_window
-from .rlr_segments import PerturbedSegments, zo_part, zo_seed_table
+from .rlr_segments import PerturbedSegments, part_steps, zo_part, zo_seed_table
 
 __all__ = ["RLREstimator", "RLROptions", "RLRData", "PartStatistics", "REMAINING", "ZO_DIRECTIONS", "J_SAMPLING",
            "PART_WEIGHTS", "check_window"]  # the options' names re-exported for callers of this module
@@ -219,7 +219,8 @@ class RLREstimator(Estimator):
                               zo_sign * self.options.zo_scale)
             for b, zo_sign in enumerate(zo_signs)
         ]
-        records = [{k: None for k in lr_steps} for _ in range(blocks)]
+        keep = self.keep_states and blocks == 1  # Rollout.states: every step's input at theta, for the trainer's KL
+        records = [{k: None for k in (range(T) if keep else lr_steps)} for _ in range(blocks)]
         # The HO sub-chain and the FO step run at the unperturbed theta: all blocks in one batch.
         whole_cond = conds[0] if blocks == 1 else chain.condition(list(prompts))
         whole_noise = NoisePlan(x0=torch.cat([block_noise.x0] * blocks), eps=[torch.cat([e] * blocks) for e in block_noise.eps])
@@ -228,7 +229,8 @@ class RLREstimator(Estimator):
             x = torch.cat([seg.run(block_noise.x0, range(0, j), rec) for seg, rec in zip(segments, records)])
         x_start = x.detach()
         with torch.enable_grad():  # HO: reparameterized inside, likelihood ratio at the exit
-            x_inner = run_steps(chain, x_start, range(j, exit_step), whole_cond, whole_noise)
+            x_inner = run_steps(chain, x_start, range(j, exit_step), whole_cond, whole_noise,
+                                record=records[0] if keep else None)
             exit_mean, exit_std = chain.step_mean_std(x_inner, exit_step, whole_cond)
             if step_std_is_zero(exit_std):
                 raise ValueError(f"eta must be > 0 for rlr: step {exit_step} (the HO exit) is deterministic")
@@ -251,23 +253,17 @@ class RLREstimator(Estimator):
             with torch.no_grad():
                 images = torch.cat([chain.decode(seg.run(x_block, [T - 1])) for seg, x_block in zip(segments, x.split(size))])
 
-        steps = {"ho": list(range(j, exit_step + 1))}
-        if differentiable_reward:
-            steps["fo"] = [T - 1]
-        if zo_steps:
-            steps["zo"] = sorted(zo_steps)
-        if lr_steps:
-            steps["lr"] = lr_steps
-        if remaining == "none":
-            dropped = others + ([] if differentiable_reward else [T - 1])
-            if dropped:
-                steps["dropped"] = dropped
+        states = None
+        if keep:
+            states = {k: step.x for k, step in records[0].items() if step is not None}
+            states.update({exit_step: x_inner.detach(), T - 1: x.detach()})
+        steps = part_steps(j, exit_step, T, differentiable_reward, zo_steps, lr_steps, others, remaining)
         kept = RLRData(
             j=j, groups=groups, log_prob=log_prob, ho_replay=(x_start, x_exit, whole_cond, whole_noise),
             exit_mean=exit_mean, cv_direction=cv_direction,
             zo_seeds=zo_seeds, conds=conds, records=records, num_remaining=len(others),
         )
-        return Rollout(chain, list(prompts), images, differentiable_reward, steps, data=kept)
+        return Rollout(chain, list(prompts), images, differentiable_reward, steps, data=kept, states=states)
 
     # --- phase 2: rewards -> p.grad ------------------------------------------------------------
     def parts(self, rollout: Rollout, rewards: torch.Tensor, info: dict[str, float]) -> dict[str, torch.Tensor]:

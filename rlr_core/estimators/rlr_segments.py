@@ -1,4 +1,5 @@
-"""rlr's no-grad stretches with zeroth-order perturbations: the direction seeds and the segment runner.
+"""rlr's no-grad stretches with zeroth-order perturbations: the direction seeds and the segment runner (and the
+steps each part of an estimate covers).
 
 ``zo_directions``: "per-sample" gives every noise set of the batch its own direction xi_i, used on all
 its ZO steps; "per-batch" one xi for the whole batch (fewest model calls); "per-step" one xi[k] per step
@@ -99,3 +100,22 @@ def merge_records(parts: list[RecordedStep], units: list[list[int]], batch: int)
         x_next=merged([p.x_next for p in parts]),
         log_prob=None if parts[0].log_prob is None else merged([p.log_prob for p in parts]),
     )
+
+
+def part_steps(j: int, exit_step: int, num_steps: int, differentiable_reward: bool, zo_steps: list[int],
+               lr_steps: list[int], others: list[int], remaining: str) -> dict[str, list[int]]:
+    """The chain steps each part of an rlr estimate covers (``Rollout.steps``): HO from ``j`` to its exit, FO on the
+    last step (a differentiable reward), ZO / LR on theirs, and what ``remaining="none"`` leaves out ("dropped")."""
+    last = num_steps - 1
+    steps = {"ho": list(range(j, exit_step + 1))}
+    if differentiable_reward:
+        steps["fo"] = [last]
+    if zo_steps:
+        steps["zo"] = sorted(zo_steps)
+    if lr_steps:
+        steps["lr"] = lr_steps
+    if remaining == "none":
+        dropped = others + ([] if differentiable_reward else [last])
+        if dropped:
+            steps["dropped"] = dropped
+    return steps

@@ -52,6 +52,9 @@ class Rollout:
     data: RolloutData = field(default_factory=RolloutData)
     seconds: float = 0.0
     uses: int = 0  # gradients computed from it so far (PPO epochs reuse a rollout)
+    # states[k]: the batch's state x[k] entering step k, every k, all sampled at the unperturbed theta; filled by an
+    # estimator with keep_states set that can (rlr without ZO steps), for the KL to the base model; None otherwise
+    states: dict[int, torch.Tensor] | None = field(default=None, repr=False)
 
     def display_images(self) -> torch.Tensor:
         """Detached float32 cpu copy of the images, for showing or saving."""
