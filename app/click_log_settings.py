@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlr_core.config import KL_KINDS, field_spec
+from rlr_core.config import KL_KINDS, KL_TRAJECTORIES, field_spec
 from rlr_core.estimators import list_estimators
 from rlr_core.rewards.preference import DEFAULT_FEATURES, FEATURES, MODES, ROUND_IMAGES, ClickLog, check_round_images
 from rlr_core.rewards.preference_head import SELECTIONS, SOLVERS
@@ -28,7 +28,8 @@ MAX_KL_STEPS = int(field_spec("kl_steps").max)
 
 def log_settings(log: ClickLog) -> dict[str, Any]:
     """The mode / features / head_updates / lr / check_seeds / round_images / estimator / head_l2 / head_group_weights /
-    head_solver / head_selection / head_colour_cap / kl_weight / kl_kind / kl_steps the log's updates were made with (its
+    head_solver / head_selection / head_colour_cap / kl_weight / kl_kind / kl_steps / kl_trajectories the log's updates
+    were made with (its
     last update's; lr and estimator None in logs older than the setting: they were made with the Train settings';
     head_selection "auto" in those older than it; the others as PreferenceSession's SETTINGS says for logs older than
     the setting); FieldError naming the click log when it has no updated round or names an unknown setting."""
@@ -46,7 +47,9 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
                 "head_selection": last.get("head_selection", "auto"),
                 "head_colour_cap": last.get("head_colour_cap", SETTINGS["head_colour_cap"]),
                 "kl_weight": last.get("kl_weight", SETTINGS["kl_weight"]),
-                "kl_kind": last.get("kl_kind", SETTINGS["kl_kind"]), "kl_steps": last.get("kl_steps", SETTINGS["kl_steps"])}
+                "kl_kind": last.get("kl_kind", SETTINGS["kl_kind"]),
+                "kl_steps": last.get("kl_steps", SETTINGS["kl_steps"]),
+                "kl_trajectories": last.get("kl_trajectories", SETTINGS["kl_trajectories"])}
     if settings["mode"] not in MODES or settings["features"] not in FEATURES:
         raise FieldError(LOG_FIELD, f"names mode {settings['mode']!r} / features {settings['features']!r}; allowed: "
                                     f"mode {', '.join(MODES)}, features {', '.join(FEATURES)}")
@@ -90,6 +93,9 @@ def log_settings(log: ClickLog) -> dict[str, Any]:
     steps = settings["kl_steps"]
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_KL_STEPS:
         raise FieldError(LOG_FIELD, f"names kl_steps {steps!r}; allowed: an integer from 1 to {MAX_KL_STEPS}")
+    if settings["kl_trajectories"] not in KL_TRAJECTORIES:
+        raise FieldError(LOG_FIELD, f"names kl_trajectories {settings['kl_trajectories']!r}; allowed: "
+                                    f"{', '.join(KL_TRAJECTORIES)}")
     if last.get("head_gradient", True) is not True:
         raise FieldError(LOG_FIELD, "was made with a scores-only head (head_gradient false, from the Python API); the app "
                                     "replays logs of its own differentiable head: replay it with PreferenceSession.replay")

@@ -134,13 +134,14 @@ def _new_click_run(session: str, base: Any, hosted: bool, mode: str, features: s
                    learning_rate: float, check_seeds: list[int], kind: str, continue_lora: bool, train_lr: float,
                    round_images: str = DEFAULT_ROUND_IMAGES, estimator: str | None = None,
                    head_fit: dict[str, Any] | None = None, kl_weight: float = DEFAULT_KL_WEIGHT,
-                   kl_kind: str = DEFAULT_KL_KIND, kl_steps: int = DEFAULT_KL_STEPS) -> Run:
+                   kl_kind: str = DEFAULT_KL_KIND, kl_steps: int = DEFAULT_KL_STEPS,
+                   kl_trajectories: str = "own") -> Run:
     """A new click run from config ``base`` (its "before" strip sampled); FieldError for unusable features.
     ``round_images``: what its rounds show (PreferenceSession's; a loaded log's own). ``estimator``: a loaded log's
     (None: ``base``'s, the Train settings'); ``base``'s estimator options go with ``base``'s estimator only.
     ``head_fit``: a loaded log's head ``l2``, ``group_weight_choices`` and ``solver`` (None: the head's defaults).
-    ``kl_weight`` / ``kl_kind`` / ``kl_steps``: the KL to the base model of its updates, what it counts and the steps
-    drawn for it (the tab's or a loaded log's)."""
+    ``kl_weight`` / ``kl_kind`` / ``kl_steps`` / ``kl_trajectories``: the KL to the base model of its updates, what it
+    counts, the steps drawn for it and whose trajectories (the tab's or a loaded log's)."""
     if kl_weight > 0 and base.eta <= 0:
         raise FieldError(KL_FIELD, f"needs stochastic steps: set it to 0, or eta above 0 in the Train settings (eta is "
                                    f"{base.eta:g}); got {kl_weight:g}")
@@ -156,7 +157,7 @@ def _new_click_run(session: str, base: Any, hosted: bool, mode: str, features: s
                                                                    "log_path": str(log.path)},
                               eval_every=max(base.eval_every, 1), keep_best=False, lr=learning_rate,
                               estimator=estimator, estimator_options=options, kl_weight=float(kl_weight),
-                              kl_kind=kl_kind, kl_steps=int(kl_steps))
+                              kl_kind=kl_kind, kl_steps=int(kl_steps), kl_trajectories=kl_trajectories)
         new = create_run(session, config, hosted, continue_lora, reward=head if mode == "learned" else ClickReward(),
                          kind=kind, run_id=run_id)
         new.preference = PreferenceSession(new.trainer, log, mode=mode, k=None, reward=head, features=features,
@@ -310,14 +311,14 @@ def _replay_upload(session: str, path: Path, form: dict[str, Any], hosted: bool,
     learning_rate = float(settings["lr"] if settings["lr"] is not None else config.lr)
     continue_lora = previous is not None and same_lora_layout(previous.config, config)
     check_seeds, kl_weight, kl_kind = settings["check_seeds"], float(settings["kl_weight"]), settings["kl_kind"]
-    kl_steps = settings["kl_steps"]
+    kl_steps, kl_trajectories = settings["kl_steps"], settings["kl_trajectories"]
     run = _new_click_run(session, config, hosted, mode, features, head_updates, learning_rate, check_seeds,
                          _kind(mode, form_features(features), head_updates, config.model, learning_rate, bool(check_seeds),
                                kl_weight),
                          continue_lora, config.lr, settings["round_images"], settings["estimator"],
                          {"l2": settings["head_l2"], "group_weight_choices": tuple(settings["head_group_weights"]),
                           "solver": settings["head_solver"], "selection": settings["head_selection"],
-                          "colour_cap": settings["head_colour_cap"]}, kl_weight, kl_kind, kl_steps)
+                          "colour_cap": settings["head_colour_cap"]}, kl_weight, kl_kind, kl_steps, kl_trajectories)
     rounds = len(updated_rounds(log))
 
     def on_round(number: int, update: Any) -> None:

@@ -39,7 +39,8 @@ respect to the shown images (``gradient_alignment``; red and left only), and the
 groups (``group_weights``: all 1 unless the head weighs them, ``selection="cross-validated"``).
 Runs use the tiny model's own LoRA targets (``lora_targets="auto"``: attention+conv since commit 139527e; the runs
 of earlier pages used attention only) and the mode's learning rate; a task dict may name others (``lora_targets``,
-``lr``, ``kl_weight``, ``kl_steps`` and ``kl_kind``: the KL to the base model, docs/config.md), another model (``model``: an exported model's
+``lr``, ``kl_weight``, ``kl_steps``, ``kl_kind`` and ``kl_trajectories``: the KL to the base model, docs/config.md),
+another model (``model``: an exported model's
 folder, e.g. one fine-tuned with ``rlr_core.tiny.train --generic-shape``) and the prompts (``prompts``:
 ``"shape-free"``, the same colours and backgrounds naming no shape, ``SHAPE_FREE_PROMPTS``). Each run records what it
 trained with (``settings``), and the report labels and matches references by it. A task's ``wide_seeds`` (a count)
@@ -442,19 +443,22 @@ def task_settings(task: dict) -> tuple[float, str, str, list[str]]:
 
 def kl_settings(task: dict) -> dict:
     """The KL to the base model a task trains with: ``kl_weight`` (0: none), ``kl_steps`` (the chain steps drawn
-    per iteration for its gradient, TrainConfig's default unless the task says) and ``kl_kind`` ("local": the KL's
-    part that is not a uniform colour shift; rlr_core.kl)."""
+    per iteration for its gradient, TrainConfig's default unless the task says), ``kl_kind`` ("local": the KL's
+    part that is not a uniform colour shift; rlr_core.kl) and ``kl_trajectories`` ("sampled": a batch of its own,
+    as before commit 8604dc2; TrainConfig's default "own" unless the task says)."""
     from rlr_core import TrainConfig
 
-    default_steps = TrainConfig.__dataclass_fields__["kl_steps"].default
-    return {"kl_weight": float(task.get("kl_weight", 0.0)), "kl_steps": int(task.get("kl_steps", default_steps)),
-            "kl_kind": str(task.get("kl_kind", "trajectory"))}
+    defaults = TrainConfig.__dataclass_fields__
+    return {"kl_weight": float(task.get("kl_weight", 0.0)), "kl_steps": int(task.get("kl_steps", defaults["kl_steps"].default)),
+            "kl_kind": str(task.get("kl_kind", "trajectory")),
+            "kl_trajectories": str(task.get("kl_trajectories", defaults["kl_trajectories"].default))}
 
 
 def used_settings(task: dict, trainer) -> dict:
     """What a run trained with, as recorded in runs.jsonl: learning rate and the LoRA targets' set name (or list),
     and the model and prompt set where the task names them."""
-    extra = {name: task[name] for name in ("model", "prompts", "kl_weight", "kl_steps", "kl_kind") if name in task}
+    extra = {name: task[name] for name in ("model", "prompts", "kl_weight", "kl_steps", "kl_kind", "kl_trajectories")
+             if name in task}
     return {"lr": task_settings(task)[0], "lora_targets": target_set_name(trainer.chain.lora_targets), **extra}
 
 
@@ -495,7 +499,8 @@ def _run(task: dict) -> dict:
 
 
 def key(task: dict) -> str:
-    named = ("lora_targets", "lr", "model", "prompts", "wide_seeds", "clicker", "kl_weight", "kl_steps", "kl_kind")
+    named = ("lora_targets", "lr", "model", "prompts", "wide_seeds", "clicker", "kl_weight", "kl_steps", "kl_kind",
+             "kl_trajectories")
     extra = "".join(f"|{name}={task[name]}" for name in named if name in task)
     return f"{task['mode']}|{task['attribute']}|{task['noise']}|{task['seed']}|{task['rounds']}{extra}"
 

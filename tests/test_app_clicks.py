@@ -169,7 +169,8 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
                                             "head_group_weights": [0.0, 1.0, 3.0, 10.0, 30.0, 100.0],
                                             "head_solver": "newton", "head_selection": "all",
                                             "head_colour_cap": None, "kl_weight": 0.02,
-                                            "kl_kind": DEFAULT_KL_KIND, "kl_steps": DEFAULT_KL_STEPS}  # the log's
+                                            "kl_kind": DEFAULT_KL_KIND, "kl_steps": DEFAULT_KL_STEPS,
+                                            "kl_trajectories": "own"}  # the log's
     assert loaded.config.kl_weight == 0.02 and loaded.config.kl_kind == DEFAULT_KL_KIND
     rebuilt = runs.current_lora(loaded)
     assert set(rebuilt) == set(trained) and all(torch.equal(rebuilt[k], trained[k]) for k in trained)
@@ -238,7 +239,8 @@ def test_a_loaded_click_log_keeps_the_rounds_it_showed(studio, tmp_path, monkeyp
     assert sum(e.pop("head_l2", None) == 0.01 and e.pop("head_group_weights", None) == [0, 1, 3, 10, 30, 100]
                and e.pop("head_solver", None) == "lbfgs" and e.pop("head_selection", None) == "all"
                and e.pop("head_colour_cap", 0) is None and e.pop("kl_weight", None) == 0.0
-               and e.pop("kl_kind", None) is not None and e.pop("kl_steps", None) is not None for e in events) == 2
+               and e.pop("kl_kind", None) is not None and e.pop("kl_steps", None) is not None
+               and e.pop("kl_trajectories", None) == "own" for e in events) == 2
     for name, value in (("older", None), ("hidden", "hidden-twins")):
         lines = [{**e, "round_images": value} if value and e.get("type") == "update" else e for e in events]
         with zipfile.ZipFile(tmp_path / f"{name}.zip", "w") as archive:
@@ -250,6 +252,7 @@ def test_a_loaded_click_log_keeps_the_rounds_it_showed(studio, tmp_path, monkeyp
     head = older.preference.head
     assert head.l2 == 0.01 and head.group_weight_choices == (0, 1, 3, 10) and head.solver == "lbfgs"  # as then
     assert older.config.kl_kind == "trajectory" and older.config.kl_steps == 4
+    assert older.config.kl_trajectories == "sampled"  # what a log older than the setting had (no KL here, so no matter)
     again = clicks.preference_round("l", {}, False, 4, "learned", "layout", 0, older.config.lr, False,
                                     older.config.kl_weight)  # the tab's settings are the log's: the loaded run goes on
     assert again is older and again.config.kl_kind == "trajectory"
@@ -339,7 +342,10 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
                                                                     "kl_kind": "global"}),
              "bad-steps.jsonl": json.dumps(click) + "\n" + json.dumps({"type": "update", "round_id": "x", "mode": "learned",
                                                                      "features": "pixels", "head_updates": 0,
-                                                                     "kl_steps": 0})}
+                                                                     "kl_steps": 0}),
+             "bad-source.jsonl": json.dumps(click) + "\n" + json.dumps({"type": "update", "round_id": "x", "mode": "learned",
+                                                                      "features": "pixels", "head_updates": 0,
+                                                                      "kl_trajectories": "borrowed"})}
     messages = {}
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
@@ -362,6 +368,7 @@ def test_bad_click_log_uploads_name_the_field(studio, tmp_path):
     assert "names kl_weight True; allowed: a number >= 0 and at most 1000" in messages["bad-kl.jsonl"]
     assert "names kl_kind 'global'; allowed: trajectory, local" in messages["bad-kind.jsonl"]
     assert "names kl_steps 0; allowed: an integer from 1 to 1000" in messages["bad-steps.jsonl"]
+    assert "names kl_trajectories 'borrowed'; allowed: own, sampled" in messages["bad-source.jsonl"]
     hidden = "".join(json.dumps({**click, "index": i}) + "\n" for i in range(6)) + json.dumps(
         {"type": "update", "round_id": "x", "mode": "learned", "features": "pixels", "head_updates": 0,
          "round_images": "hidden-twins"})

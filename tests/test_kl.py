@@ -293,7 +293,8 @@ def test_rlr_keeps_its_trajectories_states_only_when_asked_and_at_theta():
 
 
 def test_trainer_reads_the_kl_off_the_estimates_own_trajectories(tmp_path, monkeypatch):
-    """kl_weight > 0 with rlr: the estimator keeps its states and the KL samples nothing of its own."""
+    """kl_weight > 0 with rlr: the estimator keeps its states and the KL samples nothing of its own; with
+    kl_trajectories "sampled" it samples its batch as before."""
     import rlr_core.kl
     from rlr_core.config import TrainConfig
     from rlr_core.estimators import get_estimator
@@ -314,3 +315,8 @@ def test_trainer_reads_the_kl_off_the_estimates_own_trajectories(tmp_path, monke
         steps=1, batch_size=4, num_steps=6, prompts=["a"], eval_seeds=[0], eval_every=0, checkpoint_every=0,
         output_dir=str(tmp_path / "free")))
     assert not free.estimator.keep_states
+    sampled = Trainer(BaseChain(num_steps=6), QuadraticReward(), get_estimator("rlr"),
+                      config.replace(kl_trajectories="sampled", output_dir=str(tmp_path / "sampled")))
+    assert not sampled.estimator.keep_states  # kl_trajectories "sampled": a batch of its own, as before
+    with pytest.raises(Exception, match="the KL sampled a batch of its own"):  # the trainer's TrainingStepError
+        list(sampled.run())

@@ -435,6 +435,43 @@ def test_replay_needs_the_kl_weight_kind_and_steps_of_the_log(tmp_path):
         fresh("g", 0.0, None, 1).replay(older)
 
 
+def test_replay_needs_the_kl_trajectories_of_the_log_when_its_kl_is_on(tmp_path):
+    """Whose trajectories the KL read ("own": the update's, "sampled": a batch of its own) is logged with every update;
+    a log older than the setting had its KL sampled, so a session whose KL reads its own trajectories refuses to
+    replay one whose KL was on, and a log without the KL replays whatever the session's setting."""
+    def session(name: str, kl_weight: float, trajectories: str | None) -> PreferenceSession:
+        trainer = TinyTrainer(FakeChain(), FakeEstimator())
+        named = {} if trajectories is None else {"kl_trajectories": trajectories}
+        trainer.config = SimpleNamespace(lr=0.1, kl_weight=kl_weight, kl_kind="local", kl_steps=4, **named)
+        return PreferenceSession(trainer, ClickLog(tmp_path / name / "clicks.jsonl"), mode="direct", features="pixels",
+                                 head_updates=0)
+
+    made = {}
+    for name, kl_weight in (("on", 0.01), ("off", 0.0)):
+        first = session(name, kl_weight, "own")
+        for i in range(2):
+            rnd = first.new_round(PROMPTS, seed=i)
+            first.click(rnd, chosen=[0])
+            first.update(rnd)
+        made[name] = first.log
+    assert [e["kl_trajectories"] for e in made["on"].events if e["type"] == "update"] == ["own"] * 2
+    assert session("a", 0.01, "own").replay(made["on"]).rounds == 2
+    assert session("a2", 0.01, None).replay(made["on"]).rounds == 2  # a config without the setting: "own"
+    with pytest.raises(ValueError, match=r"^kl_trajectories='sampled' differs from the click log's kl_trajectories='own'"):
+        session("b", 0.01, "sampled").replay(made["on"])
+    assert session("c", 0.0, "sampled").replay(made["off"]).rounds == 2  # no KL: nothing read off any trajectory
+    older = {}
+    for name, log in made.items():
+        older[name] = tmp_path / f"older-{name}.jsonl"
+        lines = [json.loads(line) for line in log.path.read_text().splitlines() if line.strip()]
+        older[name].write_text("".join(json.dumps({k: v for k, v in e.items() if k != "kl_trajectories"}) + "\n"
+                                       for e in lines))
+    with pytest.raises(ValueError, match=r"^kl_trajectories='own' differs from the click log's kl_trajectories='sampled'"):
+        session("d", 0.01, "own").replay(older["on"])
+    assert session("e", 0.01, "sampled").replay(older["on"]).rounds == 2
+    assert session("f", 0.0, "own").replay(older["off"]).rounds == 2
+
+
 def test_newton_fit_reaches_the_minimiser_of_the_ridge_bradley_terry_loss():
     """Newton's fit has zero gradient (to 1e-6) and a loss no higher than L-BFGS's, on well-posed pairs, on nearly
     separable ones with a ridge as small as a group at weight 100 gets, and with more features than pairs; both
@@ -1115,9 +1152,10 @@ def test_click_benchmark_tasks_may_name_a_model_folder_and_the_shape_free_prompt
     whole = {name: value for name, value in sessions[0].items() if name != "kl_kind"}
     assert clicks.key({**whole, "kl_weight": 0.01, "kl_steps": 1}).endswith("|kl_weight=0.01|kl_steps=1")
     assert clicks.key({**sessions[0], "kl_kind": "local"}).endswith("|kl_kind=local")
-    assert clicks.kl_settings({"kl_weight": 0.01, "kl_steps": 1, "kl_kind": "local"}) == {
-        "kl_weight": 0.01, "kl_steps": 1, "kl_kind": "local"}
-    assert clicks.kl_settings({}) == {"kl_weight": 0.0, "kl_steps": 4, "kl_kind": "trajectory"}
+    assert clicks.kl_settings({"kl_weight": 0.01, "kl_steps": 1, "kl_kind": "local", "kl_trajectories": "sampled"}) == {
+        "kl_weight": 0.01, "kl_steps": 1, "kl_kind": "local", "kl_trajectories": "sampled"}
+    assert clicks.kl_settings({}) == {"kl_weight": 0.0, "kl_steps": 4, "kl_kind": "trajectory", "kl_trajectories": "own"}
+    assert clicks.key({**sessions[0], "kl_trajectories": "sampled"}).endswith("|kl_trajectories=sampled")
 
 
 def test_shape_variety_prints_each_prompts_shapes(monkeypatch, capsys):

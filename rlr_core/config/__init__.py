@@ -32,16 +32,17 @@ import yaml
 
 from .files import (MAX_CONFIG_BYTES, MAX_CONFIG_NESTING, nested_deeper_than, parse_json, parse_yaml, read_limited,
                     read_path_or_text, write_text)
-from .schema import (AUTO_LORA_TARGETS, DEFAULT_PROMPT_BOUNDARIES, DEVICES, DTYPES, KL_KINDS, LORA_TARGET_SETS, LR_SCHEDULES,
-                     MAX_SEED, REPORT_TO, FieldSpec, check_value, lr_factor, resolve_boundaries, resolve_lora_targets,
-                     spec)
+from .schema import (AUTO_LORA_TARGETS, DEFAULT_PROMPT_BOUNDARIES, DEVICES, DTYPES, KL_KINDS, KL_TRAJECTORIES,
+                     LORA_TARGET_SETS, LR_SCHEDULES, MAX_SEED, REPORT_TO, FieldSpec, check_value, lr_factor,
+                     resolve_boundaries, resolve_lora_targets, spec)
 from .schema import markdown_table as _markdown_table
 from .rules import FIELD_RULES, check_value_of
 
 __all__ = ["TrainConfig", "ConfigError", "FieldSpec", "FIELD_SPECS", "field_spec", "spec", "markdown_table", "DEVICES",
            "DTYPES", "MAX_CONFIG_BYTES", "MAX_CONFIG_NESTING", "MAX_SEED", "REPORT_TO", "LORA_TARGET_SETS",
            "AUTO_LORA_TARGETS",
-           "LR_SCHEDULES", "KL_KINDS", "DEFAULT_PROMPT_BOUNDARIES", "lr_factor", "resolve_lora_targets", "resolve_boundaries",
+           "LR_SCHEDULES", "KL_KINDS", "KL_TRAJECTORIES", "DEFAULT_PROMPT_BOUNDARIES", "lr_factor", "resolve_lora_targets",
+           "resolve_boundaries",
            "nested_deeper_than", "parse_yaml", "parse_json"]
 
 
@@ -127,6 +128,10 @@ class TrainConfig:
     kl_kind: str = field(default="trajectory", metadata=spec(
         "what the KL regulariser counts: `trajectory` = the whole KL; `local` = its part that is not a uniform shift "
         "of a channel over the image (a colour change of a pixel-space model is then free)", choices=KL_KINDS))
+    kl_trajectories: str = field(default="own", metadata=spec(
+        "where the KL's trajectories come from: `own` = the iteration's own batch where the estimator keeps its "
+        "states (rlr without ZO steps; other estimators sample), `sampled` = a batch sampled for the KL",
+        choices=KL_TRAJECTORIES))
     seed: int = field(default=0, metadata=spec(
         "seed of prompts, noises, perturbations and the fresh LoRA (iteration k uses seed (seed, k))",
         min=0, max=MAX_SEED, interval=True))

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 __all__ = ["FieldSpec", "spec", "check_value", "allowed_text", "markdown_table", "shown", "lr_factor",
-           "resolve_lora_targets", "resolve_boundaries", "DTYPES", "DEVICES", "LR_SCHEDULES", "KL_KINDS", "REPORT_TO",
+           "resolve_lora_targets", "resolve_boundaries", "DTYPES", "DEVICES", "LR_SCHEDULES", "KL_KINDS", "KL_TRAJECTORIES",
+           "REPORT_TO",
            "LORA_TARGET_SETS", "AUTO_LORA_TARGETS", "MAX_SEED", "DEFAULT_PROMPT_BOUNDARIES"]
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -30,6 +31,10 @@ KL_KINDS = ("trajectory", "local")
 """Allowed values of ``TrainConfig.kl_kind``: what the KL regulariser counts (``rlr_core.kl``), the whole trajectory
 KL, or only its local part (a uniform shift of a channel over the image, a colour change of a pixel-space model, is
 free)."""
+
+KL_TRAJECTORIES = ("own", "sampled")
+"""Allowed values of ``TrainConfig.kl_trajectories``: where the KL's trajectories come from, the estimate's own batch
+(where its estimator keeps their states: rlr without ZO steps; the others sample) or a batch sampled for the KL."""
 
 REPORT_TO = ("none", "tensorboard", "wandb")
 """Allowed values of ``TrainConfig.report_to`` (the same tuple as ``rlr_core.tracking.REPORT_TO``)."""

@@ -178,7 +178,8 @@ class PreferenceSession:
                 "head_solver": self.head.solver, "head_selection": self.head.selection,
                 "head_colour_cap": self.head.colour_cap, "kl_weight": float(getattr(config, "kl_weight", 0.0)),
                 "kl_kind": str(getattr(config, "kl_kind", "trajectory")),
-                "kl_steps": int(getattr(config, "kl_steps", 4))}
+                "kl_steps": int(getattr(config, "kl_steps", 4)),
+                "kl_trajectories": str(getattr(config, "kl_trajectories", "own"))}
 
     def new_round(self, prompts: Sequence[str], generator: torch.Generator | None = None, seed: int | None = None) -> PreferenceRound:
         """Sample one round (one image per prompt) with what the update will need: the update's batch is the round
@@ -340,8 +341,9 @@ class PreferenceSession:
         the head is differentiable, ``lr``: the trainer's learning rate, ``check_seeds``, ``round_images``, ``estimator``:
         the trainer's estimator's name, ``head_l2``, ``head_group_weights``, ``head_solver``, ``head_selection`` and
         ``head_colour_cap``: the head's ``l2``, ``group_weight_choices``, ``solver``, ``selection`` and ``colour_cap``;
-        ``kl_weight``, ``kl_kind`` and ``kl_steps``: the trainer's KL to the base model, what it counts and the steps
-        drawn for it, 0, "trajectory" and 4 in logs older than them; a ValueError names the one that differs).
+        ``kl_weight``, ``kl_kind``, ``kl_steps`` and ``kl_trajectories``: the trainer's KL to the base model, what it
+        counts, the steps drawn for it and whose trajectories, 0, "trajectory", 4 and "sampled" in logs older than them;
+        a ValueError names the one that differs).
         Rounds whose images differ from the logged ones (another model, another machine's arithmetic) are replayed
         with the logged clicks and listed in ``mismatched_rounds``.
         This session's own log receives the replayed rounds, so it continues where ``source`` ended.

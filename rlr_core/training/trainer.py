@@ -107,7 +107,7 @@ class Trainer(CheckpointMethods, GuardMethods):
                 f"(the batch is split in {self.noise_groups} groups sharing noise); got {config.batch_size}"
             )
         estimator.check(chain, reward, config.batch_size)
-        estimator.keep_states = config.kl_weight > 0  # the KL reads the rollout's own states where it keeps them
+        estimator.keep_states = config.kl_weight > 0 and config.kl_trajectories == "own"  # Rollout.states, for the KL
         self.tracker = Tracker()  # start() replaces it with config.report_to's on rank 0
         # data parallelism (rlr_core.distributed): this process's whole noise sets of every batch
         self.world = distributed.current_world()
