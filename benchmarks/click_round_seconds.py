@@ -9,6 +9,7 @@ benchmark's sessions use 1, two at a time; the app uses what torch chooses, all 
     python benchmarks/click_round_seconds.py --rounds 10 --threads 1 2
     python benchmarks/click_round_seconds.py --rounds 5 --kl-weight 0 0.01     # the KL to the base model's cost
     python benchmarks/click_round_seconds.py --rounds 5 --kl-weight 0 0.01 --kl-kind local
+    python benchmarks/click_round_seconds.py --rounds 5 --kl-trajectories own sampled  # the KL reading the update's own
     python benchmarks/click_round_seconds.py --modes direct learned-tiny-clip+grid+colour-cv-l2=0.01-lbfgs-one+head1-lr0.005
 """
 
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main(argv: list[str] | None = None) -> None:
     from benchmarks import clicks
+    from rlr_core.config import KL_TRAJECTORIES
     from rlr_core.rewards.preference import DEFAULT_KL_KIND, DEFAULT_KL_WEIGHT
 
     p = argparse.ArgumentParser(description="Seconds per click round of simulated sessions (docs/rewards.md).")
@@ -38,6 +40,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="the sessions' KL to the base model, each one a row (default: rlr_core's DEFAULT_KL_WEIGHT)")
     p.add_argument("--kl-kind", default=DEFAULT_KL_KIND, choices=["trajectory", "local"],
                    help="what that KL counts (default: rlr_core's DEFAULT_KL_KIND)")
+    p.add_argument("--kl-trajectories", nargs="+", default=["own"], choices=list(KL_TRAJECTORIES),
+                   help="whose trajectories that KL reads, each one a row: own (the update's, TrainConfig's default) "
+                        "or sampled (a batch of its own)")
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
@@ -45,15 +50,18 @@ def main(argv: list[str] | None = None) -> None:
     kl_weights = args.kl_weight or [DEFAULT_KL_WEIGHT]
     print(f"commit {clicks._commit()}; {args.attribute}, seed {args.seed}, {args.rounds} rounds of 4, one session at a time, KL kind "
           f"{args.kl_kind}")
-    print("| mode | KL weight | threads | first 3 rounds | last 3 rounds | all rounds | of which the click | each round |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| mode | KL weight | KL's trajectories | threads | first 3 rounds | last 3 rounds | all rounds | of which the click "
+          "| each round |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = [(m, w, t) for m in modes for w in kl_weights for t in (args.kl_trajectories if w > 0 else ["–"])]
     for threads in args.threads:
-        for mode, kl_weight in ((m, w) for m in modes for w in kl_weights):
+        for mode, kl_weight, trajectories in rows:
             task = {"mode": mode, "attribute": args.attribute, "noise": 0.0, "seed": args.seed, "rounds": args.rounds,
-                    "threads": threads, "kl_weight": kl_weight, "kl_kind": args.kl_kind}
+                    "threads": threads, "kl_weight": kl_weight, "kl_kind": args.kl_kind,
+                    **({"kl_trajectories": trajectories} if kl_weight > 0 else {})}
             session = clicks.run_session(task)
             seconds = session["seconds_per_round"]
-            print(f"| {mode} | {kl_weight:g} | {threads} | {clicks._mean(seconds[:3]):.2f} | {clicks._mean(seconds[-3:]):.2f} | "
+            print(f"| {mode} | {kl_weight:g} | {trajectories} | {threads} | {clicks._mean(seconds[:3]):.2f} | {clicks._mean(seconds[-3:]):.2f} | "
                   f"{clicks._mean(seconds):.2f} | {clicks._mean(session['click_seconds_per_round']):.2f} | "
                   f"{', '.join(f'{s:.2f}' for s in seconds)} |", flush=True)
 

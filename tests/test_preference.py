@@ -1354,8 +1354,13 @@ def test_click_timing_benchmarks_print_their_tables(monkeypatch, capsys):
         ("direct", 1, 4, 0.0, DEFAULT_KL_WEIGHT), ("direct", 2, 4, 0.0, DEFAULT_KL_WEIGHT)]
     assert all(t["kl_kind"] == DEFAULT_KL_KIND for t in tasks)
     out = capsys.readouterr().out
-    assert (f"| direct | {DEFAULT_KL_WEIGHT:g} | 2 | 4.33 | 6.67 | 5.50 | 0.50 | 2.00, 2.00, 9.00, 9.00 |" in out
+    assert (f"| direct | {DEFAULT_KL_WEIGHT:g} | own | 2 | 4.33 | 6.67 | 5.50 | 0.50 | 2.00, 2.00, 9.00, 9.00 |" in out
             and out.startswith("commit abc1234;"))
     tasks.clear()
     click_round_seconds.main(["--rounds", "3", "--modes", "direct", "--kl-weight", "0", "0.01", "--kl-kind", "trajectory"])
     assert [(t["threads"], t["kl_weight"], t["kl_kind"]) for t in tasks] == [(1, 0.0, "trajectory"), (1, 0.01, "trajectory")]
+    tasks.clear()
+    click_round_seconds.main(["--rounds", "3", "--modes", "direct", "--kl-weight", "0", "0.01", "--kl-trajectories", "own",
+                              "sampled"])  # one row per source where the KL is on
+    assert [(t["kl_weight"], t.get("kl_trajectories")) for t in tasks] == [(0.0, None), (0.01, "own"), (0.01, "sampled")]
+    assert "| direct | 0 | – | 1 |" in capsys.readouterr().out
