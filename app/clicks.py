@@ -135,7 +135,7 @@ def _new_click_run(session: str, base: Any, hosted: bool, mode: str, features: s
                    round_images: str = DEFAULT_ROUND_IMAGES, estimator: str | None = None,
                    head_fit: dict[str, Any] | None = None, kl_weight: float = DEFAULT_KL_WEIGHT,
                    kl_kind: str = DEFAULT_KL_KIND, kl_steps: int = DEFAULT_KL_STEPS,
-                   kl_trajectories: str = "own") -> Run:
+                   kl_trajectories: str = "sampled") -> Run:
     """A new click run from config ``base`` (its "before" strip sampled); FieldError for unusable features.
     ``round_images``: what its rounds show (PreferenceSession's; a loaded log's own). ``estimator``: a loaded log's
     (None: ``base``'s, the Train settings'); ``base``'s estimator options go with ``base``'s estimator only.

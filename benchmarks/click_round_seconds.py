@@ -9,7 +9,7 @@ benchmark's sessions use 1, two at a time; the app uses what torch chooses, all 
     python benchmarks/click_round_seconds.py --rounds 10 --threads 1 2
     python benchmarks/click_round_seconds.py --rounds 5 --kl-weight 0 0.01     # the KL to the base model's cost
     python benchmarks/click_round_seconds.py --rounds 5 --kl-weight 0 0.01 --kl-kind local
-    python benchmarks/click_round_seconds.py --rounds 5 --kl-trajectories own sampled  # the KL reading the update's own
+    python benchmarks/click_round_seconds.py --rounds 5 --kl-trajectories sampled own  # the KL reading the update's own
     python benchmarks/click_round_seconds.py --modes direct learned-tiny-clip+grid+colour-cv-l2=0.01-lbfgs-one+head1-lr0.005
 """
 
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main(argv: list[str] | None = None) -> None:
     from benchmarks import clicks
-    from rlr_core.config import KL_TRAJECTORIES
+    from rlr_core.config import KL_TRAJECTORIES, TrainConfig
     from rlr_core.rewards.preference import DEFAULT_KL_KIND, DEFAULT_KL_WEIGHT
 
     p = argparse.ArgumentParser(description="Seconds per click round of simulated sessions (docs/rewards.md).")
@@ -40,9 +40,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="the sessions' KL to the base model, each one a row (default: rlr_core's DEFAULT_KL_WEIGHT)")
     p.add_argument("--kl-kind", default=DEFAULT_KL_KIND, choices=["trajectory", "local"],
                    help="what that KL counts (default: rlr_core's DEFAULT_KL_KIND)")
-    p.add_argument("--kl-trajectories", nargs="+", default=["own"], choices=list(KL_TRAJECTORIES),
-                   help="whose trajectories that KL reads, each one a row: own (the update's, TrainConfig's default) "
-                        "or sampled (a batch of its own)")
+    p.add_argument("--kl-trajectories", nargs="+", default=[TrainConfig().kl_trajectories],
+                   choices=list(KL_TRAJECTORIES),
+                   help="whose trajectories that KL reads, each one a row: sampled (a batch of its own, TrainConfig's "
+                        "default) or own (the update's)")
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error("--rounds must be at least 1")

@@ -444,8 +444,8 @@ def task_settings(task: dict) -> tuple[float, str, str, list[str]]:
 def kl_settings(task: dict) -> dict:
     """The KL to the base model a task trains with: ``kl_weight`` (0: none), ``kl_steps`` (the chain steps drawn
     per iteration for its gradient, TrainConfig's default unless the task says), ``kl_kind`` ("local": the KL's
-    part that is not a uniform colour shift; rlr_core.kl) and ``kl_trajectories`` ("sampled": a batch of its own,
-    as before commit 8604dc2; TrainConfig's default "own" unless the task says)."""
+    part that is not a uniform colour shift; rlr_core.kl) and ``kl_trajectories`` ("own": the update's own batch;
+    TrainConfig's default "sampled", a batch of its own, unless the task says)."""
     from rlr_core import TrainConfig
 
     defaults = TrainConfig.__dataclass_fields__

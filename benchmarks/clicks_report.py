@@ -72,6 +72,7 @@ def label(run: dict) -> str:
     notes += [f"KL {run['kl_weight']:g}"] if run.get("kl_weight") else []
     notes += [f"KL steps {run['kl_steps']}"] if run.get("kl_steps") else []
     notes += [f"KL {run['kl_kind']}"] if run.get("kl_kind", "trajectory") != "trajectory" else []
+    notes += [f"KL on its {run['kl_trajectories']} trajectories"] if run.get("kl_trajectories", "sampled") != "sampled" else []
     return run["mode"] + (f" [{', '.join(notes)}]" if notes else "")
 
 

@@ -11,8 +11,9 @@ and the Trainer adds ``kl_weight`` times its gradient to the estimator's (part "
 the upper bound DPOK uses: trajectories are sampled from p_theta without autograd and held fixed,
 the gradient flows through mu_theta only. ``kl_steps`` steps k are drawn per iteration (uniformly,
 without replacement) and scaled by T / kl_steps, so the sum over the steps is estimated without bias.
-The trajectories are the estimate's own when its rollout kept their states (``Rollout.states``: rlr without
-ZO steps, sampled at the current theta), so the KL costs no sampling; otherwise a batch is sampled for it.
+By default a batch is sampled for it; with ``kl_trajectories="own"`` the trajectories are the estimate's own where
+its rollout kept their states (``Rollout.states``: rlr without ZO steps, sampled at the current theta), so the KL
+costs no sampling.
 Deterministic steps (std 0: DDIM's last step, or eta = 0) have no density and no KL term; the config
 refuses kl_weight > 0 with eta = 0.
 

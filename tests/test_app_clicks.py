@@ -170,7 +170,7 @@ def test_click_log_zip_loads_and_replays_bit_for_bit(studio, tmp_path):
                                             "head_solver": "newton", "head_selection": "all",
                                             "head_colour_cap": None, "kl_weight": 0.02,
                                             "kl_kind": DEFAULT_KL_KIND, "kl_steps": DEFAULT_KL_STEPS,
-                                            "kl_trajectories": "own"}  # the log's
+                                            "kl_trajectories": "sampled"}  # the log's
     assert loaded.config.kl_weight == 0.02 and loaded.config.kl_kind == DEFAULT_KL_KIND
     rebuilt = runs.current_lora(loaded)
     assert set(rebuilt) == set(trained) and all(torch.equal(rebuilt[k], trained[k]) for k in trained)
@@ -240,7 +240,7 @@ def test_a_loaded_click_log_keeps_the_rounds_it_showed(studio, tmp_path, monkeyp
                and e.pop("head_solver", None) == "lbfgs" and e.pop("head_selection", None) == "all"
                and e.pop("head_colour_cap", 0) is None and e.pop("kl_weight", None) == 0.0
                and e.pop("kl_kind", None) is not None and e.pop("kl_steps", None) is not None
-               and e.pop("kl_trajectories", None) == "own" for e in events) == 2
+               and e.pop("kl_trajectories", None) == "sampled" for e in events) == 2
     for name, value in (("older", None), ("hidden", "hidden-twins")):
         lines = [{**e, "round_images": value} if value and e.get("type") == "update" else e for e in events]
         with zipfile.ZipFile(tmp_path / f"{name}.zip", "w") as archive:

@@ -45,7 +45,7 @@ max_grad_norm: 1.0
 kl_weight: 0.0
 kl_steps: 4
 kl_kind: trajectory
-kl_trajectories: own
+kl_trajectories: sampled
 seed: 0
 eval_seeds: [0, 1, 2, 3]
 eval_every: 10

@@ -293,8 +293,8 @@ def test_rlr_keeps_its_trajectories_states_only_when_asked_and_at_theta():
 
 
 def test_trainer_reads_the_kl_off_the_estimates_own_trajectories(tmp_path, monkeypatch):
-    """kl_weight > 0 with rlr: the estimator keeps its states and the KL samples nothing of its own; with
-    kl_trajectories "sampled" it samples its batch as before."""
+    """kl_weight > 0 and kl_trajectories "own" with rlr: the estimator keeps its states and the KL samples nothing of
+    its own; with "sampled" (the default) it samples its batch."""
     import rlr_core.kl
     from rlr_core.config import TrainConfig
     from rlr_core.estimators import get_estimator
@@ -305,7 +305,8 @@ def test_trainer_reads_the_kl_off_the_estimates_own_trajectories(tmp_path, monke
 
     chain = BaseChain(num_steps=6)
     config = TrainConfig(steps=2, batch_size=4, lr=0.05, num_steps=6, prompts=["a", "b"], eval_seeds=[0], eval_every=0,
-                         checkpoint_every=0, output_dir=str(tmp_path / "run"), seed=3, kl_weight=1.0)
+                         checkpoint_every=0, output_dir=str(tmp_path / "run"), seed=3, kl_weight=1.0,
+                         kl_trajectories="own")
     trainer = Trainer(chain, QuadraticReward(), get_estimator("rlr"), config)
     assert trainer.estimator.keep_states
     monkeypatch.setattr(rlr_core.kl, "draw_noise", no_sampling)
@@ -317,6 +318,6 @@ def test_trainer_reads_the_kl_off_the_estimates_own_trajectories(tmp_path, monke
     assert not free.estimator.keep_states
     sampled = Trainer(BaseChain(num_steps=6), QuadraticReward(), get_estimator("rlr"),
                       config.replace(kl_trajectories="sampled", output_dir=str(tmp_path / "sampled")))
-    assert not sampled.estimator.keep_states  # kl_trajectories "sampled": a batch of its own, as before
+    assert not sampled.estimator.keep_states  # kl_trajectories "sampled" (the default): a batch of its own
     with pytest.raises(Exception, match="the KL sampled a batch of its own"):  # the trainer's TrainingStepError
         list(sampled.run())

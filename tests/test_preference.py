@@ -456,7 +456,8 @@ def test_replay_needs_the_kl_trajectories_of_the_log_when_its_kl_is_on(tmp_path)
         made[name] = first.log
     assert [e["kl_trajectories"] for e in made["on"].events if e["type"] == "update"] == ["own"] * 2
     assert session("a", 0.01, "own").replay(made["on"]).rounds == 2
-    assert session("a2", 0.01, None).replay(made["on"]).rounds == 2  # a config without the setting: "own"
+    with pytest.raises(ValueError, match=r"^kl_trajectories='sampled' differs"):  # a config without it: "sampled"
+        session("a2", 0.01, None).replay(made["on"])
     with pytest.raises(ValueError, match=r"^kl_trajectories='sampled' differs from the click log's kl_trajectories='own'"):
         session("b", 0.01, "sampled").replay(made["on"])
     assert session("c", 0.0, "sampled").replay(made["off"]).rounds == 2  # no KL: nothing read off any trajectory
@@ -1076,6 +1077,9 @@ def test_click_benchmark_report_pairs_each_least_clicking_session_with_its_most_
             run(3, 0.4, "worst"), run(1, 0.7, mode="direct")]  # seed 3 has no session clicking the most
     runs.append({**run(3, 0.8), "kl_weight": 0.01})  # another KL to the base model: not seed 3's partner either
     assert clicks_report.label(runs[-1]).endswith("KL 0.01]")
+    own = {**runs[-1], "kl_trajectories": "own"}
+    assert clicks_report.label(own).endswith("KL 0.01, KL on its own trajectories]")
+    assert clicks_report.label({**own, "kl_trajectories": "sampled"}) == clicks_report.label(runs[-1])
     lines = clicks_report.click_effect_lines(runs)
     assert len(lines) == 2 + 2 + 1
     assert lines[2].endswith("| red | 1 | +0.500 | -0.200 | +0.700 |") and lines[2].startswith("| learned-layout-one [")
@@ -1154,7 +1158,8 @@ def test_click_benchmark_tasks_may_name_a_model_folder_and_the_shape_free_prompt
     assert clicks.key({**sessions[0], "kl_kind": "local"}).endswith("|kl_kind=local")
     assert clicks.kl_settings({"kl_weight": 0.01, "kl_steps": 1, "kl_kind": "local", "kl_trajectories": "sampled"}) == {
         "kl_weight": 0.01, "kl_steps": 1, "kl_kind": "local", "kl_trajectories": "sampled"}
-    assert clicks.kl_settings({}) == {"kl_weight": 0.0, "kl_steps": 4, "kl_kind": "trajectory", "kl_trajectories": "own"}
+    assert clicks.kl_settings({}) == {"kl_weight": 0.0, "kl_steps": 4, "kl_kind": "trajectory",
+                                      "kl_trajectories": "sampled"}
     assert clicks.key({**sessions[0], "kl_trajectories": "sampled"}).endswith("|kl_trajectories=sampled")
 
 
@@ -1354,7 +1359,7 @@ def test_click_timing_benchmarks_print_their_tables(monkeypatch, capsys):
         ("direct", 1, 4, 0.0, DEFAULT_KL_WEIGHT), ("direct", 2, 4, 0.0, DEFAULT_KL_WEIGHT)]
     assert all(t["kl_kind"] == DEFAULT_KL_KIND for t in tasks)
     out = capsys.readouterr().out
-    assert (f"| direct | {DEFAULT_KL_WEIGHT:g} | own | 2 | 4.33 | 6.67 | 5.50 | 0.50 | 2.00, 2.00, 9.00, 9.00 |" in out
+    assert (f"| direct | {DEFAULT_KL_WEIGHT:g} | sampled | 2 | 4.33 | 6.67 | 5.50 | 0.50 | 2.00, 2.00, 9.00, 9.00 |" in out
             and out.startswith("commit abc1234;"))
     tasks.clear()
     click_round_seconds.main(["--rounds", "3", "--modes", "direct", "--kl-weight", "0", "0.01", "--kl-kind", "trajectory"])

@@ -128,9 +128,10 @@ class TrainConfig:
     kl_kind: str = field(default="trajectory", metadata=spec(
         "what the KL regulariser counts: `trajectory` = the whole KL; `local` = its part that is not a uniform shift "
         "of a channel over the image (a colour change of a pixel-space model is then free)", choices=KL_KINDS))
-    kl_trajectories: str = field(default="own", metadata=spec(
-        "where the KL's trajectories come from: `own` = the iteration's own batch where the estimator keeps its "
-        "states (rlr without ZO steps; other estimators sample), `sampled` = a batch sampled for the KL",
+    kl_trajectories: str = field(default="sampled", metadata=spec(
+        "where the KL's trajectories come from: `sampled` = a batch sampled for the KL; `own` = the iteration's own "
+        "batch where the estimator keeps its states (rlr without ZO steps; other estimators sample): no sampling, "
+        "but click sessions learned less with it",
         choices=KL_TRAJECTORIES))
     seed: int = field(default=0, metadata=spec(
         "seed of prompts, noises, perturbations and the fresh LoRA (iteration k uses seed (seed, k))",

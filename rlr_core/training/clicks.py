@@ -179,7 +179,7 @@ class PreferenceSession:
                 "head_colour_cap": self.head.colour_cap, "kl_weight": float(getattr(config, "kl_weight", 0.0)),
                 "kl_kind": str(getattr(config, "kl_kind", "trajectory")),
                 "kl_steps": int(getattr(config, "kl_steps", 4)),
-                "kl_trajectories": str(getattr(config, "kl_trajectories", "own"))}
+                "kl_trajectories": str(getattr(config, "kl_trajectories", "sampled"))}
 
     def new_round(self, prompts: Sequence[str], generator: torch.Generator | None = None, seed: int | None = None) -> PreferenceRound:
         """Sample one round (one image per prompt) with what the update will need: the update's batch is the round

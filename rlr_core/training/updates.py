@@ -32,8 +32,8 @@ def add_kl_gradient(chain: Chain, params: list[torch.Tensor], config: TrainConfi
                     shard: BatchShard, world: World, estimate: GradientEstimate) -> None:
     """Add ``kl_weight`` x the gradient of the trajectory KL to the base model (``rlr_core.kl``; its local part
     with ``kl_kind`` "local") to p.grad, as the estimate's part "kl"; its value goes to ``estimate.info["kl"]``.
-    The KL is read off the estimate's own trajectories when its rollout kept their states (``Rollout.states``), else
-    off a batch it samples."""
+    The KL is read off the estimate's own trajectories when its rollout kept their states (``Rollout.states``, with
+    ``kl_trajectories`` "own"), else off a batch it samples."""
     generator = torch.Generator(device="cpu").manual_seed(step_seed(config.seed, step, f"kl:{shard.start}"))
     states = estimate.rollout.states if estimate.rollout is not None else None  # None: the KL samples its own batch
     grads, value = trajectory_kl_gradient(chain, list(estimate.prompts), generator, config.kl_steps, shard.global_size,
