@@ -135,13 +135,14 @@ def _new_click_run(session: str, base: Any, hosted: bool, mode: str, features: s
                    round_images: str = DEFAULT_ROUND_IMAGES, estimator: str | None = None,
                    head_fit: dict[str, Any] | None = None, kl_weight: float = DEFAULT_KL_WEIGHT,
                    kl_kind: str = DEFAULT_KL_KIND, kl_steps: int = DEFAULT_KL_STEPS,
-                   kl_trajectories: str = "sampled") -> Run:
+                   kl_trajectories: str | None = None) -> Run:
     """A new click run from config ``base`` (its "before" strip sampled); FieldError for unusable features.
     ``round_images``: what its rounds show (PreferenceSession's; a loaded log's own). ``estimator``: a loaded log's
     (None: ``base``'s, the Train settings'); ``base``'s estimator options go with ``base``'s estimator only.
     ``head_fit``: a loaded log's head ``l2``, ``group_weight_choices`` and ``solver`` (None: the head's defaults).
     ``kl_weight`` / ``kl_kind`` / ``kl_steps`` / ``kl_trajectories``: the KL to the base model of its updates, what it
-    counts, the steps drawn for it and whose trajectories (the tab's or a loaded log's)."""
+    counts, the steps drawn for it and whose trajectories (the tab's or a loaded log's; ``kl_trajectories`` None:
+    ``base``'s)."""
     if kl_weight > 0 and base.eta <= 0:
         raise FieldError(KL_FIELD, f"needs stochastic steps: set it to 0, or eta above 0 in the Train settings (eta is "
                                    f"{base.eta:g}); got {kl_weight:g}")
@@ -157,7 +158,8 @@ def _new_click_run(session: str, base: Any, hosted: bool, mode: str, features: s
                                                                    "log_path": str(log.path)},
                               eval_every=max(base.eval_every, 1), keep_best=False, lr=learning_rate,
                               estimator=estimator, estimator_options=options, kl_weight=float(kl_weight),
-                              kl_kind=kl_kind, kl_steps=int(kl_steps), kl_trajectories=kl_trajectories)
+                              kl_kind=kl_kind, kl_steps=int(kl_steps),
+                              kl_trajectories=kl_trajectories or base.kl_trajectories)
         new = create_run(session, config, hosted, continue_lora, reward=head if mode == "learned" else ClickReward(),
                          kind=kind, run_id=run_id)
         new.preference = PreferenceSession(new.trainer, log, mode=mode, k=None, reward=head, features=features,

@@ -243,6 +243,8 @@ def test_a_loaded_click_log_keeps_the_rounds_it_showed(studio, tmp_path, monkeyp
                and e.pop("kl_trajectories", None) == "sampled" for e in events) == 2
     for name, value in (("older", None), ("hidden", "hidden-twins")):
         lines = [{**e, "round_images": value} if value and e.get("type") == "update" else e for e in events]
+        if name == "hidden":  # and its KL's trajectories the update's own: the loaded run's config says so
+            lines = [{**e, "kl_trajectories": "own"} if e.get("type") == "update" else e for e in lines]
         with zipfile.ZipFile(tmp_path / f"{name}.zip", "w") as archive:
             for file_name, data in files.items():
                 archive.writestr(file_name, "".join(json.dumps(e) + "\n" for e in lines) if file_name == "clicks.jsonl" else data)
@@ -260,6 +262,7 @@ def test_a_loaded_click_log_keeps_the_rounds_it_showed(studio, tmp_path, monkeyp
     assert all(torch.equal(rebuilt[k], trained[k]) for k in trained)
     hidden, message = clicks.load_click_log("m", str(tmp_path / "hidden.zip"), form(studio), False)
     assert hidden.preference.settings()["round_images"] == "hidden-twins"
+    assert hidden.config.kl_trajectories == "own" and hidden.preference.settings()["kl_trajectories"] == "own"
     assert hidden.counters == {"rounds": 2, "clicks": 2, "updates": 2, "undone": 0}  # a round's 4 images, not its 8 rewards
     assert message.endswith("2 rounds' images differed from the log")
     assert clicks.preference_round("m", {}, False, 4, "learned", "layout", 0, hidden.config.lr, False,
